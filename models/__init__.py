@@ -1,0 +1,1 @@
+"""Attribute networks: building, training, evaluation, the model registry and batch inference."""

@@ -1,0 +1,1 @@
+"""FashionNet pipeline stages: storage, curation, splitting, repository and recommendations."""

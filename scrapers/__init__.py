@@ -1,0 +1,1 @@
+"""Scrapy spiders, their item pipelines and the bundled demo store."""
