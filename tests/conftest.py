@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,10 +13,20 @@ from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Airflow reads its configuration on first import: give the test session its own home and metadata DB.
+os.environ.update({
+    "AIRFLOW_HOME": tempfile.mkdtemp(prefix="fashionnet-airflow-"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+})
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+for _name in ("FASHIONNET_STORE", "FASHIONNET_PROFILE", "FASHIONNET_SHOP_URL", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_name, None)  # the suite never touches a user's store
 
 
 def free_port() -> int:
