@@ -1,0 +1,83 @@
+"""End to end: the four DAGs run with dag.test() in order against an S3 endpoint (moto on 127.0.0.1).
+
+It runs the demo driver (the same code path as `make demo`) in a subprocess, so that Airflow's
+configuration and the settings are those of a fresh process, then asserts on the objects in the bucket.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+ATTRIBUTES = ["pattern", "fabric", "style", "shape"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
+    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    work_dir: Path = tmp_path_factory.mktemp("e2e")
+    env["AIRFLOW_HOME"] = str(work_dir / "airflow")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.demo", "--store", f"s3://{bucket}/fashionnet", "--work-dir", str(work_dir),
+         "--products", "80", "--profile", "test", "--k", "5"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+
+    from pipeline.storage import ObjectStore
+
+    return ObjectStore(f"s3://{bucket}/fashionnet", endpoint_url=moto_endpoint), proc.stdout
+
+
+def test_every_stage_wrote_its_objects(pipeline_run):
+    store, _ = pipeline_run
+    keys = store.list()
+    for prefix in ["images/full/", "crawls/", "curation/", "review/queue/", "review/decisions/",
+                   "dataset/items.parquet", "dataset/split.parquet", "repository/fashion_vectors.parquet",
+                   "recommendations/demo-user/"]:
+        assert any(k.startswith(prefix) for k in keys), f"nothing under {prefix}"
+    for attribute in ATTRIBUTES:
+        assert store.exists(f"models/{attribute}/current.json")
+
+
+def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
+    store, _ = pipeline_run
+    repository = store.read_parquet("repository/fashion_vectors.parquet")
+    catalog_batches = [k for k in store.list("curation") if k.startswith("curation/catalog-")
+                       and k.endswith("accepted.parquet")]
+    assert len(catalog_batches) == 1
+    accepted = store.read_parquet(catalog_batches[0])
+    assert repository.num_rows == accepted.num_rows > 0
+    assert sorted(repository.column("item_id").to_pylist()) == sorted(accepted.column("item_id").to_pylist())
+    for attribute in ATTRIBUTES:
+        assert {attribute, f"{attribute}_prob", f"{attribute}_model_version"} <= set(repository.column_names)
+        classes = set(store.read_json(f"models/{attribute}/current.json")["classes"])
+        assert set(repository.column(attribute).to_pylist()) <= classes
+
+
+def test_recommendations_share_attributes_with_the_profile(pipeline_run):
+    store, stdout = pipeline_run
+    rec_key = next(k for k in store.list("recommendations/demo-user") if k.endswith("recommendations.parquet"))
+    recs = store.read_parquet(rec_key).to_pylist()
+    profile = store.read_parquet(rec_key.replace("recommendations.parquet", "profile.parquet")).to_pylist()
+    assert len(recs) == 5 and [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
+    profile_images = {p["image_key"] for p in profile}
+    for rec in recs:
+        matches = sum(rec[a] == row[a] for row in profile for a in ATTRIBUTES)
+        assert matches == rec["score"] > 0
+        assert rec["image_key"] not in profile_images
+    assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+    assert store.exists(rec_key.replace("recommendations.parquet", "index.html"))
+    assert "Top recommendations for demo-user" in stdout
