@@ -1,0 +1,154 @@
+"""Curation of one crawl: validate every image, hash the valid ones, drop duplicates, write the batch.
+
+Reads ``crawls/<crawl_id>/products.parquet`` and the images it names; writes under
+``curation/<batch_id>/``: ``accepted.parquet``, ``rejections.parquet``, ``duplicates.parquet`` and
+``summary.json``. Every output is a pure function of the inputs (rows sorted by item_id, no clock in
+the summary), so a rerun writes the same bytes to the same keys.
+
+A bad image only ever costs its own row: it becomes a rejection (data), never an exception.
+Errors of the store itself (other than a missing object) do propagate: they are not a verdict on the
+image, and a task retry is the right answer to them.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.dedup import colour_thumbnail, deduplicate
+from pipeline.hashing import content_sha256, perceptual_hashes
+from pipeline.settings import get_settings
+from pipeline.storage import ObjectStore
+from pipeline.validate import MISSING, ImageCheck, validate_with_settings
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 500
+# Used when config/settings.yaml has no ``curation.thumbnail_max_mad`` (see pipeline.dedup).
+DEFAULT_THUMBNAIL_MAX_MAD = 4.0
+DUPLICATE_ITEM = "duplicate_item_id"
+
+REJECTIONS_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("image_key", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+])
+DUPLICATES_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("kept_item_id", pa.string()), ("kind", pa.string()), ("distance", pa.int64()),
+])
+IMAGE_COLUMNS = pa.schema([
+    ("phash", pa.uint64()), ("dhash", pa.uint64()), ("content_sha256", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("cluster_id", pa.string()),
+])
+
+
+def crawl_key(crawl_id: str, name: str) -> str:
+    return f"crawls/{crawl_id}/{name}"
+
+
+def batch_key(batch_id: str, name: str) -> str:
+    return f"curation/{batch_id}/{name}"
+
+
+def read_products(store: ObjectStore, crawl_id: str) -> pa.Table:
+    """The crawl's products sorted by item_id, one row per item_id (the earliest crawled is kept)."""
+    table = store.read_parquet(crawl_key(crawl_id, "products.parquet"))
+    order = pc.sort_indices(table, sort_keys=[("item_id", "ascending"), ("crawled_at", "ascending")])
+    return table.take(order)
+
+
+def fetch_image(store: ObjectStore, image_key: str | None) -> bytes | None:
+    """The image's bytes, or None when the row names no image or the object is absent."""
+    if not image_key:
+        return None
+    try:
+        return store.get_bytes(image_key)
+    except FileNotFoundError:
+        return None
+
+
+def inspect_products(
+    store: ObjectStore, products: pa.Table, curation: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Validate and hash every product's image: (valid rows with hashes, rejection rows)."""
+    valid: list[dict[str, Any]] = []
+    rejections: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    rows = products.select(["item_id", "image_key", "crawled_at"]).to_pylist()
+    for position, row in enumerate(rows):
+        item_id, image_key = row["item_id"], row["image_key"]
+        if item_id in seen:
+            rejections.append({"item_id": item_id, "image_key": image_key, "reason": DUPLICATE_ITEM,
+                               "detail": "the crawl lists this item_id more than once; the first is kept"})
+            continue
+        seen.add(item_id)
+        data = fetch_image(store, image_key)
+        check: ImageCheck = validate_with_settings(data, curation)
+        if not check.ok:
+            detail = check.detail if check.reason != MISSING else f"no object {image_key!r}"
+            rejections.append({"item_id": item_id, "image_key": image_key, "reason": check.reason,
+                               "detail": detail})
+        else:
+            assert data is not None and check.image is not None
+            phash, dhash = perceptual_hashes(check.image)
+            valid.append({"position": position, "item_id": item_id, "crawled_at": row["crawled_at"],
+                          "content_sha256": content_sha256(data), "phash": phash, "dhash": dhash,
+                          "width": check.width, "height": check.height,
+                          "thumbnail": colour_thumbnail(check.image)})
+        if (position + 1) % PROGRESS_EVERY == 0:
+            log.info("curation: %d/%d images inspected, %d valid", position + 1, len(rows), len(valid))
+    return valid, rejections
+
+
+def accepted_table(products: pa.Table, kept: pd.DataFrame) -> pa.Table:
+    """Product columns of the kept rows (types as the spider wrote them) plus the image columns."""
+    table = products.take(pa.array(kept["position"].to_numpy(), type=pa.int64()))
+    for field in IMAGE_COLUMNS:
+        values = kept[field.name].tolist()
+        table = table.append_column(field, pa.array(values, type=field.type))
+    return table
+
+
+def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None) -> dict[str, Any]:
+    """Curate crawl ``crawl_id`` into batch ``batch_id`` (default: the crawl id); returns the summary."""
+    batch_id = batch_id or crawl_id
+    curation = get_settings().curation
+    products = read_products(store, crawl_id)
+    log.info("curation %s: %d products from crawl %s", batch_id, products.num_rows, crawl_id)
+
+    valid, rejections = inspect_products(store, products, curation)
+    frame = pd.DataFrame(valid, columns=["position", "item_id", "crawled_at", "content_sha256", "phash",
+                                         "dhash", "width", "height", "thumbnail"])
+    frame["phash"] = frame["phash"].astype("uint64")
+    frame["dhash"] = frame["dhash"].astype("uint64")
+    result = deduplicate(frame, int(curation["phash_max_distance"]), int(curation["dhash_max_distance"]),
+                         float(curation.get("thumbnail_max_mad", DEFAULT_THUMBNAIL_MAX_MAD)))
+
+    accepted = accepted_table(products, result.kept)
+    store.write_parquet(batch_key(batch_id, "accepted.parquet"), accepted)
+    store.write_parquet(batch_key(batch_id, "rejections.parquet"),
+                        pa.Table.from_pylist(sorted(rejections, key=lambda r: r["item_id"]),
+                                             schema=REJECTIONS_SCHEMA))
+    store.write_parquet(batch_key(batch_id, "duplicates.parquet"),
+                        pa.Table.from_pandas(result.duplicates, schema=DUPLICATES_SCHEMA, preserve_index=False))
+
+    kinds = Counter(result.duplicates["kind"])
+    summary = {
+        "crawl_id": crawl_id,
+        "batch_id": batch_id,
+        "products": products.num_rows,
+        "valid_images": len(valid),
+        "accepted": accepted.num_rows,
+        "rejected": len(rejections),
+        "rejections_by_reason": dict(sorted(Counter(r["reason"] for r in rejections).items())),
+        "duplicates": len(result.duplicates),
+        "duplicates_by_kind": dict(sorted(kinds.items())),
+        "clusters": int(result.kept["cluster_id"].nunique()),
+    }
+    store.write_json(batch_key(batch_id, "summary.json"), summary)
+    log.info("curation %s: %d accepted, %d rejected %s, %d duplicates %s", batch_id, summary["accepted"],
+             summary["rejected"], summary["rejections_by_reason"], summary["duplicates"],
+             summary["duplicates_by_kind"])
+    return summary

@@ -1,0 +1,370 @@
+"""The manual-review queue and the labelled dataset built from it.
+
+* ``review/queue/<batch_id>.parquet``: a curated batch's accepted items with their weak labels, one
+  ``weak_<attr>`` column (and ``weak_<attr>_source``) per taxonomy attribute. Rebuilt by :func:`enqueue`.
+* ``review/decisions/<batch_id>/<stamp>-<reviewer>.parquet``: the audit log. Every call of
+  :func:`record_decisions` writes a new object; nothing is ever edited or deleted.
+* ``dataset/items.parquet``: rebuilt from every queue and every decision by :func:`build_dataset`.
+
+Decision semantics, replayed in ``decided_at`` order (the latest wins):
+
+* ``accept`` / ``reject`` / ``skip`` are item-level (no attribute). ``accept`` keeps the item with its
+  current labels, ``reject`` excludes it, ``skip`` defers it (the item stays pending).
+* ``relabel`` sets one attribute's label (``new_label=None`` clears it) and also accepts the item:
+  a reviewer who corrects a label has looked at the image. A later ``reject`` still excludes it.
+* An item is *pending* until it has an accept, reject or relabel.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.settings import Taxonomy, get_settings
+from pipeline.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+ACCEPT, REJECT, RELABEL, SKIP = "accept", "reject", "relabel", "skip"
+DECISIONS = (ACCEPT, REJECT, RELABEL, SKIP)
+FINAL_DECISIONS = (ACCEPT, REJECT, RELABEL)
+POLICIES = ("auto_accept", "manual")
+POLICY_REVIEWER = "policy:auto_accept"
+CONFLICT_PREFIX = "conflict:"
+DATASET_KEY = "dataset/items.parquet"
+
+QUEUE_ITEM_COLUMNS = [
+    ("item_id", pa.string()), ("batch_id", pa.string()), ("image_key", pa.string()), ("title", pa.string()),
+    ("product_url", pa.string()), ("retailer", pa.string()), ("cluster_id", pa.string()),
+    ("phash", pa.uint64()), ("dhash", pa.uint64()), ("content_sha256", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("crawled_at", pa.timestamp("us", tz="UTC")),
+]
+DECISION_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("decision", pa.string()), ("attribute", pa.string()),
+    ("old_label", pa.string()), ("new_label", pa.string()), ("reviewer", pa.string()),
+    ("decided_at", pa.timestamp("us", tz="UTC")), ("reason", pa.string()),
+])
+DATASET_ITEM_COLUMNS = [c for c in QUEUE_ITEM_COLUMNS if c[0] not in ("batch_id", "crawled_at")] + [
+    ("batch_id", pa.string()),
+]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One reviewer verdict. ``attribute`` and ``new_label`` only for ``relabel``."""
+
+    item_id: str
+    decision: str
+    attribute: str | None = None
+    new_label: str | None = None
+    reason: str = ""
+
+
+# -- keys and schemas ------------------------------------------------------------------------------
+def queue_key(batch_id: str) -> str:
+    return f"review/queue/{batch_id}.parquet"
+
+
+def decisions_prefix(batch_id: str) -> str:
+    return f"review/decisions/{batch_id}"
+
+
+def weak_column(attribute: str) -> str:
+    return f"weak_{attribute}"
+
+
+def queue_schema(taxonomy: Taxonomy) -> pa.Schema:
+    fields = list(QUEUE_ITEM_COLUMNS)
+    for attribute in taxonomy.names:
+        fields += [(weak_column(attribute), pa.string()), (f"{weak_column(attribute)}_source", pa.string())]
+    return pa.schema(fields)
+
+
+def dataset_schema(taxonomy: Taxonomy) -> pa.Schema:
+    fields = list(DATASET_ITEM_COLUMNS)
+    for attribute in taxonomy.names:
+        fields += [(attribute, pa.string()), (f"{attribute}_label_source", pa.string())]
+    return pa.schema(fields)
+
+
+def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """``frame`` as a table of exactly ``schema`` (missing columns and NaN become nulls)."""
+    frame = frame.reindex(columns=schema.names)
+    frame = frame.astype(object).where(frame.notna(), None)
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+
+
+# -- the queue -------------------------------------------------------------------------------------
+def pivot_weak_labels(weak: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
+    """One row per item_id: ``weak_<attr>`` and ``weak_<attr>_source`` for every attribute.
+
+    Agreeing sources are joined with commas. Two different labels for one attribute (the item was
+    found by two class queries, e.g. ``striped`` and ``floral``) leave the label null and record
+    ``conflict:<sources>`` instead: neither query is evidence enough. Labels outside the taxonomy are
+    dropped with a warning.
+    """
+    columns = [c for a in taxonomy.names for c in (weak_column(a), f"{weak_column(a)}_source")]
+    if weak.empty:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="item_id"))
+    valid = {(attribute, label) for attribute, classes in taxonomy.attributes.items() for label in classes}
+    known = pd.Series([pair in valid for pair in zip(weak["attribute"], weak["label"])], index=weak.index,
+                      dtype=bool)
+    if (~known).any():
+        log.warning("ignoring %d weak labels outside the taxonomy", int((~known).sum()))
+    rows: dict[str, dict[str, Any]] = {}
+    for (item_id, attribute), group in weak[known].groupby(["item_id", "attribute"], sort=True):
+        labels = sorted(set(group["label"]))
+        sources = ",".join(sorted(set(group["source"].fillna("unknown").astype(str))))
+        row = rows.setdefault(item_id, {})
+        if len(labels) == 1:
+            row[weak_column(attribute)], row[f"{weak_column(attribute)}_source"] = labels[0], sources
+        else:
+            row[weak_column(attribute)], row[f"{weak_column(attribute)}_source"] = None, CONFLICT_PREFIX + sources
+    pivot = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
+    pivot.index.name = "item_id"
+    return pivot
+
+
+def _batch_crawl_id(store: ObjectStore, batch_id: str) -> str:
+    summary_key = f"curation/{batch_id}/summary.json"
+    if not store.exists(summary_key):
+        raise ValueError(f"batch {batch_id!r} is not curated: no {summary_key} (run curate_batch first)")
+    return str(store.read_json(summary_key)["crawl_id"])
+
+
+def enqueue(store: ObjectStore, batch_id: str) -> int:
+    """(Re)build the review queue of ``batch_id`` from its accepted items; returns the queue length."""
+    taxonomy = get_settings().taxonomy
+    crawl_id = _batch_crawl_id(store, batch_id)
+    accepted = store.read_parquet(f"curation/{batch_id}/accepted.parquet").to_pandas()
+    weak_key = f"crawls/{crawl_id}/weak_labels.parquet"
+    weak = (store.read_parquet(weak_key).to_pandas() if store.exists(weak_key)
+            else pd.DataFrame(columns=["item_id", "attribute", "label", "source"]))
+    queue = accepted.assign(batch_id=batch_id).join(pivot_weak_labels(weak, taxonomy), on="item_id")
+    queue["crawled_at"] = pd.to_datetime(queue["crawled_at"], utc=True)
+    queue = queue.sort_values("item_id", kind="mergesort")
+    store.write_parquet(queue_key(batch_id), _to_table(queue, queue_schema(taxonomy)))
+    log.info("review queue %s: %d items", batch_id, len(queue))
+    return len(queue)
+
+
+def read_queue(store: ObjectStore, batch_id: str) -> pd.DataFrame:
+    key = queue_key(batch_id)
+    if not store.exists(key):
+        raise ValueError(f"batch {batch_id!r} has no review queue ({key}); run enqueue first")
+    return store.read_parquet(key).to_pandas()
+
+
+# -- the audit log ---------------------------------------------------------------------------------
+def read_decisions(store: ObjectStore, batch_id: str) -> pd.DataFrame:
+    """Every recorded decision of the batch, oldest first (ties: log object, then row order)."""
+    frames = []
+    for key in store.list(decisions_prefix(batch_id)):
+        if key.endswith(".parquet"):
+            frame = store.read_parquet(key).to_pandas()
+            frames.append(frame.assign(log_key=key, row=range(len(frame))))
+    if not frames:
+        empty = DECISION_SCHEMA.empty_table().to_pandas()
+        return empty.assign(log_key=pd.Series(dtype=object), row=pd.Series(dtype="int64"))
+    return (pd.concat(frames, ignore_index=True)
+            .sort_values(["decided_at", "log_key", "row"], kind="mergesort").reset_index(drop=True))
+
+
+@dataclass
+class ReviewState:
+    """The replayed outcome of a batch's decisions: per-item status and per-item labels."""
+
+    status: dict[str, str]  # item_id -> accept | reject (absent = pending)
+    labels: dict[str, dict[str, tuple[str | None, str | None]]]  # item_id -> attr -> (label, source)
+    decided: set[str]  # items with any decision, skip included
+
+
+def replay(queue: pd.DataFrame, decisions: pd.DataFrame, taxonomy: Taxonomy) -> ReviewState:
+    labels: dict[str, dict[str, tuple[str | None, str | None]]] = {}
+    for row in queue.to_dict("records"):
+        labels[row["item_id"]] = {
+            a: (_text(row.get(weak_column(a))), _weak_source(row.get(f"{weak_column(a)}_source")))
+            for a in taxonomy.names
+        }
+    status: dict[str, str] = {}
+    decided: set[str] = set()
+    for row in decisions.to_dict("records"):
+        item_id = row["item_id"]
+        if item_id not in labels:
+            continue  # the item left the queue (the batch was curated again); its decisions no longer apply
+        decided.add(item_id)
+        if row["decision"] == RELABEL:
+            labels[item_id][row["attribute"]] = (row["new_label"], f"review:{row['reviewer']}")
+            status[item_id] = ACCEPT
+        elif row["decision"] in (ACCEPT, REJECT):
+            status[item_id] = row["decision"]
+    return ReviewState(status=status, labels=labels, decided=decided)
+
+
+def _text(value: Any) -> str | None:
+    """A string, or None for null/NaN (pandas reads a null string as NaN)."""
+    return value if isinstance(value, str) and value else None
+
+
+def _weak_source(source: Any) -> str | None:
+    source = _text(source)
+    if source is None:
+        return None
+    return source if source.startswith(CONFLICT_PREFIX) else f"weak:{source}"
+
+
+def _validate(decision: Decision, queue_items: set[str], taxonomy: Taxonomy, batch_id: str) -> None:
+    if decision.decision not in DECISIONS:
+        raise ValueError(f"unknown decision {decision.decision!r} for item {decision.item_id!r}; "
+                         f"expected one of {list(DECISIONS)}")
+    if decision.item_id not in queue_items:
+        raise ValueError(f"unknown item {decision.item_id!r}: not in the review queue of batch {batch_id!r}")
+    if decision.decision != RELABEL:
+        if decision.attribute is not None or decision.new_label is not None:
+            raise ValueError(f"{decision.decision!r} is an item-level decision (item {decision.item_id!r}); "
+                             "use 'relabel' to change an attribute")
+        return
+    if decision.attribute not in taxonomy.attributes:
+        raise ValueError(f"unknown attribute {decision.attribute!r} for item {decision.item_id!r}; "
+                         f"the taxonomy has {taxonomy.names}")
+    classes = taxonomy.classes(decision.attribute)
+    if decision.new_label is not None and decision.new_label not in classes:
+        raise ValueError(f"unknown class {decision.new_label!r} for attribute {decision.attribute!r} "
+                         f"(item {decision.item_id!r}); expected one of {list(classes)} or None to clear")
+
+
+def _log_key(store: ObjectStore, batch_id: str, decided_at: datetime, reviewer: str) -> str:
+    """A key no earlier call has used: the log is append-only, so an existing key is never reused."""
+    stamp = decided_at.strftime("%Y%m%dT%H%M%S%fZ")
+    safe_reviewer = re.sub(r"[^A-Za-z0-9_.@-]", "_", reviewer)
+    key = f"{decisions_prefix(batch_id)}/{stamp}-{safe_reviewer}.parquet"
+    if store.exists(key):
+        key = f"{decisions_prefix(batch_id)}/{stamp}-{safe_reviewer}-{uuid.uuid4().hex[:8]}.parquet"
+    return key
+
+
+def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision], reviewer: str) -> str:
+    """Validate ``decisions`` and append them to the batch's audit log as one new object; returns its key.
+
+    ``old_label`` is the label in effect before each relabel (earlier decisions and earlier rows of
+    this call included), so the log alone tells the story of every label.
+    """
+    if not reviewer or not reviewer.strip():
+        raise ValueError("a decision needs a reviewer")
+    if not decisions:
+        raise ValueError("no decisions to record")
+    taxonomy = get_settings().taxonomy
+    queue = read_queue(store, batch_id)
+    queue_items = set(queue["item_id"])
+    for decision in decisions:
+        _validate(decision, queue_items, taxonomy, batch_id)
+    labels = replay(queue, read_decisions(store, batch_id), taxonomy).labels
+    decided_at = datetime.now(timezone.utc)
+    rows = []
+    for d in decisions:
+        old_label = None
+        if d.decision == RELABEL:
+            old_label = labels[d.item_id][d.attribute][0]
+            labels[d.item_id][d.attribute] = (d.new_label, reviewer)
+        rows.append({"item_id": d.item_id, "decision": d.decision, "attribute": d.attribute,
+                     "old_label": old_label, "new_label": d.new_label, "reviewer": reviewer,
+                     "decided_at": decided_at, "reason": d.reason})
+    key = _log_key(store, batch_id, decided_at, reviewer)
+    store.write_parquet(key, pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
+    log.info("review %s: %d decisions by %s -> %s", batch_id, len(rows), reviewer, key)
+    return key
+
+
+def pending(store: ObjectStore, batch_id: str) -> list[str]:
+    """Queue items that have no final decision (accept, reject or relabel) yet, sorted."""
+    taxonomy = get_settings().taxonomy
+    queue = read_queue(store, batch_id)
+    state = replay(queue, read_decisions(store, batch_id), taxonomy)
+    return sorted(i for i in queue["item_id"] if i not in state.status)
+
+
+def apply_policy(store: ObjectStore, batch_id: str, policy: str) -> int:
+    """Apply a review policy; returns how many decisions it recorded.
+
+    ``auto_accept`` accepts every item with no decision at all (a skipped item was seen by a person
+    and is left to them); a rerun finds nothing left and records nothing. ``manual`` records nothing.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown review policy {policy!r}; expected one of {list(POLICIES)}")
+    if policy == "manual":
+        return 0
+    taxonomy = get_settings().taxonomy
+    queue = read_queue(store, batch_id)
+    state = replay(queue, read_decisions(store, batch_id), taxonomy)
+    undecided = sorted(i for i in queue["item_id"] if i not in state.decided)
+    if undecided:
+        record_decisions(store, batch_id, [Decision(i, ACCEPT, reason="policy auto_accept") for i in undecided],
+                         reviewer=POLICY_REVIEWER)
+    return len(undecided)
+
+
+# -- the dataset -----------------------------------------------------------------------------------
+def queue_batches(store: ObjectStore) -> list[str]:
+    prefix = "review/queue/"
+    return [k[len(prefix):-len(".parquet")] for k in store.list("review/queue") if k.endswith(".parquet")]
+
+
+def _reviewed_rows(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tuple[pd.DataFrame, int]:
+    """The batch's decided items with status and final labels, and the number still pending."""
+    queue = read_queue(store, batch_id)
+    state = replay(queue, read_decisions(store, batch_id), taxonomy)
+    rows = []
+    for row in queue.to_dict("records"):
+        status = state.status.get(row["item_id"])
+        if status is None:
+            continue
+        out = {name: row.get(name) for name, _ in QUEUE_ITEM_COLUMNS}
+        out["status"] = status
+        for attribute, (label, source) in state.labels[row["item_id"]].items():
+            out[attribute] = label
+            out[f"{attribute}_label_source"] = source  # also says why a label is null (conflict, cleared)
+        rows.append(out)
+    return pd.DataFrame(rows), len(queue) - len(rows)
+
+
+def build_dataset(store: ObjectStore) -> dict[str, Any]:
+    """Rebuild ``dataset/items.parquet`` from every batch's queue and decisions; returns counts.
+
+    The same item_id in several batches: the latest reviewed copy (``crawled_at``, then batch id)
+    wins, and its decision too (a later reject removes an earlier accept). The same image bytes under
+    several item ids: the earliest crawled (then smallest item_id) is kept.
+    """
+    taxonomy = get_settings().taxonomy
+    schema = dataset_schema(taxonomy)
+    batches = queue_batches(store)
+    frames, pending_count = [], 0
+    for batch_id in batches:
+        frame, waiting = _reviewed_rows(store, batch_id, taxonomy)
+        pending_count += waiting
+        if not frame.empty:
+            frames.append(frame)
+    reviewed = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*schema.names, "status", "crawled_at"])
+    latest = (reviewed.sort_values(["item_id", "crawled_at", "batch_id"], kind="mergesort")
+              .drop_duplicates("item_id", keep="last"))
+    rejected = int((latest["status"] == REJECT).sum())
+    kept = latest[latest["status"] == ACCEPT]
+    unique = (kept.sort_values(["content_sha256", "crawled_at", "item_id"], kind="mergesort")
+              .drop_duplicates("content_sha256", keep="first"))
+    items = unique.sort_values("item_id", kind="mergesort").reset_index(drop=True)
+    store.write_parquet(DATASET_KEY, _to_table(items, schema))
+    summary = {
+        "items": len(items),
+        "batches": len(batches),
+        "rejected": rejected,
+        "pending": pending_count,
+        "same_content_dropped": len(kept) - len(unique),
+        "labelled": {a: int(items[a].notna().sum()) if len(items) else 0 for a in taxonomy.names},
+    }
+    log.info("dataset: %s", summary)
+    return summary

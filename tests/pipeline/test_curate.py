@@ -1,0 +1,133 @@
+import hashlib
+import io
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageDraw
+
+from pipeline.curate import curate_batch
+from pipeline.hashing import hamming, perceptual_hashes
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def blocks(seed: int, size: int = 160) -> Image.Image:
+    """A random 8x8 colour-block pattern: distinct seeds give perceptually distinct images."""
+    cells = np.random.default_rng(seed).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(cells).resize((size, size), Image.NEAREST)
+
+
+def item_id(url: str) -> str:
+    return hashlib.sha1(url.encode()).hexdigest()[:20]
+
+
+def write_crawl(store, crawl_id: str, images: dict[str, bytes | None]) -> dict[str, str]:
+    """Products named by ``images`` (name -> bytes; None = image never stored); returns name -> item_id."""
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    rows, ids = [], {}
+    for n, (name, data) in enumerate(images.items()):
+        url = f"http://shop.test/p/{name}"
+        ids[name] = item_id(url)
+        key = f"images/full/{hashlib.sha1(name.encode()).hexdigest()}.jpg"
+        if data is not None:
+            store.put_bytes(key, data)
+        rows.append({
+            "item_id": ids[name], "retailer": "demo-store", "product_url": url, "sku": f"SKU{n}",
+            "title": f"Product {name}", "price": 10.0 + n, "currency": "EUR", "category": "tops",
+            "image_url": f"http://shop.test/img/{name}.jpg", "image_key": key,
+            "crawled_at": start + timedelta(minutes=n),
+        })
+    store.write_parquet(f"crawls/{crawl_id}/products.parquet", pa.Table.from_pylist(rows))
+    return ids
+
+
+def crawl_images() -> dict[str, bytes | None]:
+    original = blocks(1, 256)
+    return {
+        "original": jpeg(original),
+        "exact-copy": jpeg(original),
+        "small-copy": jpeg(original.resize((128, 128)), quality=60),
+        "distinct": jpeg(blocks(2)),
+        "another": jpeg(blocks(3)),
+        "truncated": jpeg(blocks(4, 256))[:2000],
+        "random-bytes": np.random.default_rng(5).bytes(3000),
+        "tiny": jpeg(blocks(6, 10)),
+        "blank": jpeg(Image.new("RGB", (100, 100), "white")),
+        "absent": None,
+    }
+
+
+def test_curate_writes_accepted_rejections_duplicates_and_summary(any_store):
+    ids = write_crawl(any_store, "crawl-20261101", crawl_images())
+    summary = curate_batch(any_store, "crawl-20261101")
+
+    accepted = any_store.read_parquet("curation/crawl-20261101/accepted.parquet")
+    kept = {name for name, i in ids.items() if i in accepted.column("item_id").to_pylist()}
+    assert kept == {"original", "distinct", "another"}
+    assert accepted.column("item_id").to_pylist() == sorted(accepted.column("item_id").to_pylist())
+    assert accepted.schema.field("phash").type == pa.uint64() and accepted.schema.field("dhash").type == pa.uint64()
+    for column in ("retailer", "product_url", "sku", "title", "price", "image_key", "crawled_at",
+                   "content_sha256", "width", "height", "cluster_id"):
+        assert column in accepted.column_names
+    row = accepted.to_pandas().set_index("item_id").loc[ids["original"]]
+    assert (row["width"], row["height"]) == (256, 256)
+    assert row["cluster_id"] == row["content_sha256"] == hashlib.sha256(crawl_images()["original"]).hexdigest()
+
+    rejections = any_store.read_parquet("curation/crawl-20261101/rejections.parquet").to_pandas()
+    by_item = dict(zip(rejections["item_id"], rejections["reason"]))
+    assert by_item == {ids["truncated"]: "undecodable", ids["random-bytes"]: "not_an_image",
+                       ids["tiny"]: "too_small", ids["blank"]: "blank", ids["absent"]: "missing"}
+
+    duplicates = any_store.read_parquet("curation/crawl-20261101/duplicates.parquet").to_pandas().set_index("item_id")
+    assert duplicates.loc[ids["exact-copy"], "kind"] == "exact"
+    assert duplicates.loc[ids["small-copy"], "kind"] == "near"
+    assert set(duplicates["kept_item_id"]) == {ids["original"]}
+
+    assert summary == any_store.read_json("curation/crawl-20261101/summary.json")
+    assert summary["accepted"] == 3 and summary["rejected"] == 5 and summary["duplicates"] == 2
+    assert summary["rejections_by_reason"] == {"blank": 1, "missing": 1, "not_an_image": 1, "too_small": 1,
+                                               "undecodable": 1}
+    assert summary["duplicates_by_kind"] == {"exact": 1, "near": 1}
+
+
+def test_rerun_writes_identical_outputs(file_store):
+    write_crawl(file_store, "c1", crawl_images())
+    curate_batch(file_store, "c1", "batch-a")
+    first = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
+    curate_batch(file_store, "c1", "batch-a")
+    second = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
+    assert sorted(first) == [f"curation/batch-a/{n}" for n in
+                             ("accepted.parquet", "duplicates.parquet", "rejections.parquet", "summary.json")]
+    assert first == second
+
+
+def test_a_crawl_of_only_bad_images_writes_empty_tables(file_store):
+    write_crawl(file_store, "bad", {"x": b"nope", "y": None})
+    summary = curate_batch(file_store, "bad")
+    assert summary["accepted"] == 0 and summary["rejected"] == 2
+    accepted = file_store.read_parquet("curation/bad/accepted.parquet")
+    assert accepted.num_rows == 0 and accepted.schema.field("phash").type == pa.uint64()
+
+
+def garment(fill: tuple[int, int, int], background: tuple[int, int, int]) -> Image.Image:
+    """One silhouette, as a catalog draws every product: only the colour tells two products apart."""
+    image = Image.new("RGB", (128, 128), background)
+    ImageDraw.Draw(image).polygon([(40, 20), (88, 20), (96, 110), (32, 110)], fill=fill)
+    return image
+
+
+def test_different_products_with_one_silhouette_are_not_near_duplicates(file_store):
+    brown, green = garment((120, 60, 30), (245, 235, 225)), garment((90, 140, 60), (235, 240, 235))
+    (p1, d1), (p2, d2) = perceptual_hashes(brown), perceptual_hashes(green)
+    assert int(hamming(p1, p2)) <= 6 and int(hamming(d1, d2)) <= 10  # both hashes are fooled
+    ids = write_crawl(file_store, "same-shape", {
+        "brown": jpeg(brown), "green": jpeg(green), "brown-small": jpeg(brown.resize((100, 100)), quality=70)})
+    summary = curate_batch(file_store, "same-shape")
+    accepted = file_store.read_parquet("curation/same-shape/accepted.parquet").column("item_id").to_pylist()
+    assert sorted(accepted) == sorted([ids["brown"], ids["green"]])
+    assert summary["duplicates_by_kind"] == {"near": 1}

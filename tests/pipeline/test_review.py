@@ -1,0 +1,187 @@
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipeline.review import (
+    Decision, apply_policy, build_dataset, enqueue, pending, read_decisions, record_decisions,
+)
+
+START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def write_batch(store, batch_id: str, crawl_id: str, items: dict[str, str], weak: list[tuple[str, str, str, str]],
+                day: int = 0) -> None:
+    """A curated batch as curate_batch leaves it: items maps item_id -> content_sha256."""
+    rows = []
+    for n, (item_id, sha) in enumerate(sorted(items.items())):
+        rows.append({
+            "item_id": item_id, "retailer": "demo-store", "product_url": f"http://shop.test/p/{item_id}",
+            "sku": item_id.upper(), "title": f"Title {item_id}", "price": 9.5, "currency": "EUR",
+            "category": "tops", "image_url": f"http://shop.test/i/{item_id}.jpg",
+            "image_key": f"images/full/{item_id}.jpg", "crawled_at": START + timedelta(days=day, minutes=n),
+            "phash": 2**63 + n, "dhash": n, "content_sha256": sha, "width": 100, "height": 120,
+            "cluster_id": sha,
+        })
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        *(pa.field(name, pa.string()) for name in ("item_id", "retailer", "product_url", "sku", "title")),
+        pa.field("price", pa.float64()), pa.field("currency", pa.string()), pa.field("category", pa.string()),
+        pa.field("image_url", pa.string()), pa.field("image_key", pa.string()),
+        pa.field("crawled_at", pa.timestamp("us", tz="UTC")), pa.field("phash", pa.uint64()),
+        pa.field("dhash", pa.uint64()), pa.field("content_sha256", pa.string()), pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()), pa.field("cluster_id", pa.string()),
+    ]))
+    store.write_parquet(f"curation/{batch_id}/accepted.parquet", table)
+    store.write_json(f"curation/{batch_id}/summary.json", {"crawl_id": crawl_id, "batch_id": batch_id})
+    store.write_parquet(f"crawls/{crawl_id}/weak_labels.parquet", pa.Table.from_pylist(
+        [{"item_id": i, "attribute": a, "label": lab, "source": s} for i, a, lab, s in weak],
+        schema=pa.schema([("item_id", pa.string()), ("attribute", pa.string()), ("label", pa.string()),
+                          ("source", pa.string())])))
+
+
+ITEMS = {"i1": "sha1", "i2": "sha2", "i3": "sha3", "i4": "sha4", "i5": "sha5"}
+WEAK = [
+    ("i1", "pattern", "striped", "query:striped"),
+    ("i1", "shape", "full-sleeve", "query:long sleeve"),
+    ("i2", "pattern", "striped", "query:striped"),
+    ("i2", "pattern", "floral", "query:floral"),
+    ("i3", "pattern", "floral", "query:floral"),
+    ("i3", "pattern", "floral", "query:flower"),
+    ("i4", "pattern", "solid", "query:solid"),
+    ("i4", "fabric", "denim", "query:denim"),  # not in the taxonomy: ignored
+]
+
+
+def test_enqueue_pivots_weak_labels_and_flags_conflicts(any_store):
+    write_batch(any_store, "b1", "c1", ITEMS, WEAK)
+    assert enqueue(any_store, "b1") == 5
+    queue = any_store.read_parquet("review/queue/b1.parquet").to_pandas().set_index("item_id")
+    assert list(queue.index) == ["i1", "i2", "i3", "i4", "i5"]
+    for column in ("image_key", "cluster_id", "title", "product_url", "weak_style", "weak_style_source"):
+        assert column in queue.columns
+    assert queue.loc["i1", "weak_pattern"] == "striped" and queue.loc["i1", "weak_shape"] == "full-sleeve"
+    assert pd.isna(queue.loc["i2", "weak_pattern"])
+    assert queue.loc["i2", "weak_pattern_source"] == "conflict:query:floral,query:striped"
+    assert queue.loc["i3", "weak_pattern"] == "floral"
+    assert queue.loc["i3", "weak_pattern_source"] == "query:floral,query:flower"
+    assert pd.isna(queue.loc["i4", "weak_fabric"]) and pd.isna(queue.loc["i5", "weak_pattern"])
+    assert queue["phash"].dtype == "uint64"
+
+
+def test_review_flow_builds_the_right_labels(any_store):
+    write_batch(any_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(any_store, "b1")
+    assert pending(any_store, "b1") == ["i1", "i2", "i3", "i4", "i5"]
+
+    first = record_decisions(any_store, "b1", [
+        Decision("i3", "relabel", "pattern", "checkered", reason="it is a check"),
+        Decision("i4", "reject", reason="not clothing"),
+        Decision("i5", "skip"),
+    ], reviewer="alice")
+    second = record_decisions(any_store, "b1", [Decision("i1", "relabel", "pattern", "graphic")], reviewer="bob")
+    third = record_decisions(any_store, "b1", [Decision("i1", "relabel", "pattern", "solid")], reviewer="carol")
+    assert len({first, second, third}) == 3
+
+    assert apply_policy(any_store, "b1", "auto_accept") == 1  # only i2: i5 was seen and skipped
+    assert apply_policy(any_store, "b1", "auto_accept") == 0
+    assert apply_policy(any_store, "b1", "manual") == 0
+    assert pending(any_store, "b1") == ["i5"]
+
+    log = read_decisions(any_store, "b1")
+    assert len(any_store.list("review/decisions/b1")) == 4
+    carol = log[log["reviewer"] == "carol"].iloc[0]
+    assert (carol["old_label"], carol["new_label"]) == ("graphic", "solid")
+    auto = log[log["reviewer"] == "policy:auto_accept"]
+    assert auto["item_id"].tolist() == ["i2"] and auto["decision"].tolist() == ["accept"]
+
+    summary = build_dataset(any_store)
+    items = any_store.read_parquet("dataset/items.parquet").to_pandas().set_index("item_id")
+    assert list(items.index) == ["i1", "i2", "i3"]
+    assert summary["items"] == 3 and summary["rejected"] == 1 and summary["pending"] == 1
+    assert items.loc["i1", "pattern"] == "solid" and items.loc["i1", "pattern_label_source"] == "review:carol"
+    assert items.loc["i1", "shape"] == "full-sleeve"
+    assert items.loc["i1", "shape_label_source"] == "weak:query:long sleeve"
+    assert pd.isna(items.loc["i2", "pattern"]) and items.loc["i2", "pattern_label_source"].startswith("conflict:")
+    assert items.loc["i3", "pattern"] == "checkered" and pd.isna(items.loc["i3", "fabric"])
+    for column in ("image_key", "title", "product_url", "retailer", "cluster_id", "phash", "content_sha256",
+                   "batch_id", "style", "style_label_source"):
+        assert column in items.columns
+    assert items["phash"].dtype == "uint64" and set(items["batch_id"]) == {"b1"}
+
+
+def test_the_audit_log_is_append_only(file_store):
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    first = record_decisions(file_store, "b1", [Decision("i1", "accept")], reviewer="alice")
+    first_bytes = file_store.get_bytes(first)
+    second = record_decisions(file_store, "b1", [Decision("i1", "reject")], reviewer="alice")
+    assert first != second
+    assert file_store.list("review/decisions/b1") == sorted([first, second])
+    assert file_store.get_bytes(first) == first_bytes
+    assert pending(file_store, "b1") == ["i2", "i3", "i4", "i5"]
+    build_dataset(file_store)
+    assert file_store.read_parquet("dataset/items.parquet").num_rows == 0  # the later reject wins
+
+
+@pytest.mark.parametrize("decision, message", [
+    (Decision("nope", "accept"), "unknown item 'nope'"),
+    (Decision("i1", "relabel", "colour", "red"), "unknown attribute 'colour'"),
+    (Decision("i1", "relabel", "pattern", "polka"), "unknown class 'polka'"),
+    (Decision("i1", "approve"), "unknown decision 'approve'"),
+    (Decision("i1", "accept", "pattern"), "item-level decision"),
+])
+def test_invalid_decisions_are_refused_and_nothing_is_written(file_store, decision, message):
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    with pytest.raises(ValueError, match=message):
+        record_decisions(file_store, "b1", [Decision("i2", "accept"), decision], reviewer="alice")
+    assert file_store.list("review/decisions") == []
+
+
+def test_unknown_policy_and_unknown_batch_are_errors(file_store):
+    with pytest.raises(ValueError, match="unknown review policy 'yolo'"):
+        apply_policy(file_store, "b1", "yolo")
+    with pytest.raises(ValueError, match="not curated"):
+        enqueue(file_store, "missing")
+    with pytest.raises(ValueError, match="no review queue"):
+        pending(file_store, "missing")
+
+
+def test_dataset_dedupes_across_batches_and_is_idempotent(file_store):
+    write_batch(file_store, "b1", "c1", {"i1": "sha1", "i2": "sha2", "i3": "sha3"}, [
+        ("i1", "pattern", "striped", "query:striped")])
+    write_batch(file_store, "b2", "c2", {"i1": "sha1-new", "i3": "sha3-new", "i9": "sha2"}, [
+        ("i1", "pattern", "floral", "query:floral")], day=7)
+    for batch in ("b1", "b2"):
+        enqueue(file_store, batch)
+        apply_policy(file_store, batch, "auto_accept")
+    record_decisions(file_store, "b2", [Decision("i3", "reject")], reviewer="alice")
+
+    summary = build_dataset(file_store)
+    first = file_store.get_bytes("dataset/items.parquet")
+    items = file_store.read_parquet("dataset/items.parquet").to_pandas().set_index("item_id")
+    # i1: the later batch's copy wins; i3: rejected in the later batch; i9: same bytes as i2, which is older.
+    assert list(items.index) == ["i1", "i2"]
+    assert items.loc["i1", "batch_id"] == "b2" and items.loc["i1", "pattern"] == "floral"
+    assert summary["same_content_dropped"] == 1 and summary["batches"] == 2
+    build_dataset(file_store)
+    assert file_store.get_bytes("dataset/items.parquet") == first
+
+
+def test_relabel_from_null_and_clearing_a_label(file_store):
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    record_decisions(file_store, "b1", [
+        Decision("i5", "relabel", "pattern", "floral"),
+        Decision("i1", "relabel", "shape", None, reason="sleeves not visible"),
+    ], reviewer="erin")
+    log = read_decisions(file_store, "b1").set_index("item_id")
+    assert pd.isna(log.loc["i5", "old_label"]) and log.loc["i5", "new_label"] == "floral"
+    assert log.loc["i1", "old_label"] == "full-sleeve" and pd.isna(log.loc["i1", "new_label"])
+    assert pending(file_store, "b1") == ["i2", "i3", "i4"]  # a relabel accepts the item
+    build_dataset(file_store)
+    items = file_store.read_parquet("dataset/items.parquet").to_pandas().set_index("item_id")
+    assert list(items.index) == ["i1", "i5"]
+    assert pd.isna(items.loc["i1", "shape"]) and items.loc["i1", "shape_label_source"] == "review:erin"
+    assert items.loc["i1", "pattern"] == "striped" and items.loc["i5", "pattern"] == "floral"
