@@ -1,0 +1,111 @@
+"""Run one crawl as a ``scrapy crawl`` subprocess and return its summary from the store.
+
+A subprocess because Twisted's reactor cannot be restarted inside one process, and the caller (an
+Airflow task, a test, the demo driver) may run several crawls. The child inherits the environment
+(``FASHIONNET_*``, ``AWS_*``), so it reads the same settings and writes to the same store.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from typing import IO, Any
+
+from pipeline.settings import REPO_ROOT, get_settings
+from pipeline.storage import open_store
+from scrapers.spiders.base import validate_crawl_id
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_MODULE = "scrapers.settings"
+TAIL_LINES = 40
+
+
+class CrawlError(RuntimeError):
+    """A crawl subprocess failed or timed out; the message ends with the tail of its log."""
+
+
+def crawl_command(spider: str, crawl_id: str, retailer: str, start_url: str | None, run_token: str) -> list[str]:
+    cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-a", f"crawl_id={crawl_id}", "-a", f"retailer={retailer}"]
+    cmd += ["-a", f"run_token={run_token}"]
+    if start_url:
+        cmd += ["-a", f"start_url={start_url}"]
+    return cmd
+
+
+def crawl_env() -> dict[str, str]:
+    """The parent's environment plus the Scrapy settings module and the repository on the path."""
+    env = dict(os.environ)
+    env["SCRAPY_SETTINGS_MODULE"] = SETTINGS_MODULE
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _pump(stream: IO[str], tail: collections.deque[str]) -> None:
+    """Copy the child's output to ours line by line, keeping the last lines for error messages."""
+    for line in stream:
+        tail.append(line.rstrip("\n"))
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop the child's process group (scrapy and anything it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def run_crawl(
+    spider: str,
+    crawl_id: str,
+    retailer: str = "demo-store",
+    start_url: str | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run ``spider`` to completion and return ``crawls/<crawl_id>/summary.json`` from the store."""
+    validate_crawl_id(crawl_id)
+    settings = get_settings()
+    timeout = float(timeout_s if timeout_s is not None else settings.crawl.get("timeout_s", 600))
+    # The token comes back in the summary: proof that it was written by this run, not an earlier one.
+    run_token = uuid.uuid4().hex
+    cmd = crawl_command(spider, crawl_id, retailer, start_url, run_token)
+    logger.info("running %s", " ".join(cmd))
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=crawl_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace", start_new_session=True,
+    )
+    assert proc.stdout is not None
+    reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        reader.join(timeout=5)
+        raise CrawlError(f"crawl {spider}/{crawl_id} timed out after {timeout:g}s; log tail:\n" + "\n".join(tail)) from None
+    except BaseException:
+        _stop(proc)
+        raise
+    reader.join(timeout=10)
+    if code != 0:
+        raise CrawlError(f"crawl {spider}/{crawl_id} exited with {code}; log tail:\n" + "\n".join(tail))
+    key = f"crawls/{crawl_id}/summary.json"
+    store = open_store()
+    summary = store.read_json(key) if store.exists(key) else {}
+    if summary.get("run_token") != run_token:
+        raise CrawlError(f"crawl {spider}/{crawl_id} wrote no {key} in {store.uri}; log tail:\n" + "\n".join(tail))
+    return summary

@@ -1,0 +1,33 @@
+"""``python -m scrapers.demo_store --site DIR --port N [--products N]``: build (if missing) and serve."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scrapers.demo_store.server import DemoStoreServer
+from scrapers.demo_store.site import build_site, site_exists
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the FashionNet demo store on 127.0.0.1.")
+    parser.add_argument("--site", type=Path, required=True, help="site folder (built here when missing)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--products", type=int, default=240, help="products when building a new site")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    if not site_exists(args.site):
+        print(f"building {args.products} products into {args.site}", flush=True)
+        build_site(args.site, n_products=args.products, seed=args.seed)
+    server = DemoStoreServer(args.site, host=args.host, port=args.port).start()
+    print(f"demo store at {server.base_url} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

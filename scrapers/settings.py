@@ -1,0 +1,66 @@
+"""Scrapy settings for FashionNet (``SCRAPY_SETTINGS_MODULE=scrapers.settings``).
+
+Values come from the project's configuration (:func:`pipeline.settings.get_settings`), so a crawl
+uses the same store, user agent and politeness as the rest of the pipeline.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.settings import Settings, get_settings
+
+BOT_NAME = "fashionnet"
+SPIDER_MODULES = ["scrapers.spiders"]
+NEWSPIDER_MODULE = "scrapers.spiders"
+
+LOG_LEVEL = "INFO"
+TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
+
+# Politeness: AutoThrottle adapts the delay to the server's latency; retries on 5xx and timeouts.
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_MAX_DELAY = 10.0
+RETRY_ENABLED = True
+RETRY_TIMES = 2
+RETRY_HTTP_CODES = [500, 502, 503, 504, 522, 524, 408, 429]
+DOWNLOAD_TIMEOUT = 30
+
+ITEM_PIPELINES = {
+    "scrapers.pipelines.StoreImagesPipeline": 100,
+    "scrapers.pipelines.StoreExportPipeline": 800,
+}
+# Scrapy's S3 files store only reads credentials from settings when set; otherwise botocore uses the
+# environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION).
+AWS_REGION_NAME = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+
+
+def images_store(store_uri: str) -> str:
+    """IMAGES_STORE for a store URI: ``<store>/images`` (a local folder path for ``file://`` stores).
+
+    Scrapy's S3 store joins its prefix and the file path without a separator, hence the trailing slash.
+    """
+    if store_uri.startswith("file://"):
+        return store_uri[len("file://"):].rstrip("/") + "/images"
+    return store_uri.rstrip("/") + "/images/"
+
+
+def fashionnet_settings(settings: Settings) -> dict[str, Any]:
+    """The Scrapy settings derived from the FashionNet configuration."""
+    crawl = settings.crawl
+    per_domain = int(crawl.get("concurrent_requests_per_domain", 4))
+    return {
+        "USER_AGENT": crawl["user_agent"],
+        "ROBOTSTXT_OBEY": bool(crawl.get("obey_robots_txt", True)),
+        "CONCURRENT_REQUESTS_PER_DOMAIN": per_domain,
+        "DOWNLOAD_DELAY": float(crawl.get("download_delay_s", 0.0)),
+        # Scrapy's default first delay (5 s) would dominate a small crawl; AutoThrottle adapts from here.
+        "AUTOTHROTTLE_START_DELAY": float(crawl.get("autothrottle_start_delay_s", 0.5)),
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": float(per_domain),
+        "IMAGES_STORE": images_store(settings.store_uri),
+        "AWS_ENDPOINT_URL": settings.s3_endpoint_url,
+        "FASHIONNET_STORE_URI": settings.store_uri,
+    }
+
+
+globals().update(fashionnet_settings(get_settings()))

@@ -1,0 +1,48 @@
+"""``query``: the shop's search as a labeller.
+
+For every class of every taxonomy attribute, search the shop for ``settings.search_query(class)``,
+follow the result pages, and emit a WeakLabelItem per (product found, attribute, class) with the query
+as its source. Each product page is parsed once (Scrapy's dupefilter drops repeated requests).
+"""
+from __future__ import annotations
+
+from typing import AsyncIterator, Iterator
+from urllib.parse import quote_plus
+
+import scrapy
+from scrapy.http import Response
+
+from pipeline.settings import get_settings
+from scrapers.items import WeakLabelItem, item_id_for
+from scrapers.spiders.base import ShopSpider
+
+
+class QuerySpider(ShopSpider):
+    name = "query"
+
+    def search_url(self, query: str) -> str:
+        template = self.retailer_config.get("search_url")
+        if not template:
+            raise ValueError(f"retailer {self.retailer!r} has no search_url in the settings")
+        return template.format(base_url=self.base_url, query=quote_plus(query))
+
+    async def start(self) -> AsyncIterator[scrapy.Request]:
+        settings = get_settings()
+        for attribute in settings.taxonomy.names:
+            for label in settings.taxonomy.classes(attribute):
+                query = settings.search_query(label)
+                yield scrapy.Request(
+                    self.search_url(query),
+                    callback=self.parse_search,
+                    cb_kwargs={"attribute": attribute, "label": label, "query": query},
+                )
+
+    def parse_search(self, response: Response, attribute: str, label: str, query: str) -> Iterator[WeakLabelItem | scrapy.Request]:
+        for url in self.product_links(response):
+            yield WeakLabelItem(item_id=item_id_for(url), attribute=attribute, label=label, source=f"query:{query}")
+            yield self.product_request(url)
+        next_url = self.next_page(response)
+        if next_url:
+            yield scrapy.Request(
+                next_url, callback=self.parse_search, cb_kwargs={"attribute": attribute, "label": label, "query": query}
+            )

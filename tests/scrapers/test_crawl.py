@@ -1,0 +1,138 @@
+"""Real crawls of a small generated shop through run_crawl (a scrapy subprocess), into folder and S3 stores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import get_settings
+from pipeline.storage import ObjectStore
+from scrapers.crawl import CrawlError, run_crawl
+from scrapers.demo_store.server import DemoStoreServer, search_matches
+from scrapers.demo_store.site import build_site, load_catalog
+from scrapers.items import item_id_for
+from scrapers.pipelines import PRODUCTS_SCHEMA, WEAK_LABELS_SCHEMA
+
+N_PRODUCTS = 40  # the size of the demo_site fixture (tests/scrapers/conftest.py)
+
+
+def point_at(monkeypatch: pytest.MonkeyPatch, store: ObjectStore, server: DemoStoreServer) -> None:
+    monkeypatch.setenv("FASHIONNET_STORE", store.uri)
+    monkeypatch.setenv("FASHIONNET_SHOP_URL", server.base_url)
+    get_settings.cache_clear()
+
+
+def expected_weak_labels(site: Path, base_url: str) -> set[tuple[str, str, str, str]]:
+    """What the shop's search semantics say the query spider must find."""
+    settings = get_settings()
+    expected = set()
+    for product in load_catalog(site):
+        item_id = item_id_for(f"{base_url}/product/{product['sku']}")
+        for attribute in settings.taxonomy.names:
+            for label in settings.taxonomy.classes(attribute):
+                query = settings.search_query(label)
+                if search_matches(product, query):
+                    expected.add((item_id, attribute, label, f"query:{query}"))
+    return expected
+
+
+def read_crawl(store: ObjectStore, crawl_id: str):
+    products = store.read_parquet(f"crawls/{crawl_id}/products.parquet")
+    weak = store.read_parquet(f"crawls/{crawl_id}/weak_labels.parquet")
+    return products, weak
+
+
+def test_query_crawl_into_store_and_rerun(any_store: ObjectStore, demo_server: DemoStoreServer, demo_site: Path, monkeypatch):
+    point_at(monkeypatch, any_store, demo_server)
+    before = len(demo_server.requests)
+    summary = run_crawl("query", "query-20260101", timeout_s=120)
+    requested = demo_server.requested_paths()[before:]
+
+    products, weak = read_crawl(any_store, "query-20260101")
+    assert products.schema.equals(PRODUCTS_SCHEMA) and weak.schema.equals(WEAK_LABELS_SCHEMA)
+    assert products.num_rows == summary["products"] == N_PRODUCTS
+    assert sorted(products.column("sku").to_pylist()) == sorted(p["sku"] for p in load_catalog(demo_site))
+    assert products.column("item_id").to_pylist() == [item_id_for(u) for u in products.column("product_url").to_pylist()]
+    assert set(products.column("currency").to_pylist()) == {"EUR"}
+    keys = products.column("image_key").to_pylist()
+    assert all(k.startswith("images/full/") and k.endswith(".jpg") for k in keys)
+    assert all(any_store.get_bytes(k)[:2] == b"\xff\xd8" for k in keys)
+    assert summary["images"] == N_PRODUCTS and summary["drops"] == {} and summary["errors"] == 0
+
+    found = {tuple(row.values()) for row in weak.to_pylist()}
+    assert weak.num_rows == len(found) == summary["weak_labels"]
+    assert found == expected_weak_labels(demo_site, demo_server.base_url)
+    assert any_store.read_json("crawls/query-20260101/summary.json") == summary
+
+    # Robots obeyed: robots.txt fetched first, /account/ never.
+    assert requested[0] == "/robots.txt"
+    assert not any(p.startswith("/account") for p in requested)
+    # Every product page fetched once although several searches find it.
+    product_pages = [p for p in requested if p.startswith("/product/")]
+    assert len(product_pages) == len(set(product_pages)) == N_PRODUCTS
+
+    rerun = run_crawl("query", "query-20260101", timeout_s=120)
+    products2, weak2 = read_crawl(any_store, "query-20260101")
+    assert (products2.num_rows, weak2.num_rows) == (products.num_rows, weak.num_rows)
+    assert {tuple(r.values()) for r in weak2.to_pylist()} == found
+    assert rerun["run_token"] != summary["run_token"]
+    assert len(any_store.list("images/")) == N_PRODUCTS
+    assert any_store.list("crawls/") == [f"crawls/query-20260101/{n}" for n in ("products.parquet", "summary.json", "weak_labels.parquet")]
+
+
+def test_catalog_crawl_from_sitemap(file_store: ObjectStore, demo_server: DemoStoreServer, monkeypatch):
+    point_at(monkeypatch, file_store, demo_server)
+    before = len(demo_server.requests)
+    summary = run_crawl("catalog", "catalog-20260101", timeout_s=120)
+    requested = demo_server.requested_paths()[before:]
+    products = file_store.read_parquet("crawls/catalog-20260101/products.parquet")
+    assert products.num_rows == summary["products"] == N_PRODUCTS
+    assert file_store.read_parquet("crawls/catalog-20260101/weak_labels.parquet").num_rows == 0
+    assert "/sitemap.xml" in requested and "/catalog" not in requested
+    assert summary["pages"] == N_PRODUCTS + 1  # the sitemap and every product page
+
+
+def test_catalog_crawl_from_listing_pages(file_store: ObjectStore, demo_server: DemoStoreServer, monkeypatch):
+    point_at(monkeypatch, file_store, demo_server)
+    before = len(demo_server.requests)
+    summary = run_crawl("catalog", "listing-1", start_url=demo_server.base_url + "/catalog", timeout_s=120)
+    requested = demo_server.requested_paths()[before:]
+    assert summary["products"] == N_PRODUCTS
+    assert "/sitemap.xml" not in requested and not any(p.startswith("/account") for p in requested)
+
+
+def test_robots_txt_forbids_the_account_page(file_store: ObjectStore, demo_server: DemoStoreServer, monkeypatch):
+    point_at(monkeypatch, file_store, demo_server)
+    before = len(demo_server.requests)
+    summary = run_crawl("catalog", "robots-1", start_url=demo_server.base_url + "/account/", timeout_s=120)
+    requested = demo_server.requested_paths()[before:]
+    assert summary["robots_forbidden"] == 1 and summary["products"] == 0
+    assert requested == ["/robots.txt"]
+    assert file_store.read_parquet("crawls/robots-1/products.parquet").num_rows == 0
+
+
+def test_products_whose_image_fails_are_dropped_with_their_weak_labels(tmp_path: Path, file_store: ObjectStore, monkeypatch):
+    site = build_site(tmp_path / "site", n_products=8, seed=4)
+    broken = load_catalog(site)[0]
+    (site / "images" / broken["image"]).unlink()
+    with DemoStoreServer(site) as server:
+        point_at(monkeypatch, file_store, server)
+        summary = run_crawl("query", "broken-1", timeout_s=120)
+        broken_id = item_id_for(f"{server.base_url}/product/{broken['sku']}")
+    products, weak = read_crawl(file_store, "broken-1")
+    assert summary["products"] == products.num_rows == 7
+    assert summary["drops"] == {"image_http_error": 1}
+    assert broken_id not in products.column("item_id").to_pylist()
+    assert broken_id not in weak.column("item_id").to_pylist()
+    assert summary["weak_labels_without_product"] >= 1
+
+
+def test_failures_raise_crawl_error_with_the_log_tail(file_store: ObjectStore, demo_server: DemoStoreServer, monkeypatch):
+    point_at(monkeypatch, file_store, demo_server)
+    with pytest.raises(CrawlError, match="Spider not found"):
+        run_crawl("no-such-spider", "bad-1", timeout_s=120)
+    with pytest.raises(CrawlError, match="timed out"):
+        run_crawl("query", "slow-1", timeout_s=0.2)
+    with pytest.raises(ValueError):
+        run_crawl("query", "../escape")
+    assert not file_store.exists("crawls/slow-1/summary.json")

@@ -1,0 +1,59 @@
+"""Scrapy settings from the FashionNet configuration, small pipeline helpers, the demo store's command line."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from pipeline.settings import REPO_ROOT, load_settings
+from scrapers.settings import fashionnet_settings, images_store
+
+
+def test_images_store_for_folder_and_s3_stores():
+    assert images_store("file:///data/store/") == "/data/store/images"
+    # Scrapy's S3 store concatenates prefix and path: the trailing slash keeps images/full/... intact.
+    assert images_store("s3://bucket/fashionnet") == "s3://bucket/fashionnet/images/"
+    assert images_store("s3://bucket") == "s3://bucket/images/"
+
+
+def test_scrapy_settings_follow_the_configuration():
+    settings = load_settings({"FASHIONNET_STORE": "s3://b/p", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    scrapy_settings = fashionnet_settings(settings)
+    assert scrapy_settings["USER_AGENT"] == settings.crawl["user_agent"]
+    assert scrapy_settings["ROBOTSTXT_OBEY"] is True
+    assert scrapy_settings["CONCURRENT_REQUESTS_PER_DOMAIN"] == settings.crawl["concurrent_requests_per_domain"]
+    assert scrapy_settings["IMAGES_STORE"] == "s3://b/p/images/"
+    assert scrapy_settings["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    assert scrapy_settings["FASHIONNET_STORE_URI"] == "s3://b/p"
+
+
+def test_demo_store_command_builds_and_serves(tmp_path: Path):
+    from tests.conftest import free_port, wait_for_port
+
+    port = free_port()
+    site = tmp_path / "site"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scrapers.demo_store", "--site", str(site), "--port", str(port), "--products", "5"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/sitemap.xml", timeout=5) as response:
+            assert response.read().count(b"<loc>") == 5
+        assert (site / "ground_truth.csv").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_image_failure_reasons_and_item_ids():
+    from scrapers.items import item_id_for
+    from scrapers.pipelines import image_failure_reason
+
+    assert image_failure_reason(Exception("download-error")) == "image_http_error"
+    assert image_failure_reason(Exception("empty-content")) == "image_empty"
+    assert image_failure_reason(Exception("cannot identify image file")) == "image_invalid"
+    # sha1 hex of the URL, first 20 characters (docs/architecture.md).
+    assert item_id_for("http://127.0.0.1:8765/product/A") == "5b8ec43f287b8f99cb13"
