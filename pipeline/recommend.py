@@ -11,7 +11,8 @@ import datetime as dt
 import io
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from pipeline.dedup import colour_thumbnail, thumbnail_mad
 from pipeline.hashing import content_sha256, hamming, perceptual_hashes
 from pipeline.report import render_recommendations_html
 from pipeline.settings import get_settings
@@ -43,6 +45,10 @@ class Vectorizer(Protocol):
     def vectorize(self, images: list[bytes]) -> list[dict[str, Any]]:
         """One dict per image with ``<attr>``, ``<attr>_prob``, ``<attr>_model_version`` per attribute."""
         ...
+
+
+NearCopyCheck = Callable[[int, int], bool]
+"""(repository row, profile row) -> True when the two images are the same picture."""
 
 
 class MatchScores(NamedTuple):
@@ -220,20 +226,34 @@ def score_matches(profile: pa.Table, repository: pa.Table, attributes: Sequence[
     return MatchScores(score=matches.sum(axis=1), best_row=best, attribute_hits=hits)
 
 
-def own_image_mask(profile: pa.Table, repository: pa.Table, phash_max_distance: int) -> np.ndarray:
+def own_image_mask(
+    profile: pa.Table,
+    repository: pa.Table,
+    phash_max_distance: int,
+    confirm_near_copy: NearCopyCheck | None = None,
+) -> np.ndarray:
     """True for repository items that are one of the profile's images: the same bytes
-    (``content_sha256``) or a near copy (pHash within ``phash_max_distance`` bits)."""
+    (``content_sha256``) or a near copy (pHash within ``phash_max_distance`` bits).
+
+    64-bit hashes see shape more than colour, so different garments with one silhouette can fall
+    within the distance; ``confirm_near_copy(item_row, profile_row)``, when given, must also agree,
+    as curation's thumbnail check does for duplicates.
+    """
     _require_columns(repository, ["phash", "content_sha256"], "repository")
     own_sha = pc.is_in(repository["content_sha256"].cast(pa.string()),
                        value_set=pc.drop_null(profile["content_sha256"].cast(pa.string())))
     mask = pc.fill_null(own_sha, False).to_numpy(zero_copy_only=False).astype(bool)
-    profile_hashes = pc.drop_null(profile["phash"]).to_numpy().astype(np.uint64)
-    if repository.num_rows and len(profile_hashes):
+    profile_phash = profile["phash"].cast(pa.uint64())
+    profile_rows = np.flatnonzero(pc.is_valid(profile_phash).to_numpy(zero_copy_only=False))
+    if repository.num_rows and len(profile_rows):
+        profile_hashes = profile_phash.to_numpy(zero_copy_only=False)[profile_rows].astype(np.uint64)
         item_phash = repository["phash"].cast(pa.uint64())
         valid = pc.is_valid(item_phash).to_numpy(zero_copy_only=False).astype(bool)
         hashes = pc.fill_null(item_phash, 0).to_numpy().astype(np.uint64)
-        distance = hamming(hashes[:, None], profile_hashes[None, :]).min(axis=1)
-        mask |= valid & (distance <= phash_max_distance)
+        close = valid[:, None] & (hamming(hashes[:, None], profile_hashes[None, :]) <= phash_max_distance)
+        for item, column in zip(*np.nonzero(close & ~mask[:, None])):
+            if confirm_near_copy is None or confirm_near_copy(int(item), int(profile_rows[column])):
+                mask[item] = True
     return mask
 
 
@@ -253,6 +273,7 @@ def rank(
     attributes: Sequence[str],
     k: int,
     phash_max_distance: int | None = None,
+    confirm_near_copy: NearCopyCheck | None = None,
 ) -> pa.Table:
     """The top ``k`` repository items for ``profile``, best first.
 
@@ -267,7 +288,7 @@ def rank(
         phash_max_distance = int(get_settings().curation["phash_max_distance"])
     scores = score_matches(profile, repository, attributes)
     probability = _matching_probability(repository, scores.attribute_hits, attributes)
-    eligible = ~own_image_mask(profile, repository, phash_max_distance) & (scores.score > 0)
+    eligible = ~own_image_mask(profile, repository, phash_max_distance, confirm_near_copy) & (scores.score > 0)
     id_order = pc.rank(pc.fill_null(repository["item_id"].cast(pa.string()), ""),
                        sort_keys="ascending", tiebreaker="dense").to_numpy()
     # lexsort: the last key is the primary one.
@@ -286,6 +307,26 @@ def rank(
     for name in items.column_names:
         head = head.append_column(items.schema.field(name), items[name])
     return head
+
+
+def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
+    """Curation's colour-thumbnail rule as a :data:`NearCopyCheck`; images load once, on demand."""
+
+    @lru_cache(maxsize=None)
+    def thumbnail(key: str) -> np.ndarray:
+        with Image.open(io.BytesIO(store.get_bytes(key))) as image:
+            return colour_thumbnail(image)
+
+    profile_keys = profile["image_key"].to_pylist()
+    item_keys = repository["image_key"].to_pylist()
+
+    def same_picture(item_row: int, profile_row: int) -> bool:
+        try:
+            return thumbnail_mad(thumbnail(item_keys[item_row]), thumbnail(profile_keys[profile_row])) <= max_mad
+        except (OSError, ValueError, FileNotFoundError):
+            return True  # cannot compare: err on the side of never showing users their own photo
+
+    return same_picture
 
 
 # -- the whole request ------------------------------------------------------------------------------
@@ -329,7 +370,8 @@ def recommend_for_user(
     repository = store.read_parquet(REPOSITORY_KEY)
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
     profile = build_profile(store, user_id, keys, vectorizer, attributes)
-    ranked = rank(profile, repository, attributes, k, int(settings.curation["phash_max_distance"]))
+    ranked = rank(profile, repository, attributes, k, int(settings.curation["phash_max_distance"]),
+                  thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])))
 
     prefix = output_prefix(user_id, run_date)
     written = {

@@ -403,3 +403,38 @@ def test_build_profile_rejects_undecodable_images_and_bad_vectorizers(file_store
 
     with pytest.raises(ValueError, match="returned 0 vectors for 1 images"):
         build_profile(file_store, "ann", ["users/ann/ok.jpg"], Empty(), ATTRS)
+
+
+def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(file_store):
+    """Hashes see shape: a red and a blue copy of one drawing are hash-close but different items."""
+    import io as _io
+
+    import pyarrow as _pa
+    from PIL import Image as _Image, ImageDraw as _ImageDraw
+
+    from pipeline.hashing import content_sha256 as _sha, perceptual_hashes as _hashes
+    from pipeline.recommend import own_image_mask, thumbnail_check
+
+    def garment(colour: str) -> bytes:
+        image = _Image.new("RGB", (96, 96), "white")
+        _ImageDraw.Draw(image).polygon([(20, 10), (76, 10), (90, 40), (70, 40), (70, 90), (26, 90), (26, 40), (6, 40)],
+                                      fill=colour)
+        buffer = _io.BytesIO()
+        image.save(buffer, "JPEG", quality=95)
+        return buffer.getvalue()
+
+    mine, red_copy, blue = garment("red"), garment("red"), garment("blue")
+    file_store.put_bytes("users/u/mine.jpg", mine)
+    file_store.put_bytes("images/red.jpg", red_copy)
+    file_store.put_bytes("images/blue.jpg", blue)
+
+    def table(keys, blobs):
+        phashes = [_hashes(_Image.open(_io.BytesIO(b)))[0] for b in blobs]
+        return _pa.table({"image_key": keys, "phash": _pa.array(phashes, _pa.uint64()),
+                          "content_sha256": [_sha(b) + "-other" for b in blobs]})
+
+    profile = table(["users/u/mine.jpg"], [mine])
+    repository = table(["images/red.jpg", "images/blue.jpg"], [red_copy, blue])
+    assert own_image_mask(profile, repository, 6).tolist() == [True, True]  # hashes alone: both "own"
+    check = thumbnail_check(file_store, profile, repository, max_mad=4.0)
+    assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
