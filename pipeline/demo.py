@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--products", type=int, default=240, help="products in the demo store")
     parser.add_argument("--profile", default="demo", help="settings profile (config/profiles/<name>.yaml)")
     parser.add_argument("--k", type=int, default=10, help="recommendations to write")
+    parser.add_argument("--port", type=int, default=8765,
+                        help="demo store port; item ids derive from product URLs, so keep it fixed across runs "
+                             "(0 = any free port, for throwaway stores)")
     return parser.parse_args(argv)
 
 
@@ -90,16 +93,20 @@ def upload_user_images(store: Any, site_dir: Path) -> list[str]:
 
 
 def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
-    """Accuracy of the repository's fashion vectors against the demo store's hidden true labels."""
-    from scrapers.demo_store.site import load_ground_truth
+    """Accuracy of the repository's fashion vectors against the demo store's hidden true labels,
+    on the items of the dataset's test split (never seen in training)."""
     from pipeline.settings import get_settings
+    from scrapers.demo_store.site import load_ground_truth
 
     repository = store.read_parquet("repository/fashion_vectors.parquet").to_pandas()
+    split = store.read_parquet("dataset/split.parquet").to_pandas()
+    test_items = repository[repository["item_id"].isin(split.loc[split["split"] == "test", "item_id"])].copy()
     truth = load_ground_truth(site_dir).to_pandas()
-    repository["sku"] = repository["product_url"].str.rsplit("/", n=1).str[-1]
-    joined = repository.merge(truth, on="sku", suffixes=("", "_true"))
-    return {attr: float((joined[attr] == joined[f"{attr}_true"]).mean())
-            for attr in get_settings().taxonomy.names if len(joined)}
+    test_items["sku"] = test_items["product_url"].str.rsplit("/", n=1).str[-1]
+    joined = test_items.merge(truth, on="sku", suffixes=("", "_true"))
+    if joined.empty:
+        return {}
+    return {attr: float((joined[attr] == joined[f"{attr}_true"]).mean()) for attr in get_settings().taxonomy.names}
 
 
 def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None:
@@ -109,14 +116,15 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
     from pipeline.settings import get_settings
 
     attributes = get_settings().taxonomy.names
-    print("\n=== Attribute networks (test split of the curated, weakly labelled dataset) ===")
+    print("\n=== Attribute networks: accuracy on the test split, against its weak labels and against the"
+          " demo store's hidden true labels ===")
     truth = truth_accuracy(store, site_dir)
     rows = []
     for attribute in attributes:
         model = current(store, attribute) or {}
         rows.append({"attribute": attribute, "version": model.get("version"),
                      "val_accuracy": model.get("val_accuracy"), "test_accuracy": model.get("test_accuracy"),
-                     "repository_vs_hidden_truth": truth.get(attribute)})
+                     "test_vs_hidden_truth": truth.get(attribute)})
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
     rec_keys = [k for k in store.list(f"recommendations/{DEMO_USER}") if k.endswith("recommendations.parquet")]
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     site_dir = args.work_dir / "demo-store"
     if not (site_dir / "catalog.json").exists():
         build_site(site_dir, n_products=args.products, seed=7)
-    with DemoStoreServer(site_dir, host="127.0.0.1", port=0) as shop:
+    with DemoStoreServer(site_dir, host="127.0.0.1", port=args.port) as shop:
         os.environ["FASHIONNET_SHOP_URL"] = shop.base_url  # before settings are first read
         from pipeline.settings import get_settings
         from pipeline.storage import open_store

@@ -14,7 +14,6 @@ BOT_NAME = "fashionnet"
 SPIDER_MODULES = ["scrapers.spiders"]
 NEWSPIDER_MODULE = "scrapers.spiders"
 
-LOG_LEVEL = "INFO"
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 
@@ -57,6 +56,7 @@ def fashionnet_settings(settings: Settings) -> dict[str, Any]:
         # Scrapy's default first delay (5 s) would dominate a small crawl; AutoThrottle adapts from here.
         "AUTOTHROTTLE_START_DELAY": float(crawl.get("autothrottle_start_delay_s", 0.5)),
         "AUTOTHROTTLE_TARGET_CONCURRENCY": float(per_domain),
+        "LOG_LEVEL": str(crawl.get("log_level", "INFO")).upper(),
         "IMAGES_STORE": images_store(settings.store_uri),
         "AWS_ENDPOINT_URL": settings.s3_endpoint_url,
         "FASHIONNET_STORE_URI": settings.store_uri,

@@ -23,22 +23,24 @@ ATTRIBUTES = ["pattern", "fabric", "style", "shape"]
 @pytest.fixture(scope="module")
 def pipeline_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=bucket)
-    work_dir: Path = tmp_path_factory.mktemp("e2e")
-    env["AIRFLOW_HOME"] = str(work_dir / "airflow")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.demo", "--store", f"s3://{bucket}/fashionnet", "--work-dir", str(work_dir),
-         "--products", "80", "--profile", "test", "--k", "5"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
-    )
-    assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    env = {**os.environ, **aws}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws.items():
+            patch.setenv(name, value)
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        work_dir: Path = tmp_path_factory.mktemp("e2e")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.demo", "--store", f"s3://{bucket}/fashionnet", "--work-dir",
+             str(work_dir), "--products", "80", "--profile", "test", "--k", "5", "--port", "0"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        )
+        assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
 
-    from pipeline.storage import ObjectStore
+        from pipeline.storage import ObjectStore
 
-    return ObjectStore(f"s3://{bucket}/fashionnet", endpoint_url=moto_endpoint), proc.stdout
+        yield ObjectStore(f"s3://{bucket}/fashionnet", endpoint_url=moto_endpoint), proc.stdout
 
 
 def test_every_stage_wrote_its_objects(pipeline_run):
