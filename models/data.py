@@ -1,0 +1,94 @@
+"""Images and labels for one attribute, read from the dataset tables in the store."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.storage import ObjectStore
+
+ITEMS_KEY = "dataset/items.parquet"
+SPLIT_KEY = "dataset/split.parquet"
+SPLITS = ("train", "validation", "test")
+
+
+class UndecodableImage(ValueError):
+    """Bytes that PIL cannot read as an image."""
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """Image bytes (JPEG, PNG, ...) -> RGB uint8 array of shape (image_size, image_size, 3).
+
+    Transparent pixels are composited over white, the background of product photos; the image is
+    resized to a square (the networks are trained on whole product images, not crops).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                image = Image.new("RGB", rgba.size, (255, 255, 255))
+                image.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                image = image.convert("RGB")
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UndecodableImage(f"cannot decode image: {exc}") from exc
+
+
+@dataclass
+class SplitArrays:
+    """One split of one attribute: images, class indices and the item ids they came from."""
+
+    images: np.ndarray  # (n, size, size, 3) uint8
+    labels: np.ndarray  # (n,) int32, index into the attribute's classes
+    item_ids: list[str]
+    skipped: int = 0  # undecodable images left out
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+def labelled_items(store: ObjectStore, attribute: str, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Items labelled for ``attribute`` with their split: item_id, image_key, label, label_index, split."""
+    items = store.read_parquet(ITEMS_KEY).to_pandas()
+    if attribute not in items.columns:
+        raise ValueError(f"{ITEMS_KEY} has no column for attribute {attribute!r}")
+    split = store.read_parquet(SPLIT_KEY, columns=["item_id", "split"]).to_pandas()
+    frame = items.loc[items[attribute].notna(), ["item_id", "image_key", attribute]]
+    frame = frame.rename(columns={attribute: "label"}).merge(split, on="item_id", how="inner")
+    unknown = sorted(set(frame["label"]) - set(classes))
+    if unknown:
+        raise ValueError(f"attribute {attribute!r}: labels {unknown} are not in the taxonomy classes {list(classes)}")
+    index = {name: i for i, name in enumerate(classes)}
+    frame["label_index"] = frame["label"].map(index).astype("int32")
+    return frame.sort_values("item_id").reset_index(drop=True)
+
+
+def load_arrays(store: ObjectStore, frame: pd.DataFrame, image_size: int) -> SplitArrays:
+    """Decode the images of ``frame`` rows (image_key, label_index); undecodable ones are skipped."""
+    images, labels, item_ids, skipped = [], [], [], 0
+    for row in frame.itertuples(index=False):
+        try:
+            images.append(decode_image(store.get_bytes(row.image_key), image_size))
+        except (UndecodableImage, FileNotFoundError):
+            skipped += 1
+            continue
+        labels.append(row.label_index)
+        item_ids.append(row.item_id)
+    array = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return SplitArrays(array, np.asarray(labels, dtype=np.int32), item_ids, skipped)
+
+
+def load_split(
+    store: ObjectStore, attribute: str, split: str, classes: tuple[str, ...], image_size: int
+) -> SplitArrays:
+    """The images and labels of one split for one attribute (only items labelled for it)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
+    frame = labelled_items(store, attribute, classes)
+    return load_arrays(store, frame[frame["split"] == split], image_size)

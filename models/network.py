@@ -1,0 +1,168 @@
+"""The attribute network: a convolutional backbone with a small softmax head.
+
+The model takes raw RGB pixels (0-255, float or uint8) and applies the backbone's own
+``preprocess_input`` inside the graph, in a serializable layer. Training, evaluation and batch
+inference therefore feed exactly the same thing, and a saved ``model.keras`` carries its
+preprocessing with it.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+BACKBONE_LAYER = "backbone"
+HEAD_LAYERS = ("feature_norm", "head_dense", "head_dropout", "predictions")
+POOLINGS = ("avg", "max", "flatten")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one backbone family and how its inputs must be preprocessed."""
+
+    constructor: Callable[..., keras.Model]
+    preprocess: Callable
+    min_image_size: int
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone(keras.applications.VGG16, keras.applications.vgg16.preprocess_input, 32),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
+
+
+@keras.saving.register_keras_serializable(package="fashionnet")
+class BackbonePreprocess(keras.layers.Layer):
+    """Raw RGB 0-255 -> the input the named backbone was trained on (e.g. VGG16: BGR, mean-centred)."""
+
+    def __init__(self, backbone: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self._preprocess = get_backbone(backbone).preprocess
+
+    def call(self, inputs):
+        return self._preprocess(keras.ops.cast(inputs, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+@keras.saving.register_keras_serializable(package="fashionnet")
+class FeatureStandardization(keras.layers.Layer):
+    """(features - mean) / std with per-feature statistics set once from the training features.
+
+    Why: the pooled features of a randomly initialised VGG16 (no BatchNormalization, Glorot init)
+    are tiny (std ~0.05 at 32-64 px), and a freshly initialised Dense head barely moves on them in a
+    few epochs. Standardising them makes the head's job well-conditioned for any backbone and
+    weights. The statistics are non-trainable weights, so they are saved with the model and copied
+    by get_weights/set_weights (the best-weights snapshot included).
+    """
+
+    def build(self, input_shape) -> None:
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight(name="mean", shape=(dim,), initializer="zeros", trainable=False)
+        self.std = self.add_weight(name="std", shape=(dim,), initializer="ones", trainable=False)
+
+    def adapt_to(self, features) -> None:
+        features = np.asarray(features, dtype="float32")
+        self.mean.assign(features.mean(axis=0))
+        self.std.assign(np.maximum(features.std(axis=0), 1e-6))
+
+    def call(self, inputs):
+        return (inputs - self.mean) / self.std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def build_backbone(backbone: str, weights: str | None, image_size: int) -> keras.Model:
+    """The backbone without its classifier, named ``backbone``; weights: None, "imagenet" or a file."""
+    spec = get_backbone(backbone)
+    if image_size < spec.min_image_size:
+        raise ValueError(f"backbone {backbone!r} needs images of at least {spec.min_image_size} px, got {image_size}")
+    if weights not in (None, "imagenet"):
+        if not os.path.isfile(str(weights)):
+            raise FileNotFoundError(
+                f"backbone weights file {weights!r} does not exist; use weights: imagenet, null, "
+                "or the path of a no-top weights file (.h5 / .weights.h5)"
+            )
+    base = spec.constructor(
+        include_top=False,
+        weights="imagenet" if weights == "imagenet" else None,
+        input_shape=(image_size, image_size, 3),
+        name=BACKBONE_LAYER,
+    )
+    if weights not in (None, "imagenet"):
+        base.load_weights(str(weights))
+    return base
+
+
+def build_attribute_network(
+    num_classes: int,
+    *,
+    backbone: str = "vgg16",
+    weights: str | None = None,
+    image_size: int = 224,
+    dense_units: int = 512,
+    dropout: float = 0.5,
+    pooling: str = "avg",
+    name: str = "attribute_network",
+) -> keras.Model:
+    """Raw RGB image -> preprocess -> backbone -> pooling -> standardize -> Dense(relu) -> Dropout -> softmax.
+
+    The backbone is called with ``training=False``, so any BatchNormalization layer in it stays in
+    inference mode even when the backbone is unfrozen for fine-tuning (the keras-io recipe).
+    """
+    if num_classes < 2:
+        raise ValueError(f"an attribute network needs at least 2 classes, got {num_classes}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; known: {POOLINGS}")
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = BackbonePreprocess(backbone, name="preprocess")(inputs)
+    x = build_backbone(backbone, weights, image_size)(x, training=False)
+    x = {
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+        "flatten": keras.layers.Flatten,
+    }[pooling](name="pool")(x)
+    x = FeatureStandardization(name=HEAD_LAYERS[0])(x)
+    x = keras.layers.Dense(dense_units, activation="relu", name=HEAD_LAYERS[1])(x)
+    x = keras.layers.Dropout(dropout, name=HEAD_LAYERS[2])(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYERS[3])(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze or unfreeze the WHOLE backbone; BatchNormalization layers always stay frozen."""
+    base = model.get_layer(BACKBONE_LAYER)
+    base.trainable = trainable
+    if trainable:
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The frozen part of ``model``: raw image -> pooled backbone features (shares its layers)."""
+    return keras.Model(model.input, model.get_layer("pool").output, name="features")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The head of ``model`` on pooled features; its layers ARE the model's, so training it trains them."""
+    features = keras.Input(shape=model.get_layer("pool").output.shape[1:], name="features")
+    x = features
+    for layer_name in HEAD_LAYERS:
+        x = model.get_layer(layer_name)(x)
+    return keras.Model(features, x, name="head")
