@@ -47,7 +47,8 @@ def fashionnet_train():
         from pipeline.storage import open_store
 
         store = open_store()
-        trained = [t for t in trained if t]
+        # Index by length: mapped tasks that failed pushed nothing, and iterating past the end logs errors.
+        trained = [trained[i] for i in range(len(trained))]
         with stage("train.publish") as report:
             published = [publish_model(store, t["attribute"], t["version"]) for t in trained]
             report.summary = {"published": len(published)}
