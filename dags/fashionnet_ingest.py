@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from fashionnet_assets import DATASET
+from fashionnet_common import DATASET, crawl_params
 
 PARAMS = {
-    "retailer": Param("demo-store", type="string", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
-                      description="A retailer configured in config/settings.yaml"),
-    "start_url": Param(None, type=["null", "string"], pattern=r"^https?://[^\s]+$",
-                       description="Override the retailer's base URL (optional)"),
+    **crawl_params(),
     "review_policy": Param(None, type=["null", "string"], enum=[None, "auto_accept", "manual"],
                            description="Override the configured review policy"),
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from fashionnet_assets import RECOMMENDATIONS, REPOSITORY
+from fashionnet_common import RECOMMENDATIONS, REPOSITORY
 
 PARAMS = {
     "user_id": Param("demo-user", type="string", pattern=r"^[A-Za-z0-9_-]{1,64}$",

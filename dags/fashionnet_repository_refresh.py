@@ -4,19 +4,12 @@ The fashion-vector repository is what recommendations and analysts read.
 """
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
-from fashionnet_assets import REPOSITORY
-
-PARAMS = {
-    "retailer": Param("demo-store", type="string", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
-                      description="A retailer configured in config/settings.yaml"),
-    "start_url": Param(None, type=["null", "string"], pattern=r"^https?://[^\s]+$",
-                       description="Override the retailer's base URL (optional)"),
-}
+from fashionnet_common import REPOSITORY, crawl_params
 
 
-@dag(dag_id="fashionnet_repository_refresh", schedule="0 2 * * *", catchup=False, params=PARAMS,
+@dag(dag_id="fashionnet_repository_refresh", schedule="0 2 * * *", catchup=False, params=crawl_params(),
      tags=["fashionnet"])
 def fashionnet_repository_refresh():
     @task

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from fashionnet_assets import DATASET, MODELS
+from fashionnet_common import DATASET, MODELS
 
 
 @dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, tags=["fashionnet"])

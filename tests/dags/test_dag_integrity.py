@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
-DAG_FILES = sorted(p for p in DAGS_DIR.glob("fashionnet_*.py") if p.name != "fashionnet_assets.py")
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("fashionnet_*.py") if p.name != "fashionnet_common.py")
 HEAVY = ["tensorflow", "keras", "pandas", "scrapy", "pyarrow", "PIL", "imagehash"]
 
 PROBE = """
@@ -104,6 +104,21 @@ def test_recommend_params_reject_bad_input_before_any_work(dagbag, conf, message
     from airflow.sdk.definitions.param import ParamsDict
 
     params = ParamsDict(dagbag.dags["fashionnet_recommend"].params)
+    with pytest.raises(ParamValidationError, match=message):
+        params.update(conf)
+        params.validate()
+
+
+@pytest.mark.parametrize("dag_id", ["fashionnet_ingest", "fashionnet_repository_refresh"])
+@pytest.mark.parametrize("conf, message", [
+    ({"start_url": "file:///etc/passwd"}, "does not match"),
+    ({"retailer": "../other"}, "does not match"),
+])
+def test_crawl_params_reject_urls_and_names_that_are_not_shops(dagbag, dag_id, conf, message):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dagbag.dags[dag_id].params)
     with pytest.raises(ParamValidationError, match=message):
         params.update(conf)
         params.validate()
