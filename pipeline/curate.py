@@ -5,6 +5,20 @@ Reads ``crawls/<crawl_id>/products.parquet`` and the images it names; writes und
 ``summary.json``. Every output is a pure function of the inputs (rows sorted by item_id, no clock in
 the summary), so a rerun writes the same bytes to the same keys.
 
+Cross-run deduplication, for the batch kinds listed in ``curation.cross_run_kinds`` (batch ids
+``<kind>-<YYYYMMDD>``, see :func:`pipeline.runs.batch_id`; the ingest batches that grow the training
+set, not the nightly catalog snapshot, which must stay whole for the repository):
+``curation/hash_index/<kind>/<batch_id>.parquet`` holds the items each batch kept
+(:data:`HASH_INDEX_SCHEMA`: hashes, size, cluster and the 16x16 colour thumbnail the near-duplicate
+confirmation needs). A batch is deduplicated against itself and against the index files of every
+*other* batch of its kind, so tonight's crawl is checked against everything kept before; an item that duplicates
+an earlier kept item is recorded in ``duplicates.parquet`` with ``kept_batch_id`` naming that batch,
+and the earlier item stays the representative (see :mod:`pipeline.dedup`). The batch then replaces
+its own index file, so a rerun never matches against its own previous run. Caveat: rerunning an old
+batch after later batches were curated checks it against those later ones too; their kept items
+were already checked against the old batch's, so only chains through the old batch's dropped items
+can change its outcome.
+
 A bad image only ever costs its own row: it becomes a rejection (data), never an exception.
 Errors of the store itself (other than a missing object) do propagate: they are not a verdict on the
 image, and a task retry is the right answer to them.
@@ -12,14 +26,16 @@ image, and a task retry is the right answer to them.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.dedup import colour_thumbnail, deduplicate
+from pipeline.dedup import THUMBNAIL_COLUMN, THUMBNAIL_SIDE, colour_thumbnail, deduplicate
 from pipeline.hashing import content_sha256, perceptual_hashes
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
@@ -35,8 +51,16 @@ DUPLICATE_ITEM = "duplicate_item_id"
 REJECTIONS_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("image_key", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
 ])
+# kept_batch_id: the batch that kept kept_item_id (this batch, or an earlier one: a cross-run duplicate).
 DUPLICATES_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("kept_item_id", pa.string()), ("kind", pa.string()), ("distance", pa.int64()),
+    ("kept_batch_id", pa.string()),
+])
+HASH_INDEX_PREFIX = "curation/hash_index/"
+HASH_INDEX_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("content_sha256", pa.string()), ("phash", pa.uint64()), ("dhash", pa.uint64()),
+    ("width", pa.int32()), ("height", pa.int32()), ("crawled_at", pa.timestamp("us", tz="UTC")),
+    ("batch_id", pa.string()), ("cluster_id", pa.string()), (THUMBNAIL_COLUMN, pa.binary()),
 ])
 IMAGE_COLUMNS = pa.schema([
     ("phash", pa.uint64()), ("dhash", pa.uint64()), ("content_sha256", pa.string()),
@@ -50,6 +74,48 @@ def crawl_key(crawl_id: str, name: str) -> str:
 
 def batch_key(batch_id: str, name: str) -> str:
     return f"curation/{batch_id}/{name}"
+
+
+def batch_kind(batch_id: str) -> str | None:
+    """``ingest`` for ``ingest-20261128``; None for an id not of the form ``<kind>-<YYYYMMDD>``."""
+    found = re.fullmatch(r"(.+)-\d{8}", batch_id)
+    return found.group(1) if found else None
+
+
+def cross_run_kind(batch_id: str, curation: dict[str, Any]) -> str | None:
+    """The batch's kind when that kind is deduplicated across runs, else None."""
+    kind = batch_kind(batch_id)
+    return kind if kind is not None and kind in curation.get("cross_run_kinds", []) else None
+
+
+def hash_index_key(kind: str, batch_id: str) -> str:
+    return f"{HASH_INDEX_PREFIX}{kind}/{batch_id}.parquet"
+
+
+def read_prior_index(store: ObjectStore, kind: str | None, batch_id: str) -> pd.DataFrame:
+    """The items kept by every other batch of ``kind`` (none without a kind), thumbnails as arrays."""
+    own = hash_index_key(kind or "", batch_id)
+    keys = store.list(f"{HASH_INDEX_PREFIX}{kind}/") if kind else []
+    tables = [store.read_parquet(key) for key in keys if key.endswith(".parquet") and key != own]
+    if not tables:
+        return HASH_INDEX_SCHEMA.empty_table().to_pandas()
+    frame = pa.concat_tables([t.cast(HASH_INDEX_SCHEMA) for t in tables]).to_pandas()
+    frame["phash"] = frame["phash"].astype("uint64")
+    frame["dhash"] = frame["dhash"].astype("uint64")
+    shape = (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
+    frame[THUMBNAIL_COLUMN] = [np.frombuffer(b, dtype=np.uint8).reshape(shape) for b in frame[THUMBNAIL_COLUMN]]
+    return frame
+
+
+def write_hash_index(store: ObjectStore, kind: str, batch_id: str, kept: pd.DataFrame,
+                     thumbnails: dict[str, bytes]) -> None:
+    """Replace ``batch_id``'s rows of the persistent hash index with the items it kept."""
+    rows = [{"item_id": r.item_id, "content_sha256": r.content_sha256, "phash": int(r.phash),
+             "dhash": int(r.dhash), "width": int(r.width), "height": int(r.height),
+             "crawled_at": pd.Timestamp(r.crawled_at).to_pydatetime(), "batch_id": batch_id,
+             "cluster_id": r.cluster_id, THUMBNAIL_COLUMN: thumbnails[r.item_id]}
+            for r in kept.itertuples(index=False)]
+    store.write_parquet(hash_index_key(kind, batch_id), pa.Table.from_pylist(rows, schema=HASH_INDEX_SCHEMA))
 
 
 def read_products(store: ObjectStore, crawl_id: str) -> pa.Table:
@@ -123,8 +189,13 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
                                          "dhash", "width", "height", "thumbnail"])
     frame["phash"] = frame["phash"].astype("uint64")
     frame["dhash"] = frame["dhash"].astype("uint64")
+    frame["crawled_at"] = pd.to_datetime(frame["crawled_at"], utc=True)
+    thumbnails = {row["item_id"]: row["thumbnail"].tobytes() for row in valid}
+    kind = cross_run_kind(batch_id, curation)
+    prior = read_prior_index(store, kind, batch_id)
     result = deduplicate(frame, int(curation["phash_max_distance"]), int(curation["dhash_max_distance"]),
-                         float(curation.get("thumbnail_max_mad", DEFAULT_THUMBNAIL_MAX_MAD)))
+                         float(curation.get("thumbnail_max_mad", DEFAULT_THUMBNAIL_MAX_MAD)), prior=prior)
+    duplicates = result.duplicates.assign(kept_batch_id=result.duplicates["kept_batch_id"].fillna(batch_id))
 
     accepted = accepted_table(products, result.kept)
     store.write_parquet(batch_key(batch_id, "accepted.parquet"), accepted)
@@ -132,9 +203,12 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
                         pa.Table.from_pylist(sorted(rejections, key=lambda r: r["item_id"]),
                                              schema=REJECTIONS_SCHEMA))
     store.write_parquet(batch_key(batch_id, "duplicates.parquet"),
-                        pa.Table.from_pandas(result.duplicates, schema=DUPLICATES_SCHEMA, preserve_index=False))
+                        pa.Table.from_pandas(duplicates, schema=DUPLICATES_SCHEMA, preserve_index=False))
+    if kind is not None:
+        write_hash_index(store, kind, batch_id, result.kept, thumbnails)
 
-    kinds = Counter(result.duplicates["kind"])
+    kinds = Counter(duplicates["kind"])
+    earlier = duplicates["kept_batch_id"] != batch_id
     summary = {
         "crawl_id": crawl_id,
         "batch_id": batch_id,
@@ -145,6 +219,8 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
         "rejections_by_reason": dict(sorted(Counter(r["reason"] for r in rejections).items())),
         "duplicates": len(result.duplicates),
         "duplicates_by_kind": dict(sorted(kinds.items())),
+        "duplicates_of_earlier_batches": int(earlier.sum()),
+        "index_items_before": len(prior),
         "clusters": int(result.kept["cluster_id"].nunique()),
     }
     store.write_json(batch_key(batch_id, "summary.json"), summary)

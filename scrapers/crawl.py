@@ -30,11 +30,27 @@ class CrawlError(RuntimeError):
     """A crawl subprocess failed or timed out; the message ends with the tail of its log."""
 
 
-def crawl_command(spider: str, crawl_id: str, retailer: str, start_url: str | None, run_token: str) -> list[str]:
+def crawl_command(
+    spider: str,
+    crawl_id: str,
+    retailer: str,
+    start_url: str | None,
+    run_token: str,
+    spider_args: dict[str, str] | None = None,
+    setting_overrides: dict[str, Any] | None = None,
+) -> list[str]:
     cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-a", f"crawl_id={crawl_id}", "-a", f"retailer={retailer}"]
     cmd += ["-a", f"run_token={run_token}"]
     if start_url:
         cmd += ["-a", f"start_url={start_url}"]
+    for name, value in (spider_args or {}).items():
+        if name in {"crawl_id", "retailer", "run_token", "start_url"} or not name.isidentifier():
+            raise ValueError(f"spider argument {name!r} is reserved or not a name")
+        cmd += ["-a", f"{name}={value}"]
+    for name, value in (setting_overrides or {}).items():
+        if not name.isupper() or not name.replace("_", "").isalnum():
+            raise ValueError(f"not a Scrapy setting name: {name!r}")
+        cmd += ["-s", f"{name}={value}"]
     return cmd
 
 
@@ -74,14 +90,27 @@ def run_crawl(
     retailer: str = "demo-store",
     start_url: str | None = None,
     timeout_s: float | None = None,
+    incremental: bool | None = None,
+    spider_args: dict[str, str] | None = None,
+    setting_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``spider`` to completion and return ``crawls/<crawl_id>/summary.json`` from the store."""
+    """Run ``spider`` to completion and return ``crawls/<crawl_id>/summary.json`` from the store.
+
+    ``incremental`` overrides the ``crawl.incremental`` setting for this crawl (see :mod:`scrapers.seen`);
+    ``spider_args`` are further ``-a name=value`` arguments of the spider. ``setting_overrides`` are
+    ``-s NAME=value`` Scrapy settings for this one run, over those derived from the configuration: for
+    tests (a short DOWNLOAD_TIMEOUT) and the benchmark (politeness off), not for production DAGs, whose
+    crawls take everything from ``config/settings.yaml``.
+    """
     validate_crawl_id(crawl_id)
     settings = get_settings()
     timeout = float(timeout_s if timeout_s is not None else settings.crawl.get("timeout_s", 600))
     # The token comes back in the summary: proof that it was written by this run, not an earlier one.
     run_token = uuid.uuid4().hex
-    cmd = crawl_command(spider, crawl_id, retailer, start_url, run_token)
+    args = dict(spider_args or {})
+    if incremental is not None:
+        args["incremental"] = "true" if incremental else "false"
+    cmd = crawl_command(spider, crawl_id, retailer, start_url, run_token, args, setting_overrides)
     logger.info("running %s", " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(

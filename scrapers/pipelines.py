@@ -1,10 +1,23 @@
-"""Item pipelines: product images into the store, then the crawl's tables and summary into the store.
+"""Item pipelines: skip unchanged products, product images into the store, then the crawl's tables and
+summary into the store.
 
+``IncrementalPipeline`` (first) drops, in an incremental crawl, the products that did not change since an
+earlier crawl emitted them (see :mod:`scrapers.seen`), before their image is downloaded.
 ``StoreImagesPipeline`` (an ImagesPipeline) downloads each product's image into ``<store>/images``
 and sets ``image_key``; a product without a stored image is dropped and counted by reason.
 ``StoreExportPipeline`` keeps the surviving items and, when the spider closes, writes
 ``crawls/<crawl_id>/{products,weak_labels}.parquet`` and ``summary.json``. Keys are fixed per crawl id,
-so a rerun overwrites instead of duplicating.
+so a rerun overwrites instead of duplicating. An incremental crawl that finished writes its seen-set back.
+
+Image bytes: the store keeps ImagesPipeline's output under ``images/full/<sha1(url)>.jpg``, which is
+the shop's original bytes for an RGB JPEG (Scrapy >= 2.13 stores those untouched) and a JPEG re-encode
+(Pillow's default quality, 75) for everything else: PNG and WebP (alpha flattened onto white), GIF,
+palette images, CMYK or greyscale JPEGs. We keep this rather than storing every original: curation,
+hashing and training then open one format and one colour mode, alpha is flattened once instead of by
+every reader, and the decode is the validity check (an HTML "image", a truncated or a too-small one is
+dropped here with its reason, before it reaches the store). The cost: a non-JPEG image's bytes are not
+the shop's, so ``content_sha256`` identifies our copy and exact-duplicate detection across formats
+relies on the perceptual hashes; ``image_url`` keeps the original's address.
 """
 from __future__ import annotations
 
@@ -24,31 +37,14 @@ from scrapy.pipelines.images import ImagesPipeline
 from twisted.python.failure import Failure
 
 from pipeline.storage import open_store
-from scrapers.items import ProductItem, WeakLabelItem
+from scrapers.items import PRODUCTS_SCHEMA, WEAK_LABELS_SCHEMA, ProductItem, WeakLabelItem
+from scrapers.middlewares import BACKOFF_STAT, FAILED_STAT
+from scrapers.seen import SKIPPED_STAT, SeenTracker, seen_tracker
 
 logger = logging.getLogger(__name__)
 
 IMAGES_PREFIX = "images/"
 DROP_STAT = "fashionnet/dropped/"
-
-PRODUCTS_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("retailer", pa.string()),
-        ("product_url", pa.string()),
-        ("sku", pa.string()),
-        ("title", pa.string()),
-        ("price", pa.float64()),
-        ("currency", pa.string()),
-        ("category", pa.string()),
-        ("image_url", pa.string()),
-        ("image_key", pa.string()),
-        ("crawled_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-WEAK_LABELS_SCHEMA = pa.schema(
-    [("item_id", pa.string()), ("attribute", pa.string()), ("label", pa.string()), ("source", pa.string())]
-)
 
 
 def crawl_key(crawl_id: str, name: str) -> str:
@@ -69,7 +65,36 @@ def image_failure_reason(error: BaseException) -> str:
         return "image_http_error"
     if message == "empty-content":
         return "image_empty"
+    if message.startswith("Image too small"):
+        return "image_too_small"
+    if "truncated" in message.lower():
+        return "image_truncated"
     return "image_invalid"
+
+
+class IncrementalPipeline:
+    """In an incremental crawl, drops (as ``skipped_unchanged``, not as a failure) unchanged products."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.tracker: SeenTracker | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> "IncrementalPipeline":
+        return cls(crawler)
+
+    def open_spider(self) -> None:
+        self.tracker = seen_tracker(self.crawler)
+
+    def process_item(self, item: Any) -> Any:
+        if self.tracker is None or not isinstance(item, ProductItem):
+            return item
+        adapter = ItemAdapter(item)
+        if self.tracker.should_emit(adapter["item_id"], adapter.asdict()):
+            return item
+        assert self.crawler.stats is not None
+        self.crawler.stats.inc_value(SKIPPED_STAT)
+        raise DropItem(f"unchanged since an earlier crawl: {adapter.get('product_url')}", log_level="DEBUG")
 
 
 class StoreImagesPipeline(ImagesPipeline):
@@ -126,6 +151,7 @@ class StoreExportPipeline:
         self.pages = 0
         self.started = time.monotonic()
         crawler.signals.connect(self._response_received, signal=signals.response_received)
+        crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> "StoreExportPipeline":
@@ -161,12 +187,30 @@ class StoreExportPipeline:
         store.write_json(crawl_key(crawl_id, "summary.json"), summary)
         logger.info("crawl %s summary: %s", crawl_id, summary)
 
+    def _spider_closed(self, reason: str, **_: Any) -> None:
+        """Writes an incremental crawl's seen-set back, but only when the crawl finished normally."""
+        tracker = seen_tracker(self.crawler)
+        if tracker is None:
+            return
+        if reason != "finished":
+            logger.warning("crawl closed (%s): the seen-set of %s is left as it was", reason, tracker.seen.retailer)
+            return
+        size = tracker.commit(list(self.products))
+        logger.info("seen-set of %s updated: %d products", tracker.seen.retailer, size)
+
     def summary(self, crawl_id: str, n_weak_labels: int) -> dict[str, Any]:
         stats = self.crawler.stats.get_stats()  # type: ignore[union-attr]
         spider = self.crawler.spider
         drops = {k[len(DROP_STAT):]: v for k, v in sorted(stats.items()) if k.startswith(DROP_STAT)}
         exceptions = {
             k.rsplit("/", 1)[-1]: v for k, v in stats.items() if k.startswith("downloader/exception_type_count/")
+        }
+        failed = {k[len(FAILED_STAT):]: v for k, v in sorted(stats.items()) if k.startswith(FAILED_STAT)}
+        http_errors = {
+            k.rsplit("/", 1)[-1]: v for k, v in sorted(stats.items()) if k.startswith("httperror/response_ignored_status_count/")
+        }
+        retry_reasons = {
+            k.rsplit("/", 1)[-1]: v for k, v in sorted(stats.items()) if k.startswith("retry/reason_count/")
         }
         return {
             "crawl_id": crawl_id,
@@ -186,4 +230,13 @@ class StoreExportPipeline:
             "errors": stats.get("log_count/ERROR", 0),
             "download_exceptions": exceptions,
             "robots_forbidden": stats.get("robotstxt/forbidden", 0),
+            # Requests that failed for good (after retries), by reason; HTTP error answers by status.
+            "failed_requests": failed,
+            "http_errors": http_errors,
+            "retries": stats.get("retry/count", 0),
+            "retries_by_reason": retry_reasons,
+            "retries_given_up": stats.get("retry/max_reached", 0),
+            "retry_backoff_s": round(float(stats.get(BACKOFF_STAT, 0.0)), 3),
+            "incremental": seen_tracker(self.crawler) is not None,
+            "skipped_unchanged": stats.get(SKIPPED_STAT, 0),
         }

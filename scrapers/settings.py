@@ -17,15 +17,25 @@ NEWSPIDER_MODULE = "scrapers.spiders"
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 
-# Politeness: AutoThrottle adapts the delay to the server's latency; retries on 5xx and timeouts.
+# Politeness: AutoThrottle adapts the delay to the server's latency; robots.txt, the per-domain cap,
+# the user agent, timeouts and retries (exponential backoff, see scrapers.middlewares) come from the
+# configuration below.
 AUTOTHROTTLE_ENABLED = True
 AUTOTHROTTLE_MAX_DELAY = 10.0
 RETRY_ENABLED = True
-RETRY_TIMES = 2
-RETRY_HTTP_CODES = [500, 502, 503, 504, 522, 524, 408, 429]
-DOWNLOAD_TIMEOUT = 30
+
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "scrapers.middlewares.BackoffRetryMiddleware": 550,
+    "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
+    "scrapers.middlewares.CountingRedirectMiddleware": 600,
+    # Nearest the engine: sees only failures no other middleware turned into a retry or a response.
+    "scrapers.middlewares.FailureStatsMiddleware": 10,
+}
 
 ITEM_PIPELINES = {
+    # Before the images: unchanged products of an incremental crawl never download their image.
+    "scrapers.pipelines.IncrementalPipeline": 50,
     "scrapers.pipelines.StoreImagesPipeline": 100,
     "scrapers.pipelines.StoreExportPipeline": 800,
 }
@@ -56,6 +66,16 @@ def fashionnet_settings(settings: Settings) -> dict[str, Any]:
         # Scrapy's default first delay (5 s) would dominate a small crawl; AutoThrottle adapts from here.
         "AUTOTHROTTLE_START_DELAY": float(crawl.get("autothrottle_start_delay_s", 0.5)),
         "AUTOTHROTTLE_TARGET_CONCURRENCY": float(per_domain),
+        "CONCURRENT_REQUESTS": int(crawl.get("concurrent_requests", 16)),
+        "CONCURRENT_ITEMS": int(crawl.get("concurrent_items", 100)),
+        "DOWNLOAD_TIMEOUT": float(crawl.get("download_timeout_s", 30)),
+        "RETRY_TIMES": int(crawl.get("retry_times", 2)),
+        "RETRY_HTTP_CODES": [int(code) for code in crawl.get("retry_http_codes", [500, 502, 503, 504, 522, 524, 429])],
+        "FASHIONNET_RETRY_BACKOFF_BASE": float(crawl.get("retry_backoff_base_s", 1.0)),
+        "FASHIONNET_RETRY_BACKOFF_MAX": float(crawl.get("retry_backoff_max_s", 30.0)),
+        "IMAGES_MIN_WIDTH": int(crawl.get("images_min_width", 0)),
+        "IMAGES_MIN_HEIGHT": int(crawl.get("images_min_height", 0)),
+        "FASHIONNET_INCREMENTAL": bool(crawl.get("incremental", False)),
         "LOG_LEVEL": str(crawl.get("log_level", "INFO")).upper(),
         "IMAGES_STORE": images_store(settings.store_uri),
         "AWS_ENDPOINT_URL": settings.s3_endpoint_url,

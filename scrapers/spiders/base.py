@@ -1,20 +1,36 @@
-"""What both spiders share: retailer and crawl-id arguments, product pages to ProductItems."""
+"""What the spiders share: retailer and crawl-id arguments, sitemaps, listing pages, product pages.
+
+A product page becomes one ProductItem through :func:`scrapers.extract.extract_product` (JSON-LD,
+microdata, OpenGraph) and, for spiders with ``structured_weak_labels``, WeakLabelItems from its
+material, name and description (:mod:`scrapers.weak_labels`). A page without a product is counted
+(``fashionnet/pages_without_product``, in the crawl summary), never an error.
+"""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import scrapy
+from scrapy.crawler import Crawler
 from scrapy.http import Response
+from scrapy.pipelines.media import MediaPipeline
+from scrapy.utils.misc import load_object
+from scrapy.utils.sitemap import Sitemap
 
 from pipeline.settings import get_settings
 from scrapers.extract import extract_product
-from scrapers.items import ProductItem, item_id_for
+from scrapers.items import ProductItem, WeakLabelItem, item_id_for
+from scrapers.weak_labels import WeakLabeller
 
 CRAWL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_PRODUCT_LINK_CSS = 'a[href*="/product/"]::attr(href)'
 NEXT_LINK_CSS = 'a[rel~="next"]::attr(href), link[rel~="next"]::attr(href)'
+PAGES_WITHOUT_PRODUCT = "fashionnet/pages_without_product"
+PRODUCT_PAGES = "fashionnet/product_pages"
+WEAK_LABEL_STAT = "fashionnet/weak_labels/"
 
 
 def validate_crawl_id(crawl_id: str | None) -> str:
@@ -24,8 +40,44 @@ def validate_crawl_id(crawl_id: str | None) -> str:
     return crawl_id
 
 
+def same_site(url: str, other: str) -> bool:
+    """Same host, ignoring a leading "www." (a shop's links to itself)."""
+    def host(value: str) -> str:
+        name = (urlsplit(value).hostname or "").lower()
+        return name[4:] if name.startswith("www.") else name
+
+    return bool(host(url)) and host(url) == host(other)
+
+
+def sitemap_entries(body: bytes) -> tuple[str, list[str]]:
+    """(sitemap type, <loc> URLs) of a sitemap or sitemap index; ("", []) when it is not one."""
+    try:
+        sitemap = Sitemap(body)
+    except Exception:  # noqa: BLE001 - an unparsable sitemap has no entries
+        return "", []
+    return sitemap.type or "", [entry["loc"] for entry in sitemap if entry.get("loc")]
+
+
 class ShopSpider(scrapy.Spider):
-    """A spider over one retailer of ``settings.retailers``, writing under ``crawls/<crawl_id>/``."""
+    """A spider over one retailer, writing under ``crawls/<crawl_id>/``.
+
+    ``retailer`` names an entry of ``settings.retailers`` (base URL, search URL, link selectors) or, with
+    a ``start_url``, any shop: its base URL is then the start URL's origin.
+    """
+
+    #: Whether product pages also yield WeakLabelItems from their structured data.
+    structured_weak_labels = False
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> "ShopSpider":
+        """``images=false`` makes a metadata-only crawl: the media pipelines are switched off, so product
+        rows keep their image URL but no image is downloaded (for evaluation, price monitoring)."""
+        if not _flag(kwargs.get("images", "true")):
+            pipelines = dict(crawler.settings.getwithbase("ITEM_PIPELINES"))
+            kept = {path: order for path, order in pipelines.items() if not _is_media_pipeline(path)}
+            crawler.settings.set("ITEM_PIPELINES", kept, priority="spider")
+            crawler.settings.set("ITEM_PIPELINES_BASE", {}, priority="spider")
+        return super().from_crawler(crawler, *args, **kwargs)
 
     def __init__(self, retailer: str = "demo-store", crawl_id: str | None = None, start_url: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -36,7 +88,9 @@ class ShopSpider(scrapy.Spider):
             raise ValueError(f"unknown retailer {retailer!r} and no start_url; known: {sorted(get_settings().retailers)}")
         self.start_url = start_url
         self.base_url = str(self.retailer_config.get("base_url") or _origin(start_url or "")).rstrip("/")
+        self._labeller: WeakLabeller | None = None
 
+    # -- links ---------------------------------------------------------------------------------------
     def product_links(self, response: Response) -> list[str]:
         css = self.retailer_config.get("product_link_css", DEFAULT_PRODUCT_LINK_CSS)
         return [response.urljoin(href) for href in response.css(css).getall()]
@@ -46,33 +100,91 @@ class ShopSpider(scrapy.Spider):
         href = response.css(NEXT_LINK_CSS).get()
         return response.urljoin(href) if href else None
 
+    #: Only sitemap URLs matching this pattern are requested (None: all).
+    sitemap_url_filter: re.Pattern[str] | None = None
+
+    def parse_sitemap(self, response: Response, child: bool = False) -> Iterator[scrapy.Request]:
+        """Product requests for a sitemap's URLs (a sitemap index is followed); the spider's
+        :meth:`sitemap_fallback` when a top-level sitemap lists nothing."""
+        kind, entries = sitemap_entries(response.body)
+        if not entries:
+            self.logger.info("no URLs in the sitemap %s", response.url)
+            if not child:
+                yield from self.sitemap_fallback()
+            return
+        for loc in entries:
+            if kind == "sitemapindex":
+                yield scrapy.Request(loc, callback=self.parse_sitemap, cb_kwargs={"child": True})
+            elif self.sitemap_url_filter is None or self.sitemap_url_filter.search(loc):
+                yield self.product_request(loc)
+
+    def sitemap_fallback(self) -> Iterable[scrapy.Request]:
+        """What to crawl when the sitemap lists nothing (default: nothing)."""
+        return ()
+
+    # -- product pages -------------------------------------------------------------------------------
     def product_request(self, url: str) -> scrapy.Request:
         """The product page request; the canonical URL rides along so ids survive redirects."""
         return scrapy.Request(url, callback=self.parse_product, meta={"product_url": url})
 
-    def parse_product(self, response: Response) -> Iterator[ProductItem]:
+    @property
+    def labeller(self) -> WeakLabeller:
+        if self._labeller is None:
+            self._labeller = WeakLabeller.from_settings()
+        return self._labeller
+
+    def parse_product(self, response: Response) -> Iterator[ProductItem | WeakLabelItem]:
         data = extract_product(response)
         stats = self.crawler.stats
         if data is None:
-            stats.inc_value("fashionnet/pages_without_product")
-            self.logger.warning("no schema.org Product on %s", response.url)
+            stats.inc_value(PAGES_WITHOUT_PRODUCT)
+            self.logger.warning("no product in the structured data of %s", response.url)
             return
-        stats.inc_value("fashionnet/product_pages")
-        url = response.meta.get("product_url", response.url)
-        image_url = data["image_url"]
-        yield ProductItem(
+        stats.inc_value(PRODUCT_PAGES)
+        item = self.product_item(data, response.meta.get("product_url", response.url))
+        yield item
+        if self.structured_weak_labels:
+            yield from self.weak_label_items(item)
+
+    def product_item(self, data: dict[str, Any], url: str) -> ProductItem:
+        """A ProductItem from extracted fields; only the main image goes to the images pipeline."""
+        image_url = data.get("image_url")
+        return ProductItem(
             item_id=item_id_for(url),
             retailer=self.retailer,
             product_url=url,
-            sku=data["sku"],
-            title=data["title"],
-            price=data["price"],
-            currency=data["currency"],
-            category=data["category"],
+            sku=data.get("sku"),
+            title=data.get("title"),
+            price=data.get("price"),
+            currency=data.get("currency"),
+            category=data.get("category"),
             image_url=image_url,
             image_urls=[image_url] if image_url else [],
+            brand=data.get("brand"),
+            availability=data.get("availability"),
+            color=data.get("color"),
+            material=data.get("material"),
+            description=data.get("description"),
             crawled_at=datetime.now(timezone.utc),
         )
+
+    def weak_label_items(self, item: ProductItem) -> Iterator[WeakLabelItem]:
+        """Weak labels from the product's material, name and description (sources name the field)."""
+        for label in self.labeller.labels(dict(item)):
+            self.crawler.stats.inc_value(WEAK_LABEL_STAT + label.source.split(":", 1)[0])
+            yield WeakLabelItem(item_id=item["item_id"], attribute=label.attribute, label=label.label, source=label.source)
+
+
+def _flag(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return text in ("1", "true", "yes", "on")
+
+
+def _is_media_pipeline(path: Any) -> bool:
+    cls = load_object(path) if isinstance(path, str) else path
+    return isinstance(cls, type) and issubclass(cls, MediaPipeline)
 
 
 def _origin(url: str) -> str:

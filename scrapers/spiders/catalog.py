@@ -1,11 +1,10 @@
 """``catalog``: every product of a shop, from its sitemap or, failing that, its listing pages."""
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterable, Iterator
 
 import scrapy
 from scrapy.http import Response
-from scrapy.utils.sitemap import Sitemap
 from twisted.python.failure import Failure
 
 from scrapers.spiders.base import ShopSpider
@@ -25,21 +24,9 @@ class CatalogSpider(ShopSpider):
     def listing_start(self) -> scrapy.Request:
         return scrapy.Request(f"{self.base_url}/", callback=self.parse_listing)
 
-    def parse_sitemap(self, response: Response) -> Iterator[scrapy.Request]:
-        try:
-            sitemap = Sitemap(response.body)
-        except Exception:  # noqa: BLE001 - any unparsable sitemap means: use the listings
-            sitemap = None
-        entries = [e["loc"] for e in sitemap if "loc" in e] if sitemap is not None else []
-        if not entries:
-            self.logger.info("no URLs in %s; crawling the listing pages instead", response.url)
-            yield self.listing_start()
-            return
-        for loc in entries:
-            if sitemap is not None and sitemap.type == "sitemapindex":
-                yield scrapy.Request(loc, callback=self.parse_sitemap)
-            else:
-                yield self.product_request(loc)
+    def sitemap_fallback(self) -> Iterable[scrapy.Request]:
+        self.logger.info("crawling the listing pages instead of the empty sitemap")
+        return [self.listing_start()]
 
     def sitemap_failed(self, failure: Failure) -> Iterator[scrapy.Request]:
         self.logger.info("sitemap unavailable (%s); crawling the listing pages instead", failure.value)

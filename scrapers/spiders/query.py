@@ -1,12 +1,16 @@
 """``query``: the shop's search as a labeller.
 
-For every class of every taxonomy attribute, search the shop for ``settings.search_query(class)``,
-follow the result pages, and emit a WeakLabelItem per (product found, attribute, class) with the query
-as its source. Each product page is parsed once (Scrapy's dupefilter drops repeated requests).
+For every class of every taxonomy attribute, search the shop for each of its queries
+(:func:`search_queries`: ``crawl.search_queries`` gives one query or a list per class), follow the
+result pages, and emit a WeakLabelItem per (product found, attribute, class) with the query as its
+source (``query:<query>``). Each product page is parsed once (Scrapy's dupefilter drops repeated
+requests); with ``crawl.weak_labels.in_query_spider`` it also yields weak labels from the product's own
+structured data (``material:...``, ``name:...``, ``description:...``), so review sees both kinds.
 """
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterator
+from collections.abc import Mapping
+from typing import Any, AsyncIterator, Iterator
 from urllib.parse import quote_plus
 
 import scrapy
@@ -17,8 +21,28 @@ from scrapers.items import WeakLabelItem, item_id_for
 from scrapers.spiders.base import ShopSpider
 
 
+def search_queries(crawl: Mapping[str, Any], class_name: str) -> list[str]:
+    """The search phrases for ``class_name``: ``crawl.search_queries[class]`` as a string or a list,
+    else the class name itself (hyphens as spaces). Blank and repeated entries are dropped."""
+    configured = (crawl.get("search_queries") or {}).get(class_name)
+    if configured is None:
+        return [class_name.replace("-", " ")]
+    values = [configured] if isinstance(configured, str) else configured
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"crawl.search_queries.{class_name} must be a string or a list of strings, got {configured!r}")
+    queries = list(dict.fromkeys(v.strip() for v in values if v.strip()))
+    if not queries:
+        raise ValueError(f"crawl.search_queries.{class_name} has no query")
+    return queries
+
+
 class QuerySpider(ShopSpider):
     name = "query"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = get_settings().crawl.get("weak_labels") or {}
+        self.structured_weak_labels = bool(config.get("in_query_spider", True))
 
     def search_url(self, query: str) -> str:
         template = self.retailer_config.get("search_url")
@@ -30,12 +54,12 @@ class QuerySpider(ShopSpider):
         settings = get_settings()
         for attribute in settings.taxonomy.names:
             for label in settings.taxonomy.classes(attribute):
-                query = settings.search_query(label)
-                yield scrapy.Request(
-                    self.search_url(query),
-                    callback=self.parse_search,
-                    cb_kwargs={"attribute": attribute, "label": label, "query": query},
-                )
+                for query in search_queries(settings.crawl, label):
+                    yield scrapy.Request(
+                        self.search_url(query),
+                        callback=self.parse_search,
+                        cb_kwargs={"attribute": attribute, "label": label, "query": query},
+                    )
 
     def parse_search(self, response: Response, attribute: str, label: str, query: str) -> Iterator[WeakLabelItem | scrapy.Request]:
         for url in self.product_links(response):

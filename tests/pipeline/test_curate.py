@@ -131,3 +131,77 @@ def test_different_products_with_one_silhouette_are_not_near_duplicates(file_sto
     accepted = file_store.read_parquet("curation/same-shape/accepted.parquet").column("item_id").to_pylist()
     assert sorted(accepted) == sorted([ids["brown"], ids["green"]])
     assert summary["duplicates_by_kind"] == {"near": 1}
+
+
+def duplicates_by_item(store, batch_id: str) -> dict[str, dict]:
+    rows = store.read_parquet(f"curation/{batch_id}/duplicates.parquet").to_pylist()
+    return {r["item_id"]: r for r in rows}
+
+
+def accepted_ids(store, batch_id: str) -> list[str]:
+    return sorted(store.read_parquet(f"curation/{batch_id}/accepted.parquet").column("item_id").to_pylist())
+
+
+def two_nights():
+    original = blocks(11, 200)
+    night1 = {"original": jpeg(original), "distinct": jpeg(blocks(12))}
+    night2 = {"bigger-copy": jpeg(original.resize((320, 320))), "same-bytes": jpeg(original),
+              "new": jpeg(blocks(13)), "new-copy": jpeg(blocks(13).resize((120, 120)), quality=70)}
+    return night1, night2
+
+
+def test_a_later_batch_is_deduplicated_against_what_earlier_batches_kept(any_store):
+    night1, night2 = two_nights()
+    ids1 = write_crawl(any_store, "ingest-20261101", night1)
+    curate_batch(any_store, "ingest-20261101")
+    ids2 = write_crawl(any_store, "ingest-20261102", night2)
+    summary = curate_batch(any_store, "ingest-20261102")
+
+    assert accepted_ids(any_store, "ingest-20261102") == sorted([ids2["new"]])
+    dups = duplicates_by_item(any_store, "ingest-20261102")
+    # The earlier item stays the representative even though the new copy is larger (stability rule).
+    assert dups[ids2["bigger-copy"]]["kept_item_id"] == ids1["original"]
+    assert dups[ids2["bigger-copy"]]["kind"] == "near"
+    assert dups[ids2["same-bytes"]]["kind"] == "exact"
+    assert {dups[ids2[n]]["kept_batch_id"] for n in ("bigger-copy", "same-bytes")} == {"ingest-20261101"}
+    assert dups[ids2["new-copy"]]["kept_item_id"] == ids2["new"]
+    assert dups[ids2["new-copy"]]["kept_batch_id"] == "ingest-20261102"
+    assert summary["duplicates_of_earlier_batches"] == 2 and summary["index_items_before"] == 2
+
+    index = any_store.read_parquet("curation/hash_index/ingest/ingest-20261102.parquet")
+    assert index.column("item_id").to_pylist() == [ids2["new"]]
+    assert index.schema.field("phash").type == pa.uint64() and len(index.column("thumbnail")[0].as_py()) == 768
+
+
+def test_reruns_replace_their_own_index_rows_and_never_match_themselves(file_store):
+    night1, night2 = two_nights()
+    ids1 = write_crawl(file_store, "ingest-20261101", night1)
+    curate_batch(file_store, "ingest-20261101")
+    first = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
+    summary = curate_batch(file_store, "ingest-20261101")
+    assert summary["duplicates"] == 0 and accepted_ids(file_store, "ingest-20261101") == sorted(ids1.values())
+    assert {k: file_store.get_bytes(k) for k in file_store.list("curation")} == first
+
+    write_crawl(file_store, "ingest-20261102", night2)
+    curate_batch(file_store, "ingest-20261102")
+    second = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
+    curate_batch(file_store, "ingest-20261102")
+    # Rerunning either batch afterwards writes the same tables as before (day 1's summary now also
+    # counts the day-2 index rows it was checked against).
+    curate_batch(file_store, "ingest-20261101")
+    after = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
+    day1_summary = "curation/ingest-20261101/summary.json"
+    assert {k: v for k, v in after.items() if k != day1_summary} == {k: v for k, v in second.items() if k != day1_summary}
+    assert file_store.read_json(day1_summary)["index_items_before"] == 1
+    assert sorted(file_store.list("curation/hash_index/")) == [
+        "curation/hash_index/ingest/ingest-20261101.parquet", "curation/hash_index/ingest/ingest-20261102.parquet"]
+
+
+def test_catalog_snapshots_are_not_deduplicated_across_nights(file_store):
+    night1, _ = two_nights()
+    ids = write_crawl(file_store, "catalog-20261101", night1)
+    curate_batch(file_store, "catalog-20261101")
+    write_crawl(file_store, "catalog-20261102", night1)
+    summary = curate_batch(file_store, "catalog-20261102")
+    assert accepted_ids(file_store, "catalog-20261102") == sorted(ids.values()) and summary["duplicates"] == 0
+    assert file_store.list("curation/hash_index/") == []

@@ -113,3 +113,49 @@ def test_items_that_leave_the_dataset_leave_the_split(file_store):
     file_store.write_parquet("dataset/items.parquet", items_table(rows[1:]))
     write_split(file_store)
     assert sorted(read_split(file_store)) == [r[0] for r in rows[1:]]
+
+
+def labelled_items(n: int, seed: int, prefix: str = "s") -> pa.Table:
+    """``n`` single-item clusters with skewed random pattern and shape labels (some unlabelled)."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.choice(["solid", "striped", "floral", None], size=n, p=[0.6, 0.25, 0.1, 0.05])
+    shapes = rng.choice(["sleeveless", "half-sleeve", "full-sleeve"], size=n, p=[0.5, 0.3, 0.2])
+    return pa.Table.from_pylist([
+        {"item_id": f"{prefix}{k:05d}", "cluster_id": f"{prefix}cluster-{k}", "pattern": p, "shape": s}
+        for k, (p, s) in enumerate(zip(patterns.tolist(), shapes.tolist()))])
+
+
+def test_every_class_of_every_attribute_gets_the_ratios(file_store):
+    n = 6_000
+    file_store.write_parquet("dataset/items.parquet", labelled_items(n, seed=5))
+    write_split(file_store)
+    split = read_split(file_store)
+    items = file_store.read_parquet("dataset/items.parquet").to_pandas()
+    report = file_store.read_json("dataset/split_report.json")["strata"]
+    assert set(report) == {"pattern", "shape"} and set(report["pattern"]) == {"solid", "striped", "floral"}
+    for attribute in ("pattern", "shape"):
+        for label, members in items.groupby(attribute):
+            counts = Counter(split[i] for i in members["item_id"])
+            size = len(members)
+            assert report[attribute][label]["counts"] == {name: counts[name] for name in RATIOS}
+            for name, ratio in RATIOS.items():
+                # Four binomial standard deviations: fails for a split that ignores a stratum.
+                assert abs(counts[name] / size - ratio) < 4 * (ratio * (1 - ratio) / size) ** 0.5, (attribute, label)
+    assert sum(report["pattern"][c]["items"] for c in report["pattern"]) == (items["pattern"].notna()).sum()
+
+
+def test_an_items_split_depends_on_its_cluster_only_not_on_labels_or_the_rest(file_store):
+    table = labelled_items(400, seed=6)
+    file_store.write_parquet("dataset/items.parquet", table)
+    write_split(file_store)
+    first = read_split(file_store)
+    # A fresh store, the labels changed and three times the items: the same items get the same splits.
+    relabelled = table.set_column(2, "pattern", pa.array(["solid"] * table.num_rows))
+    grown = pa.concat_tables([relabelled, labelled_items(800, seed=7, prefix="t")])
+    fresh = type(file_store)(file_store.uri + "-fresh")
+    fresh.write_parquet("dataset/items.parquet", grown)
+    write_split(fresh)
+    again = read_split(fresh)
+    assert {k: again[k] for k in first} == first
+    assert all(first[i] == split_of(c, RATIOS, SALT) for i, c in zip(table.column("item_id").to_pylist(),
+                                                                      table.column("cluster_id").to_pylist()))

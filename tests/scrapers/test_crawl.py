@@ -61,7 +61,8 @@ def test_query_crawl_into_store_and_rerun(any_store: ObjectStore, demo_server: D
 
     found = {tuple(row.values()) for row in weak.to_pylist()}
     assert weak.num_rows == len(found) == summary["weak_labels"]
-    assert found == expected_weak_labels(demo_site, demo_server.base_url)
+    # The search's labels exactly; the product's own structured data adds others (scrapers.weak_labels).
+    assert {row for row in found if row[3].startswith("query:")} == expected_weak_labels(demo_site, demo_server.base_url)
     assert any_store.read_json("crawls/query-20260101/summary.json") == summary
 
     # Robots obeyed: robots.txt fetched first, /account/ never.

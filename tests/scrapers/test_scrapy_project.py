@@ -57,3 +57,38 @@ def test_image_failure_reasons_and_item_ids():
     assert image_failure_reason(Exception("cannot identify image file")) == "image_invalid"
     # sha1 hex of the URL, first 20 characters (docs/architecture.md).
     assert item_id_for("http://127.0.0.1:8765/product/A") == "5b8ec43f287b8f99cb13"
+
+
+def test_crawl_command_passes_spider_arguments_and_setting_overrides():
+    import pytest
+
+    from scrapers.crawl import crawl_command
+
+    cmd = crawl_command("shopify", "c-1", "acme", "http://127.0.0.1:1/", "tok", {"incremental": "true"}, {"DOWNLOAD_TIMEOUT": 2})
+    assert cmd[-6:] == ["-a", "start_url=http://127.0.0.1:1/", "-a", "incremental=true", "-s", "DOWNLOAD_TIMEOUT=2"]
+    with pytest.raises(ValueError):
+        crawl_command("shopify", "c-1", "acme", None, "tok", {"crawl_id": "other"})
+    with pytest.raises(ValueError):
+        crawl_command("shopify", "c-1", "acme", None, "tok", None, {"download_timeout; rm": 1})
+
+
+def test_scrapy_project_uses_the_politeness_middlewares_and_pipelines(monkeypatch):
+    from scrapy.utils.project import get_project_settings
+
+    monkeypatch.setenv("SCRAPY_SETTINGS_MODULE", "scrapers.settings")
+    settings = get_project_settings()
+    middlewares = settings.getdict("DOWNLOADER_MIDDLEWARES")
+    assert middlewares["scrapy.downloadermiddlewares.retry.RetryMiddleware"] is None
+    assert middlewares["scrapers.middlewares.BackoffRetryMiddleware"] == 550
+    assert middlewares["scrapers.middlewares.FailureStatsMiddleware"] < 100  # nearest the engine
+    pipelines = settings.getdict("ITEM_PIPELINES")
+    assert pipelines["scrapers.pipelines.IncrementalPipeline"] < pipelines["scrapers.pipelines.StoreImagesPipeline"]
+    assert settings.getbool("AUTOTHROTTLE_ENABLED") and settings.getbool("ROBOTSTXT_OBEY")
+    assert settings.getint("IMAGES_MIN_WIDTH") > 0 and settings.getint("CONCURRENT_ITEMS") < 100
+
+
+def test_image_failure_reason_for_small_and_truncated_images():
+    from scrapers.pipelines import image_failure_reason
+
+    assert image_failure_reason(Exception("Image too small (16x16 < 32x32)")) == "image_too_small"
+    assert image_failure_reason(Exception("Truncated File Read")) == "image_truncated"
