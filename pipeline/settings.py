@@ -48,8 +48,23 @@ class Settings:
     recommend: dict[str, Any]
 
     def search_query(self, class_name: str) -> str:
-        """The search phrase that finds products of ``class_name`` in a shop's search page."""
-        return self.crawl.get("search_queries", {}).get(class_name, class_name.replace("-", " "))
+        """The first configured search phrase for ``class_name`` (see :func:`search_queries`)."""
+        return search_queries(self.crawl, class_name)[0]
+
+
+def search_queries(crawl: dict[str, Any], class_name: str) -> list[str]:
+    """The search phrases for ``class_name``: ``crawl.search_queries[class]`` as a string or a list,
+    else the class name itself (hyphens as spaces). Blank and repeated entries are dropped."""
+    configured = (crawl.get("search_queries") or {}).get(class_name)
+    if configured is None:
+        return [class_name.replace("-", " ")]
+    values = [configured] if isinstance(configured, str) else configured
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"crawl.search_queries.{class_name} must be a string or a list of strings, got {configured!r}")
+    queries = list(dict.fromkeys(v.strip() for v in values if v.strip()))
+    if not queries:
+        raise ValueError(f"crawl.search_queries.{class_name} has no query")
+    return queries
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

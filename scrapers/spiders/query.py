@@ -9,31 +9,15 @@ structured data (``material:...``, ``name:...``, ``description:...``), so review
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, AsyncIterator, Iterator
 from urllib.parse import quote_plus
 
 import scrapy
 from scrapy.http import Response
 
-from pipeline.settings import get_settings
+from pipeline.settings import get_settings, search_queries
 from scrapers.items import WeakLabelItem, item_id_for
 from scrapers.spiders.base import ShopSpider
-
-
-def search_queries(crawl: Mapping[str, Any], class_name: str) -> list[str]:
-    """The search phrases for ``class_name``: ``crawl.search_queries[class]`` as a string or a list,
-    else the class name itself (hyphens as spaces). Blank and repeated entries are dropped."""
-    configured = (crawl.get("search_queries") or {}).get(class_name)
-    if configured is None:
-        return [class_name.replace("-", " ")]
-    values = [configured] if isinstance(configured, str) else configured
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ValueError(f"crawl.search_queries.{class_name} must be a string or a list of strings, got {configured!r}")
-    queries = list(dict.fromkeys(v.strip() for v in values if v.strip()))
-    if not queries:
-        raise ValueError(f"crawl.search_queries.{class_name} has no query")
-    return queries
 
 
 class QuerySpider(ShopSpider):
