@@ -16,7 +16,7 @@ $(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.test-installed: requirements-test.txt $(VENV)/.runtime-installed
+$(VENV)/.test-installed: requirements-test.txt requirements-browser.txt requirements-convert.txt $(VENV)/.runtime-installed
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
@@ -26,6 +26,7 @@ demo: $(VENV)/.runtime-installed
 	$(BIN)/python -m pipeline.demo
 
 test: $(VENV)/.test-installed
+	scripts/install-test-system-packages.sh
 	$(BIN)/python -m pytest
 
 clean:

@@ -3,7 +3,9 @@
 For each size, random hashes get planted near duplicates (copies with 0..radius random bits flipped).
 At 100k the brute force runs in full and the result sets must be identical; at 1M the brute force is
 timed on a sample of rows and extrapolated (stated in the output), and MIH must find every planted pair.
-Exits non-zero when a check fails.
+Then the mirror search curation runs on top (``query_with_mirrors``: every row's own hash and its
+"mirror" hash, here random hashes with planted near copies of other rows, against the index): timed
+in full, checked against brute force on a sample of query rows. Exits non-zero when a check fails.
 
     python -m bench.near_duplicates [--sizes 100000 1000000] [--radius 8]
 """
@@ -18,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.hash_index import HashIndex, MultiIndexHashing, choose_substrings  # noqa: E402
+from pipeline.hash_index import HashIndex, MultiIndexHashing, choose_substrings, query_with_mirrors  # noqa: E402
 
 FULL_BRUTE_FORCE_UP_TO = 200_000
 SAMPLE_ROWS = 2_000
@@ -76,7 +78,31 @@ def run(n: int, radius: int, seed: int) -> bool:
     print(f"n={n:>9,} r={radius} substrings={m}: MIH {mih_s:8.2f} s, brute force {brute_s:9.1f} s ({how}), "
           f"speedup {brute_s / mih_s:6.1f}x, pairs {len(found):,} (planted {len(planted):,} all found: "
           f"{planted <= found}), identical to brute force: {identical}")
-    return ok
+    return ok and mirror_run(hashes, radius, seed)
+
+
+def mirror_run(hashes: np.ndarray, radius: int, seed: int) -> bool:
+    """One query with every row's own hash and a mirror hash (a tenth planted near another row)."""
+    rng = np.random.default_rng(seed + 2)
+    n = len(hashes)
+    mirrors = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    planted = rng.choice(n, size=n // 10, replace=False)
+    mirrors[planted] = hashes[rng.integers(0, n, size=len(planted))] ^ (np.uint64(1) << np.uint64(radius))
+    start = time.perf_counter()
+    (oi, oj, _), (mi, mj, _) = query_with_mirrors(MultiIndexHashing(hashes), hashes, mirrors, radius)
+    mih_s = time.perf_counter() - start
+    sample = np.sort(rng.choice(n, size=SAMPLE_ROWS, replace=False))
+    start = time.perf_counter()
+    bi, bj, _ = HashIndex(hashes).query(mirrors[sample], radius)
+    brute_s = (time.perf_counter() - start) / SAMPLE_ROWS * 2 * n
+    in_sample = np.isin(mi, sample)
+    expected = set(zip(sample[bi].tolist(), bj.tolist()))
+    identical = set(zip(mi[in_sample].tolist(), mj[in_sample].tolist())) == expected
+    found_planted = np.isin(planted, mi).all()
+    print(f"          own + mirror queries ({2 * n:,}): MIH {mih_s:8.2f} s, brute force {brute_s:9.1f} s "
+          f"(extrapolated from {SAMPLE_ROWS} rows), speedup {brute_s / mih_s:6.1f}x, {len(oi):,} own and "
+          f"{len(mi):,} mirror matches; sample identical to brute force: {identical}, planted found: {found_planted}")
+    return identical and bool(found_planted)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,12 @@ Cross-run deduplication, for the batch kinds listed in ``curation.cross_run_kind
 ``<kind>-<YYYYMMDD>``, see :func:`pipeline.runs.batch_id`; the ingest batches that grow the training
 set, not the nightly catalog snapshot, which must stay whole for the repository):
 ``curation/hash_index/<kind>/<batch_id>.parquet`` holds the items each batch kept
-(:data:`HASH_INDEX_SCHEMA`: hashes, size, cluster and the 16x16 colour thumbnail the near-duplicate
-confirmation needs). A batch is deduplicated against itself and against the index files of every
-*other* batch of its kind, so tonight's crawl is checked against everything kept before; an item that duplicates
-an earlier kept item is recorded in ``duplicates.parquet`` with ``kept_batch_id`` naming that batch,
+(:data:`HASH_INDEX_SCHEMA`: hashes and mirror-image hashes, size, cluster and the 16x16 colour thumbnail
+the near-duplicate confirmation needs). Index files written before the mirror hashes existed lack those
+two columns; they are read with nulls there, and their items are still matched against a new batch's
+mirrored copies through the new rows' mirror hashes. A batch is deduplicated against itself and against
+the index files of every *other* batch of its kind, so tonight's crawl is checked against everything
+kept before; an item that duplicates an earlier kept item is recorded in ``duplicates.parquet`` with ``kept_batch_id`` naming that batch,
 and the earlier item stays the representative (see :mod:`pipeline.dedup`). The batch then replaces
 its own index file, so a rerun never matches against its own previous run. Caveat: rerunning an old
 batch after later batches were curated checks it against those later ones too; their kept items
@@ -35,8 +37,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.dedup import THUMBNAIL_COLUMN, THUMBNAIL_SIDE, colour_thumbnail, deduplicate
-from pipeline.hashing import content_sha256, perceptual_hashes
+from pipeline.dedup import MIRROR_COLUMNS, THUMBNAIL_COLUMN, THUMBNAIL_SIDE, colour_thumbnail, deduplicate
+from pipeline.hashing import content_sha256, image_hashes
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 from pipeline.validate import MISSING, ImageCheck, validate_with_settings
@@ -45,13 +47,14 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 500
 # Used when config/settings.yaml has no ``curation.thumbnail_max_mad`` (see pipeline.dedup).
-DEFAULT_THUMBNAIL_MAX_MAD = 4.0
+DEFAULT_THUMBNAIL_MAX_MAD = 3.0
 DUPLICATE_ITEM = "duplicate_item_id"
 
 REJECTIONS_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("image_key", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
 ])
-# kept_batch_id: the batch that kept kept_item_id (this batch, or an earlier one: a cross-run duplicate).
+# kind: exact, near or near_mirror (pipeline.dedup). kept_batch_id: the batch that kept kept_item_id
+# (this batch, or an earlier one: a cross-run duplicate).
 DUPLICATES_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("kept_item_id", pa.string()), ("kind", pa.string()), ("distance", pa.int64()),
     ("kept_batch_id", pa.string()),
@@ -61,10 +64,12 @@ HASH_INDEX_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("content_sha256", pa.string()), ("phash", pa.uint64()), ("dhash", pa.uint64()),
     ("width", pa.int32()), ("height", pa.int32()), ("crawled_at", pa.timestamp("us", tz="UTC")),
     ("batch_id", pa.string()), ("cluster_id", pa.string()), (THUMBNAIL_COLUMN, pa.binary()),
+    ("phash_mirror", pa.uint64()), ("dhash_mirror", pa.uint64()),
 ])
 IMAGE_COLUMNS = pa.schema([
     ("phash", pa.uint64()), ("dhash", pa.uint64()), ("content_sha256", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("cluster_id", pa.string()),
+    ("phash_mirror", pa.uint64()), ("dhash_mirror", pa.uint64()),
 ])
 
 
@@ -92,16 +97,28 @@ def hash_index_key(kind: str, batch_id: str) -> str:
     return f"{HASH_INDEX_PREFIX}{kind}/{batch_id}.parquet"
 
 
+def conform_to_index_schema(table: pa.Table) -> pa.Table:
+    """An index file's table in :data:`HASH_INDEX_SCHEMA`: columns it lacks (the mirror hashes, in files
+    written before they existed) are added as nulls; other columns are cast, and extra ones dropped."""
+    columns = [table[field.name].cast(field.type) if field.name in table.column_names
+               else pa.nulls(table.num_rows, field.type) for field in HASH_INDEX_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=HASH_INDEX_SCHEMA)
+
+
 def read_prior_index(store: ObjectStore, kind: str | None, batch_id: str) -> pd.DataFrame:
-    """The items kept by every other batch of ``kind`` (none without a kind), thumbnails as arrays."""
+    """The items kept by every other batch of ``kind`` (none without a kind), thumbnails as arrays.
+
+    ``phash``/``dhash`` are numpy uint64; the mirror hashes are pandas ``UInt64`` (null for rows from
+    index files without them)."""
     own = hash_index_key(kind or "", batch_id)
     keys = store.list(f"{HASH_INDEX_PREFIX}{kind}/") if kind else []
     tables = [store.read_parquet(key) for key in keys if key.endswith(".parquet") and key != own]
-    if not tables:
-        return HASH_INDEX_SCHEMA.empty_table().to_pandas()
-    frame = pa.concat_tables([t.cast(HASH_INDEX_SCHEMA) for t in tables]).to_pandas()
-    frame["phash"] = frame["phash"].astype("uint64")
-    frame["dhash"] = frame["dhash"].astype("uint64")
+    table = (pa.concat_tables([conform_to_index_schema(t) for t in tables]) if tables
+             else HASH_INDEX_SCHEMA.empty_table())
+    # Nullable uint64 would become float64 in pandas (losing bits): keep it as UInt64.
+    frame = table.to_pandas(types_mapper={pa.uint64(): pd.UInt64Dtype()}.get)
+    frame["phash"] = frame["phash"].to_numpy(dtype=np.uint64)
+    frame["dhash"] = frame["dhash"].to_numpy(dtype=np.uint64)
     shape = (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
     frame[THUMBNAIL_COLUMN] = [np.frombuffer(b, dtype=np.uint8).reshape(shape) for b in frame[THUMBNAIL_COLUMN]]
     return frame
@@ -113,7 +130,8 @@ def write_hash_index(store: ObjectStore, kind: str, batch_id: str, kept: pd.Data
     rows = [{"item_id": r.item_id, "content_sha256": r.content_sha256, "phash": int(r.phash),
              "dhash": int(r.dhash), "width": int(r.width), "height": int(r.height),
              "crawled_at": pd.Timestamp(r.crawled_at).to_pydatetime(), "batch_id": batch_id,
-             "cluster_id": r.cluster_id, THUMBNAIL_COLUMN: thumbnails[r.item_id]}
+             "cluster_id": r.cluster_id, THUMBNAIL_COLUMN: thumbnails[r.item_id],
+             "phash_mirror": int(r.phash_mirror), "dhash_mirror": int(r.dhash_mirror)}
             for r in kept.itertuples(index=False)]
     store.write_parquet(hash_index_key(kind, batch_id), pa.Table.from_pylist(rows, schema=HASH_INDEX_SCHEMA))
 
@@ -158,9 +176,9 @@ def inspect_products(
                                "detail": detail})
         else:
             assert data is not None and check.image is not None
-            phash, dhash = perceptual_hashes(check.image)
+            hashes = image_hashes(check.image)
             valid.append({"position": position, "item_id": item_id, "crawled_at": row["crawled_at"],
-                          "content_sha256": content_sha256(data), "phash": phash, "dhash": dhash,
+                          "content_sha256": content_sha256(data), **hashes._asdict(),
                           "width": check.width, "height": check.height,
                           "thumbnail": colour_thumbnail(check.image)})
         if (position + 1) % PROGRESS_EVERY == 0:
@@ -186,9 +204,9 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
 
     valid, rejections = inspect_products(store, products, curation)
     frame = pd.DataFrame(valid, columns=["position", "item_id", "crawled_at", "content_sha256", "phash",
-                                         "dhash", "width", "height", "thumbnail"])
-    frame["phash"] = frame["phash"].astype("uint64")
-    frame["dhash"] = frame["dhash"].astype("uint64")
+                                         "dhash", *MIRROR_COLUMNS, "width", "height", "thumbnail"])
+    for column in ("phash", "dhash", *MIRROR_COLUMNS):
+        frame[column] = frame[column].astype("uint64")
     frame["crawled_at"] = pd.to_datetime(frame["crawled_at"], utc=True)
     thumbnails = {row["item_id"]: row["thumbnail"].tobytes() for row in valid}
     kind = cross_run_kind(batch_id, curation)

@@ -19,6 +19,10 @@ by that cost model: at 100k and 1M hashes and r=8, three substrings of 22/21/21 
 0.02 to 0.4 candidates per probe); at 20k, four of 16 bits (188 probes with the refined radii
 2,1,1,1). The all-pairs search probes per distinct substring value and only towards larger values,
 which halves the probes; see ``bench/near_duplicates.py`` for measured times against brute force.
+
+Mirrored copies (:func:`query_with_mirrors`): the hashes of the horizontally mirrored images go through
+the same exact search as the images' own hashes, in one query, so the index of a batch finds an image's
+mirrored copy with no extra table and no approximation.
 """
 from __future__ import annotations
 
@@ -296,3 +300,19 @@ def _bucket_pairs(bucket_a: np.ndarray, bucket_b: np.ndarray, first: np.ndarray,
     rows_a = order[first[bucket_a[pair]] + offset_a][keep]
     rows_b = order[first[bucket_b[pair]] + offset_b][keep]
     return rows_a, rows_b
+
+
+def query_with_mirrors(index: HashIndex, hashes: np.ndarray, mirrors: np.ndarray,
+                       max_distance: int) -> tuple[Triplet, Triplet]:
+    """One search of ``index`` for two query sets: images' own hashes and the hashes of their mirror
+    images (see :func:`pipeline.hashing.image_hashes`), so a mirrored copy of an indexed image is found
+    as well. Returns the two triplets (query row, indexed row, distance), rows numbered within each set.
+
+    Both sets go through the same exact search (the tables are built once), so nothing within
+    ``max_distance`` is missed either way; the cost is that of one query with both sets.
+    """
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    mirrors = np.ascontiguousarray(mirrors, dtype=np.uint64)
+    rows, cols, dist = index.query(np.concatenate([hashes, mirrors]), max_distance)
+    own = rows < len(hashes)
+    return (rows[own], cols[own], dist[own]), (rows[~own] - len(hashes), cols[~own], dist[~own])

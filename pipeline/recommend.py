@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipeline.dedup import colour_thumbnail, thumbnail_mad
-from pipeline.hashing import content_sha256, hamming, perceptual_hashes
+from pipeline.dedup import colour_thumbnail, mirror_thumbnail, thumbnail_distance
+from pipeline.hashing import content_sha256, hamming, image_hashes
 from pipeline.report import render_recommendations_html
 from pipeline.settings import get_settings
 from pipeline.storage import StoreKeyError, normalize_key
@@ -135,21 +135,22 @@ def _validate_run_date(run_date: Any) -> str:
 # -- the style profile ------------------------------------------------------------------------------
 def profile_schema(attributes: Sequence[str]) -> pa.Schema:
     fields = [pa.field("image_key", pa.string()), pa.field("phash", pa.uint64()),
-              pa.field("content_sha256", pa.string())]
+              pa.field("content_sha256", pa.string()), pa.field("phash_mirror", pa.uint64())]
     for attribute in attributes:
         fields += [pa.field(attribute, pa.string()), pa.field(f"{attribute}_prob", pa.float64()),
                    pa.field(f"{attribute}_model_version", pa.string())]
     return pa.schema(fields)
 
 
-def _image_phash(key: str, data: bytes) -> int:
+def _image_phashes(key: str, data: bytes) -> tuple[int, int]:
+    """(pHash, pHash of the mirror image): the own-image check also knows a mirrored upload."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            phash, _ = perceptual_hashes(image)
+            hashes = image_hashes(image)
     except Exception as exc:  # PIL raises many types for a bad file; all mean the same here
         raise ValueError(f"image {key!r} cannot be decoded as an image: {exc}") from exc
-    return phash
+    return hashes.phash, hashes.phash_mirror
 
 
 def build_profile(
@@ -162,14 +163,15 @@ def build_profile(
     """The style profile matrix: one row per user image with its hashes and predicted attributes."""
     attributes = list(attributes or get_settings().taxonomy.names)
     images = [store.get_bytes(key) for key in image_keys]
-    phashes = [_image_phash(key, data) for key, data in zip(image_keys, images)]
+    phashes = [_image_phashes(key, data) for key, data in zip(image_keys, images)]
     vectors = vectorizer.vectorize(images)
     if len(vectors) != len(images):
         raise ValueError(f"vectorizer returned {len(vectors)} vectors for {len(images)} images of {user_id!r}")
     columns: dict[str, list[Any]] = {
         "image_key": list(image_keys),
-        "phash": phashes,
+        "phash": [own for own, _ in phashes],
         "content_sha256": [content_sha256(data) for data in images],
+        "phash_mirror": [mirror for _, mirror in phashes],
     }
     for attribute in attributes:
         for suffix in ("", "_prob", "_model_version"):
@@ -233,7 +235,9 @@ def own_image_mask(
     confirm_near_copy: NearCopyCheck | None = None,
 ) -> np.ndarray:
     """True for repository items that are one of the profile's images: the same bytes
-    (``content_sha256``) or a near copy (pHash within ``phash_max_distance`` bits).
+    (``content_sha256``) or a near copy (pHash within ``phash_max_distance`` bits of the profile
+    image's pHash or, when the profile has a ``phash_mirror`` column, of its mirror image's: a
+    mirrored upload of a shop photo is still the user's own photo).
 
     64-bit hashes see shape more than colour, so different garments with one silhouette can fall
     within the distance; ``confirm_near_copy(item_row, profile_row)``, when given, must also agree,
@@ -243,13 +247,18 @@ def own_image_mask(
     own_sha = pc.is_in(repository["content_sha256"].cast(pa.string()),
                        value_set=pc.drop_null(profile["content_sha256"].cast(pa.string())))
     mask = pc.fill_null(own_sha, False).to_numpy(zero_copy_only=False).astype(bool)
-    profile_phash = profile["phash"].cast(pa.uint64())
-    profile_rows = np.flatnonzero(pc.is_valid(profile_phash).to_numpy(zero_copy_only=False))
-    if repository.num_rows and len(profile_rows):
+    profile_columns = ["phash", "phash_mirror"] if "phash_mirror" in profile.column_names else ["phash"]
+    if not repository.num_rows:
+        return mask
+    item_phash = repository["phash"].cast(pa.uint64())
+    valid = pc.is_valid(item_phash).to_numpy(zero_copy_only=False).astype(bool)
+    hashes = pc.fill_null(item_phash, 0).to_numpy().astype(np.uint64)
+    for name in profile_columns:
+        profile_phash = profile[name].cast(pa.uint64())
+        profile_rows = np.flatnonzero(pc.is_valid(profile_phash).to_numpy(zero_copy_only=False))
+        if not len(profile_rows):
+            continue
         profile_hashes = profile_phash.to_numpy(zero_copy_only=False)[profile_rows].astype(np.uint64)
-        item_phash = repository["phash"].cast(pa.uint64())
-        valid = pc.is_valid(item_phash).to_numpy(zero_copy_only=False).astype(bool)
-        hashes = pc.fill_null(item_phash, 0).to_numpy().astype(np.uint64)
         close = valid[:, None] & (hamming(hashes[:, None], profile_hashes[None, :]) <= phash_max_distance)
         for item, column in zip(*np.nonzero(close & ~mask[:, None])):
             if confirm_near_copy is None or confirm_near_copy(int(item), int(profile_rows[column])):
@@ -310,7 +319,9 @@ def rank(
 
 
 def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
-    """Curation's colour-thumbnail rule as a :data:`NearCopyCheck`; images load once, on demand."""
+    """Curation's colour-thumbnail rule (:func:`pipeline.dedup.thumbnail_distance`, tolerant of a
+    brightness change) as a :data:`NearCopyCheck`, against the profile image or its mirror image;
+    images load once, on demand."""
 
     @lru_cache(maxsize=None)
     def thumbnail(key: str) -> np.ndarray:
@@ -322,9 +333,11 @@ def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Tabl
 
     def same_picture(item_row: int, profile_row: int) -> bool:
         try:
-            return thumbnail_mad(thumbnail(item_keys[item_row]), thumbnail(profile_keys[profile_row])) <= max_mad
+            item, own = thumbnail(item_keys[item_row]), thumbnail(profile_keys[profile_row])
         except (OSError, ValueError, FileNotFoundError):
             return True  # cannot compare: err on the side of never showing users their own photo
+        distance = min(float(thumbnail_distance(item, own)), float(thumbnail_distance(item, mirror_thumbnail(own))))
+        return distance <= max_mad
 
     return same_picture
 

@@ -12,16 +12,27 @@ Decision semantics, replayed in ``decided_at`` order (the latest wins):
   current labels, ``reject`` excludes it, ``skip`` defers it (the item stays pending).
 * ``relabel`` sets one attribute's label (``new_label=None`` clears it) and also accepts the item:
   a reviewer who corrects a label has looked at the image. A later ``reject`` still excludes it.
+* ``undo`` cancels the item's latest decision that is not already undone. It is a new row like any
+  other (the log stays append-only): replay keeps a stack of decisions per item, an undo pops it, and
+  the item's labels and status are recomputed from what remains, so undoing a relabel restores the
+  label before it and undoing the only decision makes the item undecided again. An undo with nothing
+  left to undo is refused when it is recorded. Its row records what it did: ``attribute``,
+  ``old_label`` and ``new_label`` of an undone relabel are the attribute and its label before and
+  after the undo; for other undone decisions they are null.
 * An item is *pending* until it has an accept, reject or relabel.
+
+``review/predictions/<batch_id>.parquet`` (:data:`PREDICTIONS_SCHEMA`, written by
+``models.review_predictions``) holds the current networks' predictions for a queue, one row per item
+and attribute; no file means no model yet. The review page (:mod:`pipeline.review_view`) sorts by it.
 """
 from __future__ import annotations
 
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -31,8 +42,8 @@ from pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-ACCEPT, REJECT, RELABEL, SKIP = "accept", "reject", "relabel", "skip"
-DECISIONS = (ACCEPT, REJECT, RELABEL, SKIP)
+ACCEPT, REJECT, RELABEL, SKIP, UNDO = "accept", "reject", "relabel", "skip", "undo"
+DECISIONS = (ACCEPT, REJECT, RELABEL, SKIP, UNDO)
 FINAL_DECISIONS = (ACCEPT, REJECT, RELABEL)
 POLICIES = ("auto_accept", "manual")
 POLICY_REVIEWER = "policy:auto_accept"
@@ -49,6 +60,11 @@ DECISION_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("decision", pa.string()), ("attribute", pa.string()),
     ("old_label", pa.string()), ("new_label", pa.string()), ("reviewer", pa.string()),
     ("decided_at", pa.timestamp("us", tz="UTC")), ("reason", pa.string()),
+])
+# Long format: one row per item and attribute; confidence is the probability of the predicted class.
+PREDICTIONS_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("attribute", pa.string()), ("predicted_label", pa.string()),
+    ("confidence", pa.float64()), ("model_version", pa.string()),
 ])
 DATASET_ITEM_COLUMNS = [c for c in QUEUE_ITEM_COLUMNS if c[0] not in ("batch_id", "crawled_at")] + [
     ("batch_id", pa.string()),
@@ -73,6 +89,10 @@ def queue_key(batch_id: str) -> str:
 
 def decisions_prefix(batch_id: str) -> str:
     return f"review/decisions/{batch_id}"
+
+
+def predictions_key(batch_id: str) -> str:
+    return f"review/predictions/{batch_id}.parquet"
 
 
 def weak_column(attribute: str) -> str:
@@ -176,35 +196,73 @@ def read_decisions(store: ObjectStore, batch_id: str) -> pd.DataFrame:
             .sort_values(["decided_at", "log_key", "row"], kind="mergesort").reset_index(drop=True))
 
 
+Labels = dict[str, tuple[str | None, str | None]]  # attribute -> (label, source)
+
+
 @dataclass
 class ReviewState:
     """The replayed outcome of a batch's decisions: per-item status and per-item labels."""
 
     status: dict[str, str]  # item_id -> accept | reject (absent = pending)
-    labels: dict[str, dict[str, tuple[str | None, str | None]]]  # item_id -> attr -> (label, source)
-    decided: set[str]  # items with any decision, skip included
+    labels: dict[str, Labels]  # item_id -> attr -> (label, source)
+    decided: set[str]  # items with any decision still in effect (not undone), skip included
+    last: dict[str, str] = field(default_factory=dict)  # item_id -> its latest decision in effect
+
+
+def weak_labels(queue: pd.DataFrame, taxonomy: Taxonomy) -> dict[str, Labels]:
+    """Every queue item's weak labels with their sources: the labels before any decision."""
+    return {
+        row["item_id"]: {a: (_text(row.get(weak_column(a))), _weak_source(row.get(f"{weak_column(a)}_source")))
+                         for a in taxonomy.names}
+        for row in queue.to_dict("records")
+    }
+
+
+def decision_stacks(item_ids: Iterable[str], decisions: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """Per item, its decisions in effect, oldest first: every undo has popped the latest one.
+
+    Decisions of items outside ``item_ids`` are dropped (the item left the queue when the batch was
+    curated again). An undo with nothing to undo cannot be recorded; one in a hand-made log is ignored.
+    """
+    stacks: dict[str, list[dict[str, Any]]] = {item_id: [] for item_id in item_ids}
+    for row in decisions.to_dict("records"):
+        stack = stacks.get(row["item_id"])
+        if stack is None:
+            continue
+        if row["decision"] == UNDO:
+            if stack:
+                stack.pop()
+        else:
+            stack.append(row)
+    return stacks
+
+
+def item_outcome(weak: Labels, stack: list[dict[str, Any]]) -> tuple[str | None, Labels]:
+    """An item's status (accept, reject or None = pending) and labels after the decisions in ``stack``."""
+    labels = dict(weak)
+    status = None
+    for row in stack:
+        if row["decision"] == RELABEL:
+            labels[row["attribute"]] = (_text(row["new_label"]), f"review:{row['reviewer']}")
+            status = ACCEPT
+        elif row["decision"] in (ACCEPT, REJECT):
+            status = row["decision"]
+    return status, labels
 
 
 def replay(queue: pd.DataFrame, decisions: pd.DataFrame, taxonomy: Taxonomy) -> ReviewState:
-    labels: dict[str, dict[str, tuple[str | None, str | None]]] = {}
-    for row in queue.to_dict("records"):
-        labels[row["item_id"]] = {
-            a: (_text(row.get(weak_column(a))), _weak_source(row.get(f"{weak_column(a)}_source")))
-            for a in taxonomy.names
-        }
-    status: dict[str, str] = {}
-    decided: set[str] = set()
-    for row in decisions.to_dict("records"):
-        item_id = row["item_id"]
-        if item_id not in labels:
-            continue  # the item left the queue (the batch was curated again); its decisions no longer apply
-        decided.add(item_id)
-        if row["decision"] == RELABEL:
-            labels[item_id][row["attribute"]] = (row["new_label"], f"review:{row['reviewer']}")
-            status[item_id] = ACCEPT
-        elif row["decision"] in (ACCEPT, REJECT):
-            status[item_id] = row["decision"]
-    return ReviewState(status=status, labels=labels, decided=decided)
+    """The state of every queue item after ``decisions`` (oldest first, as :func:`read_decisions`)."""
+    weak = weak_labels(queue, taxonomy)
+    stacks = decision_stacks(weak, decisions)
+    state = ReviewState(status={}, labels={}, decided=set())
+    for item_id, stack in stacks.items():
+        status, state.labels[item_id] = item_outcome(weak[item_id], stack)
+        if status is not None:
+            state.status[item_id] = status
+        if stack:
+            state.decided.add(item_id)
+            state.last[item_id] = stack[-1]["decision"]
+    return state
 
 
 def _text(value: Any) -> str | None:
@@ -252,8 +310,9 @@ def _log_key(store: ObjectStore, batch_id: str, decided_at: datetime, reviewer: 
 def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision], reviewer: str) -> str:
     """Validate ``decisions`` and append them to the batch's audit log as one new object; returns its key.
 
-    ``old_label`` is the label in effect before each relabel (earlier decisions and earlier rows of
-    this call included), so the log alone tells the story of every label.
+    ``old_label`` is the label in effect before each relabel or undo (earlier decisions and earlier
+    rows of this call included), so the log alone tells the story of every label. Nothing is written
+    when any decision is invalid, an undo with nothing to undo included.
     """
     if not reviewer or not reviewer.strip():
         raise ValueError("a decision needs a reviewer")
@@ -264,17 +323,28 @@ def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision
     queue_items = set(queue["item_id"])
     for decision in decisions:
         _validate(decision, queue_items, taxonomy, batch_id)
-    labels = replay(queue, read_decisions(store, batch_id), taxonomy).labels
+    weak = weak_labels(queue, taxonomy)
+    stacks = decision_stacks(weak, read_decisions(store, batch_id))
     decided_at = datetime.now(timezone.utc)
     rows = []
     for d in decisions:
-        old_label = None
-        if d.decision == RELABEL:
-            old_label = labels[d.item_id][d.attribute][0]
-            labels[d.item_id][d.attribute] = (d.new_label, reviewer)
-        rows.append({"item_id": d.item_id, "decision": d.decision, "attribute": d.attribute,
-                     "old_label": old_label, "new_label": d.new_label, "reviewer": reviewer,
-                     "decided_at": decided_at, "reason": d.reason})
+        row = {"item_id": d.item_id, "decision": d.decision, "attribute": d.attribute, "old_label": None,
+               "new_label": d.new_label, "reviewer": reviewer, "decided_at": decided_at, "reason": d.reason}
+        stack = stacks[d.item_id]
+        before = item_outcome(weak[d.item_id], stack)[1]
+        if d.decision == UNDO:
+            if not stack:
+                raise ValueError(f"nothing to undo for item {d.item_id!r} in batch {batch_id!r}")
+            undone = stack.pop()
+            if undone["decision"] == RELABEL:
+                attribute = undone["attribute"]
+                after = item_outcome(weak[d.item_id], stack)[1]
+                row.update(attribute=attribute, old_label=before[attribute][0], new_label=after[attribute][0])
+        else:
+            if d.decision == RELABEL:
+                row["old_label"] = before[d.attribute][0]
+            stack.append(row)
+        rows.append(row)
     key = _log_key(store, batch_id, decided_at, reviewer)
     store.write_parquet(key, pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
     log.info("review %s: %d decisions by %s -> %s", batch_id, len(rows), reviewer, key)
@@ -333,8 +403,9 @@ def _reviewed_rows(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tup
     return pd.DataFrame(rows), len(queue) - len(rows)
 
 
-def build_dataset(store: ObjectStore) -> dict[str, Any]:
-    """Rebuild ``dataset/items.parquet`` from every batch's queue and decisions; returns counts.
+def build_dataset(store: ObjectStore, batches: list[str] | None = None) -> dict[str, Any]:
+    """Rebuild ``dataset/items.parquet`` from the queues and decisions of ``batches`` (default: every
+    queued batch; the ingest DAG passes the approved ones, see :mod:`pipeline.approval`); returns counts.
 
     The same item_id in several batches: the latest reviewed copy (``crawled_at``, then batch id)
     wins, and its decision too (a later reject removes an earlier accept). The same image bytes under
@@ -342,7 +413,8 @@ def build_dataset(store: ObjectStore) -> dict[str, Any]:
     """
     taxonomy = get_settings().taxonomy
     schema = dataset_schema(taxonomy)
-    batches = queue_batches(store)
+    queued = queue_batches(store)
+    batches = queued if batches is None else [b for b in queued if b in set(batches)]
     frames, pending_count = [], 0
     for batch_id in batches:
         frame, waiting = _reviewed_rows(store, batch_id, taxonomy)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ class Settings:
     split: dict[str, Any]
     training: dict[str, Any]
     recommend: dict[str, Any]
+    review: dict[str, Any] = field(default_factory=dict)
 
     def search_query(self, class_name: str) -> str:
         """The first configured search phrase for ``class_name`` (see :func:`search_queries`)."""
@@ -124,6 +125,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         split=raw.get("split", {}),
         training=raw.get("training", {}),
         recommend=raw.get("recommend", {}),
+        review=raw.get("review", {}),
     )
 
 

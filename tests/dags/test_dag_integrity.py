@@ -60,8 +60,24 @@ def _edges(dag) -> set[tuple[str, str]]:
 
 def test_ingest_wiring(dagbag):
     dag = dagbag.dags["fashionnet_ingest"]
-    assert _edges(dag) == {("crawl", "curate"), ("curate", "enqueue_for_review"),
-                           ("enqueue_for_review", "build_dataset")}
+    assert _edges(dag) == {
+        ("crawl", "curate"), ("curate", "enqueue_for_review"), ("enqueue_for_review", "predict_for_review"),
+        ("enqueue_for_review", "review_gate"), ("enqueue_for_review", "approval_request"),
+        ("enqueue_for_review", "record_human_approval"), ("predict_for_review", "review_gate"),
+        ("review_gate", "approval_request"), ("review_gate", "build_dataset"),
+        ("approval_request", "approve_batch"), ("approve_batch", "record_human_approval"),
+        ("record_human_approval", "build_dataset")}
+
+
+def test_ingest_gates_the_dataset_on_a_human_approval(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["fashionnet_ingest"]
+    approve = dag.get_task("approve_batch")
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.defaults == [ApprovalOperator.REJECT] and approve.response_timeout.total_seconds() > 0
+    assert dag.get_task("build_dataset").trigger_rule == "none_failed_min_one_success"
+    assert dag.get_task("record_human_approval").trigger_rule == "all_success"
 
 
 def test_train_maps_one_task_per_attribute(dagbag):

@@ -205,3 +205,87 @@ def test_catalog_snapshots_are_not_deduplicated_across_nights(file_store):
     summary = curate_batch(file_store, "catalog-20261102")
     assert accepted_ids(file_store, "catalog-20261102") == sorted(ids.values()) and summary["duplicates"] == 0
     assert file_store.list("curation/hash_index/") == []
+
+
+# -- issue 4: mirrored and brightened copies, old index files, the demo store ----------------------------
+def mirrored(image: Image.Image) -> Image.Image:
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def brightened(image: Image.Image, factor: float = 1.2) -> Image.Image:
+    from PIL import ImageEnhance
+
+    return ImageEnhance.Brightness(image).enhance(factor)
+
+
+def dim_blocks(seed: int, size: int = 200) -> Image.Image:
+    """Colour blocks in 30..190: room for a brighter copy that does not clip (real photos that clip
+    are measured by bench/dedup_quality.py)."""
+    return Image.eval(blocks(seed, size), lambda v: 30 + v * 160 // 255)
+
+
+def test_mirrored_and_brightened_copies_are_near_duplicates(file_store):
+    original = dim_blocks(21)
+    ids = write_crawl(file_store, "copies", {
+        "original": jpeg(original), "mirrored": jpeg(mirrored(original).resize((150, 150))),
+        "brighter": jpeg(brightened(original)), "distinct": jpeg(blocks(22)),
+        "distinct-mirrored": jpeg(mirrored(blocks(23)))})
+    summary = curate_batch(file_store, "copies")
+    assert accepted_ids(file_store, "copies") == sorted([ids["original"], ids["distinct"], ids["distinct-mirrored"]])
+    dups = duplicates_by_item(file_store, "copies")
+    assert {name: dups[ids[name]]["kind"] for name in ("mirrored", "brighter")} == {
+        "mirrored": "near_mirror", "brighter": "near"}
+    assert {dups[ids[name]]["kept_item_id"] for name in ("mirrored", "brighter")} == {ids["original"]}
+    assert summary["duplicates_by_kind"] == {"near": 1, "near_mirror": 1}
+    accepted = file_store.read_parquet("curation/copies/accepted.parquet")
+    assert accepted.schema.field("phash_mirror").type == pa.uint64()
+
+
+def test_index_files_written_before_mirror_hashes_still_work(any_store):
+    """An index file without phash_mirror/dhash_mirror (as written before issue 4): read with nulls,
+    its items still matched against a later batch's mirrored and brightened copies."""
+    original = dim_blocks(31)
+    ids1 = write_crawl(any_store, "ingest-20261101", {"original": jpeg(original), "other": jpeg(blocks(32))})
+    curate_batch(any_store, "ingest-20261101")
+    key = "curation/hash_index/ingest/ingest-20261101.parquet"
+    index = any_store.read_parquet(key)
+    assert index.schema.field("phash_mirror").type == pa.uint64() and index.column("phash_mirror").null_count == 0
+    any_store.write_parquet(key, index.drop_columns(["phash_mirror", "dhash_mirror"]))
+
+    ids2 = write_crawl(any_store, "ingest-20261102", {
+        "mirrored": jpeg(mirrored(original)), "brighter": jpeg(brightened(original)), "new": jpeg(blocks(33))})
+    summary = curate_batch(any_store, "ingest-20261102")
+    assert accepted_ids(any_store, "ingest-20261102") == [ids2["new"]]
+    dups = duplicates_by_item(any_store, "ingest-20261102")
+    assert {name: (dups[ids2[name]]["kind"], dups[ids2[name]]["kept_item_id"], dups[ids2[name]]["kept_batch_id"])
+            for name in ("mirrored", "brighter")} == {
+        "mirrored": ("near_mirror", ids1["original"], "ingest-20261101"),
+        "brighter": ("near", ids1["original"], "ingest-20261101")}
+    assert summary["duplicates_of_earlier_batches"] == 2 and summary["index_items_before"] == 2
+
+    from pipeline.curate import read_prior_index
+
+    prior = read_prior_index(any_store, "ingest", "ingest-20261103")
+    assert len(prior) == 3 and int(prior["phash_mirror"].isna().sum()) == 2  # the old file's rows
+    assert prior["phash"].dtype == np.uint64 and str(prior["phash_mirror"].dtype) == "UInt64"
+
+
+def demo_catalog_images(n: int = 240, seed: int = 7) -> dict[str, bytes]:
+    """The demo site's product pictures (``make demo`` builds seed 7 with 240 products), by sku."""
+    import random
+
+    from scrapers.demo_store.catalog import generate_catalog
+    from scrapers.demo_store.draw import draw_garment
+    from scrapers.demo_store.site import JPEG_QUALITY
+
+    return {p.sku: jpeg(draw_garment(p.pattern, p.fabric, p.style, p.shape, random.Random(f"{seed}:{p.sku}")),
+                        JPEG_QUALITY) for p in generate_catalog(n, seed)}
+
+
+def test_a_demo_crawl_keeps_every_one_of_its_distinct_products(file_store):
+    """240 products, many sharing a silhouette and differing in colour only: none is a duplicate,
+    mirrored and brightness-tolerant matching included."""
+    write_crawl(file_store, "catalog-20261101", demo_catalog_images())
+    summary = curate_batch(file_store, "catalog-20261101")
+    assert summary["valid_images"] == summary["accepted"] == 240
+    assert summary["duplicates"] == 0 and summary["clusters"] == 240

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.hash_index import (HashIndex, MultiIndexHashing, choose_substrings, flip_masks, substring_radii,
-                                 substring_widths)
+from pipeline.hash_index import (HashIndex, MultiIndexHashing, choose_substrings, flip_masks, query_with_mirrors,
+                                 substring_radii, substring_widths)
 
 
 def planted(n: int, radius: int, seed: int) -> np.ndarray:
@@ -78,3 +78,20 @@ def test_empty_inputs():
     empty = np.zeros(0, dtype=np.uint64)
     assert as_list(MultiIndexHashing(empty).pairs_within(4)) == [[], [], []]
     assert as_list(MultiIndexHashing(np.arange(5, dtype=np.uint64)).query(empty, 4)) == [[], [], []]
+
+
+@pytest.mark.parametrize("mih", [False, True])
+def test_query_with_mirrors_answers_both_query_sets_exactly(mih, monkeypatch):
+    """Own and mirror hashes in one search: each set's answer equals a brute-force query of it alone."""
+    monkeypatch.setattr("pipeline.hash_index.MIN_INDEXED_FOR_MIH", 0 if mih else 10**9)
+    hashes = planted(3_000, 6, seed=21)
+    rng = np.random.default_rng(22)
+    own = hashes[rng.integers(0, len(hashes), size=200)] ^ np.uint64(0b1011)
+    mirrors = hashes[rng.integers(0, len(hashes), size=150)] ^ np.uint64(0b11 << 40)
+    mirrors[:50] = rng.integers(0, np.iinfo(np.uint64).max, size=50, dtype=np.uint64, endpoint=True)
+    found_own, found_mirror = query_with_mirrors(MultiIndexHashing(hashes), own, mirrors, 6)
+    assert as_list(found_own) == as_list(HashIndex(hashes).query(own, 6))
+    assert as_list(found_mirror) == as_list(HashIndex(hashes).query(mirrors, 6))
+    assert len(found_own[0]) >= 200 and set(found_mirror[0].tolist()) >= set(range(50, 150))
+    empty = np.zeros(0, dtype=np.uint64)
+    assert as_list(query_with_mirrors(MultiIndexHashing(hashes), empty, mirrors, 6)[1]) == as_list(found_mirror)

@@ -51,3 +51,35 @@ def test_hamming_is_popcount_and_broadcasts():
 
 def test_content_hash_is_sha256_hex():
     assert content_sha256(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def _asymmetric(size: int = 128) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    draw.polygon([(10, 10), (100, 30), (30, 110)], fill="darkred")
+    draw.rectangle([90, 80, 120, 120], fill="gold")
+    return image
+
+
+def test_hashes_are_imagehash_bit_for_bit():
+    """Stored hashes (and hash index files written before) must keep their values."""
+    import imagehash
+
+    def reference(image):
+        rgb = image.convert("RGB")
+        return tuple(int(str(h(rgb, hash_size=8)), 16) for h in (imagehash.phash, imagehash.dhash))
+
+    for image in (_striped(), _blobs(), _asymmetric(), _asymmetric().convert("L"), _asymmetric().convert("P")):
+        assert perceptual_hashes(image) == reference(image)
+
+
+def test_mirror_hashes_are_the_hashes_of_the_mirrored_image():
+    from PIL import ImageOps
+
+    from pipeline.hashing import image_hashes
+
+    image = _asymmetric()
+    own, mirrored = image_hashes(image), image_hashes(ImageOps.mirror(image))
+    assert (own.phash_mirror, own.dhash_mirror) == (mirrored.phash, mirrored.dhash)
+    assert (mirrored.phash_mirror, mirrored.dhash_mirror) == (own.phash, own.dhash)
+    assert int(hamming(own.phash, mirrored.phash)) > 10  # a flip is far for the plain hashes

@@ -438,3 +438,30 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
     assert own_image_mask(profile, repository, 6).tolist() == [True, True]  # hashes alone: both "own"
     check = thumbnail_check(file_store, profile, repository, max_mad=4.0)
     assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
+
+
+def test_a_mirrored_upload_of_a_shop_photo_is_still_the_users_own(file_store):
+    """The profile keeps the pHash of each image's mirror image: a user's photo that is a shop photo
+    flipped left to right is never recommended back to them (and other items still are)."""
+    from pipeline.recommend import thumbnail_check
+
+    shop = noise_jpeg(7)
+    upload = io.BytesIO()
+    Image.open(io.BytesIO(shop)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(upload, "JPEG", quality=85)
+    upload = upload.getvalue()
+    file_store.put_bytes("users/ann/flipped.jpg", upload)
+    items = [{"item_id": "shop", "classes": U1_CLASSES, "data": shop}, {"item_id": "other", "classes": U1_CLASSES,
+                                                                        "data": noise_jpeg(8)}]
+    for it in items:
+        it["phash"], it["sha"] = phash_of(it["data"]), content_sha256(it["data"])
+        file_store.put_bytes(f"images/full/{it['item_id']}.jpg", it["data"])
+    repository = repository_table(items)
+    profile = build_profile(file_store, "ann", ["users/ann/flipped.jpg"],
+                            FakeVectorizer({content_sha256(upload): U1_CLASSES}), ATTRS)
+    assert profile.schema.field("phash_mirror").type == pa.uint64()
+    check = thumbnail_check(file_store, profile, repository, max_mad=3.0)
+    assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
+    assert rank(profile, repository, ATTRS, k=5, phash_max_distance=6,
+                confirm_near_copy=check).column("item_id").to_pylist() == ["other"]
+    # A profile without the mirror hash (as built before) would have shown the user their own photo.
+    assert own_image_mask(profile.drop_columns(["phash_mirror"]), repository, 6, check).tolist() == [False, False]

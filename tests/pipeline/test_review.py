@@ -185,3 +185,105 @@ def test_relabel_from_null_and_clearing_a_label(file_store):
     assert list(items.index) == ["i1", "i5"]
     assert pd.isna(items.loc["i1", "shape"]) and items.loc["i1", "shape_label_source"] == "review:erin"
     assert items.loc["i1", "pattern"] == "striped" and items.loc["i5", "pattern"] == "floral"
+
+
+def _state(store, batch_id="b1"):
+    from pipeline.review import read_queue, replay
+    from pipeline.settings import get_settings
+
+    return replay(read_queue(store, batch_id), read_decisions(store, batch_id), get_settings().taxonomy)
+
+
+def test_undo_pops_the_latest_decision_and_restores_labels(any_store):
+    write_batch(any_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(any_store, "b1")
+    record_decisions(any_store, "b1", [
+        Decision("i1", "relabel", "pattern", "graphic"),
+        Decision("i1", "relabel", "pattern", "solid"),
+        Decision("i2", "reject"),
+        Decision("i3", "skip"),
+    ], reviewer="alice")
+    before = {name: any_store.get_bytes(name) for name in any_store.list("review/decisions/b1")}
+    record_decisions(any_store, "b1", [Decision("i1", "undo", reason="misclick"), Decision("i2", "undo"),
+                                       Decision("i3", "undo")], reviewer="bob")
+
+    state = _state(any_store)
+    assert state.labels["i1"]["pattern"] == ("graphic", "review:alice")  # the earlier relabel is back
+    assert state.status == {"i1": "accept"}
+    assert state.decided == {"i1"} and state.last == {"i1": "relabel"}
+    assert pending(any_store, "b1") == ["i2", "i3", "i4", "i5"]
+    assert {name: any_store.get_bytes(name) for name in before} == before  # nothing edited in place
+
+    log = read_decisions(any_store, "b1")
+    undo = log[log["decision"] == "undo"].set_index("item_id")
+    assert list(undo.index) == ["i1", "i2", "i3"] and set(undo["reviewer"]) == {"bob"}
+    assert (undo.loc["i1", "attribute"], undo.loc["i1", "old_label"], undo.loc["i1", "new_label"]) == (
+        "pattern", "solid", "graphic")
+    assert undo.loc["i1", "reason"] == "misclick"
+    assert pd.isna(undo.loc["i2", "attribute"]) and pd.isna(undo.loc["i2", "old_label"])
+
+    record_decisions(any_store, "b1", [Decision("i1", "undo")], reviewer="bob")
+    state = _state(any_store)
+    assert state.labels["i1"]["pattern"] == ("striped", "weak:query:striped")  # back to the weak label
+    assert "i1" not in state.decided and pending(any_store, "b1") == ["i1", "i2", "i3", "i4", "i5"]
+    # an undone item counts as never seen: the auto-accept policy takes it again
+    assert apply_policy(any_store, "b1", "auto_accept") == 5
+
+
+def test_undo_within_one_call_and_a_decision_after_an_undo(file_store):
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    record_decisions(file_store, "b1", [
+        Decision("i4", "accept"), Decision("i4", "relabel", "style", "formal"), Decision("i4", "undo"),
+        Decision("i4", "reject"), Decision("i5", "relabel", "shape", "sleeveless"), Decision("i5", "undo"),
+        Decision("i5", "relabel", "shape", "half-sleeve"),
+    ], reviewer="carol")
+    state = _state(file_store)
+    assert state.status == {"i4": "reject", "i5": "accept"}
+    assert state.labels["i4"]["style"] == (None, None)
+    assert state.labels["i5"]["shape"] == ("half-sleeve", "review:carol")
+    log = read_decisions(file_store, "b1")
+    last = log[log["item_id"] == "i5"].iloc[-1]
+    assert pd.isna(last["old_label"])  # the undone sleeveless never counted
+
+
+@pytest.mark.parametrize("decisions", [
+    [Decision("i1", "undo")],
+    [Decision("i1", "accept"), Decision("i1", "undo"), Decision("i1", "undo")],
+    [Decision("i2", "skip"), Decision("i1", "undo")],
+])
+def test_undo_with_nothing_to_undo_is_refused_and_nothing_is_written(file_store, decisions):
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    with pytest.raises(ValueError, match="nothing to undo for item 'i1'"):
+        record_decisions(file_store, "b1", decisions, reviewer="alice")
+    assert file_store.list("review/decisions") == []
+
+
+def test_undo_after_an_earlier_undo_reaches_further_back(file_store):
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    record_decisions(file_store, "b1", [Decision("i1", "reject")], reviewer="alice")
+    record_decisions(file_store, "b1", [Decision("i1", "accept")], reviewer="alice")
+    record_decisions(file_store, "b1", [Decision("i1", "undo")], reviewer="alice")
+    assert _state(file_store).status == {"i1": "reject"}
+    record_decisions(file_store, "b1", [Decision("i1", "undo")], reviewer="alice")
+    assert _state(file_store).status == {}
+    with pytest.raises(ValueError, match="nothing to undo"):
+        record_decisions(file_store, "b1", [Decision("i1", "undo")], reviewer="alice")
+
+
+def test_undo_is_item_level(file_store):
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    with pytest.raises(ValueError, match="item-level decision"):
+        record_decisions(file_store, "b1", [Decision("i1", "undo", "pattern")], reviewer="alice")
+
+
+def test_predictions_contract():
+    from pipeline.review import PREDICTIONS_SCHEMA, predictions_key
+
+    assert predictions_key("ingest-20261101") == "review/predictions/ingest-20261101.parquet"
+    assert [(f.name, str(f.type)) for f in PREDICTIONS_SCHEMA] == [
+        ("item_id", "string"), ("attribute", "string"), ("predicted_label", "string"),
+        ("confidence", "double"), ("model_version", "string")]
