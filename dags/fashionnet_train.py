@@ -1,16 +1,23 @@
-"""Train: split the dataset -> one mapped training task per attribute -> publish the models.
+"""Train: split the dataset -> one mapped training task per attribute -> promote the models.
 
 Runs whenever the labelled dataset changes. One attribute failing never loses the others: each
-trained model is published by itself and the run is marked failed afterwards.
+trained model is promoted by itself and the run is marked failed afterwards. A new version becomes
+current only when it is not worse than the current one on the same test split (models.registry.promote),
+unless the ``force_promotion`` Param says otherwise.
 """
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 from fashionnet_common import DATASET, MODELS
 
+PARAMS = {
+    "force_promotion": Param(False, type="boolean",
+                             description="Make the new versions current even if they test worse than the current ones"),
+}
 
-@dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, tags=["fashionnet"])
+
+@dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, params=PARAMS, tags=["fashionnet"])
 def fashionnet_train():
     @task
     def split() -> list[str]:
@@ -40,22 +47,26 @@ def fashionnet_train():
         return {"attribute": attribute, "version": version}
 
     @task(outlets=[MODELS], trigger_rule="all_done")
-    def publish(trained: list[dict]) -> list[dict]:
-        from models.registry import publish as publish_model
-        from pipeline.runs import stage
+    def publish(trained: list[dict], params: dict) -> list[dict]:
+        from models.registry import promote
+        from pipeline.runs import plain, stage
         from pipeline.settings import get_settings
         from pipeline.storage import open_store
 
         store = open_store()
+        settings = get_settings()
+        tolerance = float(settings.training.get("promotion_tolerance", 0.0))
         # Index by length: mapped tasks that failed pushed nothing, and iterating past the end logs errors.
         trained = [trained[i] for i in range(len(trained))]
         with stage("train.publish") as report:
-            published = [publish_model(store, t["attribute"], t["version"]) for t in trained]
-            report.summary = {"published": len(published)}
-        missing = sorted(set(get_settings().taxonomy.names) - {t["attribute"] for t in trained})
+            decisions = [promote(store, t["attribute"], t["version"], force=params["force_promotion"],
+                                 tolerance=tolerance) for t in trained]
+            report.summary = {d["attribute"]: f"{d['candidate']}: {'promoted' if d['promoted'] else 'kept ' + str(d['current'])}"
+                                                f" ({d['reason']})" for d in decisions}
+        missing = sorted(set(settings.taxonomy.names) - {t["attribute"] for t in trained})
         if missing:
-            raise RuntimeError(f"published {len(published)} models; training failed for {missing}")
-        return published
+            raise RuntimeError(f"promoted {sum(d['promoted'] for d in decisions)} models; training failed for {missing}")
+        return plain(decisions)
 
     publish(train.expand(attribute=split()))
 

@@ -1,14 +1,19 @@
 """Batch inference: the fashion vector (one predicted class per attribute) of every repository item."""
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from models.data import UndecodableImage, decode_image
+from models.network import BACKBONE_LAYER, feature_extractor, head_model
 from models.registry import LoadedModel, current, load_model
 from pipeline.storage import ObjectStore
 
@@ -27,14 +32,73 @@ def attribute_columns(attribute: str) -> list[str]:
     return [attribute, f"{attribute}_prob", f"{attribute}_model_version"]
 
 
-class FashionVectorizer:
-    """The published networks of several attributes, applied together to batches of images."""
+def backbone_fingerprint(network: LoadedModel) -> str:
+    """What decides the pooled features: input size, preprocessing and pooling layers' configs, and
+    the backbone's weights. Networks with equal fingerprints compute identical features."""
+    digest = hashlib.sha256(str(network.image_size).encode())
+    for name in ("preprocess", BACKBONE_LAYER, "pool"):
+        layer = network.model.get_layer(name)
+        config = layer.get_config() if name != BACKBONE_LAYER else {}
+        digest.update(f"{layer.__class__.__name__}{json.dumps(config, sort_keys=True, default=str)}".encode())
+        for weight in layer.get_weights():
+            digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
-    def __init__(self, networks: dict[str, LoadedModel], batch_size: int = 64) -> None:
+
+@dataclass
+class SharedBase:
+    """Attribute networks that share one backbone: it runs once per image, then each head."""
+
+    features: keras.Model
+    heads: dict[str, keras.Model]
+
+
+class FashionVectorizer:
+    """The published networks of several attributes, applied together to batches of images.
+
+    Shared-backbone inference: networks whose backbones are identical (trained with the base frozen
+    from the same weights, i.e. ``unfrozen_epochs: 0`` or phase 1 kept as best) are grouped, and the
+    group's backbone runs once per image instead of once per attribute (``shared=False`` turns this
+    off). The heads are the networks' own layers, so the vectors equal the per-network ones.
+    """
+
+    def __init__(self, networks: dict[str, LoadedModel], batch_size: int = 64, shared: bool = True) -> None:
         if not networks:
             raise ValueError("a FashionVectorizer needs at least one attribute network")
         self.networks = networks
         self.batch_size = batch_size
+        self.groups = self._group(networks) if shared else [[a] for a in networks]
+        self._bases: dict[str, SharedBase] = {}
+
+    @staticmethod
+    def _group(networks: dict[str, LoadedModel]) -> list[list[str]]:
+        groups: dict[str, list[str]] = {}
+        for attribute, network in networks.items():
+            groups.setdefault(backbone_fingerprint(network), []).append(attribute)
+        return list(groups.values())
+
+    def _shared_base(self, group: list[str]) -> SharedBase:
+        key = ",".join(group)
+        if key not in self._bases:
+            first = self.networks[group[0]].model
+            self._bases[key] = SharedBase(feature_extractor(first),
+                                          {a: head_model(self.networks[a].model) for a in group})
+        return self._bases[key]
+
+    def probabilities(self, decoded: list[dict[int, np.ndarray]]) -> dict[str, np.ndarray]:
+        """attribute -> (n, classes) softmax outputs for ``decoded`` images."""
+        out: dict[str, np.ndarray] = {}
+        for group in self.groups:
+            size = self.networks[group[0]].image_size
+            batch = np.stack([d[size] for d in decoded]).astype("float32")
+            if len(group) == 1:
+                out[group[0]] = self.networks[group[0]].model.predict(batch, batch_size=self.batch_size, verbose=0)
+                continue
+            base = self._shared_base(group)
+            features = base.features.predict(batch, batch_size=self.batch_size, verbose=0)
+            for attribute in group:
+                out[attribute] = base.heads[attribute].predict(features, batch_size=self.batch_size, verbose=0)
+        return out
 
     @classmethod
     def from_registry(cls, store: ObjectStore, attributes: list[str], batch_size: int = 64) -> "FashionVectorizer":
@@ -55,9 +119,9 @@ class FashionVectorizer:
         vectors: list[dict[str, Any]] = [{} for _ in decoded]
         if not decoded:
             return vectors
+        probabilities = self.probabilities(decoded)
         for attribute, network in self.networks.items():
-            batch = np.stack([d[network.image_size] for d in decoded]).astype("float32")
-            probs = network.model.predict(batch, batch_size=self.batch_size, verbose=0)
+            probs = probabilities[attribute]
             best = probs.argmax(axis=1)
             for vector, index, row in zip(vectors, best, probs):
                 vector[attribute] = network.classes[int(index)]

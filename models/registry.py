@@ -2,6 +2,10 @@
 
 ``models/<attribute>/<version>/model.keras`` and ``metrics.json`` are written by training;
 ``models/<attribute>/current.json`` names the promoted version and is the one key readers look at.
+
+:func:`promote` guards ``current.json``: a new version replaces the current one only when it is not
+worse on the same test split (or when forced), so a bad nightly model never replaces a good one.
+Every promotion decision, taken or refused, is appended to ``models/<attribute>/promotions/``.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from typing import Any
 import keras
 
 import models.network  # noqa: F401  (registers the custom layers that saved models refer to)
-from models.train import metrics_key, model_key
+from models.data import load_split
+from models.train import metrics_key, model_key, predict_classes, split_fingerprint
 from pipeline.storage import ObjectStore
 
 
@@ -77,3 +82,73 @@ def load_model(store: ObjectStore, attribute: str, version: str | None = None) -
                 handle.write(store.get_bytes(key))
             model = keras.saving.load_model(path, compile=False)
     return LoadedModel(model, tuple(metrics["classes"]), int(metrics["image_size"]), version)
+
+
+# -- promotion ------------------------------------------------------------------------------------------
+def promotions_prefix(attribute: str) -> str:
+    return f"models/{attribute}/promotions"
+
+
+def accuracy_on_test_split(store: ObjectStore, attribute: str, version: str) -> tuple[float, str]:
+    """(accuracy, split fingerprint) of ``version`` on the dataset's test split as it is now."""
+    loaded = load_model(store, attribute, version)
+    test = load_split(store, attribute, "test", loaded.classes, loaded.image_size)
+    if not len(test):
+        raise ValueError(f"attribute {attribute!r}: the test split has no labelled images to compare on")
+    predicted = predict_classes(loaded.model, test.images, batch_size=64)
+    return float((predicted == test.labels).mean()), split_fingerprint(test)
+
+
+def compare_on_test_split(store: ObjectStore, attribute: str, candidate: dict[str, Any],
+                          incumbent: dict[str, Any]) -> dict[str, Any]:
+    """Both versions' test accuracy on one and the same test split.
+
+    When both were evaluated on the same split at training time (same fingerprint), their recorded
+    accuracies are compared; otherwise both are evaluated on the current test split.
+    """
+    same = (candidate.get("test_split", {}).get("fingerprint") is not None
+            and candidate.get("test_split", {}).get("fingerprint") == incumbent.get("test_split", {}).get("fingerprint"))
+    if same:
+        return {"candidate": float(candidate["test"]["accuracy"]), "current": float(incumbent["test"]["accuracy"]),
+                "split": candidate["test_split"]["fingerprint"], "evaluated_now": False}
+    cand_acc, split = accuracy_on_test_split(store, attribute, candidate["version"])
+    cur_acc, _ = accuracy_on_test_split(store, attribute, incumbent["version"])
+    return {"candidate": cand_acc, "current": cur_acc, "split": split, "evaluated_now": True}
+
+
+def promote(store: ObjectStore, attribute: str, version: str, force: bool = False,
+            tolerance: float = 0.0) -> dict[str, Any]:
+    """Make ``version`` current unless it is worse than the current version; returns the decision.
+
+    "Worse" means a lower test accuracy than the current version's by more than ``tolerance`` on
+    the same test split. Promoted without comparison: the first version, ``force``, or a version
+    whose classes differ from the current one's (the taxonomy changed; the old model cannot answer).
+    """
+    candidate = store.read_json(metrics_key(attribute, version)) if store.exists(metrics_key(attribute, version)) else None
+    if candidate is None:
+        raise FileNotFoundError(f"cannot promote {attribute!r} {version!r}: no {metrics_key(attribute, version)} in {store.uri}")
+    candidate = {**candidate, "version": version}
+    record = current(store, attribute)
+    comparison: dict[str, Any] | None = None
+    if record is None:
+        promoted, reason = True, "first version"
+    elif record["version"] == version:
+        promoted, reason = True, "already current"
+    elif force:
+        promoted, reason = True, "forced"
+    elif list(record["classes"]) != list(candidate["classes"]):
+        promoted, reason = True, f"classes changed from {record['classes']}"
+    else:
+        incumbent = {**store.read_json(metrics_key(attribute, record["version"])), "version": record["version"]}
+        comparison = compare_on_test_split(store, attribute, candidate, incumbent)
+        promoted = comparison["candidate"] >= comparison["current"] - tolerance
+        reason = (f"test accuracy {comparison['candidate']:.4f} vs current {comparison['current']:.4f}"
+                  f" ({'not worse' if promoted else 'worse'}, tolerance {tolerance})")
+    decision = {"attribute": attribute, "candidate": version, "current": record["version"] if record else None,
+                "promoted": promoted, "reason": reason, "comparison": comparison, "forced": force,
+                "decided_at": datetime.now(timezone.utc).isoformat()}
+    stamp = decision["decided_at"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    store.write_json(f"{promotions_prefix(attribute)}/{stamp}-{version}.json", decision)
+    if promoted and (record is None or record["version"] != version):
+        decision["published"] = publish(store, attribute, version)
+    return decision

@@ -16,6 +16,7 @@ hurts falls back to the phase-1 head) and evaluated on the test split.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -26,7 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.checkpoint import (
+    FROZEN, UNFROZEN, Checkpoints, EpochCheckpoint, TrainingState, apply_layer_weights, restore_optimizer,
+)
 from models.data import SPLITS, SplitArrays, labelled_items, load_arrays
+from models.evaluation import classification_metrics, write_evaluation
 from models.network import build_attribute_network, feature_extractor, head_model, set_backbone_trainable
 from pipeline.storage import ObjectStore
 
@@ -56,6 +61,9 @@ class TrainingConfig:
     finetune_learning_rate: float = 1e-5
     patience: int = 2
     augment_translation: float = 0.1
+    augment_zoom: float = 0.1
+    augment_brightness: float = 0.1
+    augment_contrast: float = 0.1
     seed: int = 1234
 
     @classmethod
@@ -81,6 +89,12 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     counts = np.bincount(labels, minlength=num_classes)
     present = int((counts > 0).sum())
     return {c: (len(labels) / (present * counts[c]) if counts[c] else 1.0) for c in range(num_classes)}
+
+
+def split_fingerprint(arrays: SplitArrays) -> str:
+    """sha256 of the split's (item_id, label) pairs: two evaluations are comparable when these agree."""
+    pairs = sorted(f"{item}\t{int(label)}" for item, label in zip(arrays.item_ids, arrays.labels))
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
 
 
 def class_counts(arrays: SplitArrays, classes: tuple[str, ...]) -> dict[str, int]:
@@ -140,6 +154,31 @@ class EpochLog(keras.callbacks.Callback):
         )
 
 
+class PatienceStop(keras.callbacks.Callback):
+    """Early stopping on validation accuracy, counted from the run's history rows of ``phase``.
+
+    Keras' EarlyStopping keeps its count in memory; this one derives it from the history, so a
+    resumed phase stops exactly where an uninterrupted one would. Must run after the EpochLog that
+    appends the rows.
+    """
+
+    def __init__(self, history: list[dict], phase: str, patience: int) -> None:
+        super().__init__()
+        self.history, self.phase, self.patience = history, phase, patience
+
+    @staticmethod
+    def exhausted(history: list[dict], phase: str, patience: int) -> bool:
+        accuracies = [row.get("val_accuracy", -1.0) for row in history if row.get("phase") == phase]
+        if not accuracies:
+            return False
+        best_at = int(np.argmax(accuracies))  # first epoch of the best accuracy
+        return len(accuracies) - 1 - best_at >= patience
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.exhausted(self.history, self.phase, self.patience):
+            self.model.stop_training = True
+
+
 # -- the two phases -----------------------------------------------------------------------------------
 def train_head_on_features(
     model: keras.Model,
@@ -148,8 +187,12 @@ def train_head_on_features(
     config: TrainingConfig,
     class_weight: dict[int, float],
     callbacks: list[keras.callbacks.Callback],
+    initial_epoch: int = 0,
+    optimizer_state: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Phase 1: the backbone is frozen, so run it once per image and fit the head on cached features."""
+    """Phase 1: the backbone is frozen, so run it once per image and fit the head on cached features.
+
+    ``initial_epoch`` and ``optimizer_state`` resume an interrupted phase (see models.checkpoint)."""
     set_backbone_trainable(model, False)
     extractor = feature_extractor(model)
     train_features = extractor.predict(train.images, batch_size=config.batch_size, verbose=0)
@@ -161,10 +204,13 @@ def train_head_on_features(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    if optimizer_state:
+        restore_optimizer(head.optimizer, head.trainable_variables, optimizer_state)
     head.fit(
         train_features,
         train.labels,
         validation_data=(val_features, validation.labels),
+        initial_epoch=initial_epoch,
         epochs=config.frozen_epochs,
         batch_size=config.batch_size,
         class_weight=class_weight,
@@ -175,15 +221,21 @@ def train_head_on_features(
 
 
 def augmentation(config: TrainingConfig) -> keras.Sequential:
-    """Light augmentation for fine-tuning: a horizontal flip and a small translation."""
-    t = config.augment_translation
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=config.seed),
-            keras.layers.RandomTranslation(t, t, fill_mode="nearest", seed=config.seed),
-        ],
-        name="augmentation",
-    )
+    """Fine-tuning augmentation within reason for product photos: a horizontal flip, a small
+    translation, a zoom-in of up to ``augment_zoom`` (a random crop at the same output size) and
+    brightness/contrast jitter. Never a vertical flip or a hue change: "upside down" and "another
+    colour" are not the same garment. Inputs and outputs are raw RGB in 0-255."""
+    t, seed = config.augment_translation, config.seed
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed)]
+    if t > 0:
+        layers.append(keras.layers.RandomTranslation(t, t, fill_mode="nearest", seed=seed))
+    if config.augment_zoom > 0:
+        layers.append(keras.layers.RandomZoom((-config.augment_zoom, 0.0), fill_mode="nearest", seed=seed))
+    if config.augment_brightness > 0:
+        layers.append(keras.layers.RandomBrightness(config.augment_brightness, value_range=(0, 255), seed=seed))
+    if config.augment_contrast > 0:
+        layers.append(keras.layers.RandomContrast(config.augment_contrast, value_range=(0, 255), seed=seed))
+    return keras.Sequential(layers, name="augmentation")
 
 
 def augmented_dataset(arrays: SplitArrays, config: TrainingConfig) -> tf.data.Dataset:
@@ -204,18 +256,29 @@ def fine_tune(
     config: TrainingConfig,
     class_weight: dict[int, float],
     callbacks: list[keras.callbacks.Callback],
+    initial_epoch: int = 0,
+    optimizer_state: dict[str, np.ndarray] | None = None,
+    history: list[dict] | None = None,
 ) -> None:
-    """Phase 2: the whole backbone trainable, a low learning rate, early stopping on val accuracy."""
+    """Phase 2: the whole backbone trainable, a low learning rate, early stopping on val accuracy.
+
+    ``history`` (the run's epoch rows) lets a resumed phase keep counting its patience."""
     set_backbone_trainable(model, True)
     model.compile(
         optimizer=keras.optimizers.Adam(config.finetune_learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience)
+    if optimizer_state:
+        restore_optimizer(model.optimizer, model.trainable_variables, optimizer_state)
+    history = [] if history is None else history
+    if initial_epoch >= config.unfrozen_epochs or PatienceStop.exhausted(history, "unfrozen", config.patience):
+        return
+    stop = PatienceStop(history, "unfrozen", config.patience)
     model.fit(
         augmented_dataset(train, config),
         validation_data=(validation.images.astype("float32"), validation.labels),
+        initial_epoch=initial_epoch,
         epochs=config.unfrozen_epochs,
         class_weight=class_weight,
         callbacks=[*callbacks, stop],
@@ -225,40 +288,6 @@ def fine_tune(
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows: true class, columns: predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
-    """Accuracy, macro-F1 (over the classes that occur in truth or prediction), per-class P/R/F1."""
-    matrix = confusion_matrix(y_true, y_pred, len(classes))
-    true_positive = np.diag(matrix).astype(float)
-    predicted = matrix.sum(axis=0).astype(float)
-    actual = matrix.sum(axis=1).astype(float)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
-    recall = np.divide(true_positive, actual, out=np.zeros_like(true_positive), where=actual > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
-    occurring = (predicted + actual) > 0
-    return {
-        "accuracy": float(true_positive.sum() / max(len(y_true), 1)),
-        "macro_f1": float(f1[occurring].mean()) if occurring.any() else 0.0,
-        "per_class": {
-            name: {
-                "precision": round(float(precision[i]), 4),
-                "recall": round(float(recall[i]), 4),
-                "f1": round(float(f1[i]), 4),
-                "support": int(actual[i]),
-            }
-            for i, name in enumerate(classes)
-        },
-        "confusion_matrix": matrix.tolist(),
-    }
-
-
 def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.argmax(model.predict(images.astype("float32"), batch_size=batch_size, verbose=0), axis=1)
 
@@ -282,7 +311,15 @@ def save_model(store: ObjectStore, key: str, model: keras.Model) -> None:
 def train_attribute(
     store: ObjectStore, attribute: str, version: str, training: dict[str, Any], classes: tuple[str, ...]
 ) -> dict[str, Any]:
-    """Train, evaluate and save the network of one attribute; returns (and writes) its metrics."""
+    """Train, evaluate and save the network of one attribute; returns (and writes) its metrics.
+
+    Resumable and idempotent: an interrupted run of the same version continues from its last
+    checkpointed epoch (models.checkpoint); a version that already has its model and metrics is not
+    trained again (its metrics are returned).
+    """
+    if store.exists(model_key(attribute, version)) and store.exists(metrics_key(attribute, version)):
+        print(f"[{attribute} {version}] already trained; keeping {model_key(attribute, version)}", flush=True)
+        return store.read_json(metrics_key(attribute, version))
     config = TrainingConfig.from_dict(training)
     if config.frozen_epochs + config.unfrozen_epochs < 1:
         raise ValueError("training needs frozen_epochs + unfrozen_epochs >= 1")
@@ -308,16 +345,29 @@ def train_attribute(
     )
     class_weight = balanced_class_weights(train.labels, len(classes))
     best = BestWeights(model)
-    history: list[dict] = []
+    checkpoints = Checkpoints(store, attribute, version)
+    config_record = {k: getattr(config, k) for k in TrainingConfig.__dataclass_fields__}
+    resumed = checkpoints.load(config_record)
+    state, saved = (resumed[0], resumed[1]) if resumed else (TrainingState(config=config_record), {})
+    if resumed:
+        resume_weights(model, best, state, resumed[1], resumed[2])
+        print(f"[{label}] resuming from the checkpoint after {state.phase} epoch {state.epochs_done}", flush=True)
+    resumed_phase = state.phase if resumed else None
+    history = state.history
 
-    if config.frozen_epochs > 0:
-        best.phase = "frozen"
-        log = EpochLog(label, "frozen", config.frozen_epochs, history)
-        train_head_on_features(model, train, validation, config, class_weight, [log, best])
+    def callbacks(phase: str, epochs: int) -> list[keras.callbacks.Callback]:
+        return [EpochLog(label, phase, epochs, history), best, EpochCheckpoint(checkpoints, state, model, phase, best)]
+
+    frozen_done = state.epochs_done if resumed_phase == FROZEN else (config.frozen_epochs if resumed else 0)
+    if frozen_done < config.frozen_epochs:
+        best.phase = FROZEN
+        train_head_on_features(model, train, validation, config, class_weight, callbacks(FROZEN, config.frozen_epochs),
+                               initial_epoch=frozen_done, optimizer_state=saved if resumed_phase == FROZEN else None)
     if config.unfrozen_epochs > 0:
-        best.phase = "unfrozen"
-        log = EpochLog(label, "unfrozen", config.unfrozen_epochs, history)
-        fine_tune(model, train, validation, config, class_weight, [log, best])
+        best.phase = UNFROZEN
+        fine_tune(model, train, validation, config, class_weight, callbacks(UNFROZEN, config.unfrozen_epochs),
+                  initial_epoch=state.epochs_done if resumed_phase == UNFROZEN else 0,
+                  optimizer_state=saved if resumed_phase == UNFROZEN else None, history=history)
     best.restore()
 
     test_metrics = classification_metrics(test.labels, predict_classes(model, test.images, config.batch_size), classes)
@@ -345,9 +395,29 @@ def train_attribute(
         "best": {"phase": best.best_phase, "epoch": best.best_epoch, "val_accuracy": best.best_accuracy},
         "val_accuracy": best.best_accuracy,
         "test": test_metrics,
+        "test_split": {"images": len(test), "fingerprint": split_fingerprint(test)},
         "train_seconds": train_seconds,
         "model_key": model_key(attribute, version),
     }
     save_model(store, model_key(attribute, version), model)
-    store.write_json(metrics_key(attribute, version), metrics)
+    metrics["artifacts"] = write_evaluation(store, metrics)
+    store.write_json(metrics_key(attribute, version), metrics)  # last: its presence means "trained"
+    checkpoints.clear()
     return metrics
+
+
+def resume_weights(model: keras.Model, best: "BestWeights", state: TrainingState, current: dict[str, np.ndarray],
+                   best_arrays: dict[str, np.ndarray]) -> None:
+    """Put a checkpoint back into a freshly built ``model`` (same seed, so the same initial weights).
+
+    The best snapshot is rebuilt first: its arrays hold only the layers its phase changed, the rest
+    being the fresh model's.
+    """
+    fresh = model.get_weights()
+    if best_arrays and state.best.get("phase"):
+        apply_layer_weights(model, best_arrays)
+        best.best_weights = [np.array(w, copy=True) for w in model.get_weights()]
+        best.best_phase, best.best_epoch = state.best["phase"], state.best["epoch"]
+        best.best_accuracy = float(state.best["val_accuracy"])
+        model.set_weights(fresh)
+    apply_layer_weights(model, current)

@@ -100,3 +100,40 @@ def test_module_level_build_repository_uses_the_taxonomy_attributes(published):
     assert summary["vectorized"] == 2 and summary["model_versions"] == {"shape": "v1", "pattern": "v1"}
     with pytest.raises(LookupError, match="fabric"):  # the taxonomy's other attributes are not published
         build_repository(published, "batch-c")
+
+
+def test_networks_with_one_backbone_share_it_and_give_the_same_vectors(file_store):
+    """Two attributes trained on the same frozen base: one backbone pass, the networks' own answers."""
+    import keras
+
+    from models.inference import backbone_fingerprint
+    from models.registry import load_model
+
+    for attribute in ("shape", "pattern", "style"):
+        write_version(file_store, attribute, "v1", seed=0 if attribute != "style" else 5)  # same seed: same base
+        publish(file_store, attribute, "v1")
+    pattern = load_model(file_store, "pattern")
+    head = pattern.model.get_layer("predictions")
+    head.set_weights([w + np.random.default_rng(1).normal(0, 0.5, w.shape).astype(w.dtype) for w in head.get_weights()])
+    networks = {"shape": load_model(file_store, "shape"), "pattern": pattern, "style": load_model(file_store, "style")}
+    assert backbone_fingerprint(networks["shape"]) == backbone_fingerprint(networks["pattern"])
+    assert backbone_fingerprint(networks["style"]) != backbone_fingerprint(networks["shape"])
+
+    shared = FashionVectorizer(networks)
+    assert sorted(map(sorted, shared.groups)) == [["pattern", "shape"], ["style"]]
+    stacked = FashionVectorizer(networks, shared=False)
+    assert len(stacked.groups) == 3
+
+    rng = np.random.default_rng(2)
+    images = [pattern_image(kind, rng) for kind in ("striped", "solid", "checkered", "striped")]
+    decoded = [shared.decode(image) for image in images]
+    by_shared, by_stacked = shared.probabilities(decoded), stacked.probabilities(decoded)
+    for attribute, network in networks.items():
+        direct = network.model.predict(np.stack([d[32] for d in decoded]).astype("float32"), verbose=0)
+        np.testing.assert_allclose(by_shared[attribute], direct, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(by_stacked[attribute], direct, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(by_shared["pattern"], by_shared["shape"])  # each head is its own
+    for a, b in zip(shared.vectorize(images), stacked.vectorize(images)):
+        assert {k: v for k, v in a.items() if not k.endswith("_prob")} == {k: v for k, v in b.items() if not k.endswith("_prob")}
+        assert [a[k] for k in sorted(a) if k.endswith("_prob")] == pytest.approx([b[k] for k in sorted(b) if k.endswith("_prob")], rel=1e-4)
+    keras.backend.clear_session()

@@ -89,3 +89,55 @@ def test_missing_weights_file_and_unknown_backbone_are_clear_errors(tmp_path):
         build_attribute_network(2, image_size=32, backbone="resnet9")
     with pytest.raises(ValueError, match="at least 2 classes"):
         build_attribute_network(1, image_size=32)
+
+
+def test_efficientnet_lite0_backbone_is_registered_next_to_the_vgg16_default():
+    import keras
+
+    from models.efficientnet_lite import preprocess_input
+    from models.network import BACKBONES, BackbonePreprocess
+
+    assert set(BACKBONES) == {"vgg16", "efficientnet_lite0"}
+    default = build_attribute_network(2, image_size=32, dense_units=8)
+    assert default.get_layer("preprocess").backbone == "vgg16"  # VGG16 stays the default
+
+    model = build_attribute_network(3, backbone="efficientnet_lite0", image_size=32, dense_units=8)
+    raw = np.random.default_rng(4).integers(0, 256, size=(2, 32, 32, 3)).astype("float32")
+    probe = keras.Model(model.input, model.get_layer("preprocess").output)
+    np.testing.assert_allclose(probe.predict(raw, verbose=0), preprocess_input(raw), rtol=1e-6)
+    assert BackbonePreprocess.from_config(model.get_layer("preprocess").get_config()).backbone == "efficientnet_lite0"
+    assert model.get_layer(BACKBONE_LAYER).output.shape[1:] == (1, 1, 1280)
+    assert model.get_layer("pool").output.shape[1:] == (1280,)
+
+    # Unfrozen for fine-tuning: every conv trainable, every BatchNormalization still frozen.
+    set_backbone_trainable(model, True)
+    base = model.get_layer(BACKBONE_LAYER)
+    batch_norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batch_norms) == 49 and not any(layer.trainable for layer in batch_norms)
+    bn_numbers = sum(int(np.prod(w.shape)) for layer in batch_norms for w in layer.weights)
+    trainable = sum(int(np.prod(w.shape)) for w in base.trainable_weights)
+    assert trainable == base.count_params() - bn_numbers == 3_328_992  # the convolutions' kernels
+    set_backbone_trainable(model, False)
+    assert not base.trainable_weights
+
+    with pytest.raises(ValueError, match="at least 32 px"):
+        build_attribute_network(2, backbone="efficientnet_lite0", image_size=24)
+    with pytest.raises(ValueError, match="known: \\['efficientnet_lite0', 'vgg16'\\]"):
+        build_attribute_network(2, image_size=32, backbone="resnet9")
+
+
+def test_feature_standardization_floors_the_std_of_features_that_never_vary():
+    """A dead channel in training must not turn a small shift later into thousands of sigmas."""
+    from models.network import FeatureStandardization
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(2.0, 0.5, size=(64, 8)).astype("float32")
+    features[:, 0] = 6.0  # a ReLU6 channel stuck at its ceiling on every training image
+    layer = FeatureStandardization()
+    layer.build((None, 8))
+    layer.adapt_to(features)
+    shifted = features[:1].copy()
+    shifted[0, 0] = 5.9
+    out = np.asarray(layer(shifted))
+    assert abs(out[0, 0]) < 10  # 0.1 below a constant, scaled by a tenth of the typical std: ~2 sigma
+    np.testing.assert_allclose(np.asarray(layer(features))[:, 1:].std(axis=0), 1.0, rtol=1e-3)

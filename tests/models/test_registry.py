@@ -41,3 +41,67 @@ def test_publishing_a_missing_version_fails_and_changes_nothing(file_store):
     assert current(file_store, "shape")["version"] == "v1"
     with pytest.raises(LookupError, match="'pattern'"):
         load_model(file_store, "pattern")
+
+
+# -- promotion ------------------------------------------------------------------------------------------
+def write_scored(store, version: str, accuracy: float, fingerprint: str = "split-a", classes=CLASSES) -> None:
+    """A saved version whose metrics say it scored ``accuracy`` on the test split ``fingerprint``."""
+    from models.train import metrics_key
+
+    write_version(store, "shape", version)
+    store.write_json(metrics_key("shape", version), {
+        "classes": list(classes), "image_size": 32, "val_accuracy": accuracy, "test": {"accuracy": accuracy},
+        "test_split": {"images": 30, "fingerprint": fingerprint}})
+
+
+def promotion_log(store) -> list[dict]:
+    return [store.read_json(k) for k in store.list("models/shape/promotions")]
+
+
+def test_a_worse_version_never_replaces_the_current_one(file_store):
+    from models.registry import promote
+
+    write_scored(file_store, "v1", 0.80)
+    assert promote(file_store, "shape", "v1")["reason"] == "first version"
+    write_scored(file_store, "v2", 0.70)
+    decision = promote(file_store, "shape", "v2")
+    assert decision["promoted"] is False and "worse" in decision["reason"]
+    assert decision["comparison"] == {"candidate": 0.70, "current": 0.80, "split": "split-a", "evaluated_now": False}
+    assert current(file_store, "shape")["version"] == "v1"
+    write_scored(file_store, "v3", 0.80)  # equal is not worse
+    assert promote(file_store, "shape", "v3")["promoted"] is True
+    assert current(file_store, "shape")["version"] == "v3"
+    assert [(d["candidate"], d["promoted"]) for d in promotion_log(file_store)] == [
+        ("v1", True), ("v2", False), ("v3", True)]
+
+
+def test_force_tolerance_and_changed_classes(file_store):
+    from models.registry import promote
+
+    write_scored(file_store, "v1", 0.80)
+    promote(file_store, "shape", "v1")
+    write_scored(file_store, "v2", 0.78)
+    assert promote(file_store, "shape", "v2", tolerance=0.05)["promoted"] is True
+    write_scored(file_store, "v3", 0.10)
+    assert promote(file_store, "shape", "v3", force=True)["reason"] == "forced"
+    assert current(file_store, "shape")["version"] == "v3"
+    write_scored(file_store, "v4", 0.05, classes=("a", "b"))
+    assert promote(file_store, "shape", "v4")["reason"].startswith("classes changed")
+    with pytest.raises(FileNotFoundError, match="v9"):
+        promote(file_store, "shape", "v9")
+
+
+def test_versions_evaluated_on_different_splits_are_compared_on_todays_split(file_store):
+    from fashion_synthetic import PATTERNS, write_dataset
+    from models.registry import accuracy_on_test_split, promote
+
+    write_dataset(file_store, per_class=10, attribute="shape", kinds=PATTERNS)  # any 3 classes will do
+    write_scored(file_store, "v1", 0.99, fingerprint="an-older-split", classes=PATTERNS)
+    promote(file_store, "shape", "v1")
+    write_scored(file_store, "v2", 0.01, fingerprint="another-split", classes=PATTERNS)
+    expected = {v: accuracy_on_test_split(file_store, "shape", v) for v in ("v1", "v2")}
+    decision = promote(file_store, "shape", "v2")
+    comparison = decision["comparison"]
+    assert comparison["evaluated_now"] is True and comparison["split"] == expected["v1"][1]
+    assert (comparison["candidate"], comparison["current"]) == (expected["v2"][0], expected["v1"][0])
+    assert decision["promoted"] == (expected["v2"][0] >= expected["v1"][0])

@@ -7,11 +7,11 @@ import pytest
 
 from fashion_synthetic import PATTERNS, write_dataset
 from models.data import decode_image, load_split
+from models.evaluation import classification_metrics
 from models.train import (
     BestWeights,
     TrainingConfig,
     balanced_class_weights,
-    classification_metrics,
     fine_tune,
     train_attribute,
     train_head_on_features,
@@ -154,6 +154,13 @@ def test_a_tiny_network_learns_patterns_and_keeps_its_best_weights(file_store, t
     predicted = loaded.model.predict(validation.images, verbose=0).argmax(axis=1)
     assert float((predicted == validation.labels).mean()) == pytest.approx(metrics["val_accuracy"], abs=1e-4)
 
+    # Evaluation pictures and the model card sit next to the model.
+    artifacts = metrics["artifacts"]
+    assert set(artifacts) == {"training_curves.png", "confusion_matrix.png", "model_card.md"}
+    assert file_store.get_bytes(artifacts["confusion_matrix.png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    card = file_store.get_bytes(artifacts["model_card.md"]).decode()
+    assert f"Accuracy **{metrics['test']['accuracy']:.4f}**" in card and metrics["test_split"]["fingerprint"] in card
+
     # Saved without optimizer state: about the size of the weights alone.
     saved_bytes = len(file_store.get_bytes("models/pattern/20260101-000000/model.keras"))
     assert saved_bytes < 1.2 * 4 * loaded.model.count_params()
@@ -168,11 +175,13 @@ def test_a_phase_two_that_only_hurts_falls_back_to_the_phase_one_weights(file_st
     import models.train as train_module
     from models.registry import load_model, publish
 
-    def wrecking_fine_tune(model, train, validation, config, class_weight, callbacks):
+    def wrecking_fine_tune(model, train, validation, config, class_weight, callbacks, **resume):
         for layer_name in ("head_dense", "predictions"):
             layer = model.get_layer(layer_name)
             layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         for callback in callbacks:
+            callback.set_model(model)
             callback.on_epoch_begin(0)
             callback.on_epoch_end(0, {"loss": 9.9, "accuracy": 0.0, "val_loss": 9.9, "val_accuracy": 0.0})
 
@@ -189,3 +198,23 @@ def test_a_phase_two_that_only_hurts_falls_back_to_the_phase_one_weights(file_st
     validation = load_split(file_store, "pattern", "validation", CLASSES, 32)
     predicted = model.predict(validation.images, verbose=0).argmax(axis=1)
     assert float((predicted == validation.labels).mean()) == pytest.approx(metrics["val_accuracy"], abs=1e-4)
+
+
+def test_augmentation_keeps_shape_and_pixel_range_and_only_flips_when_told():
+    from models.train import augmentation
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, 32, 32, 3)).astype("float32")
+    full = augmentation(TrainingConfig(augment_translation=0.1, augment_zoom=0.2, augment_brightness=0.2,
+                                       augment_contrast=0.2))
+    out = np.asarray(full(images, training=True))
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    assert not np.allclose(out, images)
+    assert [layer.__class__.__name__ for layer in full.layers] == [
+        "RandomFlip", "RandomTranslation", "RandomZoom", "RandomBrightness", "RandomContrast"]
+    flip_only = augmentation(TrainingConfig(augment_translation=0, augment_zoom=0, augment_brightness=0,
+                                            augment_contrast=0))
+    flipped = np.asarray(flip_only(images, training=True))
+    for original, augmented in zip(images, flipped):
+        assert np.array_equal(augmented, original) or np.array_equal(augmented, original[:, ::-1])
+    np.testing.assert_array_equal(np.asarray(full(images, training=False)), images)  # inference: untouched

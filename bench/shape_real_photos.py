@@ -1,0 +1,101 @@
+"""The Shape network on real photos: ../shared/data/clothing-dataset-small's sleeve labels
+(full-sleeve: longsleeve, half-sleeve: t-shirt) with the dataset's published train / validation /
+test splits, trained by the production recipe (models.train.train_attribute) on a temporary store.
+
+    python -m bench.shape_real_photos --backbone efficientnet_lite0 --weights imagenet --size 224
+    python -m bench.shape_real_photos --backbone vgg16 --weights none --size 96 --frozen 20 --unfrozen 4
+
+Prints the test accuracy, macro-F1 and confusion matrix and writes metrics.json (and the model card
+and pictures) into --out when given. The classes are the taxonomy's (the photos have no sleeveless).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
+
+DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
+
+
+def write_store(store, limit_per_split: int | None) -> dict[str, int]:
+    """dataset/items.parquet and dataset/split.parquet from labels.csv rows with a sleeve label."""
+    import pyarrow as pa
+
+    rows, splits, counts = [], [], {}
+    with open(DATASET / "labels.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if not row["sleeve"]:
+                continue
+            if limit_per_split and counts.get(row["split"], 0) >= limit_per_split:
+                continue
+            counts[row["split"]] = counts.get(row["split"], 0) + 1
+            item_id = Path(row["path"]).stem
+            key = store.put_bytes(f"images/full/{item_id}.jpg", (DATASET / row["path"]).read_bytes())
+            rows.append({"item_id": item_id, "image_key": key, "shape": row["sleeve"]})
+            splits.append({"item_id": item_id, "split": row["split"]})
+    store.write_parquet("dataset/items.parquet", pa.Table.from_pylist(rows))
+    store.write_parquet("dataset/split.parquet", pa.Table.from_pylist(splits))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--frozen", type=int, default=10)
+    parser.add_argument("--unfrozen", type=int, default=0)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-lr", type=float, default=1e-5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=0, help="at most this many photos per split (0: all)")
+    parser.add_argument("--out", type=Path, help="copy metrics.json, the model card and pictures here")
+    args = parser.parse_args(argv)
+    if not DATASET.exists():
+        print(f"{DATASET} is absent", file=sys.stderr)
+        return 2
+
+    from models.train import train_attribute
+    from pipeline.settings import get_settings
+    from pipeline.storage import ObjectStore
+
+    classes = get_settings().taxonomy.classes("shape")
+    training = {**get_settings().training, "backbone": args.backbone,
+                "weights": None if args.weights.lower() == "none" else args.weights, "image_size": args.size,
+                "frozen_epochs": args.frozen, "unfrozen_epochs": args.unfrozen, "head_learning_rate": args.head_lr,
+                "finetune_learning_rate": args.finetune_lr, "batch_size": args.batch}
+    with tempfile.TemporaryDirectory() as folder:
+        store = ObjectStore(f"file://{folder}/store")
+        counts = write_store(store, args.limit or None)
+        print(f"photos per split: {counts}", flush=True)
+        started = time.perf_counter()
+        metrics = train_attribute(store, "shape", "real-photos", training, classes)
+        elapsed = time.perf_counter() - started
+        test = metrics["test"]
+        print(f"\n{args.backbone} (weights {args.weights}) at {args.size} px: test accuracy {test['accuracy']:.4f}, "
+              f"macro-F1 {test['macro_f1']:.4f} on {metrics['counts']['test']['images']} photos; "
+              f"best {metrics['best']}; {elapsed:.0f} s")
+        print("confusion matrix (rows true, columns predicted):", classes)
+        for name, row in zip(classes, test["confusion_matrix"]):
+            print(f"  {name:12s} {row}")
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            for name in ("model_card.md", "training_curves.png", "confusion_matrix.png"):
+                source = store.local_path(f"models/shape/real-photos/{name}")
+                if source:
+                    shutil.copy(source, args.out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
