@@ -47,6 +47,25 @@ def write_store(store, limit_per_split: int | None) -> dict[str, int]:
     return counts
 
 
+def write_errors(store, classes: tuple[str, ...], path: Path) -> None:
+    """The misclassified test photos (path in the dataset, true and predicted class, confidence)."""
+    from models.data import load_split
+    from models.registry import load_model
+
+    network = load_model(store, "shape", "real-photos")
+    test = load_split(store, "shape", "test", classes, network.image_size)
+    probabilities = network.model.predict(test.images.astype("float32"), verbose=0)
+    by_stem = {}
+    with open(DATASET / "labels.csv", newline="") as handle:
+        by_stem = {Path(row["path"]).stem: row["path"] for row in csv.DictReader(handle)}
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", "confidence"])
+        for item_id, label, row in zip(test.item_ids, test.labels, probabilities):
+            if int(row.argmax()) != int(label):
+                writer.writerow([by_stem[item_id], classes[label], classes[int(row.argmax())], f"{row.max():.3f}"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
@@ -89,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:12s} {row}")
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
+            write_errors(store, classes, args.out / "test_errors.csv")
             (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
             for name in ("model_card.md", "training_curves.png", "confusion_matrix.png"):
                 source = store.local_path(f"models/shape/real-photos/{name}")

@@ -16,6 +16,7 @@ hurts falls back to the phase-1 head) and evaluated on the test split.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -65,11 +66,17 @@ class TrainingConfig:
     augment_brightness: float = 0.1
     augment_contrast: float = 0.1
     seed: int = 1234
+    # Shared-base mode: the backbone stays frozen (no phase 2), so every attribute's network keeps the
+    # same base and batch inference runs it once per image for all of them (models.inference).
+    shared_backbone: bool = False
 
     @classmethod
     def from_dict(cls, training: dict[str, Any]) -> "TrainingConfig":
         known = set(cls.__dataclass_fields__)
-        return cls(**{key: value for key, value in training.items() if key in known})
+        config = cls(**{key: value for key, value in training.items() if key in known})
+        if config.shared_backbone and config.unfrozen_epochs:
+            config = dataclasses.replace(config, unfrozen_epochs=0)
+        return config
 
 
 # -- data checks and class weights ----------------------------------------------------------------
@@ -240,11 +247,15 @@ def augmentation(config: TrainingConfig) -> keras.Sequential:
 
 def augmented_dataset(arrays: SplitArrays, config: TrainingConfig) -> tf.data.Dataset:
     augment = augmentation(config)
+
+    def augment_batch(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return augment(tf.cast(images, "float32"), training=True), labels
+
     return (
         tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
         .shuffle(len(arrays), seed=config.seed, reshuffle_each_iteration=True)
         .batch(config.batch_size)
-        .map(lambda x, y: (augment(tf.cast(x, "float32"), training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
 

@@ -218,3 +218,9 @@ def test_augmentation_keeps_shape_and_pixel_range_and_only_flips_when_told():
     for original, augmented in zip(images, flipped):
         assert np.array_equal(augmented, original) or np.array_equal(augmented, original[:, ::-1])
     np.testing.assert_array_equal(np.asarray(full(images, training=False)), images)  # inference: untouched
+
+
+def test_shared_backbone_mode_never_unfreezes_the_base():
+    config = TrainingConfig.from_dict({"shared_backbone": True, "frozen_epochs": 4, "unfrozen_epochs": 6})
+    assert (config.frozen_epochs, config.unfrozen_epochs) == (4, 0)
+    assert TrainingConfig.from_dict({"unfrozen_epochs": 6}).unfrozen_epochs == 6
