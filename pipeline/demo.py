@@ -102,10 +102,12 @@ def upload_user_images(store: Any, site_dir: Path) -> list[str]:
 def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
     """Accuracy of the repository's fashion vectors against the demo store's hidden true labels,
     on the items of the dataset's test split (never seen in training)."""
+    from pipeline.repository import read_repository
     from pipeline.settings import get_settings
     from scrapers.demo_store.site import load_ground_truth
 
-    repository = store.read_parquet("repository/fashion_vectors.parquet").to_pandas()
+    attributes = get_settings().taxonomy.names
+    repository = read_repository(store, columns=["item_id", "product_url", *attributes]).to_pandas()
     split = store.read_parquet("dataset/split.parquet").to_pandas()
     test_items = repository[repository["item_id"].isin(split.loc[split["split"] == "test", "item_id"])].copy()
     truth = load_ground_truth(site_dir).to_pandas()
@@ -113,7 +115,7 @@ def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
     joined = test_items.merge(truth, on="sku", suffixes=("", "_true"))
     if joined.empty:
         return {}
-    return {attr: float((joined[attr] == joined[f"{attr}_true"]).mean()) for attr in get_settings().taxonomy.names}
+    return {attr: float((joined[attr] == joined[f"{attr}_true"]).mean()) for attr in attributes}
 
 
 def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None:

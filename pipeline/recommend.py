@@ -1,27 +1,42 @@
-"""Recommendations: a user's photos -> style profile -> the repository items that match it best.
+"""Recommendations: a user's photos -> style profile -> the repository items that fit it best.
 
-The similarity is the seed project's attribute-match count. Each of the user's images is vectorised
-into one class per taxonomy attribute (a row of the *style profile*); a repository item scores one
-point for every (profile row, attribute) pair whose classes agree. Ties are broken deterministically
-(see :func:`rank`), and the user's own images, exact or near copies, are never recommended.
+Each of the user's images (``users/<user_id>/<image>`` in the store, directly under that prefix) is
+vectorised by the published attribute networks into one row of the *style profile*: per attribute the
+predicted class, its probability and the whole probability vector, plus the image's embedding. The
+repository (``pipeline.repository.read_repository``) is scored against the profile with one of the
+scores of :mod:`pipeline.scoring` (``matches``, ``weighted``, ``embedding`` or the default ``hybrid``),
+diversified by maximal marginal relevance, and written per date and user:
+
+- ``recommendations/date=<YYYY-MM-DD>/user_id=<user>/recommendations.parquet`` (Hive-partitioned)
+- ``profiles/date=<YYYY-MM-DD>/user_id=<user>/profile.parquet`` (Hive-partitioned)
+- ``recommendations_html/<YYYY-MM-DD>/<user>.html`` (outside the Parquet datasets)
+- ``users/<user>/_shown/<YYYY-MM-DD>.parquet``: what the user was shown that day.
+
+Never recommended: the user's own images and their near copies (same bytes, or pHash within the
+curation distance of the image or its mirror image, confirmed by the colour thumbnail), and items the
+user was shown on an earlier date. A rerun of a date rewrites that date's keys and ignores its own
+earlier output (only earlier dates' shown lists count), so it is idempotent.
 """
 from __future__ import annotations
 
 import datetime as dt
 import io
+import math
 import posixpath
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from pipeline import scoring
 from pipeline.dedup import colour_thumbnail, mirror_thumbnail, thumbnail_distance
-from pipeline.hashing import content_sha256, hamming, image_hashes
+from pipeline.hashing import content_sha256, image_hashes
 from pipeline.report import render_recommendations_html
 from pipeline.settings import get_settings
 from pipeline.storage import StoreKeyError, normalize_key
@@ -29,21 +44,27 @@ from pipeline.storage import StoreKeyError, normalize_key
 if TYPE_CHECKING:
     from pipeline.storage import ObjectStore
 
-REPOSITORY_KEY = "repository/fashion_vectors.parquet"
+REPOSITORY_PREFIX = "repository/fashion_vectors/"
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+RETAILER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MAX_K = 100
+MAX_FILTER_VALUES = 50
+ITEM_COLUMNS = ("retailer", "category", "title", "price", "currency", "product_url", "image_key",
+                "crawl_date", "crawled_at", "inferred_at")
 
 
 class InvalidRequest(ValueError):
-    """A recommendation request (user, images, k, date) that is rejected before any work."""
+    """A recommendation request (user, images, k, score, filters, date) rejected before any work."""
 
 
 class Vectorizer(Protocol):
-    """What recommendations need from the attribute networks (``models.inference``)."""
+    """What recommendations need from the attribute networks (``models.inference.FashionVectorizer``)."""
 
     def vectorize(self, images: list[bytes]) -> list[dict[str, Any]]:
-        """One dict per image with ``<attr>``, ``<attr>_prob``, ``<attr>_model_version`` per attribute."""
+        """One dict per image: per attribute ``<attr>``, ``<attr>_prob``, ``<attr>_model_version`` and
+        (for the weighted and embedding scores) ``<attr>_probs``; ``embedding`` (and optionally
+        ``embedding_source``) per image."""
         ...
 
 
@@ -51,17 +72,123 @@ NearCopyCheck = Callable[[int, int], bool]
 """(repository row, profile row) -> True when the two images are the same picture."""
 
 
-class MatchScores(NamedTuple):
-    """Per repository item: ``score`` (sum of matches over profile rows), ``best_row`` (the best single
-    profile row's match count) and ``attribute_hits`` (items x attributes: how many profile rows share
-    the item's class of that attribute; ``score == attribute_hits.sum(axis=1)``)."""
+# -- options ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Filters:
+    """Optional repository filters; empty lists and None bounds filter nothing. An item without a price
+    never passes a price bound."""
 
-    score: np.ndarray
-    best_row: np.ndarray
-    attribute_hits: np.ndarray
+    retailers: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    price_min: float | None = None
+    price_max: float | None = None
+
+    def expression(self) -> pc.Expression | None:
+        """The filter as a pyarrow expression (pushed down to the Parquet read), or None."""
+        parts = []
+        if self.retailers:
+            parts.append(pc.field("retailer").isin(list(self.retailers)))
+        if self.categories:
+            parts.append(pc.field("category").isin(list(self.categories)))
+        if self.price_min is not None:
+            parts.append(pc.field("price") >= self.price_min)
+        if self.price_max is not None:
+            parts.append(pc.field("price") <= self.price_max)
+        expression = None
+        for part in parts:
+            expression = part if expression is None else expression & part
+        return expression
+
+    def describe(self) -> dict[str, Any]:
+        return {"retailers": list(self.retailers), "categories": list(self.categories),
+                "price_min": self.price_min, "price_max": self.price_max}
 
 
-# -- request validation -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """How to rank, validated: ``score_kind``, ``mmr_lambda``, ``k``, ``filters``; the rest from
+    settings (``recommend:`` in config/settings.yaml)."""
+
+    k: int
+    score_kind: str
+    mmr_lambda: float
+    filters: Filters = field(default_factory=Filters)
+    mmr_pool: int = 200
+    hybrid_weights: Mapping[str, float] | None = None
+    attribute_weights: Mapping[str, float] | None = None
+
+
+def _validate_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise InvalidRequest(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    return int(k)
+
+
+def _validate_number(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)) or not low <= float(value) <= high:
+        raise InvalidRequest(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+    return float(value)
+
+
+def _validate_strings(name: str, values: Any, pattern: re.Pattern[str] | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise InvalidRequest(f"{name} must be a list of strings, got {values!r}")
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidRequest(f"{name} may hold at most {MAX_FILTER_VALUES} values, got {len(values)}")
+    for value in values:
+        if not isinstance(value, str) or not value.strip() or len(value) > 128 \
+                or (pattern is not None and not pattern.fullmatch(value)):
+            raise InvalidRequest(f"{name} has an invalid value {value!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def validate_filters(retailers: Any = None, categories: Any = None, price_min: Any = None,
+                     price_max: Any = None) -> Filters:
+    low = None if price_min is None else _validate_number("price_min", price_min, 0.0, 1e9)
+    high = None if price_max is None else _validate_number("price_max", price_max, 0.0, 1e9)
+    if low is not None and high is not None and low > high:
+        raise InvalidRequest(f"price_min ({low:g}) is above price_max ({high:g})")
+    return Filters(_validate_strings("retailers", retailers, RETAILER_PATTERN),
+                   _validate_strings("categories", categories, None), low, high)
+
+
+def validate_options(k: Any = None, score_kind: Any = None, mmr_lambda: Any = None,
+                     filters: Filters | Mapping[str, Any] | None = None) -> Options:
+    """Options from a request, the unset ones from settings; raises InvalidRequest."""
+    config = get_settings().recommend
+    k = _validate_k(config.get("k", 10) if k is None else k)
+    kind = config.get("score", "hybrid") if score_kind is None else score_kind
+    if kind not in scoring.SCORE_KINDS:
+        raise InvalidRequest(f"score must be one of {', '.join(scoring.SCORE_KINDS)}, got {kind!r}")
+    lam = _validate_number("mmr_lambda", config.get("mmr_lambda", 1.0) if mmr_lambda is None else mmr_lambda, 0.0, 1.0)
+    if filters is None:
+        filters = Filters()
+    elif not isinstance(filters, Filters):
+        unknown = set(filters) - {"retailers", "categories", "price_min", "price_max"}
+        if unknown:
+            raise InvalidRequest(f"unknown filters {sorted(unknown)}")
+        filters = validate_filters(**filters)
+    hybrid_weights = config.get("hybrid_weights")
+    attribute_weights = config.get("attribute_weights")
+    scoring.normalised_hybrid_weights(hybrid_weights)  # a bad configuration fails here, not mid-run
+    scoring.normalised_weights(get_settings().taxonomy.names, attribute_weights)
+    return Options(k=k, score_kind=kind, mmr_lambda=lam, filters=filters,
+                   mmr_pool=int(config.get("mmr_pool", 200)), hybrid_weights=hybrid_weights,
+                   attribute_weights=attribute_weights)
+
+
+def options_from_params(params: Mapping[str, Any]) -> Options:
+    """Options from the recommend DAG's Params (``k``, ``score``, ``mmr_lambda``, ``retailers``,
+    ``categories``, ``price_min``, ``price_max``; null = the settings' default or no filter)."""
+    return validate_options(params.get("k"), params.get("score"), params.get("mmr_lambda"), {
+        "retailers": params.get("retailers"), "categories": params.get("categories"),
+        "price_min": params.get("price_min"), "price_max": params.get("price_max")})
+
+
+# -- users and their images ---------------------------------------------------------------------------
 def user_prefix(user_id: str) -> str:
     return f"users/{user_id}/"
 
@@ -77,10 +204,10 @@ def _validate_user_id(user_id: Any) -> str:
     return user_id
 
 
-def _validate_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
-        raise InvalidRequest(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    return int(k)
+def _user_image(key: str, user_id: str) -> bool:
+    """An image file directly under ``users/<user_id>/`` (not in a subfolder such as ``_shown/``)."""
+    prefix = user_prefix(user_id)
+    return key.startswith(prefix) and "/" not in key[len(prefix):] and _is_image_key(key)
 
 
 def _validate_image_key(store: "ObjectStore", user_id: str, key: Any) -> str:
@@ -93,6 +220,8 @@ def _validate_image_key(store: "ObjectStore", user_id: str, key: Any) -> str:
         raise InvalidRequest(f"image key {key!r} is not a key inside the store: {exc}") from None
     if not clean.startswith(prefix):
         raise InvalidRequest(f"image key {key!r} is not one of user {user_id!r}'s images (under {prefix})")
+    if "/" in clean[len(prefix):]:
+        raise InvalidRequest(f"image key {key!r} is not directly under {prefix}")
     if not _is_image_key(clean):
         raise InvalidRequest(f"image key {key!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
     if not store.exists(clean):
@@ -100,25 +229,60 @@ def _validate_image_key(store: "ObjectStore", user_id: str, key: Any) -> str:
     return clean
 
 
-def validate_request(store: "ObjectStore", user_id: str, image_keys: list[str] | None, k: int) -> list[str]:
-    """The user's image keys to profile, after checking the whole request; raises InvalidRequest.
+def user_images(store: "ObjectStore", user_id: str) -> list[str]:
+    """The image files directly under ``users/<user_id>/``, sorted."""
+    return [key for key in store.list(user_prefix(user_id)) if _user_image(key, user_id)]
 
-    Explicit ``image_keys`` must each be an existing image under ``users/<user_id>/``; with none given,
-    every image under that prefix is used. Keys come back normalised, deduplicated, in request order
+
+def list_users(store: "ObjectStore") -> list[str]:
+    """Every user with at least one image directly under ``users/<user_id>/`` (valid ids only), sorted."""
+    users = set()
+    for key in store.list("users/"):
+        parts = key.split("/")
+        if len(parts) == 3 and USER_ID_PATTERN.fullmatch(parts[1]) and _is_image_key(parts[2]):
+            users.add(parts[1])
+    return sorted(users)
+
+
+def validate_request(store: "ObjectStore", user_id: str, image_keys: list[str] | None, k: int) -> list[str]:
+    """The user's image keys to profile, after checking the request; raises InvalidRequest.
+
+    Explicit ``image_keys`` must each be an existing image directly under ``users/<user_id>/``; with
+    none given, every image there is used. Keys come back normalised, deduplicated, in request order
     (or sorted when listed).
     """
     _validate_user_id(user_id)
     _validate_k(k)
-    prefix = user_prefix(user_id)
     if image_keys:
         if isinstance(image_keys, str):
             raise InvalidRequest(f"image_keys must be a list of keys, got the string {image_keys!r}")
         keys = [_validate_image_key(store, user_id, key) for key in image_keys]
         return list(dict.fromkeys(keys))
-    keys = [key for key in store.list(prefix) if key.startswith(prefix) and _is_image_key(key)]
+    keys = user_images(store, user_id)
     if not keys:
-        raise InvalidRequest(f"user {user_id!r} has no images under {prefix}")
+        raise InvalidRequest(f"user {user_id!r} has no images under {user_prefix(user_id)} (unknown user?)")
     return keys
+
+
+def plan_requests(store: "ObjectStore", user_id: str | None, image_keys: list[str] | None,
+                  options: Options, users_per_batch: int | None = None) -> list[list[dict[str, Any]]]:
+    """The run's work in batches of ``{"user_id", "image_keys"}`` requests, everything validated.
+
+    ``user_id`` None or "": every user under ``users/`` (then ``image_keys`` must be empty); batches of
+    ``users_per_batch`` users (settings ``recommend.users_per_task``) become one mapped task each.
+    """
+    del options  # validated by the caller; accepted so the plan and the options are checked together
+    if user_id in (None, ""):
+        if image_keys:
+            raise InvalidRequest("image_keys need a user_id: without one, every user's own images are used")
+        users = list_users(store)
+        requests = [{"user_id": user, "image_keys": user_images(store, user)} for user in users]
+    else:
+        requests = [{"user_id": user_id, "image_keys": validate_request(store, user_id, image_keys, 1)}]
+    size = int(users_per_batch or get_settings().recommend.get("users_per_task", 25))
+    if size < 1:
+        raise ValueError(f"recommend.users_per_task must be at least 1, got {size}")
+    return [requests[start:start + size] for start in range(0, len(requests), size)]
 
 
 def _validate_run_date(run_date: Any) -> str:
@@ -133,12 +297,16 @@ def _validate_run_date(run_date: Any) -> str:
 
 
 # -- the style profile ------------------------------------------------------------------------------
-def profile_schema(attributes: Sequence[str]) -> pa.Schema:
+def profile_schema(attributes: Sequence[str], source: bool = False) -> pa.Schema:
     fields = [pa.field("image_key", pa.string()), pa.field("phash", pa.uint64()),
               pa.field("content_sha256", pa.string()), pa.field("phash_mirror", pa.uint64())]
     for attribute in attributes:
         fields += [pa.field(attribute, pa.string()), pa.field(f"{attribute}_prob", pa.float64()),
+                   pa.field(f"{attribute}_probs", pa.list_(pa.float32())),
                    pa.field(f"{attribute}_model_version", pa.string())]
+    fields.append(pa.field("embedding", pa.list_(pa.float32())))
+    if source:
+        fields.append(pa.field("embedding_source", pa.string()))
     return pa.schema(fields)
 
 
@@ -153,6 +321,12 @@ def _image_phashes(key: str, data: bytes) -> tuple[int, int]:
     return hashes.phash, hashes.phash_mirror
 
 
+def _float_list(value: Any) -> list[float] | None:
+    if value is None:
+        return None
+    return [float(v) for v in np.asarray(value, dtype=np.float32).ravel()]
+
+
 def build_profile(
     store: "ObjectStore",
     user_id: str,
@@ -160,7 +334,11 @@ def build_profile(
     vectorizer: Vectorizer,
     attributes: Sequence[str] | None = None,
 ) -> pa.Table:
-    """The style profile matrix: one row per user image with its hashes and predicted attributes."""
+    """The style profile matrix: one row per user image with its hashes and fashion vector.
+
+    Required from the vectorizer per attribute: ``<attr>``, ``<attr>_prob``, ``<attr>_model_version``;
+    ``<attr>_probs`` and ``embedding`` are null when it gives none (then only ``matches`` can rank).
+    """
     attributes = list(attributes or get_settings().taxonomy.names)
     images = [store.get_bytes(key) for key in image_keys]
     phashes = [_image_phashes(key, data) for key, data in zip(image_keys, images)]
@@ -179,53 +357,22 @@ def build_profile(
             missing = [key for key, vector in zip(image_keys, vectors) if name not in vector]
             if missing:
                 raise ValueError(f"vectorizer output lacks {name!r} for {missing[0]!r}")
-            columns[name] = [vector[name] for vector in vectors]
-    return pa.Table.from_pydict(columns, schema=profile_schema(attributes))
+        columns[attribute] = [vector[attribute] for vector in vectors]
+        columns[f"{attribute}_prob"] = [vector[f"{attribute}_prob"] for vector in vectors]
+        columns[f"{attribute}_probs"] = [_float_list(vector.get(f"{attribute}_probs")) for vector in vectors]
+        columns[f"{attribute}_model_version"] = [vector[f"{attribute}_model_version"] for vector in vectors]
+    columns["embedding"] = [_float_list(vector.get("embedding")) for vector in vectors]
+    source = any("embedding_source" in vector for vector in vectors)
+    if source:
+        columns["embedding_source"] = [vector.get("embedding_source") for vector in vectors]
+    return pa.Table.from_pydict(columns, schema=profile_schema(attributes, source))
 
 
-# -- scoring and ranking ----------------------------------------------------------------------------
+# -- exclusions -------------------------------------------------------------------------------------
 def _require_columns(table: pa.Table, names: Sequence[str], what: str) -> None:
     missing = [name for name in names if name not in table.column_names]
     if missing:
         raise ValueError(f"{what} lacks columns {missing}")
-
-
-def _class_codes(profile_column: pa.ChunkedArray, repository_column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes of both columns' classes in one shared vocabulary; -1 for null or unseen.
-
-    Only the profile's classes get codes, so a repository class no profile row has never matches.
-    """
-    profile_strings = profile_column.cast(pa.string())
-    vocabulary = pc.drop_null(pc.unique(profile_strings))
-
-    def codes(column: pa.ChunkedArray) -> np.ndarray:
-        index = pc.index_in(column.cast(pa.string()), value_set=vocabulary)
-        return pc.fill_null(index, -1).to_numpy().astype(np.int64)
-
-    return codes(profile_strings), codes(repository_column)
-
-
-def score_matches(profile: pa.Table, repository: pa.Table, attributes: Sequence[str]) -> MatchScores:
-    """Attribute-match scores of every repository item against the style profile.
-
-    For item ``i`` and profile row ``j``, ``matches[i, j]`` is the number of attributes whose predicted
-    classes agree (null never matches). ``score[i]`` is the sum over profile rows, equivalently mean
-    matches x profile size, so an item that matches several of the user's images scores higher than
-    one matching a single image equally well. ``best_row[i]`` is ``max_j matches[i, j]``, used to break
-    ties. Vectorised: one (items x profile rows) comparison per attribute.
-    """
-    _require_columns(profile, attributes, "profile")
-    _require_columns(repository, attributes, "repository")
-    n_items, n_rows = repository.num_rows, profile.num_rows
-    matches = np.zeros((n_items, n_rows), dtype=np.int64)
-    hits = np.zeros((n_items, len(attributes)), dtype=np.int64)
-    for a, attribute in enumerate(attributes):
-        profile_codes, item_codes = _class_codes(profile[attribute], repository[attribute])
-        equal = (item_codes[:, None] == profile_codes[None, :]) & (item_codes[:, None] >= 0)
-        matches += equal
-        hits[:, a] = equal.sum(axis=1)
-    best = matches.max(axis=1) if n_rows else np.zeros(n_items, dtype=np.int64)
-    return MatchScores(score=matches.sum(axis=1), best_row=best, attribute_hits=hits)
 
 
 def own_image_mask(
@@ -256,66 +403,13 @@ def own_image_mask(
     for name in profile_columns:
         profile_phash = profile[name].cast(pa.uint64())
         profile_rows = np.flatnonzero(pc.is_valid(profile_phash).to_numpy(zero_copy_only=False))
-        if not len(profile_rows):
-            continue
-        profile_hashes = profile_phash.to_numpy(zero_copy_only=False)[profile_rows].astype(np.uint64)
-        close = valid[:, None] & (hamming(hashes[:, None], profile_hashes[None, :]) <= phash_max_distance)
-        for item, column in zip(*np.nonzero(close & ~mask[:, None])):
-            if confirm_near_copy is None or confirm_near_copy(int(item), int(profile_rows[column])):
-                mask[item] = True
+        for row in profile_rows:
+            own = np.uint64(profile_phash[int(row)].as_py())
+            close = np.flatnonzero(valid & ~mask & (np.bitwise_count(hashes ^ own) <= phash_max_distance))
+            for item in close:
+                if confirm_near_copy is None or confirm_near_copy(int(item), int(row)):
+                    mask[item] = True
     return mask
-
-
-def _matching_probability(repository: pa.Table, hits: np.ndarray, attributes: Sequence[str]) -> np.ndarray:
-    """Mean predicted probability of the item's attributes that match the profile (0 when none)."""
-    probs = np.column_stack([
-        pc.fill_null(repository[f"{a}_prob"].cast(pa.float64()), 0.0).to_numpy() for a in attributes
-    ]) if repository.num_rows else np.zeros((0, len(attributes)))
-    matched = hits > 0
-    count = matched.sum(axis=1)
-    return np.where(count > 0, (probs * matched).sum(axis=1) / np.maximum(count, 1), 0.0)
-
-
-def rank(
-    profile: pa.Table,
-    repository: pa.Table,
-    attributes: Sequence[str],
-    k: int,
-    phash_max_distance: int | None = None,
-    confirm_near_copy: NearCopyCheck | None = None,
-) -> pa.Table:
-    """The top ``k`` repository items for ``profile``, best first.
-
-    Order: score desc, best single-row matches desc, mean predicted probability of the matching
-    attributes desc, item_id asc, so equal inputs always give the same list. The user's own images
-    (see :func:`own_image_mask`) and items sharing no attribute with the profile are left out.
-    Columns: rank (from 1), item_id, score, best_row_matches, matched_attributes (comma-separated,
-    the attributes any profile row shares), match_probability, then the item's other columns.
-    """
-    _require_columns(repository, ["item_id", *(f"{a}_prob" for a in attributes)], "repository")
-    if phash_max_distance is None:
-        phash_max_distance = int(get_settings().curation["phash_max_distance"])
-    scores = score_matches(profile, repository, attributes)
-    probability = _matching_probability(repository, scores.attribute_hits, attributes)
-    eligible = ~own_image_mask(profile, repository, phash_max_distance, confirm_near_copy) & (scores.score > 0)
-    id_order = pc.rank(pc.fill_null(repository["item_id"].cast(pa.string()), ""),
-                       sort_keys="ascending", tiebreaker="dense").to_numpy()
-    # lexsort: the last key is the primary one.
-    order = np.lexsort((id_order, -probability, -scores.best_row, -scores.score))
-    top = order[eligible[order]][:k]
-    matched = [",".join(a for a, hit in zip(attributes, scores.attribute_hits[i]) if hit) for i in top]
-    items = repository.take(pa.array(top, type=pa.int64())).drop_columns(["item_id"])
-    head = pa.table({
-        "rank": pa.array(np.arange(1, len(top) + 1), type=pa.int32()),
-        "item_id": repository["item_id"].take(pa.array(top, type=pa.int64())),
-        "score": pa.array(scores.score[top], type=pa.int64()),
-        "best_row_matches": pa.array(scores.best_row[top], type=pa.int64()),
-        "matched_attributes": pa.array(matched, type=pa.string()),
-        "match_probability": pa.array(probability[top], type=pa.float64()),
-    })
-    for name in items.column_names:
-        head = head.append_column(items.schema.field(name), items[name])
-    return head
 
 
 def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
@@ -329,12 +423,12 @@ def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Tabl
             return colour_thumbnail(image)
 
     profile_keys = profile["image_key"].to_pylist()
-    item_keys = repository["image_key"].to_pylist()
+    item_keys = repository["image_key"]
 
     def same_picture(item_row: int, profile_row: int) -> bool:
         try:
-            item, own = thumbnail(item_keys[item_row]), thumbnail(profile_keys[profile_row])
-        except (OSError, ValueError, FileNotFoundError):
+            item, own = thumbnail(item_keys[item_row].as_py()), thumbnail(profile_keys[profile_row])
+        except (OSError, ValueError, FileNotFoundError, TypeError):
             return True  # cannot compare: err on the side of never showing users their own photo
         distance = min(float(thumbnail_distance(item, own)), float(thumbnail_distance(item, mirror_thumbnail(own))))
         return distance <= max_mad
@@ -342,9 +436,125 @@ def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Tabl
     return same_picture
 
 
+def shown_key(user_id: str, run_date: str) -> str:
+    return f"users/{user_id}/_shown/{run_date}.parquet"
+
+
+def shown_before(store: "ObjectStore", user_id: str, run_date: str) -> list[str]:
+    """Item ids the user was shown on dates before ``run_date`` (never the date's own earlier run)."""
+    prefix = f"users/{user_id}/_shown/"
+    tables = []
+    for key in store.list(prefix):
+        name = key[len(prefix):]
+        match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})\.parquet", name)
+        if match and match.group(1) < run_date:
+            tables.append(store.read_parquet(key, columns=["item_id"]))
+    if not tables:
+        return []
+    return sorted(set(pa.concat_tables(tables)["item_id"].to_pylist()) - {None})
+
+
+# -- ranking ------------------------------------------------------------------------------------------
+def _taxonomy(attributes: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    taxonomy = get_settings().taxonomy
+    return {a: taxonomy.classes(a) for a in attributes}
+
+
+def _column(values: np.ndarray | None, n: int) -> pa.Array:
+    """A float64 column, all null when the component could not be computed."""
+    return pa.nulls(n, type=pa.float64()) if values is None else pa.array(values, type=pa.float64())
+
+
+def rank(
+    profile: pa.Table,
+    repository: pa.Table,
+    attributes: Sequence[str],
+    k: int,
+    phash_max_distance: int | None = None,
+    confirm_near_copy: NearCopyCheck | None = None,
+    *,
+    score_kind: str | None = None,
+    mmr_lambda: float | None = None,
+    exclude_item_ids: Sequence[str] = (),
+    options: Options | None = None,
+    items: scoring.FashionMatrix | None = None,
+) -> pa.Table:
+    """The top ``k`` repository items for ``profile``, in recommendation order.
+
+    ``score_kind`` and ``mmr_lambda`` default to ``options`` or settings (see :mod:`pipeline.scoring`
+    for the scores and tie-breaks). Left out: the user's own images (:func:`own_image_mask`), the
+    ``exclude_item_ids`` (items already shown) and, for ``matches``, items sharing no attribute.
+    Columns: rank (from 1), item_id, score (the kind's: for hybrid the combined z-scores), score_kind,
+    mmr_score (the MMR value at the pick; the relevance scaled to [0, 1] when lambda is 1), the
+    per-item components (score_matches, best_row_matches, matched_attributes, match_probability,
+    score_weighted, score_embedding; null when the vectors lack them), nearest_profile_image, per attribute class, prob and model version, and the item's
+    retailer, category, title, price, currency, product_url, image_key, crawl_date, crawled_at,
+    inferred_at (those the repository has). ``items``: the repository's :func:`scoring.fashion_matrix`
+    when the caller already has it (a batch of users converts the repository once).
+    """
+    options = options or validate_options(k=k, score_kind=score_kind, mmr_lambda=mmr_lambda)
+    kind = score_kind or options.score_kind
+    lam = options.mmr_lambda if mmr_lambda is None else float(mmr_lambda)
+    _require_columns(repository, ["item_id", *attributes], "repository")
+    if phash_max_distance is None:
+        phash_max_distance = int(get_settings().curation["phash_max_distance"])
+    taxonomy = _taxonomy(attributes)
+    if items is None:
+        items = scoring.fashion_matrix(repository, taxonomy)
+    elif items.n != repository.num_rows:
+        raise ValueError(f"the fashion matrix has {items.n} rows, the repository {repository.num_rows}")
+    mine = scoring.fashion_matrix(profile, taxonomy, trust_unit_embeddings=False)
+    parts = scoring.components(items, mine, options.attribute_weights, need=[kind])
+    eligible = ~own_image_mask(profile, repository, phash_max_distance, confirm_near_copy)
+    if exclude_item_ids:
+        shown = pc.is_in(repository["item_id"].cast(pa.string()), value_set=pa.array(list(exclude_item_ids), pa.string()))
+        eligible &= ~pc.fill_null(shown, False).to_numpy(zero_copy_only=False).astype(bool)
+    if kind == "matches":
+        eligible &= parts.matches > 0
+    chosen = scoring.select(kind, items, parts, repository["item_id"], eligible, k, lam, options.mmr_pool,
+                            options.hybrid_weights)
+    rows = chosen.rows
+    take = pa.array(rows, type=pa.int64())
+    picked = items.take(rows)
+    shown_parts = scoring.available_components(picked, mine, options.attribute_weights)  # output columns
+    nearest = scoring.nearest_profile_rows(picked, mine)
+    profile_keys = profile["image_key"].to_pylist()
+    matched = [",".join(a for a, hit in zip(attributes, hits) if hit) for hits in shown_parts.attribute_hits]
+    table = pa.table({
+        "rank": pa.array(np.arange(1, len(rows) + 1), type=pa.int32()),
+        "item_id": repository["item_id"].take(take),
+        "score": pa.array(chosen.score, type=pa.float64()),
+        "score_kind": pa.array([kind] * len(rows), type=pa.string()),
+        "mmr_score": pa.array(chosen.mmr_score, type=pa.float64()),
+        "score_matches": pa.array(shown_parts.matches, type=pa.int64()),
+        "best_row_matches": pa.array(shown_parts.best_row, type=pa.int64()),
+        "matched_attributes": pa.array(matched, type=pa.string()),
+        "match_probability": pa.array(shown_parts.match_probability, type=pa.float64()),
+        "score_weighted": _column(shown_parts.weighted, len(rows)),
+        "score_embedding": _column(shown_parts.embedding, len(rows)),
+        "nearest_profile_image": pa.array([profile_keys[j] if j >= 0 else None for j in nearest], type=pa.string()),
+    })
+    for attribute in attributes:
+        for name in (attribute, f"{attribute}_prob", f"{attribute}_model_version"):
+            if name in repository.column_names:
+                table = table.append_column(repository.schema.field(name), repository[name].take(take))
+    for name in ITEM_COLUMNS:
+        if name in repository.column_names:
+            table = table.append_column(repository.schema.field(name), repository[name].take(take))
+    return table
+
+
 # -- the whole request ------------------------------------------------------------------------------
-def output_prefix(user_id: str, run_date: str) -> str:
-    return f"recommendations/{user_id}/{run_date}/"
+def recommendations_key(user_id: str, run_date: str) -> str:
+    return f"recommendations/date={run_date}/user_id={user_id}/recommendations.parquet"
+
+
+def profile_key(user_id: str, run_date: str) -> str:
+    return f"profiles/date={run_date}/user_id={user_id}/profile.parquet"
+
+
+def html_key(user_id: str, run_date: str) -> str:
+    return f"recommendations_html/{run_date}/{user_id}.html"
 
 
 def _default_vectorizer(store: "ObjectStore", attributes: Sequence[str]) -> Vectorizer:
@@ -354,9 +564,24 @@ def _default_vectorizer(store: "ObjectStore", attributes: Sequence[str]) -> Vect
     return FashionVectorizer.from_registry(store, list(attributes))
 
 
+def repository_columns(attributes: Sequence[str]) -> list[str]:
+    """The repository columns a recommendation reads (the contract's, less dhash and the like)."""
+    columns = ["item_id", "phash", "phash_mirror", "content_sha256", *ITEM_COLUMNS]
+    for attribute in attributes:
+        columns += [attribute, f"{attribute}_prob", f"{attribute}_probs", f"{attribute}_model_version"]
+    return columns + ["embedding", "embedding_source"]
+
+
+def load_repository(store: "ObjectStore", filters: Filters, attributes: Sequence[str]) -> pa.Table:
+    """The current repository (one row per item), filtered at read time."""
+    from pipeline.repository import read_repository
+
+    return read_repository(store, columns=repository_columns(attributes), filter=filters.expression())
+
+
 def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("rank", "item_id", "title", "retailer", "price", "currency", "product_url", "image_key",
-            "score", "best_row_matches", "matched_attributes")
+    keys = ("rank", "item_id", "title", "retailer", "category", "price", "currency", "product_url", "image_key",
+            "score", "score_kind", "score_matches", "score_weighted", "score_embedding", "matched_attributes")
     return {key: row.get(key) for key in keys}
 
 
@@ -364,42 +589,95 @@ def recommend_for_user(
     store: "ObjectStore",
     user_id: str,
     image_keys: list[str] | None,
-    k: int,
+    k: int | None,
     run_date: str,
     vectorizer: Vectorizer | None = None,
+    *,
+    score_kind: str | None = None,
+    mmr_lambda: float | None = None,
+    filters: Filters | Mapping[str, Any] | None = None,
+    options: Options | None = None,
+    repository: pa.Table | None = None,
+    repository_matrix: scoring.FashionMatrix | None = None,
 ) -> dict[str, Any]:
-    """Validate, profile, score, rank and write ``recommendations/<user_id>/<run_date>/``.
+    """Validate, profile, score, rank and write one user's recommendations for ``run_date``.
 
-    Writes ``recommendations.parquet``, ``profile.parquet`` and ``index.html`` (fixed keys, so a rerun
-    overwrites them) and returns a JSON-serialisable summary for the Airflow task.
+    ``options`` (already validated) wins over ``k``/``score_kind``/``mmr_lambda``/``filters``;
+    ``repository`` (already filtered) and its ``repository_matrix`` save re-reading and re-converting
+    it for every user of a batch. Writes the four
+    keys of the module docstring (fixed per date and user, so a rerun replaces them) and returns a
+    JSON-serialisable summary for the Airflow task.
     """
-    keys = validate_request(store, user_id, image_keys, k)
+    options = options or validate_options(k, score_kind, mmr_lambda, filters)
+    keys = validate_request(store, user_id, image_keys, options.k)
     run_date = _validate_run_date(run_date)
-    if not store.exists(REPOSITORY_KEY):
-        raise FileNotFoundError(
-            f"no fashion-vector repository at {REPOSITORY_KEY!r} in {store.uri}: run batch inference first")
     settings = get_settings()
     attributes = settings.taxonomy.names
-    repository = store.read_parquet(REPOSITORY_KEY)
+    if repository is None:
+        repository = load_repository(store, options.filters, attributes)
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
     profile = build_profile(store, user_id, keys, vectorizer, attributes)
-    ranked = rank(profile, repository, attributes, k, int(settings.curation["phash_max_distance"]),
-                  thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])))
+    shown = shown_before(store, user_id, run_date)
+    ranked = rank(profile, repository, attributes, options.k, int(settings.curation["phash_max_distance"]),
+                  thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])),
+                  exclude_item_ids=shown, options=options, items=repository_matrix)
 
-    prefix = output_prefix(user_id, run_date)
     written = {
-        "recommendations": store.write_parquet(posixpath.join(prefix, "recommendations.parquet"), ranked),
-        "profile": store.write_parquet(posixpath.join(prefix, "profile.parquet"), profile),
+        "recommendations": store.write_parquet(recommendations_key(user_id, run_date), ranked),
+        "profile": store.write_parquet(profile_key(user_id, run_date), profile),
     }
     top_rows = ranked.to_pylist()
-    page = render_recommendations_html(user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes)
-    written["html"] = store.put_bytes(posixpath.join(prefix, "index.html"), page.encode("utf-8"))
+    context = {"run_date": run_date, "score_kind": options.score_kind, "mmr_lambda": options.mmr_lambda,
+               "filters": options.filters.describe(), "n_items_scored": repository.num_rows,
+               "n_excluded_shown": len(shown)}
+    page = render_recommendations_html(user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes,
+                                       context=context)
+    written["html"] = store.put_bytes(html_key(user_id, run_date), page.encode("utf-8"))
+    shown_today = pa.table({
+        "item_id": ranked["item_id"], "rank": ranked["rank"], "score_kind": ranked["score_kind"],
+        "shown_on": pa.array([run_date] * ranked.num_rows, type=pa.string()),
+    })
+    written["shown"] = store.write_parquet(shown_key(user_id, run_date), shown_today)
     return {
         "user_id": user_id,
         "run_date": run_date,
         "keys": written,
         "profile_images": keys,
+        "score_kind": options.score_kind,
+        "mmr_lambda": options.mmr_lambda,
+        "filters": options.filters.describe(),
         "n_items_scored": repository.num_rows,
+        "n_excluded_shown": len(shown),
         "n_recommended": ranked.num_rows,
         "top_k": [_summary_row(row) for row in top_rows],
     }
+
+
+def recommend_for_users(
+    store: "ObjectStore",
+    requests: Sequence[Mapping[str, Any]],
+    run_date: str,
+    options: Options,
+    vectorizer: Vectorizer | None = None,
+) -> list[dict[str, Any]]:
+    """One batch of ``plan_requests``: the repository is read (and converted to a fashion matrix) and
+    the networks load once for all its users. A user whose request fails does not stop the others; the batch raises at the end, naming them."""
+    if not requests:
+        return []
+    attributes = get_settings().taxonomy.names
+    repository = load_repository(store, options.filters, attributes)
+    matrix = scoring.fashion_matrix(repository, _taxonomy(attributes))
+    vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
+    summaries, failures = [], []
+    for request in requests:
+        try:
+            summaries.append(recommend_for_user(store, request["user_id"], request.get("image_keys"), None, run_date,
+                                                vectorizer, options=options, repository=repository,
+                                                repository_matrix=matrix))
+        except Exception as error:  # noqa: BLE001 - reported below, after the other users are served
+            print(f"[fashionnet] recommend {request['user_id']}: FAILED: {error}", flush=True)
+            failures.append((request["user_id"], error))
+    if failures:
+        names = ", ".join(user for user, _ in failures)
+        raise RuntimeError(f"recommendations failed for {len(failures)} user(s): {names}") from failures[0][1]
+    return summaries

@@ -110,6 +110,40 @@ def _profile_card(row: Mapping[str, Any], image_loader: Callable[[str], bytes],
     )
 
 
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None or isinstance(value, bool):
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _score_lines(row: Mapping[str, Any], attributes: Sequence[str]) -> str:
+    """The ranking score with its kind (and MMR value), every component the row has, and the profile
+    photo the item is closest to."""
+    kind = row.get("score_kind")
+    head = [f"{kind or 'score'} {_number(row.get('score'))}"]
+    if row.get("mmr_score") is not None:
+        head.append(f"MMR {_number(row.get('mmr_score'))}")
+    parts = []
+    matches = row.get("score_matches", row.get("score") if kind in (None, "matches") else None)
+    if matches is not None:
+        parts.append(f"matches {_number(matches)} (best photo {_number(row.get('best_row_matches'))}/{len(attributes)})")
+    for name, label in (("score_weighted", "weighted"), ("score_embedding", "embedding")):
+        if row.get(name) is not None:
+            parts.append(f"{label} {_number(row.get(name))}")
+    lines = [f'<div class="meta score">{" &middot; ".join(html.escape(h) for h in head)}</div>']
+    if parts:
+        lines.append(f'<div class="meta">{" &middot; ".join(html.escape(p) for p in parts)}</div>')
+    nearest = row.get("nearest_profile_image")
+    if nearest:
+        lines.append(f'<div class="meta">closest to your photo {html.escape(str(nearest).rsplit("/", 1)[-1])}</div>')
+    return "".join(lines)
+
+
 def _recommendation_card(row: Mapping[str, Any], image_loader: Callable[[str], bytes],
                          attributes: Sequence[str]) -> str:
     title = str(row.get("title") or row.get("item_id") or "")
@@ -118,18 +152,40 @@ def _recommendation_card(row: Mapping[str, Any], image_loader: Callable[[str], b
     retailer = html.escape(str(row.get("retailer") or "shop"))
     retailer_html = (f'<a href="{html.escape(link, quote=True)}" rel="noopener noreferrer">{retailer}</a>'
                      if link else retailer)
+    category = row.get("category")
     return (
         '<div class="card">'
         + _image_html(row.get("image_key"), image_loader, title)
         + f'<div class="rank">#{html.escape(str(row.get("rank", "")))}</div>'
         + f'<div class="title">{html.escape(title)}</div>'
         + f'<div class="meta">{html.escape(_format_price(row.get("price"), row.get("currency")))}</div>'
-        + f'<div class="meta">{retailer_html}</div>'
-        + f'<div class="meta">score {html.escape(str(row.get("score", "")))}'
-        + f' &middot; best image {html.escape(str(row.get("best_row_matches", "")))}/{len(attributes)}</div>'
+        + f'<div class="meta">{retailer_html}'
+        + (f' &middot; {html.escape(str(category))}' if category else "") + "</div>"
+        + _score_lines(row, attributes)
         + _attribute_list(row, attributes, matched)
         + "</div>"
     )
+
+
+def _context_line(context: Mapping[str, Any] | None) -> str:
+    """The run's settings for the page header: date, score, MMR lambda, filters, exclusions."""
+    if not context:
+        return ""
+    parts = []
+    if context.get("run_date"):
+        parts.append(f"date {context['run_date']}")
+    if context.get("score_kind"):
+        parts.append(f"score {context['score_kind']}")
+    if context.get("mmr_lambda") is not None:
+        parts.append(f"MMR lambda {_number(context['mmr_lambda'], 2)}")
+    filters = context.get("filters") or {}
+    shown = [f"{name}={value}" for name, value in filters.items() if value not in (None, [], ())]
+    parts.append("filters: " + (", ".join(shown) if shown else "none"))
+    if context.get("n_items_scored") is not None:
+        parts.append(f"{context['n_items_scored']} items scored")
+    if context.get("n_excluded_shown"):
+        parts.append(f"{context['n_excluded_shown']} shown before and left out")
+    return f"<p>{html.escape('; '.join(str(p) for p in parts))}</p>"
 
 
 def render_recommendations_html(
@@ -138,19 +194,24 @@ def render_recommendations_html(
     recommendations: Sequence[Mapping[str, Any]],
     image_loader: Callable[[str], bytes],
     attributes: Sequence[str],
+    context: Mapping[str, Any] | None = None,
 ) -> str:
     """The standalone recommendations page for ``user_id``.
 
     ``profile_rows`` are rows of the style profile (``image_key`` and per attribute ``<attr>``,
     ``<attr>_prob``); ``recommendations`` are ranked rows (``rank``, ``title``, ``price``,
-    ``currency``, ``retailer``, ``product_url``, ``image_key``, ``score``, ``best_row_matches``,
-    ``matched_attributes`` and the attribute columns). ``image_loader`` maps an image key to its bytes.
+    ``currency``, ``retailer``, ``category``, ``product_url``, ``image_key``, ``score``, ``score_kind``,
+    the score components (``score_matches``, ``best_row_matches``, ``score_weighted``,
+    ``score_embedding``, ``mmr_score``), ``matched_attributes``,
+    ``nearest_profile_image`` and the attribute columns; absent ones are left out). ``image_loader``
+    maps an image key to its bytes. ``context``: the run (``run_date``, ``score_kind``, ``mmr_lambda``,
+    ``filters``, ``n_items_scored``, ``n_excluded_shown``) for the header.
     """
     user = html.escape(user_id)
     profile_html = "".join(_profile_card(r, image_loader, attributes) for r in profile_rows)
     recs_html = "".join(_recommendation_card(r, image_loader, attributes) for r in recommendations)
     if not recs_html:
-        recs_html = '<p class="empty">No recommendations: no repository item shares an attribute.</p>'
+        recs_html = '<p class="empty">No recommendations: no repository item passed the filters and exclusions.</p>'
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -159,7 +220,8 @@ def render_recommendations_html(
         f"<style>{_CSS}</style></head><body>"
         f"<header><h1>Recommendations for {user}</h1>"
         f"<p>{len(profile_rows)} profile image(s), {len(recommendations)} recommendation(s); "
-        "highlighted attributes match your photos.</p></header><main>"
+        "highlighted attributes match your photos.</p>"
+        f"{_context_line(context)}</header><main>"
         f'<section><h2>Your style profile</h2><div class="grid">{profile_html}</div></section>'
         f'<section><h2>Recommended for you</h2><div class="grid">{recs_html}</div></section>'
         "</main></body></html>\n"

@@ -21,7 +21,8 @@ embedding; the same for profile row ``j``):
     and discounts a confident-looking match the networks were unsure of.
 ``embedding``
     ``max_j cos(e_i, e_j)``: cosine similarity to the *nearest* profile image (max, not mean, so a
-    user with two styles is served both instead of the average of them). In [-1, 1].
+    user with two styles is served both instead of the average of them). In [-1, 1]; rounded to 6
+    decimals, the resolution of the float32 product of a million embeddings.
 ``hybrid`` (the default)
     ``sum_c W_c z_c(i)`` over the components c = embedding, weighted, matches, a convex combination
     (``W_c >= 0``, sum 1) of the components standardised over the candidate items:
@@ -52,6 +53,7 @@ import pyarrow.compute as pc
 SCORE_KINDS = ("matches", "weighted", "embedding", "hybrid")
 HYBRID_COMPONENTS = ("embedding", "weighted", "matches")
 ROUND_DECIMALS = 9
+EMBEDDING_DECIMALS = 6
 
 
 class MissingVectors(ValueError):
@@ -66,7 +68,8 @@ class FashionMatrix:
     ``codes`` (n, A) int16: each attribute's class as its index in the taxonomy's class list, -1 for
     null or a class the taxonomy does not know. ``top_prob`` (n, A) float32: the predicted class's
     probability (``<attr>_prob``), 0 when null. ``probs``: per attribute an (n, C_a) float32 softmax
-    matrix (``<attr>_probs``; a null row is all zeros), or None when the table has no such columns.
+    matrix (``<attr>_probs``; a null row is all zeros), or None when the table has no such columns
+    (or one of them is all null).
     ``embedding`` (n, D) float32 L2-normalised rows (a null is a zero row), or None.
     """
 
@@ -156,7 +159,10 @@ def fashion_matrix(table: pa.Table, taxonomy: Mapping[str, Sequence[str]], *, tr
     n = table.num_rows
     codes = np.full((n, len(attributes)), -1, dtype=np.int16)
     top_prob = np.zeros((n, len(attributes)), dtype=np.float32)
-    has_probs = all(f"{a}_probs" in table.column_names for a in attributes)
+    # Probability vectors count only when every attribute has some (a column of nulls is a vectorizer
+    # or repository that does not produce them).
+    has_probs = all(f"{a}_probs" in table.column_names and (not n or table[f"{a}_probs"].null_count < n)
+                    for a in attributes)
     probs: list[np.ndarray] = []
     for index, attribute in enumerate(attributes):
         classes = pa.array(list(taxonomy[attribute]), type=pa.string())
@@ -178,25 +184,28 @@ def fashion_matrix(table: pa.Table, taxonomy: Mapping[str, Sequence[str]], *, tr
 # -- the components -----------------------------------------------------------------------------------
 @dataclass
 class Components:
-    """Every score component computable for the items, each an (n,) array (None when not computable).
+    """Score components of n items, each an (n,) array, None when not computed (not needed, or the
+    vectors are missing).
 
     ``matches`` int64 (the seed score), ``best_row`` int64, ``attribute_hits`` (n, A) int64 (how many
     profile rows share the item's class of each attribute; ``matches == attribute_hits.sum(1)``),
-    ``match_probability`` float64, ``weighted`` float64, ``embedding`` float32 (max cosine),
+    ``match_probability``, ``weighted``, ``embedding`` (max cosine), all float64 but the counts;
     ``profile_rows`` (m, the profile size).
     """
 
-    matches: np.ndarray
-    best_row: np.ndarray
-    attribute_hits: np.ndarray
-    match_probability: np.ndarray
+    matches: np.ndarray | None
+    best_row: np.ndarray | None
+    attribute_hits: np.ndarray | None
+    match_probability: np.ndarray | None
     weighted: np.ndarray | None
     embedding: np.ndarray | None
     profile_rows: int
 
     @property
-    def matches_share(self) -> np.ndarray:
+    def matches_share(self) -> np.ndarray | None:
         """``matches / (m A)``: the mean share of matching attributes per profile row, in [0, 1]."""
+        if self.matches is None or self.attribute_hits is None:
+            return None
         cells = max(1, self.profile_rows * self.attribute_hits.shape[1])
         return self.matches / cells
 
@@ -254,19 +263,23 @@ def normalised_weights(attributes: Sequence[str], weights: Mapping[str, float] |
 def weighted_scores(items: FashionMatrix, profile: FashionMatrix, weights: np.ndarray) -> np.ndarray:
     """``(1/m) sum_j sum_a w_a <p_ia, p_ja>`` = ``sum_a w_a <p_ia, mean_j p_ja>``: one matrix-vector
     product per attribute. ``weights`` as from :func:`normalised_weights`."""
+    if not items.n:
+        return np.zeros(0, dtype=np.float64)
     if items.probs is None or profile.probs is None:
         raise MissingVectors("the weighted score needs <attr>_probs columns in the repository and the profile")
     total = np.zeros(items.n, dtype=np.float64)
     if not profile.n:
         return total
     for weight, item_probs, profile_probs in zip(weights, items.probs, profile.probs):
-        if weight:
-            total += weight * (item_probs @ profile_probs.mean(axis=0, dtype=np.float64).astype(np.float32))
+        if weight:  # float64: equal inputs must give equal scores, whatever the row order
+            total += weight * (item_probs.astype(np.float64) @ profile_probs.mean(axis=0, dtype=np.float64))
     return total
 
 
 def embedding_similarities(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
     """(n, m) cosine similarities of items to profile rows (float32)."""
+    if not items.n:
+        return np.zeros((0, profile.n), dtype=np.float32)
     if items.embedding is None or profile.embedding is None:
         raise MissingVectors("the embedding score needs an embedding column in the repository and the profile")
     if items.embedding.shape[1] != profile.embedding.shape[1]:
@@ -277,10 +290,11 @@ def embedding_similarities(items: FashionMatrix, profile: FashionMatrix) -> np.n
 
 
 def embedding_scores(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
-    """``max_j cos(e_i, e_j)``: similarity to the nearest profile image."""
+    """``max_j cos(e_i, e_j)``: similarity to the nearest profile image, rounded to 6 decimals (the
+    resolution of the float32 product, whose last bits may depend on the row's position in the batch)."""
     if not profile.n:
-        return np.zeros(items.n, dtype=np.float32)
-    return _row_max(embedding_similarities(items, profile))
+        return np.zeros(items.n, dtype=np.float64)
+    return np.round(_row_max(embedding_similarities(items, profile)).astype(np.float64), EMBEDDING_DECIMALS)
 
 
 def components(
@@ -289,22 +303,40 @@ def components(
     attribute_weights: Mapping[str, float] | None = None,
     need: Sequence[str] = SCORE_KINDS,
 ) -> Components:
-    """The components for the score kinds in ``need``; weighted and embedding are also computed when
-    not needed but the vectors exist (they are cheap and go into the output), and raise
-    :class:`MissingVectors` only when needed."""
-    need_weighted = any(kind in need for kind in ("weighted", "hybrid"))
-    need_embedding = any(kind in need for kind in ("embedding", "hybrid"))
-    hits = attribute_hits(items, profile)
+    """The components the score kinds in ``need`` use, over every item; raises
+    :class:`MissingVectors` when one cannot be computed. (``matches`` uses the counts, best row and
+    match probability; ``hybrid`` the counts, weighted and embedding.)"""
+    need = set(need)
+    unknown = need - set(SCORE_KINDS)
+    if unknown:
+        raise ValueError(f"unknown score kinds {sorted(unknown)}; known: {SCORE_KINDS}")
+    counts = bool(need & {"matches", "hybrid"})
+    hits = attribute_hits(items, profile) if counts else None
+    seed = "matches" in need
     weighted = embedding = None
-    if need_weighted or (items.probs is not None and profile.probs is not None):
+    if need & {"weighted", "hybrid"}:
         weighted = weighted_scores(items, profile, normalised_weights(items.attributes, attribute_weights))
-    if need_embedding or (items.embedding is not None and profile.embedding is not None
-                          and items.embedding.shape[1] == profile.embedding.shape[1]):
+    if need & {"embedding", "hybrid"}:
         embedding = embedding_scores(items, profile)
     return Components(
-        matches=hits.sum(axis=1), best_row=best_row_matches(items, profile), attribute_hits=hits,
-        match_probability=matching_probability(items, hits), weighted=weighted, embedding=embedding,
-        profile_rows=profile.n)
+        matches=hits.sum(axis=1) if counts else None,
+        best_row=best_row_matches(items, profile) if seed else None,
+        attribute_hits=hits,
+        match_probability=matching_probability(items, hits) if seed else None,
+        weighted=weighted, embedding=embedding, profile_rows=profile.n)
+
+
+def available_components(items: FashionMatrix, profile: FashionMatrix,
+                         attribute_weights: Mapping[str, float] | None = None) -> Components:
+    """Every component the vectors allow (for the few recommended items' output columns); never raises
+    :class:`MissingVectors`."""
+    need = ["matches"]
+    if items.probs is not None and profile.probs is not None:
+        need.append("weighted")
+    if items.embedding is not None and profile.embedding is not None \
+            and items.embedding.shape[1] == profile.embedding.shape[1]:
+        need.append("embedding")
+    return components(items, profile, attribute_weights, need)
 
 
 def normalised_hybrid_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -335,7 +367,7 @@ def hybrid_scores(parts: Components, weights: Mapping[str, float], candidates: n
     """``sum_c W_c z_c``, the components standardised over ``candidates`` (a boolean mask)."""
     weights = normalised_hybrid_weights(weights)
     values = {"embedding": parts.embedding, "weighted": parts.weighted, "matches": parts.matches_share}
-    total = np.zeros(len(parts.matches), dtype=np.float64)
+    total = np.zeros(len(candidates), dtype=np.float64)
     for component, weight in weights.items():
         if not weight:
             continue
@@ -350,6 +382,8 @@ def relevance(kind: str, parts: Components, candidates: np.ndarray,
     """The ordering keys of ``kind``, most significant first, all descending (item_id ascending comes
     after them). The first key is the score reported for the kind."""
     if kind == "matches":
+        if parts.matches is None or parts.best_row is None or parts.match_probability is None:
+            raise ValueError("the matches ordering needs components computed with need=['matches']")
         return [parts.matches.astype(np.float64), parts.best_row.astype(np.float64), parts.match_probability]
     if kind == "weighted":
         if parts.weighted is None:

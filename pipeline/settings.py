@@ -47,6 +47,7 @@ class Settings:
     training: dict[str, Any]
     recommend: dict[str, Any]
     review: dict[str, Any] = field(default_factory=dict)
+    repository: dict[str, Any] = field(default_factory=dict)
 
     def search_query(self, class_name: str) -> str:
         """The first configured search phrase for ``class_name`` (see :func:`search_queries`)."""
@@ -126,6 +127,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         training=raw.get("training", {}),
         recommend=raw.get("recommend", {}),
         review=raw.get("review", {}),
+        repository=raw.get("repository", {}),
     )
 
 

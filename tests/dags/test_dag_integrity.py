@@ -89,8 +89,14 @@ def test_train_maps_one_task_per_attribute(dagbag):
 
 def test_refresh_is_nightly_and_recommend_follows_the_repository(dagbag):
     refresh = dagbag.dags["fashionnet_repository_refresh"]
-    assert _edges(refresh) == {("crawl_catalog", "curate"), ("curate", "infer")}
-    assert refresh.timetable.expression == "0 2 * * *"
+    assert _edges(refresh) == {("crawl_catalog", "curate"), ("curate", "plan"), ("plan", "infer_shard"),
+                               ("infer_shard", "commit")}
+    assert type(refresh.get_task("infer_shard")).__name__.endswith("MappedOperator")
+    # Nightly at 02:00 UTC, and again whenever the train DAG publishes models (a re-score).
+    assert refresh.timetable.timetable.expression == "0 2 * * *"
+    assert {a.name for a in refresh.timetable.asset_condition.objects} == {"fashionnet_models"}
+    assert refresh.max_active_runs == 1
+    assert [a.name for a in refresh.get_task("commit").outlets] == ["fashionnet_repository"]
     recommend = dagbag.dags["fashionnet_recommend"]
     assert _edges(recommend) == {("validate", "recommend")}
 
@@ -109,10 +115,46 @@ def test_assets_chain_producers_to_consumers(dagbag):
     assert schedule_assets("fashionnet_recommend") == {"fashionnet_repository"}
 
 
+def test_recommend_maps_one_task_per_batch_of_users(dagbag):
+    dag = dagbag.dags["fashionnet_recommend"]
+    assert type(dag.get_task("recommend")).__name__.endswith("MappedOperator")
+    assert {a.name for a in dag.get_task("recommend").outlets} == {"fashionnet_recommendations"}
+
+
+@pytest.mark.parametrize("conf", [
+    {},  # the Asset-triggered run: every user, the settings' defaults
+    {"user_id": "", "score": None, "k": None},
+    {"user_id": "ann", "image_keys": ["users/ann/a photo.jpg"], "k": 100, "score": "weighted", "mmr_lambda": 0,
+     "retailers": ["demo-store"], "categories": ["t-shirt"], "price_min": 0, "price_max": 49.9},
+])
+def test_recommend_params_accept_good_input(dagbag, conf):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dagbag.dags["fashionnet_recommend"].params)
+    params.update(conf)
+    params.validate()
+
+
 @pytest.mark.parametrize("conf, message", [
     ({"k": 0}, "minimum"),
     ({"k": 101}, "maximum"),
+    ({"k": 2.5}, "is not of type"),
     ({"user_id": "../etc"}, "does not match"),
+    ({"user_id": "a" * 65}, "does not match"),
+    ({"image_keys": ["users/ann/../bob/x.jpg"]}, "does not match"),
+    ({"image_keys": ["users/ann/sub/x.jpg"]}, "does not match"),
+    ({"image_keys": ["users/ann/_shown/2026-11-01.parquet"]}, "does not match"),
+    ({"image_keys": ["https://example.com/users/ann/x.jpg"]}, "does not match"),
+    ({"image_keys": ["/users/ann/x.jpg"]}, "does not match"),
+    ({"image_keys": ["images/full/x.jpg"]}, "does not match"),
+    ({"image_keys": "users/ann/x.jpg"}, "is not of type"),
+    ({"score": "cosine"}, "is not one of"),
+    ({"mmr_lambda": 1.5}, "maximum"),
+    ({"mmr_lambda": -0.1}, "minimum"),
+    ({"retailers": ["../other"]}, "does not match"),
+    ({"categories": [""]}, "minLength"),
+    ({"price_min": -1}, "minimum"),
+    ({"price_max": "cheap"}, "is not of type"),
 ])
 def test_recommend_params_reject_bad_input_before_any_work(dagbag, conf, message):
     from airflow.sdk.exceptions import ParamValidationError

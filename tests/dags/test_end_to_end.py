@@ -47,7 +47,7 @@ def test_every_stage_wrote_its_objects(pipeline_run):
     store, _ = pipeline_run
     keys = store.list()
     for prefix in ["images/full/", "crawls/", "curation/", "review/queue/", "review/decisions/",
-                   "dataset/items.parquet", "dataset/split.parquet", "repository/fashion_vectors.parquet",
+                   "dataset/items.parquet", "dataset/split.parquet", "repository/fashion_vectors/crawl_date=",
                    "recommendations/demo-user/"]:
         assert any(k.startswith(prefix) for k in keys), f"nothing under {prefix}"
     for attribute in ATTRIBUTES:
@@ -55,18 +55,31 @@ def test_every_stage_wrote_its_objects(pipeline_run):
 
 
 def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
+    from pipeline.repository import PREFIX, SCHEMA_VERSION, data_keys, read_repository
+
     store, _ = pipeline_run
-    repository = store.read_parquet("repository/fashion_vectors.parquet")
+    repository = read_repository(store)
     catalog_batches = [k for k in store.list("curation") if k.startswith("curation/catalog-")
                        and k.endswith("accepted.parquet")]
     assert len(catalog_batches) == 1
     accepted = store.read_parquet(catalog_batches[0])
     assert repository.num_rows == accepted.num_rows > 0
     assert sorted(repository.column("item_id").to_pylist()) == sorted(accepted.column("item_id").to_pylist())
+    night = catalog_batches[0].split("catalog-")[1][:8]
+    assert {k.split("/")[2] for k in data_keys(store)} == {f"crawl_date={night[:4]}-{night[4:6]}-{night[6:]}"}
+    assert all(k.startswith(PREFIX + "/") for k in data_keys(store)) and not store.list("repository/_staging")
+    commit = store.read_json(f"repository/commits/catalog-{night}.json")
+    assert commit["schema_version"] == SCHEMA_VERSION and commit["inferred"] == repository.num_rows
+    assert commit["actions"]["new"] == accepted.num_rows
     for attribute in ATTRIBUTES:
-        assert {attribute, f"{attribute}_prob", f"{attribute}_model_version"} <= set(repository.column_names)
-        classes = set(store.read_json(f"models/{attribute}/current.json")["classes"])
-        assert set(repository.column(attribute).to_pylist()) <= classes
+        assert {attribute, f"{attribute}_prob", f"{attribute}_probs", f"{attribute}_model_version"} <= set(repository.column_names)
+        record = store.read_json(f"models/{attribute}/current.json")
+        assert set(repository.column(attribute).to_pylist()) <= set(record["classes"])
+        assert set(repository.column(f"{attribute}_model_version").to_pylist()) == {record["version"]}
+        assert {len(p) for p in repository.column(f"{attribute}_probs").to_pylist()} == {len(record["classes"])}
+    norms = [sum(v * v for v in e) for e in repository.column("embedding").to_pylist()]
+    assert min(norms) > 0.999 and max(norms) < 1.001
+    assert len(set(repository.column("embedding_source").to_pylist())) == 1
 
 
 def test_recommendations_share_attributes_with_the_profile(pipeline_run):

@@ -1,25 +1,42 @@
+import datetime as dt
 import io
 import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
+from pipeline import scoring
 from pipeline.hashing import content_sha256, perceptual_hashes
 from pipeline.recommend import (
-    REPOSITORY_KEY,
+    REPOSITORY_PREFIX,
+    Filters,
     InvalidRequest,
     build_profile,
+    html_key,
+    list_users,
+    options_from_params,
     own_image_mask,
+    plan_requests,
+    profile_key,
     rank,
     recommend_for_user,
-    score_matches,
+    recommend_for_users,
+    recommendations_key,
+    shown_before,
+    shown_key,
+    validate_options,
     validate_request,
 )
+from pipeline.settings import get_settings
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
+TAXONOMY = {a: get_settings().taxonomy.classes(a) for a in ATTRS}
+get_settings.cache_clear()
+MATCHES = {"score_kind": "matches", "mmr_lambda": 1.0}
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -47,55 +64,109 @@ def classes(pattern, fabric, style, shape) -> dict[str, str | None]:
     return dict(zip(ATTRS, (pattern, fabric, style, shape)))
 
 
+def probs_for(attribute: str, cls: str | None, prob: float) -> list[float] | None:
+    """A softmax vector with ``prob`` on ``cls`` and the rest spread evenly (None for a null class)."""
+    names = TAXONOMY[attribute]
+    if cls is None:
+        return None
+    rest = (1.0 - prob) / (len(names) - 1) if cls in names else 1.0 / len(names)
+    return [prob if name == cls else rest for name in names]
+
+
+def embedding_for(cls: dict[str, str | None]) -> list[float] | None:
+    """One-hot of every attribute's class, normalised: the cosine of two is their share of equal classes."""
+    vector = np.concatenate([[1.0 if name == cls[a] else 0.0 for name in TAXONOMY[a]] for a in ATTRS])
+    norm = np.linalg.norm(vector)
+    return (vector / norm).tolist() if norm else None
+
+
 def profile_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Profile rows: ``classes`` plus optional phash / content_sha256 / prob."""
-    columns: dict[str, list] = {
+    """Profile rows: ``classes`` plus optional phash / content_sha256 / prob / emb."""
+    columns: dict[str, Any] = {
         "image_key": [f"users/u/{i}.jpg" for i in range(len(rows))],
-        "phash": [r.get("phash", 2**64 - 1 - i) for i, r in enumerate(rows)],  # far from items' small hashes
+        "phash": pa.array([r.get("phash", 2**64 - 1 - i) for i, r in enumerate(rows)], pa.uint64()),
         "content_sha256": [r.get("sha", f"profile-sha-{i}") for i, r in enumerate(rows)],
     }
     for a in ATTRS:
-        columns[a] = [r["classes"][a] for r in rows]
-        columns[f"{a}_prob"] = [r.get("prob", 0.9) for r in rows]
+        columns[a] = pa.array([r["classes"][a] for r in rows], pa.string())
+        columns[f"{a}_prob"] = pa.array([r.get("prob", 0.9) for r in rows], pa.float64())
+        columns[f"{a}_probs"] = pa.array([probs_for(a, r["classes"][a], r.get("prob", 0.9)) for r in rows],
+                                         pa.list_(pa.float32()))
         columns[f"{a}_model_version"] = ["v1"] * len(rows)
-    return pa.Table.from_pydict(columns, schema=pa.schema([
-        pa.field(n, pa.uint64() if n == "phash" else pa.float64() if n.endswith("_prob") else pa.string())
-        for n in columns
-    ]))
+    columns["embedding"] = pa.array([r.get("emb", embedding_for(r["classes"])) for r in rows], pa.list_(pa.float32()))
+    return pa.table(columns)
 
 
 def repository_table(items: list[dict[str, Any]]) -> pa.Table:
-    """A fashion-vector repository with the contract's columns."""
-    columns: dict[str, list] = {
+    """A fashion-vector repository with the contract's columns (pipeline/repository_schema.json)."""
+    n = len(items)
+    columns: dict[str, Any] = {
         "item_id": [it["item_id"] for it in items],
-        "retailer": ["demo-store"] * len(items),
+        "retailer": [it.get("retailer", "demo-store") for it in items],
         "product_url": [f"http://shop.test/p/{it['item_id']}" for it in items],
         "title": [it.get("title", f"Item {it['item_id']}") for it in items],
-        "price": [19.5] * len(items),
-        "currency": ["EUR"] * len(items),
+        "price": pa.array([it.get("price", 19.5) for it in items], pa.float64()),
+        "currency": ["EUR"] * n,
+        "category": [it.get("category", "tops") for it in items],
         "image_key": [it.get("image_key", f"images/full/{it['item_id']}.jpg") for it in items],
-        "phash": [it.get("phash", i + 1) for i, it in enumerate(items)],
+        "phash": pa.array([it.get("phash", i + 1) for i, it in enumerate(items)], pa.uint64()),
+        "phash_mirror": pa.array([None] * n, pa.uint64()),
+        "dhash": pa.array([i + 1 for i in range(n)], pa.uint64()),
         "content_sha256": [it.get("sha", f"item-sha-{i}") for i, it in enumerate(items)],
-        "crawled_at": ["2026-11-27T00:00:00Z"] * len(items),
+        "crawled_at": pa.array([dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)] * n, pa.timestamp("us", "UTC")),
+        "crawl_date": pa.array([dt.date(2026, 11, 1)] * n, pa.date32()),
     }
     for a in ATTRS:
-        columns[a] = [it["classes"][a] for it in items]
-        columns[f"{a}_prob"] = [it.get("prob", 0.8) for it in items]
-        columns[f"{a}_model_version"] = ["v1"] * len(items)
-    columns["inferred_at"] = ["2026-11-27T01:00:00Z"] * len(items)
-    types = {"phash": pa.uint64(), "price": pa.float64()}
-    schema = pa.schema([
-        pa.field(n, types.get(n, pa.float64() if n.endswith("_prob") else pa.string())) for n in columns
-    ])
-    return pa.Table.from_pydict(columns, schema=schema)
+        columns[a] = pa.array([it["classes"][a] for it in items], pa.string())
+        columns[f"{a}_prob"] = pa.array([it.get("prob", 0.8) for it in items], pa.float32())
+        columns[f"{a}_probs"] = pa.array([probs_for(a, it["classes"][a], it.get("prob", 0.8)) for it in items],
+                                         pa.list_(pa.float32()))
+        columns[f"{a}_model_version"] = ["v1"] * n
+    columns["embedding"] = pa.array([it.get("emb", embedding_for(it["classes"])) for it in items],
+                                    pa.list_(pa.float32()))
+    columns["embedding_source"] = ["fake"] * n
+    columns["inferred_at"] = pa.array([dt.datetime(2026, 11, 27, 1, tzinfo=dt.timezone.utc)] * n,
+                                      pa.timestamp("us", "UTC"))
+    return pa.table(columns)
+
+
+def write_repository(store, table: pa.Table) -> None:
+    """The repository as a Hive-partitioned dataset: crawl_date=<date>/retailer=<retailer>/ folders."""
+    store.delete_prefix(REPOSITORY_PREFIX)
+    for retailer in sorted(set(table["retailer"].to_pylist())):
+        part = table.filter(pa.compute.equal(table["retailer"], retailer)).drop_columns(["crawl_date", "retailer"])
+        store.write_parquet(f"{REPOSITORY_PREFIX}crawl_date=2026-11-01/retailer={retailer}/part-0.parquet", part)
+
+
+def _read_hive_repository(store, columns=None, filter=None) -> pa.Table:
+    """A stand-in for pipeline.repository.read_repository while that module does not exist."""
+    partitioning = ds.partitioning(pa.schema([("crawl_date", pa.date32()), ("retailer", pa.string())]), flavor="hive")
+    dataset = ds.dataset(store.path(REPOSITORY_PREFIX), filesystem=store.fs, format="parquet",
+                         partitioning=partitioning)
+    return dataset.to_table(columns=[c for c in columns or dataset.schema.names if c in dataset.schema.names],
+                            filter=filter)
+
+
+@pytest.fixture(autouse=True)
+def _repository_reader(monkeypatch):
+    try:
+        import pipeline.repository  # noqa: F401
+    except ImportError:
+        import sys
+        import types
+
+        module = types.ModuleType("pipeline.repository")
+        module.read_repository = _read_hive_repository
+        monkeypatch.setitem(sys.modules, "pipeline.repository", module)
 
 
 class FakeVectorizer:
     """Test double: classes looked up by the image's sha256; unknown images fail loudly."""
 
-    def __init__(self, by_sha: dict[str, dict[str, str]], prob: float = 0.9) -> None:
+    def __init__(self, by_sha: dict[str, dict[str, str]], prob: float = 0.9, embeddings: bool = True) -> None:
         self.by_sha = by_sha
         self.prob = prob
+        self.embeddings = embeddings
         self.calls = 0
 
     def vectorize(self, images: list[bytes]) -> list[dict]:
@@ -103,25 +174,32 @@ class FakeVectorizer:
         out = []
         for data in images:
             cls = self.by_sha[content_sha256(data)]
-            vector = {}
+            vector: dict[str, Any] = {}
             for a in ATTRS:
                 vector.update({a: cls[a], f"{a}_prob": self.prob, f"{a}_model_version": "fake-1"})
+                if self.embeddings:
+                    vector[f"{a}_probs"] = np.array(probs_for(a, cls[a], self.prob), dtype=np.float32)
+            if self.embeddings:
+                vector["embedding"] = np.array(embedding_for(cls), dtype=np.float32)
+                vector["embedding_source"] = "fake"
             out.append(vector)
         return out
 
 
-# -- validate_request -----------------------------------------------------------------------------------
+# -- validation -----------------------------------------------------------------------------------------
 @pytest.fixture
 def user_store(any_store):
-    for key in ("users/alice/a.jpg", "users/alice/sub/b.PNG", "users/alice2/c.jpg", "users/bob/x.jpg"):
+    for key in ("users/alice/a.jpg", "users/alice/b.PNG", "users/alice/sub/c.jpg", "users/alice2/c.jpg",
+                "users/bob/x.jpg", "users/bad.name/x.jpg"):
         any_store.put_bytes(key, noise_jpeg(1))
     any_store.put_bytes("users/alice/notes.txt", b"not an image")
+    any_store.put_bytes("users/carol/_shown/2026-11-01.parquet", b"history only")
     return any_store
 
 
-def test_validate_lists_every_image_of_the_user_only(user_store):
-    assert validate_request(user_store, "alice", None, 10) == ["users/alice/a.jpg", "users/alice/sub/b.PNG"]
-    assert validate_request(user_store, "alice", [], 1) == ["users/alice/a.jpg", "users/alice/sub/b.PNG"]
+def test_validate_lists_the_images_directly_under_the_user_only(user_store):
+    assert validate_request(user_store, "alice", None, 10) == ["users/alice/a.jpg", "users/alice/b.PNG"]
+    assert validate_request(user_store, "alice", [], 1) == ["users/alice/a.jpg", "users/alice/b.PNG"]
 
 
 def test_validate_explicit_keys_are_normalised_and_deduplicated(file_store):
@@ -154,6 +232,7 @@ def test_validate_rejects_bad_k(file_store, k):
     ("users/bob/x.jpg", "not one of user 'alice'"),
     ("users/alice2/c.jpg", "not one of user 'alice'"),
     ("images/full/abc.jpg", "not one of user 'alice'"),
+    ("users/alice/sub/c.jpg", "not directly under users/alice/"),
     ("users/alice/missing.jpg", "does not exist"),
     ("users/alice/notes.txt", "not an image file"),
     (42, "must be strings"),
@@ -168,12 +247,51 @@ def test_validate_rejects_a_plain_string_of_keys(user_store):
         validate_request(user_store, "alice", "users/alice/a.jpg", 10)
 
 
-def test_validate_user_without_images(user_store):
-    with pytest.raises(InvalidRequest, match=re.escape("user 'carol' has no images under users/carol/")):
-        validate_request(user_store, "carol", None, 10)
+def test_validate_unknown_user_or_user_without_images(user_store):
+    for user in ("carol", "dave"):
+        with pytest.raises(InvalidRequest, match=re.escape(f"user '{user}' has no images under users/{user}/")):
+            validate_request(user_store, user, None, 10)
 
 
-# -- scoring --------------------------------------------------------------------------------------------
+def test_list_users_and_plan_every_user_in_batches(user_store):
+    assert list_users(user_store) == ["alice", "alice2", "bob"]  # not bad.name, not carol (no images)
+    options = validate_options()
+    batches = plan_requests(user_store, None, [], options, users_per_batch=2)
+    assert batches == [[{"user_id": "alice", "image_keys": ["users/alice/a.jpg", "users/alice/b.PNG"]},
+                        {"user_id": "alice2", "image_keys": ["users/alice2/c.jpg"]}],
+                       [{"user_id": "bob", "image_keys": ["users/bob/x.jpg"]}]]
+    assert plan_requests(user_store, "", None, options) == [batches[0] + batches[1]]  # settings: 25 per task
+    assert plan_requests(user_store, "bob", ["users/bob/x.jpg"], options) == [batches[1]]
+    with pytest.raises(InvalidRequest, match="image_keys need a user_id"):
+        plan_requests(user_store, None, ["users/bob/x.jpg"], options)
+    with pytest.raises(InvalidRequest, match="has no images"):
+        plan_requests(user_store, "carol", None, options)
+
+
+def test_options_default_to_settings_and_reject_bad_values():
+    options = validate_options()
+    config = get_settings().recommend
+    assert (options.k, options.score_kind, options.mmr_lambda) == (config["k"], config["score"], config["mmr_lambda"])
+    assert options.filters == Filters()
+    options = options_from_params({"k": 3, "score": "weighted", "mmr_lambda": 0, "retailers": ["demo-store"],
+                                   "categories": ["dress", "dress"], "price_min": 5, "price_max": 5})
+    assert (options.k, options.score_kind, options.mmr_lambda) == (3, "weighted", 0.0)
+    assert options.filters == Filters(("demo-store",), ("dress",), 5.0, 5.0)
+    for bad, message in [
+        ({"score": "cosine"}, "score must be one of"), ({"mmr_lambda": 1.5}, "mmr_lambda must be"),
+        ({"mmr_lambda": float("nan")}, "mmr_lambda must be"), ({"k": 0}, "k must be"),
+        ({"price_min": 10, "price_max": 5}, "price_min (10) is above price_max (5)"),
+        ({"price_min": -1}, "price_min must be"), ({"retailers": ["../x"]}, "retailers has an invalid value"),
+        ({"retailers": "demo-store"}, "retailers must be a list"), ({"categories": [""]}, "invalid value"),
+        ({"categories": ["x"] * 51}, "at most 50"),
+    ]:
+        with pytest.raises(InvalidRequest, match=re.escape(message)):
+            options_from_params(bad)
+    with pytest.raises(InvalidRequest, match="unknown filters"):
+        validate_options(filters={"colour": "red"})
+
+
+# -- ranking --------------------------------------------------------------------------------------------
 PROFILE_2 = [
     {"classes": classes("striped", "cotton", "casual", "full-sleeve")},
     {"classes": classes("striped", "silk", "formal", "sleeveless")},
@@ -188,48 +306,42 @@ ITEMS_6 = [
 ]
 
 
-def test_score_matches_exact_numbers():
-    scores = score_matches(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS)
-    assert scores.score.tolist() == [5, 5, 4, 0, 2, 2]
-    assert scores.best_row.tolist() == [4, 4, 2, 0, 2, 1]
-    assert scores.attribute_hits.tolist() == [
+def test_the_seed_matches_score_exact_numbers():
+    parts = scoring.components(scoring.fashion_matrix(repository_table(ITEMS_6), TAXONOMY),
+                               scoring.fashion_matrix(profile_table(PROFILE_2), TAXONOMY))
+    assert parts.matches.tolist() == [5, 5, 4, 0, 2, 2]
+    assert parts.best_row.tolist() == [4, 4, 2, 0, 2, 1]
+    assert parts.attribute_hits.tolist() == [
         [2, 1, 1, 1], [2, 1, 1, 1], [2, 1, 1, 0], [0, 0, 0, 0], [0, 1, 1, 0], [2, 0, 0, 0],
     ]
-    assert (scores.attribute_hits.sum(axis=1) == scores.score).all()
 
 
-def test_null_classes_never_match():
-    profile = profile_table([{"classes": classes(None, "cotton", None, None)}])
-    repo = repository_table([{"item_id": "x", "classes": classes(None, "cotton", None, None)}])
-    assert score_matches(profile, repo, ATTRS).score.tolist() == [1]
-
-
-def test_score_sums_over_profile_rows():
-    """Matching two of the user's images beats matching one equally well."""
-    profile = profile_table([{"classes": classes("striped", "cotton", "casual", "full-sleeve")}] * 3)
-    repo = repository_table([{"item_id": "x", "classes": classes("striped", "cotton", "formal", "sleeveless")}])
-    scores = score_matches(profile, repo, ATTRS)
-    assert scores.score.tolist() == [6] and scores.best_row.tolist() == [2]
-
-
-# -- ranking --------------------------------------------------------------------------------------------
-def test_rank_order_and_columns():
-    ranked = rank(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, k=10, phash_max_distance=6)
+def test_rank_matches_order_and_columns():
+    ranked = rank(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, **MATCHES)
     assert ranked.column("item_id").to_pylist() == ["a", "b", "c", "e", "f"]  # d has no match
     assert ranked.column("rank").to_pylist() == [1, 2, 3, 4, 5]
     assert ranked.column("score").to_pylist() == [5, 5, 4, 2, 2]
+    assert ranked.column("score_matches").to_pylist() == [5, 5, 4, 2, 2]
+    assert set(ranked.column("score_kind").to_pylist()) == {"matches"}
     assert ranked.column("best_row_matches").to_pylist() == [4, 4, 2, 2, 1]
     assert ranked.column("matched_attributes").to_pylist() == [
         "pattern,fabric,style,shape", "pattern,fabric,style,shape", "pattern,fabric,style", "fabric,style", "pattern",
     ]
-    assert ranked.column_names[:6] == ["rank", "item_id", "score", "best_row_matches", "matched_attributes",
-                                       "match_probability"]
-    for name in ("retailer", "product_url", "title", "price", "currency", "image_key", "phash", "inferred_at"):
+    assert ranked.column("nearest_profile_image").to_pylist()[:2] == ["users/u/0.jpg", "users/u/1.jpg"]
+    assert ranked.column_names[:13] == [
+        "rank", "item_id", "score", "score_kind", "mmr_score", "score_matches", "best_row_matches",
+        "matched_attributes", "match_probability", "score_weighted", "score_embedding", "nearest_profile_image",
+        "pattern"]
+    for name in ("pattern", "pattern_prob", "shape_model_version", "retailer", "category", "product_url", "title",
+                 "price", "currency", "image_key", "crawl_date", "crawled_at", "inferred_at"):
         assert name in ranked.column_names
+    for name in ("embedding", "pattern_probs", "phash", "content_sha256"):
+        assert name not in ranked.column_names  # the output stays small
     assert ranked.column("title").to_pylist()[0] == "Item a"
+    assert ranked.column("score_weighted").null_count == 0 and ranked.column("score_embedding").null_count == 0
 
 
-def test_rank_tie_breaks_are_deterministic():
+def test_rank_matches_tie_breaks_are_deterministic():
     cls = classes("striped", "cotton", "casual", "full-sleeve")
     items = [
         {"item_id": "m", "classes": cls, "prob": 0.5},
@@ -239,13 +351,13 @@ def test_rank_tie_breaks_are_deterministic():
     ]
     profile = profile_table([{"classes": cls}])
     expected = ["z", "b", "m", "a"]
-    assert rank(profile, repository_table(items), ATTRS, 10, 6).column("item_id").to_pylist() == expected
+    assert rank(profile, repository_table(items), ATTRS, 10, 6, **MATCHES).column("item_id").to_pylist() == expected
     for seed in range(3):
         shuffled = [items[i] for i in np.random.RandomState(seed).permutation(len(items))]
         for i, item in enumerate(shuffled):
             item["phash"] = 100 + i  # keep hashes far apart regardless of order
-        assert rank(profile, repository_table(shuffled), ATTRS, 10, 6).column("item_id").to_pylist() == expected
-    assert rank(profile, repository_table(items), ATTRS, 2, 6).column("item_id").to_pylist() == ["z", "b"]
+        assert rank(profile, repository_table(shuffled), ATTRS, 10, 6, **MATCHES).column("item_id").to_pylist() == expected
+    assert rank(profile, repository_table(items), ATTRS, 2, 6, **MATCHES).column("item_id").to_pylist() == ["z", "b"]
 
 
 def test_probability_only_counts_matching_attributes():
@@ -254,9 +366,53 @@ def test_probability_only_counts_matching_attributes():
         {"item_id": "p", "classes": classes("striped", "cotton", "x", "y"), "prob": 0.6},
         {"item_id": "q", "classes": classes("striped", "x", "casual", "y"), "prob": 0.7},
     ])
-    ranked = rank(profile, repo, ATTRS, 10, 6)
+    ranked = rank(profile, repo, ATTRS, 10, 6, **MATCHES)
     assert ranked.column("item_id").to_pylist() == ["q", "p"]
     assert ranked.column("match_probability").to_pylist() == pytest.approx([0.7, 0.6])
+
+
+@pytest.mark.parametrize("kind", ["weighted", "embedding", "hybrid"])
+def test_every_score_puts_the_closest_items_first_and_ties_by_item_id(kind):
+    ranked = rank(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, score_kind=kind, mmr_lambda=1.0)
+    ids = ranked.column("item_id").to_pylist()
+    assert ids[:2] == ["a", "b"]  # exact copies of a profile style, equal scores: item_id order
+    assert ids[-1] == "d" and len(ids) == 6  # only matches drops items sharing nothing
+    scores = ranked.column("score").to_pylist()
+    assert scores == sorted(scores, reverse=True)
+    assert set(ranked.column("score_kind").to_pylist()) == {kind}
+    assert ranked.column("mmr_score").to_pylist() == pytest.approx(
+        [(s - min(scores)) / (max(scores) - min(scores)) for s in scores])
+
+
+def test_weighted_prefers_confident_predictions_that_matches_cannot_tell_apart():
+    cls = classes("striped", "cotton", "casual", "full-sleeve")
+    repo = repository_table([{"item_id": "sure", "classes": cls, "prob": 0.95},
+                             {"item_id": "unsure", "classes": cls, "prob": 0.4}])
+    profile = profile_table([{"classes": cls}])
+    assert rank(profile, repo, ATTRS, 2, 6, score_kind="weighted", mmr_lambda=1.0).column(
+        "item_id").to_pylist() == ["sure", "unsure"]
+    ranked = rank(profile, repo, ATTRS, 2, 6, **MATCHES)
+    assert ranked.column("score").to_pylist() == [4, 4]
+
+
+def test_mmr_lambda_diversifies_the_list():
+    profile = profile_table([{"classes": classes("striped", "cotton", "casual", "full-sleeve")}])
+    items = [{"item_id": f"same-{n}", "classes": classes("striped", "cotton", "casual", "half-sleeve"), "prob": 0.9 - n / 100}
+             for n in range(3)]
+    items.append({"item_id": "other", "classes": classes("striped", "silk", "formal", "full-sleeve")})
+    repo = repository_table(items)
+    plain = rank(profile, repo, ATTRS, 3, 6, score_kind="hybrid", mmr_lambda=1.0).column("item_id").to_pylist()
+    assert plain == ["same-0", "same-1", "same-2"]
+    diverse = rank(profile, repo, ATTRS, 3, 6, score_kind="hybrid", mmr_lambda=0.3).column("item_id").to_pylist()
+    assert diverse[0] == "same-0" and diverse[1] == "other"
+
+
+def test_missing_vectors_fail_with_a_clear_message():
+    profile = profile_table(PROFILE_2).drop_columns(["embedding"])
+    with pytest.raises(scoring.MissingVectors, match="embedding"):
+        rank(profile, repository_table(ITEMS_6), ATTRS, 3, 6, score_kind="hybrid")
+    ranked = rank(profile, repository_table(ITEMS_6), ATTRS, 3, 6, **MATCHES)
+    assert ranked.column("score_embedding").null_count == 3 and ranked.column("score_weighted").null_count == 0
 
 
 def test_own_images_and_near_duplicates_are_excluded():
@@ -271,26 +427,38 @@ def test_own_images_and_near_duplicates_are_excluded():
         {"item_id": "other", "classes": cls, "phash": base ^ (2**64 - 1)},
     ])
     assert own_image_mask(profile, repo, 6).tolist() == [True, True, True, False, False]
-    assert rank(profile, repo, ATTRS, 10, 6).column("item_id").to_pylist() == ["far-7", "other"]
-    assert rank(profile, repo, ATTRS, 10, 2).column("item_id").to_pylist() == ["far-7", "near-3", "near-6", "other"]
+    for kind in scoring.SCORE_KINDS:
+        assert rank(profile, repo, ATTRS, 10, 6, score_kind=kind).column("item_id").to_pylist() == ["far-7", "other"]
+    assert rank(profile, repo, ATTRS, 10, 2, **MATCHES).column("item_id").to_pylist() == [
+        "far-7", "near-3", "near-6", "other"]
 
 
-def test_rank_takes_the_phash_threshold_from_settings():
+def test_rank_takes_the_phash_threshold_and_defaults_from_settings():
     cls = classes("striped", "cotton", "casual", "full-sleeve")
     profile = profile_table([{"classes": cls, "phash": 0}])
     repo = repository_table([{"item_id": "n", "classes": cls, "phash": 0b11}, {"item_id": "o", "classes": cls,
                                                                               "phash": 2**64 - 1}])
-    assert rank(profile, repo, ATTRS, 10).column("item_id").to_pylist() == ["o"]  # settings: 6
+    ranked = rank(profile, repo, ATTRS, 10)
+    assert ranked.column("item_id").to_pylist() == ["o"]  # settings: 6
+    assert ranked.column("score_kind").to_pylist() == [get_settings().recommend["score"]]
+
+
+def test_rank_excludes_given_item_ids():
+    ranked = rank(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, exclude_item_ids=["a", "c"],
+                  **MATCHES)
+    assert ranked.column("item_id").to_pylist() == ["b", "e", "f"]
 
 
 def test_rank_of_an_empty_repository():
-    ranked = rank(profile_table(PROFILE_2), repository_table([]), ATTRS, 10, 6)
-    assert ranked.num_rows == 0 and "title" in ranked.column_names
+    for kind in scoring.SCORE_KINDS:
+        ranked = rank(profile_table(PROFILE_2), repository_table([]), ATTRS, 10, 6, score_kind=kind, mmr_lambda=0.5)
+        assert ranked.num_rows == 0 and "title" in ranked.column_names
 
 
 # -- the whole request ----------------------------------------------------------------------------------
 U1_CLASSES = classes("striped", "cotton", "casual", "full-sleeve")
 U2_CLASSES = classes("floral", "silk", "party", "sleeveless")
+DAY = "2026-11-28"
 
 
 @pytest.fixture
@@ -303,83 +471,174 @@ def scene(any_store):
     items = [
         {"item_id": "own", "classes": U1_CLASSES, "data": u1, "prob": 0.99},
         {"item_id": "near", "classes": U1_CLASSES, "data": near, "prob": 0.99},
-        {"item_id": "i1", "classes": U1_CLASSES, "data": noise_jpeg(1), "prob": 0.8},                   # 4, best 4
-        {"item_id": "i2", "classes": classes("striped", "silk", "party", "sleeveless"), "data": noise_jpeg(2)},  # 4, best 3
+        {"item_id": "i1", "classes": U1_CLASSES, "data": noise_jpeg(1), "prob": 0.8, "price": 10.0},     # 4, best 4
+        {"item_id": "i2", "classes": classes("striped", "silk", "party", "sleeveless"), "data": noise_jpeg(2),
+         "retailer": "other-shop", "category": "dresses"},                                               # 4, best 3
         {"item_id": "i3", "classes": classes("striped", "cotton", "formal", "half-sleeve"), "data": noise_jpeg(3),
-         "title": 'Tee <b>"bold"</b> & co'},                                                              # 2
+         "title": 'Tee <b>"bold"</b> & co', "price": None},                                               # 2
         {"item_id": "i4", "classes": classes("checkered", "wool", "winter", "half-sleeve"), "data": noise_jpeg(4)},  # 0
-        {"item_id": "i5", "classes": U2_CLASSES, "data": None, "prob": 0.95},                             # 4, best 4
+        {"item_id": "i5", "classes": U2_CLASSES, "data": None, "prob": 0.95, "price": 99.0},             # 4, best 4
     ]
     for it in items:
         data = it["data"] if it["data"] is not None else noise_jpeg(5)
         it["phash"], it["sha"] = phash_of(data), content_sha256(data)
         if it["data"] is not None:
-            any_store.put_bytes(f"images/full/{it['item_id']}.jpg", data)
-    any_store.write_parquet(REPOSITORY_KEY, repository_table(items))
+            any_store.put_bytes(f"images/full/{it['item_id']}.jpg", it["data"])
+    write_repository(any_store, repository_table(items))
     vectorizer = FakeVectorizer({content_sha256(u1): U1_CLASSES, content_sha256(u2): U2_CLASSES})
     return any_store, vectorizer
 
 
 def test_recommend_for_user_end_to_end(scene):
     store, vectorizer = scene
-    summary = recommend_for_user(store, "ann", None, 4, "2026-11-28", vectorizer=vectorizer)
+    summary = recommend_for_user(store, "ann", None, 4, DAY, vectorizer=vectorizer, **MATCHES)
 
-    prefix = "recommendations/ann/2026-11-28/"
-    assert summary["keys"] == {"recommendations": prefix + "recommendations.parquet",
-                               "profile": prefix + "profile.parquet", "html": prefix + "index.html"}
-    assert store.list(prefix) == sorted(summary["keys"].values())
+    expected_keys = {"recommendations": f"recommendations/date={DAY}/user_id=ann/recommendations.parquet",
+                     "profile": f"profiles/date={DAY}/user_id=ann/profile.parquet",
+                     "html": f"recommendations_html/{DAY}/ann.html",
+                     "shown": f"users/ann/_shown/{DAY}.parquet"}
+    assert summary["keys"] == expected_keys
+    assert expected_keys == {"recommendations": recommendations_key("ann", DAY), "profile": profile_key("ann", DAY),
+                             "html": html_key("ann", DAY), "shown": shown_key("ann", DAY)}
+    for key in expected_keys.values():
+        assert store.exists(key)
     assert summary["n_items_scored"] == 7 and summary["n_recommended"] == 4
     assert summary["profile_images"] == ["users/ann/u1.jpg", "users/ann/u2.jpg"]
     assert [row["item_id"] for row in summary["top_k"]] == ["i5", "i1", "i2", "i3"]
 
-    recs = store.read_parquet(prefix + "recommendations.parquet")
+    recs = store.read_parquet(expected_keys["recommendations"])
     assert recs.column("item_id").to_pylist() == ["i5", "i1", "i2", "i3"]
     assert recs.column("score").to_pylist() == [4, 4, 4, 2]
     assert recs.column("best_row_matches").to_pylist() == [4, 4, 3, 2]
     assert recs.column("matched_attributes").to_pylist()[3] == "pattern,fabric"
+    assert "date" not in recs.column_names and "user_id" not in recs.column_names  # partition columns
 
-    profile = store.read_parquet(prefix + "profile.parquet")
+    profile = store.read_parquet(expected_keys["profile"])
     assert profile.column("image_key").to_pylist() == ["users/ann/u1.jpg", "users/ann/u2.jpg"]
     assert profile.column("pattern").to_pylist() == ["striped", "floral"]
     assert profile.schema.field("phash").type == pa.uint64()
+    assert profile.schema.field("embedding").type == pa.list_(pa.float32())
+    assert profile.column("pattern_probs").to_pylist()[0] == pytest.approx(probs_for("pattern", "striped", 0.9))
     assert profile.column("content_sha256").to_pylist()[0] == content_sha256(store.get_bytes("users/ann/u1.jpg"))
 
-    page = store.get_bytes(prefix + "index.html").decode()
+    page = store.get_bytes(expected_keys["html"]).decode()
     assert page.count("<img ") == 2 + 3  # i5's image is missing: a placeholder instead
     assert page.count('class="placeholder"') == 1
     assert "Tee &lt;b&gt;&quot;bold&quot;&lt;/b&gt; &amp; co" in page and "<b>\"bold\"" not in page
+    assert "score matches" in page
+
+    shown = store.read_parquet(expected_keys["shown"])
+    assert shown.column("item_id").to_pylist() == ["i5", "i1", "i2", "i3"]
+    assert shown.column("shown_on").to_pylist() == [DAY] * 4
+
+
+def test_outputs_are_hive_datasets_that_readers_can_open(scene):
+    store, vectorizer = scene
+    for user_day in (DAY, "2026-11-29"):
+        recommend_for_user(store, "ann", None, 3, user_day, vectorizer=vectorizer)
+    partitioning = ds.partitioning(pa.schema([("date", pa.string()), ("user_id", pa.string())]), flavor="hive")
+    for prefix in ("recommendations/", "profiles/"):
+        table = ds.dataset(store.path(prefix), filesystem=store.fs, format="parquet",
+                           partitioning=partitioning).to_table()
+        assert set(table.column("date").to_pylist()) == {DAY, "2026-11-29"}
+        assert set(table.column("user_id").to_pylist()) == {"ann"}
+    assert not any(key.endswith(".html") for key in store.list("recommendations/") + store.list("profiles/"))
+
+
+@pytest.mark.parametrize("kind", scoring.SCORE_KINDS)
+def test_every_score_kind_end_to_end(scene, kind):
+    store, vectorizer = scene
+    summary = recommend_for_user(store, "ann", None, 5, DAY, vectorizer=vectorizer, score_kind=kind)
+    ids = [row["item_id"] for row in summary["top_k"]]
+    assert "own" not in ids and "near" not in ids
+    assert summary["score_kind"] == kind and {row["score_kind"] for row in summary["top_k"]} == {kind}
+    recs = store.read_parquet(summary["keys"]["recommendations"])
+    for name in ("score_matches", "score_weighted", "score_embedding"):
+        assert recs.column(name).null_count == 0
+    assert set(ids[:2]) == {"i1", "i5"}  # each an exact style of one profile photo
+
+
+def test_filters(scene):
+    store, vectorizer = scene
+    def ids(**filters):
+        summary = recommend_for_user(store, "ann", None, 10, DAY, vectorizer=vectorizer, filters=filters, **MATCHES)
+        return [row["item_id"] for row in summary["top_k"]]
+
+    assert ids() == ["i5", "i1", "i2", "i3"]
+    assert ids(retailers=["other-shop"]) == ["i2"]
+    assert ids(categories=["tops"]) == ["i5", "i1", "i3"]
+    assert ids(price_min=15) == ["i5", "i2"]  # i3 has no price: never passes a price bound
+    assert ids(price_max=19.5) == ["i1", "i2"]
+    assert ids(price_min=10, price_max=10) == ["i1"]
+    assert ids(retailers=["nobody"]) == []
+    page = store.get_bytes(html_key("ann", DAY)).decode()
+    assert "retailers=[&#x27;nobody&#x27;]" in page and "No recommendations" in page
+
+
+def test_items_shown_on_earlier_days_are_not_recommended_again(scene):
+    store, vectorizer = scene
+    first = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, **MATCHES)
+    assert [r["item_id"] for r in first["top_k"]] == ["i5", "i1"]
+    rerun = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, **MATCHES)
+    assert rerun == first  # its own earlier output does not count as shown
+    next_day = recommend_for_user(store, "ann", None, 2, "2026-11-29", vectorizer=vectorizer, **MATCHES)
+    assert [r["item_id"] for r in next_day["top_k"]] == ["i2", "i3"] and next_day["n_excluded_shown"] == 2
+    assert shown_before(store, "ann", "2026-11-30") == ["i1", "i2", "i3", "i5"]
+    # a backfill of the first day after the second ran is still the first day's list
+    assert recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, **MATCHES) == first
+    assert "shown before and left out" in store.get_bytes(html_key("ann", "2026-11-29")).decode()
 
 
 def test_recommend_for_user_rerun_overwrites_the_same_keys(scene):
     store, vectorizer = scene
-    first = recommend_for_user(store, "ann", None, 3, "2026-11-28", vectorizer=vectorizer)
-    keys = store.list("recommendations/")
-    recs, page = store.get_bytes(first["keys"]["recommendations"]), store.get_bytes(first["keys"]["html"])
-    second = recommend_for_user(store, "ann", None, 3, "2026-11-28", vectorizer=vectorizer)
+    first = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer)
+    keys = store.list()
+    blobs = {name: store.get_bytes(key) for name, key in first["keys"].items() if name != "recommendations"}
+    recs = store.read_parquet(first["keys"]["recommendations"])
+    second = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer)
     assert second == first
-    assert store.list("recommendations/") == keys
-    assert store.get_bytes(second["keys"]["recommendations"]) == recs
-    assert store.get_bytes(second["keys"]["html"]) == page
+    assert store.list() == keys
+    assert store.read_parquet(second["keys"]["recommendations"]).equals(recs)
+    assert {name: store.get_bytes(key) for name, key in second["keys"].items() if name != "recommendations"} == blobs
 
 
 def test_explicit_images_profile_only_those(scene):
     store, vectorizer = scene
-    summary = recommend_for_user(store, "ann", ["users/ann/u2.jpg"], 2, "2026-11-28", vectorizer=vectorizer)
+    summary = recommend_for_user(store, "ann", ["users/ann/u2.jpg"], 2, DAY, vectorizer=vectorizer, **MATCHES)
     assert [row["item_id"] for row in summary["top_k"]] == ["i5", "i2"]
+
+
+def test_recommend_for_users_serves_everyone_and_reports_failures(scene):
+    store, vectorizer = scene
+    store.put_bytes("users/bea/b.jpg", noise_jpeg(101))  # the same photo as ann's u1
+    store.put_bytes("users/cid/c.jpg", noise_jpeg(999))  # the fake vectorizer does not know it
+    options = validate_options(k=2, **MATCHES)
+    batches = plan_requests(store, None, None, options)
+    assert [r["user_id"] for r in batches[0]] == ["ann", "bea", "cid"]
+    with pytest.raises(RuntimeError, match="failed for 1 user"):
+        recommend_for_users(store, batches[0], DAY, options, vectorizer)
+    assert store.exists(recommendations_key("ann", DAY)) and store.exists(recommendations_key("bea", DAY))
+    assert not store.exists(recommendations_key("cid", DAY))
+    summaries = recommend_for_users(store, batches[0][:2], DAY, options, vectorizer)
+    assert [s["user_id"] for s in summaries] == ["ann", "bea"]
+    assert [r["item_id"] for r in summaries[1]["top_k"]] == ["i1", "i3"]
+    assert recommend_for_users(store, [], DAY, options, vectorizer) == []
 
 
 def test_invalid_requests_fail_before_any_work(file_store):
     vectorizer = FakeVectorizer({})
     with pytest.raises(InvalidRequest, match="has no images"):
-        recommend_for_user(file_store, "ann", None, 3, "2026-11-28", vectorizer=vectorizer)
+        recommend_for_user(file_store, "ann", None, 3, DAY, vectorizer=vectorizer)
     file_store.put_bytes("users/ann/u1.jpg", noise_jpeg(1))
     for bad_date in ("2026-13-01", "28/11/2026", "../x", None):
         with pytest.raises(InvalidRequest, match="run_date"):
             recommend_for_user(file_store, "ann", None, 3, bad_date, vectorizer=vectorizer)
-    with pytest.raises(FileNotFoundError, match="no fashion-vector repository"):
-        recommend_for_user(file_store, "ann", None, 3, "2026-11-28", vectorizer=vectorizer)
+    with pytest.raises(InvalidRequest, match="score must be one of"):
+        recommend_for_user(file_store, "ann", None, 3, DAY, vectorizer=vectorizer, score_kind="best")
+    with pytest.raises(InvalidRequest, match="price_min"):
+        recommend_for_user(file_store, "ann", None, 3, DAY, vectorizer=vectorizer, filters={"price_min": -2})
     assert vectorizer.calls == 0
-    assert file_store.list("recommendations/") == []
+    assert file_store.list("recommendations/") == [] and file_store.list("users/ann/_shown/") == []
 
 
 def test_build_profile_rejects_undecodable_images_and_bad_vectorizers(file_store):
@@ -403,6 +662,18 @@ def test_build_profile_rejects_undecodable_images_and_bad_vectorizers(file_store
 
     with pytest.raises(ValueError, match="returned 0 vectors for 1 images"):
         build_profile(file_store, "ann", ["users/ann/ok.jpg"], Empty(), ATTRS)
+
+
+def test_a_vectorizer_without_probabilities_or_embeddings_still_serves_matches(file_store):
+    data = noise_jpeg(9)
+    file_store.put_bytes("users/ann/ok.jpg", data)
+    profile = build_profile(file_store, "ann", ["users/ann/ok.jpg"],
+                            FakeVectorizer({content_sha256(data): U1_CLASSES}, embeddings=False), ATTRS)
+    assert profile.column("embedding").null_count == 1 and "embedding_source" not in profile.column_names
+    repo = repository_table(ITEMS_6)
+    assert rank(profile, repo, ATTRS, 2, 6, **MATCHES).column("item_id").to_pylist() == ["a", "c"]
+    with pytest.raises(scoring.MissingVectors):
+        rank(profile, repo, ATTRS, 2, 6, score_kind="weighted")
 
 
 def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(file_store):

@@ -123,3 +123,33 @@ def test_only_http_links_and_quoted(url):
 def test_user_id_is_escaped():
     page = render_recommendations_html("<ann>", [], [], loader, ATTRS)
     assert "&lt;ann&gt;" in page and "<ann>" not in page
+
+
+def test_scores_components_and_the_closest_profile_photo_are_shown():
+    row = {**rec(1, "Tee", "images/full/1.jpg"), "score": 1.23456, "score_kind": "hybrid", "mmr_score": 0.9,
+           "score_matches": 6, "best_row_matches": 3, "score_weighted": 0.4321, "score_embedding": 0.87654,
+           "nearest_profile_image": "users/u/<b>.jpg", "category": "t-shirt"}
+    page = render_recommendations_html("ann", PROFILE, [row], loader, ATTRS)
+    assert "hybrid 1.235 &middot; MMR 0.900" in page
+    assert "matches 6 (best photo 3/4) &middot; weighted 0.432 &middot; embedding 0.877</div>" in page
+    assert "closest to your photo &lt;b&gt;.jpg" in page
+    assert "demo-store</a> &middot; t-shirt" in page
+
+
+def test_missing_components_are_left_out():
+    row = {**rec(1, "Tee", "images/full/1.jpg"), "score_kind": "matches", "score_weighted": None}
+    page = render_recommendations_html("ann", [], [row], loader, ATTRS)
+    assert "matches 5 (best photo 3/4)" in page and "weighted" not in page and "closest to" not in page
+
+
+def test_the_run_context_is_in_the_header_and_escaped():
+    context = {"run_date": "2026-11-28", "score_kind": "weighted", "mmr_lambda": 0.7, "n_items_scored": 1200,
+               "n_excluded_shown": 4, "filters": {"retailers": ["<shop>"], "categories": [], "price_min": 10,
+                                                  "price_max": None}}
+    page = render_recommendations_html("ann", PROFILE, RECS, loader, ATTRS, context=context)
+    header = page[page.index("<header>"):page.index("</header>")]
+    assert "date 2026-11-28; score weighted; MMR lambda 0.70" in header
+    assert "filters: retailers=[&#x27;&lt;shop&gt;&#x27;], price_min=10; 1200 items scored; 4 shown before" in header
+    assert "<shop>" not in page
+    no_filters = render_recommendations_html("ann", PROFILE, RECS, loader, ATTRS, context={"filters": {}})
+    assert "filters: none" in no_filters
