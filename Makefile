@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean airflow
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.test-installed: requirements-test.txt requirements-browser.txt requirements-convert.txt $(VENV)/.runtime-installed
+$(VENV)/.test-installed: requirements-test.txt requirements-deploy.txt requirements-browser.txt requirements-convert.txt $(VENV)/.runtime-installed
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
@@ -24,6 +24,12 @@ venv: $(VENV)/.test-installed
 
 demo: $(VENV)/.runtime-installed
 	$(BIN)/python -m pipeline.demo
+
+# Airflow (standalone: scheduler, dag-processor, triggerer, api-server) with the project's DAGs and plugins on
+# the embedded default, in var/airflow-local/, until Ctrl-C (FASHIONNET_AIRFLOW_PORT=8081 make airflow: another
+# port; options: .venv/bin/python -m pipeline.airflow_local --help).
+airflow: $(VENV)/.runtime-installed
+	$(BIN)/python -m pipeline.airflow_local
 
 test: $(VENV)/.test-installed
 	scripts/install-test-system-packages.sh

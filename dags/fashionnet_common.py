@@ -1,10 +1,19 @@
-"""Shared by the FashionNet DAG files: the Assets that chain them and the crawl Params."""
+"""Shared by the FashionNet DAG files: the Assets that chain them, the crawl Params and the TensorFlow queue."""
+import os
+
 from airflow.sdk import Asset, Param
 
 DATASET = Asset(name="fashionnet_dataset", uri="fashionnet://dataset")
 MODELS = Asset(name="fashionnet_models", uri="fashionnet://models")
 REPOSITORY = Asset(name="fashionnet_repository", uri="fashionnet://repository")
 RECOMMENDATIONS = Asset(name="fashionnet_recommendations", uri="fashionnet://recommendations")
+
+# The executor queue of the tasks that run TensorFlow (training, inference, review predictions):
+# `@task(queue=TENSORFLOW_QUEUE)`. The Docker deployment sets FASHIONNET_TENSORFLOW_QUEUE=tensorflow and runs
+# dedicated Celery workers for it (docs/operations.md); unset, it is Airflow's default queue ("default"),
+# so LocalExecutor, `airflow standalone` and dag.test() run these tasks like any other. Read when the DAG
+# file is parsed: the dag-processor's environment decides.
+TENSORFLOW_QUEUE = os.environ.get("FASHIONNET_TENSORFLOW_QUEUE", "").strip() or "default"
 
 
 def crawl_params() -> dict[str, Param]:

@@ -14,7 +14,7 @@ from datetime import timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from fashionnet_common import DATASET, crawl_params
+from fashionnet_common import DATASET, TENSORFLOW_QUEUE, crawl_params
 
 # A batch nobody approves within this time is rejected (ApprovalOperator's default option).
 APPROVAL_TIMEOUT_HOURS = 72
@@ -58,7 +58,7 @@ def fashionnet_ingest():
             report.summary = {"queued": enqueue(open_store(), batch)}
         return batch
 
-    @task
+    @task(queue=TENSORFLOW_QUEUE)
     def predict_for_review(batch: str) -> dict:
         """The published networks' guesses, so reviewers can sort by doubt (nothing before a first training)."""
         from models.review_predictions import predict_review_queue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from fashionnet_common import RECOMMENDATIONS, REPOSITORY
+from fashionnet_common import RECOMMENDATIONS, REPOSITORY, TENSORFLOW_QUEUE
 
 # An image directly under users/<user_id>/: no subfolder, no "..", no scheme, no leading "/".
 IMAGE_KEY_PATTERN = r"^users/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9][^/\\]*$"
@@ -48,7 +48,7 @@ def fashionnet_recommend():
         print(f"[fashionnet] recommend: {sum(len(b) for b in batches)} user(s) in {len(batches)} batch(es)")
         return batches
 
-    @task(outlets=[RECOMMENDATIONS])
+    @task(outlets=[RECOMMENDATIONS], queue=TENSORFLOW_QUEUE)
     def recommend(batch: list[dict], params: dict, dag_run=None) -> list[dict]:
         from pipeline.recommend import options_from_params, recommend_for_users
         from pipeline.runs import plain, stage

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from fashionnet_common import MODELS, REPOSITORY, crawl_params
+from fashionnet_common import MODELS, REPOSITORY, TENSORFLOW_QUEUE, crawl_params
 
 SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=[MODELS])
 
@@ -61,7 +61,7 @@ def fashionnet_repository_refresh():
             report.summary = plan_refresh(open_store(), commit_id, batch_id=batch)
         return [{"commit_id": commit_id, "shard": shard} for shard in range(report.summary["shards"])]
 
-    @task
+    @task(queue=TENSORFLOW_QUEUE)
     def infer_shard(work: dict) -> dict:
         from models.inference import infer_shard as run_shard
         from pipeline.runs import plain, stage

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from fashionnet_common import DATASET, MODELS
+from fashionnet_common import DATASET, MODELS, TENSORFLOW_QUEUE
 
 PARAMS = {
     "force_promotion": Param(False, type="boolean",
@@ -30,7 +30,7 @@ def fashionnet_train():
             report.summary = write_split(open_store())
         return get_settings().taxonomy.names
 
-    @task(max_active_tis_per_dagrun=1)
+    @task(max_active_tis_per_dagrun=1, queue=TENSORFLOW_QUEUE)
     def train(attribute: str, dag_run=None) -> dict:
         from models.train import train_attribute
         from pipeline.runs import model_version, stage

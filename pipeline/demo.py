@@ -136,18 +136,24 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
                      "test_vs_hidden_truth": truth.get(attribute)})
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-    rec_keys = [k for k in store.list(f"recommendations/{DEMO_USER}") if k.endswith("recommendations.parquet")]
-    recs = store.read_parquet(rec_keys[-1]).to_pandas()
-    columns = ["rank", "title", "price", "score", *attributes]
-    print(f"\n=== Top recommendations for {DEMO_USER} (profile: {DEMO_USER_STYLE}) ===")
-    print(recs[[c for c in columns if c in recs.columns]].to_string(index=False))
+    from pipeline.recommend import html_key as recommendations_page_key
 
-    html_key = rec_keys[-1].rsplit("/", 1)[0] + "/index.html"
+    # recommendations/date=<YYYY-MM-DD>/user_id=<user>/recommendations.parquet: the latest date sorts last
+    rec_keys = [k for k in store.list("recommendations/")
+                if f"/user_id={DEMO_USER}/" in k and k.endswith("recommendations.parquet")]
+    recs = store.read_parquet(rec_keys[-1]).to_pandas()
+    run_date = rec_keys[-1].split("date=", 1)[1].split("/", 1)[0]
+    columns = ["rank", "title", "price", "score_kind", "score", "score_matches", *attributes]
+    print(f"\n=== Top recommendations for {DEMO_USER} (profile: {DEMO_USER_STYLE}) ===")
+    print(recs[[c for c in columns if c in recs.columns]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+    html_key = recommendations_page_key(DEMO_USER, run_date)
     print("\n=== Outputs ===")
     for label, prefix in [("product images", "images/"), ("crawls", "crawls/"), ("curation", "curation/"),
                           ("review queue + audit log", "review/"), ("dataset + split", "dataset/"),
                           ("models", "models/"), ("fashion-vector repository", "repository/"),
-                          ("recommendations", f"recommendations/{DEMO_USER}/")]:
+                          ("recommendations (Parquet)", "recommendations/"), ("style profiles", "profiles/"),
+                          ("recommendation pages", "recommendations_html/")]:
         print(f"{label:28s} {store.url(prefix)}  ({len(store.list(prefix))} objects)")
     page = store.local_path(html_key)
     print(f"{'recommendations page':28s} {page or store.url(html_key)}")

@@ -19,10 +19,10 @@ earlier output (only earlier dates' shown lists count), so it is idempotent.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import math
-import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -460,9 +460,29 @@ def _taxonomy(attributes: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return {a: taxonomy.classes(a) for a in attributes}
 
 
-def _column(values: np.ndarray | None, n: int) -> pa.Array:
-    """A float64 column, all null when the component could not be computed."""
-    return pa.nulls(n, type=pa.float64()) if values is None else pa.array(values, type=pa.float64())
+def _column(values: np.ndarray | None, n: int, null: np.ndarray | None = None) -> pa.Array:
+    """A float64 column, all null when the component could not be computed (and null where ``null``)."""
+    if values is None:
+        return pa.nulls(n, type=pa.float64())
+    return pa.array(values, type=pa.float64(), mask=null)
+
+
+def _profile_source(profile: pa.Table) -> str | None:
+    if "embedding_source" not in profile.column_names:
+        return None
+    sources = set(profile["embedding_source"].to_pylist()) - {None}
+    return sources.pop() if len(sources) == 1 else None
+
+
+def foreign_embeddings(profile: pa.Table, repository: pa.Table) -> np.ndarray | None:
+    """True for repository items whose ``embedding_source`` is not the profile's (their embeddings come
+    from other networks: the models changed and the repository is not refreshed yet); None when
+    either side does not say."""
+    source = _profile_source(profile)
+    if source is None or "embedding_source" not in repository.column_names:
+        return None
+    same = pc.fill_null(pc.equal(repository["embedding_source"].cast(pa.string()), source), False)
+    return ~same.to_numpy(zero_copy_only=False).astype(bool)
 
 
 def rank(
@@ -487,9 +507,10 @@ def rank(
     Columns: rank (from 1), item_id, score (the kind's: for hybrid the combined z-scores), score_kind,
     mmr_score (the MMR value at the pick; the relevance scaled to [0, 1] when lambda is 1), the
     per-item components (score_matches, best_row_matches, matched_attributes, match_probability,
-    score_weighted, score_embedding; null when the vectors lack them), nearest_profile_image, per attribute class, prob and model version, and the item's
-    retailer, category, title, price, currency, product_url, image_key, crawl_date, crawled_at,
-    inferred_at (those the repository has). ``items``: the repository's :func:`scoring.fashion_matrix`
+    score_weighted, score_embedding; null when the vectors lack them), nearest_profile_image (by
+    embedding, else by matching attributes), per attribute class, prob and model version, and the
+    item's retailer, category, title, price, currency, product_url, image_key, crawl_date,
+    crawled_at, inferred_at (those the repository has). ``items``: the repository's :func:`scoring.fashion_matrix`
     when the caller already has it (a batch of users converts the repository once).
     """
     options = options or validate_options(k=k, score_kind=score_kind, mmr_lambda=mmr_lambda)
@@ -504,11 +525,21 @@ def rank(
     elif items.n != repository.num_rows:
         raise ValueError(f"the fashion matrix has {items.n} rows, the repository {repository.num_rows}")
     mine = scoring.fashion_matrix(profile, taxonomy, trust_unit_embeddings=False)
-    parts = scoring.components(items, mine, options.attribute_weights, need=[kind])
     eligible = ~own_image_mask(profile, repository, phash_max_distance, confirm_near_copy)
     if exclude_item_ids:
         shown = pc.is_in(repository["item_id"].cast(pa.string()), value_set=pa.array(list(exclude_item_ids), pa.string()))
         eligible &= ~pc.fill_null(shown, False).to_numpy(zero_copy_only=False).astype(bool)
+    parts = scoring.components(items, mine, options.attribute_weights, need=[kind])
+    foreign = foreign_embeddings(profile, repository)
+    if foreign is not None and parts.embedding is not None:
+        # Cosines across two networks' embedding spaces mean nothing: such items get the mean of the
+        # comparable candidates' (neutral in the hybrid; the embedding score needs some comparable).
+        comparable = eligible & ~foreign
+        if kind == "embedding" and not comparable.any():
+            raise scoring.MissingVectors(
+                f"no repository item has embeddings of the profile's networks ({_profile_source(profile)}); "
+                "they come after the next repository refresh")
+        parts.embedding[foreign] = float(parts.embedding[comparable].mean()) if comparable.any() else 0.0
     if kind == "matches":
         eligible &= parts.matches > 0
     chosen = scoring.select(kind, items, parts, repository["item_id"], eligible, k, lam, options.mmr_pool,
@@ -518,6 +549,9 @@ def rank(
     picked = items.take(rows)
     shown_parts = scoring.available_components(picked, mine, options.attribute_weights)  # output columns
     nearest = scoring.nearest_profile_rows(picked, mine)
+    if foreign is not None and foreign[rows].any():
+        by_attributes = scoring.nearest_profile_rows(dataclasses.replace(picked, embedding=None), mine)
+        nearest = np.where(foreign[rows], by_attributes, nearest)
     profile_keys = profile["image_key"].to_pylist()
     matched = [",".join(a for a, hit in zip(attributes, hits) if hit) for hits in shown_parts.attribute_hits]
     table = pa.table({
@@ -531,7 +565,8 @@ def rank(
         "matched_attributes": pa.array(matched, type=pa.string()),
         "match_probability": pa.array(shown_parts.match_probability, type=pa.float64()),
         "score_weighted": _column(shown_parts.weighted, len(rows)),
-        "score_embedding": _column(shown_parts.embedding, len(rows)),
+        "score_embedding": _column(shown_parts.embedding, len(rows),
+                                   None if foreign is None else foreign[rows]),
         "nearest_profile_image": pa.array([profile_keys[j] if j >= 0 else None for j in nearest], type=pa.string()),
     })
     for attribute in attributes:
@@ -573,10 +608,19 @@ def repository_columns(attributes: Sequence[str]) -> list[str]:
 
 
 def load_repository(store: "ObjectStore", filters: Filters, attributes: Sequence[str]) -> pa.Table:
-    """The current repository (one row per item), filtered at read time."""
+    """The current repository (one row per item), filtered at read time. Unsorted (file order): the
+    ranking does not depend on row order (ties go by item_id), and the sort would copy the embeddings."""
     from pipeline.repository import read_repository
 
-    return read_repository(store, columns=repository_columns(attributes), filter=filters.expression())
+    return read_repository(store, columns=repository_columns(attributes), filter=filters.expression(), sort=False)
+
+
+def repository_vectors(repository: pa.Table, attributes: Sequence[str]) -> tuple[scoring.FashionMatrix, pa.Table]:
+    """The repository's fashion matrix, and the table without the list columns it was made from (the
+    ranking's output does not need them; a million 2048-d embeddings are 8 GB, kept once, not twice)."""
+    matrix = scoring.fashion_matrix(repository, _taxonomy(attributes))
+    lists = [name for name in (*(f"{a}_probs" for a in attributes), "embedding") if name in repository.column_names]
+    return matrix, repository.drop_columns(lists)
 
 
 def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -615,9 +659,12 @@ def recommend_for_user(
     attributes = settings.taxonomy.names
     if repository is None:
         repository = load_repository(store, options.filters, attributes)
+    if repository_matrix is None:
+        repository_matrix, repository = repository_vectors(repository, attributes)
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
     profile = build_profile(store, user_id, keys, vectorizer, attributes)
     shown = shown_before(store, user_id, run_date)
+    foreign = foreign_embeddings(profile, repository)
     ranked = rank(profile, repository, attributes, options.k, int(settings.curation["phash_max_distance"]),
                   thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])),
                   exclude_item_ids=shown, options=options, items=repository_matrix)
@@ -648,6 +695,7 @@ def recommend_for_user(
         "filters": options.filters.describe(),
         "n_items_scored": repository.num_rows,
         "n_excluded_shown": len(shown),
+        "n_foreign_embeddings": 0 if foreign is None else int(foreign.sum()),
         "n_recommended": ranked.num_rows,
         "top_k": [_summary_row(row) for row in top_rows],
     }
@@ -661,12 +709,12 @@ def recommend_for_users(
     vectorizer: Vectorizer | None = None,
 ) -> list[dict[str, Any]]:
     """One batch of ``plan_requests``: the repository is read (and converted to a fashion matrix) and
-    the networks load once for all its users. A user whose request fails does not stop the others; the batch raises at the end, naming them."""
+    the networks load once for all its users. A user whose request fails does not stop the others; the
+    batch raises at the end, naming them."""
     if not requests:
         return []
     attributes = get_settings().taxonomy.names
-    repository = load_repository(store, options.filters, attributes)
-    matrix = scoring.fashion_matrix(repository, _taxonomy(attributes))
+    matrix, repository = repository_vectors(load_repository(store, options.filters, attributes), attributes)
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
     summaries, failures = [], []
     for request in requests:

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 import urllib.parse
 import uuid
@@ -53,6 +54,7 @@ PREFIX = "repository/fashion_vectors"
 STAGING_PREFIX = "repository/_staging"
 COMMITS_PREFIX = "repository/commits"
 COMMON_METADATA_KEY = f"{PREFIX}/_common_metadata"
+LEGACY_KEY = "repository/fashion_vectors.parquet"
 SCHEMA_FILE = Path(__file__).with_name("repository_schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
 READ_ATTEMPTS = 3
@@ -206,9 +208,11 @@ def repository_dataset(store: ObjectStore, attributes: list[str] | None = None) 
                       partition_base_dir=store.path(PREFIX))
 
 
-def read_repository(store: ObjectStore, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+def read_repository(store: ObjectStore, columns: list[str] | None = None, filter: Any = None, *,
+                    sort: bool = True) -> pa.Table:
     """The repository (all partitions; ``crawl_date`` and ``retailer`` as normal columns), one row
-    per item, sorted by item_id.
+    per item, sorted by item_id (``sort=False``: in file order, also deterministic, and cheaper:
+    reordering 200,000 rows with 512-value embeddings takes about a second).
 
     ``columns``: a projection (default: every column); ``filter``: a ``pyarrow.compute.Expression``
     (e.g. ``pc.field("pattern") == "striped"``) or pandas-style DNF tuples
@@ -233,7 +237,11 @@ def read_repository(store: ObjectStore, columns: list[str] | None = None, filter
         counts = pc.value_counts(table["item_id"])
         repeated = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:5]
         raise RepositoryError(f"the repository in {store.uri} holds more than one row for item(s) {repeated}")
-    return table.sort_by("item_id").select(wanted)
+    if sort and table.num_rows > 1:
+        ids = table["item_id"].combine_chunks()
+        if not pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py():
+            table = table.sort_by("item_id")
+    return table.select(wanted)
 
 
 def published_models(store: ObjectStore, attributes: list[str]) -> dict[str, dict[str, Any]]:
@@ -572,6 +580,10 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         common = io.BytesIO()
         pq.write_metadata(schema, common)
         store.put_bytes(COMMON_METADATA_KEY, common.getvalue())
+    if store.exists(LEGACY_KEY):
+        # Schema version 1's single file would otherwise go on serving stale vectors to old readers.
+        store.fs.rm_file(store.path(LEGACY_KEY))
+        print(f"[repository {commit_id}] removed {LEGACY_KEY} (schema version 1; {PREFIX}/ replaces it)", flush=True)
     rows = repository_dataset(store).count_rows()
     record = {
         "commit_id": commit_id, "batch_id": info["batch_id"], "crawl_date": info["crawl_date"],
@@ -582,6 +594,8 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
     }
     store.write_json(f"{COMMITS_PREFIX}/{commit_id}.json", record)
     store.delete_prefix(staging_prefix(commit_id) + "/")
+    if store.protocol == "file":  # the emptied folders
+        shutil.rmtree(store.local_path(staging_prefix(commit_id)), ignore_errors=True)
     print(f"[repository {commit_id}] committed {sum(w['changed'] for w in written)} rows in {len(written)} file(s);"
           f" {rows} items in the repository", flush=True)
     return record

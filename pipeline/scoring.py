@@ -31,14 +31,15 @@ embedding; the same for profile row ``j``):
     ``matches`` component enters as ``sum_j sum_a [c_ia == c_ja] / (m A)`` (the mean share of matching
     attributes per profile row). Standardising makes ``W_c`` the share of each component in standard
     deviations, whatever its natural range (cosines of one domain span ~0.3, expected agreements ~1).
+    Default weights (settings ``recommend.hybrid_weights``): embedding 0.7, weighted 0.2, matches 0.1.
 
 Every kind except ``matches`` orders by its score (rounded to 1e-9, so float noise cannot reorder
 equal scores) and then by item_id ascending: equal inputs always give the same list, in any row order.
 
 Diversity: :func:`mmr` re-ranks the best ``pool`` candidates by maximal marginal relevance,
-``lambda * rel(i) - (1 - lambda) * max_{s in selected} sim(i, s)``, with ``rel`` the relevance scaled to
-[0, 1] over the pool and ``sim`` the embedding cosine (or, without embeddings, the share of equal
-attribute classes). ``lambda = 1`` is the pure relevance order.
+``lambda * rel(i) - (1 - lambda) * max(0, max_{s in selected} sim(i, s))``, with ``rel`` the relevance
+scaled to [0, 1] over the pool and ``sim`` the embedding cosine (or, without embeddings, the share of
+equal attribute classes). ``lambda = 1`` is the pure relevance order.
 """
 from __future__ import annotations
 
@@ -52,8 +53,10 @@ import pyarrow.compute as pc
 
 SCORE_KINDS = ("matches", "weighted", "embedding", "hybrid")
 HYBRID_COMPONENTS = ("embedding", "weighted", "matches")
+DEFAULT_HYBRID_WEIGHTS = {"embedding": 0.7, "weighted": 0.2, "matches": 0.1}  # settings recommend.hybrid_weights
 ROUND_DECIMALS = 9
 EMBEDDING_DECIMALS = 6
+EMBEDDING_BLOCK_ROWS = 16384
 
 
 class MissingVectors(ValueError):
@@ -98,7 +101,17 @@ def list_matrix(column: pa.ChunkedArray | pa.Array, width: int | None, name: str
     every list is null.
     """
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    chunks = [c for c in chunks if len(c)]
     n = sum(len(c) for c in chunks)
+    if len(chunks) == 1 and not chunks[0].null_count and (pa.types.is_list(chunks[0].type) or
+                                                          pa.types.is_large_list(chunks[0].type)):
+        # One chunk without nulls: a read-only view of Arrow's buffer (no copy: a million 2048-d rows
+        # are 8 GB), after checking every list has the width.
+        lengths = pc.list_value_length(chunks[0])
+        width = int(lengths[0].as_py()) if width is None else width
+        if pc.all(pc.equal(lengths, width)).as_py() and not chunks[0].flatten().null_count:
+            values = chunks[0].flatten().to_numpy(zero_copy_only=False)
+            return values.astype(np.float32, copy=False).reshape(n, width)
     out: np.ndarray | None = None
     if width is not None:
         out = np.zeros((n, width), dtype=np.float32)
@@ -145,7 +158,7 @@ def _normalise_rows(matrix: np.ndarray, check_only_sample: bool) -> np.ndarray:
         norms = np.linalg.norm(sample, axis=1)
         if np.all((np.abs(norms - 1.0) < 1e-3) | (norms == 0)):
             return matrix
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))[:, None]  # no (n, d) temporary
     return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
@@ -223,16 +236,35 @@ def attribute_hits(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
 
 
 def best_row_matches(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
-    """(n,): ``max_j sum_a [c_ia == c_ja]``, the matches with the best single profile image."""
-    if not profile.n:
-        return np.zeros(items.n, dtype=np.int64)
-    per_row = np.zeros((items.n, profile.n), dtype=np.int8)
-    for a in range(len(items.attributes)):
-        item_codes = items.codes[:, a]
-        equal = item_codes[:, None] == profile.codes[None, :, a]
-        equal &= (item_codes >= 0)[:, None]
-        per_row += equal
-    return _row_max(per_row).astype(np.int64)
+    """(n,): ``max_j sum_a [c_ia == c_ja]``, the matches with the best single profile image.
+
+    Bit-packed: per attribute a lookup table maps a class to a 64-bit word holding, in one small
+    field per profile row, 1 if that row predicts the class; the sum of the A looked-up words holds
+    every row's match count (a field never overflows: it has room for A), and the best row is the
+    largest field. Four gathers and a few shifts per item instead of an (n, m) comparison per attribute.
+    """
+    n, m, n_attributes = items.n, profile.n, len(items.attributes)
+    if not m:
+        return np.zeros(n, dtype=np.int64)
+    bits = max(1, int(n_attributes).bit_length())
+    per_word = 64 // bits
+    best = np.zeros(n, dtype=np.int64)
+    mask = np.uint64((1 << bits) - 1)
+    for start in range(0, m, per_word):
+        rows = range(start, min(m, start + per_word))
+        packed = np.zeros(n, dtype=np.uint64)
+        for a in range(n_attributes):
+            item_codes = items.codes[:, a]
+            size = int(max(item_codes.max(initial=-1), profile.codes[:, a].max(initial=-1))) + 2
+            table = np.zeros(size, dtype=np.uint64)  # index -1 (null) is the last entry: 0
+            for field, j in enumerate(rows):
+                code = int(profile.codes[j, a])
+                if code >= 0:
+                    table[code] |= np.uint64(1 << (field * bits))
+            packed += table[item_codes]
+        for field in range(len(rows)):
+            np.maximum(best, ((packed >> np.uint64(field * bits)) & mask).astype(np.int64), out=best)
+    return best
 
 
 def _row_max(matrix: np.ndarray) -> np.ndarray:
@@ -276,16 +308,20 @@ def weighted_scores(items: FashionMatrix, profile: FashionMatrix, weights: np.nd
     return total
 
 
-def embedding_similarities(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
-    """(n, m) cosine similarities of items to profile rows (float32)."""
-    if not items.n:
-        return np.zeros((0, profile.n), dtype=np.float32)
+def _check_embeddings(items: FashionMatrix, profile: FashionMatrix) -> None:
     if items.embedding is None or profile.embedding is None:
         raise MissingVectors("the embedding score needs an embedding column in the repository and the profile")
     if items.embedding.shape[1] != profile.embedding.shape[1]:
         raise MissingVectors(
             f"repository embeddings have {items.embedding.shape[1]} dimensions, the profile's "
             f"{profile.embedding.shape[1]}: they come from different networks (embedding_source)")
+
+
+def embedding_similarities(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
+    """(n, m) cosine similarities of items to profile rows (float32)."""
+    if not items.n:
+        return np.zeros((0, profile.n), dtype=np.float32)
+    _check_embeddings(items, profile)
     return items.embedding @ profile.embedding.T
 
 
@@ -294,7 +330,20 @@ def embedding_scores(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray
     resolution of the float32 product, whose last bits may depend on the row's position in the batch)."""
     if not profile.n:
         return np.zeros(items.n, dtype=np.float64)
-    return np.round(_row_max(embedding_similarities(items, profile)).astype(np.float64), EMBEDDING_DECIMALS)
+    if not items.n:
+        return np.zeros(0, dtype=np.float64)
+    _check_embeddings(items, profile)
+    # Blocks of rows: each block's (rows, m) product stays in cache and is reduced at once (a million
+    # rows' full product would be a fresh 40 MB array); the pass is bound by reading the embeddings.
+    profile_t = np.ascontiguousarray(profile.embedding.T)
+    best = np.empty(items.n, dtype=np.float32)
+    block = np.empty((EMBEDDING_BLOCK_ROWS, profile.n), dtype=np.float32)
+    for start in range(0, items.n, EMBEDDING_BLOCK_ROWS):
+        stop = min(items.n, start + EMBEDDING_BLOCK_ROWS)
+        product = block[:stop - start]
+        np.matmul(items.embedding[start:stop], profile_t, out=product)
+        best[start:stop] = _row_max(product)
+    return np.round(best.astype(np.float64), EMBEDDING_DECIMALS)
 
 
 def components(
@@ -341,7 +390,7 @@ def available_components(items: FashionMatrix, profile: FashionMatrix,
 
 def normalised_hybrid_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     """The hybrid's component weights (unlisted components 0), non-negative, scaled to sum to 1."""
-    weights = dict(weights or {"embedding": 0.4, "weighted": 0.4, "matches": 0.2})
+    weights = dict(weights or DEFAULT_HYBRID_WEIGHTS)
     unknown = set(weights) - set(HYBRID_COMPONENTS)
     if unknown:
         raise ValueError(f"hybrid weights for unknown components {sorted(unknown)}; known: {HYBRID_COMPONENTS}")
@@ -438,10 +487,10 @@ def similarity_matrix(items: FashionMatrix) -> np.ndarray:
 def mmr(relevance_scores: np.ndarray, similarity: np.ndarray, k: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """Maximal marginal relevance over a pool given best first: (picked positions, their MMR values).
 
-    Greedy: pick ``argmax lam * rel(i) - (1 - lam) * max_{s in picked} sim(i, s)`` with ``rel`` the pool's
-    relevance scaled to [0, 1] (min-max; all 1 when constant); the first pick is the most relevant. Ties
-    go to the earlier (more relevant) pool position, so the result is deterministic. ``lam = 1`` returns
-    the pool order.
+    Greedy: pick ``argmax lam * rel(i) - (1 - lam) * max(0, max_{s in picked} sim(i, s))`` with ``rel``
+    the pool's relevance scaled to [0, 1] (min-max; all 1 when constant); the first pick is the most
+    relevant, and the picks' MMR values never increase. Ties go to the earlier (more relevant) pool
+    position, so the result is deterministic. ``lam = 1`` returns the pool order.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"the MMR lambda must be in [0, 1], got {lam}")
@@ -456,13 +505,13 @@ def mmr(relevance_scores: np.ndarray, similarity: np.ndarray, k: int, lam: float
     taken = np.zeros(size, dtype=bool)
     picked, values = [], []
     for step in range(k):
-        value = lam * rel - (1.0 - lam) * (closest if step else 0.0)
+        value = lam * rel - (1.0 - lam) * closest
         value = np.where(taken, -np.inf, value)
         best = int(np.argmax(value))
         picked.append(best)
         values.append(float(value[best]))
         taken[best] = True
-        closest = np.maximum(closest, similarity[best]) if step else similarity[best].astype(np.float64)
+        closest = np.maximum(closest, similarity[best])  # from 0: a negative cosine is no bonus
     return np.array(picked, dtype=np.int64), np.array(values, dtype=np.float64)
 
 

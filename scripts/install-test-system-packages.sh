@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # System packages the test suite drives as real programs: Debian's chromium (the review page is tested
-# in a headless browser). Installed with apt when missing and we may (root, apt-get present); otherwise
-# the tests that need them skip and say why. Idempotent: does nothing when everything is there.
+# in a headless browser) and docker-compose (1.29: tests/test_deployment.py validates docker-compose.yml
+# with `docker-compose config`; no Docker engine is needed). Installed with apt when missing and we may
+# (root, apt-get present); otherwise the tests that need them skip and say why. Idempotent: does nothing
+# when everything is there.
 set -euo pipefail
 
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "note: ${missing[*]} not installed and apt-get is not usable here (needs root on Debian);" \
-         "the browser tests will skip. Install with: apt-get install --no-install-recommends ${missing[*]}" >&2
+         "the tests that need them will skip. Install with: apt-get install --no-install-recommends ${missing[*]}" >&2
     exit 0
 fi
 echo "installing system packages for the tests: ${missing[*]}"

@@ -48,7 +48,7 @@ def test_every_stage_wrote_its_objects(pipeline_run):
     keys = store.list()
     for prefix in ["images/full/", "crawls/", "curation/", "review/queue/", "review/decisions/",
                    "dataset/items.parquet", "dataset/split.parquet", "repository/fashion_vectors/crawl_date=",
-                   "recommendations/demo-user/"]:
+                   "recommendations/date=", "profiles/date=", "recommendations_html/", "users/demo-user/_shown/"]:
         assert any(k.startswith(prefix) for k in keys), f"nothing under {prefix}"
     for attribute in ATTRIBUTES:
         assert store.exists(f"models/{attribute}/current.json")
@@ -83,16 +83,32 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
 
 
 def test_recommendations_share_attributes_with_the_profile(pipeline_run):
+    from pipeline.recommend import html_key, profile_key, shown_key
+    from pipeline.repository import read_repository
+    from pipeline.settings import get_settings
+
     store, stdout = pipeline_run
-    rec_key = next(k for k in store.list("recommendations/demo-user") if k.endswith("recommendations.parquet"))
-    recs = store.read_parquet(rec_key).to_pylist()
-    profile = store.read_parquet(rec_key.replace("recommendations.parquet", "profile.parquet")).to_pylist()
+    rec_keys = [k for k in store.list("recommendations/") if k.endswith("recommendations.parquet")]
+    assert len(rec_keys) == 1 and "/user_id=demo-user/" in rec_keys[0]  # every user under users/: one
+    run_date = rec_keys[0].split("date=")[1].split("/")[0]
+    recs = store.read_parquet(rec_keys[0]).to_pylist()
+    profile = store.read_parquet(profile_key("demo-user", run_date)).to_pylist()
     assert len(recs) == 5 and [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
+    assert {r["score_kind"] for r in recs} == {get_settings().recommend["score"]}
+    embeddings = {row["item_id"]: row["embedding"] for row in read_repository(
+        store, columns=["item_id", "embedding"]).to_pylist()}
     profile_images = {p["image_key"] for p in profile}
     for rec in recs:
         matches = sum(rec[a] == row[a] for row in profile for a in ATTRIBUTES)
-        assert matches == rec["score"] > 0
+        assert matches == rec["score_matches"]
         assert rec["image_key"] not in profile_images
-    assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
-    assert store.exists(rec_key.replace("recommendations.parquet", "index.html"))
+        # the profile's embeddings live in the repository's space: same networks, same source
+        cosine = max(sum(x * y for x, y in zip(embeddings[rec["item_id"]], p["embedding"])) for p in profile)
+        assert abs(cosine - rec["score_embedding"]) < 1e-4
+        assert 0.0 <= rec["score_weighted"] <= 1.0
+    assert recs[0]["score"] == max(r["score"] for r in recs)  # MMR's first pick is the most relevant
+    assert [r["mmr_score"] for r in recs] == sorted((r["mmr_score"] for r in recs), reverse=True)
+    assert sorted(store.read_parquet(shown_key("demo-user", run_date)).column("item_id").to_pylist()) == \
+        sorted(r["item_id"] for r in recs)
+    assert store.exists(html_key("demo-user", run_date))
     assert "Top recommendations for demo-user" in stdout

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 from PIL import Image
@@ -131,33 +132,12 @@ def repository_table(items: list[dict[str, Any]]) -> pa.Table:
 
 
 def write_repository(store, table: pa.Table) -> None:
-    """The repository as a Hive-partitioned dataset: crawl_date=<date>/retailer=<retailer>/ folders."""
+    """The repository as pipeline.repository lays it out: crawl_date=<date>/retailer=<retailer>/ folders
+    (read back through pipeline.repository.read_repository)."""
     store.delete_prefix(REPOSITORY_PREFIX)
     for retailer in sorted(set(table["retailer"].to_pylist())):
-        part = table.filter(pa.compute.equal(table["retailer"], retailer)).drop_columns(["crawl_date", "retailer"])
+        part = table.filter(pc.equal(table["retailer"], retailer)).drop_columns(["crawl_date", "retailer"])
         store.write_parquet(f"{REPOSITORY_PREFIX}crawl_date=2026-11-01/retailer={retailer}/part-0.parquet", part)
-
-
-def _read_hive_repository(store, columns=None, filter=None) -> pa.Table:
-    """A stand-in for pipeline.repository.read_repository while that module does not exist."""
-    partitioning = ds.partitioning(pa.schema([("crawl_date", pa.date32()), ("retailer", pa.string())]), flavor="hive")
-    dataset = ds.dataset(store.path(REPOSITORY_PREFIX), filesystem=store.fs, format="parquet",
-                         partitioning=partitioning)
-    return dataset.to_table(columns=[c for c in columns or dataset.schema.names if c in dataset.schema.names],
-                            filter=filter)
-
-
-@pytest.fixture(autouse=True)
-def _repository_reader(monkeypatch):
-    try:
-        import pipeline.repository  # noqa: F401
-    except ImportError:
-        import sys
-        import types
-
-        module = types.ModuleType("pipeline.repository")
-        module.read_repository = _read_hive_repository
-        monkeypatch.setitem(sys.modules, "pipeline.repository", module)
 
 
 class FakeVectorizer:
@@ -413,6 +393,25 @@ def test_missing_vectors_fail_with_a_clear_message():
         rank(profile, repository_table(ITEMS_6), ATTRS, 3, 6, score_kind="hybrid")
     ranked = rank(profile, repository_table(ITEMS_6), ATTRS, 3, 6, **MATCHES)
     assert ranked.column("score_embedding").null_count == 3 and ranked.column("score_weighted").null_count == 0
+
+
+def test_embeddings_of_other_networks_are_not_compared():
+    """After the networks change and before the repository is refreshed, its embeddings live in another
+    space: their cosine to the profile is replaced by the comparable items' mean."""
+    profile = profile_table(PROFILE_2).append_column("embedding_source", pa.array(["new", "new"]))
+    repo = repository_table(ITEMS_6)
+    sources = ["old", "new", "new", "new", "new", "new"]  # a: an exact copy of profile row 0, but "old"
+    repo = repo.set_column(repo.schema.get_field_index("embedding_source"), "embedding_source", pa.array(sources))
+    ranked = rank(profile, repo, ATTRS, 6, 6, score_kind="embedding", mmr_lambda=1.0)
+    ids = ranked.column("item_id").to_pylist()
+    assert ids[0] == "b" and ids.index("a") > 1
+    assert ranked.column("score_embedding").to_pylist()[ids.index("a")] is None
+    assert rank(profile, repo, ATTRS, 2, 6, score_kind="hybrid", mmr_lambda=1.0).column("item_id").to_pylist() == ["b", "a"]
+    everything_old = repo.set_column(repo.schema.get_field_index("embedding_source"), "embedding_source",
+                                     pa.array(["old"] * 6))
+    with pytest.raises(scoring.MissingVectors, match="next repository refresh"):
+        rank(profile, everything_old, ATTRS, 2, 6, score_kind="embedding")
+    assert rank(profile, everything_old, ATTRS, 2, 6, score_kind="hybrid").num_rows == 2
 
 
 def test_own_images_and_near_duplicates_are_excluded():

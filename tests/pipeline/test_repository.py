@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
@@ -271,7 +271,10 @@ def test_large_partitions_spread_over_files_by_item_hash(file_store):
     write_batch(file_store, "catalog-20261101", range(12))
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1, config=config)
     assert all(k.endswith("-of-00003.parquet") for k in R.data_keys(file_store))
-    assert R.read_repository(file_store).num_rows == 12
+    ids = R.read_repository(file_store)["item_id"].to_pylist()
+    assert len(ids) == 12 and ids == sorted(ids)
+    unsorted = R.read_repository(file_store, columns=["item_id"], sort=False)["item_id"].to_pylist()
+    assert sorted(unsorted) == ids and unsorted != ids  # file order: by file, then item_id
 
 
 def test_readers_during_a_commit_see_whole_files_and_every_item_once(any_store):
@@ -344,3 +347,35 @@ def test_a_reader_without_fashionnet_reads_the_same_dataset(file_store):
     assert plain.count_rows() == 3
     assert sorted(plain.to_table(columns=["item_id"])["item_id"].to_pylist()) == \
         R.read_repository(file_store, columns=["item_id"])["item_id"].to_pylist()
+
+
+def test_read_repository_rereads_when_a_file_changed_under_it(file_store, monkeypatch):
+    """On S3 a read overlapping the replacement of its file fails (s3fs pins the ETag); it is retried."""
+    publish(file_store, "v1")
+    write_batch(file_store, "catalog-20261101", range(3))
+    refresh(file_store, "catalog-20261101", "catalog-20261101", T1)
+    real, failures = R.repository_dataset, []
+
+    class ReplacedWhileRead:
+        def __init__(self, dataset):
+            self.schema = dataset.schema
+            self.dataset = dataset
+
+        def to_table(self, **kwargs):
+            if not failures:
+                failures.append(1)
+                raise OSError("At least one of the pre-conditions you specified did not hold")
+            return self.dataset.to_table(**kwargs)
+
+    monkeypatch.setattr(R, "repository_dataset", lambda store: ReplacedWhileRead(real(store)))
+    monkeypatch.setattr(R.time, "sleep", lambda seconds: None)
+    assert R.read_repository(file_store).num_rows == 3 and failures == [1]
+
+
+def test_the_first_commit_removes_the_schema_1_single_file(file_store):
+    file_store.write_parquet(R.LEGACY_KEY, pa.table({"item_id": ["old"]}))
+    publish(file_store, "v1")
+    write_batch(file_store, "catalog-20261101", range(2))
+    refresh(file_store, "catalog-20261101", "catalog-20261101", T1)
+    assert not file_store.exists(R.LEGACY_KEY) and R.read_repository(file_store).num_rows == 2
+    assert not os.path.exists(file_store.local_path("repository/_staging/catalog-20261101"))  # no empty folders left

@@ -243,3 +243,49 @@ def test_empty_inputs():
     for kind in scoring.SCORE_KINDS:
         assert select(kind, items, parts, [], np.zeros(0, dtype=bool), 5, 0.5).rows.tolist() == []
     assert isinstance(items, FashionMatrix) and items.n == 0
+
+
+@pytest.mark.parametrize("profile_size", [1, 7, 21, 22, 50])
+def test_bit_packed_best_row_equals_the_plain_comparison(profile_size):
+    rng = np.random.default_rng(profile_size)
+    attributes = ("a", "b", "c", "d")
+    def matrix(n):
+        codes = rng.integers(-1, 4, (n, len(attributes))).astype(np.int16)
+        return FashionMatrix(attributes, codes, np.ones(codes.shape, np.float32), None, None)
+    items, profile = matrix(500), matrix(profile_size)
+    plain = ((items.codes[:, None, :] == profile.codes[None, :, :]) & (items.codes[:, None, :] >= 0)).sum(2).max(1)
+    assert scoring.best_row_matches(items, profile).tolist() == plain.tolist()
+    hits = ((items.codes[:, None, :] == profile.codes[None, :, :]) & (items.codes[:, None, :] >= 0)).sum(1)
+    assert scoring.attribute_hits(items, profile).tolist() == hits.tolist()
+
+
+def test_a_single_chunk_becomes_a_view_and_other_layouts_a_copy():
+    column = pa.chunked_array([pa.array([[1, 2], [3, 4]], pa.list_(pa.float32()))])
+    view = list_matrix(column, None, "e")
+    assert view.tolist() == [[1, 2], [3, 4]] and not view.flags.owndata
+    assert list_matrix(pa.chunked_array([pa.array([[1, 2], [3, None]], pa.list_(pa.float32()))]), 2, "e").tolist() == \
+        [[1, 2], [3, 0]]
+    with pytest.raises(ValueError, match="expected 2"):
+        list_matrix(pa.chunked_array([pa.array([[1, 2], [3]], pa.list_(pa.float32()))]), None, "e")
+
+
+def test_blocked_embedding_scores_equal_the_full_product(monkeypatch):
+    rng = np.random.default_rng(0)
+    def matrix(n):
+        emb = rng.standard_normal((n, 8)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        return FashionMatrix(("a",), np.zeros((n, 1), np.int16), np.ones((n, 1), np.float32), None, emb)
+    items, profile = matrix(1000), matrix(3)
+    monkeypatch.setattr(scoring, "EMBEDDING_BLOCK_ROWS", 64)  # 15 full blocks and a partial one
+    expected = np.round((items.embedding @ profile.embedding.T).max(axis=1).astype(np.float64), 6)
+    assert np.abs(scoring.embedding_scores(items, profile) - expected).max() <= 1e-6
+
+
+def test_mmr_values_never_increase_even_with_negative_similarities():
+    rng = np.random.default_rng(7)
+    embedding = rng.standard_normal((40, 6))
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    relevance = np.sort(rng.random(40))[::-1]
+    picked, values = mmr(relevance, embedding @ embedding.T, 15, 0.5)
+    assert picked[0] == 0 and len(set(picked.tolist())) == 15
+    assert np.all(np.diff(values) <= 1e-12)
