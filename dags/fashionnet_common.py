@@ -1,5 +1,7 @@
 """Shared by the FashionNet DAG files: the Assets that chain them, the crawl Params and the TensorFlow queue."""
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from airflow.sdk import Asset, Param
 
@@ -16,11 +18,34 @@ RECOMMENDATIONS = Asset(name="fashionnet_recommendations", uri="fashionnet://rec
 TENSORFLOW_QUEUE = os.environ.get("FASHIONNET_TENSORFLOW_QUEUE", "").strip() or "default"
 
 
+def whole(pattern: str) -> str:
+    """A Param ``pattern`` that must match the whole value.
+
+    JSON Schema patterns are searched, and ``$`` also matches before a final newline (``"ann\\n"``
+    passes ``^[a-z]+$``); ``(?![\\s\\S])`` ends the match at the true end, with the same meaning in
+    Python (Airflow's validation) and JavaScript (the trigger form).
+    """
+    return rf"^(?:{pattern})(?![\s\S])"
+
+
+RETAILER_PATTERN = whole(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
 def crawl_params() -> dict[str, Param]:
-    """Which retailer a crawl visits, validated before any work starts."""
+    """Which retailer a crawl visits, validated before any work starts (the crawl task also refuses, before
+    any request, a ``start_url`` off a configured retailer's site: scrapers.crawl.check_start_url)."""
     return {
-        "retailer": Param("demo-store", type="string", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        "retailer": Param("demo-store", type="string", pattern=RETAILER_PATTERN,
                           description="A retailer configured in config/settings.yaml"),
-        "start_url": Param(None, type=["null", "string"], pattern=r"^https?://[^\s]+$",
-                           description="Override the retailer's base URL (optional)"),
+        "start_url": Param(None, type=["null", "string"], pattern=whole(r"https?://[^\s]+"),
+                           description="Start the crawl at this page (optional): on a configured retailer's site, or "
+                                       "any shop for a retailer name not in the settings"),
     }
+
+
+def reject_unknown_params(params: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Refuse a run whose conf names a Param the DAG does not have (a typo would otherwise be ignored
+    silently, and the run would do something else than asked: ``{"user": "ann"}`` serves every user)."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown Params {unknown}: this DAG takes {sorted(known)}")

@@ -14,7 +14,7 @@ from datetime import timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from fashionnet_common import DATASET, TENSORFLOW_QUEUE, crawl_params
+from fashionnet_common import DATASET, TENSORFLOW_QUEUE, crawl_params, reject_unknown_params
 
 # A batch nobody approves within this time is rejected (ApprovalOperator's default option).
 APPROVAL_TIMEOUT_HOURS = 72
@@ -33,6 +33,7 @@ def fashionnet_ingest():
         from pipeline.runs import batch_id, stage
         from scrapers.crawl import run_crawl
 
+        reject_unknown_params(params, PARAMS)
         crawl_id = batch_id("ingest", dag_run.run_after)
         with stage("ingest.crawl") as report:
             report.summary = run_crawl("query", crawl_id, retailer=params["retailer"], start_url=params["start_url"])

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from fashionnet_common import RECOMMENDATIONS, REPOSITORY, TENSORFLOW_QUEUE
+from fashionnet_common import (RECOMMENDATIONS, REPOSITORY, RETAILER_PATTERN, TENSORFLOW_QUEUE,
+                               reject_unknown_params, whole)
 
-# An image directly under users/<user_id>/: no subfolder, no "..", no scheme, no leading "/".
-IMAGE_KEY_PATTERN = r"^users/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9][^/\\]*$"
+# An image directly under users/<user_id>/: no subfolder, no "..", no scheme, no leading "/", no control
+# characters.
+IMAGE_KEY_PATTERN = whole(r"users/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9][^/\\\x00-\x1f\x7f]*")
 SCORES = ["matches", "weighted", "embedding", "hybrid"]
 
 PARAMS = {
-    "user_id": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9_-]{0,64}$",
+    "user_id": Param(None, type=["null", "string"], pattern=whole(r"[A-Za-z0-9_-]{0,64}"),
                      description="Recommend for this user (images under users/<user_id>/); empty = every user"),
     "image_keys": Param([], type="array", maxItems=50, items={"type": "string", "pattern": IMAGE_KEY_PATTERN},
                         description="Store keys users/<user_id>/<image>; empty = every image of the user"),
@@ -27,7 +29,7 @@ PARAMS = {
     "mmr_lambda": Param(None, type=["null", "number"], minimum=0, maximum=1,
                         description="Diversity: 1 = relevance only, lower = more diverse (empty = settings)"),
     "retailers": Param([], type="array", maxItems=50,
-                       items={"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+                       items={"type": "string", "pattern": RETAILER_PATTERN},
                        description="Only items of these retailers (empty = all)"),
     "categories": Param([], type="array", maxItems=50, items={"type": "string", "minLength": 1, "maxLength": 128},
                         description="Only items of these categories (empty = all)"),
@@ -43,6 +45,7 @@ def fashionnet_recommend():
         from pipeline.recommend import options_from_params, plan_requests
         from pipeline.storage import open_store
 
+        reject_unknown_params(params, PARAMS)
         options = options_from_params(params)
         batches = plan_requests(open_store(), params["user_id"], params["image_keys"], options)
         print(f"[fashionnet] recommend: {sum(len(b) for b in batches)} user(s) in {len(batches)} batch(es)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from fashionnet_common import MODELS, REPOSITORY, TENSORFLOW_QUEUE, crawl_params
+from fashionnet_common import MODELS, REPOSITORY, TENSORFLOW_QUEUE, crawl_params, reject_unknown_params
 
 SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=[MODELS])
 
@@ -29,6 +29,7 @@ def fashionnet_repository_refresh():
         from pipeline.runs import batch_id, stage
         from scrapers.crawl import run_crawl
 
+        reject_unknown_params(params, crawl_params())
         if _models_triggered(dag_run):
             print("[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only", flush=True)
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from fashionnet_common import DATASET, MODELS, TENSORFLOW_QUEUE
+from fashionnet_common import DATASET, MODELS, TENSORFLOW_QUEUE, reject_unknown_params
 
 PARAMS = {
     "force_promotion": Param(False, type="boolean",
@@ -20,12 +20,13 @@ PARAMS = {
 @dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, params=PARAMS, tags=["fashionnet"])
 def fashionnet_train():
     @task
-    def split() -> list[str]:
+    def split(params: dict) -> list[str]:
         from pipeline.runs import stage
         from pipeline.settings import get_settings
         from pipeline.split import write_split
         from pipeline.storage import open_store
 
+        reject_unknown_params(params, PARAMS)
         with stage("train.split") as report:
             report.summary = write_split(open_store())
         return get_settings().taxonomy.names

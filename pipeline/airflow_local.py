@@ -2,7 +2,9 @@
 
 Runs ``airflow standalone`` (scheduler, dag-processor, triggerer, api-server; LocalExecutor, SQLite and the
 simple auth manager in ``var/airflow-local/``) with the FashionNet settings, prints the URL and where the
-admin password is, and on Ctrl-C (or SIGTERM) stops every process it started.
+admin password is, and on Ctrl-C (or SIGTERM) stops every process it started. ``--sql-alchemy-conn`` puts
+the metadata database on a real server instead of SQLite (PostgreSQL: ``postgresql+psycopg2://...``);
+standalone creates or migrates its tables on start.
 
 Why a launcher: ``airflow standalone`` started from a script inherits an ignored SIGINT (a shell's
 background job) and then ignores Ctrl-C; on SIGTERM it dies at once and leaves its components running;
@@ -40,6 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="AIRFLOW_HOME: metadata database, logs, the generated admin password")
     parser.add_argument("--parallelism", type=int, default=4,
                         help="[core] parallelism: LocalExecutor worker processes and running tasks at most")
+    parser.add_argument("--sql-alchemy-conn", default=os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"),
+                        help="the metadata database's SQLAlchemy URL, e.g. postgresql+psycopg2://user:password@"
+                             "127.0.0.1:5432/airflow (default: $AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, else SQLite "
+                             "in --home)")
     parser.add_argument("--profile", default=os.environ.get("FASHIONNET_PROFILE", "demo"),
                         help="settings profile (config/profiles/<name>.yaml; default demo, '' for none)")
     parser.add_argument("--store", help="store URI (default: settings, i.e. file://var/store)")
@@ -75,9 +81,27 @@ def airflow_environment(args: argparse.Namespace, base: dict[str, str] | None = 
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.store:
         env["FASHIONNET_STORE"] = args.store
+    if getattr(args, "sql_alchemy_conn", None):
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = args.sql_alchemy_conn
+    else:  # not one inherited from elsewhere: SQLite in AIRFLOW_HOME
+        env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
     if not env.get("FASHIONNET_REVIEW_SECRET"):
         env["FASHIONNET_REVIEW_SECRET"] = review_secret(home)
     return env
+
+
+def database_label(env: dict[str, str]) -> str:
+    """Where the metadata database is, for the banner: the URL without its password."""
+    url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    if not url:
+        return f"SQLite in {env['AIRFLOW_HOME']}"
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def review_secret(home: Path) -> str:
@@ -246,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     password_file = home / PASSWORD_FILE
     print(f"[airflow-local] AIRFLOW_HOME={home}  DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}  "
           f"plugins: {env['AIRFLOW__CORE__PLUGINS_FOLDER']}  parallelism: {args.parallelism}", flush=True)
+    print(f"[airflow-local] metadata database: {database_label(env)}", flush=True)
     print(f"[airflow-local] Airflow UI: {url}/  (review page: {url}/fashionnet-review/)", flush=True)
     print(f"[airflow-local] login: admin, password in {password_file} "
           f"(generated on the first start)", flush=True)

@@ -10,9 +10,11 @@ Layout (schema: ``pipeline/repository_schema.json``, version :data:`SCHEMA_VERSI
 An item lives in exactly one file for life: the partition of the night that first added it
 (``crawl_date``, ``retailer``) and, inside it, file ``hash(item_id) mod n`` (``n`` fixed when the
 partition is created). A refresh never moves an item; it rewrites the files that hold changed items,
-each file replaced as a whole (local: a rename from outside the dataset prefix; S3: one PUT). So a
-reader that lists the prefix at any moment sees only complete files and every item exactly once; in
-the middle of a commit some files may already hold the new rows and others the old ones.
+each file replaced as a whole: every new file is first written under the staging prefix (outside the
+dataset), then all are moved into place (local: a rename; S3: a server-side copy, atomic like a PUT).
+So a reader that lists the prefix at any moment sees only complete files and every item exactly once;
+a commit that fails before its moves (while merging or uploading) has changed nothing, and only in
+the moves themselves may some files already hold the new rows and others the old ones.
 
 A refresh is three steps, each idempotent (the refresh DAG maps step 2 over shards):
 
@@ -31,12 +33,10 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import shutil
 import time
 import urllib.parse
-import uuid
 from datetime import date, datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -483,20 +483,23 @@ def _parquet_bytes(table: pa.Table, row_group_rows: int) -> bytes:
     return buffer.getvalue()
 
 
+def staged_file_key(commit_id: str, key: str) -> str:
+    """Where the commit of ``commit_id`` stages the new version of data file ``key`` (outside the
+    dataset prefix; one name per file, so a retried commit replaces what an earlier attempt staged)."""
+    relative = key[len(PREFIX) + 1:] if key.startswith(PREFIX + "/") else key
+    return f"{staging_prefix(commit_id)}/publish/{relative}"
+
+
 def publish_file(store: ObjectStore, commit_id: str, key: str, data: bytes) -> None:
     """Replace ``key`` with ``data`` so that a reader sees the old file or the new one, never a part.
 
-    Local stores write the bytes under the refresh's staging prefix (outside the dataset, so a reader
-    listing the dataset never meets a temporary file) and rename them into place; on S3 a PUT is
-    atomic by itself (a multipart upload becomes visible only when it completes).
+    The bytes are written under the refresh's staging prefix (outside the dataset, so a reader listing
+    the dataset never meets a temporary or half-uploaded file), then moved into place: a rename
+    locally, a server-side copy on S3 (atomic like a PUT). :func:`commit_refresh` stages every file
+    first and moves them after.
     """
-    if store.protocol != "file":
-        store.put_bytes(key, data)
-        return
-    staged = store.put_bytes(f"{staging_prefix(commit_id)}/publish/{uuid.uuid4().hex}.parquet", data)
-    target = store.local_path(key)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(store.local_path(staged), target)
+    staged = store.put_bytes(staged_file_key(commit_id, key), data)
+    store.move(staged, key)
 
 
 def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> tuple[pa.Table, list[str]]:
@@ -527,11 +530,29 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
 
     Inferred rows take the plan's catalog fields and the shard's vectors; ``catalog`` rows keep their
     stored vectors. Items whose image could not be read keep their stored row (new ones are left
-    out). Each changed file is rewritten whole, sorted by item_id, and published atomically
-    (:func:`publish_file`); ``on_publish(key)`` is called after each (tests look at the dataset then).
-    Safe to rerun: rows are replaced by item_id. The staging prefix is deleted at the end.
+    out). Each changed file is rewritten whole, sorted by item_id, and written under the staging
+    prefix; only when every file is staged are they moved into place, each atomically (a rename, or
+    an S3 server-side copy). A commit that fails while it merges or uploads (a worker killed, the S3
+    endpoint gone) has changed nothing a reader sees; one that fails while files are moved leaves
+    each item in one whole row, old or new. ``on_publish(key)`` is called after each move (tests look
+    at the dataset then).
+
+    Safe to rerun: rows are replaced by item_id, so a retry writes exactly what one clean commit
+    writes; a commit retried after it completed (or while its clean-up was cut short) returns its
+    record. A rerun that changes nothing (a night run again) keeps the stored record of the commit
+    that did the work.
     """
     config = repository_config(config)
+    record_key = f"{COMMITS_PREFIX}/{commit_id}.json"
+    info_key, _ = plan_keys(commit_id)
+    done_key = committed_key(commit_id)
+    if store.exists(done_key):  # committed; the clean-up of the staging was cut short
+        record = store.read_json(done_key)
+        _delete_staging(store, commit_id)
+        return record
+    if not store.exists(info_key) and store.exists(record_key):  # committed (and, but for strays, cleaned up)
+        _delete_staging(store, commit_id)
+        return store.read_json(record_key)
     info, plan = read_plan(store, commit_id)
     attributes = info["attributes"]
     schema = file_schema(attributes, info["classes"])
@@ -572,10 +593,13 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         replaced = pa.array([ids[n] for n in take_new + take_old], pa.string())
         kept = existing.filter(pc.invert(pc.is_in(existing["item_id"], replaced)))
         table = pa.concat_tables([kept, *updated]).sort_by("item_id").replace_schema_metadata(schema.metadata)
-        publish_file(store, commit_id, key, _parquet_bytes(table, config["row_group_rows"]))
+        store.put_bytes(staged_file_key(commit_id, key), _parquet_bytes(table, config["row_group_rows"]))
         written.append({"key": key, "rows": table.num_rows, "changed": len(replaced)})
+    # Every new file is staged: only now does the dataset change, by moves that move no bytes.
+    for entry in written:
+        store.move(staged_file_key(commit_id, entry["key"]), entry["key"])
         if on_publish is not None:
-            on_publish(key)
+            on_publish(entry["key"])
     if written or not store.exists(COMMON_METADATA_KEY):
         common = io.BytesIO()
         pq.write_metadata(schema, common)
@@ -592,13 +616,34 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         "skipped_undecodable": len(skipped), "skipped_item_ids": skipped[:1000],
         "files_written": written, "repository_rows": rows,
     }
-    store.write_json(f"{COMMITS_PREFIX}/{commit_id}.json", record)
-    store.delete_prefix(staging_prefix(commit_id) + "/")
-    if store.protocol == "file":  # the emptied folders
-        shutil.rmtree(store.local_path(staging_prefix(commit_id)), ignore_errors=True)
+    if written or not store.exists(record_key):
+        store.write_json(record_key, record)
+    else:
+        print(f"[repository {commit_id}] nothing changed; {record_key} of the earlier commit is kept", flush=True)
+    store.write_json(done_key, record)  # from here on a retry only finishes the clean-up
+    _delete_staging(store, commit_id)
     print(f"[repository {commit_id}] committed {sum(w['changed'] for w in written)} rows in {len(written)} file(s);"
           f" {rows} items in the repository", flush=True)
     return record
+
+
+def committed_key(commit_id: str) -> str:
+    """Written into the staging once refresh ``commit_id`` is committed (its record), deleted last."""
+    return f"{staging_prefix(commit_id)}/committed.json"
+
+
+def _delete_staging(store: ObjectStore, commit_id: str) -> None:
+    """Delete refresh ``commit_id``'s staging, :func:`committed_key` last: a clean-up cut short (the
+    endpoint gone) leaves that mark, so the retried commit only finishes the clean-up."""
+    prefix = staging_prefix(commit_id)
+    done_key = committed_key(commit_id)
+    for key in store.list(prefix + "/"):
+        if key != done_key:
+            store.fs.rm_file(store.path(key))
+    if store.exists(done_key):
+        store.fs.rm_file(store.path(done_key))
+    if store.protocol == "file":  # the emptied folders
+        shutil.rmtree(store.local_path(prefix), ignore_errors=True)
 
 
 def _merge_columns(meta: pa.Table, vectors: pa.Table, vector_names: list[str], schema: pa.Schema) -> pa.Table:

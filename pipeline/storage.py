@@ -4,7 +4,15 @@ A store is a URI: ``file:///abs/path`` (the embedded default) or ``s3://bucket/p
 S3-compatible endpoint (MinIO, moto), the endpoint taken from ``AWS_ENDPOINT_URL``. Both go through
 fsspec, so every caller uses one code path. Keys are ``/``-separated paths relative to the store root.
 Writes are atomic from a reader's view: a local write goes to a temporary file that is renamed into
-place; an S3 PUT of one object is atomic by itself.
+place; an S3 PUT of one object is atomic by itself (s3fs sends objects over 100 MB as a multipart
+upload, which becomes visible only when it completes, and is aborted when it fails).
+
+An S3 endpoint that goes away fails a call within a bounded time instead of hanging the task: every
+request has a connect and a read timeout and a bounded number of attempts (:data:`S3_CLIENT`),
+uploads do not wait for a ``100 Continue`` that no timeout covers (:func:`_no_expect_continue`) and
+have a deadline by their size, so the worst case of one call is :meth:`ObjectStore.s3_call_bound_s`
+(about two and a half minutes with the defaults for an endpoint that accepts connections but never
+answers; a few seconds for one that refuses them), plus, for an upload, its size at 1 MB/s.
 """
 from __future__ import annotations
 
@@ -19,6 +27,16 @@ import fsspec
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+
+# The S3 client's bounds. botocore: a timeout per connect and per socket read, ``max_attempts`` tries
+# of each request (standard mode: transient errors and throttling, with jittered exponential backoff);
+# s3fs: ``retries`` tries of the whole call around that (timeouts and broken responses only). Without
+# them the stack's defaults (15 s reads, 5 botocore attempts inside 5 s3fs tries) keep a task waiting on a
+# silent endpoint for over six minutes per call. No socket timeout covers sending a body that the
+# server stopped reading, so an upload also has a deadline: the bound above plus its size at
+# ``min_upload_mb_s`` (an upload slower than that on average is taken for a stalled one).
+S3_CLIENT = {"connect_timeout": 5, "read_timeout": 20, "max_attempts": 3, "retries": 2, "min_upload_mb_s": 1.0}
 
 
 class StoreKeyError(ValueError):
@@ -40,7 +58,10 @@ def normalize_key(key: str) -> str:
 class ObjectStore:
     """Bytes, JSON and Parquet under one root URI."""
 
-    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+    def __init__(self, uri: str, endpoint_url: str | None = None, s3_client: dict[str, Any] | None = None) -> None:
+        """``s3_client``: overrides of :data:`S3_CLIENT` (connect_timeout, read_timeout, max_attempts,
+        retries, min_upload_mb_s)."""
+        self.s3_client = {**S3_CLIENT, **(s3_client or {})}
         if uri.startswith("file://"):
             self.protocol = "file"
             self.root = uri[len("file://"):].rstrip("/") or "/"
@@ -50,14 +71,37 @@ class ObjectStore:
             self.root = uri[len("s3://"):].strip("/")
             if not self.root:
                 raise ValueError(f"an S3 store needs a bucket: {uri!r}")
-            self.storage_options = {"use_listings_cache": False, "skip_instance_cache": True}
+            self.storage_options = {
+                "use_listings_cache": False, "skip_instance_cache": True,
+                "config_kwargs": {
+                    "connect_timeout": self.s3_client["connect_timeout"], "read_timeout": self.s3_client["read_timeout"],
+                    "retries": {"total_max_attempts": int(self.s3_client["max_attempts"]), "mode": "standard"},
+                },
+            }
             if endpoint_url:
                 self.storage_options["client_kwargs"] = {"endpoint_url": endpoint_url}
+            self.storage_options["session"] = _s3_session()
         else:
             raise ValueError(f"unsupported store URI {uri!r}: use file:///path or s3://bucket/prefix")
         self.uri = uri.rstrip("/")
         self.endpoint_url = endpoint_url
         self.fs = fsspec.filesystem(self.protocol, **self.storage_options)
+        if self.protocol == "s3":
+            self.fs.retries = int(self.s3_client["retries"])  # s3fs's tries of a call (a class attribute)
+
+    def s3_call_bound_s(self) -> float:
+        """The longest one S3 call can take against an endpoint that never answers: every try of every
+        attempt waiting for its full timeout, plus the backoff between attempts (standard mode: at most
+        2**n s before attempt n + 1, capped at 20 s; s3fs: 0.1 * 1.7**n s between its tries)."""
+        c = self.s3_client
+        attempts, tries = int(c["max_attempts"]), int(c["retries"])
+        per_attempt = c["connect_timeout"] + c["read_timeout"]
+        backoff = sum(min(2.0 ** n, 20.0) for n in range(attempts - 1))
+        return tries * (attempts * per_attempt + backoff) + sum(min(1.7 ** n * 0.1, 15) for n in range(tries))
+
+    def s3_upload_deadline_s(self, size: int) -> float:
+        """How long an upload of ``size`` bytes may take before it is abandoned as stalled."""
+        return self.s3_call_bound_s() + size / (float(self.s3_client["min_upload_mb_s"]) * 2**20)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.uri!r})"
@@ -121,8 +165,32 @@ class ObjectStore:
                 handle.write(data)
             os.replace(tmp, path)
         else:
-            self.fs.pipe_file(path, data)
+            from fsspec.exceptions import FSTimeoutError
+
+            deadline = self.s3_upload_deadline_s(len(data))
+            try:
+                self.fs.pipe_file(path, data, timeout=deadline)  # fsspec cancels the upload at the deadline
+            except FSTimeoutError as error:
+                raise TimeoutError(f"writing {key!r} ({len(data)} bytes) to {self.uri} did not finish in {deadline:.0f} s:"
+                                   f" the S3 endpoint {self.endpoint_url or ''} stopped answering") from error
         return normalize_key(key)
+
+    def move(self, source: str, target: str) -> str:
+        """Replace ``target`` with the object at ``source`` (which is gone afterwards) so that a reader
+        of ``target`` sees the old object or the new one, never a part: a local rename, or an S3
+        server-side copy (atomic like a PUT, and no bytes travel again) followed by the deletion of
+        ``source``. Returns ``target``'s key."""
+        if self.protocol == "file":
+            path = self.path(target)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.replace(self.path(source), path)
+        else:
+            try:
+                self.fs.cp_file(self.path(source), self.path(target))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no object {source!r} in {self.uri}") from None
+            self.fs.rm_file(self.path(source))
+        return normalize_key(target)
 
     def write_json(self, key: str, value: Any) -> str:
         return self.put_bytes(key, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
@@ -144,6 +212,34 @@ class ObjectStore:
     def iter_bytes(self, keys: list[str]) -> Iterator[tuple[str, bytes]]:
         for key in keys:
             yield key, self.get_bytes(key)
+
+
+def _no_expect_continue(request: Any, **kwargs: Any) -> None:
+    """Send an upload's body at once instead of asking for ``100 Continue`` first.
+
+    botocore puts ``Expect: 100-continue`` on every S3 PUT with a body; aiohttp then waits for the
+    interim answer before sending the body, and no timeout covers that wait: a PUT to an endpoint that
+    accepts the connection and then says nothing (a frozen server, a half-dead proxy) would hang the
+    task for ever (as seen in marin-community/marin#6719). The header is not signed, so dropping it
+    changes nothing else; the read timeout then bounds the wait for the answer.
+    """
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
+def _s3_session() -> Any:
+    """An aiobotocore session whose S3 clients send no ``Expect: 100-continue``; s3fs keeps a session
+    it is given when it reconnects, so every client it creates has the handler. It pickles as a new
+    one (so does the store's filesystem, as fsspec filesystems do)."""
+    from aiobotocore.session import AioSession
+
+    class Session(AioSession):
+        def __reduce__(self) -> tuple:
+            return (_s3_session, ())
+
+    session = Session()
+    session.register("before-send.s3", _no_expect_continue)
+    return session
 
 
 def _is_temporary(path: str) -> bool:

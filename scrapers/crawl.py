@@ -9,12 +9,14 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import uuid
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from pipeline.settings import REPO_ROOT, get_settings
 from pipeline.storage import open_store
@@ -28,6 +30,46 @@ TAIL_LINES = 40
 
 class CrawlError(RuntimeError):
     """A crawl subprocess failed or timed out; the message ends with the tail of its log."""
+
+
+# An absolute http(s) URL without whitespace or control characters anywhere (a trailing newline included).
+START_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+", re.ASCII)
+
+
+def _site(url: str) -> tuple[str, int | None]:
+    """(host without a leading "www.", port) of an http(s) URL; the port is None when it is the scheme's."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    host = host[4:] if host.startswith("www.") else host
+    port = parts.port
+    return host, None if port == {"http": 80, "https": 443}.get(parts.scheme) else port
+
+
+def check_start_url(retailer: str, start_url: str | None, retailers: dict[str, Any]) -> None:
+    """Refuse, before any request is made, a start URL that is not a web page of the retailer's shop.
+
+    It must be an absolute ``http(s)://`` URL with a host and no credentials; for a retailer of the
+    settings it must also be on that retailer's site (same host, ``www.`` aside, and port), since its
+    products would otherwise be recorded as the configured retailer's. A retailer name that is not in
+    the settings is any shop: the start URL then defines it (the product and shopify spiders).
+    """
+    if start_url is None or start_url == "":
+        return
+    if not isinstance(start_url, str) or not START_URL.fullmatch(start_url):
+        raise ValueError(f"start_url must be an http:// or https:// URL without spaces, got {start_url!r}")
+    try:
+        parts = urlsplit(start_url)
+        host, _ = _site(start_url)
+    except ValueError as error:  # a bad port or IPv6 literal
+        raise ValueError(f"start_url {start_url!r} is not a valid URL: {error}") from None
+    if not host:
+        raise ValueError(f"start_url {start_url!r} names no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"start_url {start_url!r} carries credentials; a shop's pages are public")
+    base_url = (retailers.get(retailer) or {}).get("base_url")
+    if base_url and _site(start_url) != _site(str(base_url)):
+        raise ValueError(f"start_url {start_url!r} is not on the site of retailer {retailer!r} ({base_url}): "
+                         "a configured retailer is crawled only on its own site (config/settings.yaml)")
 
 
 def crawl_command(
@@ -104,6 +146,7 @@ def run_crawl(
     """
     validate_crawl_id(crawl_id)
     settings = get_settings()
+    check_start_url(retailer, start_url, settings.retailers)
     timeout = float(timeout_s if timeout_s is not None else settings.crawl.get("timeout_s", 600))
     # The token comes back in the summary: proof that it was written by this run, not an earlier one.
     run_token = uuid.uuid4().hex

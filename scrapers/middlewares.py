@@ -28,6 +28,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.utils.asyncio import sleep
 from twisted.internet import error as twisted_error
+from twisted.web.client import ResponseFailed
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +75,29 @@ def retry_after_s(value: bytes | str | None, now: float | None = None) -> float 
 
 
 def failure_reason(exception: BaseException) -> str:
-    """A short, stable reason for a request that failed with ``exception``."""
-    for kind, reason in _FAILURE_REASONS:
-        if isinstance(exception, kind):
-            return reason
+    """A short, stable reason for a request that failed with ``exception``.
+
+    Scrapy (>= 2.14) wraps Twisted's errors in its own (``DownloadFailedError`` for a response that never
+    came or broke off), so the wrapped cause and, for Twisted's ``ResponseFailed``, the reasons it carries
+    are looked at too: a connection the server closed is ``connection_lost`` however it is wrapped.
+    """
+    seen: set[int] = set()
+    candidates: list[BaseException] = [exception]
+    while candidates:
+        error = candidates.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        for kind, reason in _FAILURE_REASONS:
+            if isinstance(error, kind):
+                return reason
+        if isinstance(error, ResponseFailed):  # ResponseNeverReceived too; its reasons are Twisted Failures
+            reasons = [getattr(reason, "value", reason) for reason in error.reasons]
+            candidates += [reason for reason in reasons if isinstance(reason, BaseException)]
+        if error.__cause__ is not None:
+            candidates.append(error.__cause__)
+    if isinstance(exception, exceptions.DownloadFailedError):
+        return "download_failed"
     name = type(exception).__name__
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 

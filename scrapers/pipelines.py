@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from io import BytesIO
 from typing import Any
 
 import pyarrow as pa
 from itemadapter import ItemAdapter
+from PIL import Image
 from scrapy import Request, signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
@@ -128,6 +130,22 @@ class StoreImagesPipeline(ImagesPipeline):
     def media_failed(self, failure: Failure, request: Request, info: ImagesPipeline.SpiderInfo) -> Any:
         self.failure_reasons.setdefault(request.url, "image_download_failed")
         return super().media_failed(failure, request, info)
+
+    def convert_image(self, image: Image.Image, size: tuple[int, int] | None = None, *,
+                      response_body: BytesIO) -> tuple[Image.Image, BytesIO]:
+        """An upright RGB JPEG is stored as the shop served it; anything else as Scrapy converts it.
+
+        Scrapy means to keep such a JPEG's bytes, but it checks the format of the EXIF-transposed copy of
+        the image, which (Pillow >= 10) has none, so it re-encoded every JPEG at quality 75. The pixels are
+        decoded either way: a truncated or corrupt JPEG still fails here.
+        """
+        if size is None and image.mode == "RGB":
+            image.load()
+            original = Image.open(BytesIO(response_body.getvalue()))
+            if original.format == "JPEG" and original.mode == "RGB" and original.getexif().get(0x0112, 1) == 1:
+                response_body.seek(0)
+                return image, response_body
+        return super().convert_image(image, size, response_body=response_body)
 
     def item_completed(self, results: list[tuple[bool, Any]], item: Any, info: ImagesPipeline.SpiderInfo) -> Any:
         item = super().item_completed(results, item, info)

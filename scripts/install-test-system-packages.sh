@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # System packages the test suite drives as real programs: Debian's chromium (the review page is tested
-# in a headless browser) and docker-compose (1.29: tests/test_deployment.py validates docker-compose.yml
-# with `docker-compose config`; no Docker engine is needed). Installed with apt when missing and we may
+# in a headless browser), docker-compose (1.29: tests/test_deployment.py validates docker-compose.yml
+# with `docker-compose config`; no Docker engine is needed) and postgresql (tests/dags/test_local_executor.py
+# runs Airflow on a throwaway PostgreSQL cluster; Debian keeps initdb and pg_ctl in
+# /usr/lib/postgresql/<version>/bin, off PATH). Installed with apt when missing and we may
 # (root, apt-get present); otherwise the tests that need them skip and say why. Idempotent: does nothing
 # when everything is there.
 set -euo pipefail
@@ -9,6 +11,7 @@ set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -2,13 +2,20 @@
 
 It runs the demo driver (the same code path as `make demo`) in a subprocess, so that Airflow's
 configuration and the settings are those of a fresh process, then asserts on the objects in the bucket.
+The run's credentials are distinctive random values (moto accepts any), so the same run also proves that
+no credential ends up in its output, its Airflow metadata (XComs, logs) or the objects it wrote.
 """
 from __future__ import annotations
 
+import io
 import os
+import secrets
+import sqlite3
 import subprocess
 import sys
 import uuid
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -20,12 +27,33 @@ pytestmark = pytest.mark.slow
 ATTRIBUTES = ["pattern", "fabric", "style", "shape"]
 
 
+@dataclass
+class DemoRun:
+    store: object  # pipeline.storage.ObjectStore
+    stdout: str
+    stderr: str
+    work_dir: Path  # AIRFLOW_HOME (metadata DB, task logs) is work_dir/airflow
+    secrets: dict[str, str]  # environment variable -> the secret value the run was given
+
+
+def distinctive_secrets() -> dict[str, str]:
+    """Credentials no output could contain by chance: an AWS-shaped key id, random secrets."""
+    return {
+        "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+        "AWS_SECRET_ACCESS_KEY": "e2eAwsSecret" + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y"),
+        "FASHIONNET_REVIEW_SECRET": "e2eReviewSecret" + secrets.token_hex(20),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "e2eJwtSecret" + secrets.token_hex(20),
+        "AIRFLOW__API__SECRET_KEY": "e2eApiSecret" + secrets.token_hex(20),
+    }
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
-    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    given = distinctive_secrets()
+    aws = {"AWS_ACCESS_KEY_ID": given["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": given["AWS_SECRET_ACCESS_KEY"],
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}
-    env = {**os.environ, **aws}
+    env = {**os.environ, **given, **aws}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in aws.items():
             patch.setenv(name, value)
@@ -40,11 +68,12 @@ def pipeline_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
 
         from pipeline.storage import ObjectStore
 
-        yield ObjectStore(f"s3://{bucket}/fashionnet", endpoint_url=moto_endpoint), proc.stdout
+        yield DemoRun(ObjectStore(f"s3://{bucket}/fashionnet", endpoint_url=moto_endpoint), proc.stdout, proc.stderr,
+                      work_dir, given)
 
 
 def test_every_stage_wrote_its_objects(pipeline_run):
-    store, _ = pipeline_run
+    store = pipeline_run.store
     keys = store.list()
     for prefix in ["images/full/", "crawls/", "curation/", "review/queue/", "review/decisions/",
                    "dataset/items.parquet", "dataset/split.parquet", "repository/fashion_vectors/crawl_date=",
@@ -57,7 +86,7 @@ def test_every_stage_wrote_its_objects(pipeline_run):
 def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
     from pipeline.repository import PREFIX, SCHEMA_VERSION, data_keys, read_repository
 
-    store, _ = pipeline_run
+    store = pipeline_run.store
     repository = read_repository(store)
     catalog_batches = [k for k in store.list("curation") if k.startswith("curation/catalog-")
                        and k.endswith("accepted.parquet")]
@@ -87,7 +116,7 @@ def test_recommendations_share_attributes_with_the_profile(pipeline_run):
     from pipeline.repository import read_repository
     from pipeline.settings import get_settings
 
-    store, stdout = pipeline_run
+    store, stdout = pipeline_run.store, pipeline_run.stdout
     rec_keys = [k for k in store.list("recommendations/") if k.endswith("recommendations.parquet")]
     assert len(rec_keys) == 1 and "/user_id=demo-user/" in rec_keys[0]  # every user under users/: one
     run_date = rec_keys[0].split("date=")[1].split("/")[0]
@@ -112,3 +141,51 @@ def test_recommendations_share_attributes_with_the_profile(pipeline_run):
         sorted(r["item_id"] for r in recs)
     assert store.exists(html_key("demo-user", run_date))
     assert "Top recommendations for demo-user" in stdout
+
+
+# -- no credential anywhere ---------------------------------------------------------------------------------
+def leaks(text: str | bytes, given: dict[str, str]) -> list[str]:
+    """The names of the secrets whose value occurs in ``text``."""
+    data = text.encode() if isinstance(text, str) else text
+    return [name for name, value in given.items() if value.encode() in data]
+
+
+def test_no_credential_in_the_output_the_logs_or_the_airflow_metadata(pipeline_run):
+    given = pipeline_run.secrets
+    assert not leaks(pipeline_run.stdout, given) and not leaks(pipeline_run.stderr, given)
+    assert "[fashionnet] recommend (1 user(s)): done" in pipeline_run.stdout  # the output searched is the run's
+
+    # Every file the run left outside the store: Airflow's home (the metadata DB with its WAL, the logs folder,
+    # airflow.cfg) and the demo site. dag.test() runs the tasks in-process and writes no task log files (the
+    # logs folder stays empty): the task logs are the stdout searched above.
+    files = [p for p in pipeline_run.work_dir.rglob("*") if p.is_file()]
+    database = pipeline_run.work_dir / "airflow" / "airflow.db"
+    assert database in files
+    leaked = {str(p.relative_to(pipeline_run.work_dir)): found for p in files if (found := leaks(p.read_bytes(), given))}
+    assert leaked == {}
+
+    # XComs, one by one (the DB file search above covers them too, this shows there were some to search).
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        xcoms = db.execute("SELECT dag_id, task_id, key, value FROM xcom").fetchall()
+        conf = db.execute("SELECT dag_id, conf FROM dag_run").fetchall()
+    assert {row[0] for row in xcoms} >= {"fashionnet_ingest", "fashionnet_train", "fashionnet_repository_refresh",
+                                         "fashionnet_recommend"}
+    assert [row[:3] for row in xcoms if leaks(str(row[3]), given)] == []
+    assert [row for row in conf if leaks(str(row[1]), given)] == []
+
+
+def test_no_credential_in_any_object_the_run_wrote(pipeline_run):
+    import pyarrow.parquet as pq
+
+    store, given = pipeline_run.store, pipeline_run.secrets
+    keys = store.list()
+    assert len(keys) > 100 and any(k.endswith(".html") for k in keys) and any(k.endswith(".json") for k in keys)
+    leaked = {}
+    for key in keys:
+        data = store.get_bytes(key)
+        found = leaks(data, given)
+        if key.endswith(".parquet"):  # compressed pages: search the decoded values too
+            found += leaks(str(pq.read_table(io.BytesIO(data)).to_pylist()), given)
+        if found:
+            leaked[key] = found
+    assert leaked == {}

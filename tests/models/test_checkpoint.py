@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,21 +17,26 @@ from tests.conftest import REPO_ROOT
 
 CLASSES = ("checkered", "striped", "floral", "graphic", "solid")
 
-# Runs train_attribute and SIGKILLs itself when the second unfrozen epoch begins (after the first
-# unfrozen epoch's checkpoint was written): the process dies in the middle of training, as an OOM
-# kill or a lost worker would end it.
-KILLED_RUN = """
-import os, signal, sys, json
+# Runs train_attribute; once the first batch of the second unfrozen epoch has updated the weights (so the
+# in-memory model is past its last checkpoint, and that epoch is neither validated nor checkpointed), it
+# writes a marker and stalls like a long batch. The test kills it from outside with SIGKILL there, as an
+# OOM kill or a lost worker would end it.
+TRAINING_RUN = """
+import os, sys, json, time, pathlib
 sys.path.insert(0, {repo!r})
 import models.train as train
 from pipeline.storage import ObjectStore
 
-original = train.EpochLog.on_epoch_begin
-def dying(self, epoch, logs=None):
-    if self.phase == "unfrozen" and epoch == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, epoch, logs)
-train.EpochLog.on_epoch_begin = dying
+begin = train.EpochLog.on_epoch_begin
+def on_epoch_begin(self, epoch, logs=None):
+    self.current_epoch = epoch
+    return begin(self, epoch, logs)
+def on_train_batch_end(self, batch, logs=None):
+    if self.phase == "unfrozen" and self.current_epoch == 1 and batch == 0:
+        pathlib.Path({marker!r}).write_text(str(os.getpid()))
+        time.sleep(600)
+train.EpochLog.on_epoch_begin = on_epoch_begin
+train.EpochLog.on_train_batch_end = on_train_batch_end
 train.train_attribute(ObjectStore({store!r}), "pattern", "v1", json.loads({config!r}), tuple(json.loads({classes!r})))
 """
 
@@ -40,17 +46,33 @@ def config(tiny_training) -> dict:
     return {**tiny_training, "frozen_epochs": 3, "unfrozen_epochs": 3, "patience": 5}
 
 
-def test_a_killed_training_resumes_from_its_last_epoch(file_store, config, capsys):
+def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, config, capsys, tmp_path):
     write_dataset(file_store, per_class=10, kinds=("striped", "solid"))
-    script = KILLED_RUN.format(repo=str(REPO_ROOT), store=file_store.uri, config=json.dumps(config),
-                               classes=json.dumps(CLASSES))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    marker = tmp_path / "mid-epoch"
+    script = TRAINING_RUN.format(repo=str(REPO_ROOT), store=file_store.uri, config=json.dumps(config),
+                                 classes=json.dumps(CLASSES), marker=str(marker))
+    log = tmp_path / "training.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), f"training never reached the second unfrozen epoch:\n{log.read_text()[-3000:]}"
+        os.kill(proc.pid, signal.SIGKILL)  # mid-epoch, from outside
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log.read_text()
+    assert proc.returncode == -signal.SIGKILL, output[-3000:]
+    assert "unfrozen epoch 1/3" in output and "unfrozen epoch 2/3" not in output  # killed inside epoch 2
     prefix = checkpoint_prefix("pattern", "v1")
     state = file_store.read_json(f"{prefix}/state.json")
-    assert (state["phase"], state["epochs_done"]) == ("unfrozen", 1)
-    assert not file_store.exists("models/pattern/v1/metrics.json")
+    assert (state["phase"], state["epochs_done"]) == ("unfrozen", 1)  # the last complete epoch, nothing after
+    assert not file_store.exists("models/pattern/v1/metrics.json") and not file_store.exists("models/pattern/v1/model.keras")
 
     metrics = train_attribute(file_store, "pattern", "v1", config, CLASSES)
     out = capsys.readouterr().out
@@ -59,6 +81,7 @@ def test_a_killed_training_resumes_from_its_last_epoch(file_store, config, capsy
     assert "unfrozen epoch 2/3" in out and "unfrozen epoch 3/3" in out
     assert [(r["phase"], r["epoch"]) for r in metrics["history"]] == [
         ("frozen", 1), ("frozen", 2), ("frozen", 3), ("unfrozen", 1), ("unfrozen", 2), ("unfrozen", 3)]
+    assert metrics["history"][:4] == state["history"]  # the killed run's epochs, kept exactly as they were
     assert file_store.list(prefix) == []  # the checkpoint goes once the model is saved
     assert file_store.exists("models/pattern/v1/model.keras")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.airflow_local import PASSWORD_FILE, airflow_environment, parse_args
+from pipeline.airflow_local import PASSWORD_FILE, airflow_environment, database_label, parse_args
 from pipeline.settings import REPO_ROOT
 
 START_TIMEOUT_S = 180  # a cold first start migrates a fresh SQLite database on two shared cores
@@ -42,6 +42,23 @@ def test_environment_points_airflow_at_the_project(tmp_path: Path):
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)  # standalone runs `airflow ...`
     assert env["FASHIONNET_PROFILE"] == "demo"
     assert env["FASHIONNET_REVIEW_SECRET"] == "s"
+
+
+def test_metadata_database_is_sqlite_in_home_unless_a_url_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", raising=False)
+    base = {"FASHIONNET_REVIEW_SECRET": "s", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:////elsewhere.db"}
+    env = airflow_environment(parse_args(["--home", str(tmp_path)]), base=base)
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env  # standalone's default: SQLite in AIRFLOW_HOME
+    assert database_label(env) == f"SQLite in {tmp_path.resolve()}"
+
+    url = "postgresql+psycopg2://airflow:s3cret@127.0.0.1:5433/airflow"
+    env = airflow_environment(parse_args(["--home", str(tmp_path), "--sql-alchemy-conn", url]), base=base)
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == url
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert database_label(env) == "postgresql+psycopg2://airflow:***@127.0.0.1:5433/airflow"  # printed: no password
+
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", url)  # the usual Airflow variable is the default
+    assert parse_args([]).sql_alchemy_conn == url
 
 
 def test_review_secret_is_generated_once_and_kept(tmp_path: Path):

@@ -150,6 +150,71 @@ def test_rerunning_a_night_infers_nothing_and_rewrites_nothing(any_store):
     assert R.read_repository(any_store).equals(table)
 
 
+def test_a_night_run_twice_leaves_every_repository_object_identical(any_store):
+    """The nightly refresh rerun for the same date (plan -> every shard -> commit, on the same store):
+    every object under ``repository/`` (data files, _common_metadata, the commit records) keeps its
+    bytes and row count, nothing is added or left in staging. inferred_at and committed_at are run
+    timestamps, but a rerun infers and commits nothing, so they do not change either: the commit
+    record of the run that did the work is kept, not replaced by one that says nothing happened."""
+    publish(any_store, "v1")
+    write_batch(any_store, "catalog-20261101", range(5))
+    refresh(any_store, "catalog-20261101", "catalog-20261101", T1, config={"max_file_rows": 2})
+    publish(any_store, "v2", ["shape"])
+    write_batch(any_store, "catalog-20261102", range(8), crawled_at=T2, price={1: 42.0})
+    _, first = refresh(any_store, "catalog-20261102", "catalog-20261102", T2, config={"max_file_rows": 2, "shard_size": 3})
+
+    def objects() -> dict[str, tuple[bytes, int | None]]:
+        return {k: (any_store.get_bytes(k), any_store.read_parquet(k).num_rows if k.endswith(".parquet") else None)
+                for k in any_store.list("repository")}
+
+    before = objects()
+    assert len(R.data_keys(any_store)) == 5 and sum(n or 0 for _, n in before.values()) == 8
+    plan, again = refresh(any_store, "catalog-20261102", "catalog-20261102", T2 + timedelta(hours=3),
+                          config={"max_file_rows": 2, "shard_size": 3})
+    assert plan["to_infer"] == 0 and again["files_written"] == [] and again["repository_rows"] == 8
+    assert objects() == before
+    assert any_store.read_json("repository/commits/catalog-20261102.json") == first
+
+
+def test_a_commit_retried_after_it_completed_returns_its_record_and_changes_nothing(any_store):
+    """Airflow may run the commit task again after it succeeded (a cleared task): that is no error."""
+    publish(any_store, "v1")
+    write_batch(any_store, "catalog-20261101", range(3))
+    _, record = refresh(any_store, "catalog-20261101", "catalog-20261101", T1)
+    before = file_bytes(any_store)
+    assert R.commit_refresh(any_store, "catalog-20261101") == record
+    assert file_bytes(any_store) == before and any_store.list(R.STAGING_PREFIX) == []
+
+
+def test_a_commit_that_fails_before_its_moves_changes_nothing_readers_see(file_store, monkeypatch):
+    """Every new file is staged before the first one is moved into the dataset: a commit that dies
+    while it merges or uploads (here the third file's upload fails) leaves the last commit intact."""
+    publish(file_store, "v1")
+    write_batch(file_store, "catalog-20261101", range(8))
+    config = {"max_file_rows": 2}
+    refresh(file_store, "catalog-20261101", "catalog-20261101", T1, config=config)
+    before, table = file_bytes(file_store), R.read_repository(file_store)
+    publish(file_store, "v2")
+    R.plan_refresh(file_store, "rescore-b", attributes=ATTRIBUTES, config=config)
+    fake_infer(file_store, "rescore-b", T2)
+    real_put, uploads = file_store.put_bytes, []
+
+    def put_bytes(key: str, data: bytes) -> str:
+        if "/publish/" in key:
+            uploads.append(key)
+            if len(uploads) == 3:
+                raise OSError("No space left on device")
+        return real_put(key, data)
+
+    monkeypatch.setattr(file_store, "put_bytes", put_bytes)
+    with pytest.raises(OSError, match="No space"):
+        R.commit_refresh(file_store, "rescore-b", config=config)
+    assert file_bytes(file_store) == before and R.read_repository(file_store).equals(table)
+    monkeypatch.undo()
+    R.commit_refresh(file_store, "rescore-b", config=config)  # the retry
+    assert set(R.read_repository(file_store)["pattern_model_version"].to_pylist()) == {"v2"}
+
+
 def test_a_second_night_adds_new_items_and_updates_changed_ones_in_place(file_store):
     publish(file_store, "v1")
     first = write_batch(file_store, "catalog-20261101", range(5))

@@ -60,3 +60,70 @@ def test_urls_name_the_store():
 def test_unsupported_uri_is_a_clear_error():
     with pytest.raises(ValueError, match="unsupported store URI"):
         ObjectStore("ftp://host/x")
+
+
+def test_move_replaces_the_target_whole_and_removes_the_source(any_store):
+    any_store.put_bytes("t/target.bin", b"old")
+    any_store.put_bytes("staging/new.bin", b"new" * 1000)
+    assert any_store.move("staging/new.bin", "t/target.bin") == "t/target.bin"
+    assert any_store.get_bytes("t/target.bin") == b"new" * 1000
+    assert any_store.list() == ["t/target.bin"]
+    any_store.put_bytes("staging/first.bin", b"1")
+    any_store.move("staging/first.bin", "fresh/dir/first.bin")  # a target folder that does not exist yet
+    assert any_store.get_bytes("fresh/dir/first.bin") == b"1"
+    with pytest.raises(FileNotFoundError):
+        any_store.move("staging/gone.bin", "t/target.bin")
+    assert any_store.get_bytes("t/target.bin") == b"new" * 1000  # a failed move leaves the target as it was
+
+
+def test_the_s3_client_has_bounded_timeouts_and_attempts(s3_store):
+    """The stack's defaults would wait over six minutes per call on an endpoint that never answers."""
+    from pipeline.storage import S3_CLIENT
+
+    options = s3_store.storage_options["config_kwargs"]
+    assert (options["connect_timeout"], options["read_timeout"]) == (S3_CLIENT["connect_timeout"], S3_CLIENT["read_timeout"])
+    assert options["retries"] == {"total_max_attempts": S3_CLIENT["max_attempts"], "mode": "standard"}
+    assert s3_store.fs.retries == S3_CLIENT["retries"] <= 3
+    config = s3_store.fs.connect().meta.config  # what the botocore client really got
+    assert (config.connect_timeout, config.read_timeout) == (S3_CLIENT["connect_timeout"], S3_CLIENT["read_timeout"])
+    assert config.retries["total_max_attempts"] == S3_CLIENT["max_attempts"]
+    assert 60 <= s3_store.s3_call_bound_s() <= 180
+    assert s3_store.s3_upload_deadline_s(300 << 20) == s3_store.s3_call_bound_s() + 300 / S3_CLIENT["min_upload_mb_s"]
+    assert ObjectStore("s3://b/p", s3_client={"read_timeout": 2, "max_attempts": 1, "retries": 1}).s3_call_bound_s() < 8
+
+
+@pytest.mark.parametrize("call", ["put", "large put", "get"])
+def test_a_silent_s3_endpoint_fails_a_call_within_the_bound(s3_env, call):
+    """An endpoint that accepts connections and never answers (a frozen server, a half-dead proxy):
+    the call raises a timeout after the configured timeouts and attempts instead of waiting for ever.
+    Both PUTs used to hang: aiohttp waits for botocore's ``Expect: 100-continue`` answer with no
+    timeout, and no socket timeout covers sending a body that nobody reads (here 32 MB, more than the
+    kernel's buffers take)."""
+    import socket
+    import threading
+    import time
+
+    data = {"put": b"data" * 1000, "large put": b"\x00" * (32 << 20), "get": b""}[call]
+    outcome: dict[str, object] = {}
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        store = ObjectStore("s3://fn-silent/p", endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                            s3_client={"connect_timeout": 1, "read_timeout": 1, "max_attempts": 2, "retries": 1,
+                                       "min_upload_mb_s": 64})
+        bound = store.s3_upload_deadline_s(len(data)) if data else store.s3_call_bound_s()
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                store.put_bytes("k", data) if data else store.get_bytes("k")
+            except Exception as error:  # noqa: BLE001 - inspected below
+                outcome["error"] = error
+            outcome["seconds"] = time.monotonic() - started
+
+        worker = threading.Thread(target=run, daemon=True)  # a hang must fail the test, not the suite
+        worker.start()
+        worker.join(timeout=bound + 10)
+    assert not worker.is_alive(), f"{call} to a silent endpoint still waits after {bound + 10:.0f} s"
+    assert "timeout" in f"{type(outcome.get('error')).__name__} {outcome.get('error')}".lower(), outcome
+    assert 1.0 <= outcome["seconds"] <= bound + 2.0
