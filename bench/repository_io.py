@@ -7,7 +7,7 @@ values, timestamps) are written through the real refresh path into a local folde
 staged as the inference shards would stage them, and ``commit_refresh`` writes the partitions. Then:
 
 - write: rows/s and MB/s (bytes of the Parquet files written) of the commits, and of the Parquet
-  encoding and publishing alone (``_parquet_bytes`` + ``publish_file`` of the same tables);
+  encoding and publishing alone (``_parquet_bytes`` + staging and moving of the same tables, as ``commit_refresh`` does);
 - read: ``read_repository`` of everything (sorted by item_id, and in file order), and of a projection with a predicate (four columns, one
   class of one attribute, the last two nights), in MB/s of the files' bytes;
 - raw: ``shutil.copyfile`` of the same files (read + write) and a plain read of their bytes, same run.
@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         arrow_bytes = sum(t.nbytes for _, t in tables)
         started = time.perf_counter()
         for key, table in tables:
-            R.publish_file(store, "bench", key.replace("fashion_vectors/", "fashion_vectors_copy/"),
-                           R._parquet_bytes(table, config["row_group_rows"]))
+            copy_key = key.replace("fashion_vectors/", "fashion_vectors_copy/")  # staged, then moved, as a commit does
+            staged = store.put_bytes(R.staged_file_key("bench", copy_key), R._parquet_bytes(table, config["row_group_rows"]))
+            store.move(staged, copy_key)
         encode_s = time.perf_counter() - started
         del tables
 

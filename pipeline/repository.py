@@ -490,18 +490,6 @@ def staged_file_key(commit_id: str, key: str) -> str:
     return f"{staging_prefix(commit_id)}/publish/{relative}"
 
 
-def publish_file(store: ObjectStore, commit_id: str, key: str, data: bytes) -> None:
-    """Replace ``key`` with ``data`` so that a reader sees the old file or the new one, never a part.
-
-    The bytes are written under the refresh's staging prefix (outside the dataset, so a reader listing
-    the dataset never meets a temporary or half-uploaded file), then moved into place: a rename
-    locally, a server-side copy on S3 (atomic like a PUT). :func:`commit_refresh` stages every file
-    first and moves them after.
-    """
-    staged = store.put_bytes(staged_file_key(commit_id, key), data)
-    store.move(staged, key)
-
-
 def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> tuple[pa.Table, list[str]]:
     commit_id = info["commit_id"]
     tables, skipped = [], []
@@ -606,7 +594,7 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         store.put_bytes(COMMON_METADATA_KEY, common.getvalue())
     if store.exists(LEGACY_KEY):
         # Schema version 1's single file would otherwise go on serving stale vectors to old readers.
-        store.fs.rm_file(store.path(LEGACY_KEY))
+        store.delete(LEGACY_KEY)
         print(f"[repository {commit_id}] removed {LEGACY_KEY} (schema version 1; {PREFIX}/ replaces it)", flush=True)
     rows = repository_dataset(store).count_rows()
     record = {
@@ -639,9 +627,9 @@ def _delete_staging(store: ObjectStore, commit_id: str) -> None:
     done_key = committed_key(commit_id)
     for key in store.list(prefix + "/"):
         if key != done_key:
-            store.fs.rm_file(store.path(key))
+            store.delete(key)
     if store.exists(done_key):
-        store.fs.rm_file(store.path(done_key))
+        store.delete(done_key)
     if store.protocol == "file":  # the emptied folders
         shutil.rmtree(store.local_path(prefix), ignore_errors=True)
 

@@ -189,7 +189,7 @@ class ObjectStore:
                 self.fs.cp_file(self.path(source), self.path(target))
             except FileNotFoundError:
                 raise FileNotFoundError(f"no object {source!r} in {self.uri}") from None
-            self.fs.rm_file(self.path(source))
+            self.delete(source)
         return normalize_key(target)
 
     def write_json(self, key: str, value: Any) -> str:
@@ -202,11 +202,15 @@ class ObjectStore:
         pq.write_table(table, buffer, compression="zstd")
         return self.put_bytes(key, buffer.getvalue())
 
+    def delete(self, key: str) -> None:
+        """Delete the object ``key`` (it must exist)."""
+        self.fs.rm_file(self.path(key))
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many were deleted."""
         keys = self.list(prefix)
         for key in keys:
-            self.fs.rm_file(self.path(key))
+            self.delete(key)
         return len(keys)
 
     def iter_bytes(self, keys: list[str]) -> Iterator[tuple[str, bytes]]:

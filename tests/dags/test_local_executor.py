@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 from postgres_server import PostgresServer, unavailable_reason
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, processes_with_airflow_home
 
 pytestmark = pytest.mark.slow
 
@@ -100,17 +100,6 @@ def _get_status(url: str) -> int | None:
         return error.code
     except OSError:
         return None
-
-
-def _processes_with_home(home: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("AIRFLOW_HOME") == home and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return found
 
 
 def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen, log: Path, every: float = 2.0):
@@ -295,14 +284,14 @@ def test_refresh_runs_mapped_shards_in_parallel_on_local_executor_and_postgres(p
             assert sum(body["value"]["vectorized"] for _, body in summaries) == accepted.num_rows
 
             seen += [p for p in psutil.Process(launcher.pid).children(recursive=True) if p not in seen]
-            seen += _processes_with_home(str(home))
+            seen += processes_with_airflow_home(str(home))
             stopping = time.monotonic()
             launcher.send_signal(signal.SIGINT)
             launcher.wait(timeout=STOP_TIMEOUT_S)
             timings["stop"] = time.monotonic() - stopping
             assert launcher.returncode == 0, log_path.read_text()[-4000:]
             left = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-            left += [p for p in _processes_with_home(str(home)) if p not in left]
+            left += [p for p in processes_with_airflow_home(str(home)) if p not in left]
             assert not left, f"left running: {[(p.pid, p.cmdline()) for p in left]}"
             conn = postgres.connect("postgres")
             try:
@@ -315,7 +304,7 @@ def test_refresh_runs_mapped_shards_in_parallel_on_local_executor_and_postgres(p
             if launcher.poll() is None:
                 launcher.kill()
                 launcher.wait(timeout=10)
-            for process in seen + _processes_with_home(str(home)):
+            for process in seen + processes_with_airflow_home(str(home)):
                 try:
                     process.kill()
                 except psutil.NoSuchProcess:

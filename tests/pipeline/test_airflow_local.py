@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ import pytest
 
 from pipeline.airflow_local import PASSWORD_FILE, airflow_environment, database_label, parse_args
 from pipeline.settings import REPO_ROOT
+from tests.conftest import free_port, processes_with_airflow_home
 
 START_TIMEOUT_S = 180  # a cold first start migrates a fresh SQLite database on two shared cores
 STOP_TIMEOUT_S = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_environment_points_airflow_at_the_project(tmp_path: Path):
@@ -82,22 +76,10 @@ def _get(url: str) -> tuple[int, str]:
         return error.code, ""
 
 
-def _processes_with_home(home: str) -> list[psutil.Process]:
-    """Every process on the machine whose environment names this AIRFLOW_HOME (escaped ones included)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("AIRFLOW_HOME") == home and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_make_airflow_serves_the_project_and_stops_cleanly(tmp_path: Path, stop_signal: int):
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "airflow-home"
     log_path = tmp_path / "launcher.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FASHIONNET_STORE": f"file://{tmp_path / 'store'}"}
@@ -141,7 +123,7 @@ def test_make_airflow_serves_the_project_and_stops_cleanly(tmp_path: Path, stop_
         for component in ("standalone", "scheduler", "dag-processor", "api_server", "triggerer", "LocalExecutor"):
             assert component in names, f"{component} not running: {names}"
         assert names.count("LocalExecutor") == 2  # --parallelism 2, not 32 workers
-        seen += _processes_with_home(str(home.resolve()))
+        seen += processes_with_airflow_home(str(home.resolve()))
 
         started = time.monotonic()
         launcher.send_signal(stop_signal)  # SIGINT: what Ctrl-C in `make airflow`'s terminal delivers to it
@@ -151,14 +133,14 @@ def test_make_airflow_serves_the_project_and_stops_cleanly(tmp_path: Path, stop_
         assert launcher.returncode == 0, output[-4000:]
         assert "stopping Airflow" in output and "stopped" in output
         left = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        left += [p for p in _processes_with_home(str(home.resolve())) if p not in left]
+        left += [p for p in processes_with_airflow_home(str(home.resolve())) if p not in left]
         assert not left, f"left running: {[(p.pid, p.cmdline()) for p in left]}"
         print(f"stopped in {stop_s:.1f}s")
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait(timeout=10)
-        for process in seen + _processes_with_home(str(home.resolve())):
+        for process in seen + processes_with_airflow_home(str(home.resolve())):
             try:
                 process.kill()
             except psutil.NoSuchProcess:
