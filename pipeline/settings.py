@@ -6,11 +6,14 @@ Every module takes its settings from :func:`get_settings`; nothing else reads th
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -92,6 +95,196 @@ def load_taxonomy(path: Path) -> Taxonomy:
     return Taxonomy(parsed)
 
 
+# -- retailers ----------------------------------------------------------------------------------------------
+RETAILER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+RETAILER_KINDS = ("demo", "sitemap", "listing", "urls", "shopify")
+#: Kinds whose catalogue starts at entry points (urls: or at urls_file); demo and shopify start at base_url.
+KINDS_WITH_ENTRY_POINTS = ("sitemap", "listing", "urls")
+#: Every key of a retailer entry and its value when absent.
+RETAILER_DEFAULTS: dict[str, Any] = {
+    "kind": None, "base_url": None, "search_url": None, "entry_points": [], "urls_file": None,
+    "url_pattern": None, "allowed_hosts": [], "crawl": {},
+}
+#: Optional keys read by single spiders (present only when set): product_link_css (the demo and query
+#: spiders' product links), listing_link_css (the catalog spider), currency (shopify, when the store's
+#: /meta.json does not say).
+RETAILER_SPIDER_KEYS = ("product_link_css", "listing_link_css", "currency")
+#: The top-level ``crawl:`` settings a retailer may override for its own crawls.
+RETAILER_CRAWL_OVERRIDES: dict[str, type | tuple[type, ...]] = {
+    "user_agent": str, "obey_robots_txt": bool, "concurrent_requests": int, "concurrent_requests_per_domain": int,
+    "download_delay_s": (int, float), "autothrottle_start_delay_s": (int, float), "download_timeout_s": (int, float),
+    "retry_times": int, "retry_backoff_base_s": (int, float), "retry_backoff_max_s": (int, float),
+    "timeout_s": (int, float), "incremental": bool, "images_min_width": int, "images_min_height": int,
+    "shopify_max_pages": int, "shopify_max_bad_pages": int,
+}
+HOST_ENTRY = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class RetailerConfigError(ValueError):
+    """A retailer entry of the settings is wrong; the message names the retailer and the field."""
+
+    def __init__(self, retailer: str, field_name: str, problem: str) -> None:
+        super().__init__(f"retailers.{retailer}.{field_name}: {problem} (config/settings.yaml)")
+        self.retailer, self.field = retailer, field_name
+
+
+def site_of(url: str) -> tuple[str, int]:
+    """(lower-case host without a leading "www.", port with the scheme's default filled in) of a URL."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    host = host[4:] if host.startswith("www.") else host
+    return host, parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
+
+
+def _check_http_url(retailer: str, field_name: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s\x00-\x1f\x7f]+", value):
+        raise RetailerConfigError(retailer, field_name, f"needs an absolute http:// or https:// URL, got {value!r}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as error:
+        raise RetailerConfigError(retailer, field_name, f"{value!r} is not a valid URL: {error}") from None
+    if not parts.hostname:
+        raise RetailerConfigError(retailer, field_name, f"{value!r} names no host")
+    if parts.username is not None or parts.password is not None:
+        raise RetailerConfigError(retailer, field_name, f"{value!r} carries credentials; a shop's pages are public")
+    return value
+
+
+def allowed_sites(entry: dict[str, Any]) -> set[tuple[str, int | None]]:
+    """The (host, port) pairs a retailer's crawl may fetch: its base URL's site and its ``allowed_hosts``
+    (port None: the default port of the URL's scheme)."""
+    sites: set[tuple[str, int | None]] = {site_of(entry["base_url"])}
+    for value in entry.get("allowed_hosts") or []:
+        found = HOST_ENTRY.fullmatch(value)
+        if found:
+            host = found["host"].lower().strip("[]")
+            sites.add((host[4:] if host.startswith("www.") else host, int(found["port"]) if found["port"] else None))
+    return sites
+
+
+def url_allowed(entry: dict[str, Any], url: str) -> bool:
+    """Whether ``url`` is on the retailer's site or one of its allowed hosts (a validated entry)."""
+    try:
+        host, port = site_of(url)
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        return False
+    sites = allowed_sites(entry)
+    return bool(host) and ((host, port) in sites or (port == DEFAULT_PORTS.get(scheme) and (host, None) in sites))
+
+
+def _check_allowed_host(retailer: str, value: Any) -> str:
+    found = HOST_ENTRY.fullmatch(value) if isinstance(value, str) else None
+    if not found or (found["port"] and not 0 < int(found["port"]) < 65536):
+        raise RetailerConfigError(retailer, "allowed_hosts", f"{value!r} is not a host or host:port")
+    host = found["host"].strip("[]")
+    if found["host"].startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise RetailerConfigError(retailer, "allowed_hosts", f"{value!r} is not an IPv6 address") from None
+    return value
+
+
+def _check_crawl_overrides(retailer: str, overrides: Any, crawl: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(overrides, dict):
+        raise RetailerConfigError(retailer, "crawl", f"needs a mapping of crawl settings, got {overrides!r}")
+    for name, value in overrides.items():
+        expected = RETAILER_CRAWL_OVERRIDES.get(name)
+        if expected is None:
+            raise RetailerConfigError(retailer, f"crawl.{name}", "is not a crawl setting a retailer may override; "
+                                      f"known: {', '.join(sorted(RETAILER_CRAWL_OVERRIDES))}")
+        wrong_type = not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
+        if wrong_type or (not isinstance(value, (bool, str)) and value < 0) or (isinstance(value, str) and not value.strip()):
+            raise RetailerConfigError(retailer, f"crawl.{name}", f"needs a non-negative {getattr(expected, '__name__', 'number')}"
+                                      f" like the top-level crawl.{name} ({crawl.get(name)!r}), got {value!r}")
+    return dict(overrides)
+
+
+def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One retailer entry, checked and completed with :data:`RETAILER_DEFAULTS` for absent keys.
+
+    Raises :class:`RetailerConfigError` naming the retailer and the field: unknown keys, a bad ``kind``,
+    a missing or ill-formed ``base_url``, entry points the kind requires (or must not have), entry points
+    or a search page off the retailer's site and allowed hosts, a bad ``url_pattern`` regex, unknown
+    ``crawl`` override names or values of the wrong type.
+    """
+    if not isinstance(name, str) or not RETAILER_NAME.fullmatch(name):
+        raise RetailerConfigError(str(name), "name", f"a retailer name must match {RETAILER_NAME.pattern}")
+    if not isinstance(entry, dict):
+        raise RetailerConfigError(name, "entry", f"needs a mapping of {', '.join(RETAILER_DEFAULTS)}, got {entry!r}")
+    unknown = sorted(set(entry) - set(RETAILER_DEFAULTS) - set(RETAILER_SPIDER_KEYS), key=str)
+    if unknown:
+        raise RetailerConfigError(name, str(unknown[0]), "unknown key; a retailer has "
+                                  f"{', '.join([*RETAILER_DEFAULTS, *RETAILER_SPIDER_KEYS])}")
+    checked = {**copy.deepcopy(RETAILER_DEFAULTS), **{k: v for k, v in entry.items() if v is not None}}
+    kind = checked["kind"]
+    if kind not in RETAILER_KINDS:
+        raise RetailerConfigError(name, "kind", f"must be one of {', '.join(RETAILER_KINDS)}, got {kind!r}")
+    checked["base_url"] = _check_http_url(name, "base_url", checked["base_url"]).rstrip("/")
+    if urlsplit(checked["base_url"]).query or urlsplit(checked["base_url"]).fragment:
+        raise RetailerConfigError(name, "base_url", f"{checked['base_url']!r} has a query or fragment; give the shop's root")
+    hosts = checked["allowed_hosts"]
+    if not isinstance(hosts, list):
+        raise RetailerConfigError(name, "allowed_hosts", f"needs a list of hosts, got {hosts!r}")
+    checked["allowed_hosts"] = [_check_allowed_host(name, h) for h in hosts]
+
+    points = checked["entry_points"]
+    if not isinstance(points, list):
+        raise RetailerConfigError(name, "entry_points", f"needs a list of URLs, got {points!r}")
+    for n, url in enumerate(points):
+        _check_http_url(name, f"entry_points[{n}]", url)
+        if not url_allowed(checked, url):
+            raise RetailerConfigError(name, f"entry_points[{n}]", f"{url!r} is neither on the retailer's site "
+                                      f"({checked['base_url']}) nor on one of its allowed_hosts")
+    urls_file = checked["urls_file"]
+    if urls_file is not None and (kind != "urls" or not isinstance(urls_file, str) or not urls_file.strip()):
+        raise RetailerConfigError(name, "urls_file", "is a file path, for kind urls only")
+    if kind in ("sitemap", "listing") and not points:
+        raise RetailerConfigError(name, "entry_points", f"kind {kind} needs at least one {kind} URL")
+    if kind == "urls" and bool(points) == bool(urls_file):
+        raise RetailerConfigError(name, "entry_points", "kind urls needs product URLs in entry_points or a urls_file "
+                                  "(exactly one of them)")
+    if kind not in KINDS_WITH_ENTRY_POINTS and points:
+        raise RetailerConfigError(name, "entry_points", f"kind {kind} starts at base_url and takes no entry points")
+
+    pattern = checked["url_pattern"]
+    if pattern is not None:
+        if kind != "sitemap":
+            raise RetailerConfigError(name, "url_pattern", "filters sitemap entries: kind sitemap only")
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            raise RetailerConfigError(name, "url_pattern", f"{pattern!r} is not a regular expression: {error}") from None
+
+    search_url = checked["search_url"]
+    if search_url is not None:
+        if not isinstance(search_url, str) or "{query}" not in search_url:
+            raise RetailerConfigError(name, "search_url", f"needs a URL template with {{query}}, got {search_url!r}")
+        try:
+            example = search_url.format(base_url=checked["base_url"], query="shirt")
+        except (KeyError, IndexError, ValueError) as error:
+            raise RetailerConfigError(name, "search_url", f"{search_url!r}: only {{base_url}} and {{query}} may be "
+                                      f"filled in ({error!r})") from None
+        _check_http_url(name, "search_url", example)
+        if not url_allowed(checked, example):
+            raise RetailerConfigError(name, "search_url", f"{example!r} is off the retailer's site and allowed_hosts")
+    for spider_key in RETAILER_SPIDER_KEYS:
+        if spider_key in checked and (not isinstance(checked[spider_key], str) or not checked[spider_key].strip()):
+            raise RetailerConfigError(name, spider_key, f"needs a non-empty string, got {checked[spider_key]!r}")
+    checked["crawl"] = _check_crawl_overrides(name, checked["crawl"], crawl or {})
+    return checked
+
+
+def validate_retailers(retailers: Any, crawl: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every retailer entry of the settings, validated (:func:`validate_retailer`)."""
+    if not isinstance(retailers, dict):
+        raise ValueError(f"retailers: needs a mapping of retailer name -> entry, got {retailers!r} (config/settings.yaml)")
+    return {name: validate_retailer(name, entry, crawl) for name, entry in retailers.items()}
+
+
 def resolve_store_uri(uri: str) -> str:
     """Make a relative ``file://`` URI absolute against the repository root."""
     if uri.startswith("file://"):
@@ -104,18 +297,28 @@ def resolve_store_uri(uri: str) -> str:
     return uri
 
 
+def profile_path(profile: str) -> Path:
+    """``config/profiles/<name>.yaml`` for a profile name; a profile given as a path to a ``.yaml`` file
+    (a deployment's own retailers, kept outside the repository) is that file."""
+    if profile.endswith((".yaml", ".yml")) or os.sep in profile:
+        path = Path(profile).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+    return CONFIG_DIR / "profiles" / f"{profile}.yaml"
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     raw = yaml.safe_load((CONFIG_DIR / "settings.yaml").read_text())
     profile = env.get("FASHIONNET_PROFILE")
     if profile:
-        profile_path = CONFIG_DIR / "profiles" / f"{profile}.yaml"
-        if not profile_path.exists():
-            raise ValueError(f"FASHIONNET_PROFILE={profile!r}: no file {profile_path}")
-        raw = deep_merge(raw, yaml.safe_load(profile_path.read_text()) or {})
-    retailers = raw.get("retailers", {})
-    if env.get("FASHIONNET_SHOP_URL") and "demo-store" in retailers:
+        path = profile_path(profile)
+        if not path.exists():
+            raise ValueError(f"FASHIONNET_PROFILE={profile!r}: no file {path}")
+        raw = deep_merge(raw, yaml.safe_load(path.read_text()) or {})
+    retailers = raw.get("retailers") or {}
+    if env.get("FASHIONNET_SHOP_URL") and isinstance(retailers.get("demo-store"), dict):
         retailers["demo-store"]["base_url"] = env["FASHIONNET_SHOP_URL"].rstrip("/")
+    retailers = validate_retailers(retailers, raw.get("crawl") or {})
     return Settings(
         store_uri=resolve_store_uri(env.get("FASHIONNET_STORE") or raw["store"]),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
