@@ -276,8 +276,9 @@ def shard_keys(commit_id: str, shard: int) -> tuple[str, str]:
 
 
 def _night_of(batch_id: str | None, batch: pa.Table | None) -> date:
-    """The night a batch belongs to: its id's ``YYYYMMDD`` suffix, else its latest crawl, else today."""
-    match = re.search(r"(\d{8})$", batch_id or "")
+    """The night a batch belongs to: its id's ``YYYYMMDD`` (``catalog-20261101``, a retailer's
+    ``catalog-20261101-acme``), else its latest crawl, else today."""
+    match = re.search(r"-(\d{8})(?:-[a-z0-9][a-z0-9_-]{0,63})?$", batch_id or "")
     if match:
         return datetime.strptime(match.group(1), "%Y%m%d").date()
     if batch is not None and batch.num_rows and pc.max(batch["crawled_at"]).as_py() is not None:
@@ -307,6 +308,22 @@ def _batch_items(store: ObjectStore, batch_id: str) -> pa.Table:
     table = _first_per_item(_conform(accepted, schema).filter(pc.is_valid(pc.field("item_id"))))
     retailer = pc.fill_null(table["retailer"], "unknown")
     return table.set_column(0, "retailer", retailer)
+
+
+def _batches_items(store: ObjectStore, batch_ids: list[str]) -> pa.Table | None:
+    """The accepted items of several curated batches (one per retailer); an item in more than one keeps
+    the row crawled last (then the later batch id), so the result does not depend on the batches' order."""
+    if not batch_ids:
+        return None
+    tables = []
+    for batch_id in sorted(set(batch_ids)):
+        items = _batch_items(store, batch_id)
+        tables.append(items.append_column("_batch", pa.array([batch_id] * items.num_rows, pa.string())))
+    table = pa.concat_tables(tables)
+    if len(tables) > 1:
+        table = table.sort_by([("crawled_at", "descending"), ("_batch", "descending")])
+        table = _first_per_item(table)
+    return table.drop_columns(["_batch"])
 
 
 def _current_state(store: ObjectStore, attributes: list[str]) -> pa.Table:
@@ -348,6 +365,8 @@ def plan_refresh(
     commit_id: str,
     *,
     batch_id: str | None = None,
+    batch_ids: list[str] | None = None,
+    failed_retailers: list[str] | None = None,
     crawl_date: date | None = None,
     attributes: list[str] | None = None,
     models: dict[str, dict[str, Any]] | None = None,
@@ -355,9 +374,11 @@ def plan_refresh(
 ) -> dict[str, Any]:
     """Decide what refresh ``commit_id`` changes and write the plan to its staging prefix.
 
-    ``batch_id``: a curated catalog batch whose items are added or updated (None: only re-score rows
-    whose model versions are not ``models``'). ``crawl_date``: the partition of new items (default:
-    the batch id's ``YYYYMMDD``). ``models``: attribute -> {"version", "classes"} (default: the
+    ``batch_id``: a curated catalog batch whose items are added or updated, or ``batch_ids``: several
+    (the night's batch of each retailer; neither: only re-score rows whose model versions are not
+    ``models'``). ``failed_retailers``: retailers whose batch the night could not make, recorded in the
+    plan and the commit record. ``crawl_date``: the partition of new items (default: the first batch
+    id's ``YYYYMMDD``). ``models``: attribute -> {"version", "classes"} (default: the
     published networks of ``attributes``, default the taxonomy's). Per item, the action is one of
     ``new`` (not in the repository), ``image`` (content_sha256 changed), ``model`` (a stored model
     version differs; re-inferred from the row's own image when the batch does not have the item) —
@@ -374,9 +395,12 @@ def plan_refresh(
     prefix = staging_prefix(commit_id)
     store.delete_prefix(prefix + "/")  # an earlier attempt's plan and shard outputs
 
+    if batch_id and batch_ids:
+        raise ValueError("give batch_id or batch_ids, not both")
+    batches = sorted(set(batch_ids)) if batch_ids else ([batch_id] if batch_id else [])
     current = _current_state(store, attributes)
-    batch = _batch_items(store, batch_id) if batch_id else None
-    crawl_date = crawl_date or _night_of(batch_id, batch)
+    batch = _batches_items(store, batches)
+    crawl_date = crawl_date or _night_of(batches[0] if batches else None, batch)
 
     model_changed = pa.chunked_array([pa.array([False] * current.num_rows, pa.bool_())])
     for attribute in attributes:
@@ -434,7 +458,8 @@ def plan_refresh(
 
     actions = {a: int(pc.sum(pc.equal(plan["action"], a)).as_py() or 0) for a in ("new", "image", "model", "catalog")}
     info = {
-        "commit_id": commit_id, "batch_id": batch_id, "crawl_date": crawl_date.isoformat(),
+        "commit_id": commit_id, "batch_id": batches[0] if len(batches) == 1 else None, "batch_ids": batches,
+        "failed_retailers": sorted(failed_retailers or []), "crawl_date": crawl_date.isoformat(),
         "attributes": list(attributes), "versions": versions,
         "classes": {a: list(models[a]["classes"]) for a in attributes},
         "shards": shards, "to_infer": n_infer, "actions": actions,
@@ -598,7 +623,8 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         print(f"[repository {commit_id}] removed {LEGACY_KEY} (schema version 1; {PREFIX}/ replaces it)", flush=True)
     rows = repository_dataset(store).count_rows()
     record = {
-        "commit_id": commit_id, "batch_id": info["batch_id"], "crawl_date": info["crawl_date"],
+        "commit_id": commit_id, "batch_id": info["batch_id"], "batch_ids": info.get("batch_ids", []),
+        "failed_retailers": info.get("failed_retailers", []), "crawl_date": info["crawl_date"],
         "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": SCHEMA_VERSION,
         "versions": info["versions"], "actions": info["actions"], "inferred": vectors.num_rows,
         "skipped_undecodable": len(skipped), "skipped_item_ids": skipped[:1000],

@@ -444,3 +444,62 @@ def test_the_first_commit_removes_the_schema_1_single_file(file_store):
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1)
     assert not file_store.exists(R.LEGACY_KEY) and R.read_repository(file_store).num_rows == 2
     assert not os.path.exists(file_store.local_path("repository/_staging/catalog-20261101"))  # no empty folders left
+
+
+# -- several retailers in one night (issue 11) ---------------------------------------------------------
+def refresh_batches(store, commit_id: str, batch_ids: list[str], inferred_at: datetime, failed=None) -> tuple[dict, dict]:
+    plan = R.plan_refresh(store, commit_id, batch_ids=batch_ids, failed_retailers=failed, attributes=ATTRIBUTES)
+    fake_infer(store, commit_id, inferred_at)
+    return plan, R.commit_refresh(store, commit_id)
+
+
+def test_one_night_commits_the_batch_of_every_retailer_and_records_the_failed_ones(any_store):
+    publish(any_store, "v1")
+    acme = write_batch(any_store, "catalog-20261101-acme", range(0, 4), retailer="acme")
+    demo = write_batch(any_store, "catalog-20261101-demo-store", range(10, 13), retailer="demo-store")
+    plan, record = refresh_batches(any_store, "catalog-20261101",
+                                   ["catalog-20261101-demo-store", "catalog-20261101-acme"], T1, failed=["broken-shop"])
+    assert plan["crawl_date"] == "2026-11-01" and plan["actions"]["new"] == 7 and plan["batch_items"] == 7
+    assert record["batch_ids"] == ["catalog-20261101-acme", "catalog-20261101-demo-store"]
+    assert record["failed_retailers"] == ["broken-shop"] and record["batch_id"] is None
+    assert any_store.read_json("repository/commits/catalog-20261101.json")["failed_retailers"] == ["broken-shop"]
+    table = R.read_repository(any_store, columns=["item_id", "retailer"])
+    assert dict(zip(table["item_id"].to_pylist(), table["retailer"].to_pylist())) == \
+        {**dict.fromkeys(acme, "acme"), **dict.fromkeys(demo, "demo-store")}
+    assert {k.split("/")[3] for k in R.data_keys(any_store)} == {"retailer=acme", "retailer=demo-store"}
+
+
+def test_a_night_of_several_batches_run_twice_rewrites_nothing(file_store):
+    publish(file_store, "v1")
+    write_batch(file_store, "catalog-20261101-acme", range(0, 4), retailer="acme")
+    write_batch(file_store, "catalog-20261101-demo-store", range(10, 13))
+    batches = ["catalog-20261101-acme", "catalog-20261101-demo-store"]
+    refresh_batches(file_store, "catalog-20261101", batches, T1)
+    before = file_bytes(file_store)
+    plan, record = refresh_batches(file_store, "catalog-20261101", list(reversed(batches)), T2)
+    assert plan["to_infer"] == 0 and record["files_written"] == [] and file_bytes(file_store) == before
+
+
+def test_the_same_item_in_two_batches_keeps_the_row_crawled_last(file_store):
+    publish(file_store, "v1")
+    write_batch(file_store, "catalog-20261101-a", [1, 2], crawled_at=T2, price={1: 99.0})
+    write_batch(file_store, "catalog-20261101-b", [1], crawled_at=T1, price={1: 5.0})
+    for order in (["catalog-20261101-a", "catalog-20261101-b"], ["catalog-20261101-b", "catalog-20261101-a"]):
+        plan = R.plan_refresh(file_store, "c", batch_ids=order, attributes=ATTRIBUTES)
+        _, rows = R.read_plan(file_store, "c")
+        assert plan["batch_items"] == 2 and rows.num_rows == 2
+        assert dict(zip(rows["item_id"].to_pylist(), rows["price"].to_pylist()))[item_id(1)] == 99.0
+
+
+def test_a_night_where_every_retailer_failed_only_rescores_and_says_so(file_store):
+    publish(file_store, "v1")
+    plan = R.plan_refresh(file_store, "catalog-20261101", batch_ids=[], failed_retailers=["acme"],
+                          crawl_date=NIGHT1, attributes=ATTRIBUTES)
+    assert plan["batch_ids"] == [] and plan["failed_retailers"] == ["acme"] and plan["to_infer"] == 0
+    with pytest.raises(ValueError, match="batch_id or batch_ids"):
+        R.plan_refresh(file_store, "x", batch_id="catalog-20261101", batch_ids=["catalog-20261101"], attributes=ATTRIBUTES)
+
+
+def test_the_night_of_a_retailer_batch_is_its_date():
+    assert R._night_of("catalog-20261101-demo-store", None) == NIGHT1
+    assert R._night_of("catalog-20261102", None) == NIGHT2
