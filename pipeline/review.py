@@ -2,8 +2,9 @@
 
 * ``review/queue/<batch_id>.parquet``: a curated batch's accepted items with their weak labels, one
   ``weak_<attr>`` column (and ``weak_<attr>_source``) per taxonomy attribute. Rebuilt by :func:`enqueue`.
-* ``review/decisions/<batch_id>/<stamp>-<reviewer>.parquet``: the audit log. Every call of
-  :func:`record_decisions` writes a new object; nothing is ever edited or deleted.
+* ``review/decisions/<batch_id>/<stamp>-<reviewer>-<uuid>.parquet``: the audit log. Every call of
+  :func:`record_decisions` writes a new object, create-only (a write never replaces an existing one);
+  nothing is ever edited or deleted.
 * ``dataset/items.parquet``: rebuilt from every queue and every decision by :func:`build_dataset`.
 
 Decision semantics, replayed in ``decided_at`` order (the latest wins):
@@ -297,14 +298,14 @@ def _validate(decision: Decision, queue_items: set[str], taxonomy: Taxonomy, bat
                          f"(item {decision.item_id!r}); expected one of {list(classes)} or None to clear")
 
 
-def _log_key(store: ObjectStore, batch_id: str, decided_at: datetime, reviewer: str) -> str:
-    """A key no earlier call has used: the log is append-only, so an existing key is never reused."""
+def _log_key(batch_id: str, decided_at: datetime, reviewer: str) -> str:
+    """A key no other call can draw: time stamp (for humans; replay orders by ``decided_at``), reviewer and
+    a random uuid4, so two calls in the same microsecond, in any process, never share a key. The log
+    object is then written create-only (:meth:`ObjectStore.create_bytes`), so not even a collision could
+    replace an earlier decision."""
     stamp = decided_at.strftime("%Y%m%dT%H%M%S%fZ")
     safe_reviewer = re.sub(r"[^A-Za-z0-9_.@-]", "_", reviewer)
-    key = f"{decisions_prefix(batch_id)}/{stamp}-{safe_reviewer}.parquet"
-    if store.exists(key):
-        key = f"{decisions_prefix(batch_id)}/{stamp}-{safe_reviewer}-{uuid.uuid4().hex[:8]}.parquet"
-    return key
+    return f"{decisions_prefix(batch_id)}/{stamp}-{safe_reviewer}-{uuid.uuid4().hex}.parquet"
 
 
 def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision], reviewer: str) -> str:
@@ -345,10 +346,20 @@ def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision
                 row["old_label"] = before[d.attribute][0]
             stack.append(row)
         rows.append(row)
-    key = _log_key(store, batch_id, decided_at, reviewer)
-    store.write_parquet(key, pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
+    key = _log_key(batch_id, decided_at, reviewer)
+    store.create_bytes(key, _parquet_bytes(pa.Table.from_pylist(rows, schema=DECISION_SCHEMA)))
     log.info("review %s: %d decisions by %s -> %s", batch_id, len(rows), reviewer, key)
     return key
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
 
 
 def pending(store: ObjectStore, batch_id: str) -> list[str]:

@@ -7,6 +7,16 @@ Writes are atomic from a reader's view: a local write goes to a temporary file t
 place; an S3 PUT of one object is atomic by itself (s3fs sends objects over 100 MB as a multipart
 upload, which becomes visible only when it completes, and is aborted when it fails).
 
+Writes that must not lose a concurrent one: :meth:`ObjectStore.create_bytes` never replaces an object
+(a local hard link, which fails on an existing name; ``If-None-Match: *`` on S3), and
+:meth:`ObjectStore.update_json` is a read-modify-write that is atomic against other writers of the same
+key in any process (a lock file beside the object locally, ``<key>.tmp-lock``; a compare-and-swap loop with ``If-Match`` on the
+ETag, or ``If-None-Match: *`` for a new object, on S3). ``private=True`` writes a local file as 0600.
+
+A ``file://`` store reads and writes only inside its root: a key whose path resolves, through a symbolic
+link planted in the folder, to a place outside the root is refused (:class:`StoreKeyError`), and
+:meth:`ObjectStore.list` leaves such links out.
+
 An S3 endpoint that goes away fails a call within a bounded time instead of hanging the task: every
 request has a connect and a read timeout and a bounded number of attempts (:data:`S3_CLIENT`),
 uploads do not wait for a ``100 Continue`` that no timeout covers (:func:`_no_expect_continue`) and
@@ -21,7 +31,7 @@ import json
 import os
 import posixpath
 import uuid
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import fsspec
 
@@ -41,6 +51,16 @@ S3_CLIENT = {"connect_timeout": 5, "read_timeout": 20, "max_attempts": 3, "retri
 
 class StoreKeyError(ValueError):
     """A key that would escape the store root or is otherwise malformed."""
+
+
+class StoreConflict(RuntimeError):
+    """A conditional write lost: the object exists (create-only) or changed since it was read."""
+
+
+# How often :meth:`ObjectStore.update_json` retries after losing a compare-and-swap race on S3, and how long
+# it waits for the lock file of a local store.
+UPDATE_ATTEMPTS = 50
+LOCK_TIMEOUT_S = 60.0
 
 
 def normalize_key(key: str) -> str:
@@ -108,8 +128,19 @@ class ObjectStore:
 
     # -- addressing -------------------------------------------------------------------------
     def path(self, key: str) -> str:
-        """The filesystem path (no scheme) of ``key``, as fsspec and pyarrow take it."""
-        return posixpath.join(self.root, normalize_key(key))
+        """The filesystem path (no scheme) of ``key``, as fsspec and pyarrow take it.
+
+        In a ``file://`` store, a path that a symbolic link leads out of the root is refused."""
+        path = posixpath.join(self.root, normalize_key(key))
+        if self.protocol == "file" and not self._inside_root(path):
+            raise StoreKeyError(f"store key {key!r} leads out of the store {self.uri} through a symbolic link")
+        return path
+
+    def _inside_root(self, path: str) -> bool:
+        """Whether ``path``, every symbolic link on it resolved, is the local root or below it."""
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
     def url(self, key: str = "") -> str:
         """The full URI of ``key`` (or of the store root)."""
@@ -140,7 +171,10 @@ class ObjectStore:
         except FileNotFoundError:
             return []
         root = self.root.rstrip("/") + "/"
-        return sorted(p[len(root):] for p in found if p.startswith(root) and not _is_temporary(p))
+        keys = [p[len(root):] for p in found if p.startswith(root) and not _is_temporary(p)]
+        if self.protocol == "file":
+            keys = [k for k in keys if self._inside_root(root + k)]
+        return sorted(keys)
 
     def read_parquet(self, key: str, columns: list[str] | None = None) -> "pa.Table":
         import pyarrow.parquet as pq
@@ -155,25 +189,93 @@ class ObjectStore:
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
     # -- writing ------------------------------------------------------------------------------
-    def put_bytes(self, key: str, data: bytes) -> str:
-        """Write ``data`` to ``key`` atomically; returns the key."""
+    def put_bytes(self, key: str, data: bytes, *, private: bool = False) -> str:
+        """Write ``data`` to ``key`` atomically; returns the key. ``private``: a local file is 0600."""
         path = self.path(key)
         if self.protocol == "file":
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
+            os.replace(self._local_temporary(path, data, private), path)
         else:
-            from fsspec.exceptions import FSTimeoutError
-
-            deadline = self.s3_upload_deadline_s(len(data))
-            try:
-                self.fs.pipe_file(path, data, timeout=deadline)  # fsspec cancels the upload at the deadline
-            except FSTimeoutError as error:
-                raise TimeoutError(f"writing {key!r} ({len(data)} bytes) to {self.uri} did not finish in {deadline:.0f} s:"
-                                   f" the S3 endpoint {self.endpoint_url or ''} stopped answering") from error
+            self._s3_put(key, path, data)
         return normalize_key(key)
+
+    def create_bytes(self, key: str, data: bytes, *, private: bool = False) -> str:
+        """Write ``data`` to ``key`` only if no object is there; never replaces one (:class:`StoreConflict`).
+
+        Locally the complete file is hard-linked into place (``link`` fails on an existing name, like
+        ``O_EXCL``, and readers never see a part); on S3 the PUT carries ``If-None-Match: *``."""
+        path = self.path(key)
+        if self.protocol == "file":
+            tmp = self._local_temporary(path, data, private)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise StoreConflict(f"object {key!r} exists in {self.uri}; it is never replaced") from None
+            finally:
+                os.unlink(tmp)
+        else:
+            self._s3_put(key, path, data, condition={"IfNoneMatch": "*"})
+        return normalize_key(key)
+
+    def update_json(self, key: str, change: Callable[[Any], Any], *, private: bool = False) -> Any:
+        """Replace the JSON object at ``key`` (None when there is none) by ``change(value)``, atomically
+        against every other ``update_json`` of that key; returns the new value.
+
+        ``change`` may run several times (on S3, once per lost race), so it must be a pure function of
+        its argument; an exception it raises aborts the update and writes nothing."""
+        path = self.path(key)
+        if self.protocol == "file":
+            from filelock import FileLock
+
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with FileLock(f"{path}.tmp-lock", timeout=LOCK_TIMEOUT_S):
+                value = change(json.loads(self.get_bytes(key)) if os.path.exists(path) else None)
+                self.put_bytes(key, _json_bytes(value), private=private)
+                return value
+        for _ in range(UPDATE_ATTEMPTS):
+            etag = self._s3_etag(path)
+            value = change(None if etag is None else self.read_json(key))
+            condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+            try:
+                self._s3_put(key, path, _json_bytes(value), condition=condition)
+                return value
+            except StoreConflict:
+                continue
+        raise StoreConflict(f"{key!r} in {self.uri} changed under {UPDATE_ATTEMPTS} attempts to update it")
+
+    def _local_temporary(self, path: str, data: bytes, private: bool) -> str:
+        """A complete temporary file beside ``path`` holding ``data`` (0600 when ``private``)."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        if private:
+            os.chmod(tmp, 0o600)  # the mode above is masked by the umask only towards fewer rights
+        return tmp
+
+    def _s3_etag(self, path: str) -> str | None:
+        """The object's ETag, or None when there is none (read before its body, so that a change in
+        between makes the conditional write fail instead of being overwritten)."""
+        try:
+            return self.fs.info(path)["ETag"]
+        except FileNotFoundError:
+            return None
+
+    def _s3_put(self, key: str, path: str, data: bytes, condition: dict[str, str] | None = None) -> None:
+        from botocore.exceptions import ClientError
+        from fsspec.exceptions import FSTimeoutError
+
+        deadline = self.s3_upload_deadline_s(len(data))
+        try:
+            # fsspec cancels the upload at the deadline
+            self.fs.pipe_file(path, data, timeout=deadline, **(condition or {}))
+        except FSTimeoutError as error:
+            raise TimeoutError(f"writing {key!r} ({len(data)} bytes) to {self.uri} did not finish in {deadline:.0f} s:"
+                               f" the S3 endpoint {self.endpoint_url or ''} stopped answering") from error
+        except (ClientError, OSError) as error:
+            if condition and _precondition_failed(error):
+                raise StoreConflict(f"conditional write of {key!r} to {self.uri} refused: {condition}") from error
+            raise
 
     def move(self, source: str, target: str) -> str:
         """Replace ``target`` with the object at ``source`` (which is gone afterwards) so that a reader
@@ -192,8 +294,8 @@ class ObjectStore:
             self.delete(source)
         return normalize_key(target)
 
-    def write_json(self, key: str, value: Any) -> str:
-        return self.put_bytes(key, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+    def write_json(self, key: str, value: Any, *, private: bool = False) -> str:
+        return self.put_bytes(key, _json_bytes(value), private=private)
 
     def write_parquet(self, key: str, table: "pa.Table") -> str:
         import pyarrow.parquet as pq
@@ -244,6 +346,26 @@ def _s3_session() -> Any:
     session = Session()
     session.register("before-send.s3", _no_expect_continue)
     return session
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+
+
+def _precondition_failed(error: BaseException) -> bool:
+    """Whether an S3 error (as botocore or s3fs raises it) is a failed ``If-Match``/``If-None-Match``
+    (412 PreconditionFailed; 409 ConditionalRequestConflict when a concurrent conditional write won)."""
+    while error is not None:
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return True
+        if "PreconditionFailed" in str(error) or "At least one of the pre-conditions" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _is_temporary(path: str) -> bool:

@@ -287,3 +287,52 @@ def test_predictions_contract():
     assert [(f.name, str(f.type)) for f in PREDICTIONS_SCHEMA] == [
         ("item_id", "string"), ("attribute", "string"), ("predicted_label", "string"),
         ("confidence", "double"), ("model_version", "string")]
+
+
+def test_decisions_in_the_same_microsecond_never_overwrite_each_other(file_store, monkeypatch):
+    """Issue 17: the log key was checked, then written; two calls at the same instant drew the same key
+    and the later one replaced the earlier decision. Now every key has a uuid and the write is create-only."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipeline.review as review
+
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    instant = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return instant
+
+    monkeypatch.setattr(review, "datetime", FrozenClock)
+    everyone_read = threading.Barrier(5)
+    real_read_decisions = review.read_decisions
+
+    def read_then_wait(store, batch_id):  # every call has read the log before any writes: the race
+        log = real_read_decisions(store, batch_id)
+        everyone_read.wait(timeout=10)
+        return log
+
+    monkeypatch.setattr(review, "read_decisions", read_then_wait)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        keys = list(pool.map(lambda item: record_decisions(file_store, "b1", [Decision(item, "accept")],
+                                                           reviewer="alice"), sorted(ITEMS)))
+    monkeypatch.setattr(review, "read_decisions", real_read_decisions)
+    assert len(set(keys)) == 5 and sorted(file_store.list("review/decisions/b1")) == sorted(keys)
+    log = read_decisions(file_store, "b1")
+    assert sorted(log["item_id"]) == sorted(ITEMS) and pending(file_store, "b1") == []
+
+
+def test_a_decision_log_object_is_never_replaced(file_store, monkeypatch):
+    import pipeline.review as review
+    from pipeline.storage import StoreConflict
+
+    write_batch(file_store, "b1", "c1", ITEMS, WEAK)
+    enqueue(file_store, "b1")
+    first = record_decisions(file_store, "b1", [Decision("i1", "accept")], reviewer="alice")
+    monkeypatch.setattr(review, "_log_key", lambda *args: first)  # even a colliding key cannot replace it
+    with pytest.raises(StoreConflict):
+        record_decisions(file_store, "b1", [Decision("i1", "reject")], reviewer="alice")
+    assert read_decisions(file_store, "b1")["decision"].tolist() == ["accept"]

@@ -127,3 +127,91 @@ def test_a_silent_s3_endpoint_fails_a_call_within_the_bound(s3_env, call):
     assert not worker.is_alive(), f"{call} to a silent endpoint still waits after {bound + 10:.0f} s"
     assert "timeout" in f"{type(outcome.get('error')).__name__} {outcome.get('error')}".lower(), outcome
     assert 1.0 <= outcome["seconds"] <= bound + 2.0
+
+
+# -- issue 17: create-only writes, atomic updates, private files, symbolic links ---------------------------
+def test_create_bytes_never_replaces_an_object(any_store):
+    from pipeline.storage import StoreConflict
+
+    assert any_store.create_bytes("log/a.bin", b"first") == "log/a.bin"
+    with pytest.raises(StoreConflict, match="never replaced|refused"):
+        any_store.create_bytes("log/a.bin", b"second")
+    assert any_store.get_bytes("log/a.bin") == b"first"
+    assert any_store.list() == ["log/a.bin"]  # no temporary file left behind
+
+
+def test_update_json_is_atomic_against_concurrent_updates(any_store):
+    """20 threads each add one name to one JSON object: all 20 are kept (a plain read-then-write loses
+    most of them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def add(name):
+        return any_store.update_json("review/list.json", lambda value: {**(value or {}), name: True})
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(add, [f"n{i}" for i in range(20)]))
+    assert sorted(any_store.read_json("review/list.json")) == sorted(f"n{i}" for i in range(20))
+    assert any_store.list() == ["review/list.json"]  # the lock file is not an object
+
+
+def test_update_json_loses_no_race_on_s3(s3_store, monkeypatch):
+    """A writer that changes the object between our read and our write makes our conditional write fail;
+    update_json then reads again and applies its change on top (no lost update)."""
+    s3_store.write_json("k.json", {"a": 1})
+    raced = []
+
+    def change(value):
+        if not raced:  # the first attempt: someone else writes in between
+            raced.append(True)
+            s3_store.write_json("k.json", {**value, "b": 2})
+        return {**value, "c": 3}
+
+    assert s3_store.update_json("k.json", change) == {"a": 1, "b": 2, "c": 3}
+    assert s3_store.read_json("k.json") == {"a": 1, "b": 2, "c": 3}
+
+
+def test_an_exception_in_the_change_writes_nothing(any_store):
+    any_store.write_json("k.json", {"a": 1})
+
+    def refuse(value):
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        any_store.update_json("k.json", refuse)
+    assert any_store.read_json("k.json") == {"a": 1}
+
+
+def test_private_files_are_0600(file_store):
+    import os
+    import stat
+
+    file_store.write_json("secret.json", {"x": 1}, private=True)
+    file_store.update_json("secret2.json", lambda v: {"y": 2}, private=True)
+    file_store.write_json("public.json", {"z": 3})
+    for key in ("secret.json", "secret2.json"):
+        assert stat.S_IMODE(os.stat(file_store.local_path(key)).st_mode) == 0o600, key
+    assert stat.S_IMODE(os.stat(file_store.local_path("public.json")).st_mode) & 0o044  # unchanged default
+
+
+def test_a_symlink_that_leaves_the_store_is_not_followed(file_store, tmp_path):
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("host secret")
+    file_store.put_bytes("inside/ok.txt", b"ok")
+    root = file_store.local_path("inside/ok.txt").rsplit("/inside/", 1)[0]
+    os.symlink(outside / "secret.txt", f"{root}/inside/link.txt")
+    os.symlink(outside, f"{root}/dir-link")
+    os.symlink(f"{root}/inside/ok.txt", f"{root}/inside/internal-link.txt")  # stays inside: fine
+    with pytest.raises(StoreKeyError, match="symbolic link"):
+        file_store.get_bytes("inside/link.txt")
+    with pytest.raises(StoreKeyError, match="symbolic link"):
+        file_store.get_bytes("dir-link/secret.txt")
+    with pytest.raises(StoreKeyError, match="symbolic link"):
+        file_store.put_bytes("dir-link/planted.txt", b"x")
+    with pytest.raises(StoreKeyError, match="symbolic link"):
+        file_store.put_bytes("inside/link.txt", b"x")
+    assert not (outside / "planted.txt").exists() and (outside / "secret.txt").read_text() == "host secret"
+    assert file_store.get_bytes("inside/internal-link.txt") == b"ok"
+    assert file_store.list() == ["inside/internal-link.txt", "inside/ok.txt"]
