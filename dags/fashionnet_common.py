@@ -32,14 +32,18 @@ RETAILER_PATTERN = whole(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def crawl_params() -> dict[str, Param]:
-    """Which retailer a crawl visits, validated before any work starts (the crawl task also refuses, before
-    any request, a ``start_url`` off a configured retailer's site: scrapers.crawl.check_start_url)."""
+    """Which retailers a crawl visits, validated before any work starts. Empty: every configured retailer
+    (one mapped crawl task each). The first task also refuses, before any request, names that are not
+    configured and a ``start_url`` off the retailer's site (scrapers.retailers.crawl_targets)."""
     return {
-        "retailer": Param("demo-store", type="string", pattern=RETAILER_PATTERN,
-                          description="A retailer configured in config/settings.yaml"),
+        "retailers": Param([], type="array", items={"type": "string", "pattern": RETAILER_PATTERN},
+                           description="Crawl only these configured retailers (empty: all of them)"),
+        "retailer": Param(None, type=["null", "string"], pattern=RETAILER_PATTERN,
+                          description="One retailer: configured in config/settings.yaml, or any shop's name "
+                                      "together with a start_url"),
         "start_url": Param(None, type=["null", "string"], pattern=whole(r"https?://[^\s]+"),
-                           description="Start the crawl at this page (optional): on a configured retailer's site, or "
-                                       "any shop for a retailer name not in the settings"),
+                           description="Start the crawl at this page (optional): on the retailer's site, or any "
+                                       "shop for a retailer name not in the settings"),
     }
 
 

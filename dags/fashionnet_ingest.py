@@ -1,11 +1,18 @@
-"""Ingest: crawl a retailer with search queries (weak labels) -> validate -> dedup -> review queue ->
-approval -> dataset.
+"""Ingest: crawl every searchable retailer with search queries (weak labels) -> validate -> dedup ->
+review queue -> approval -> dataset.
 
-The review policy (``curation.review_policy``, or the ``review_policy`` Param) picks the gate:
-``auto_accept`` accepts every undecided item and approves the batch itself (the demo); ``manual``
+The crawl, curation, queueing and review predictions are mapped, one task per retailer with a
+``search_url`` in ``config/settings.yaml`` (or those named by the ``retailers`` Param, or one
+``retailer``/``start_url``), each batch keyed ``ingest-<YYYYMMDD>-<retailer>``. The review policy
+(``curation.review_policy``, or the ``review_policy`` Param) picks the gate for the night's batches:
+``auto_accept`` accepts every undecided item and approves each batch itself (the demo); ``manual``
 leaves the items to reviewers (the review page) and waits in ``approve_batch``, an Airflow
-Human-in-the-loop approval (Browse -> Required Actions), before the batch may enter the dataset that
-`fashionnet_train` consumes. Rejecting there, or no answer within the timeout, keeps the batch out.
+Human-in-the-loop approval (Browse -> Required Actions), before the batches may enter the dataset that
+`fashionnet_train` consumes. Rejecting there, or no answer within the timeout, keeps them out.
+
+One retailer's failure: its mapped tasks are red; the gate runs (``all_done_min_one_success``) over
+the batches that were queued, so the others' items still reach review and the dataset, and the last
+task, ``check_retailers``, fails the run, naming the retailers whose batch is missing.
 """
 from __future__ import annotations
 
@@ -26,18 +33,25 @@ PARAMS = {
 }
 
 
-@dag(dag_id="fashionnet_ingest", schedule=None, catchup=False, params=PARAMS, tags=["fashionnet"])
+@dag(dag_id="fashionnet_ingest", schedule=None, catchup=False, params=PARAMS, tags=["fashionnet"], doc_md=__doc__)
 def fashionnet_ingest():
     @task
-    def crawl(params: dict, dag_run=None) -> str:
-        from pipeline.runs import batch_id, stage
-        from scrapers.crawl import run_crawl
+    def retailers_to_crawl(params: dict, dag_run=None) -> list[dict]:
+        """One crawl per retailer with a search page; names and URLs are checked here, before any request."""
+        from scrapers.retailers import crawl_targets, retailer_batch_id, searchable_retailers
 
         reject_unknown_params(params, PARAMS)
-        crawl_id = batch_id("ingest", dag_run.run_after)
-        with stage("ingest.crawl") as report:
-            report.summary = run_crawl("query", crawl_id, retailer=params["retailer"], start_url=params["start_url"])
-        return crawl_id
+        targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], searchable_retailers())
+        return [{**t, "crawl_id": retailer_batch_id("ingest", dag_run.run_after, t["retailer"])} for t in targets]
+
+    @task(map_index_template="{{ task.op_kwargs['target']['retailer'] }}")
+    def crawl(target: dict) -> str:
+        from pipeline.runs import stage
+        from scrapers.retailers import ingest_crawl
+
+        with stage(f"ingest.crawl.{target['retailer']}") as report:
+            report.summary = ingest_crawl(target["retailer"], target["start_url"]).run(target["crawl_id"])
+        return target["crawl_id"]
 
     @task
     def curate(crawl_id: str) -> str:
@@ -71,9 +85,15 @@ def fashionnet_ingest():
             report.summary = predict_review_queue(open_store(), batch, get_settings().taxonomy.names)
         return plain(report.summary)
 
+    @task(trigger_rule="all_done_min_one_success")
+    def queued_batches(queued: list[str]) -> list[str]:
+        """The batches that reached the review queue, once every retailer's tasks are done (a failed
+        retailer's mapped tasks pushed nothing: read by index)."""
+        return sorted(queued[i] for i in range(len(queued)))
+
     @task.branch
-    def review_gate(batch: str, params: dict) -> str:
-        """auto_accept: the policy decides the undecided items and approves the batch; manual: ask a person."""
+    def review_gate(batches: list[str], params: dict) -> str:
+        """auto_accept: the policy decides the undecided items and approves each batch; manual: ask a person."""
         from pipeline.approval import batch_review_summary, record_approval
         from pipeline.review import POLICY_REVIEWER, apply_policy
         from pipeline.runs import stage
@@ -83,25 +103,27 @@ def fashionnet_ingest():
         store = open_store()
         policy = params["review_policy"] or get_settings().curation["review_policy"]
         with stage("ingest.review") as report:
-            decided = apply_policy(store, batch, policy)
+            decided = {batch: apply_policy(store, batch, policy) for batch in batches}
             report.summary = {"policy": policy, "decided_by_policy": decided}
             if policy == "manual":
                 return "approval_request"
-            record_approval(store, batch, POLICY_REVIEWER, "policy", batch_review_summary(store, batch))
+            for batch in batches:
+                record_approval(store, batch, POLICY_REVIEWER, "policy", batch_review_summary(store, batch))
         return "build_dataset"
 
     @task
-    def approval_request(batch: str) -> str:
-        """The text the approver reads: the batch's counts and a link to the review page."""
+    def approval_request(batches: list[str]) -> str:
+        """The text the approver reads: each batch's counts and a link to the review page."""
         from pipeline.approval import approval_body, batch_review_summary
         from pipeline.settings import get_settings
         from pipeline.storage import open_store
 
-        return approval_body(batch_review_summary(open_store(), batch), get_settings().review.get("page_url"))
+        store, page = open_store(), get_settings().review.get("page_url")
+        return "\n\n".join(approval_body(batch_review_summary(store, batch), page) for batch in batches)
 
     @task
-    def record_human_approval(batch: str, ti=None) -> dict:
-        """Runs only after "Approve" (a rejection or the auto_accept branch skips it)."""
+    def record_human_approval(batches: list[str], ti=None) -> list[dict]:
+        """Runs only after "Approve" (a rejection or the auto_accept branch skips it); approves every batch shown."""
         from pipeline.approval import batch_review_summary, record_approval
         from pipeline.storage import open_store
 
@@ -109,7 +131,7 @@ def fashionnet_ingest():
         user = response.get("responded_by_user") or {}
         approver = str(user.get("name") or user.get("id") or "airflow-user")
         store = open_store()
-        return record_approval(store, batch, approver, "human", batch_review_summary(store, batch))
+        return [record_approval(store, batch, approver, "human", batch_review_summary(store, batch)) for batch in batches]
 
     @task(outlets=[DATASET], trigger_rule="none_failed_min_one_success")
     def build_dataset() -> dict:
@@ -123,19 +145,29 @@ def fashionnet_ingest():
             report.summary = rebuild(store, batches=approved_batches(store))
         return plain(report.summary)
 
-    batch = enqueue_for_review(curate(crawl()))
-    gate = review_gate(batch)
+    @task(trigger_rule="all_done")
+    def check_retailers(targets: list[dict], batches: list[str]) -> None:
+        """Fails the run when a retailer's batch never reached the review queue (its tasks are red)."""
+        failed = sorted(t["retailer"] for t in targets if t["crawl_id"] not in batches)
+        if failed:
+            raise RuntimeError(f"{len(batches)} batch(es) queued; the crawl or curation of {failed} failed")
+
+    targets = retailers_to_crawl()
+    queued = enqueue_for_review.expand(batch=curate.expand(crawl_id=crawl.expand(target=targets)))
+    batches = queued_batches(queued)
+    gate = review_gate(batches)
     approve = ApprovalOperator(
         task_id="approve_batch",
-        subject="FashionNet: approve ingest batch {{ ti.xcom_pull(task_ids='enqueue_for_review') }}",
+        subject="FashionNet: approve the ingest batches of {{ ds }}",
         body="{{ ti.xcom_pull(task_ids='approval_request') }}",
         defaults=ApprovalOperator.REJECT,  # taken when nobody answers within the response timeout
         response_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
     )
     dataset = build_dataset()
-    predict_for_review(batch) >> gate
-    gate >> approval_request(batch) >> approve >> record_human_approval(batch) >> dataset
+    predict_for_review.expand(batch=queued) >> batches
+    gate >> approval_request(batches) >> approve >> record_human_approval(batches) >> dataset
     gate >> dataset
+    dataset >> check_retailers(targets, batches)
 
 
 fashionnet_ingest_dag = fashionnet_ingest()

@@ -1,12 +1,21 @@
-"""Repository refresh: crawl the catalog -> validate/dedup -> plan -> mapped inference shards -> commit.
+"""Repository refresh: every retailer's catalog crawl -> validate/dedup -> plan -> mapped inference shards -> commit.
 
 The fashion-vector repository (``repository/fashion_vectors/``, a Hive-partitioned Parquet dataset) is
 what recommendations and analysts read. It runs nightly at 02:00 UTC and whenever the train DAG
-publishes models (Asset ``fashionnet_models``). The nightly run adds the catalog's new items and
-updates changed ones; every run re-scores the rows whose model versions are not the published ones.
-A models-triggered run crawls nothing: it only re-scores. Only those items are inferred, in
-``infer_shard`` tasks mapped over shards of ``repository.shard_size`` items (at most
-``repository.max_shards``); ``commit`` then replaces the changed files atomically.
+publishes models (Asset ``fashionnet_models``). The nightly run crawls every retailer of
+``config/settings.yaml`` (or those named by the ``retailers`` Param, or one ``retailer``/``start_url``):
+``crawl_catalog`` and ``curate`` are mapped, one task per retailer (labelled with its name in the UI),
+each crawl keyed ``catalog-<YYYYMMDD>-<retailer>``. It adds the catalog's new items and updates changed
+ones; every run re-scores the rows whose model versions are not the published ones. A models-triggered
+run crawls nothing: it only re-scores. Only those items are inferred, in ``infer_shard`` tasks mapped
+over shards of ``repository.shard_size`` items (at most ``repository.max_shards``); ``commit`` then
+replaces the changed files atomically, as commit ``catalog-<YYYYMMDD>`` (``rescore-...`` without a crawl).
+
+One retailer's failure: its mapped crawl (or curate) task fails and is red; ``plan`` runs anyway
+(trigger rule ``all_done_min_one_success``) over every retailer that succeeded, so their items are
+committed and the Asset is updated; the commit record lists the failed retailers
+(``failed_retailers``), and the last task, ``check_retailers``, then fails, so the DAG run ends failed
+and the failure cannot go unnoticed. Rerunning the night crawls again and commits idempotently.
 """
 from __future__ import annotations
 
@@ -22,44 +31,55 @@ def _models_triggered(dag_run) -> bool:
 
 
 @dag(dag_id="fashionnet_repository_refresh", schedule=SCHEDULE, catchup=False, max_active_runs=1,
-     params=crawl_params(), tags=["fashionnet"])
+     params=crawl_params(), tags=["fashionnet"], doc_md=__doc__)
 def fashionnet_repository_refresh():
     @task
-    def crawl_catalog(params: dict, dag_run=None) -> str | None:
-        from pipeline.runs import batch_id, stage
-        from scrapers.crawl import run_crawl
+    def retailers_to_crawl(params: dict, dag_run=None) -> list[dict]:
+        """The night's crawls, one per retailer; every name and URL is checked here, before any request."""
+        from scrapers.retailers import catalog_retailers, crawl_targets, retailer_batch_id
 
         reject_unknown_params(params, crawl_params())
         if _models_triggered(dag_run):
             print("[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only", flush=True)
-            return None
-        crawl_id = batch_id("catalog", dag_run.run_after)
-        with stage("refresh.crawl") as report:
-            report.summary = run_crawl("catalog", crawl_id, retailer=params["retailer"], start_url=params["start_url"])
-        return crawl_id
+            return []
+        targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], catalog_retailers())
+        return [{**t, "crawl_id": retailer_batch_id("catalog", dag_run.run_after, t["retailer"])} for t in targets]
 
-    @task
-    def curate(crawl_id: str | None) -> str | None:
+    @task(map_index_template="{{ task.op_kwargs['target']['retailer'] }}")
+    def crawl_catalog(target: dict) -> dict:
+        from pipeline.runs import stage
+        from scrapers.retailers import catalog_crawl
+
+        with stage(f"refresh.crawl.{target['retailer']}") as report:
+            report.summary = catalog_crawl(target["retailer"], target["start_url"]).run(target["crawl_id"])
+        return target
+
+    @task(map_index_template="{{ task.op_kwargs['target']['retailer'] }}")
+    def curate(target: dict) -> dict:
         from pipeline.curate import curate_batch
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
-        if crawl_id is None:
-            return None
-        with stage("refresh.curate") as report:
-            report.summary = curate_batch(open_store(), crawl_id)
-        return crawl_id
+        with stage(f"refresh.curate.{target['retailer']}") as report:
+            report.summary = curate_batch(open_store(), target["crawl_id"])
+        return target
 
-    @task
-    def plan(batch: str | None, dag_run=None) -> list[dict]:
+    @task(trigger_rule="all_done_min_one_success")
+    def plan(targets: list[dict], curated: list[dict], dag_run=None) -> list[dict]:
+        """Runs when every retailer's tasks are done, over those that succeeded."""
         from pipeline.repository import plan_refresh
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
-        commit_id = batch or f"rescore-{dag_run.run_after:%Y%m%dT%H%M%S}"
+        # Index by length: failed mapped tasks pushed nothing, and iterating past the end logs errors.
+        done = [curated[i] for i in range(len(curated))]
+        batches = sorted(t["crawl_id"] for t in done)
+        failed = sorted(t["retailer"] for t in targets if t["crawl_id"] not in batches)
+        commit_id = f"catalog-{dag_run.run_after:%Y%m%d}" if targets else f"rescore-{dag_run.run_after:%Y%m%dT%H%M%S}"
         with stage("refresh.plan") as report:
-            # New items go to the partition of the batch's night (catalog-<YYYYMMDD>: the run's date).
-            report.summary = plan_refresh(open_store(), commit_id, batch_id=batch)
+            # New items go to the partition of the run's night.
+            report.summary = plan_refresh(open_store(), commit_id, batch_ids=batches, failed_retailers=failed,
+                                          crawl_date=dag_run.run_after.date() if targets else None)
         return [{"commit_id": commit_id, "shard": shard} for shard in range(report.summary["shards"])]
 
     @task(queue=TENSORFLOW_QUEUE)
@@ -85,7 +105,17 @@ def fashionnet_repository_refresh():
             report.summary = commit_refresh(open_store(), commit_id)
         return plain({k: v for k, v in report.summary.items() if k != "skipped_item_ids"})
 
-    commit(infer_shard.expand(work=plan(curate(crawl_catalog()))))
+    @task
+    def check_retailers(record: dict) -> None:
+        """Fails the run (after the others' items are committed) when a retailer's crawl failed."""
+        failed = record.get("failed_retailers") or []
+        if failed:
+            raise RuntimeError(f"commit {record['commit_id']} holds {len(record.get('batch_ids') or [])} retailer(s); "
+                               f"the crawl or curation of {failed} failed (their tasks are red: see their logs)")
+
+    targets = retailers_to_crawl()
+    curated = curate.expand(target=crawl_catalog.expand(target=targets))
+    check_retailers(commit(infer_shard.expand(work=plan(targets, curated))))
 
 
 fashionnet_repository_refresh_dag = fashionnet_repository_refresh()

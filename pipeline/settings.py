@@ -115,7 +115,6 @@ RETAILER_CRAWL_OVERRIDES: dict[str, type | tuple[type, ...]] = {
     "download_delay_s": (int, float), "autothrottle_start_delay_s": (int, float), "download_timeout_s": (int, float),
     "retry_times": int, "retry_backoff_base_s": (int, float), "retry_backoff_max_s": (int, float),
     "timeout_s": (int, float), "incremental": bool, "images_min_width": int, "images_min_height": int,
-    "shopify_max_pages": int, "shopify_max_bad_pages": int,
 }
 HOST_ENTRY = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -242,8 +241,12 @@ def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None
     urls_file = checked["urls_file"]
     if urls_file is not None and (kind != "urls" or not isinstance(urls_file, str) or not urls_file.strip()):
         raise RetailerConfigError(name, "urls_file", "is a file path, for kind urls only")
-    if kind in ("sitemap", "listing") and not points:
-        raise RetailerConfigError(name, "entry_points", f"kind {kind} needs at least one {kind} URL")
+    if kind in ("sitemap", "listing") and len(points) != 1:
+        # The product spider starts at one sitemap (a sitemap index lists the others) or one listing page.
+        raise RetailerConfigError(name, "entry_points", f"kind {kind} needs exactly one {kind} URL "
+                                  f"(a sitemap index for several sitemaps), got {len(points)}")
+    if kind == "urls" and any("," in url for url in points):
+        raise RetailerConfigError(name, "entry_points", "a product URL with a comma: list such URLs in a urls_file")
     if kind == "urls" and bool(points) == bool(urls_file):
         raise RetailerConfigError(name, "entry_points", "kind urls needs product URLs in entry_points or a urls_file "
                                   "(exactly one of them)")

@@ -61,12 +61,24 @@ def _edges(dag) -> set[tuple[str, str]]:
 def test_ingest_wiring(dagbag):
     dag = dagbag.dags["fashionnet_ingest"]
     assert _edges(dag) == {
-        ("crawl", "curate"), ("curate", "enqueue_for_review"), ("enqueue_for_review", "predict_for_review"),
-        ("enqueue_for_review", "review_gate"), ("enqueue_for_review", "approval_request"),
-        ("enqueue_for_review", "record_human_approval"), ("predict_for_review", "review_gate"),
+        ("retailers_to_crawl", "crawl"), ("crawl", "curate"), ("curate", "enqueue_for_review"),
+        ("enqueue_for_review", "predict_for_review"), ("enqueue_for_review", "queued_batches"),
+        ("predict_for_review", "queued_batches"), ("queued_batches", "review_gate"),
+        ("queued_batches", "approval_request"), ("queued_batches", "record_human_approval"),
         ("review_gate", "approval_request"), ("review_gate", "build_dataset"),
         ("approval_request", "approve_batch"), ("approve_batch", "record_human_approval"),
-        ("record_human_approval", "build_dataset")}
+        ("record_human_approval", "build_dataset"), ("build_dataset", "check_retailers"),
+        ("retailers_to_crawl", "check_retailers"), ("queued_batches", "check_retailers")}
+
+
+def test_ingest_maps_one_crawl_per_retailer_and_reviews_what_succeeded(dagbag):
+    dag = dagbag.dags["fashionnet_ingest"]
+    for task_id in ("crawl", "curate", "enqueue_for_review", "predict_for_review"):
+        assert type(dag.get_task(task_id)).__name__.endswith("MappedOperator"), task_id
+    assert dag.get_task("crawl").map_index_template == "{{ task.op_kwargs['target']['retailer'] }}"
+    assert dag.get_task("queued_batches").trigger_rule == "all_done_min_one_success"
+    assert dag.get_task("check_retailers").trigger_rule == "all_done"
+    assert "One retailer's failure" in dag.doc_md
 
 
 def test_ingest_gates_the_dataset_on_a_human_approval(dagbag):
@@ -89,9 +101,16 @@ def test_train_maps_one_task_per_attribute(dagbag):
 
 def test_refresh_is_nightly_and_recommend_follows_the_repository(dagbag):
     refresh = dagbag.dags["fashionnet_repository_refresh"]
-    assert _edges(refresh) == {("crawl_catalog", "curate"), ("curate", "plan"), ("plan", "infer_shard"),
-                               ("infer_shard", "commit")}
-    assert type(refresh.get_task("infer_shard")).__name__.endswith("MappedOperator")
+    assert _edges(refresh) == {("retailers_to_crawl", "crawl_catalog"), ("retailers_to_crawl", "plan"),
+                               ("crawl_catalog", "curate"), ("curate", "plan"), ("plan", "infer_shard"),
+                               ("infer_shard", "commit"), ("commit", "check_retailers")}
+    for task_id in ("crawl_catalog", "curate", "infer_shard"):
+        assert type(refresh.get_task(task_id)).__name__.endswith("MappedOperator"), task_id
+    assert refresh.get_task("crawl_catalog").map_index_template == "{{ task.op_kwargs['target']['retailer'] }}"
+    # One retailer's failed crawl: the others' items are planned and committed, then the run fails.
+    assert refresh.get_task("plan").trigger_rule == "all_done_min_one_success"
+    assert refresh.get_task("check_retailers").trigger_rule == "all_success"
+    assert "failed_retailers" in refresh.doc_md
     # Nightly at 02:00 UTC, and again whenever the train DAG publishes models (a re-score).
     assert refresh.timetable.timetable.expression == "0 2 * * *"
     assert {a.name for a in refresh.timetable.asset_condition.objects} == {"fashionnet_models"}
@@ -171,6 +190,8 @@ def test_recommend_params_reject_bad_input_before_any_work(dagbag, conf, message
 @pytest.mark.parametrize("conf, message", [
     ({"start_url": "file:///etc/passwd"}, "does not match"),
     ({"retailer": "../other"}, "does not match"),
+    ({"retailers": ["demo-store", "../other"]}, "does not match"),
+    ({"retailers": "demo-store"}, "is not of type 'array'"),
 ])
 def test_crawl_params_reject_urls_and_names_that_are_not_shops(dagbag, dag_id, conf, message):
     from airflow.sdk.definitions.param import ParamsDict

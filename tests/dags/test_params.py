@@ -223,12 +223,20 @@ def test_recommend_validate_plans_good_requests(dagbag, users_store):
 
 
 BAD_CRAWLS = [  # dag, conf, passes the schema?, what the message must say
+    # A start URL without a retailer name belongs to the configured retailer whose site it is on: none here.
     ("fashionnet_ingest", {"start_url": "http://evil.example/list"}, True,
-     "start_url 'http://evil.example/list' is not on the site of retailer 'demo-store'"),
+     "start_url 'http://evil.example/list' is not on the site of any configured retailer (['demo-store'])"),
     ("fashionnet_repository_refresh", {"start_url": "http://169.254.169.254/latest/meta-data/"}, True,
-     "is not on the site of retailer 'demo-store'"),
+     "is not on the site of any configured retailer"),
     ("fashionnet_repository_refresh", {"start_url": "http://127.0.0.1:5432/"}, True,
-     "is not on the site of retailer 'demo-store'"),  # the shop's host, another port: another service
+     "is not on the site of any configured retailer"),  # the shop's host, another port: another service
+    ("fashionnet_repository_refresh", {"retailer": "demo-store", "start_url": "http://169.254.169.254/"}, True,
+     "is not on the site of retailer 'demo-store'"),
+    ("fashionnet_repository_refresh", {"retailers": ["demo-store", "acme"]}, True,
+     "retailers ['acme'] are not configured for this crawl (configured: ['demo-store'])"),
+    ("fashionnet_ingest", {"retailers": ["demo-store"], "start_url": "http://127.0.0.1:8765/"}, True,
+     "give either retailers"),
+    ("fashionnet_ingest", {"retailer": "acme"}, True, "retailer 'acme' is not configured for this crawl"),
     ("fashionnet_repository_refresh", {"retailer": "acme", "start_url": "http://user:secret@shop.example/"}, True,
      "carries credentials"),
     ("fashionnet_ingest", {"retailr": "acme"}, True, "unknown Params ['retailr']"),
@@ -255,7 +263,7 @@ def test_crawl_tasks_refuse_urls_off_the_retailers_site_before_any_request(
     monkeypatch.setattr(scrapers.crawl.subprocess, "Popen", no_crawl)
     dag = dagbag.dags[dag_id]
     task = dag.get_task(dag.task_ids[0])
-    assert task.task_id in ("crawl", "crawl_catalog")
+    assert task.task_id == "retailers_to_crawl"
     run = types.SimpleNamespace(run_after=datetime(2026, 11, 1, 2, tzinfo=timezone.utc), run_type="scheduled")
     before = snapshot(file_store)
     with pytest.raises(ValueError) as refused:
@@ -284,3 +292,34 @@ def test_train_refuses_a_misspelt_param_before_splitting(dagbag, file_store, mon
         dag.get_task("split").python_callable(params=task_params(dag, {"force": True}, schema=True))
     assert snapshot(file_store) == {}
     assert not os.path.exists(file_store.root)
+
+
+@pytest.mark.parametrize("dag_id", ["fashionnet_ingest", "fashionnet_repository_refresh"])
+def test_the_crawl_fans_out_over_every_configured_retailer_or_the_named_ones(dagbag, file_store, monkeypatch, tmp_path,
+                                                                             dag_id):
+    import scrapers.crawl
+
+    profile = tmp_path / "shops.yaml"
+    profile.write_text("retailers:\n  acme:\n    kind: shopify\n    base_url: https://acme.example\n"
+                       "  zed:\n    kind: urls\n    base_url: https://zed.example\n    entry_points: [https://zed.example/p/1]\n"
+                       "    search_url: 'https://zed.example/s?q={query}'\n")
+    monkeypatch.setenv("FASHIONNET_PROFILE", str(profile))
+    monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
+    get_settings.cache_clear()
+    monkeypatch.setattr(scrapers.crawl.subprocess, "Popen", lambda *a, **k: pytest.fail("a crawl was started"))
+    dag = dagbag.dags[dag_id]
+    choose = dag.get_task("retailers_to_crawl").python_callable
+    run = types.SimpleNamespace(run_after=datetime(2026, 11, 1, 2, tzinfo=timezone.utc), run_type="scheduled")
+    kind = "ingest" if dag_id == "fashionnet_ingest" else "catalog"
+    every = ["demo-store", "zed"] if kind == "ingest" else ["acme", "demo-store", "zed"]  # ingest: a search_url
+    assert choose(params=task_params(dag, {}, schema=True), dag_run=run) == [
+        {"retailer": name, "start_url": None, "crawl_id": f"{kind}-20261101-{name}"} for name in every]
+    assert [t["retailer"] for t in choose(params=task_params(dag, {"retailers": ["zed"]}, schema=True), dag_run=run)] == ["zed"]
+    one = choose(params=task_params(dag, {"start_url": "https://zed.example/list"}, schema=True), dag_run=run)
+    assert one == [{"retailer": "zed", "start_url": "https://zed.example/list", "crawl_id": f"{kind}-20261101-zed"}]
+    any_shop = choose(params=task_params(dag, {"retailer": "new-shop", "start_url": "https://new.example/"}, schema=True),
+                      dag_run=run)
+    assert [t["retailer"] for t in any_shop] == ["new-shop"]
+    if kind == "catalog":
+        models = types.SimpleNamespace(run_after=run.run_after, run_type="asset_triggered")
+        assert choose(params=task_params(dag, {}, schema=True), dag_run=models) == []

@@ -75,7 +75,8 @@ def test_a_valid_entry_is_completed_with_the_absent_keys():
     ({"base_url": "ftp://shop.example"}, "base_url", "absolute http"),
     ({"base_url": "https://user:pw@shop.example"}, "base_url", "credentials"),
     ({"base_url": "https://shop.example:99999"}, "base_url", "not a valid URL"),
-    ({"entry_points": []}, "entry_points", "kind sitemap needs at least one sitemap URL"),
+    ({"entry_points": []}, "entry_points", "kind sitemap needs exactly one sitemap URL"),
+    ({"entry_points": ["https://shop.example/a.xml", "https://shop.example/b.xml"]}, "entry_points", "got 2"),
     ({"entry_points": "https://shop.example/sitemap.xml"}, "entry_points", "needs a list"),
     ({"entry_points": ["https://evil.example/sitemap.xml"]}, "entry_points[0]", "neither on the retailer's site"),
     ({"entry_points": ["https://shop.example:8443/sitemap.xml"]}, "entry_points[0]", "neither on the retailer's site"),
@@ -102,7 +103,9 @@ def test_a_bad_entry_names_the_retailer_and_the_field(change, field, message):
 
 
 @pytest.mark.parametrize("entry, field, message", [
-    ({"kind": "listing", "base_url": "https://shop.example"}, "entry_points", "kind listing needs at least one"),
+    ({"kind": "listing", "base_url": "https://shop.example"}, "entry_points", "kind listing needs exactly one"),
+    ({"kind": "urls", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1,2"]},
+     "entry_points", "urls_file"),
     ({"kind": "urls", "base_url": "https://shop.example"}, "entry_points", "exactly one of them"),
     ({"kind": "urls", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1"],
       "urls_file": "u.txt"}, "entry_points", "exactly one of them"),
