@@ -154,6 +154,19 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
 
+    def version(self, key: str) -> str | None:
+        """A cheap token that changes whenever the object at ``key`` is written (None: no object): the
+        file's inode, size and modification time locally (every write renames a new file into place),
+        the ETag on S3 (one HEAD request)."""
+        path = self.path(key)
+        if self.protocol == "file":
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                return None
+            return f"{info.st_ino}-{info.st_size}-{info.st_mtime_ns}"
+        return self._s3_etag(path)
+
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.fs.cat_file(self.path(key))

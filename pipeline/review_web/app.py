@@ -14,10 +14,11 @@ Airflow). FastAPI's own docs routes are switched off.
 from __future__ import annotations
 
 import html
+import json
 import logging
+import math
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,18 +50,26 @@ LOGIN_CSP = PAGE_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inlin
 
 
 class ReviewContext:
-    """What the routes share: the store (opened on first use), the session signer and short-lived caches."""
+    """What the routes share: the store (opened on first use), the session signer, the login guards
+    (:class:`auth.LoginThrottle`, :class:`auth.PasswordCheckGate`) and short-lived caches."""
 
     def __init__(self, store_factory: Callable[[], ObjectStore], signer: auth.SessionSigner,
-                 secure_cookie: bool | None, cache_ttl_s: float) -> None:
+                 secure_cookie: bool | None, cache_ttl_s: float, settings: dict[str, Any]) -> None:
         self._store_factory = store_factory
         self._store: ObjectStore | None = None
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._reviewers: tuple[str | None, dict[str, dict[str, Any]]] | None = None
         self.signer = signer
         self.secure_cookie = secure_cookie
         self.cache_ttl_s = cache_ttl_s
-        self.throttle = LoginThrottle()
+        self.settings = settings
+        self.throttle = auth.LoginThrottle(lambda: self.store, int(settings["free_login_failures"]),
+                                           float(settings["login_delay_s"]), float(settings["login_max_delay_s"]),
+                                           float(settings["login_failure_memory_s"]))
+        self.password_checks = auth.PasswordCheckGate(int(settings["max_concurrent_password_checks"]),
+                                                      int(settings["max_password_checks_per_client"]),
+                                                      float(settings["password_check_wait_s"]))
 
     @property
     def store(self) -> ObjectStore:
@@ -70,7 +79,7 @@ class ReviewContext:
             return self._store
 
     def cached(self, kind: str, key: str, load: Callable[[], Any]) -> Any:
-        """``load()``, reused for ``cache_ttl_s`` (reviewers on every request, image keys on every image)."""
+        """``load()``, reused for ``cache_ttl_s`` (a batch's image keys on every image)."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get((kind, key))
@@ -85,37 +94,88 @@ class ReviewContext:
         with self._lock:
             for cache_key in [k for k in self._cache if k[0] == kind]:
                 del self._cache[cache_key]
+            if kind == "reviewers":
+                self._reviewers = None
 
     def reviewers(self) -> dict[str, dict[str, Any]]:
-        return self.cached("reviewers", "", lambda: auth.read_reviewers(self.store))
-
-
-class LoginThrottle:
-    """At most ``limit`` failed logins per reviewer name in ``window_s``; later tries are refused unchecked."""
-
-    def __init__(self, limit: int = 5, window_s: float = 300.0) -> None:
-        self.limit, self.window_s = limit, window_s
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, name: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(name, deque())
-        while failures and now - failures[0] > self.window_s:
-            failures.popleft()
-        return failures
-
-    def blocked(self, name: str) -> bool:
+        """The reviewers file as it is now: its version is checked on every call (a stat, or one HEAD on
+        S3) and the file read again when it changed, so a logout, removal or new password elsewhere
+        ends a session on the very next request, in every process."""
+        version = self.store.version(auth.REVIEWERS_KEY)
         with self._lock:
-            return len(self._recent(name, time.monotonic())) >= self.limit
-
-    def failed(self, name: str) -> None:
+            if self._reviewers is not None and self._reviewers[0] == version:
+                return self._reviewers[1]
+        reviewers = auth.read_reviewers(self.store) if version is not None else {}
         with self._lock:
-            now = time.monotonic()
-            self._recent(name, now).append(now)
+            self._reviewers = (version, reviewers)
+        return reviewers
 
-    def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._failures.pop(name, None)
+
+class BodySizeLimit:
+    """Refuse request bodies over the limit of their route with 413, before the route reads them.
+
+    A declared ``Content-Length`` over the limit is answered at once, unread; a body without one
+    (chunked) is counted as it arrives and refused at the first byte over the limit. Wraps the whole
+    app (outermost), so it holds on every route, the login form and unauthenticated requests included.
+    """
+
+    def __init__(self, app: Any, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        limit = self.limit_for(path[len(root):] if root and path.startswith(root) else path)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                return await self._refuse(send, 400, "a malformed Content-Length")
+            if too_big:
+                return await self._refuse(send, 413, f"the request body is over {limit} bytes")
+        received, started, refused = 0, False, False
+
+        async def counted_receive() -> dict:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit and not started:
+                    # answer now and tell the app the client left: it stops reading, and what it
+                    # still sends is dropped (raising here would reach FastAPI as a 400)
+                    refused = True
+                    await self._refuse(send, 413, f"the request body is over {limit} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except Exception:
+            if not refused:
+                raise
+            log.info("request to %s refused (body over %d bytes); the app's error after it: dropped", path, limit)
+
+    @staticmethod
+    async def _refuse(send: Callable[[dict], Awaitable[None]], status: int, why: str) -> None:
+        body = json.dumps({"detail": f"refused: {why}"}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close"), (b"x-content-type-options", b"nosniff"),
+                                (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 # -- request helpers -------------------------------------------------------------------------------
@@ -123,6 +183,16 @@ def route_path(request: Request) -> str:
     """The path inside this app, without the prefix it is mounted under."""
     path, root = request.url.path, request.scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
+
+
+def client_address(request: Request) -> str:
+    """The client's address: the configured proxy header's last entry, else the connection's peer."""
+    header = context(request).settings.get("client_address_header")
+    if header:
+        forwarded = request.headers.get(header)
+        if forwarded and forwarded.split(",")[-1].strip():
+            return forwarded.split(",")[-1].strip()
+    return request.client.host if request.client else "unknown"
 
 
 def cookie_path(request: Request) -> str:
@@ -189,11 +259,17 @@ async def security_headers(request: Request, call_next: Callable[[Request], Awai
 
 
 # -- pages -----------------------------------------------------------------------------------------
-def login_page(error: str = "", status_code: int = 200) -> HTMLResponse:
+TOO_MANY_FAILURES = "Too many failed attempts; wait a few minutes."
+BUSY = "The server is busy checking passwords; try again in a moment."
+
+
+def login_page(error: str = "", status_code: int = 200, retry_after_s: float | None = None) -> HTMLResponse:
     text = (STATIC_DIR / "login.html").read_text()
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    return HTMLResponse(text.replace("<!--error-->", message), status_code=status_code,
-                        headers={"Content-Security-Policy": LOGIN_CSP})
+    headers = {"Content-Security-Policy": LOGIN_CSP}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return HTMLResponse(text.replace("<!--error-->", message), status_code=status_code, headers=headers)
 
 
 def add_page_routes(app: FastAPI) -> None:
@@ -210,17 +286,27 @@ def add_page_routes(app: FastAPI) -> None:
         ctx = context(request)
         if cross_site(request):
             return login_page("This login form only accepts posts from its own page.", 403)
-        username = username.strip()
-        if ctx.throttle.blocked(username):
-            log.warning("review login for %r refused: too many failed attempts", username)
-            return login_page("Too many failed attempts; wait a few minutes.", 429)
-        ctx.forget("reviewers")  # a reviewer added a moment ago can log in at once
-        reviewers = ctx.reviewers()
-        if not auth.authenticate(reviewers, username, password):
-            ctx.throttle.failed(username)
-            log.warning("review login failed for %r", username)
+        username, client = username.strip(), client_address(request)
+        wait_s = ctx.throttle.wait_s(client, username)
+        if wait_s > 0:
+            log.warning("review login for %r from %s refused: %.0f s to wait after failed attempts",
+                        username, client, wait_s)
+            return login_page(TOO_MANY_FAILURES, 429, retry_after_s=wait_s)
+        refused = ctx.password_checks.acquire(client)
+        if refused is not None:
+            log.warning("review login for %r from %s refused: %s", username, client,
+                        "a check of this client is running" if refused == "client" else "too many checks at once")
+            return login_page(BUSY, 429 if refused == "client" else 503, retry_after_s=1)
+        try:
+            reviewers = ctx.reviewers()
+            ok = auth.authenticate(reviewers, username, password)
+        finally:
+            ctx.password_checks.release(client)
+        if not ok:
+            failures = ctx.throttle.failed(client, username)
+            log.warning("review login failed for %r from %s (%d in a row)", username, client, failures)
             return login_page("Unknown reviewer or wrong password.", 401)
-        ctx.throttle.succeeded(username)
+        ctx.throttle.succeeded(client, username)
         log.info("review login: %s", username)
         response = RedirectResponse("./", status_code=303)
         secure = ctx.secure_cookie if ctx.secure_cookie is not None else request.url.scheme == "https"
@@ -231,6 +317,11 @@ def add_page_routes(app: FastAPI) -> None:
 
     @app.post("/logout", include_in_schema=False)
     def logout(request: Request) -> Response:
+        """End every session of this reviewer, server side (not only this browser's cookie)."""
+        ctx = context(request)
+        auth.end_sessions(ctx.store, reviewer(request))
+        ctx.forget("reviewers")
+        log.info("review logout: %s (every session ended)", reviewer(request))
         response = Response(status_code=204)
         response.delete_cookie(COOKIE_NAME, path=cookie_path(request), httponly=True, samesite="strict")
         return response
@@ -251,12 +342,13 @@ def add_page_routes(app: FastAPI) -> None:
 # -- the factory -----------------------------------------------------------------------------------
 def create_app(store_factory: Callable[[], ObjectStore] | None = None, *, secret: str | None = None,
                session_max_age_s: int = 12 * 3600, secure_cookie: bool | None = None,
-               cache_ttl_s: float = 5.0) -> FastAPI:
+               cache_ttl_s: float = 5.0, review_settings: dict[str, Any] | None = None) -> FastAPI:
     """The review app over the store ``store_factory()`` returns (default: the configured store).
 
     ``secret`` signs sessions (default ``FASHIONNET_REVIEW_SECRET``, else random per process);
     ``secure_cookie`` forces the cookie's Secure flag (default: set on https requests);
-    ``cache_ttl_s`` is how long the reviewers file and a batch's image keys are reused.
+    ``cache_ttl_s`` is how long a batch's image keys are reused; ``review_settings``: overrides of
+    the ``review:`` section of ``config/settings.yaml`` (body limits, login throttling, password checks).
     """
     from pipeline.review_web.api import router  # the API pulls in pandas; still nothing at factory time
 
@@ -265,10 +357,15 @@ def create_app(store_factory: Callable[[], ObjectStore] | None = None, *, secret
 
         store_factory = open_store
     app = FastAPI(title="FashionNet review", docs_url=None, redoc_url=None, openapi_url=None)
+    from pipeline.settings import get_settings
+
+    settings = {**get_settings().review, **(review_settings or {})}
     app.state.review = ReviewContext(store_factory, auth.SessionSigner(auth.session_secret(secret), session_max_age_s),
-                                     secure_cookie, cache_ttl_s)
+                                     secure_cookie, cache_ttl_s, settings)
     add_page_routes(app)
     app.include_router(router, prefix="/api")
     app.add_middleware(SessionGate)
-    app.middleware("http")(security_headers)  # added last: outermost, so refusals get the headers too
+    app.middleware("http")(security_headers)  # refusals get the headers too
+    login_limit, body_limit = int(settings["max_login_body_bytes"]), int(settings["max_body_bytes"])
+    app.add_middleware(BodySizeLimit, limit_for=lambda path: login_limit if path in PUBLIC_PATHS else body_limit)
     return app

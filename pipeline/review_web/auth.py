@@ -1,12 +1,19 @@
 """Reviewers, their passwords and their sessions.
 
 ``review/reviewers.json`` in the store holds every reviewer's scrypt password hash with its own random
-salt (never a password). It is managed with ``python -m pipeline.review_web add-reviewer``.
+salt (never a password). It is managed with ``python -m pipeline.review_web add-reviewer``. Every change
+of it is one :meth:`ObjectStore.update_json` (a lock file locally, a compare-and-swap on S3), so two
+admins changing it at once never lose each other's change; a local file is 0600.
 
 A session is a cookie signed with ``FASHIONNET_REVIEW_SECRET`` (itsdangerous, timestamped). It names
-the reviewer and carries a fingerprint of their password record, so changing a reviewer's password or
-removing the reviewer ends their open sessions. Without the variable every process draws a random
+the reviewer and carries a fingerprint of their password record *and of its session generation*, a
+counter in the record that logout raises: the server checks the fingerprint against the stored record
+on every request, so logout, a password change or the reviewer's removal ends every session of that
+reviewer at once, in every server process. Without the variable every process draws a random
 secret: sessions then end with the process and do not work across several api-server workers.
+
+:class:`LoginThrottle` (failed logins per client and name, in the store) and :class:`PasswordCheckGate`
+(bounded concurrent scrypt checks) protect the login.
 """
 from __future__ import annotations
 
@@ -16,8 +23,10 @@ import logging
 import os
 import re
 import secrets
+import threading
+import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -69,8 +78,14 @@ def read_reviewers(store: ObjectStore) -> dict[str, dict[str, Any]]:
     return dict(store.read_json(REVIEWERS_KEY).get("reviewers", {}))
 
 
-def _write_reviewers(store: ObjectStore, reviewers: dict[str, dict[str, Any]]) -> None:
-    store.write_json(REVIEWERS_KEY, {"version": 1, "reviewers": reviewers})
+def change_reviewers(store: ObjectStore,
+                     change: Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Apply ``change`` (name -> record, to a new mapping; it may run more than once) to the reviewers
+    file atomically against every other change; returns the new mapping."""
+    def apply(value: Any) -> dict[str, Any]:
+        return {"version": 1, "reviewers": change(dict((value or {}).get("reviewers", {})))}
+
+    return store.update_json(REVIEWERS_KEY, apply, private=True)["reviewers"]
 
 
 def add_reviewer(store: ObjectStore, name: str, password: str, replace: bool = False) -> None:
@@ -78,19 +93,35 @@ def add_reviewer(store: ObjectStore, name: str, password: str, replace: bool = F
     validate_name(name)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
-    reviewers = read_reviewers(store)
-    if name in reviewers and not replace:
-        raise ValueError(f"reviewer {name!r} exists; pass --replace to set a new password")
-    reviewers[name] = {**hash_password(password), "updated_at": datetime.now(timezone.utc).isoformat()}
-    _write_reviewers(store, reviewers)
+    record = {**hash_password(password), "updated_at": datetime.now(timezone.utc).isoformat()}
+
+    def add(reviewers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if name in reviewers and not replace:
+            raise ValueError(f"reviewer {name!r} exists; pass --replace to set a new password")
+        generation = int(reviewers.get(name, {}).get("session_generation", 0))
+        return {**reviewers, name: {**record, "session_generation": generation + 1}}
+
+    change_reviewers(store, add)
 
 
 def remove_reviewer(store: ObjectStore, name: str) -> None:
-    reviewers = read_reviewers(store)
-    if name not in reviewers:
-        raise ValueError(f"no reviewer {name!r}")
-    del reviewers[name]
-    _write_reviewers(store, reviewers)
+    def remove(reviewers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if name not in reviewers:
+            raise ValueError(f"no reviewer {name!r}")
+        return {n: r for n, r in reviewers.items() if n != name}
+
+    change_reviewers(store, remove)
+
+
+def end_sessions(store: ObjectStore, name: str) -> None:
+    """End every session of ``name`` (logout): their record's session generation goes up by one."""
+    def bump(reviewers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if name not in reviewers:
+            return reviewers  # removed meanwhile: no session of theirs is valid anyway
+        record = reviewers[name]
+        return {**reviewers, name: {**record, "session_generation": int(record.get("session_generation", 0)) + 1}}
+
+    change_reviewers(store, bump)
 
 
 def authenticate(reviewers: dict[str, dict[str, Any]], name: str, password: str) -> bool:
@@ -114,7 +145,9 @@ def session_secret(explicit: str | None = None) -> str:
 
 
 def _fingerprint(record: dict[str, Any]) -> str:
-    return hashlib.sha256(f"{record['salt']}:{record['hash']}".encode()).hexdigest()[:16]
+    """What a session must match in the stored record: the password hash and the session generation."""
+    generation = int(record.get("session_generation", 0))
+    return hashlib.sha256(f"{record['salt']}:{record['hash']}:{generation}".encode()).hexdigest()[:16]
 
 
 class SessionSigner:
@@ -143,3 +176,107 @@ class SessionSigner:
                 fingerprint, _fingerprint(record)):
             return None
         return name
+
+
+# -- login throttling, shared through the store ----------------------------------------------------
+THROTTLE_PREFIX = "review/login-throttle"
+
+
+class LoginThrottle:
+    """Growing delays after failed logins, per client address and reviewer name, kept in the store.
+
+    Keyed by both, so an attacker's failures delay only the attacker's next tries for that name: a
+    reviewer logging in from another address is never delayed (nobody can lock them out), and the
+    attacker's guessing rate for one name falls to one try per ``max_delay_s``. The counters live in
+    the store (one small object per client and name, changed with :meth:`ObjectStore.update_json`), so
+    every server process sees them and a restart forgets nothing. Time is wall-clock time for the same
+    reason.
+    """
+
+    def __init__(self, store: Callable[[], ObjectStore], free_failures: int, delay_s: float, max_delay_s: float,
+                 memory_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self.free_failures, self.delay_s, self.max_delay_s, self.memory_s = free_failures, delay_s, max_delay_s, memory_s
+        self.clock = clock
+
+    @staticmethod
+    def key(client: str, name: str) -> str:
+        digest = hashlib.sha256(f"{client}\0{name}".encode()).hexdigest()[:40]
+        return f"{THROTTLE_PREFIX}/{digest}.json"
+
+    def _failures(self, record: dict[str, Any] | None, now: float) -> int:
+        if not record or now - float(record.get("last_failure_at", 0)) > self.memory_s:
+            return 0
+        return int(record.get("failures", 0))
+
+    def delay_after(self, failures: int) -> float:
+        """How long the next try must wait after ``failures`` failures in a row."""
+        if failures < self.free_failures:
+            return 0.0
+        return min(self.delay_s * 2 ** (failures - self.free_failures), self.max_delay_s)
+
+    def wait_s(self, client: str, name: str) -> float:
+        """Seconds this client must still wait before it may try ``name`` again (0: it may now)."""
+        key, now = self.key(client, name), self.clock()
+        store = self._store()
+        record = store.read_json(key) if store.exists(key) else None
+        failures = self._failures(record, now)
+        if not failures:
+            return 0.0
+        return max(0.0, float(record["last_failure_at"]) + self.delay_after(failures) - now)
+
+    def failed(self, client: str, name: str) -> int:
+        """Count a failed try; returns the failures in a row."""
+        now = self.clock()
+
+        def count(record: Any) -> dict[str, Any]:
+            return {"failures": self._failures(record, now) + 1, "last_failure_at": now}
+
+        return int(self._store().update_json(self.key(client, name), count)["failures"])
+
+    def succeeded(self, client: str, name: str) -> None:
+        store, key = self._store(), self.key(client, name)
+        if store.exists(key):
+            try:
+                store.delete(key)
+            except FileNotFoundError:  # another process forgot it first
+                pass
+
+
+# -- bounded password checks -----------------------------------------------------------------------
+class PasswordCheckGate:
+    """At most ``max_concurrent`` scrypt checks at once in this process, ``per_client`` per address.
+
+    A check over the per-client bound is refused at once; one over the global bound waits ``wait_s`` at
+    most, then is refused. Refused logins cost no hash, so 80 concurrent bogus logins hold at most
+    ``max_concurrent`` x 16 MiB and leave slots for other clients' real logins.
+    """
+
+    def __init__(self, max_concurrent: int, per_client: int, wait_s: float) -> None:
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._lock = threading.Lock()
+        self._by_client: dict[str, int] = {}
+        self.max_concurrent, self.per_client, self.wait_s = max_concurrent, per_client, wait_s
+
+    def acquire(self, client: str) -> str | None:
+        """None when a check may run (call :meth:`release`), else why not: ``"client"`` or ``"busy"``."""
+        with self._lock:
+            if self._by_client.get(client, 0) >= self.per_client:
+                return "client"
+            self._by_client[client] = self._by_client.get(client, 0) + 1
+        if not self._slots.acquire(timeout=self.wait_s):
+            self._release_client(client)
+            return "busy"
+        return None
+
+    def release(self, client: str) -> None:
+        self._slots.release()
+        self._release_client(client)
+
+    def _release_client(self, client: str) -> None:
+        with self._lock:
+            left = self._by_client.get(client, 1) - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                self._by_client.pop(client, None)

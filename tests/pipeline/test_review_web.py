@@ -253,15 +253,12 @@ def test_accept_page_accepts_only_pending_items_and_undo_reverts_it(client, stor
     assert client.post("/api/batches/b1/accept-page", json={"item_ids": ["i1"]}).status_code == 403
 
 
-def test_logout_and_login_throttle(client, store):
+def test_logout_deletes_the_cookie(client, store):
     login(client)
     response = client.post("/logout", headers=CSRF)
     assert response.status_code == 204 and 'fashionnet_review_session=""' in response.headers["set-cookie"]
     assert client.get("/api/me").status_code == 401
-    for _ in range(5):
-        assert login(client, "bob", "wrong password").status_code == 401
-    assert login(client, "bob").status_code == 429  # even the right password, for a while
-    assert login(client, "alice").status_code == 303
+    assert login(client, "alice").status_code == 303  # and logging in again works
 
 
 def test_the_app_works_under_a_url_prefix(store):
