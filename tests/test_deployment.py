@@ -4,7 +4,7 @@
 validates and resolves docker-compose.yml with an .env made from .env.example by scripts/make-dotenv.py in a
 temporary folder (never a committed .env). The resolved file is then checked against itself, the Dockerfile
 and the installed Airflow: the services the DAGs need, healthchecks, restart policies, start order, and the
-wiring (executor, database, broker, the `aws` connection to MinIO, the bucket, DAG and plugins folders,
+wiring (executor, database, broker, the task logs' own bucket and account on MinIO, the store's bucket, DAG and plugins folders,
 secrets, the TensorFlow queue). The one-shot jobs' scripts run here too: airflow-init's against SQLite
 with the real Airflow CLI, minio-init's against a stand-in `mc`.
 """
@@ -36,13 +36,13 @@ AIRFLOW_SERVICES = ["airflow-init", "airflow-apiserver", "airflow-scheduler", "a
 OPTIONAL = ["flower", "demo-store"]  # behind compose profiles
 SECRETS = ["AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY", "AIRFLOW_JWT_SECRET",
            "POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "FASHIONNET_S3_SECRET_KEY",
-           "FASHIONNET_REVIEW_SECRET"]
+           "AIRFLOW_LOGS_S3_SECRET_KEY", "FASHIONNET_REVIEW_SECRET"]
 # Every Airflow container must see the same value of these.
 SHARED_AIRFLOW_ENV = ["AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
                       "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY",
                       "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
                       "AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER",
-                      "AIRFLOW_CONN_AWS", "FASHIONNET_STORE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                      "AIRFLOW_CONN_AIRFLOW_LOGS", "FASHIONNET_STORE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                       "AWS_SECRET_ACCESS_KEY", "FASHIONNET_REVIEW_SECRET", "FASHIONNET_TENSORFLOW_QUEUE"]
 
 
@@ -280,33 +280,43 @@ def test_celery_executor_postgres_and_redis(services: dict, dotenv: dict[str, st
         assert env[key] == dotenv[name], key
 
 
-def test_aws_connection_points_at_minio_and_the_store_bucket(services: dict, dotenv: dict[str, str]):
+def test_task_logs_have_their_own_bucket_and_account_on_minio(services: dict, dotenv: dict[str, str]):
+    """Issue 17: the logs were in the store's bucket under the store's read-write key, so any task could
+    rewrite them (or review/reviewers.json). Now: another bucket, another account, and each account's
+    MinIO policy names only its own bucket (checked in the minio-init test below)."""
     from airflow.models.connection import Connection
     from airflow.providers.amazon.aws.utils.connection_wrapper import AwsConnectionWrapper
 
     env = _env(services["airflow-worker"])
     store = urlsplit(env["FASHIONNET_STORE"])
     assert store.scheme == "s3" and store.hostname == dotenv["FASHIONNET_BUCKET"]
-    bucket = store.hostname
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        dotenv["FASHIONNET_S3_ACCESS_KEY"], dotenv["FASHIONNET_S3_SECRET_KEY"])
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
 
-    conn_id = env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"]
-    assert conn_id == "aws"
-    connection = AwsConnectionWrapper(Connection.from_json(env[f"AIRFLOW_CONN_{conn_id.upper()}"], conn_id=conn_id))
-    assert connection.conn_type == "aws"
-    assert connection.endpoint_url == env["AWS_ENDPOINT_URL"] == "http://minio:9000"
-    assert connection.get_service_config("s3")["bucket_name"] == bucket
-    assert (connection.aws_access_key_id, connection.aws_secret_access_key) == (
-        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
-    assert connection.aws_secret_access_key == dotenv["FASHIONNET_S3_SECRET_KEY"]
-    assert urlsplit(env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"]).hostname == bucket
     assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "True"
+    logs = urlsplit(env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"])
+    assert logs.scheme == "s3" and logs.hostname == dotenv["AIRFLOW_LOGS_BUCKET"] != store.hostname
+    conn_id = env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"]
+    connection = AwsConnectionWrapper(Connection.from_json(env[f"AIRFLOW_CONN_{conn_id.upper()}"], conn_id=conn_id))
+    assert connection.conn_type == "aws" and connection.endpoint_url == "http://minio:9000"
+    assert connection.get_service_config("s3")["bucket_name"] == logs.hostname
+    assert (connection.aws_access_key_id, connection.aws_secret_access_key) == (
+        dotenv["AIRFLOW_LOGS_S3_ACCESS_KEY"], dotenv["AIRFLOW_LOGS_S3_SECRET_KEY"])
+    assert connection.aws_access_key_id != env["AWS_ACCESS_KEY_ID"]
+    assert connection.aws_secret_access_key not in (env["AWS_SECRET_ACCESS_KEY"], "")
+    # no other connection carries the pipeline's key (the old `aws` connection did, for the logs)
+    for name in AIRFLOW_SERVICES:
+        assert not [k for k in _env(services[name]) if k.startswith("AIRFLOW_CONN_") and k != "AIRFLOW_CONN_AIRFLOW_LOGS"]
 
-    # MinIO listens where the endpoint says, and minio-init makes that bucket and that account.
+    # MinIO listens where the endpoint says, and minio-init makes those buckets and those accounts.
     assert 9000 in _port_targets(services["minio"])
     init = _env(services["minio-init"])
-    assert init["FASHIONNET_BUCKET"] == bucket
+    assert (init["FASHIONNET_BUCKET"], init["AIRFLOW_LOGS_BUCKET"]) == (store.hostname, logs.hostname)
     assert (init["FASHIONNET_S3_ACCESS_KEY"], init["FASHIONNET_S3_SECRET_KEY"]) == (
         env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+    assert (init["AIRFLOW_LOGS_S3_ACCESS_KEY"], init["AIRFLOW_LOGS_S3_SECRET_KEY"]) == (
+        connection.aws_access_key_id, connection.aws_secret_access_key)
     assert (init["MINIO_ROOT_USER"], init["MINIO_ROOT_PASSWORD"]) == (
         _env(services["minio"])["MINIO_ROOT_USER"], _env(services["minio"])["MINIO_ROOT_PASSWORD"])
 
@@ -441,13 +451,13 @@ def test_tensorflow_tasks_are_routed_by_the_environment():
 FAKE_MC = """#!/bin/sh
 echo "$*" >> "$MC_LOG"
 case "$*" in
-  "admin policy create "*) cp "$6" "$MC_POLICY" ;;
+  "admin policy create "*) cp "$6" "$MC_POLICY.$5" ;;
 esac
 exit 0
 """
 
 
-def test_minio_init_makes_the_bucket_and_a_bucket_only_account(tmp_path: Path, services: dict):
+def test_minio_init_makes_each_bucket_and_an_account_limited_to_it(tmp_path: Path, services: dict):
     service = services["minio-init"]
     assert service["entrypoint"] == ["/bin/sh", "-c"]
     script = _script(_command(service)[0])
@@ -455,19 +465,27 @@ def test_minio_init_makes_the_bucket_and_a_bucket_only_account(tmp_path: Path, s
     (tmp_path / "bin" / "mc").write_text(FAKE_MC)
     (tmp_path / "bin" / "mc").chmod(0o755)
     env = {**_env(service), "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MC_LOG": str(tmp_path / "mc.log"),
-           "MC_POLICY": str(tmp_path / "policy.json"), "TMPDIR": str(tmp_path)}
+           "MC_POLICY": str(tmp_path / "policy"), "TMPDIR": str(tmp_path)}
     result = subprocess.run(["/bin/sh", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "mc.log").read_text().splitlines()
-    bucket, user = env["FASHIONNET_BUCKET"], env["FASHIONNET_S3_ACCESS_KEY"]
     assert calls[0] == f"alias set local http://minio:9000 {env['MINIO_ROOT_USER']} {env['MINIO_ROOT_PASSWORD']}"
-    assert f"mb --ignore-existing local/{bucket}" in calls
-    assert f"admin user add local {user} {env['FASHIONNET_S3_SECRET_KEY']}" in calls
-    assert f"admin policy attach local fashionnet-rw --user {user}" in calls
-    policy = json.loads((tmp_path / "policy.json").read_text())
-    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
-    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}  # that bucket only
+    accounts = {"fashionnet-rw": (env["FASHIONNET_BUCKET"], env["FASHIONNET_S3_ACCESS_KEY"], env["FASHIONNET_S3_SECRET_KEY"]),
+                "airflow-logs-write": (env["AIRFLOW_LOGS_BUCKET"], env["AIRFLOW_LOGS_S3_ACCESS_KEY"],
+                                       env["AIRFLOW_LOGS_S3_SECRET_KEY"])}
+    for policy_name, (bucket, user, secret) in accounts.items():
+        assert f"mb --ignore-existing local/{bucket}" in calls
+        assert f"admin user add local {user} {secret}" in calls
+        assert f"admin policy attach local {policy_name} --user {user}" in calls
+        policy = json.loads((tmp_path / f"policy.{policy_name}").read_text())
+        resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+        assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}, policy_name  # that bucket only
+    assert env["FASHIONNET_BUCKET"] != env["AIRFLOW_LOGS_BUCKET"]
+    logs_policy = json.loads((tmp_path / "policy.airflow-logs-write").read_text())
+    actions = {a for statement in logs_policy["Statement"] for a in statement["Action"]}
+    assert not [a for a in actions if "Delete" in a or a == "s3:*"]  # a log can be added to, never removed
+    assert f"version enable local/{env['AIRFLOW_LOGS_BUCKET']}" in calls  # and a rewrite keeps the old version
 
 
 @pytest.mark.slow
