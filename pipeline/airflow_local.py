@@ -85,6 +85,9 @@ def airflow_environment(args: argparse.Namespace, base: dict[str, str] | None = 
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = args.sql_alchemy_conn
     else:  # not one inherited from elsewhere: SQLite in AIRFLOW_HOME
         env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
+        home.mkdir(parents=True, exist_ok=True)  # the database created 0600 before SQLite makes it 0644
+        os.close(os.open(home / "airflow.db", os.O_WRONLY | os.O_CREAT, 0o600))
+        (home / "airflow.db").chmod(0o600)
     if not env.get("FASHIONNET_REVIEW_SECRET"):
         env["FASHIONNET_REVIEW_SECRET"] = review_secret(home)
     return env

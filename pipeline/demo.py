@@ -43,6 +43,9 @@ def configure_environment(args: argparse.Namespace) -> None:
     """Airflow, TensorFlow and FashionNet settings for this process and its subprocesses."""
     airflow_home = args.work_dir / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
+    # SQLite would create the metadata database with the umask's mode (0644); created 0600 first, it keeps it.
+    os.close(os.open(airflow_home / "airflow.db", os.O_WRONLY | os.O_CREAT, 0o600))
+    (airflow_home / "airflow.db").chmod(0o600)
     os.environ.update({
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),

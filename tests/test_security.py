@@ -489,3 +489,32 @@ def test_no_value_of_a_local_env_file_is_committed():
             data = path.read_bytes()
             leaked += [name for value in secrets if value.encode() in data]
     assert leaked == []
+
+
+# -- issue 17: the local Airflow metadata database is the owner's only ----------------------------------------
+def test_the_demo_and_local_airflow_metadata_databases_are_0600(tmp_path, monkeypatch):
+    """airflow.db was 0644 (SQLite creates it with the umask's mode) while airflow.cfg was 0600. Both
+    launchers now create it 0600 first; SQLite keeps the mode of a file it finds (and gives its journal
+    the same), as the table written below shows."""
+    import argparse
+    import os
+    import sqlite3
+    import stat
+    import sys
+
+    from pipeline import airflow_local, demo
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # configure_environment sets variables
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    previous = os.umask(0o022)  # the usual umask, whatever the test runner has
+    try:
+        demo.configure_environment(argparse.Namespace(work_dir=tmp_path / "demo", profile="demo", store=None))
+        args = argparse.Namespace(**{**vars(airflow_local.parse_args(["--home", str(tmp_path / "local")])),
+                                     "store": None})
+        airflow_local.airflow_environment(args, base={})
+    finally:
+        os.umask(previous)
+    for db in (tmp_path / "demo" / "airflow" / "airflow.db", tmp_path / "local" / "airflow.db"):
+        with sqlite3.connect(db) as connection:
+            connection.execute("create table t (x int)")
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600, (db, oct(db.stat().st_mode))
