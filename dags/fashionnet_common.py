@@ -47,6 +47,17 @@ def crawl_params() -> dict[str, Param]:
     }
 
 
+# A retailer's mapped tasks are labelled with its name in the UI (instead of the map index 0, 1, ...).
+RETAILER_LABEL = "{{ fashionnet_retailer }}"
+
+
+def label_with_retailer(target: Mapping[str, Any]) -> None:
+    """Name the running mapped task instance after its retailer (rendered into :data:`RETAILER_LABEL`)."""
+    from airflow.sdk import get_current_context
+
+    get_current_context()["fashionnet_retailer"] = str(target["retailer"])
+
+
 def reject_unknown_params(params: Mapping[str, Any], known: Iterable[str]) -> None:
     """Refuse a run whose conf names a Param the DAG does not have (a typo would otherwise be ignored
     silently, and the run would do something else than asked: ``{"user": "ann"}`` serves every user)."""

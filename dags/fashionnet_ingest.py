@@ -19,9 +19,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, task, task_group
 
-from fashionnet_common import DATASET, TENSORFLOW_QUEUE, crawl_params, reject_unknown_params
+from fashionnet_common import (DATASET, RETAILER_LABEL, TENSORFLOW_QUEUE, crawl_params, label_with_retailer,
+                               reject_unknown_params)
 
 # A batch nobody approves within this time is rejected (ApprovalOperator's default option).
 APPROVAL_TIMEOUT_HOURS = 72
@@ -44,11 +45,12 @@ def fashionnet_ingest():
         targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], searchable_retailers())
         return [{**t, "crawl_id": retailer_batch_id("ingest", dag_run.run_after, t["retailer"])} for t in targets]
 
-    @task(map_index_template="{{ task.op_kwargs['target']['retailer'] }}")
+    @task(map_index_template=RETAILER_LABEL)
     def crawl(target: dict) -> str:
         from pipeline.runs import stage
         from scrapers.retailers import ingest_crawl
 
+        label_with_retailer(target)
         with stage(f"ingest.crawl.{target['retailer']}") as report:
             report.summary = ingest_crawl(target["retailer"], target["start_url"]).run(target["crawl_id"])
         return target["crawl_id"]
@@ -75,7 +77,8 @@ def fashionnet_ingest():
 
     @task(queue=TENSORFLOW_QUEUE)
     def predict_for_review(batch: str) -> dict:
-        """The published networks' guesses, so reviewers can sort by doubt (nothing before a first training)."""
+        """The published networks' guesses, so reviewers can sort by doubt (nothing before a first training).
+        Its result names the batch: the batches whose predictions are done go on to the review gate."""
         from models.review_predictions import predict_review_queue
         from pipeline.runs import plain, stage
         from pipeline.settings import get_settings
@@ -83,13 +86,14 @@ def fashionnet_ingest():
 
         with stage("ingest.predict") as report:
             report.summary = predict_review_queue(open_store(), batch, get_settings().taxonomy.names)
-        return plain(report.summary)
+        return plain({"batch": batch, **report.summary})
 
     @task(trigger_rule="all_done_min_one_success")
-    def queued_batches(queued: list[str]) -> list[str]:
-        """The batches that reached the review queue, once every retailer's tasks are done (a failed
-        retailer's mapped tasks pushed nothing: read by index)."""
-        return sorted(queued[i] for i in range(len(queued)))
+    def queued_batches(ti=None) -> list[str]:
+        """The batches queued with their predictions, once every retailer's tasks are done (a failed
+        retailer's tasks pushed nothing). A list of task ids always pulls a list: a single task id with
+        one result would pull that value alone."""
+        return sorted(p["batch"] for p in ti.xcom_pull(task_ids=["predict_for_review"]) if p)
 
     @task.branch
     def review_gate(batches: list[str], params: dict) -> str:
@@ -152,9 +156,15 @@ def fashionnet_ingest():
         if failed:
             raise RuntimeError(f"{len(batches)} batch(es) queued; the crawl or curation of {failed} failed")
 
+    @task_group(group_id="retailer", prefix_group_id=False)
+    def retailer(target: dict):
+        """One retailer's batch up to the review queue: a mapped group, so a failure stays in its own map index."""
+        batch = enqueue_for_review(curate(crawl(target)))
+        predict_for_review(batch)
+
     targets = retailers_to_crawl()
-    queued = enqueue_for_review.expand(batch=curate.expand(crawl_id=crawl.expand(target=targets)))
-    batches = queued_batches(queued)
+    batches = queued_batches()
+    retailer.expand(target=targets) >> batches  # after every retailer's predictions too
     gate = review_gate(batches)
     approve = ApprovalOperator(
         task_id="approve_batch",
@@ -164,7 +174,6 @@ def fashionnet_ingest():
         response_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
     )
     dataset = build_dataset()
-    predict_for_review.expand(batch=queued) >> batches
     gate >> approval_request(batches) >> approve >> record_human_approval(batches) >> dataset
     gate >> dataset
     dataset >> check_retailers(targets, batches)

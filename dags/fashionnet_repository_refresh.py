@@ -19,9 +19,10 @@ and the failure cannot go unnoticed. Rerunning the night crawls again and commit
 """
 from __future__ import annotations
 
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task, task_group
 
-from fashionnet_common import MODELS, REPOSITORY, TENSORFLOW_QUEUE, crawl_params, reject_unknown_params
+from fashionnet_common import (MODELS, REPOSITORY, RETAILER_LABEL, TENSORFLOW_QUEUE, crawl_params, label_with_retailer,
+                               reject_unknown_params)
 
 SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=[MODELS])
 
@@ -45,34 +46,37 @@ def fashionnet_repository_refresh():
         targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], catalog_retailers())
         return [{**t, "crawl_id": retailer_batch_id("catalog", dag_run.run_after, t["retailer"])} for t in targets]
 
-    @task(map_index_template="{{ task.op_kwargs['target']['retailer'] }}")
+    @task(map_index_template=RETAILER_LABEL)
     def crawl_catalog(target: dict) -> dict:
         from pipeline.runs import stage
         from scrapers.retailers import catalog_crawl
 
+        label_with_retailer(target)
         with stage(f"refresh.crawl.{target['retailer']}") as report:
             report.summary = catalog_crawl(target["retailer"], target["start_url"]).run(target["crawl_id"])
         return target
 
-    @task(map_index_template="{{ task.op_kwargs['target']['retailer'] }}")
+    @task(map_index_template=RETAILER_LABEL)
     def curate(target: dict) -> dict:
         from pipeline.curate import curate_batch
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
+        label_with_retailer(target)
         with stage(f"refresh.curate.{target['retailer']}") as report:
             report.summary = curate_batch(open_store(), target["crawl_id"])
         return target
 
     @task(trigger_rule="all_done_min_one_success")
-    def plan(targets: list[dict], curated: list[dict], dag_run=None) -> list[dict]:
+    def plan(targets: list[dict], dag_run=None, ti=None) -> list[dict]:
         """Runs when every retailer's tasks are done, over those that succeeded."""
         from pipeline.repository import plan_refresh
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
-        # Index by length: failed mapped tasks pushed nothing, and iterating past the end logs errors.
-        done = [curated[i] for i in range(len(curated))]
+        # Every curate result pushed (a failed retailer's pushed nothing). A list of task ids always pulls a
+        # list: a single task id with one result would pull that value alone.
+        done = [t for t in ti.xcom_pull(task_ids=["curate"]) if t]
         batches = sorted(t["crawl_id"] for t in done)
         failed = sorted(t["retailer"] for t in targets if t["crawl_id"] not in batches)
         commit_id = f"catalog-{dag_run.run_after:%Y%m%d}" if targets else f"rescore-{dag_run.run_after:%Y%m%dT%H%M%S}"
@@ -113,9 +117,15 @@ def fashionnet_repository_refresh():
             raise RuntimeError(f"commit {record['commit_id']} holds {len(record.get('batch_ids') or [])} retailer(s); "
                                f"the crawl or curation of {failed} failed (their tasks are red: see their logs)")
 
+    @task_group(group_id="retailer", prefix_group_id=False)
+    def retailer(target: dict):
+        """One retailer's crawl and curation: a mapped group, so a failure stays in its own map index."""
+        curate(crawl_catalog(target))
+
     targets = retailers_to_crawl()
-    curated = curate.expand(target=crawl_catalog.expand(target=targets))
-    check_retailers(commit(infer_shard.expand(work=plan(targets, curated))))
+    planned = plan(targets)
+    retailer.expand(target=targets) >> planned
+    check_retailers(commit(infer_shard.expand(work=planned)))
 
 
 fashionnet_repository_refresh_dag = fashionnet_repository_refresh()

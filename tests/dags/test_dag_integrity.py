@@ -62,8 +62,8 @@ def test_ingest_wiring(dagbag):
     dag = dagbag.dags["fashionnet_ingest"]
     assert _edges(dag) == {
         ("retailers_to_crawl", "crawl"), ("crawl", "curate"), ("curate", "enqueue_for_review"),
-        ("enqueue_for_review", "predict_for_review"), ("enqueue_for_review", "queued_batches"),
-        ("predict_for_review", "queued_batches"), ("queued_batches", "review_gate"),
+        ("enqueue_for_review", "predict_for_review"), ("predict_for_review", "queued_batches"),
+        ("queued_batches", "review_gate"),
         ("queued_batches", "approval_request"), ("queued_batches", "record_human_approval"),
         ("review_gate", "approval_request"), ("review_gate", "build_dataset"),
         ("approval_request", "approve_batch"), ("approve_batch", "record_human_approval"),
@@ -73,9 +73,10 @@ def test_ingest_wiring(dagbag):
 
 def test_ingest_maps_one_crawl_per_retailer_and_reviews_what_succeeded(dagbag):
     dag = dagbag.dags["fashionnet_ingest"]
+    # A mapped task group per retailer: a failure upstream-fails only that retailer's own tasks.
     for task_id in ("crawl", "curate", "enqueue_for_review", "predict_for_review"):
-        assert type(dag.get_task(task_id)).__name__.endswith("MappedOperator"), task_id
-    assert dag.get_task("crawl").map_index_template == "{{ task.op_kwargs['target']['retailer'] }}"
+        assert dag.get_task(task_id).get_closest_mapped_task_group().group_id == "retailer", task_id
+    assert dag.get_task("crawl").map_index_template == "{{ fashionnet_retailer }}"
     assert dag.get_task("queued_batches").trigger_rule == "all_done_min_one_success"
     assert dag.get_task("check_retailers").trigger_rule == "all_done"
     assert "One retailer's failure" in dag.doc_md
@@ -104,9 +105,10 @@ def test_refresh_is_nightly_and_recommend_follows_the_repository(dagbag):
     assert _edges(refresh) == {("retailers_to_crawl", "crawl_catalog"), ("retailers_to_crawl", "plan"),
                                ("crawl_catalog", "curate"), ("curate", "plan"), ("plan", "infer_shard"),
                                ("infer_shard", "commit"), ("commit", "check_retailers")}
-    for task_id in ("crawl_catalog", "curate", "infer_shard"):
-        assert type(refresh.get_task(task_id)).__name__.endswith("MappedOperator"), task_id
-    assert refresh.get_task("crawl_catalog").map_index_template == "{{ task.op_kwargs['target']['retailer'] }}"
+    for task_id in ("crawl_catalog", "curate"):
+        assert refresh.get_task(task_id).get_closest_mapped_task_group().group_id == "retailer", task_id
+    assert type(refresh.get_task("infer_shard")).__name__.endswith("MappedOperator")
+    assert refresh.get_task("crawl_catalog").map_index_template == "{{ fashionnet_retailer }}"
     # One retailer's failed crawl: the others' items are planned and committed, then the run fails.
     assert refresh.get_task("plan").trigger_rule == "all_done_min_one_success"
     assert refresh.get_task("check_retailers").trigger_rule == "all_success"
