@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -183,17 +185,39 @@ def read_queue(store: ObjectStore, batch_id: str) -> pd.DataFrame:
 
 
 # -- the audit log ---------------------------------------------------------------------------------
+# Log objects are written create-only and never change, so a parsed one can be kept: each read of the log
+# then reads only the objects it has not seen (without this, every decision re-read every earlier one).
+# Bounded by object count; a few KB each.
+LOG_CACHE_OBJECTS = 50_000
+_log_cache: "OrderedDict[tuple[str, str], pa.Table]" = OrderedDict()
+_log_cache_lock = threading.Lock()
+
+
+def _log_object(store: ObjectStore, key: str) -> pa.Table:
+    """One audit-log object with its ``log_key`` and ``row`` columns (cached: objects never change)."""
+    cache_key = (store.uri, key)
+    with _log_cache_lock:
+        table = _log_cache.get(cache_key)
+        if table is not None:
+            _log_cache.move_to_end(cache_key)
+            return table
+    table = store.read_parquet(key).cast(DECISION_SCHEMA)
+    table = (table.append_column("log_key", pa.array([key] * table.num_rows, pa.string()))
+             .append_column("row", pa.array(range(table.num_rows), pa.int64())))
+    with _log_cache_lock:
+        _log_cache[cache_key] = table
+        while len(_log_cache) > LOG_CACHE_OBJECTS:
+            _log_cache.popitem(last=False)
+    return table
+
+
 def read_decisions(store: ObjectStore, batch_id: str) -> pd.DataFrame:
     """Every recorded decision of the batch, oldest first (ties: log object, then row order)."""
-    frames = []
-    for key in store.list(decisions_prefix(batch_id)):
-        if key.endswith(".parquet"):
-            frame = store.read_parquet(key).to_pandas()
-            frames.append(frame.assign(log_key=key, row=range(len(frame))))
-    if not frames:
+    tables = [_log_object(store, key) for key in store.list(decisions_prefix(batch_id)) if key.endswith(".parquet")]
+    if not tables:
         empty = DECISION_SCHEMA.empty_table().to_pandas()
         return empty.assign(log_key=pd.Series(dtype=object), row=pd.Series(dtype="int64"))
-    return (pd.concat(frames, ignore_index=True)
+    return (pa.concat_tables(tables).to_pandas()
             .sort_values(["decided_at", "log_key", "row"], kind="mergesort").reset_index(drop=True))
 
 
