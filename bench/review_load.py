@@ -177,12 +177,14 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
         port = free_port()
         env = {**os.environ, "FASHIONNET_REVIEW_SECRET": "load-test-secret-" + "x" * 32,
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        # the server's log goes to a file: a pipe nobody reads fills up and stops the server mid-run
+        server_log = open(Path(folder) / "server.log", "wb")
         server = subprocess.Popen([sys.executable, "-m", "pipeline.review_web", "--store", store.uri, "serve",
                                    "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO_ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                  stdout=server_log, stderr=subprocess.STDOUT)
         try:
             base_url = f"http://127.0.0.1:{port}"
-            wait_until_serving(base_url, server)
+            wait_until_serving(base_url, server, Path(folder) / "server.log")
             process = psutil.Process(server.pid)
             memory = [process.memory_info().rss]
             done = threading.Event()
@@ -210,6 +212,7 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
         finally:
             server.terminate()
             server.wait(timeout=30)
+            server_log.close()
         log = read_decisions(store, BATCH)
         log_objects = len([k for k in store.list(f"review/decisions/{BATCH}") if k.endswith(".parquet")])
     decision_s = [s for r in results for s in r.decision_s]
@@ -233,11 +236,11 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
     }
 
 
-def wait_until_serving(base_url: str, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def wait_until_serving(base_url: str, server: subprocess.Popen, log_path: Path, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the review server exited: {server.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"the review server exited: {log_path.read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"{base_url}/login", timeout=2).status_code == 200:
                 return
