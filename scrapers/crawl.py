@@ -1,8 +1,17 @@
 """Run one crawl as a ``scrapy crawl`` subprocess and return its summary from the store.
 
 A subprocess because Twisted's reactor cannot be restarted inside one process, and the caller (an
-Airflow task, a test, the demo driver) may run several crawls. The child inherits the environment
-(``FASHIONNET_*``, ``AWS_*``), so it reads the same settings and writes to the same store.
+Airflow task, a test, the demo driver) may run several crawls. The child, which parses hostile HTML,
+gets an allow-list of the parent's environment (:func:`crawl_env`): what Python and the locale need,
+``FASHIONNET_*``, the store's ``AWS_*`` credentials, endpoint and region, and proxies; never Airflow's
+Fernet key, JWT secret, connections or database URLs.
+
+Timeouts: the child is told the crawl's time budget (Scrapy's ``CLOSESPIDER_TIMEOUT``), so at the deadline
+it stops taking pages and writes what it has (``finish_reason`` ``closespider_timeout``). A child that
+has not ended ``crawl.timeout_grace_s`` seconds after the deadline is sent SIGTERM (Scrapy's graceful stop,
+which writes the outputs too), then killed. Either way :func:`run_crawl` raises :class:`CrawlTimeout`,
+which carries the summary of what was kept, so the task fails visibly and nothing partial passes for a
+finished crawl (a partial catalogue would look like delisted products downstream).
 """
 from __future__ import annotations
 
@@ -30,6 +39,29 @@ TAIL_LINES = 40
 
 class CrawlError(RuntimeError):
     """A crawl subprocess failed or timed out; the message ends with the tail of its log."""
+
+
+class CrawlTimeout(CrawlError):
+    """A crawl ran out of time. ``summary`` is that of what it kept (``crawls/<crawl_id>/``, ``timed_out``
+    true), or None when it was killed before writing anything."""
+
+    def __init__(self, message: str, summary: dict[str, Any] | None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+#: Environment variables the crawl child gets from the parent, by exact name or by prefix.
+CHILD_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
+    "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONWARNINGS", "PYTHONFAULTHANDLER", "PYTHONPYCACHEPREFIX",
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+    # The store (pipeline.storage through botocore): credentials, endpoint and region only.
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+})
+CHILD_ENV_PREFIXES = ("LC_", "FASHIONNET_")
 
 
 # An absolute http(s) URL without whitespace or control characters anywhere (a trailing newline included).
@@ -96,9 +128,12 @@ def crawl_command(
     return cmd
 
 
-def crawl_env() -> dict[str, str]:
-    """The parent's environment plus the Scrapy settings module and the repository on the path."""
-    env = dict(os.environ)
+def crawl_env(parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of the parent's environment (``CHILD_ENV_NAMES``, ``CHILD_ENV_PREFIXES``) plus
+    the Scrapy settings module and the repository on the path."""
+    source = os.environ if parent is None else parent
+    env = {name: value for name, value in source.items()
+           if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)}
     env["SCRAPY_SETTINGS_MODULE"] = SETTINGS_MODULE
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -113,11 +148,12 @@ def _pump(stream: IO[str], tail: collections.deque[str]) -> None:
         sys.stdout.flush()
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Stop the child's process group (scrapy and anything it started)."""
+def _stop(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+    """Stop the child's process group (scrapy and anything it started): SIGTERM, which Scrapy takes as a
+    graceful stop (it closes the spider, so the outputs are written), then SIGKILL after ``grace_s``."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        proc.wait(timeout=grace_s)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -147,13 +183,17 @@ def run_crawl(
     validate_crawl_id(crawl_id)
     settings = get_settings()
     check_start_url(retailer, start_url, settings.retailers)
-    timeout = float(timeout_s if timeout_s is not None else settings.crawl.get("timeout_s", 600))
+    timeout = float(timeout_s if timeout_s is not None else settings.crawl["timeout_s"])
+    grace = float(settings.crawl["timeout_grace_s"])
     # The token comes back in the summary: proof that it was written by this run, not an earlier one.
     run_token = uuid.uuid4().hex
     args = dict(spider_args or {})
     if incremental is not None:
         args["incremental"] = "true" if incremental else "false"
-    cmd = crawl_command(spider, crawl_id, retailer, start_url, run_token, args, setting_overrides)
+    # The child's own deadline (Scrapy's CloseSpider extension; it counts from the spider's start, a moment
+    # after ours): it stops and writes its outputs, with the grace period to do so before we step in.
+    overrides = {"CLOSESPIDER_TIMEOUT": f"{timeout:g}", **(setting_overrides or {})}
+    cmd = crawl_command(spider, crawl_id, retailer, start_url, run_token, args, overrides)
     logger.info("running %s", " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(
@@ -163,21 +203,30 @@ def run_crawl(
     assert proc.stdout is not None
     reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
     reader.start()
+    overran = False
     try:
-        code = proc.wait(timeout=timeout)
+        code = proc.wait(timeout=timeout + grace)
     except subprocess.TimeoutExpired:
+        overran = True
+        logger.warning("crawl %s/%s still running %gs after its deadline: stopping it", spider, crawl_id, grace)
         _stop(proc)
-        reader.join(timeout=5)
-        raise CrawlError(f"crawl {spider}/{crawl_id} timed out after {timeout:g}s; log tail:\n" + "\n".join(tail)) from None
+        code = proc.returncode
     except BaseException:
         _stop(proc)
         raise
     reader.join(timeout=10)
-    if code != 0:
-        raise CrawlError(f"crawl {spider}/{crawl_id} exited with {code}; log tail:\n" + "\n".join(tail))
     key = f"crawls/{crawl_id}/summary.json"
     store = open_store()
     summary = store.read_json(key) if store.exists(key) else {}
-    if summary.get("run_token") != run_token:
-        raise CrawlError(f"crawl {spider}/{crawl_id} wrote no {key} in {store.uri}; log tail:\n" + "\n".join(tail))
+    written = summary.get("run_token") == run_token
+    log_tail = "; log tail:\n" + "\n".join(tail)
+    if overran or (written and summary.get("timed_out")):
+        kept = (f"kept {summary.get('products', 0)} products and {summary.get('weak_labels', 0)} weak labels "
+                f"in crawls/{crawl_id}/ (finish_reason {summary.get('finish_reason')})") if written else "nothing was written"
+        raise CrawlTimeout(f"crawl {spider}/{crawl_id} timed out after {timeout:g}s: {kept}" + log_tail,
+                           summary if written else None)
+    if code != 0:
+        raise CrawlError(f"crawl {spider}/{crawl_id} exited with {code}" + log_tail)
+    if not written:
+        raise CrawlError(f"crawl {spider}/{crawl_id} wrote no {key} in {store.uri}" + log_tail)
     return summary

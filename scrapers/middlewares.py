@@ -30,6 +30,8 @@ from scrapy.utils.asyncio import sleep
 from twisted.internet import error as twisted_error
 from twisted.web.client import ResponseFailed
 
+from scrapers.network import refused_by_resolver
+
 logger = logging.getLogger(__name__)
 
 FAILED_STAT = "fashionnet/failed/"
@@ -37,6 +39,8 @@ BACKOFF_STAT = "fashionnet/retry_backoff_s"
 RETRY_AFTER_CODES = frozenset({429, 503})
 
 _FAILURE_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    # A body over DOWNLOAD_MAXSIZE (or a request's download_maxsize): the downloader cut it off.
+    (exceptions.DownloadCancelledError, "too_large"),
     (exceptions.DownloadTimeoutError, "timeout"),
     (twisted_error.TimeoutError, "timeout"),
     (exceptions.DownloadConnectionRefusedError, "connection_refused"),
@@ -122,6 +126,8 @@ class BackoffRetryMiddleware(RetryMiddleware):
 
     async def process_exception(self, request: Request, exception: Exception) -> Request | Response | None:  # type: ignore[override]
         if request.meta.get("dont_retry", False) or not isinstance(exception, self.exceptions_to_retry):
+            return None
+        if refused_by_resolver(request.url):  # refused by policy (scrapers.network): asking again is no use
             return None
         retry = self._retry(request, failure_reason(exception))
         if retry is None:

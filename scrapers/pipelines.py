@@ -18,6 +18,15 @@ every reader, and the decode is the validity check (an HTML "image", a truncated
 dropped here with its reason, before it reaches the store). The cost: a non-JPEG image's bytes are not
 the shop's, so ``content_sha256`` identifies our copy and exact-duplicate detection across formats
 relies on the perceptual hashes; ``image_url`` keeps the original's address.
+
+Limits before decoding: an image body over ``FASHIONNET_MAX_IMAGE_BYTES`` is cut off by the downloader
+(drop ``image_too_large``), and one whose header declares more than ``FASHIONNET_MAX_IMAGE_PIXELS``
+(``curation.max_image_pixels``) is dropped as ``image_too_many_pixels`` from its header alone: a small
+PNG can declare 12000x12000 pixels, which would take gigabytes to decode.
+
+The tables and summary are written when the spider closes, whatever the reason: a crawl stopped by its
+deadline (``closespider_timeout``) or by SIGTERM (``shutdown``) keeps what it had extracted; the summary
+says why it ended (``finish_reason``, ``timed_out``).
 """
 from __future__ import annotations
 
@@ -35,18 +44,23 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
 from scrapy.http import Response
 from scrapy.http.request import NO_CALLBACK
-from scrapy.pipelines.images import ImagesPipeline
+from scrapy.exceptions import DownloadCancelledError
+from scrapy.pipelines.images import ImageException, ImagesPipeline
 from twisted.python.failure import Failure
 
 from pipeline.storage import open_store
 from scrapers.items import PRODUCTS_SCHEMA, WEAK_LABELS_SCHEMA, ProductItem, WeakLabelItem
 from scrapers.middlewares import BACKOFF_STAT, FAILED_STAT
+from scrapers.network import REFUSED_STAT, RefusedRequest
 from scrapers.seen import SKIPPED_STAT, SeenTracker, seen_tracker
 
 logger = logging.getLogger(__name__)
 
 IMAGES_PREFIX = "images/"
 DROP_STAT = "fashionnet/dropped/"
+#: Finish reasons of a crawl that ran out of time: Scrapy's CloseSpider timeout (run_crawl's deadline) and
+#: the graceful stop on SIGTERM (run_crawl's escalation when the deadline did not stop it).
+TIMED_OUT_REASONS = frozenset({"closespider_timeout", "shutdown"})
 
 
 def crawl_key(crawl_id: str, name: str) -> str:
@@ -69,6 +83,8 @@ def image_failure_reason(error: BaseException) -> str:
         return "image_empty"
     if message.startswith("Image too small"):
         return "image_too_small"
+    if message.startswith("image_too_many_pixels"):
+        return "image_too_many_pixels"
     if "truncated" in message.lower():
         return "image_truncated"
     return "image_invalid"
@@ -112,6 +128,30 @@ class StoreImagesPipeline(ImagesPipeline):
     def open_spider(self) -> None:
         super().open_spider()
         self.failure_reasons: dict[str, str] = {}
+        self.max_image_bytes = self.crawler.settings.getint("FASHIONNET_MAX_IMAGE_BYTES", 0)
+        self.max_image_pixels = self.crawler.settings.getint("FASHIONNET_MAX_IMAGE_PIXELS", 0)
+
+    def get_media_requests(self, item: Any, info: ImagesPipeline.SpiderInfo) -> list[Request]:
+        """Scrapy's image requests, each with the image body size limit instead of the page one."""
+        requests = super().get_media_requests(item, info)
+        if self.max_image_bytes:
+            for request in requests:
+                request.meta["download_maxsize"] = self.max_image_bytes
+                request.meta["download_warnsize"] = 0
+        return requests
+
+    def check_declared_pixels(self, response: Response) -> None:
+        """Refuse, from its header alone (Pillow's open decodes no pixels), an image declaring too many."""
+        if not self.max_image_pixels:
+            return
+        try:
+            with Image.open(BytesIO(response.body)) as header:
+                width, height = header.size
+        except Exception:
+            return  # not an image Pillow can read: the decode below fails with its own reason
+        if width * height > self.max_image_pixels:
+            raise ImageException(f"image_too_many_pixels: {width}x{height} declared, "
+                                 f"more than {self.max_image_pixels} pixels ({response.url})")
 
     async def process_item(self, item: Any) -> Any:
         if not isinstance(item, ProductItem):
@@ -122,13 +162,22 @@ class StoreImagesPipeline(ImagesPipeline):
 
     async def media_downloaded(self, response: Response, request: Request, info: ImagesPipeline.SpiderInfo, *, item: Any = None) -> Any:
         try:
+            if response.status == 200 and response.body:
+                self.check_declared_pixels(response)
             return await super().media_downloaded(response, request, info, item=item)
         except Exception as error:
             self.failure_reasons[request.url] = image_failure_reason(error)
             raise
 
     def media_failed(self, failure: Failure, request: Request, info: ImagesPipeline.SpiderInfo) -> Any:
-        self.failure_reasons.setdefault(request.url, "image_download_failed")
+        error = getattr(failure, "value", None)
+        if isinstance(error, RefusedRequest):  # off the retailer's hosts or an internal address
+            reason = f"image_{error.reason}"
+        elif isinstance(error, DownloadCancelledError):  # over FASHIONNET_MAX_IMAGE_BYTES
+            reason = "image_too_large"
+        else:
+            reason = "image_download_failed"
+        self.failure_reasons.setdefault(request.url, reason)
         return super().media_failed(failure, request, info)
 
     def convert_image(self, image: Image.Image, size: tuple[int, int] | None = None, *,
@@ -192,13 +241,14 @@ class StoreExportPipeline:
             self.weak_labels[key] = None  # type: ignore[index]
         return item
 
-    def close_spider(self) -> None:
+    def write_outputs(self, reason: str) -> None:
+        """The crawl's tables and summary into the store (whatever ``reason`` the spider closed for)."""
         spider = self.crawler.spider
         crawl_id = spider.crawl_id  # type: ignore[union-attr]
         products = pa.Table.from_pylist(list(self.products.values()), schema=PRODUCTS_SCHEMA)
         kept = [dict(zip(WEAK_LABELS_SCHEMA.names, key)) for key in self.weak_labels if key[0] in self.products]
         weak_labels = pa.Table.from_pylist(kept, schema=WEAK_LABELS_SCHEMA)
-        summary = self.summary(crawl_id, len(kept))
+        summary = self.summary(crawl_id, len(kept), reason)
         store = open_store(self.store_uri)
         store.write_parquet(crawl_key(crawl_id, "products.parquet"), products)
         store.write_parquet(crawl_key(crawl_id, "weak_labels.parquet"), weak_labels)
@@ -206,7 +256,9 @@ class StoreExportPipeline:
         logger.info("crawl %s summary: %s", crawl_id, summary)
 
     def _spider_closed(self, reason: str, **_: Any) -> None:
-        """Writes an incremental crawl's seen-set back, but only when the crawl finished normally."""
+        """Writes the outputs (here, not in close_spider, which is not told why the spider closed), then an
+        incremental crawl's seen-set, but only when the crawl finished normally."""
+        self.write_outputs(reason)
         tracker = seen_tracker(self.crawler)
         if tracker is None:
             return
@@ -216,7 +268,7 @@ class StoreExportPipeline:
         size = tracker.commit(list(self.products))
         logger.info("seen-set of %s updated: %d products", tracker.seen.retailer, size)
 
-    def summary(self, crawl_id: str, n_weak_labels: int) -> dict[str, Any]:
+    def summary(self, crawl_id: str, n_weak_labels: int, reason: str = "finished") -> dict[str, Any]:
         stats = self.crawler.stats.get_stats()  # type: ignore[union-attr]
         spider = self.crawler.spider
         drops = {k[len(DROP_STAT):]: v for k, v in sorted(stats.items()) if k.startswith(DROP_STAT)}
@@ -236,6 +288,10 @@ class StoreExportPipeline:
             "spider": spider.name if spider else None,
             "retailer": getattr(spider, "retailer", None),
             "finished_at": datetime.now(timezone.utc).isoformat(),
+            # Why the crawl ended: "finished", or e.g. "closespider_timeout" / "shutdown" (timed_out: its
+            # outputs are what it had extracted until then).
+            "finish_reason": reason,
+            "timed_out": reason in TIMED_OUT_REASONS,
             "duration_s": round(time.monotonic() - self.started, 3),
             "pages": self.pages,
             "pages_without_product": stats.get("fashionnet/pages_without_product", 0),
@@ -250,6 +306,8 @@ class StoreExportPipeline:
             "robots_forbidden": stats.get("robotstxt/forbidden", 0),
             # Requests that failed for good (after retries), by reason; HTTP error answers by status.
             "failed_requests": failed,
+            # Requests never made: off the retailer's hosts, to an internal address, not http(s) (scrapers.network).
+            "refused_requests": {k[len(REFUSED_STAT):]: v for k, v in sorted(stats.items()) if k.startswith(REFUSED_STAT)},
             "http_errors": http_errors,
             "retries": stats.get("retry/count", 0),
             "retries_by_reason": retry_reasons,

@@ -25,6 +25,9 @@ AUTOTHROTTLE_MAX_DELAY = 10.0
 RETRY_ENABLED = True
 
 DOWNLOADER_MIDDLEWARES = {
+    # First after the engine: a request off the retailer's hosts or to an internal address is refused
+    # before robots.txt, retries or the download (scrapers.network).
+    "scrapers.network.HostPolicyMiddleware": 20,
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "scrapers.middlewares.BackoffRetryMiddleware": 550,
     "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
@@ -32,6 +35,9 @@ DOWNLOADER_MIDDLEWARES = {
     # Nearest the engine: sees only failures no other middleware turned into a retry or a response.
     "scrapers.middlewares.FailureStatsMiddleware": 10,
 }
+
+# The address a host name resolves to is checked at connect time (DNS rebinding, names of internal hosts).
+TWISTED_DNS_RESOLVER = "scrapers.network.GuardedResolver"
 
 ITEM_PIPELINES = {
     # Before the images: unchanged products of an incremental crawl never download their image.
@@ -73,6 +79,13 @@ def fashionnet_settings(settings: Settings) -> dict[str, Any]:
         "RETRY_HTTP_CODES": [int(code) for code in crawl.get("retry_http_codes", [500, 502, 503, 504, 522, 524, 429])],
         "FASHIONNET_RETRY_BACKOFF_BASE": float(crawl.get("retry_backoff_base_s", 1.0)),
         "FASHIONNET_RETRY_BACKOFF_MAX": float(crawl.get("retry_backoff_max_s", 30.0)),
+        # Bodies over these sizes are cut off (Scrapy's default is 1 GiB); images get their own limit
+        # (request meta download_maxsize, scrapers.pipelines), and their declared pixel count is checked
+        # before they are decoded.
+        "DOWNLOAD_MAXSIZE": int(crawl["max_page_bytes"]),
+        "DOWNLOAD_WARNSIZE": int(crawl["max_page_bytes"]) // 2,
+        "FASHIONNET_MAX_IMAGE_BYTES": int(crawl["max_image_bytes"]),
+        "FASHIONNET_MAX_IMAGE_PIXELS": int(settings.curation["max_image_pixels"]),
         "IMAGES_MIN_WIDTH": int(crawl.get("images_min_width", 0)),
         "IMAGES_MIN_HEIGHT": int(crawl.get("images_min_height", 0)),
         "FASHIONNET_INCREMENTAL": bool(crawl.get("incremental", False)),
