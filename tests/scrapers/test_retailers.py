@@ -137,19 +137,29 @@ def product_urls(base_url: str, n: int) -> list[str]:
         return sitemap_entries(response.read())[1][:n]
 
 
-def scrapy_from_root(args: list[str], store: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def my_shop(demo_server, tmp_path: Path) -> Path:
+    """The README's settings file for a shop of one's own, here on 127.0.0.1 (a loopback address is
+    fetched only for a retailer configured on it)."""
+    profile = tmp_path / "my-shops.yaml"
+    profile.write_text(f"retailers:\n  my-shop:\n    kind: sitemap\n    base_url: {demo_server.base_url}\n"
+                       f"    entry_points: [{demo_server.base_url}/sitemap.xml]\n")
+    return profile
+
+
+def scrapy_from_root(args: list[str], store: str, profile: Path) -> subprocess.CompletedProcess[str]:
     """The README's command in a shell at the repository root: no SCRAPY_SETTINGS_MODULE, no PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("SCRAPY_SETTINGS_MODULE", "PYTHONPATH")}
-    env["FASHIONNET_STORE"] = store
+    env.update({"FASHIONNET_STORE": store, "FASHIONNET_PROFILE": str(profile)})
     scrapy = Path(sys.executable).parent / "scrapy"
     return subprocess.run([str(scrapy), "crawl", "product", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
-def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_url_list(demo_server, file_store):
+def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_url_list(demo_server, file_store, my_shop):
     urls = product_urls(demo_server.base_url, 2)
     done = scrapy_from_root(["-a", "retailer=my-shop", "-a", "crawl_id=my-shop-20261202", "-a", f"urls={','.join(urls)}"],
-                            file_store.uri)
+                            file_store.uri, my_shop)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = file_store.read_json("crawls/my-shop-20261202/summary.json")
     assert summary["products"] == 2 and summary["retailer"] == "my-shop"
@@ -157,9 +167,9 @@ def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_url_list(demo_s
     assert sorted(products.column("product_url").to_pylist()) == sorted(urls)
 
 
-def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_sitemap(demo_server, file_store):
+def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_sitemap(demo_server, file_store, my_shop):
     done = scrapy_from_root(["-a", "retailer=my-shop", "-a", "crawl_id=my-shop-sitemap",
-                             "-a", f"sitemap_url={demo_server.base_url}/sitemap.xml"], file_store.uri)
+                             "-a", f"sitemap_url={demo_server.base_url}/sitemap.xml"], file_store.uri, my_shop)
     assert done.returncode == 0, done.stderr[-3000:]
     assert file_store.read_json("crawls/my-shop-sitemap/summary.json")["products"] > 2
 
