@@ -236,10 +236,13 @@ class ReviewState:
 
 def weak_labels(queue: pd.DataFrame, taxonomy: Taxonomy) -> dict[str, Labels]:
     """Every queue item's weak labels with their sources: the labels before any decision."""
+    # only the columns needed (a missing one reads as null): converting every column of every row cost
+    # most of a decision's time on a 600-item queue (bench/review_load.py)
+    needed = ["item_id", *(c for a in taxonomy.names for c in (weak_column(a), f"{weak_column(a)}_source"))]
     return {
         row["item_id"]: {a: (_text(row.get(weak_column(a))), _weak_source(row.get(f"{weak_column(a)}_source")))
                          for a in taxonomy.names}
-        for row in queue.to_dict("records")
+        for row in queue.reindex(columns=needed).to_dict("records")
     }
 
 
