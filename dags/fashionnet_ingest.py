@@ -39,10 +39,12 @@ def fashionnet_ingest():
     @task
     def retailers_to_crawl(params: dict, dag_run=None) -> list[dict]:
         """One crawl per retailer with a search page; names and URLs are checked here, before any request."""
-        from scrapers.retailers import crawl_targets, retailer_batch_id, searchable_retailers
+        from scrapers.retailers import crawl_targets, ingest_crawl, retailer_batch_id, searchable_retailers
 
         reject_unknown_params(params, PARAMS)
         targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], searchable_retailers())
+        for target in targets:
+            ingest_crawl(target["retailer"], target["start_url"])  # refuses a shop without a search page
         return [{**t, "crawl_id": retailer_batch_id("ingest", dag_run.run_after, t["retailer"])} for t in targets]
 
     @task(map_index_template=RETAILER_LABEL)

@@ -8,8 +8,9 @@ retailer's ``search_url``. A retailer's ``crawl:`` overrides become Scrapy setti
 (through :func:`scrapers.settings.fashionnet_settings`, so a setting means the same as at the top level);
 ``timeout_s`` and ``incremental`` are :func:`scrapers.crawl.run_crawl` arguments.
 
-A retailer name that is not in the settings, with a ``start_url``, is "any shop": its crawl is that of
-today's single-shop Params (the catalog or query spider from the start URL).
+A retailer name that is not in the settings, with a ``start_url``, is "any shop": its catalogue crawl is the
+catalog spider from the start URL (as the single-shop Params always did). The ingest crawl needs a
+configured ``search_url``, so it refuses any shop.
 """
 from __future__ import annotations
 
@@ -104,9 +105,10 @@ def catalog_crawl(name: str, start_url: str | None = None, settings: Settings | 
 def ingest_crawl(name: str, start_url: str | None = None, settings: Settings | None = None) -> RetailerCrawl:
     """The query (search page) crawl of retailer ``name``, for weak labels; it needs a ``search_url``."""
     settings = settings or get_settings()
-    if name not in settings.retailers and start_url:
-        return RetailerCrawl(name, "query", start_url=start_url)
-    entry = _entry(name, settings)
+    if name not in settings.retailers:
+        raise ValueError(f"retailer {name!r} is not in the settings: the ingest crawl searches a configured "
+                         "retailer's search_url (config/settings.yaml)")
+    entry = settings.retailers[name]
     if not entry.get("search_url"):
         raise ValueError(f"retailer {name!r} has no search_url in the settings: the ingest crawl searches it")
     overrides, timeout, incremental = politeness(name, settings)

@@ -317,9 +317,12 @@ def test_the_crawl_fans_out_over_every_configured_retailer_or_the_named_ones(dag
     assert [t["retailer"] for t in choose(params=task_params(dag, {"retailers": ["zed"]}, schema=True), dag_run=run)] == ["zed"]
     one = choose(params=task_params(dag, {"start_url": "https://zed.example/list"}, schema=True), dag_run=run)
     assert one == [{"retailer": "zed", "start_url": "https://zed.example/list", "crawl_id": f"{kind}-20261101-zed"}]
-    any_shop = choose(params=task_params(dag, {"retailer": "new-shop", "start_url": "https://new.example/"}, schema=True),
-                      dag_run=run)
-    assert [t["retailer"] for t in any_shop] == ["new-shop"]
+    any_shop = {"retailer": "new-shop", "start_url": "https://new.example/"}
+    if kind == "ingest":  # the query crawl needs a configured search page
+        with pytest.raises(ValueError, match="retailer 'new-shop' is not in the settings: the ingest crawl searches"):
+            choose(params=task_params(dag, any_shop, schema=True), dag_run=run)
+    else:
+        assert [t["retailer"] for t in choose(params=task_params(dag, any_shop, schema=True), dag_run=run)] == ["new-shop"]
     if kind == "catalog":
         models = types.SimpleNamespace(run_after=run.run_after, run_type="asset_triggered")
         assert choose(params=task_params(dag, {}, schema=True), dag_run=models) == []
