@@ -9,7 +9,8 @@ serve`` in a child process (uvicorn, one worker, as deployed standalone). Each c
 (retrying when the login is answered 429/503, as the page tells a person to), loads the batch, and then
 until the time is up: picks a pending item of the shared queue (several reviewers may pick the same
 one, as people do), fetches its image, posts one decision (accept 60 %, reject 20 %, relabel 15 %,
-skip 5 %) and, every 10 decisions, reloads the batch. Afterwards the audit log is read back from the
+skip 5 %), waits ``--think`` seconds on average (0: none, a stress test) and, every 10 decisions, reloads
+the batch. Afterwards the audit log is read back from the
 store: its rows must equal the decisions the clients saw recorded (HTTP 200), one log object per call.
 
 Printed: decisions made and recorded, decisions/s, p50/p95/max latency of a decision POST (and of the
@@ -109,7 +110,7 @@ def log_in(client: httpx.Client, name: str, result: ClientResult, deadline: floa
 
 
 def reviewer(base_url: str, name: str, stop_at: float, attribute: str, classes: list[str], seed: int,
-             result: ClientResult) -> None:
+             result: ClientResult, think_s: float = 0.0) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=base_url, timeout=60, follow_redirects=False) as client:
         if not log_in(client, name, result, stop_at):
@@ -149,6 +150,8 @@ def reviewer(base_url: str, name: str, stop_at: float, attribute: str, classes: 
                 result.decision_s.append(elapsed)
             else:
                 result.errors[f"decision {response.status_code}"] += 1
+            if think_s:
+                time.sleep(rng.uniform(0.5, 1.5) * think_s)  # a person looking at the next image
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -158,7 +161,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: int = 17) -> dict[str, Any]:
+def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: int = 17,
+        think_s: float = 0.0) -> dict[str, Any]:
     """Run the load test; returns its figures (see the module docstring)."""
     from pipeline.review import read_decisions
     from pipeline.review_web import auth
@@ -199,7 +203,7 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
             stop_at = time.monotonic() + duration_s
             started = time.monotonic()
             threads = [threading.Thread(target=reviewer, args=(base_url, name, stop_at, attribute, classes,
-                                                               seed + n, results[n]))
+                                                               seed + n, results[n], think_s))
                        for n, name in enumerate(names)]
             for thread in threads:
                 thread.start()
@@ -220,7 +224,7 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
     recorded = sum(r.recorded for r in results)
     errors = sum((r.errors for r in results), Counter())
     return {
-        "reviewers": reviewers, "duration_s": round(elapsed, 1), "queue_items": items,
+        "reviewers": reviewers, "duration_s": round(elapsed, 1), "queue_items": items, "think_s": think_s,
         "decisions_recorded_by_clients": recorded, "decision_rows_in_store": len(log),
         "decision_objects_in_store": log_objects, "consistent": recorded == len(log) == log_objects,
         "decisions_per_s": round(recorded / elapsed, 2),
@@ -256,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of reviewing")
     parser.add_argument("--items", type=int, default=600, help="items in the queue")
     parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="mean seconds a reviewer looks at an item between decisions (0: as fast as possible)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    figures = run(args.reviewers, args.duration, args.items, args.seed)
+    figures = run(args.reviewers, args.duration, args.items, args.seed, args.think)
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
