@@ -6,10 +6,11 @@ gets an allow-list of the parent's environment (:func:`crawl_env`): what Python 
 ``FASHIONNET_*``, the store's ``AWS_*`` credentials, endpoint and region, and proxies; never Airflow's
 Fernet key, JWT secret, connections or database URLs.
 
-Timeouts: the child is told the crawl's time budget (Scrapy's ``CLOSESPIDER_TIMEOUT``), so at the deadline
-it stops taking pages and writes what it has (``finish_reason`` ``closespider_timeout``). A child that
-has not ended ``crawl.timeout_grace_s`` seconds after the deadline is sent SIGTERM (Scrapy's graceful stop,
-which writes the outputs too), then killed. Either way :func:`run_crawl` raises :class:`CrawlTimeout`,
+Timeouts: the child is told the crawl's deadline (``FASHIONNET_CRAWL_DEADLINE``, see
+:mod:`scrapers.pipelines`): there it writes what it has extracted and closes the spider (``finish_reason``
+``crawl_timeout``), letting requests in flight finish. A child that has not ended
+``crawl.timeout_grace_s`` seconds after the deadline is sent SIGTERM (Scrapy's graceful stop), then
+killed; what it wrote at the deadline stays. Either way :func:`run_crawl` raises :class:`CrawlTimeout`,
 which carries the summary of what was kept, so the task fails visibly and nothing partial passes for a
 finished crawl (a partial catalogue would look like delisted products downstream).
 """
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -171,6 +173,7 @@ def run_crawl(
     incremental: bool | None = None,
     spider_args: dict[str, str] | None = None,
     setting_overrides: dict[str, Any] | None = None,
+    timeout_grace_s: float | None = None,
 ) -> dict[str, Any]:
     """Run ``spider`` to completion and return ``crawls/<crawl_id>/summary.json`` from the store.
 
@@ -178,21 +181,25 @@ def run_crawl(
     ``spider_args`` are further ``-a name=value`` arguments of the spider. ``setting_overrides`` are
     ``-s NAME=value`` Scrapy settings for this one run, over those derived from the configuration: for
     tests (a short DOWNLOAD_TIMEOUT) and the benchmark (politeness off), not for production DAGs, whose
-    crawls take everything from ``config/settings.yaml``.
+    crawls take everything from ``config/settings.yaml``. ``timeout_grace_s`` overrides
+    ``crawl.timeout_grace_s``: how long the child may run past ``timeout_s`` (finishing what is in flight).
+
+    Raises :class:`CrawlTimeout` (with the summary of what was kept) when the crawl ran out of time, and
+    :class:`CrawlError` when it failed or wrote no summary.
     """
     validate_crawl_id(crawl_id)
     settings = get_settings()
     check_start_url(retailer, start_url, settings.retailers)
     timeout = float(timeout_s if timeout_s is not None else settings.crawl["timeout_s"])
-    grace = float(settings.crawl["timeout_grace_s"])
+    grace = float(settings.crawl["timeout_grace_s"] if timeout_grace_s is None else timeout_grace_s)
     # The token comes back in the summary: proof that it was written by this run, not an earlier one.
     run_token = uuid.uuid4().hex
     args = dict(spider_args or {})
     if incremental is not None:
         args["incremental"] = "true" if incremental else "false"
-    # The child's own deadline (Scrapy's CloseSpider extension; it counts from the spider's start, a moment
-    # after ours): it stops and writes its outputs, with the grace period to do so before we step in.
-    overrides = {"CLOSESPIDER_TIMEOUT": f"{timeout:g}", **(setting_overrides or {})}
+    # The child's own deadline, as a wall-clock time: there it writes its outputs and stops, with the grace
+    # period to finish before we step in.
+    overrides = {"FASHIONNET_CRAWL_DEADLINE": f"{time.time() + timeout:.3f}", **(setting_overrides or {})}
     cmd = crawl_command(spider, crawl_id, retailer, start_url, run_token, args, overrides)
     logger.info("running %s", " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -209,7 +216,7 @@ def run_crawl(
     except subprocess.TimeoutExpired:
         overran = True
         logger.warning("crawl %s/%s still running %gs after its deadline: stopping it", spider, crawl_id, grace)
-        _stop(proc)
+        _stop(proc, min(10.0, max(1.0, grace)))
         code = proc.returncode
     except BaseException:
         _stop(proc)

@@ -24,9 +24,11 @@ Limits before decoding: an image body over ``FASHIONNET_MAX_IMAGE_BYTES`` is cut
 (``curation.max_image_pixels``) is dropped as ``image_too_many_pixels`` from its header alone: a small
 PNG can declare 12000x12000 pixels, which would take gigabytes to decode.
 
-The tables and summary are written when the spider closes, whatever the reason: a crawl stopped by its
-deadline (``closespider_timeout``) or by SIGTERM (``shutdown``) keeps what it had extracted; the summary
-says why it ended (``finish_reason``, ``timed_out``).
+The tables and summary are written when the spider closes, whatever the reason, and once before that
+at the crawl's deadline (``FASHIONNET_CRAWL_DEADLINE``, an epoch time set by :func:`scrapers.crawl.run_crawl`):
+then the spider is closed (reason ``crawl_timeout``), and what was extracted until then is in the store
+even if the close, which lets requests in flight finish, outlasts the grace period and the process is
+killed. The summary says why the crawl ended (``finish_reason``, ``timed_out``).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from scrapy.http import Response
 from scrapy.http.request import NO_CALLBACK
 from scrapy.exceptions import DownloadCancelledError
 from scrapy.pipelines.images import ImageException, ImagesPipeline
+from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
 from pipeline.storage import open_store
@@ -58,9 +61,11 @@ logger = logging.getLogger(__name__)
 
 IMAGES_PREFIX = "images/"
 DROP_STAT = "fashionnet/dropped/"
-#: Finish reasons of a crawl that ran out of time: Scrapy's CloseSpider timeout (run_crawl's deadline) and
-#: the graceful stop on SIGTERM (run_crawl's escalation when the deadline did not stop it).
-TIMED_OUT_REASONS = frozenset({"closespider_timeout", "shutdown"})
+#: The finish reason of a crawl stopped at its deadline (StoreExportPipeline).
+DEADLINE_REASON = "crawl_timeout"
+#: Finish reasons of a crawl that ran out of time: its deadline, Scrapy's CLOSESPIDER_TIMEOUT, and the
+#: graceful stop on SIGTERM (run_crawl's escalation when the deadline did not stop it).
+TIMED_OUT_REASONS = frozenset({DEADLINE_REASON, "closespider_timeout", "shutdown"})
 
 
 def crawl_key(crawl_id: str, name: str) -> str:
@@ -217,6 +222,8 @@ class StoreExportPipeline:
         self.weak_labels: dict[tuple[str, str, str, str], None] = {}
         self.pages = 0
         self.started = time.monotonic()
+        self.deadline: float = crawler.settings.getfloat("FASHIONNET_CRAWL_DEADLINE", 0.0)
+        self._deadline_call: Any = None
         crawler.signals.connect(self._response_received, signal=signals.response_received)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
@@ -231,6 +238,18 @@ class StoreExportPipeline:
 
     def open_spider(self) -> None:
         self.started = time.monotonic()
+        if self.deadline:
+            from twisted.internet import reactor
+
+            self._deadline_call = reactor.callLater(max(0.0, self.deadline - time.time()), self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        """Write what was extracted so far, then close the spider (requests in flight may still finish)."""
+        self._deadline_call = None
+        logger.warning("crawl deadline reached: writing what was extracted and closing the spider")
+        self.write_outputs(DEADLINE_REASON)
+        assert self.crawler.engine is not None
+        deferred_from_coro(self.crawler.engine.close_spider_async(reason=DEADLINE_REASON))
 
     def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
@@ -258,6 +277,8 @@ class StoreExportPipeline:
     def _spider_closed(self, reason: str, **_: Any) -> None:
         """Writes the outputs (here, not in close_spider, which is not told why the spider closed), then an
         incremental crawl's seen-set, but only when the crawl finished normally."""
+        if self._deadline_call is not None and self._deadline_call.active():
+            self._deadline_call.cancel()
         self.write_outputs(reason)
         tracker = seen_tracker(self.crawler)
         if tracker is None:
