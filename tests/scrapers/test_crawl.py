@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
-from scrapers.crawl import CrawlError, run_crawl
+from scrapers.crawl import CrawlError, CrawlTimeout, run_crawl
 from scrapers.demo_store.server import DemoStoreServer, search_matches
 from scrapers.demo_store.site import build_site, load_catalog
 from scrapers.items import item_id_for
@@ -132,8 +132,10 @@ def test_failures_raise_crawl_error_with_the_log_tail(file_store: ObjectStore, d
     point_at(monkeypatch, file_store, demo_server)
     with pytest.raises(CrawlError, match="Spider not found"):
         run_crawl("no-such-spider", "bad-1", timeout_s=120)
-    with pytest.raises(CrawlError, match="timed out"):
+    with pytest.raises(CrawlTimeout, match="timed out") as timed_out:
         run_crawl("query", "slow-1", timeout_s=0.2)
     with pytest.raises(ValueError):
         run_crawl("query", "../escape")
-    assert not file_store.exists("crawls/slow-1/summary.json")
+    # A crawl out of time keeps (and says) what it had: here nothing, its deadline passed as it started.
+    assert timed_out.value.summary == file_store.read_json("crawls/slow-1/summary.json")
+    assert timed_out.value.summary["timed_out"] and timed_out.value.summary["finish_reason"] == "crawl_timeout"
