@@ -293,3 +293,14 @@ def test_the_reviewers_file_is_readable_only_by_its_owner(file_store):
     auth.add_reviewer(file_store, "alice", PASSWORD)
     mode = stat.S_IMODE(os.stat(file_store.local_path(auth.REVIEWERS_KEY)).st_mode)
     assert mode == 0o600, oct(mode)
+
+
+def test_logout_ends_sessions_in_another_process_on_s3_too(s3_store):
+    """On S3 the per-request check is one HEAD of reviewers.json (its ETag), not a stat."""
+    auth.add_reviewer(s3_store, "alice", PASSWORD)
+    first_process, second_process = new_app(s3_store), new_app(s3_store)
+    laptop, cookie = session_of(s3_store, app=first_process)
+    assert replay(second_process, cookie) == 200
+    assert laptop.post("/logout", headers=CSRF).status_code == 204
+    assert replay(second_process, cookie) == 401 and replay(first_process, cookie) == 401
+    assert auth.read_reviewers(s3_store)["alice"]["session_generation"] == 2  # added (1), logged out (2)
