@@ -12,8 +12,10 @@ office network. Two checks, both per request:
   Redirect targets, image and robots.txt requests pass through it like any page.
 - ``GuardedResolver`` (``DNS_RESOLVER``) checks the address a host *name* resolves to, at connect time,
   so a name that resolves (or rebinds) to a loopback, link-local, private, unspecified, reserved or
-  multicast address is refused even when the name is allowed. Names are never exempt: a shop on an
-  internal address is configured by that address.
+  multicast address is refused even when the name is allowed. The one exempt name is the base URL host
+  of the bundled demo store (``kind: demo``), which runs inside our own deployment (``demo-store`` in
+  docker-compose resolves to the compose network); any other shop on an internal address is configured
+  by that address.
 
 Refusals are never silent: each is counted under ``fashionnet/refused/<reason>`` (``scheme``,
 ``off_site``, ``private_address``), which the crawl summary reports as ``refused_requests``.
@@ -25,7 +27,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from scrapy import Request
+from scrapy import Request, signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest
 from scrapy.resolver import CachingThreadedResolver
@@ -45,6 +47,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Host names GuardedResolver refused in this process (one crawl per process). Twisted reports a refused
 #: lookup as "no results", so this is how the middlewares tell a refusal from a failed lookup.
 REFUSED_NAMES: set[str] = set()
+#: Host names that may resolve to an internal address in this process's crawl (:func:`internal_names`), set
+#: when the spider opens: Scrapy builds the resolver before the crawler, so it cannot ask the spider.
+INTERNAL_NAMES: set[str] = set()
 
 
 class RefusedRequest(IgnoreRequest):
@@ -131,10 +136,15 @@ class HostPolicyMiddleware:
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
+        crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> "HostPolicyMiddleware":
         return cls(crawler)
+
+    def _spider_opened(self, spider: Any) -> None:
+        INTERNAL_NAMES.clear()
+        INTERNAL_NAMES.update(internal_names(retailer_entry(spider)))
 
     def process_request(self, request: Request) -> None:
         refused = refusal(retailer_entry(self.crawler.spider), request.url)
@@ -159,6 +169,14 @@ def refused_by_resolver(url: str) -> bool:
     return host is not None and host.lower() in REFUSED_NAMES
 
 
+def internal_names(entry: dict[str, Any]) -> set[str]:
+    """Host names that may resolve to an internal address: the demo store's own (see the module docstring)."""
+    if entry.get("kind") != "demo" or not entry.get("base_url"):
+        return set()
+    host = (urlsplit(str(entry["base_url"])).hostname or "").lower()
+    return {host} if host and parse_ip(host) is None else set()
+
+
 class GuardedResolver(CachingThreadedResolver):
     """Scrapy's caching resolver, refusing names that resolve to a non-public address (cached or not)."""
 
@@ -173,6 +191,8 @@ class GuardedResolver(CachingThreadedResolver):
     @staticmethod
     def _check(address: str, name: str) -> str:
         parsed = parse_ip(address)
+        if parsed is not None and not is_public(parsed) and name.lower() in INTERNAL_NAMES:
+            return address
         if parsed is None or not is_public(parsed):
             REFUSED_NAMES.add(name.lower())
             logger.warning("refused to connect to %s: it resolves to %s, not a public address", name, address)

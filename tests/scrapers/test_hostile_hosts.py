@@ -11,6 +11,7 @@ import pytest
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 from scrapers.crawl import run_crawl
+from tests.scrapers.conftest import N_PRODUCTS
 from tests.scrapers.test_politeness import TinyShop, product_page
 
 HTML = {"Content-Type": "text/html"}
@@ -61,3 +62,12 @@ def test_a_host_name_resolving_to_loopback_is_refused_at_connect_time(store: Obj
     assert shop.hits == []
     assert summary["refused_requests"].get("private_address", 0) >= 1
     assert summary["retries"] == 0 and summary["products"] == 0
+
+
+def test_the_demo_store_may_be_configured_by_a_name_on_an_internal_network(store: ObjectStore, demo_server,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    """docker-compose runs it as http://demo-store:8765 (a private address): its own name is exempt."""
+    monkeypatch.setenv("FASHIONNET_SHOP_URL", demo_server.base_url.replace("127.0.0.1", "localhost"))
+    get_settings.cache_clear()
+    summary = run_crawl("catalog", "demo-by-name", timeout_s=120)
+    assert summary["products"] == N_PRODUCTS and summary["refused_requests"] == {}

@@ -87,10 +87,20 @@ def test_the_resolver_refuses_names_that_resolve_to_internal_addresses(monkeypat
     for address, name in (("169.254.169.254", "Rebind.Example"), ("127.0.0.1", "localhost"), ("10.0.0.5", "db.internal")):
         [refused] = resolve_with(monkeypatch, address, name)
         assert isinstance(refused.value, RefusedAddressError), (address, name)
+    monkeypatch.setattr(network, "INTERNAL_NAMES", {"demo-store"})
+    assert resolve_with(monkeypatch, "172.18.0.5", "demo-store") == ["172.18.0.5"]
     # IP literals are the middleware's to judge (with their port); the resolver passes them through.
     assert resolve_with(monkeypatch, "0.0.0.0", "127.0.0.1") == ["127.0.0.1"]
     assert network.REFUSED_NAMES == {"rebind.example", "localhost", "db.internal"}
     assert network.refused_by_resolver("http://REBIND.example:8080/x") and not network.refused_by_resolver("http://shop.example/")
+
+
+def test_only_the_demo_stores_own_name_may_resolve_to_an_internal_address():
+    """docker-compose's demo store is http://demo-store:8765, on the compose network."""
+    assert network.internal_names({"kind": "demo", "base_url": "http://demo-store:8765"}) == {"demo-store"}
+    assert network.internal_names({"kind": "demo", "base_url": "http://127.0.0.1:8765"}) == set()
+    assert network.internal_names({"kind": "sitemap", "base_url": "http://shop.internal"}) == set()
+    assert network.internal_names({"base_url": "http://localhost:8000"}) == set()  # any shop: no exception
 
 
 def test_size_limits_come_from_the_crawl_settings():
