@@ -247,9 +247,11 @@ class StoreExportPipeline:
         """Write what was extracted so far, then close the spider (requests in flight may still finish)."""
         self._deadline_call = None
         logger.warning("crawl deadline reached: writing what was extracted and closing the spider")
-        self.write_outputs(DEADLINE_REASON)
-        assert self.crawler.engine is not None
-        deferred_from_coro(self.crawler.engine.close_spider_async(reason=DEADLINE_REASON))
+        try:
+            self.write_outputs(DEADLINE_REASON)
+        finally:  # a store error is logged by Twisted; the crawl still stops (and writes again when closed)
+            assert self.crawler.engine is not None
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason=DEADLINE_REASON))
 
     def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
