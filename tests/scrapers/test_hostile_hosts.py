@@ -71,3 +71,19 @@ def test_the_demo_store_may_be_configured_by_a_name_on_an_internal_network(store
     get_settings.cache_clear()
     summary = run_crawl("catalog", "demo-by-name", timeout_s=120)
     assert summary["products"] == N_PRODUCTS and summary["refused_requests"] == {}
+
+
+def test_sitemap_entries_off_the_shop_are_refused(store: ObjectStore, monkeypatch: pytest.MonkeyPatch):
+    """The demo-store retailer on a shop whose sitemap lists another local service and the metadata address."""
+    with TinyShop(["inside"]) as other, TinyShop(["good"]) as shop:
+        entries = [f"{shop.base_url}/product/good", f"{other.base_url}/product/inside",
+                   "http://169.254.169.254/latest/meta-data/"]
+        urlset = "".join(f"<url><loc>{url}</loc></url>" for url in entries)
+        shop.routes["/sitemap.xml"] = lambda n: (200, {"Content-Type": "application/xml"}, (
+            '<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+            f"{urlset}</urlset>").encode())
+        monkeypatch.setenv("FASHIONNET_SHOP_URL", shop.base_url)
+        get_settings.cache_clear()
+        summary = run_crawl("catalog", "sitemap-ssrf", timeout_s=120, setting_overrides={"AUTOTHROTTLE_ENABLED": "False"})
+    assert other.hits == []
+    assert summary["products"] == 1 and summary["refused_requests"] == {"off_site": 2}
