@@ -15,7 +15,8 @@ office network. Two checks, both per request:
   multicast address is refused even when the name is allowed. The one exempt name is the base URL host
   of the bundled demo store (``kind: demo``), which runs inside our own deployment (``demo-store`` in
   docker-compose resolves to the compose network); any other shop on an internal address is configured
-  by that address.
+  by that address. The host of a configured HTTP(S) proxy (``HTTP_PROXY`` / ``HTTPS_PROXY``) is exempt
+  too, as it is ours; through a proxy, the proxy resolves the shop's names, so only the URL check applies.
 
 Refusals are never silent: each is counted under ``fashionnet/refused/<reason>`` (``scheme``,
 ``off_site``, ``private_address``), which the crawl summary reports as ``refused_requests``.
@@ -26,6 +27,7 @@ import ipaddress
 import logging
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 from scrapy import Request, signals
 from scrapy.crawler import Crawler
@@ -169,12 +171,21 @@ def refused_by_resolver(url: str) -> bool:
     return host is not None and host.lower() in REFUSED_NAMES
 
 
-def internal_names(entry: dict[str, Any]) -> set[str]:
-    """Host names that may resolve to an internal address: the demo store's own (see the module docstring)."""
-    if entry.get("kind") != "demo" or not entry.get("base_url"):
-        return set()
-    host = (urlsplit(str(entry["base_url"])).hostname or "").lower()
-    return {host} if host and parse_ip(host) is None else set()
+def internal_names(entry: dict[str, Any], proxies: dict[str, str] | None = None) -> set[str]:
+    """Host names that may resolve to an internal address: the demo store's own and the configured proxies'
+    (see the module docstring); ``proxies`` defaults to the environment's (urllib's getproxies)."""
+    urls = [str(url) for scheme, url in (getproxies() if proxies is None else proxies).items() if scheme in ALLOWED_SCHEMES]
+    if entry.get("kind") == "demo" and entry.get("base_url"):
+        urls.append(str(entry["base_url"]))
+    names = set()
+    for url in urls:
+        try:
+            host = (urlsplit(url if "//" in url else "//" + url).hostname or "").lower()
+        except ValueError:
+            continue
+        if host and parse_ip(host) is None:
+            names.add(host)
+    return names
 
 
 class GuardedResolver(CachingThreadedResolver):

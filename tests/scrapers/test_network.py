@@ -97,10 +97,14 @@ def test_the_resolver_refuses_names_that_resolve_to_internal_addresses(monkeypat
 
 def test_only_the_demo_stores_own_name_may_resolve_to_an_internal_address():
     """docker-compose's demo store is http://demo-store:8765, on the compose network."""
-    assert network.internal_names({"kind": "demo", "base_url": "http://demo-store:8765"}) == {"demo-store"}
-    assert network.internal_names({"kind": "demo", "base_url": "http://127.0.0.1:8765"}) == set()
-    assert network.internal_names({"kind": "sitemap", "base_url": "http://shop.internal"}) == set()
-    assert network.internal_names({"base_url": "http://localhost:8000"}) == set()  # any shop: no exception
+    none: dict[str, str] = {}
+    assert network.internal_names({"kind": "demo", "base_url": "http://demo-store:8765"}, none) == {"demo-store"}
+    assert network.internal_names({"kind": "demo", "base_url": "http://127.0.0.1:8765"}, none) == set()
+    assert network.internal_names({"kind": "sitemap", "base_url": "http://shop.internal"}, none) == set()
+    assert network.internal_names({"base_url": "http://localhost:8000"}, none) == set()  # any shop: no exception
+    # Our own proxy may live on the office network; a "no" list or a SOCKS entry adds nothing.
+    proxies = {"http": "http://proxy.corp:3128", "https": "proxy2.corp:3129", "no": "localhost", "ftp": "ftp.corp"}
+    assert network.internal_names({"base_url": "https://shop.example"}, proxies) == {"proxy.corp", "proxy2.corp"}
 
 
 def test_size_limits_come_from_the_crawl_settings():
