@@ -545,37 +545,44 @@ def rank(
     chosen = scoring.select(kind, items, parts, repository["item_id"], eligible, k, lam, options.mmr_pool,
                             options.hybrid_weights)
     rows = chosen.rows
-    take = pa.array(rows, type=pa.int64())
-    picked = items.take(rows)
+    return ranked_table(kind, attributes, profile, mine, items.take(rows), repository.take(pa.array(rows, type=pa.int64())),
+                        chosen.score, chosen.mmr_score, None if foreign is None else foreign[rows], options)
+
+
+def ranked_table(kind: str, attributes: Sequence[str], profile: pa.Table, mine: scoring.FashionMatrix,
+                 picked: scoring.FashionMatrix, picked_rows: pa.Table, score: np.ndarray, mmr_score: np.ndarray,
+                 foreign: np.ndarray | None, options: Options) -> pa.Table:
+    """The output table of :func:`rank` for the chosen items in order: ``picked`` and ``picked_rows``
+    are their fashion matrix and repository rows, ``foreign`` their other-networks flags (or None)."""
+    n = picked.n
     shown_parts = scoring.available_components(picked, mine, options.attribute_weights)  # output columns
     nearest = scoring.nearest_profile_rows(picked, mine)
-    if foreign is not None and foreign[rows].any():
+    if foreign is not None and foreign.any():
         by_attributes = scoring.nearest_profile_rows(dataclasses.replace(picked, embedding=None), mine)
-        nearest = np.where(foreign[rows], by_attributes, nearest)
+        nearest = np.where(foreign, by_attributes, nearest)
     profile_keys = profile["image_key"].to_pylist()
     matched = [",".join(a for a, hit in zip(attributes, hits) if hit) for hits in shown_parts.attribute_hits]
     table = pa.table({
-        "rank": pa.array(np.arange(1, len(rows) + 1), type=pa.int32()),
-        "item_id": repository["item_id"].take(take),
-        "score": pa.array(chosen.score, type=pa.float64()),
-        "score_kind": pa.array([kind] * len(rows), type=pa.string()),
-        "mmr_score": pa.array(chosen.mmr_score, type=pa.float64()),
+        "rank": pa.array(np.arange(1, n + 1), type=pa.int32()),
+        "item_id": picked_rows["item_id"],
+        "score": pa.array(score, type=pa.float64()),
+        "score_kind": pa.array([kind] * n, type=pa.string()),
+        "mmr_score": pa.array(mmr_score, type=pa.float64()),
         "score_matches": pa.array(shown_parts.matches, type=pa.int64()),
         "best_row_matches": pa.array(shown_parts.best_row, type=pa.int64()),
         "matched_attributes": pa.array(matched, type=pa.string()),
         "match_probability": pa.array(shown_parts.match_probability, type=pa.float64()),
-        "score_weighted": _column(shown_parts.weighted, len(rows)),
-        "score_embedding": _column(shown_parts.embedding, len(rows),
-                                   None if foreign is None else foreign[rows]),
+        "score_weighted": _column(shown_parts.weighted, n),
+        "score_embedding": _column(shown_parts.embedding, n, foreign),
         "nearest_profile_image": pa.array([profile_keys[j] if j >= 0 else None for j in nearest], type=pa.string()),
     })
     for attribute in attributes:
         for name in (attribute, f"{attribute}_prob", f"{attribute}_model_version"):
-            if name in repository.column_names:
-                table = table.append_column(repository.schema.field(name), repository[name].take(take))
+            if name in picked_rows.column_names:
+                table = table.append_column(picked_rows.schema.field(name), picked_rows[name])
     for name in ITEM_COLUMNS:
-        if name in repository.column_names:
-            table = table.append_column(repository.schema.field(name), repository[name].take(take))
+        if name in picked_rows.column_names:
+            table = table.append_column(picked_rows.schema.field(name), picked_rows[name])
     return table
 
 
@@ -669,13 +676,23 @@ def recommend_for_user(
                   thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])),
                   exclude_item_ids=shown, options=options, items=repository_matrix)
 
+    return write_outputs(store, user_id, run_date, keys, profile, ranked, shown, options, repository.num_rows,
+                         0 if foreign is None else int(foreign.sum()))
+
+
+def write_outputs(store: "ObjectStore", user_id: str, run_date: str, image_keys: list[str], profile: pa.Table,
+                  ranked: pa.Table, shown: list[str], options: Options, n_items_scored: int,
+                  n_foreign: int) -> dict[str, Any]:
+    """Write one user's four keys (module docstring) and return the task's JSON-serialisable summary."""
+    attributes = get_settings().taxonomy.names
+    keys = image_keys
     written = {
         "recommendations": store.write_parquet(recommendations_key(user_id, run_date), ranked),
         "profile": store.write_parquet(profile_key(user_id, run_date), profile),
     }
     top_rows = ranked.to_pylist()
     context = {"run_date": run_date, "score_kind": options.score_kind, "mmr_lambda": options.mmr_lambda,
-               "filters": options.filters.describe(), "n_items_scored": repository.num_rows,
+               "filters": options.filters.describe(), "n_items_scored": n_items_scored,
                "n_excluded_shown": len(shown)}
     page = render_recommendations_html(user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes,
                                        context=context)
@@ -693,9 +710,9 @@ def recommend_for_user(
         "score_kind": options.score_kind,
         "mmr_lambda": options.mmr_lambda,
         "filters": options.filters.describe(),
-        "n_items_scored": repository.num_rows,
+        "n_items_scored": n_items_scored,
         "n_excluded_shown": len(shown),
-        "n_foreign_embeddings": 0 if foreign is None else int(foreign.sum()),
+        "n_foreign_embeddings": n_foreign,
         "n_recommended": ranked.num_rows,
         "top_k": [_summary_row(row) for row in top_rows],
     }

@@ -558,3 +558,129 @@ def nearest_profile_rows(items: FashionMatrix, profile: FashionMatrix) -> np.nda
     for a in range(len(items.attributes)):
         per_row += (items.codes[:, a, None] == profile.codes[None, :, a]) & (items.codes[:, a, None] >= 0)
     return np.argmax(per_row, axis=1).astype(np.int64)
+
+
+# -- many profiles at once ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProfileBatch:
+    """``U`` users' profiles stacked for one pass over the repository: the profile rows of user ``u``
+    are ``offsets[u]:offsets[u + 1]`` of the stacked matrices.
+
+    ``embedding_t`` (D, M) float32, every profile row's embedding as a column (None when a profile
+    lacks embeddings); ``mean_probs`` per attribute (C_a, U) float64, each user's mean softmax vector
+    (what :func:`weighted_scores` multiplies by); ``class_counts`` per attribute (U, C_a + 1) int64,
+    how many of the user's rows predict each class (the last column, read by a null item class, 0);
+    ``codes`` (M, A) the stacked class codes.
+    """
+
+    attributes: tuple[str, ...]
+    offsets: np.ndarray
+    codes: np.ndarray
+    embedding_t: np.ndarray | None
+    mean_probs: tuple[np.ndarray, ...] | None
+    class_counts: tuple[np.ndarray, ...]
+
+    @property
+    def users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def profile_batch(profiles: Sequence[FashionMatrix], taxonomy: Mapping[str, Sequence[str]]) -> ProfileBatch:
+    """The profiles (each with at least one row) stacked; embeddings and mean probabilities only when
+    every profile has them."""
+    if not profiles or any(p.n == 0 for p in profiles):
+        raise ValueError("a profile batch needs at least one profile, each with at least one row")
+    attributes = profiles[0].attributes
+    offsets = np.concatenate([[0], np.cumsum([p.n for p in profiles])]).astype(np.int64)
+    codes = np.concatenate([p.codes for p in profiles])
+    embedding_t = None
+    if all(p.embedding is not None for p in profiles) and len({p.embedding.shape[1] for p in profiles}) == 1:
+        embedding_t = np.ascontiguousarray(np.concatenate([p.embedding for p in profiles]).T)
+    mean_probs = None
+    if all(p.probs is not None for p in profiles):
+        mean_probs = tuple(np.stack([p.probs[a].mean(axis=0, dtype=np.float64) for p in profiles], axis=1)
+                           for a in range(len(attributes)))
+    counts = []
+    for a, attribute in enumerate(attributes):
+        size = len(taxonomy[attribute]) + 1
+        table = np.zeros((len(profiles), size), dtype=np.int64)
+        for u, p in enumerate(profiles):
+            known = p.codes[:, a][p.codes[:, a] >= 0]
+            table[u, :size - 1] = np.bincount(known, minlength=size - 1)[:size - 1]
+        counts.append(table)
+    return ProfileBatch(attributes, offsets, codes, embedding_t, mean_probs, tuple(counts))
+
+
+@dataclass
+class BatchComponents:
+    """:class:`Components` of ``n`` items for ``U`` users: each an (n, U) array (None when not needed),
+    computed exactly as the one-user functions compute them."""
+
+    matches: np.ndarray | None
+    best_row: np.ndarray | None
+    match_probability: np.ndarray | None
+    weighted: np.ndarray | None
+    embedding: np.ndarray | None
+    profile_rows: np.ndarray
+
+    def matches_share(self, attributes: int) -> np.ndarray:
+        return self.matches / np.maximum(1, self.profile_rows * attributes)[None, :]
+
+
+def batch_embedding_scores(items: FashionMatrix, batch: ProfileBatch) -> np.ndarray:
+    """(n, U) ``max_j cos(e_i, e_j)`` over each user's rows, rounded as :func:`embedding_scores`: one
+    (n, M) float32 matrix product for all users' photos, reduced per user segment."""
+    if batch.embedding_t is None or items.embedding is None:
+        raise MissingVectors("the embedding score needs an embedding column in the repository and the profile")
+    if items.embedding.shape[1] != batch.embedding_t.shape[0]:
+        raise MissingVectors(
+            f"repository embeddings have {items.embedding.shape[1]} dimensions, the profile's "
+            f"{batch.embedding_t.shape[0]}: they come from different networks (embedding_source)")
+    product = items.embedding @ batch.embedding_t
+    best = np.maximum.reduceat(product, batch.offsets[:-1], axis=1)
+    return np.round(best.astype(np.float64), EMBEDDING_DECIMALS)
+
+
+def batch_components(items: FashionMatrix, batch: ProfileBatch, attribute_weights: np.ndarray,
+                     need: Sequence[str]) -> BatchComponents:
+    """The components ``need`` (score kinds) uses, for every (item, user) pair; ``attribute_weights``
+    as from :func:`normalised_weights`. Keep ``items.n x M`` small (a block of rows): the embedding
+    product is that big."""
+    need = set(need)
+    n, users = items.n, batch.users
+    counts = bool(need & {"matches", "hybrid"})
+    seed = "matches" in need
+    matches = best_row = match_probability = weighted = embedding = None
+    if counts:
+        matches = np.zeros((n, users), dtype=np.int64)
+        matched_count = np.zeros((n, users), dtype=np.int64) if seed else None
+        matched_total = np.zeros((n, users), dtype=np.float64) if seed else None
+        for a in range(len(batch.attributes)):
+            item_codes = items.codes[:, a]  # -1 (null) reads the last, zero column
+            hits = batch.class_counts[a][:, item_codes].T
+            matches += hits
+            if seed:
+                matched = hits > 0
+                matched_count += matched
+                matched_total += items.top_prob[:, a].astype(np.float64)[:, None] * matched
+        if seed:
+            match_probability = np.where(matched_count > 0, matched_total / np.maximum(matched_count, 1), 0.0)
+    if seed:
+        per_row = np.zeros((n, len(batch.codes)), dtype=np.int8)
+        for a in range(len(batch.attributes)):
+            per_row += (items.codes[:, a, None] == batch.codes[None, :, a]) & (items.codes[:, a, None] >= 0)
+        best_row = np.maximum.reduceat(per_row, batch.offsets[:-1], axis=1).astype(np.int64)
+    if need & {"weighted", "hybrid"}:
+        if items.probs is None or batch.mean_probs is None:
+            raise MissingVectors("the weighted score needs <attr>_probs columns in the repository and the profile")
+        weighted = np.zeros((n, users), dtype=np.float64)
+        for weight, item_probs, mean in zip(attribute_weights, items.probs, batch.mean_probs):
+            if weight:
+                weighted += weight * (item_probs.astype(np.float64) @ mean)
+    if need & {"embedding", "hybrid"}:
+        embedding = batch_embedding_scores(items, batch)
+    return BatchComponents(matches, best_row, match_probability, weighted, embedding, batch.sizes)
