@@ -82,8 +82,9 @@ def batch_key(batch_id: str, name: str) -> str:
 
 
 def batch_kind(batch_id: str) -> str | None:
-    """``ingest`` for ``ingest-20261128``; None for an id not of the form ``<kind>-<YYYYMMDD>``."""
-    found = re.fullmatch(r"(.+)-\d{8}", batch_id)
+    """``ingest`` for ``ingest-20261128`` and for a retailer's ``ingest-20261128-demo-store``
+    (scrapers.retailers.retailer_batch_id); None for an id not of the form ``<kind>-<YYYYMMDD>[-<retailer>]``."""
+    found = re.fullmatch(r"(.+?)-\d{8}(?:-[a-z0-9][a-z0-9_-]{0,63})?", batch_id)
     return found.group(1) if found else None
 
 

@@ -243,7 +243,8 @@ def test_refresh_runs_mapped_shards_in_parallel_on_local_executor_and_postgres(p
                               for t in instances)
             assert state == "success" == run_state, \
                 f"run {state}:\n{table}\n{failed_task_logs(home, instances)}\n{log_path.read_text()[-4000:]}"
-            assert {t["task_id"] for t in instances} == {"crawl_catalog", "curate", "plan", "infer_shard", "commit"}
+            assert {t["task_id"] for t in instances} == {"retailers_to_crawl", "crawl_catalog", "curate", "plan",
+                                                         "infer_shard", "commit", "check_retailers"}
             assert all(t["state"] == "success" for t in instances), table
 
             shards = sorted((t for t in instances if t["task_id"] == "infer_shard"), key=lambda t: t["map_index"])
@@ -269,7 +270,7 @@ def test_refresh_runs_mapped_shards_in_parallel_on_local_executor_and_postgres(p
                              and k.endswith("accepted.parquet")]
             assert len(accepted_keys) == 1
             accepted = store.read_parquet(accepted_keys[0])
-            commit_id = accepted_keys[0].split("/")[1]
+            commit_id = accepted_keys[0].split("/")[1][:len("catalog-YYYYMMDD")]  # batch catalog-<night>-<retailer>
             record = store.read_json(f"repository/commits/{commit_id}.json")
             repository = read_repository(store)
             assert repository.num_rows == accepted.num_rows == record["inferred"] == record["repository_rows"]
