@@ -115,6 +115,7 @@ RETAILER_CRAWL_OVERRIDES: dict[str, type | tuple[type, ...]] = {
     "download_delay_s": (int, float), "autothrottle_start_delay_s": (int, float), "download_timeout_s": (int, float),
     "retry_times": int, "retry_backoff_base_s": (int, float), "retry_backoff_max_s": (int, float),
     "timeout_s": (int, float), "incremental": bool, "images_min_width": int, "images_min_height": int,
+    "max_page_bytes": int, "max_image_bytes": int,
 }
 HOST_ENTRY = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?")
 DEFAULT_PORTS = {"http": 80, "https": 443}
