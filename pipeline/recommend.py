@@ -718,31 +718,503 @@ def write_outputs(store: "ObjectStore", user_id: str, run_date: str, image_keys:
     }
 
 
+# -- many users in one pass over the repository -----------------------------------------------------
+SCAN_BLOCK_CELLS = 8_000_000  # (item rows x profile photos) per embedding product: 32 MB of float32
+
+
+@dataclass
+class _User:
+    """One user of a batch: the profile and exclusions, then the running candidates of the pass."""
+
+    user_id: str
+    image_keys: list[str]
+    profile: pa.Table
+    mine: scoring.FashionMatrix
+    shown: list[str]
+    source: str | None
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # global scan rows
+    keys: list[np.ndarray] = field(default_factory=list)  # their ordering keys, raw (unrounded)
+    foreign_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    n_foreign: int = 0
+
+
+def _chunk_matrix(chunk: pa.Table, taxonomy: Mapping[str, Sequence[str]], dims: int | None,
+                  seen: dict[str, bool]) -> scoring.FashionMatrix:
+    """:func:`scoring.fashion_matrix` of a chunk with the whole repository's shapes: a chunk whose
+    probability vectors or embeddings are all null gets zeros (as those rows are in the one-matrix
+    path); ``seen`` records which list columns held any value, so the caller can tell, after the
+    pass, that the repository has none (then the one-user path raises :class:`scoring.MissingVectors`)."""
+    matrix = scoring.fashion_matrix(chunk, taxonomy)
+    probs = matrix.probs
+    if all(f"{a}_probs" in chunk.column_names for a in taxonomy):
+        for a in taxonomy:
+            seen[f"{a}_probs"] = seen.get(f"{a}_probs", False) or chunk[f"{a}_probs"].null_count < chunk.num_rows
+        if probs is None:
+            probs = tuple(scoring.list_matrix(chunk[f"{a}_probs"], len(taxonomy[a]), f"{a}_probs") for a in taxonomy)
+    embedding = matrix.embedding
+    if "embedding" in chunk.column_names:
+        seen["embedding"] = seen.get("embedding", False) or embedding is not None
+        if embedding is None and dims is not None:
+            embedding = np.zeros((chunk.num_rows, dims), dtype=np.float32)
+    return scoring.FashionMatrix(matrix.attributes, matrix.codes, matrix.top_prob, probs, embedding)
+
+
+def _repository_chunks(store: "ObjectStore", filters: Filters, attributes: Sequence[str],
+                       chunk_rows: int) -> tuple[Any, list[str]]:
+    """A scanner over the current repository files: the recommendation columns only, the run's filters
+    pushed down to partitions and row groups, at most ``chunk_rows`` rows per batch and one batch read
+    ahead (so memory is set by the chunk, not the catalogue)."""
+    from pipeline.repository import repository_dataset
+
+    dataset = repository_dataset(store, list(attributes))
+    columns = [name for name in repository_columns(attributes) if name in dataset.schema.names]
+    scanner = dataset.scanner(columns=columns, filter=filters.expression(), batch_size=chunk_rows,
+                              batch_readahead=1, fragment_readahead=1)
+    return scanner, columns
+
+
+class _Exclusions:
+    """Which (chunk row, user) pairs may not be recommended: the user's own images (same bytes, or a
+    pHash near copy confirmed by the thumbnail check, as :func:`own_image_mask`) and items shown before.
+    One hash index over every user's profile hashes and one set lookup per chunk serve the batch."""
+
+    def __init__(self, store: "ObjectStore", users: Sequence[_User], phash_max_distance: int, max_mad: float):
+        from pipeline.hash_index import MIN_INDEXED_FOR_MIH, HashIndex, MultiIndexHashing
+
+        self.store, self.users, self.distance, self.max_mad = store, users, phash_max_distance, max_mad
+        self.sha_users = self._index(lambda u: pc.drop_null(u.profile["content_sha256"].cast(pa.string())).to_pylist())
+        self.shown_users = self._index(lambda u: u.shown)
+        hashes, owners = [], []
+        for column, user in enumerate(users):
+            names = ["phash", "phash_mirror"] if "phash_mirror" in user.profile.column_names else ["phash"]
+            for name in names:
+                values = user.profile[name].cast(pa.uint64())
+                for row in np.flatnonzero(pc.is_valid(values).to_numpy(zero_copy_only=False)):
+                    hashes.append(values[int(row)].as_py())
+                    owners.append((column, int(row)))
+        self.owners = np.array(owners, dtype=np.int64).reshape(-1, 2)
+        hashes_np = np.array(hashes, dtype=np.uint64)
+        self.hash_index = (MultiIndexHashing(hashes_np) if len(hashes_np) >= MIN_INDEXED_FOR_MIH
+                           else HashIndex(hashes_np)) if len(hashes_np) else None
+
+    def _index(self, values_of: Callable[[_User], list[str]]) -> tuple[pa.Array, list[list[int]]]:
+        owners: dict[str, list[int]] = {}
+        for column, user in enumerate(self.users):
+            for value in dict.fromkeys(values_of(user)):
+                owners.setdefault(value, []).append(column)
+        return pa.array(list(owners), type=pa.string()), list(owners.values())
+
+    @staticmethod
+    def _mark(excluded: np.ndarray, values: pa.ChunkedArray, index: tuple[pa.Array, list[list[int]]]) -> None:
+        value_set, owners = index
+        if not len(value_set):
+            return
+        found = pc.index_in(values.cast(pa.string()), value_set=value_set).to_numpy(zero_copy_only=False)
+        for row in np.flatnonzero(~np.isnan(found.astype(np.float64))):
+            excluded[row, owners[int(found[row])]] = True
+
+    def excluded(self, chunk: pa.Table) -> np.ndarray:
+        """(chunk rows, users) True where the pair is excluded."""
+        excluded = np.zeros((chunk.num_rows, len(self.users)), dtype=bool)
+        self._mark(excluded, chunk["content_sha256"], self.sha_users)
+        self._mark(excluded, chunk["item_id"], self.shown_users)
+        if self.hash_index is None or not chunk.num_rows:
+            return excluded
+        item_phash = chunk["phash"].cast(pa.uint64())
+        valid = np.flatnonzero(pc.is_valid(item_phash).to_numpy(zero_copy_only=False))
+        hashes = pc.fill_null(item_phash, 0).to_numpy().astype(np.uint64)[valid]
+        queries, indexed, _ = self.hash_index.query(hashes, self.distance)
+        checks: dict[int, NearCopyCheck] = {}
+        for query, hit in zip(queries, indexed):
+            item = int(valid[query])
+            column, profile_row = (int(v) for v in self.owners[hit])
+            if excluded[item, column]:
+                continue
+            if column not in checks:
+                checks[column] = thumbnail_check(self.store, self.users[column].profile, chunk, self.max_mad)
+            if checks[column](item, profile_row):
+                excluded[item, column] = True
+        return excluded
+
+
+def _foreign_matrix(chunk: pa.Table, users: Sequence[_User]) -> np.ndarray | None:
+    """(chunk rows, users) True where the item's embeddings come from other networks than the user's
+    profile (:func:`foreign_embeddings`); None when no pair is foreign."""
+    if "embedding_source" not in chunk.column_names or all(u.source is None for u in users):
+        return None
+    sources = chunk["embedding_source"].cast(pa.string())
+    foreign = np.zeros((chunk.num_rows, len(users)), dtype=bool)
+    by_source: dict[str, np.ndarray] = {}
+    for column, user in enumerate(users):
+        if user.source is not None:
+            if user.source not in by_source:
+                same = pc.fill_null(pc.equal(sources, user.source), False)
+                by_source[user.source] = ~same.to_numpy(zero_copy_only=False).astype(bool)
+            foreign[:, column] = by_source[user.source]
+    return foreign if foreign.any() else None
+
+
+class _Moments:
+    """Per-user count, mean and sum of squared deviations of a value, merged block by block (Chan et
+    al.), for the hybrid score's standardisation over each user's candidates."""
+
+    def __init__(self, users: int) -> None:
+        self.n = np.zeros(users, dtype=np.float64)
+        self.mean = np.zeros(users, dtype=np.float64)
+        self.m2 = np.zeros(users, dtype=np.float64)
+
+    def add(self, values: np.ndarray, mask: np.ndarray) -> None:
+        count = mask.sum(axis=0).astype(np.float64)
+        if not count.any():
+            return
+        safe = np.maximum(count, 1.0)
+        block_mean = np.where(mask, values, 0.0).sum(axis=0) / safe
+        block_m2 = np.where(mask, (values - block_mean[None, :]) ** 2, 0.0).sum(axis=0)
+        total = self.n + count
+        delta = block_mean - self.mean
+        share = np.divide(count, total, out=np.zeros_like(total), where=total > 0)
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + block_m2 + delta ** 2 * self.n * share
+        self.n = total
+
+    def standardise(self, values: np.ndarray) -> np.ndarray:
+        """``(values - mean) / std`` per user column, 0 for a user whose value is constant (as
+        :func:`scoring.standardised`)."""
+        std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros_like(self.m2), where=self.n > 0))
+        usable = (self.n > 0) & (std > 1e-12)
+        return np.where(usable[None, :], (values - self.mean[None, :]) / np.where(usable, std, 1.0)[None, :], 0.0)
+
+
+class _BatchScorer:
+    """One pass (two for ``hybrid``: the moments, then the ranking) of a batch of users over the
+    repository's chunks, keeping per user the best ``pool`` eligible rows by the kind's full order
+    (:func:`scoring.top_candidates`'s), and the repository rows any user may still need."""
+
+    def __init__(self, store: "ObjectStore", users: list[_User], options: Options, attributes: Sequence[str],
+                 chunk_rows: int) -> None:
+        settings = get_settings()
+        self.store, self.users, self.options, self.attributes = store, users, options, list(attributes)
+        self.kind = options.score_kind
+        self.taxonomy = _taxonomy(attributes)
+        self.chunk_rows = chunk_rows
+        self.pool = options.k if options.mmr_lambda >= 1.0 else max(options.mmr_pool, options.k)
+        self.batch = scoring.profile_batch([u.mine for u in users], self.taxonomy)
+        self.dims = None if self.batch.embedding_t is None else int(self.batch.embedding_t.shape[0])
+        self.weights = scoring.normalised_weights(self.batch.attributes, options.attribute_weights)
+        self.exclusions = _Exclusions(store, users, int(settings.curation["phash_max_distance"]),
+                                      float(settings.curation["thumbnail_max_mad"]))
+        photos = int(self.batch.offsets[-1])
+        self.block_rows = max(64, SCAN_BLOCK_CELLS // max(photos, len(users), 1))
+        self.n_items = 0
+        self.seen: dict[str, bool] = {}
+        self.moments: dict[str, _Moments] = {}
+        self.comparable = _Moments(len(users))  # the embedding over eligible items of the user's networks
+        self.foreign_eligible = np.zeros(len(users), dtype=np.float64)
+        self.foreign_value = np.zeros(len(users), dtype=np.float64)
+        self.kept: pa.Table | None = None
+        self.kept_rows = np.zeros(0, dtype=np.int64)
+        self.columns: list[str] = []
+
+    # -- the pass --
+    def run(self) -> None:
+        if self.kind == "hybrid":
+            self.moments = {c: _Moments(len(self.users)) for c in scoring.HYBRID_COMPONENTS}
+            self._scan(collect=False)
+            self._finish_moments()
+            self.comparable = _Moments(len(self.users))
+        self._scan(collect=True)
+
+    def _scan(self, collect: bool) -> None:
+        scanner, self.columns = _repository_chunks(self.store, self.options.filters, self.attributes, self.chunk_rows)
+        users = len(self.users)
+        self.threshold = np.full(users, -np.inf)
+        self.foreign_threshold: list[str | None] = [None] * users
+        self.pending: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = []
+        self.foreign_pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending_size = 0
+        self.n_items = 0
+        for user in self.users:
+            user.n_foreign = 0
+        offset = 0
+        for record_batch in scanner.to_batches():
+            if not record_batch.num_rows:
+                continue
+            chunk = pa.Table.from_batches([record_batch])
+            self._chunk(chunk, offset, collect)
+            offset += chunk.num_rows
+            self.n_items = offset
+        if collect:
+            self._merge()
+        self._check_vectors()
+
+    def _check_vectors(self) -> None:
+        if not self.n_items:
+            return
+        if self.kind in ("weighted", "hybrid") and not all(self.seen.get(f"{a}_probs") for a in self.attributes):
+            raise scoring.MissingVectors("the weighted score needs <attr>_probs columns in the repository and the profile")
+        if self.kind in ("embedding", "hybrid") and not self.seen.get("embedding"):
+            raise scoring.MissingVectors("the embedding score needs an embedding column in the repository and the profile")
+
+    def _chunk(self, chunk: pa.Table, offset: int, collect: bool) -> None:
+        matrix = _chunk_matrix(chunk, self.taxonomy, self.dims, self.seen)
+        eligible = ~self.exclusions.excluded(chunk)
+        foreign = _foreign_matrix(chunk, self.users)
+        if collect and foreign is not None:
+            for column, count in enumerate(foreign.sum(axis=0)):
+                self.users[column].n_foreign += int(count)
+        ids = None
+        taken: list[np.ndarray] = []
+        for start in range(0, chunk.num_rows, self.block_rows):
+            stop = min(chunk.num_rows, start + self.block_rows)
+            parts = scoring.batch_components(matrix.take(slice(start, stop)), self.batch, self.weights, [self.kind])
+            ok = eligible[start:stop]
+            block_foreign = None if foreign is None else foreign[start:stop]
+            if not collect:
+                self._add_moments(parts, ok, block_foreign)
+                continue
+            keys, ok, foreign_ok = self._keys(parts, ok, block_foreign)
+            passed = ok & (np.round(keys[0], scoring.ROUND_DECIMALS) >= self.threshold[None, :])
+            user_of, row_of = np.nonzero(passed.T)
+            if len(row_of):
+                self.pending.append((user_of, row_of + start + offset, [key[row_of, user_of] for key in keys]))
+                self.pending_size += len(row_of)
+                taken.append(row_of + start)
+            if foreign_ok is not None and foreign_ok.any():
+                if ids is None:
+                    ids = np.array(chunk["item_id"].cast(pa.string()).to_pylist(), dtype=object)
+                block_ids = ids[start:stop]
+                for column in np.flatnonzero(foreign_ok.any(axis=0)):
+                    rows = np.flatnonzero(foreign_ok[:, column])
+                    limit = self.foreign_threshold[column]
+                    if limit is not None:
+                        rows = rows[block_ids[rows] <= limit]
+                    if len(rows):
+                        self.foreign_pending.append((np.full(len(rows), column), rows + start + offset))
+                        self.pending_size += len(rows)
+                        taken.append(rows + start)
+        if taken:
+            local = np.unique(np.concatenate(taken))
+            rows = chunk.take(pa.array(local, type=pa.int64()))
+            self.kept = rows if self.kept is None else pa.concat_tables([self.kept, rows])
+            self.kept_rows = np.concatenate([self.kept_rows, local + offset])
+        if self.pending_size > max(4 * self.pool * len(self.users), 100_000):
+            self._merge()
+
+    def _embedding_values(self, parts: scoring.BatchComponents, foreign: np.ndarray | None) -> np.ndarray:
+        if foreign is None:
+            return parts.embedding
+        return np.where(foreign, self.foreign_value[None, :], parts.embedding)
+
+    def _add_moments(self, parts: scoring.BatchComponents, ok: np.ndarray, foreign: np.ndarray | None) -> None:
+        self.comparable.add(parts.embedding, ok if foreign is None else ok & ~foreign)
+        if foreign is not None:
+            self.foreign_eligible += (ok & foreign).sum(axis=0)
+        self.moments["weighted"].add(parts.weighted, ok)
+        self.moments["matches"].add(parts.matches_share(len(self.attributes)), ok)
+
+    def _finish_moments(self) -> None:
+        """After the moments pass: the value of other networks' items (the mean of the comparable
+        candidates', 0 without any, as :func:`rank` sets it) and the embedding moments over all
+        candidates (those items sit at that mean, so they add to the count only)."""
+        comparable = self.comparable
+        self.foreign_value = np.where(comparable.n > 0, comparable.mean, 0.0)
+        embedding = _Moments(len(self.users))
+        embedding.n = comparable.n + self.foreign_eligible
+        embedding.mean = self.foreign_value.copy()
+        embedding.m2 = np.where(comparable.n > 0, comparable.m2, 0.0)
+        self.moments["embedding"] = embedding
+
+    def _keys(self, parts: scoring.BatchComponents, ok: np.ndarray,
+              foreign: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+        """The kind's ordering keys for the block, the eligible pairs ranked by them, and (embedding
+        score) the eligible pairs of other networks, ranked by item_id once their value is known."""
+        if self.kind == "matches":
+            return [parts.matches.astype(np.float64), parts.best_row.astype(np.float64), parts.match_probability], \
+                ok & (parts.matches > 0), None
+        if self.kind == "weighted":
+            return [parts.weighted], ok, None
+        if self.kind == "embedding":
+            self.comparable.add(parts.embedding, ok if foreign is None else ok & ~foreign)
+            if foreign is None:
+                return [parts.embedding.astype(np.float64)], ok, None
+            return [parts.embedding.astype(np.float64)], ok & ~foreign, ok & foreign
+        weights = scoring.normalised_hybrid_weights(self.options.hybrid_weights)
+        values = {"embedding": self._embedding_values(parts, foreign), "weighted": parts.weighted,
+                  "matches": parts.matches_share(len(self.attributes))}
+        total = np.zeros(ok.shape, dtype=np.float64)
+        for component, weight in weights.items():
+            if weight:
+                total += weight * self.moments[component].standardise(values[component])
+        return [total], ok, None
+
+    # -- the running candidates --
+    def _ids(self, rows: np.ndarray) -> pa.Array:
+        positions = np.searchsorted(self.kept_rows, rows)
+        return self.kept["item_id"].take(pa.array(positions, type=pa.int64()))
+
+    def _merge(self) -> None:
+        """Fold the pending candidates into each user's best ``pool`` (exact: the full order of
+        :func:`scoring.top_candidates`), raise the users' thresholds, and drop rows nobody needs."""
+        if self.pending:
+            user_of = np.concatenate([p[0] for p in self.pending])
+            rows = np.concatenate([p[1] for p in self.pending])
+            keys = [np.concatenate([p[2][k] for p in self.pending]) for k in range(len(self.pending[0][2]))]
+            order = np.argsort(user_of, kind="stable")
+            bounds = np.searchsorted(user_of[order], np.arange(len(self.users) + 1))
+            for column, user in enumerate(self.users):
+                mine = order[bounds[column]:bounds[column + 1]]
+                if not len(mine):
+                    continue
+                all_rows = np.concatenate([user.rows, rows[mine]])
+                all_keys = [np.concatenate([old, new[mine]]) if user.keys else new[mine]
+                            for old, new in zip(user.keys or [None] * len(keys), keys)]
+                best = scoring.top_candidates(all_keys, self._ids(all_rows), np.ones(len(all_rows), dtype=bool),
+                                              self.pool)
+                user.rows, user.keys = all_rows[best], [key[best] for key in all_keys]
+                if len(user.rows) >= self.pool:
+                    self.threshold[column] = float(np.round(user.keys[0], scoring.ROUND_DECIMALS).min())
+        if self.foreign_pending:
+            user_of = np.concatenate([p[0] for p in self.foreign_pending])
+            rows = np.concatenate([p[1] for p in self.foreign_pending])
+            for column in np.unique(user_of):
+                user = self.users[column]
+                all_rows = np.unique(np.concatenate([user.foreign_rows, rows[user_of == column]]))
+                ids = self._ids(all_rows)
+                best = scoring.top_candidates([np.zeros(len(all_rows))], ids, np.ones(len(all_rows), dtype=bool),
+                                              self.pool)
+                user.foreign_rows = all_rows[best]
+                if len(best) >= self.pool:
+                    self.foreign_threshold[column] = ids[int(best[-1])].as_py()
+        self.pending, self.foreign_pending, self.pending_size = [], [], 0
+        needed = np.unique(np.concatenate([self.kept_rows[:0]] + [u.rows for u in self.users]
+                                          + [u.foreign_rows for u in self.users]))
+        if self.kept is not None and len(needed) < len(self.kept_rows):
+            positions = np.searchsorted(self.kept_rows, needed)
+            self.kept = self.kept.take(pa.array(positions, type=pa.int64()))
+            self.kept_rows = needed
+
+    # -- the end --
+    def ranked(self, column: int) -> pa.Table:
+        """User ``column``'s output table, as :func:`rank` makes it."""
+        user = self.users[column]
+        rows, keys = user.rows, user.keys
+        if self.kind == "embedding" and len(user.foreign_rows):
+            if not self.comparable.n[column]:
+                raise scoring.MissingVectors(
+                    f"no repository item has embeddings of the profile's networks ({user.source}); "
+                    "they come after the next repository refresh")
+            rows = np.concatenate([rows, user.foreign_rows])
+            keys = [np.concatenate([keys[0] if keys else np.zeros(0),
+                                    np.full(len(user.foreign_rows), float(self.comparable.mean[column]))])]
+        if self.kept is None:
+            empty = _empty_repository(self.store, self.attributes)
+            return rank(user.profile, empty, self.attributes, self.options.k, options=self.options)
+        if len(rows):
+            best = scoring.top_candidates(keys, self._ids(rows), np.ones(len(rows), dtype=bool), self.pool)
+            rows, primary = rows[best], keys[0][best]
+        else:
+            primary = np.zeros(0)
+        positions = pa.array(np.searchsorted(self.kept_rows, rows), type=pa.int64())
+        picked_rows = self.kept.take(positions)
+        matrix = _chunk_matrix(picked_rows, self.taxonomy, self.dims, {})
+        if not all(self.seen.get(f"{a}_probs") for a in self.attributes):
+            matrix = dataclasses.replace(matrix, probs=None)
+        if not self.seen.get("embedding"):
+            matrix = dataclasses.replace(matrix, embedding=None)
+        lam = self.options.mmr_lambda
+        similarity = scoring.similarity_matrix(matrix) if lam < 1.0 and len(rows) else np.zeros((0, 0))
+        picked, values = scoring.mmr(primary, similarity, self.options.k, lam)
+        foreign = foreign_embeddings(user.profile, picked_rows)
+        return ranked_table(self.kind, self.attributes, user.profile, user.mine, matrix.take(picked),
+                            picked_rows.take(pa.array(picked, type=pa.int64())), primary[picked], values,
+                            None if foreign is None else foreign[picked], self.options)
+
+
+def _empty_repository(store: "ObjectStore", attributes: Sequence[str]) -> pa.Table:
+    scanner, columns = _repository_chunks(store, Filters(), attributes, 1024)
+    return scanner.projected_schema.empty_table()
+
+
+def _missing_profile_vectors(kind: str, mine: scoring.FashionMatrix, dims: int | None) -> str | None:
+    """Why ``kind`` cannot score this profile (the one-user path's message), or None."""
+    if kind in ("weighted", "hybrid") and mine.probs is None:
+        return "the weighted score needs <attr>_probs columns in the repository and the profile"
+    if kind in ("embedding", "hybrid"):
+        if mine.embedding is None:
+            return "the embedding score needs an embedding column in the repository and the profile"
+        if dims is not None and mine.embedding.shape[1] != dims:
+            return (f"the profile's embeddings have {mine.embedding.shape[1]} dimensions, the batch's {dims}: "
+                    "they come from different networks (embedding_source)")
+    return None
+
+
 def recommend_for_users(
     store: "ObjectStore",
     requests: Sequence[Mapping[str, Any]],
     run_date: str,
     options: Options,
     vectorizer: Vectorizer | None = None,
+    *,
+    chunk_rows: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One batch of ``plan_requests``: the repository is read (and converted to a fashion matrix) and
-    the networks load once for all its users. A user whose request fails does not stop the others; the
-    batch raises at the end, naming them."""
+    """One batch of ``plan_requests`` in one pass over the repository (two for ``hybrid``): the
+    networks load once, every user's profile photos are scored against a chunk of items as one matrix
+    product, and each user keeps a running list of the best candidates; exclusions, tie-breaks and MMR
+    then give exactly :func:`recommend_for_user`'s lists. The repository is streamed in chunks of
+    ``chunk_rows`` (settings ``recommend.scoring_chunk_rows``), so memory is bounded by the chunk and
+    the batch, not the catalogue. A user whose request fails does not stop the others; the batch raises
+    at the end, naming them."""
     if not requests:
         return []
-    attributes = get_settings().taxonomy.names
-    matrix, repository = repository_vectors(load_repository(store, options.filters, attributes), attributes)
+    settings = get_settings()
+    attributes = settings.taxonomy.names
+    taxonomy = _taxonomy(attributes)
+    run_date = _validate_run_date(run_date)
+    chunk_rows = int(chunk_rows or settings.recommend.get("scoring_chunk_rows", 32768))
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
-    summaries, failures = [], []
+    failures: list[tuple[str, BaseException]] = []
+
+    def failed(user_id: str, error: BaseException) -> None:
+        print(f"[fashionnet] recommend {user_id}: FAILED: {error}", flush=True)
+        failures.append((user_id, error))
+
+    users: list[_User] = []
     for request in requests:
+        user_id = request["user_id"]
         try:
-            summaries.append(recommend_for_user(store, request["user_id"], request.get("image_keys"), None, run_date,
-                                                vectorizer, options=options, repository=repository,
-                                                repository_matrix=matrix))
+            keys = validate_request(store, user_id, request.get("image_keys"), options.k)
+            profile = build_profile(store, user_id, keys, vectorizer, attributes)
+            mine = scoring.fashion_matrix(profile, taxonomy, trust_unit_embeddings=False)
+            users.append(_User(user_id, keys, profile, mine, shown_before(store, user_id, run_date),
+                               _profile_source(profile)))
         except Exception as error:  # noqa: BLE001 - reported below, after the other users are served
-            print(f"[fashionnet] recommend {request['user_id']}: FAILED: {error}", flush=True)
-            failures.append((request["user_id"], error))
+            failed(user_id, error)
+    dims_seen = [u.mine.embedding.shape[1] for u in users if u.mine.embedding is not None]
+    dims = max(set(dims_seen), key=dims_seen.count) if dims_seen else None
+    ready = []
+    for user in users:
+        reason = _missing_profile_vectors(options.score_kind, user.mine, dims)
+        if reason:
+            failed(user.user_id, scoring.MissingVectors(reason))
+        else:
+            ready.append(user)
+    summaries: dict[str, dict[str, Any]] = {}
+    if ready:
+        scorer = _BatchScorer(store, ready, options, attributes, chunk_rows)
+        try:
+            scorer.run()
+        except Exception as error:  # noqa: BLE001 - the repository cannot serve any of them
+            for user in ready:
+                failed(user.user_id, error)
+            ready = []
+        for column, user in enumerate(ready):
+            try:
+                ranked = scorer.ranked(column)
+                summaries[user.user_id] = write_outputs(store, user.user_id, run_date, user.image_keys, user.profile,
+                                                        ranked, user.shown, options, scorer.n_items, user.n_foreign)
+            except Exception as error:  # noqa: BLE001
+                failed(user.user_id, error)
     if failures:
         names = ", ".join(user for user, _ in failures)
         raise RuntimeError(f"recommendations failed for {len(failures)} user(s): {names}") from failures[0][1]
-    return summaries
+    return [summaries[r["user_id"]] for r in requests]
