@@ -279,10 +279,24 @@ def plan_requests(store: "ObjectStore", user_id: str | None, image_keys: list[st
         requests = [{"user_id": user, "image_keys": user_images(store, user)} for user in users]
     else:
         requests = [{"user_id": user_id, "image_keys": validate_request(store, user_id, image_keys, 1)}]
-    size = int(users_per_batch or get_settings().recommend.get("users_per_task", 25))
-    if size < 1:
-        raise ValueError(f"recommend.users_per_task must be at least 1, got {size}")
+    config = get_settings().recommend
+    size = batch_size(len(requests), int(users_per_batch or config.get("users_per_task", 100)),
+                      int(config.get("max_mapped_tasks", 1000)), int(config.get("max_users_per_task", 1000)))
     return [requests[start:start + size] for start in range(0, len(requests), size)]
+
+
+def batch_size(users: int, users_per_task: int, max_tasks: int, max_users_per_task: int) -> int:
+    """Users per mapped task: ``users_per_task``, or more when that would make more than
+    ``max_tasks`` tasks (Airflow refuses a mapping beyond ``max_map_length``); raises ValueError when
+    even ``max_users_per_task`` users per task would need more than ``max_tasks`` tasks."""
+    if users_per_task < 1 or max_tasks < 1 or max_users_per_task < users_per_task:
+        raise ValueError(f"recommend: need 1 <= users_per_task ({users_per_task}) <= max_users_per_task "
+                         f"({max_users_per_task}) and max_mapped_tasks ({max_tasks}) >= 1")
+    size = max(users_per_task, math.ceil(users / max_tasks))
+    if size > max_users_per_task:
+        raise ValueError(f"{users} users need {size} users per task to stay within {max_tasks} mapped tasks, "
+                         f"above recommend.max_users_per_task ({max_users_per_task}): raise one of them")
+    return size
 
 
 def _validate_run_date(run_date: Any) -> str:
