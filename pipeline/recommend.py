@@ -24,7 +24,7 @@ import datetime as dt
 import io
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -905,12 +905,15 @@ class _BatchScorer:
     (:func:`scoring.top_candidates`'s), and the repository rows any user may still need."""
 
     def __init__(self, store: "ObjectStore", users: list[_User], options: Options, attributes: Sequence[str],
-                 chunk_rows: int) -> None:
+                 chunk_rows: int, chunks: Callable[[], Iterable[pa.Table]] | None = None) -> None:
+        """``chunks``: where the repository's chunks come from (default: the store's current files
+        through :func:`_repository_chunks`); bench/recommend_batch.py streams synthetic ones."""
         settings = get_settings()
         self.store, self.users, self.options, self.attributes = store, users, options, list(attributes)
         self.kind = options.score_kind
         self.taxonomy = _taxonomy(attributes)
         self.chunk_rows = chunk_rows
+        self.chunks = chunks
         self.pool = options.k if options.mmr_lambda >= 1.0 else max(options.mmr_pool, options.k)
         self.batch = scoring.profile_batch([u.mine for u in users], self.taxonomy)
         self.dims = None if self.batch.embedding_t is None else int(self.batch.embedding_t.shape[0])
@@ -939,7 +942,12 @@ class _BatchScorer:
         self._scan(collect=True)
 
     def _scan(self, collect: bool) -> None:
-        scanner, self.columns = _repository_chunks(self.store, self.options.filters, self.attributes, self.chunk_rows)
+        if self.chunks is None:
+            scanner, self.columns = _repository_chunks(self.store, self.options.filters, self.attributes,
+                                                       self.chunk_rows)
+            source: Iterable[Any] = scanner.to_batches()
+        else:
+            source = self.chunks()
         users = len(self.users)
         self.threshold = np.full(users, -np.inf)
         self.foreign_threshold: list[str | None] = [None] * users
@@ -950,10 +958,10 @@ class _BatchScorer:
         for user in self.users:
             user.n_foreign = 0
         offset = 0
-        for record_batch in scanner.to_batches():
+        for record_batch in source:
             if not record_batch.num_rows:
                 continue
-            chunk = pa.Table.from_batches([record_batch])
+            chunk = record_batch if isinstance(record_batch, pa.Table) else pa.Table.from_batches([record_batch])
             self._chunk(chunk, offset, collect)
             offset += chunk.num_rows
             self.n_items = offset
