@@ -4,21 +4,32 @@ Routes: ``/`` home, ``/catalog?page=N`` listing (rel=next pagination), ``/produc
 Product JSON-LD inside an ``@graph``), ``/search?q=...&page=N``, ``/sitemap.xml``, ``/robots.txt``
 (disallows ``/account/``), ``/account/`` (a page crawlers must not fetch), ``/images/<file>``.
 Everything else, including ``ground_truth.csv``, is a 404. Every requested path is recorded in
-:attr:`DemoStoreServer.requests` so tests can check what a crawler fetched.
+:attr:`DemoStoreServer.requests` so tests can check what a crawler fetched, and every answer in
+:attr:`DemoStoreServer.responses` (path, status, body bytes) so the incremental benchmark can count them.
+
+Incremental crawling (issue 11): a product page carries an ``ETag`` (a hash of its content) and a
+``Last-Modified`` (when its product last changed: the catalog file's time, or the moment of
+:meth:`DemoStoreServer.update_product`), answers ``If-None-Match`` / ``If-Modified-Since`` with a 304
+without a body when it has not changed (``If-None-Match`` wins when both are sent, as RFC 9110 says), and
+the sitemap gives every product's ``lastmod``.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
 import re
 import threading
+import time
+from datetime import datetime, timezone
+from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-from scrapers.demo_store.site import IMAGES_DIR, load_catalog
+from scrapers.demo_store.site import CATALOG_FILE, IMAGES_DIR, load_catalog
 
 PAGE_SIZE = 24
 _WORD = re.compile(r"[a-z0-9]+")
@@ -90,12 +101,36 @@ class _Handler(BaseHTTPRequestHandler):
         return f"http://{host}" if host and re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host) else self.server.store.base_url
 
     # -- responses ----------------------------------------------------------------------------
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+        self.server.store.record_response(self.path, status, len(body))
+
+    def _not_modified(self, validators: dict[str, str]) -> None:
+        self.send_response(304)
+        for name, value in validators.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.server.store.record_response(self.path, 304, 0)
+
+    def _unchanged_for_client(self, etag: str, modified: float) -> bool:
+        """Whether the request's conditional headers say the client holds this version."""
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            return etag in [tag.strip() for tag in if_none_match.split(",")] or if_none_match.strip() == "*"
+        if_modified_since = self.headers.get("If-Modified-Since")
+        if if_modified_since:
+            try:
+                since = parsedate_to_datetime(if_modified_since)
+            except (TypeError, ValueError):
+                return False
+            return int(modified) <= since.timestamp()
+        return False
 
     def _html(self, body: bytes, status: int = 200) -> None:
         self._send(status, "text/html; charset=utf-8", body)
@@ -153,6 +188,12 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             ],
         }
+        modified = store.modified_at(sku)
+        etag = '"' + hashlib.sha1(json.dumps([ld, product["image"]], sort_keys=True).encode()).hexdigest()[:20] + '"'
+        validators = {"ETag": etag, "Last-Modified": http_date(modified)}
+        if self._unchanged_for_client(etag, modified):
+            self._not_modified(validators)
+            return
         script = json.dumps(ld).replace("</", "<\\/")
         body = (
             f'<img src="/{IMAGES_DIR}/{html.escape(product["image"])}" alt="{html.escape(product["title"])}">'
@@ -160,12 +201,14 @@ class _Handler(BaseHTTPRequestHandler):
             f'<p class="description">{html.escape(product["description"])}</p>'
             f'<p class="sku">SKU {html.escape(product["sku"])}</p>'
         )
-        self._html(_page(product["title"], body, f'<script type="application/ld+json">{script}</script>'))
+        page = _page(product["title"], body, f'<script type="application/ld+json">{script}</script>')
+        self._send(200, "text/html; charset=utf-8", page, validators)
 
     def _sitemap(self) -> None:
         store = self.server.store
         origin = self._origin()
-        urls = "".join(f"<url><loc>{origin}/product/{quote(p['sku'])}</loc></url>" for p in store.products)
+        urls = "".join(f"<url><loc>{origin}/product/{quote(p['sku'])}</loc>"
+                       f"<lastmod>{w3c_datetime(store.modified_at(p['sku']))}</lastmod></url>" for p in store.products)
         body = f'<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'
         self._send(200, "application/xml", body.encode())
 
@@ -180,6 +223,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _NotFound(Exception):
     pass
+
+
+def http_date(timestamp: float) -> str:
+    """An HTTP date (``Last-Modified``), whole seconds."""
+    return format_datetime(datetime.fromtimestamp(int(timestamp), timezone.utc), usegmt=True)
+
+
+def w3c_datetime(timestamp: float) -> str:
+    """A sitemap ``lastmod`` (W3C datetime in UTC), whole seconds."""
+    return datetime.fromtimestamp(int(timestamp), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
 def _page_number(query: dict[str, list[str]]) -> int:
@@ -201,8 +254,12 @@ class DemoStoreServer:
         self.site_dir = Path(site_dir)
         self.products: list[dict] = load_catalog(self.site_dir)
         self.by_sku = {p["sku"]: p for p in self.products}
+        # When each product last changed (whole seconds, as HTTP dates have): the catalog file's time.
+        built = int((self.site_dir / CATALOG_FILE).stat().st_mtime)
+        self.modified: dict[str, float] = {p["sku"]: built for p in self.products}
         self.host, self.port = host, port
         self.requests: list[str] = []
+        self.responses: list[tuple[str, int, int]] = []
         self._lock = threading.Lock()
         self._httpd: _StoreHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -216,6 +273,21 @@ class DemoStoreServer:
     def record(self, path: str) -> None:
         with self._lock:
             self.requests.append(path)
+
+    def record_response(self, path: str, status: int, body_bytes: int) -> None:
+        with self._lock:
+            self.responses.append((path, status, body_bytes))
+
+    def modified_at(self, sku: str) -> float:
+        with self._lock:
+            return self.modified[sku]
+
+    def update_product(self, sku: str, **changes: object) -> None:
+        """Change a product's public fields; its Last-Modified and sitemap lastmod move to now (at least
+        one second past the previous value, so the change is visible at HTTP dates' resolution)."""
+        with self._lock:
+            self.by_sku[sku].update(changes)  # the same dict as in ``products``
+            self.modified[sku] = max(int(time.time()), int(self.modified[sku]) + 1)
 
     def requested_paths(self) -> list[str]:
         """The paths (without query) requested so far."""

@@ -3,7 +3,19 @@
 A product page becomes one ProductItem through :func:`scrapers.extract.extract_product` (JSON-LD,
 microdata, OpenGraph) and, for spiders with ``structured_weak_labels``, WeakLabelItems from its
 material, name and description (:mod:`scrapers.weak_labels`). A page without a product is counted
-(``fashionnet/pages_without_product``, in the crawl summary), never an error.
+(``fashionnet/pages_without_product``, in the crawl summary) and listed with its reason (the first
+``crawl.max_listed_pages_without_product`` of them, :attr:`ShopSpider.pages_without_product`), never an error.
+
+Listing and pagination pages are capped per spider (:meth:`ShopSpider.listing_request`): the cap counts
+the distinct listing URLs *requested*, not the pages parsed. Counting parsed pages (as the product
+spider did) lets every page parsed before the cap schedule all of its pagination links, so a shop whose
+pages each link a few fresh "next" URLs got 981 pages fetched under a cap of 50. A link refused by the
+cap is counted (``fashionnet/pagination_capped``, ``pagination_capped`` in the summary).
+
+Incremental crawls (:mod:`scrapers.seen`): a product page whose stored row carries the shop's ``ETag`` /
+``Last-Modified`` is requested conditionally; a 304 re-emits the stored row (:meth:`restored_item`), as
+does a sitemap entry whose ``lastmod`` is not newer than the stored one (no request at all). The night's
+products table stays whole either way.
 """
 from __future__ import annotations
 
@@ -15,7 +27,7 @@ from urllib.parse import urlsplit
 
 import scrapy
 from scrapy.crawler import Crawler
-from scrapy.http import Response
+from scrapy.http import Response, TextResponse
 from scrapy.pipelines.media import MediaPipeline
 from scrapy.utils.misc import load_object
 from scrapy.utils.sitemap import Sitemap
@@ -23,6 +35,7 @@ from scrapy.utils.sitemap import Sitemap
 from pipeline.settings import get_settings
 from scrapers.extract import extract_product
 from scrapers.items import ProductItem, WeakLabelItem, item_id_for
+from scrapers.seen import LASTMOD_UNCHANGED_STAT, NOT_MODIFIED_STAT, seen_tracker
 from scrapers.weak_labels import WeakLabeller
 
 CRAWL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -31,6 +44,10 @@ NEXT_LINK_CSS = 'a[rel~="next"]::attr(href), link[rel~="next"]::attr(href)'
 PAGES_WITHOUT_PRODUCT = "fashionnet/pages_without_product"
 PRODUCT_PAGES = "fashionnet/product_pages"
 WEAK_LABEL_STAT = "fashionnet/weak_labels/"
+LISTING_PAGES = "fashionnet/listing_pages"
+PAGINATION_CAPPED = "fashionnet/pagination_capped"
+#: Fields of a stored row that are not carried into a restored item (recomputed by this crawl).
+NOT_RESTORED = frozenset({"crawled_at", "image_key", "image_urls", "images"})
 
 
 def validate_crawl_id(crawl_id: str | None) -> str:
@@ -56,6 +73,15 @@ def sitemap_entries(body: bytes) -> tuple[str, list[str]]:
     except Exception:  # noqa: BLE001 - an unparsable sitemap has no entries
         return "", []
     return sitemap.type or "", [entry["loc"] for entry in sitemap if entry.get("loc")]
+
+
+def sitemap_lastmods(body: bytes) -> dict[str, str]:
+    """<loc> -> <lastmod> of the entries of a sitemap that give one."""
+    try:
+        sitemap = Sitemap(body)
+    except Exception:  # noqa: BLE001 - an unparsable sitemap has no entries
+        return {}
+    return {entry["loc"]: entry["lastmod"] for entry in sitemap if entry.get("loc") and entry.get("lastmod")}
 
 
 class ShopSpider(scrapy.Spider):
@@ -89,6 +115,35 @@ class ShopSpider(scrapy.Spider):
         self.start_url = start_url
         self.base_url = str(self.retailer_config.get("base_url") or _origin(start_url or "")).rstrip("/")
         self._labeller: WeakLabeller | None = None
+        crawl = get_settings().crawl
+        #: (url, reason) of pages that gave no product, the first ``max_listed_pages_without_product``.
+        self.pages_without_product: list[dict[str, str]] = []
+        self.max_listed_pages_without_product = int(crawl["max_listed_pages_without_product"])
+        #: Listing URLs requested so far, per group (a query spider's query; "" for the others).
+        self.listing_urls: dict[str, set[str]] = {}
+
+    # -- listing and pagination pages ------------------------------------------------------------------
+    def listing_cap(self) -> int:
+        """How many listing pages one group may request (each spider's ``crawl:`` setting)."""
+        raise NotImplementedError(f"{type(self).__name__} follows no listing pages")
+
+    def listing_request(self, url: str, callback: Any, group: str = "", **kwargs: Any) -> scrapy.Request | None:
+        """A request for a listing/pagination page, or None when ``group`` has used up its cap.
+
+        Counted when requested, per distinct URL (fragment dropped; a URL asked for again is not a new
+        page and Scrapy's dupefilter drops it anyway), so the cap bounds what is fetched.
+        """
+        url = url.split("#", 1)[0]
+        requested = self.listing_urls.setdefault(group, set())
+        if url not in requested:
+            if len(requested) >= self.listing_cap():
+                self.crawler.stats.inc_value(PAGINATION_CAPPED)
+                if self.crawler.stats.get_value(PAGINATION_CAPPED) == 1:
+                    self.logger.warning("listing page cap (%d) reached; not following %s", self.listing_cap(), url)
+                return None
+            requested.add(url)
+            self.crawler.stats.inc_value(LISTING_PAGES)
+        return scrapy.Request(url, callback=callback, **kwargs)
 
     # -- links ---------------------------------------------------------------------------------------
     def product_links(self, response: Response) -> list[str]:
@@ -112,20 +167,58 @@ class ShopSpider(scrapy.Spider):
             if not child:
                 yield from self.sitemap_fallback()
             return
+        lastmods = sitemap_lastmods(response.body) if kind == "urlset" else {}
+        tracker = seen_tracker(self.crawler)
         for loc in entries:
             if kind == "sitemapindex":
                 yield scrapy.Request(loc, callback=self.parse_sitemap, cb_kwargs={"child": True})
             elif self.sitemap_url_filter is None or self.sitemap_url_filter.search(loc):
-                yield self.product_request(loc)
+                lastmod = lastmods.get(loc)
+                stored = tracker.unchanged_by_lastmod(item_id_for(loc), lastmod) if tracker else None
+                if stored is not None:
+                    self.crawler.stats.inc_value(LASTMOD_UNCHANGED_STAT)
+                    yield from self.restored(stored)
+                else:
+                    yield self.product_request(loc, lastmod=lastmod)
 
     def sitemap_fallback(self) -> Iterable[scrapy.Request]:
         """What to crawl when the sitemap lists nothing (default: nothing)."""
         return ()
 
     # -- product pages -------------------------------------------------------------------------------
-    def product_request(self, url: str) -> scrapy.Request:
-        """The product page request; the canonical URL rides along so ids survive redirects."""
-        return scrapy.Request(url, callback=self.parse_product, meta={"product_url": url})
+    def product_request(self, url: str, lastmod: str | None = None) -> scrapy.Request:
+        """The product page request; the canonical URL rides along so ids survive redirects.
+
+        In an incremental crawl, a product with a stored row and validators is asked for conditionally
+        (``If-None-Match`` / ``If-Modified-Since``); its sitemap ``lastmod`` rides along to be stored.
+        """
+        meta: dict[str, Any] = {"product_url": url, "lastmod": lastmod}
+        tracker = seen_tracker(self.crawler)
+        headers = tracker.conditional_headers(item_id_for(url)) if tracker else {}
+        if headers:
+            meta["handle_httpstatus_list"] = [304]
+        return scrapy.Request(url, callback=self.parse_product, meta=meta, headers=headers or None)
+
+    def restored_item(self, stored: dict[str, Any]) -> ProductItem:
+        """The stored row of an unchanged product as tonight's item (its image is stored: the images
+        pipeline finds it up to date and downloads nothing)."""
+        fields = {k: v for k, v in stored.items() if k in ProductItem.fields and k not in NOT_RESTORED}
+        image_url = fields.get("image_url")
+        return ProductItem(**fields, image_urls=[image_url] if image_url else [], crawled_at=datetime.now(timezone.utc))
+
+    def restored(self, stored: dict[str, Any]) -> Iterator[ProductItem | WeakLabelItem]:
+        """The restored item and, for spiders with ``structured_weak_labels``, its weak labels (the same
+        ones its fields gave when it was read)."""
+        item = self.restored_item(stored)
+        yield item
+        if self.structured_weak_labels:
+            yield from self.weak_label_items(item)
+
+    def note_page_without_product(self, url: str, reason: str) -> None:
+        """Count a page that gave no product and list it (up to the configured number)."""
+        self.crawler.stats.inc_value(PAGES_WITHOUT_PRODUCT)
+        if len(self.pages_without_product) < self.max_listed_pages_without_product:
+            self.pages_without_product.append({"url": url, "reason": reason})
 
     @property
     def labeller(self) -> WeakLabeller:
@@ -134,14 +227,28 @@ class ShopSpider(scrapy.Spider):
         return self._labeller
 
     def parse_product(self, response: Response) -> Iterator[ProductItem | WeakLabelItem]:
-        data = extract_product(response)
         stats = self.crawler.stats
+        url = response.meta.get("product_url", response.url)
+        tracker = seen_tracker(self.crawler)
+        if response.status == 304:
+            stored = tracker.stored_product(item_id_for(url)) if tracker else None
+            if stored is None:  # only asked conditionally with a stored row; a 304 without one is the shop's
+                self.note_page_without_product(response.url, "not_modified_without_stored_row")
+                return
+            stats.inc_value(NOT_MODIFIED_STAT)
+            yield from self.restored(stored)
+            return
+        data = extract_product(response)
         if data is None:
-            stats.inc_value(PAGES_WITHOUT_PRODUCT)
+            reason = "no_product_data" if isinstance(response, TextResponse) else "not_a_text_page"
+            self.note_page_without_product(response.url, reason)
             self.logger.warning("no product in the structured data of %s", response.url)
             return
         stats.inc_value(PRODUCT_PAGES)
-        item = self.product_item(data, response.meta.get("product_url", response.url))
+        if tracker is not None:
+            tracker.note_validators(item_id_for(url), etag=_header(response, b"ETag"),
+                                    last_modified=_header(response, b"Last-Modified"), lastmod=response.meta.get("lastmod"))
+        item = self.product_item(data, url)
         yield item
         if self.structured_weak_labels:
             yield from self.weak_label_items(item)
@@ -165,6 +272,7 @@ class ShopSpider(scrapy.Spider):
             color=data.get("color"),
             material=data.get("material"),
             description=data.get("description"),
+            field_sources=data.get("field_sources"),
             crawled_at=datetime.now(timezone.utc),
         )
 
@@ -173,6 +281,11 @@ class ShopSpider(scrapy.Spider):
         for label in self.labeller.labels(dict(item)):
             self.crawler.stats.inc_value(WEAK_LABEL_STAT + label.source.split(":", 1)[0])
             yield WeakLabelItem(item_id=item["item_id"], attribute=label.attribute, label=label.label, source=label.source)
+
+
+def _header(response: Response, name: bytes) -> str | None:
+    value = response.headers.get(name)
+    return value.decode("latin-1") if value else None
 
 
 def _flag(value: Any) -> bool:

@@ -66,7 +66,9 @@ class ProductSpider(ShopSpider):
         self.pagination_pattern = re.compile(config["pagination_pattern"])
         self.max_listing_pages = int(config["max_listing_pages"])
         self.sitemap_url_filter = re.compile(url_pattern) if url_pattern else None
-        self.listing_pages = 0
+
+    def listing_cap(self) -> int:
+        return self.max_listing_pages
 
     @staticmethod
     def _product_urls(urls: str | None, urls_file: str | None) -> list[str]:
@@ -85,7 +87,9 @@ class ProductSpider(ShopSpider):
         if self.sitemap_url:
             yield scrapy.Request(self.sitemap_url, callback=self.parse_sitemap)
         elif self.listing_url:
-            yield scrapy.Request(self.listing_url, callback=self.parse_listing)
+            request = self.listing_request(self.listing_url, self.parse_listing)
+            if request is not None:
+                yield request
         else:
             for url in self.product_urls:
                 yield self.product_request(url)
@@ -107,11 +111,12 @@ class ProductSpider(ShopSpider):
         return list(products), [p for p in pages if same_site(p, response.url) and p not in products]
 
     def parse_listing(self, response: Response) -> Iterator[scrapy.Request]:
-        self.listing_pages += 1
+        """Product requests, then pagination requests while the listing cap allows (counted when requested)."""
         products, pages = self.listing_links(response)
         self.logger.info("listing %s: %d product links, %d pagination links", response.url, len(products), len(pages))
         for url in products:
             yield self.product_request(url)
-        if self.listing_pages < self.max_listing_pages:
-            for url in pages:
-                yield scrapy.Request(url, callback=self.parse_listing)
+        for url in pages:
+            request = self.listing_request(url, self.parse_listing)
+            if request is not None:
+                yield request

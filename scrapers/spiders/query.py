@@ -6,6 +6,7 @@ result pages, and emit a WeakLabelItem per (product found, attribute, class) wit
 source (``query:<query>``). Each product page is parsed once (Scrapy's dupefilter drops repeated
 requests); with ``crawl.weak_labels.in_query_spider`` it also yields weak labels from the product's own
 structured data (``material:...``, ``name:...``, ``description:...``), so review sees both kinds.
+Each query follows at most ``crawl.query_max_result_pages`` result pages (its first page included).
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ class QuerySpider(ShopSpider):
         super().__init__(*args, **kwargs)
         config = get_settings().crawl.get("weak_labels") or {}
         self.structured_weak_labels = bool(config.get("in_query_spider", True))
+        self.max_result_pages = int(get_settings().crawl["query_max_result_pages"])
+
+    def listing_cap(self) -> int:
+        return self.max_result_pages
 
     def search_url(self, query: str) -> str:
         template = self.retailer_config.get("search_url")
@@ -39,18 +44,20 @@ class QuerySpider(ShopSpider):
         for attribute in settings.taxonomy.names:
             for label in settings.taxonomy.classes(attribute):
                 for query in search_queries(settings.crawl, label):
-                    yield scrapy.Request(
-                        self.search_url(query),
-                        callback=self.parse_search,
-                        cb_kwargs={"attribute": attribute, "label": label, "query": query},
-                    )
+                    request = self.result_page_request(self.search_url(query), attribute, label, query)
+                    if request is not None:
+                        yield request
+
+    def result_page_request(self, url: str, attribute: str, label: str, query: str) -> scrapy.Request | None:
+        """A search result page of ``query`` for (attribute, label), within that search's page cap."""
+        return self.listing_request(url, self.parse_search, group=f"{attribute}/{label}/{query}",
+                                    cb_kwargs={"attribute": attribute, "label": label, "query": query})
 
     def parse_search(self, response: Response, attribute: str, label: str, query: str) -> Iterator[WeakLabelItem | scrapy.Request]:
         for url in self.product_links(response):
             yield WeakLabelItem(item_id=item_id_for(url), attribute=attribute, label=label, source=f"query:{query}")
             yield self.product_request(url)
         next_url = self.next_page(response)
-        if next_url:
-            yield scrapy.Request(
-                next_url, callback=self.parse_search, cb_kwargs={"attribute": attribute, "label": label, "query": query}
-            )
+        request = self.result_page_request(next_url, attribute, label, query) if next_url else None
+        if request is not None:
+            yield request

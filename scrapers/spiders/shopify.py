@@ -13,8 +13,10 @@ images is still yielded and dropped by the images pipeline as ``no_image_url`` (
 The currency is the retailer's ``currency`` setting or, when not configured, the shop's ``/meta.json``.
 A malformed page is counted (``fashionnet/failed/malformed_json``) and skipped; the crawl stops after
 ``crawl.shopify_max_bad_pages`` malformed pages in a row, at an empty page, or at
-``crawl.shopify_max_pages``. In an incremental crawl a product whose ``updated_at`` equals the recorded
-one is skipped here, before anything else is fetched for it.
+``crawl.shopify_max_pages`` (a next page not fetched for the cap is counted, ``pagination_capped`` in the
+summary). In an incremental crawl every product is still emitted (the night's snapshot stays whole,
+:mod:`scrapers.seen`): the page already carries all its fields, and an unchanged image URL is found up to
+date in the store, not downloaded again; the shop's ``updated_at`` is recorded in the seen-set.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from w3lib.html import remove_tags, replace_entities
 from pipeline.settings import get_settings
 from scrapers.items import ProductItem, WeakLabelItem, item_id_for
 from scrapers.middlewares import FAILED_STAT
-from scrapers.seen import SKIPPED_STAT, seen_tracker
-from scrapers.spiders.base import ShopSpider
+from scrapers.seen import seen_tracker
+from scrapers.spiders.base import LISTING_PAGES, PAGINATION_CAPPED, ShopSpider
 
 PAGE_LIMIT = 250
 IN_STOCK = "https://schema.org/InStock"
@@ -95,6 +97,7 @@ class ShopifySpider(ShopSpider):
         self.currency: str | None = self.retailer_config.get("currency")
 
     def page_request(self, page: int, bad_in_a_row: int = 0) -> scrapy.Request:
+        self.crawler.stats.inc_value(LISTING_PAGES)
         return scrapy.Request(
             f"{self.base_url}/products.json?page={page}&limit={PAGE_LIMIT}",
             callback=self.parse_page,
@@ -126,8 +129,8 @@ class ShopifySpider(ShopSpider):
         if products is None:
             self.crawler.stats.inc_value(FAILED_STAT + "malformed_json")
             self.logger.warning("malformed products page %s", response.url)
-            if bad_in_a_row + 1 < self.max_bad_pages and page < self.max_pages:
-                yield self.page_request(page + 1, bad_in_a_row + 1)
+            if bad_in_a_row + 1 < self.max_bad_pages:
+                yield from self.next_page_request(page, bad_in_a_row + 1)
             return
         if not products:
             return
@@ -137,8 +140,15 @@ class ShopifySpider(ShopSpider):
                 yield item
                 if self.structured_weak_labels:
                     yield from self.weak_label_items(item)
+        yield from self.next_page_request(page)
+
+    def next_page_request(self, page: int, bad_in_a_row: int = 0) -> Iterator[scrapy.Request]:
+        """The request for the page after ``page``, unless that would pass ``crawl.shopify_max_pages``."""
         if page < self.max_pages:
-            yield self.page_request(page + 1)
+            yield self.page_request(page + 1, bad_in_a_row)
+        else:
+            self.crawler.stats.inc_value(PAGINATION_CAPPED)
+            self.logger.warning("products.json page cap (%d) reached at %s", self.max_pages, self.base_url)
 
     @staticmethod
     def page_products(response: Response) -> list[Any] | None:
@@ -151,7 +161,7 @@ class ShopifySpider(ShopSpider):
         return products if isinstance(products, list) else None
 
     def shopify_item(self, product: Any, response: Response) -> ProductItem | None:
-        """One products.json entry as a ProductItem; None for an invalid entry or an unchanged product."""
+        """One products.json entry as a ProductItem; None for an invalid entry."""
         stats = self.crawler.stats
         if not isinstance(product, dict) or not text_or_none(product.get("handle")):
             stats.inc_value(INVALID_PRODUCT_STAT)
@@ -161,9 +171,6 @@ class ShopifySpider(ShopSpider):
         updated_at = text_or_none(product.get("updated_at"))
         tracker = seen_tracker(self.crawler)
         if tracker is not None:
-            if tracker.skip_by_stamp(item_id, updated_at):
-                stats.inc_value(SKIPPED_STAT)
-                return None
             tracker.note_stamp(item_id, updated_at)
         variants = [v for v in product.get("variants") or [] if isinstance(v, dict)]
         price, availability = pick_price(variants)

@@ -1,8 +1,10 @@
-"""Incremental crawls: only new or changed products are emitted, the seen-set is kept in the store, and a
-rerun of the same crawl id reproduces its output."""
+"""Incremental crawls: every product is in the night's table, an unchanged one costs little (sitemap
+lastmod: no request; ETag / Last-Modified: a 304), the seen-set is kept in the store, and a rerun of the
+same crawl id reproduces its output."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pytest
@@ -12,7 +14,7 @@ from pipeline.storage import ObjectStore
 from scrapers.crawl import run_crawl
 from scrapers.demo_store.server import DemoStoreServer
 from scrapers.demo_store.site import build_site
-from scrapers.seen import SEEN_SCHEMA, SeenSet, SeenTracker, fingerprint, parse_flag, seen_key
+from scrapers.seen import SEEN_SCHEMA, SeenSet, SeenTracker, fingerprint, parse_flag, parse_lastmod, seen_key
 from tests.scrapers.test_shopify import ShopifyShop, shopify_product
 
 
@@ -41,19 +43,36 @@ def test_seen_set_rules(file_store: ObjectStore):
         parse_flag("maybe")
     with pytest.raises(ValueError):
         seen_key("../x")
+    assert parse_lastmod("2026-12-01") == parse_lastmod("2026-12-01T01:00:00+01:00")
+    assert parse_lastmod("yesterday") is None and parse_lastmod(None) is None
 
     first = SeenTracker(SeenSet.load(file_store, "shop", "c1"), file_store)
     assert first.should_emit("a", product) and first.should_emit("b", product)
-    first.commit(["a"])  # "b" was not exported (say its image failed): not recorded
+    first.note_validators("a", etag='"v1"', last_modified="Tue, 01 Dec 2026 10:00:00 GMT", lastmod="2026-12-01")
+    first.commit(["a"], [{"item_id": "a", **product, "image_key": "images/full/1.jpg"}])  # "b" not exported: not recorded
     table = file_store.read_parquet(seen_key("shop"))
     assert table.schema.equals(SEEN_SCHEMA) and table.column("item_id").to_pylist() == ["a"]
 
     second = SeenTracker(SeenSet.load(file_store, "shop", "c2"), file_store)
-    assert not second.should_emit("a", product)  # unchanged
-    assert second.should_emit("b", product)  # never recorded
-    assert second.should_emit("a", {**product, "price": 12})  # changed
-    rerun = SeenTracker(SeenSet.load(file_store, "shop", "c1"), file_store)
-    assert rerun.should_emit("a", product)  # c1 emitted it: a rerun of c1 emits it again
+    assert second.conditional_headers("a") == {"If-None-Match": '"v1"', "If-Modified-Since": "Tue, 01 Dec 2026 10:00:00 GMT"}
+    assert second.conditional_headers("b") == {}
+    assert second.stored_product("a")["image_key"] == "images/full/1.jpg"
+    assert second.unchanged_by_lastmod("a", "2026-12-01")["title"] == "Top"
+    assert second.unchanged_by_lastmod("a", "2026-12-02") is None and second.unchanged_by_lastmod("a", None) is None
+    assert second.unchanged_by_lastmod("b", "2020-01-01") is None
+    # Every product is emitted (the night's snapshot stays whole); an unchanged one is counted as such.
+    assert second.should_emit("a", product) and second.should_emit("b", product)
+    second.commit(["a"], [{"item_id": "a", **product, "image_key": "images/full/1.jpg"}])  # a 304: no new validators
+    row = file_store.read_parquet(seen_key("shop")).to_pylist()[0]
+    assert (row["etag"], row["lastmod"], row["emitted_crawl"], row["last_seen_crawl"]) == ('"v1"', "2026-12-01", "c1", "c2")
+
+
+def test_old_seen_set_without_validators_still_loads(file_store: ObjectStore):
+    old = pa.table({name: pa.array(["x"]) for name in ("item_id", "fingerprint", "updated_at", "first_seen_crawl",
+                                                          "last_seen_crawl", "emitted_crawl")})
+    file_store.write_parquet(seen_key("shop"), old)
+    tracker = SeenTracker(SeenSet.load(file_store, "shop", "c2"), file_store)
+    assert tracker.conditional_headers("x") == {} and tracker.stored_product("x") is None
 
 
 def test_shopify_incremental_crawls(store: ObjectStore):
@@ -63,36 +82,33 @@ def test_shopify_incremental_crawls(store: ObjectStore):
             return run_crawl("shopify", crawl_id, retailer="acme", start_url=shop.base_url, incremental=True, timeout_s=120)
 
         first = crawl("nightly-1")
-        assert first["products"] == 6 and first["incremental"] is True and first["skipped_unchanged"] == 0
+        assert first["products"] == 6 and first["incremental"] is True and first["unchanged"] == 0
         seen = store.read_parquet(seen_key("acme"))
         assert seen.num_rows == 6 and set(seen.column("first_seen_crawl").to_pylist()) == {"nightly-1"}
 
         before = len(shop.requests)
         second = crawl("nightly-2")
-        assert second["products"] == 0 and second["skipped_unchanged"] == 6
-        assert not any("/cdn/" in p for p in shop.requests[before:])  # no image downloads
-        assert store.read_parquet("crawls/nightly-2/products.parquet").num_rows == 0
+        # The whole catalogue again, from the JSON pages alone: no image is downloaded again.
+        assert second["products"] == 6 and second["unchanged"] == 6 and second["images_downloaded"] == 0
+        assert not any("/cdn/" in p for p in shop.requests[before:])
+        assert without_time(store.read_parquet("crawls/nightly-2/products.parquet")) == \
+            without_time(store.read_parquet("crawls/nightly-1/products.parquet"))
 
         shop.products += [shopify_product(n) for n in (6, 7, 8)]
-        third = crawl("nightly-3")
-        assert third["skipped_unchanged"] == 6
-        assert urls(store, "nightly-3") == {f"{shop.base_url}/products/top-{n}" for n in (6, 7, 8)}
-
         shop.products[2] = shopify_product(2, price="9.90", updated_at="2026-02-01T08:00:00+01:00")
-        fourth = crawl("nightly-4")
-        assert urls(store, "nightly-4") == {f"{shop.base_url}/products/top-2"}
-        assert store.read_parquet("crawls/nightly-4/products.parquet").column("price").to_pylist() == [9.9]
-        assert fourth["skipped_unchanged"] == 8
+        third = crawl("nightly-3")
+        assert third["products"] == 9 and third["unchanged"] == 5 and third["images_downloaded"] == 3
+        prices = dict(zip(*store.read_parquet("crawls/nightly-3/products.parquet").select(["product_url", "price"]).to_pydict().values()))
+        assert prices[f"{shop.base_url}/products/top-2"] == 9.9
 
-        # The same crawl id again: the same products, not an empty table, and no seen-set growth.
         output = without_time(store.read_parquet("crawls/nightly-3/products.parquet"))
-        crawl("nightly-3")
+        crawl("nightly-3")  # the same crawl id again: the same products
         assert without_time(store.read_parquet("crawls/nightly-3/products.parquet")) == output
         seen = store.read_parquet(seen_key("acme"))
-        assert seen.num_rows == 9
         rows = {r["item_id"]: r for r in seen.to_pylist()}
-        assert sum(r["first_seen_crawl"] == "nightly-3" for r in rows.values()) == 3
-        assert sum(r["emitted_crawl"] == "nightly-4" for r in rows.values()) == 1
+        assert seen.num_rows == 9 and sum(r["first_seen_crawl"] == "nightly-3" for r in rows.values()) == 3
+        assert sum(r["emitted_crawl"] == "nightly-3" for r in rows.values()) == 4  # 3 new, 1 changed
+        assert sum(r["updated_at"] == "2026-02-01T08:00:00+01:00" for r in rows.values()) == 1
 
         # Not incremental: everything, and the seen-set is left alone.
         full = run_crawl("shopify", "full-1", retailer="acme", start_url=shop.base_url, timeout_s=120)
@@ -100,7 +116,9 @@ def test_shopify_incremental_crawls(store: ObjectStore):
         assert store.read_parquet(seen_key("acme")).equals(seen)
 
 
-def test_catalog_incremental_crawls_by_fingerprint(tmp_path: Path, store: ObjectStore, monkeypatch: pytest.MonkeyPatch):
+def test_catalog_nights_by_sitemap_lastmod(tmp_path: Path, store: ObjectStore, monkeypatch: pytest.MonkeyPatch):
+    """The demo store's sitemap gives lastmod: unchanged products are not requested at all, yet every one
+    is in the night's products table with its stored fields and image key."""
     site = build_site(tmp_path / "site", n_products=6, seed=5)
     with DemoStoreServer(site) as server:
         monkeypatch.setenv("FASHIONNET_SHOP_URL", server.base_url)
@@ -112,14 +130,51 @@ def test_catalog_incremental_crawls_by_fingerprint(tmp_path: Path, store: Object
         first = crawl("cat-1")
         before = len(server.requests)
         second = crawl("cat-2")
-        images_fetched = [p for p in server.requested_paths()[before:] if p.startswith("/images/")]
-        server.products[0]["price"] = server.products[0]["price"] + 5  # by_sku shares the dicts
+        fetched = server.requested_paths()[before:]
+        changed = server.products[0]
+        server.update_product(changed["sku"], price=changed["price"] + 5)
+        before = len(server.requests)
         third = crawl("cat-3")
+        third_fetched = server.requested_paths()[before:]
         output = without_time(store.read_parquet("crawls/cat-3/products.parquet"))
         rerun = crawl("cat-3")
-        changed_url = f"{server.base_url}/product/{server.products[0]['sku']}"
-    assert first["products"] == 6
-    assert (second["products"], second["skipped_unchanged"]) == (0, 6) and images_fetched == []
-    assert (third["products"], third["skipped_unchanged"]) == (1, 5)
-    assert urls(store, "cat-3") == {changed_url}
-    assert rerun["products"] == 1 and without_time(store.read_parquet("crawls/cat-3/products.parquet")) == output
+        changed_url = f"{server.base_url}/product/{changed['sku']}"
+    assert first["products"] == 6 and first["lastmod_unchanged"] == 0
+    assert (second["products"], second["lastmod_unchanged"], second["images_downloaded"]) == (6, 6, 0)
+    assert not [p for p in fetched if p.startswith(("/product/", "/images/"))]
+    assert without_time(store.read_parquet("crawls/cat-2/products.parquet")) == \
+        without_time(store.read_parquet("crawls/cat-1/products.parquet"))
+    assert (third["products"], third["lastmod_unchanged"]) == (6, 5)
+    assert [p for p in third_fetched if p.startswith("/product/")] == [urlsplit(changed_url).path]
+    assert {r["product_url"]: r["price"] for r in output}[changed_url] == changed["price"]
+    assert rerun["products"] == 6 and without_time(store.read_parquet("crawls/cat-3/products.parquet")) == output
+
+
+def test_product_pages_by_etag_304(tmp_path: Path, store: ObjectStore, monkeypatch: pytest.MonkeyPatch):
+    """A URL list (no sitemap): product pages are asked for conditionally; a 304 keeps the stored row."""
+    site = build_site(tmp_path / "site", n_products=4, seed=6)
+    with DemoStoreServer(site) as server:
+        profile = tmp_path / "shop.yaml"
+        profile.write_text(f"retailers:\n  etag-shop:\n    kind: urls\n    base_url: {server.base_url}\n"
+                           f"    entry_points: [{server.base_url}/product/x]\n")
+        monkeypatch.setenv("FASHIONNET_PROFILE", str(profile))
+        get_settings.cache_clear()
+        product_urls = ",".join(f"{server.base_url}/product/{p['sku']}" for p in server.products)
+
+        def crawl(crawl_id: str) -> dict:
+            return run_crawl("product", crawl_id, retailer="etag-shop", incremental=True, timeout_s=120,
+                             spider_args={"urls": product_urls})
+
+        first = crawl("etag-1")
+        server.update_product(server.products[1]["sku"], title="Renamed top")
+        before = len(server.responses)
+        second = crawl("etag-2")
+        answers = [(path, status, size) for path, status, size in server.responses[before:] if path.startswith("/product/")]
+    assert first["products"] == 4 and first["not_modified"] == 0
+    assert second["products"] == 4 and second["not_modified"] == 3 and second["images_downloaded"] == 0
+    assert sorted(status for _, status, _ in answers) == [200, 304, 304, 304]
+    assert all(size == 0 for _, status, size in answers if status == 304)
+    one, two = (without_time(store.read_parquet(f"crawls/etag-{n}/products.parquet")) for n in (1, 2))
+    assert [r["title"] for r in two if r["title"] == "Renamed top"] == ["Renamed top"]
+    assert [r for r in one if r["title"] != "Renamed top" and r not in two] == [] or False
+    assert {r["item_id"]: r["image_key"] for r in one} == {r["item_id"]: r["image_key"] for r in two}
