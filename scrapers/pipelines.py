@@ -318,6 +318,11 @@ class StoreExportPipeline:
             "duration_s": round(time.monotonic() - self.started, 3),
             "pages": self.pages,
             "pages_without_product": stats.get("fashionnet/pages_without_product", 0),
+            # The first crawl.max_listed_pages_without_product of them: {"url", "reason"} (scrapers.spiders.base).
+            "pages_without_product_list": list(getattr(spider, "pages_without_product", [])),
+            # Listing/pagination pages requested, and links not followed because the spider's cap was reached.
+            "listing_pages": stats.get("fashionnet/listing_pages", 0),
+            "pagination_capped": stats.get("fashionnet/pagination_capped", 0),
             "products": len(self.products),
             "images": len({p["image_key"] for p in self.products.values()}),
             "images_downloaded": stats.get("file_status_count/downloaded", 0),
@@ -338,4 +343,9 @@ class StoreExportPipeline:
             "retry_backoff_s": round(float(stats.get(BACKOFF_STAT, 0.0)), 3),
             "incremental": seen_tracker(self.crawler) is not None,
             "skipped_unchanged": stats.get(SKIPPED_STAT, 0),
+            # Incremental nights (scrapers.seen): products whose fields matched the stored ones, of which
+            # answered 304 Not Modified, and not requested because their sitemap lastmod was not newer.
+            "unchanged": stats.get("fashionnet/unchanged", 0),
+            "not_modified": stats.get("fashionnet/not_modified", 0),
+            "lastmod_unchanged": stats.get("fashionnet/lastmod_unchanged", 0),
         }
