@@ -161,6 +161,7 @@ def test_from_a_sitemap_index(store, shop):
     summary = crawl("product-sitemap", sitemap_url=f"{shop.base_url}/sitemap.xml")
     check_crawl(store, "product-sitemap", shop.base_url, {"P1", "P2", "P3", "P4"})
     assert summary["products"] == 4 and summary["pages_without_product"] == 1  # about.html
+    assert summary["pages_without_product_list"] == [{"url": f"{shop.base_url}/about.html", "reason": "no_product_data"}]
     assert summary["weak_labels"] == sum(len(v) for v in EXPECTED_WEAK.values())
     assert summary["drops"] == {} and summary["errors"] == 0
 
