@@ -995,7 +995,13 @@ class _BatchScorer:
                 self._add_moments(parts, ok, block_foreign)
                 continue
             keys, ok, foreign_ok = self._keys(parts, ok, block_foreign)
-            passed = ok & (np.round(keys[0], scoring.ROUND_DECIMALS) >= self.threshold[None, :])
+            rounded = np.round(keys[0], scoring.ROUND_DECIMALS)
+            floor = self.threshold
+            if stop - start > self.pool:
+                # A row below the block's own pool-th best cannot be among the user's best pool.
+                ranked = np.where(ok, rounded, -np.inf)
+                floor = np.maximum(floor, -np.partition(-ranked, self.pool - 1, axis=0)[self.pool - 1])
+            passed = ok & (rounded >= floor[None, :])
             user_of, row_of = np.nonzero(passed.T)
             if len(row_of):
                 self.pending.append((user_of, row_of + start + offset, [key[row_of, user_of] for key in keys]))
@@ -1019,7 +1025,7 @@ class _BatchScorer:
             rows = chunk.take(pa.array(local, type=pa.int64()))
             self.kept = rows if self.kept is None else pa.concat_tables([self.kept, rows])
             self.kept_rows = np.concatenate([self.kept_rows, local + offset])
-        if self.pending_size > max(4 * self.pool * len(self.users), 100_000):
+        if self.pending_size > 2 * self.pool * len(self.users):
             self._merge()
 
     def _embedding_values(self, parts: scoring.BatchComponents, foreign: np.ndarray | None) -> np.ndarray:
