@@ -19,12 +19,14 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import jstyleson
+from price_parser import Price
 from extruct.opengraph import OpenGraphExtractor
 from extruct.utils import parse_html
 from extruct.w3cmicrodata import MicrodataExtractor
@@ -36,10 +38,10 @@ logger = logging.getLogger(__name__)
 
 FIELDS = (
     "product_url", "sku", "title", "description", "category", "brand", "image_url", "image_urls",
-    "price", "currency", "availability", "color", "material",
+    "price", "currency", "availability", "color", "material", "field_sources",
 )
-#: Merge order, first wins per field.
-SOURCES = ("json-ld", "microdata", "opengraph")
+#: Merge order, first wins per field; ``dom`` (the visible page, scrapers/visible.py) fills what is left.
+SOURCES = ("jsonld", "microdata", "og", "dom")
 
 PRODUCT_TYPES = frozenset({"product", "productgroup", "productmodel", "individualproduct", "someproducts"})
 # Containers a page's own product hides in. Not isRelatedTo/isSimilarTo: those are other products.
@@ -79,8 +81,25 @@ def _get(node: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+_DANGLING_TAG = re.compile(r"<[A-Za-z!/?][^<>]*$")
+
+
+def plain_text(value: str) -> str:
+    """``value`` as plain text: entities decoded, then tags removed, until neither changes anything.
+
+    Decoding after stripping (the old order) turned ``&lt;img onerror=...&gt;`` into live markup; a
+    double-encoded ``&amp;lt;img&amp;gt;`` needs a second round. A tag left open at the end is dropped.
+    """
+    for _ in range(4):
+        stripped = remove_tags(html.unescape(value))
+        if stripped == value:
+            break
+        value = stripped
+    return _DANGLING_TAG.sub("", value)
+
+
 def _clean(value: str) -> str | None:
-    text = " ".join(html.unescape(remove_tags(value)).split())
+    text = " ".join(plain_text(value).split())
     return text if text and not _PLACEHOLDER.search(text) else None
 
 
@@ -97,8 +116,10 @@ def _text(value: Any, join: bool = False) -> str | None:
     if isinstance(value, dict):
         value = _get(value, "name", "value", "@value", "@id")
         return _text(value) if not isinstance(value, dict) else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif isinstance(value, float):
+        value = str(int(value)) if math.isfinite(value) and value.is_integer() else str(value)
     return _clean(value) if isinstance(value, str) else None
 
 
@@ -112,38 +133,57 @@ def _is_product(node: Any) -> bool:
     return isinstance(node, dict) and bool(_types(node) & PRODUCT_TYPES)
 
 
-def parse_price(value: Any) -> float | None:
-    """A price as float from a number or a shop's text; None when there is no number.
+# A minus before the first digit, perhaps with a currency sign between ('-49.99', '- € 5', '€ -5').
+_SIGN_BEFORE = re.compile(r"(?<!\w)[-\u2212]\s*(?:[^\d\s]{1,3}\s*)?[.,]?$")
+_EXPONENT = re.compile(r"\d[eE][-+]?\d")
+_NOT_A_NUMBER = re.compile(r"\b(?:nan|inf|infinity)\b", re.IGNORECASE)
 
-    '12.99', '1.299,00', '1,299.00', '€ 12,50', '26,00 €', '1 299,00', '2.449' (a single separator
-    followed by exactly three digits after a 1-3 digit head is a thousands separator, as in
-    '1,299'; '0.999' stays a decimal). The first number of a range ('10 - 20') is taken.
+
+def check_price(value: Any) -> tuple[float | None, str | None]:
+    """(price, None) for a usable price, (None, reason) for a refused one, (None, None) for no number.
+
+    Numbers and shop texts ('12.99', '1.299,00', '€ 12,50', '26,00 €', '10 - 20' gives 10) are read
+    by price-parser. A price keeps its sign or is refused: negative ('-49.99'), not finite ('1e309',
+    'NaN', a 400-digit number) and exponent notation are refused with the reason, never turned into
+    49.99, 1.0 or inf.
     """
     if isinstance(value, bool) or value is None:
-        return None
+        return None, None
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None, "not finite"
+        if not math.isfinite(number):
+            return None, "not finite"
+        return (number, None) if number >= 0 else (None, "negative")
     if not isinstance(value, str):
-        return None
-    match = _NUMBER.search(value)
-    if not match:
-        return None
-    digits = re.sub(r"[\s'\u00a0\u202f]", "", match.group()).rstrip(".,")
-    if "," in digits and "." in digits:
-        # The later separator is the decimal one.
-        thousands = "," if digits.rfind(",") < digits.rfind(".") else "."
-        digits = digits.replace(thousands, "").replace(",", ".")
-    else:
-        for sep in (",", "."):
-            if sep not in digits:
-                continue
-            head, _, tail = digits.rpartition(sep)
-            grouped = digits.count(sep) > 1 or (len(tail) == 3 and head.isdigit() and 1 <= len(head) <= 3 and head != "0")
-            digits = digits.replace(sep, "") if grouped else f"{head.replace(sep, '')}.{tail}"
-    try:
-        return float(digits)
-    except ValueError:
-        return None
+        return None, None
+    text = value.strip()
+    if _NOT_A_NUMBER.search(text):
+        return None, "not a number"
+    if _EXPONENT.search(text):
+        return None, "exponent notation"
+    # A leading "0." or "0," is a decimal separator ('0.999'); price-parser would read it as thousands.
+    leading_zero = re.search(r"(?<![\d.,])0([.,])\d", text)
+    amount = Price.fromstring(text, decimal_separator=leading_zero.group(1) if leading_zero else None).amount
+    if amount is None:
+        return None, None
+    first_digit = re.search(r"\d", text)
+    if first_digit is None:  # price-parser reads 'free' as 0; a price needs a number
+        return None, None
+    if _SIGN_BEFORE.search(text[: first_digit.start()]):
+        return None, "negative"
+    number = float(amount)
+    if not math.isfinite(number):
+        return None, "not finite"
+    return number, None
+
+
+def parse_price(value: Any) -> float | None:
+    """A price as float from a number or a shop's text; None when there is none or it is refused
+    (see :func:`check_price`)."""
+    return check_price(value)[0]
 
 
 def normalize_currency(value: Any) -> str | None:
@@ -226,6 +266,16 @@ def _offer_price(offer: dict[str, Any]) -> tuple[float | None, str | None]:
             if price is not None and price > 0:
                 return price, currency or found_currency
     return None, currency
+
+
+def _price_rejection(offers: list[dict[str, Any]]) -> str | None:
+    """Why the offers' stated price was refused ('negative', 'not finite', ...), if it was."""
+    for offer in offers:
+        for key in ("price", "lowPrice", "highPrice"):
+            reason = check_price(_get(offer, key))[1]
+            if reason:
+                return reason
+    return None
 
 
 def _pick_offer(offers: list[dict[str, Any]], page_url: str, sku: str | None) -> dict[str, Any] | None:
@@ -327,14 +377,19 @@ def _product_fields(main: dict[str, Any], variants: list[dict[str, Any]], respon
     price, currency = _offer_price(offer) if offer else (None, None)
     if offer and sku is None:
         sku = _text(_get(offer, "sku"))
-    every_offer = offers + [o for v in variants for o in _offers(v) if o not in offers]
+    # Offers of the variants not already among the product's own, by identity: comparing dicts
+    # (``o not in offers``) made a 16,000-variant ProductGroup quadratic (36 s).
+    own = {id(o) for o in offers}
+    every_offer = offers + [o for v in variants for o in _offers(v) if id(o) not in own]
     availabilities = [normalize_availability(_get(o, "availability")) for o in every_offer]
     availability = normalize_availability(_get(offer, "availability")) if offer else None
     if len(every_offer) > 1 and any(a in IN_STOCK for a in availabilities):
         # One offer per size or colour: the product is buyable when any of them is.
         availability = next(a for a in availabilities if a in IN_STOCK)
     images = [u for node in [main, *variants] for u in _image_candidates(_get(node, "image"))]
+    rejected = {"price": _price_rejection(every_offer)} if price is None and _price_rejection(every_offer) else {}
     return {
+        "_rejected": rejected,
         "sku": sku or first("sku", "productID", "mpn"),
         "title": first("name"),
         "description": first("description"),
@@ -349,16 +404,35 @@ def _product_fields(main: dict[str, Any], variants: list[dict[str, Any]], respon
     }
 
 
+#: Longer integers than this are not a quantity a page states (a 400-digit "price"): kept as text.
+MAX_INT_DIGITS = 30
+
+
+def _json_int(text: str) -> int | str:
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else text
+
+
+def _json_constant(text: str) -> None:
+    """NaN and Infinity are no JSON values; a block using them loses that value only."""
+    return None
+
+
+def _load_json_ld(raw: str) -> Any:
+    options: dict[str, Any] = {"strict": False, "parse_int": _json_int, "parse_constant": _json_constant}
+    try:
+        return json.loads(raw, **options)
+    except ValueError:  # comments and trailing commas, as some shops write them
+        return jstyleson.loads(re.sub(r"^\s*<!--|-->\s*$", "", raw.strip()), **options)
+
+
 def _json_ld_documents(tree: HtmlElement, url: str) -> Iterator[Any]:
+    """Each readable JSON-LD block; an unreadable one (broken, nested 100k deep) is skipped alone."""
     for script in tree.xpath('//script[@type="application/ld+json"]'):
         raw = script.text_content() or ""
         try:
-            yield json.loads(raw, strict=False)
-        except ValueError:
-            try:  # comments and trailing commas, as some shops write them
-                yield jstyleson.loads(re.sub(r"^\s*<!--|-->\s*$", "", raw.strip()), strict=False)
-            except Exception:  # noqa: BLE001 - any unreadable block is skipped
-                logger.debug("unparsable JSON-LD block on %s", url)
+            yield _load_json_ld(raw)
+        except (Exception, RecursionError):  # noqa: BLE001 - any unreadable block is skipped
+            logger.debug("unparsable JSON-LD block on %s", url)
 
 
 def from_json_ld(tree: HtmlElement, response: TextResponse) -> dict[str, Any] | None:
@@ -403,6 +477,7 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
     if not props:
         return None
     price_text = one("product:price:amount", "og:price:amount", "product:sale_price:amount")
+    price, price_refused = check_price(price_text)
     og_type = (one("og:type") or "").lower()
     images = [u for k in ("og:image", "og:image:secure_url", "og:image:url") for u in props.get(k, [])]
     return {
@@ -412,7 +487,8 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
         "category": one("product:category"),
         "brand": one("product:brand", "og:brand"),
         "image_urls": absolute_images(images, response),
-        "price": parse_price(price_text),
+        "price": price,
+        "_rejected": {"price": price_refused} if price_refused else {},
         "currency": normalize_currency(one("product:price:currency", "og:price:currency", "product:sale_price:currency")),
         "availability": normalize_availability(one("product:availability", "og:availability")),
         "color": one("product:color"),
@@ -423,6 +499,13 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
     }
 
 
+def from_visible_page(tree: HtmlElement, response: TextResponse) -> dict[str, Any] | None:
+    """The visible page's product (:mod:`scrapers.visible`, which builds on this module's normalisers)."""
+    from scrapers.visible import visible_product
+
+    return visible_product(tree, response)
+
+
 # -- the page ---------------------------------------------------------------------------------------
 def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     """The product as each syntax states it (syntaxes without a product left out)."""
@@ -431,7 +514,7 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     except Exception:  # noqa: BLE001 - an unparsable page has no product
         logger.debug("unparsable HTML on %s", response.url)
         return {}
-    extractors = {"json-ld": from_json_ld, "microdata": from_microdata, "opengraph": from_opengraph}
+    extractors = {"jsonld": from_json_ld, "microdata": from_microdata, "og": from_opengraph, "dom": from_visible_page}
     found: dict[str, dict[str, Any]] = {}
     for name in SOURCES:
         try:
@@ -441,22 +524,50 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
             continue
         if fields is not None:
             found[name] = fields
-    og = found.get("opengraph")
-    if og is not None and not og.pop("is_product") and len(found) == 1:
-        del found["opengraph"]
+    og = found.get("og")
+    if og is not None and not og.pop("is_product") and set(found) <= {"og", "dom"}:
+        del found["og"]
+    dom = found.get("dom")
+    if dom is not None and not dom.pop("is_product") and not set(found) - {"dom"}:
+        del found["dom"]  # the visible page alone names a product only when it looks like one
+    elif dom is not None and set(found) - {"dom"}:
+        # Beside structured data the page's own price markup is more often another price (a
+        # related product's, a per-unit one) than the missing one: the visible price is not used.
+        dom["price"] = dom["currency"] = None
+        dom["_rejected"] = {}
     return found
 
 
 def merge_sources(found: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Field by field, the first source in :data:`SOURCES` order that has a value; images united."""
-    ordered = [found[name] for name in SOURCES if name in found]
+    ordered = [(name, found[name]) for name in SOURCES if name in found]
     merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for field in FIELDS:
-        if field in ("product_url", "image_url", "image_urls"):
+        if field in ("product_url", "image_url", "image_urls", "field_sources"):
             continue
-        merged[field] = next((src[field] for src in ordered if src.get(field) is not None), None)
-    merged["image_urls"] = list(dict.fromkeys(u for src in ordered for u in src.get("image_urls", [])))
+        merged[field] = None
+        for name, src in ordered:
+            if src.get(field) is not None:
+                merged[field], sources[field] = src[field], name
+                break
+        else:
+            refused = next(((n, s["_rejected"][field]) for n, s in ordered if field in s.get("_rejected", {})), None)
+            if refused:
+                sources[field] = f"{refused[0]}: refused ({refused[1]})"
+    # A stated price outranks the visible page's even when the stated one was refused.
+    if merged["price"] is not None and sources.get("price") == "dom" and any(
+        "price" in s.get("_rejected", {}) for n, s in ordered if n != "dom"
+    ):
+        refused_by = next(n for n, s in ordered if "price" in s.get("_rejected", {}))
+        merged["price"] = None
+        sources["price"] = f"{refused_by}: refused ({found[refused_by]['_rejected']['price']})"
+    merged["image_urls"] = list(dict.fromkeys(u for _, src in ordered for u in src.get("image_urls", [])))
     merged["image_url"] = merged["image_urls"][0] if merged["image_urls"] else None
+    image_source = next((n for n, src in ordered if src.get("image_urls")), None)
+    if image_source:
+        sources["image_url"] = image_source
+    merged["field_sources"] = sources
     return merged
 
 
@@ -470,4 +581,7 @@ def extract_product(response: TextResponse) -> dict[str, Any] | None:
     merged = merge_sources(found)
     if not (merged["title"] or merged["sku"] or merged["price"] is not None):
         return None  # a bare Product node with nothing in it is not a product page
-    return {"product_url": response.url, **{f: merged[f] for f in FIELDS if f != "product_url"}}
+    product = {"product_url": response.url, **{f: merged[f] for f in FIELDS if f != "product_url"}}
+    # {field: source} as JSON, the products table's field_sources column.
+    product["field_sources"] = json.dumps(merged["field_sources"], sort_keys=True)
+    return product

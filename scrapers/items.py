@@ -31,6 +31,9 @@ PRODUCTS_SCHEMA = pa.schema(
         ("color", pa.string()),
         ("material", pa.string()),
         ("description", pa.string()),
+        # Where each field came from, a JSON object {field: source} with source one of jsonld,
+        # microdata, og, dom, or "<source>: refused (<reason>)" for a stated value refused (issue 11).
+        ("field_sources", pa.string()),
     ]
 )
 WEAK_LABELS_SCHEMA = pa.schema(
@@ -65,6 +68,8 @@ class ProductItem(scrapy.Item):
     color = scrapy.Field()
     material = scrapy.Field()
     description = scrapy.Field()
+    # JSON {field: source}: jsonld, microdata, og, dom (the visible page), or why a value was refused.
+    field_sources = scrapy.Field()
 
 
 class WeakLabelItem(scrapy.Item):

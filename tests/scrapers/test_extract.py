@@ -72,6 +72,8 @@ def test_plain_product():
         "availability": "InStock",
         "color": None,
         "material": None,
+        "field_sources": json.dumps({f: "jsonld" for f in (
+            "availability", "category", "currency", "description", "image_url", "price", "sku", "title")}, sort_keys=True),
     }
 
 
@@ -220,7 +222,8 @@ def test_template_placeholders_and_html_are_cleaned():
 def test_missing_fields_are_none():
     data = extract_product(page(json.dumps({"@type": "Product", "name": "Bare"})))
     assert data["title"] == "Bare" and data["image_urls"] == []
-    assert all(data[k] is None for k in FIELDS if k not in ("product_url", "title", "image_urls"))
+    assert all(data[k] is None for k in FIELDS if k not in ("product_url", "title", "image_urls", "field_sources"))
+    assert json.loads(data["field_sources"]) == {"title": "jsonld"}
 
 
 @pytest.mark.parametrize(
@@ -270,3 +273,87 @@ def test_currency_in_text_only_when_unambiguous():
 )
 def test_normalize_availability(raw, expected):
     assert normalize_availability(raw) == expected
+
+
+# -- hostile inputs (issue 11) ---------------------------------------------------------------------
+class CountingOffer(dict):
+    """An offer that counts how often it is compared for equality."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountingOffer.comparisons += 1
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_variant_offers_are_deduplicated_without_comparing_offers_pairwise():
+    # A ProductGroup with 16,000 variants took 36 s: every variant offer was compared with every other.
+    from scrapers.extract import _product_fields
+
+    def comparisons(n: int) -> int:
+        variants = [
+            {"@type": "Product", "sku": f"V-{i}", "offers": CountingOffer({"@type": "Offer", "price": "10", "sku": f"V-{i}"})}
+            for i in range(n)
+        ]
+        CountingOffer.comparisons = 0
+        fields = _product_fields({"@type": "ProductGroup", "name": "Group"}, variants, page())
+        assert fields["price"] == 10.0
+        return CountingOffer.comparisons
+
+    small, large = comparisons(200), comparisons(400)
+    assert large <= 2 * small + 10  # linear: twice the variants, twice the comparisons (pairwise: 4x)
+    assert large <= 10 * 400  # a few per offer (pairwise: ~80,000)
+
+
+def test_a_deeply_nested_block_is_skipped_alone():
+    deep = "[" * 100_000 + "]" * 100_000
+    data = extract_product(page(deep, json.dumps(PRODUCT)))
+    assert data is not None and data["sku"] == "A-1" and data["price"] == 19.9
+
+
+def test_a_400_digit_number_is_refused_and_the_other_fields_stay():
+    huge = "9" * 400
+    block = json.dumps({**PRODUCT, "offers": {"@type": "Offer", "priceCurrency": "EUR"}})[:-2] + f', "price": {huge}}}}}'
+    data = extract_product(page(block))
+    assert data is not None and data["sku"] == "A-1" and data["title"] == "Striped Cotton Top"
+    assert data["price"] is None
+    assert json.loads(data["field_sources"])["price"] == "jsonld: refused (not finite)"
+
+
+@pytest.mark.parametrize(
+    ("price", "reason"),
+    [('"-49.99"', "negative"), ("-49.99", "negative"), ('"1e309"', "exponent notation"), ("1e309", "not finite"),
+     ('"NaN"', "not a number"), ("NaN", None), ('"− 12,00 €"', "negative")],
+)
+def test_a_price_keeps_its_sign_or_is_refused_with_the_reason(price, reason):
+    block = json.dumps({**PRODUCT, "offers": {"@type": "Offer", "priceCurrency": "EUR", "price": "P"}}).replace('"P"', price)
+    data = extract_product(page(block))
+    assert data["price"] is None  # never 49.99, 1.0, inf or nan
+    sources = json.loads(data["field_sources"])
+    assert sources.get("price") == (f"jsonld: refused ({reason})" if reason else None)
+
+
+def test_a_refused_og_price_is_recorded():
+    head = '<meta property="og:type" content="product"><meta property="og:title" content="Hat">' \
+           '<meta property="product:price:amount" content="-5.00">'
+    data = extract_product(page(head=head))
+    assert data["price"] is None and json.loads(data["field_sources"])["price"] == "og: refused (negative)"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["&lt;img src=x onerror=alert(1)&gt;Shirt", "&amp;lt;img src=x onerror=alert(1)&amp;gt;Shirt",
+     "<b>&lt;script&gt;alert(1)&lt;/script&gt;</b>Shirt", "Shirt &lt;img src=x onerror=alert(1)"],
+)
+def test_text_fields_are_stored_as_plain_text_never_markup(name):
+    data = extract_product(page(json.dumps({**PRODUCT, "name": name, "description": name})))
+    for field in ("title", "description"):
+        assert "<" not in data[field] and "&lt;" not in data[field]
+        assert "Shirt" in data[field] and "<img" not in data[field] and "<script" not in data[field]
+
+
+def test_plain_text_keeps_a_lone_less_than_sign():
+    data = extract_product(page(json.dumps({**PRODUCT, "name": "Sizes 1 &lt; 2"})))
+    assert data["title"] == "Sizes 1 < 2"
