@@ -27,9 +27,9 @@ from typing import Any, AsyncIterator, Iterator
 import scrapy
 from scrapy.http import Response
 from twisted.python.failure import Failure
-from w3lib.html import remove_tags, replace_entities
 
 from pipeline.settings import get_settings
+from scrapers.extract import check_price, plain_text
 from scrapers.items import ProductItem, WeakLabelItem, item_id_for
 from scrapers.middlewares import FAILED_STAT
 from scrapers.seen import seen_tracker
@@ -42,18 +42,19 @@ INVALID_PRODUCT_STAT = "fashionnet/dropped/invalid_product"
 
 
 def html_text(value: Any) -> str | None:
-    """Plain text of an HTML fragment (tags removed, entities decoded, whitespace collapsed)."""
+    """Plain text of an HTML fragment (entities decoded, tags removed, whitespace collapsed): never markup,
+    also where the shop entity-encoded it (scrapers.extract.plain_text)."""
     if not isinstance(value, str):
         return None
-    text = " ".join(replace_entities(remove_tags(value)).split())
+    text = " ".join(plain_text(value).split())
     return text or None
 
 
 def variant_price(variant: dict[str, Any]) -> float | None:
-    try:
-        return float(variant.get("price"))  # Shopify sends prices as decimal strings
-    except (TypeError, ValueError):
-        return None
+    """A variant's price (Shopify sends decimal strings); None for a refused one ("-49.99", "inf", "nan"),
+    as for every other source (scrapers.extract.check_price)."""
+    price, _reason = check_price(variant.get("price"))
+    return price
 
 
 def pick_price(variants: list[dict[str, Any]]) -> tuple[float | None, str | None]:

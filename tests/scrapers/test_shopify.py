@@ -17,7 +17,7 @@ from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 from scrapers.crawl import run_crawl
 from scrapers.items import PRODUCTS_SCHEMA, item_id_for
-from scrapers.spiders.shopify import html_text, pick_price
+from scrapers.spiders.shopify import html_text, pick_price, variant_price
 
 PAGE_SIZE = 3  # the fixture's page size (Shopify's is up to 250): 3 pages for 7 products
 
@@ -186,3 +186,18 @@ def test_two_malformed_pages_in_a_row_stop_the_crawl(shop_env: ObjectStore):
         pages = sorted(int(parse_qs(urlsplit(p).query)["page"][0]) for p in server.paths("/products.json"))
     assert pages == [1, 2, 3]
     assert summary["products"] == PAGE_SIZE and summary["failed_requests"] == {"malformed_json": 2}
+
+
+@pytest.mark.parametrize("bad", ["-49.99", "inf", "nan", "1e309", "-1", None, "", "free"])
+def test_a_variant_price_keeps_its_sign_or_is_refused(bad):
+    """float() read "-49.99", "inf" and "nan" as prices; they are refused like in every other source."""
+    assert variant_price({"price": bad}) is None
+    assert pick_price([{"price": bad, "available": True}, {"price": "20.00", "available": True}]) == (
+        20.0, "https://schema.org/InStock")
+
+
+def test_body_html_with_entity_encoded_markup_stays_plain_text():
+    """Stripping tags before decoding entities turned ``&lt;img onerror=...&gt;`` into live markup."""
+    text = html_text("<p>Soft &lt;img src=x onerror=alert(1)&gt; cotton</p>")
+    assert "<" not in text and ">" not in text and "onerror" not in text
+    assert text.startswith("Soft") and text.endswith("cotton")
