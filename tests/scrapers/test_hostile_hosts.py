@@ -46,7 +46,7 @@ def test_requests_off_the_shop_or_to_internal_addresses_are_refused_and_counted(
     products = store.read_parquet("crawls/ssrf-1/products.parquet")
     assert products.column("sku").to_pylist() == ["good"]
     # A file:// image URL never becomes a request (the extractor keeps http(s) images only; scrapers.network
-    # would refuse it as "scheme", tests/scrapers/test_network.py).
+    # would refuse it as "scheme", tests/scrapers/test_network_policy.py).
     assert summary["drops"] == {"image_off_site": 2, "no_image_url": 1}
     # Off-site: the other port's image and product link, the metadata image and redirect, [::1] and 10.0.0.7.
     assert summary["refused_requests"] == {"off_site": 6}

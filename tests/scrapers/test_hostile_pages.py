@@ -64,7 +64,7 @@ def test_oversized_bodies_and_a_pixel_bomb_are_dropped_without_being_decoded(sto
         shop.routes["/product/bomb"] = lambda n: (200, HTML, product_page("bomb", "/img/bomb.png"))
         bomb = bomb_png()
         shop.routes["/img/bomb.png"] = lambda n: (200, PNG_TYPE, bomb)
-        # The limits' settings (from crawl.max_page_bytes / max_image_bytes, test_network.py), made small.
+        # The limits' settings (from crawl.max_page_bytes / max_image_bytes, test_network_policy.py), made small.
         overrides = {"AUTOTHROTTLE_ENABLED": "False", "DOWNLOAD_MAXSIZE": "1000000", "FASHIONNET_MAX_IMAGE_BYTES": "500000"}
         # A fresh Python process runs the crawl, so that its RUSAGE_CHILDREN peak is the scrapy child's alone.
         done = subprocess.run([sys.executable, "-c", CRAWL_AND_MEASURE, shop.base_url + "/list", json.dumps(overrides)],
