@@ -232,6 +232,13 @@ def run_crawl(
                 f"in crawls/{crawl_id}/ (finish_reason {summary.get('finish_reason')})") if written else "nothing was written"
         raise CrawlTimeout(f"crawl {spider}/{crawl_id} timed out after {timeout:g}s: {kept}" + log_tail,
                            summary if written else None)
+    if code == -signal.SIGABRT and written and summary.get("finish_reason") == "finished":
+        # The child closed the spider normally and wrote every output (the summary with this run's token is
+        # written last), then a native library aborted during interpreter teardown ("terminate called
+        # without an active exception", seen once in a full test run): the crawl's work is whole.
+        logger.warning("crawl %s/%s aborted (SIGABRT) after it finished and wrote its outputs; keeping them",
+                       spider, crawl_id)
+        return {**summary, "exit_code": code}
     if code != 0:
         raise CrawlError(f"crawl {spider}/{crawl_id} exited with {code}" + log_tail)
     if not written:

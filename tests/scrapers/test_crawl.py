@@ -139,3 +139,39 @@ def test_failures_raise_crawl_error_with_the_log_tail(file_store: ObjectStore, d
     # A crawl out of time keeps (and says) what it had: here nothing, its deadline passed as it started.
     assert timed_out.value.summary == file_store.read_json("crawls/slow-1/summary.json")
     assert timed_out.value.summary["timed_out"] and timed_out.value.summary["finish_reason"] == "crawl_timeout"
+
+
+# A stand-in crawl child: writes the summary (with the run's token and a finish reason) as the real one does
+# last, then aborts as a native library did once at interpreter teardown ("terminate called without an
+# active exception": SIGABRT after "Spider closed (finished)").
+ABORTING_CHILD = """
+import os, sys
+from pipeline.storage import open_store
+crawl_id, token, reason = sys.argv[1:4]
+open_store().write_json(f"crawls/{crawl_id}/summary.json", {"run_token": token, "finish_reason": reason, "products": 3})
+os.abort()
+"""
+
+
+@pytest.mark.parametrize("reason", ["finished", "shutdown"])
+def test_an_abort_after_a_finished_crawl_keeps_its_outputs(file_store: ObjectStore, monkeypatch, reason):
+    """Before: a child that had finished and written everything but aborted in teardown failed the crawl."""
+    import sys
+
+    import scrapers.crawl as crawl
+
+    monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
+    get_settings.cache_clear()
+    real_command = crawl.crawl_command
+
+    def aborting_command(spider, crawl_id, retailer, start_url, run_token, *args, **kwargs):
+        real_command(spider, crawl_id, retailer, start_url, run_token, *args, **kwargs)  # same validation
+        return [sys.executable, "-c", ABORTING_CHILD, crawl_id, run_token, reason]
+
+    monkeypatch.setattr(crawl, "crawl_command", aborting_command)
+    if reason == "finished":
+        summary = run_crawl("catalog", "abort-1", timeout_s=60)
+        assert summary["products"] == 3 and summary["exit_code"] < 0
+    else:  # a crawl that did not finish normally still fails on the abort
+        with pytest.raises(CrawlError, match="exited with"):
+            run_crawl("catalog", "abort-2", timeout_s=60)
