@@ -323,6 +323,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if env.get("FASHIONNET_SHOP_URL") and isinstance(retailers.get("demo-store"), dict):
         retailers["demo-store"]["base_url"] = env["FASHIONNET_SHOP_URL"].rstrip("/")
     retailers = validate_retailers(retailers, raw.get("crawl") or {})
+    review = dict(raw.get("review") or {})
+    if env.get("FASHIONNET_REVIEW_URL"):  # where this deployment serves the review page (make airflow sets it)
+        review["page_url"] = env["FASHIONNET_REVIEW_URL"]
+    validate_crawl_failure(raw.get("crawl") or {})
     return Settings(
         store_uri=resolve_store_uri(env.get("FASHIONNET_STORE") or raw["store"]),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
@@ -333,9 +337,16 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         split=raw.get("split", {}),
         training=raw.get("training", {}),
         recommend=raw.get("recommend", {}),
-        review=raw.get("review", {}),
+        review=review,
         repository=raw.get("repository", {}),
     )
+
+
+def validate_crawl_failure(crawl: dict[str, Any]) -> None:
+    """``crawl.max_failed_share``: the share (0-1) of a crawl's requests that may fail before the crawl fails."""
+    share = crawl.get("max_failed_share", 0.5)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"crawl.max_failed_share must be a number from 0 to 1, got {share!r}")
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,10 @@ Timeouts: the child is told the crawl's deadline (``FASHIONNET_CRAWL_DEADLINE``,
 killed; what it wrote at the deadline stays. Either way :func:`run_crawl` raises :class:`CrawlTimeout`,
 which carries the summary of what was kept, so the task fails visibly and nothing partial passes for a
 finished crawl (a partial catalogue would look like delisted products downstream).
+
+A crawl that ends but reached nothing (no page fetched while its requests failed: the shop is down), or
+whose failed requests exceed ``crawl.max_failed_share``, raises :class:`CrawlUnreachable`, one line naming
+the host and the errors (:func:`check_crawl`), so its task is red and nothing downstream runs on the batch.
 """
 from __future__ import annotations
 
@@ -41,6 +45,15 @@ TAIL_LINES = 40
 
 class CrawlError(RuntimeError):
     """A crawl subprocess failed or timed out; the message ends with the tail of its log."""
+
+
+class CrawlUnreachable(CrawlError):
+    """A crawl that ran to its end but reached (almost) nothing: no page fetched while requests failed, or
+    more than ``crawl.max_failed_share`` of its requests failed. ``summary`` is the crawl's summary."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class CrawlTimeout(CrawlError):
@@ -77,6 +90,37 @@ def _site(url: str) -> tuple[str, int | None]:
     host = host[4:] if host.startswith("www.") else host
     port = parts.port
     return host, None if port == {"http": 80, "https": 443}.get(parts.scheme) else port
+
+
+#: Readable names of the summary's failure reasons (scrapers.middlewares.failure_reason).
+FAILURE_WORDS = {"connection_refused": "connection refused", "dns_error": "host name not found",
+                 "timeout": "timed out", "connection_lost": "connection lost", "too_large": "body too large"}
+
+
+def crawl_host(retailer: str, start_url: str | None, retailers: dict[str, Any]) -> str:
+    """``host[:port]`` the crawl starts at: the start URL's, else the retailer's base URL's."""
+    url = start_url or (retailers.get(retailer) or {}).get("base_url") or ""
+    return urlsplit(url).netloc or retailer
+
+
+def check_crawl(summary: dict[str, Any], host: str, max_failed_share: float) -> None:
+    """Raise :class:`CrawlUnreachable` when a finished crawl reached nothing, in one line naming the host and
+    the error: no page was fetched while requests failed (the shop is down, refuses, or its name does not
+    resolve), or more than ``max_failed_share`` of the requests failed for good. A crawl whose requests
+    all succeeded passes, even with no product (a robots.txt refusal, an empty search)."""
+    failed = {str(k): int(v) for k, v in (summary.get("failed_requests") or {}).items()}
+    failed.update({f"HTTP {k}": int(v) for k, v in (summary.get("http_errors") or {}).items()})
+    n_failed = sum(failed.values())
+    pages = int(summary.get("pages") or 0)
+    if n_failed == 0:
+        return
+    share = n_failed / (pages + n_failed)
+    if pages > 0 and share <= max_failed_share:
+        return
+    reasons = ", ".join(f"{FAILURE_WORDS.get(k, k)} x{v}" for k, v in sorted(failed.items(), key=lambda kv: -kv[1]))
+    what = "reached nothing" if pages == 0 else f"failed {share:.0%} of its requests (more than {max_failed_share:.0%})"
+    raise CrawlUnreachable(f"crawl {summary.get('crawl_id')} of {summary.get('retailer')} {what} at {host}: "
+                           f"{reasons}; {pages} page(s) fetched", summary)
 
 
 def check_start_url(retailer: str, start_url: str | None, retailers: dict[str, Any]) -> None:
@@ -243,4 +287,6 @@ def run_crawl(
         raise CrawlError(f"crawl {spider}/{crawl_id} exited with {code}" + log_tail)
     if not written:
         raise CrawlError(f"crawl {spider}/{crawl_id} wrote no {key} in {store.uri}" + log_tail)
+    check_crawl(summary, crawl_host(retailer, start_url, settings.retailers),
+                float(settings.crawl.get("max_failed_share", 0.5)))
     return summary

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
-from scrapers.crawl import CrawlError, CrawlTimeout, run_crawl
+from scrapers.crawl import CrawlError, CrawlTimeout, CrawlUnreachable, check_crawl, run_crawl
 from scrapers.demo_store.server import DemoStoreServer, search_matches
 from scrapers.demo_store.site import build_site, load_catalog
 from scrapers.items import item_id_for
@@ -175,3 +175,29 @@ def test_an_abort_after_a_finished_crawl_keeps_its_outputs(file_store: ObjectSto
     else:  # a crawl that did not finish normally still fails on the abort
         with pytest.raises(CrawlError, match="exited with"):
             run_crawl("catalog", "abort-2", timeout_s=60)
+
+
+def test_a_crawl_of_a_shop_that_is_down_fails_naming_the_host(file_store: ObjectStore, monkeypatch):
+    """Issue 12: every request refused used to end green (errors=38, pages=0) and hand an empty batch on."""
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
+    monkeypatch.setenv("FASHIONNET_SHOP_URL", f"http://127.0.0.1:{port}")
+    get_settings.cache_clear()
+    with pytest.raises(CrawlUnreachable) as down:
+        run_crawl("query", "down-1", timeout_s=60, setting_overrides={"RETRY_TIMES": 0})
+    message = str(down.value)
+    assert "\n" not in message  # one line, not the log tail
+    assert f"127.0.0.1:{port}" in message and "connection refused" in message and "reached nothing" in message
+    assert down.value.summary["pages"] == 0 and down.value.summary["products"] == 0
+
+
+def test_check_crawl_passes_quiet_crawls_and_fails_mostly_failed_ones():
+    ok = {"crawl_id": "c", "retailer": "r", "pages": 10, "failed_requests": {"timeout": 2}}
+    check_crawl(ok, "shop.example", 0.5)  # 2 of 12 failed
+    check_crawl({"pages": 0, "products": 0, "robots_forbidden": 1}, "shop.example", 0.5)  # nothing failed
+    with pytest.raises(CrawlUnreachable, match=r"failed 60% of its requests .* at shop.example: HTTP 503 x6"):
+        check_crawl({**ok, "pages": 4, "failed_requests": {}, "http_errors": {"503": 6}}, "shop.example", 0.5)
+    with pytest.raises(CrawlUnreachable, match="reached nothing at shop.example: host name not found x3"):
+        check_crawl({**ok, "pages": 0, "failed_requests": {"dns_error": 3}}, "shop.example", 0.9)
