@@ -499,6 +499,13 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
     }
 
 
+def shown(value: str | None, text: str) -> bool:
+    """Whether ``value`` appears in the visible ``text`` as a whole token."""
+    if not value:
+        return False
+    return re.search(r"(?<![A-Za-z0-9])" + re.escape(value) + r"(?![A-Za-z0-9])", text) is not None
+
+
 def from_visible_page(tree: HtmlElement, response: TextResponse) -> dict[str, Any] | None:
     """The visible page's product (:mod:`scrapers.visible`, which builds on this module's normalisers)."""
     from scrapers.visible import visible_product
@@ -528,6 +535,8 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     if og is not None and not og.pop("is_product") and set(found) <= {"og", "dom"}:
         del found["og"]
     dom = found.get("dom")
+    if dom is not None:
+        _prefer_shown_sku(found, dom.pop("_text", ""))
     if dom is not None and not dom.pop("is_product") and not set(found) - {"dom"}:
         del found["dom"]  # the visible page alone names a product only when it looks like one
     elif dom is not None and set(found) - {"dom"}:
@@ -536,6 +545,19 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
         dom["price"] = dom["currency"] = None
         dom["_rejected"] = {}
     return found
+
+
+def _prefer_shown_sku(found: dict[str, dict[str, Any]], text: str) -> None:
+    """The page's shown identifier wins over a stated sku that the page never shows.
+
+    Shops' structured data often carry a variant's or an internal id (a size's "84518927-040-35", a
+    catalogue key) while the page prints the product's own number ("Product code: 83810610", "Ref.
+    1002/710"); the printed one is what a shopper, and a shop's search, knows the product by.
+    """
+    dom = found["dom"]
+    stated = next((found[n]["sku"] for n in SOURCES if n != "dom" and n in found and found[n].get("sku")), None)
+    if dom.get("sku") and stated and stated != dom["sku"] and not shown(stated, text):
+        dom["_prefer"] = ("sku",)
 
 
 def merge_sources(found: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -547,7 +569,8 @@ def merge_sources(found: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if field in ("product_url", "image_url", "image_urls", "field_sources"):
             continue
         merged[field] = None
-        for name, src in ordered:
+        preferred = [(n, s) for n, s in ordered if field in s.get("_prefer", ())]
+        for name, src in preferred + ordered:
             if src.get(field) is not None:
                 merged[field], sources[field] = src[field], name
                 break

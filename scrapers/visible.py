@@ -38,12 +38,31 @@ _BUY = re.compile(
     re.I,
 )
 _BUY_ATTR = re.compile(r"add[-_]?to[-_]?(?:cart|bag|basket)|addtocart|buy[-_]?now|buy[-_]?button", re.I)
+# Labels a shop prints before the product's own identifier, in many languages. EAN/GTIN/UPC/ISBN are
+# not among them (those are barcodes, not the shop's product number). The separator may be missing in
+# spec tables ("ID Produto 1236291"), so the value must hold a digit.
+_ID_LABELS = (
+    r"SKU|Art(?:ikel)?\.?\s*-?\s*Nr\.?|Artikel-?nummer|Artikelnr\.?|Bestell-?(?:nummer|nr\.?)|Modell-?(?:nummer|nr\.?)|"
+    r"Item\s*(?:No\.?|number|#|code)|Product\s*(?:code|ID|No\.?|number)|Article\s*(?:No\.?|number|code)|"
+    r"Style\s*(?:No\.?|number|#|code)|Model\s*(?:No\.?|number|#)|Part\s*(?:No\.?|number)|ASIN|"
+    r"Num[ée]ro\s+(?:de\s+l['’]objet(?:\s+eBay)?|d['’]article|de\s+produit)|R[ée]f(?:[ée]rence)?\.?|Ref(?:erence|erencia)?\.?|"
+    r"ID\s+(?:do\s+)?Produto|C[óo]d(?:igo|\.)?(?:\s+(?:do|de)\s+(?:produto|producto|art[íi]culo|artigo))?|"
+    r"Cod(?:ice)?\.?(?:\s+(?:articolo|prodotto|produs))?|Kod(?:\s+produktu)?|K[óo]d\s+produktu|Numer\s+katalogowy|"
+    r"Produkta\s+kods|Prekės\s+kodas|Tootekood|Tuotenumero|Tuotekoodi|Varenr\.?|Varenummer|Artikelnummer|"
+    r"Cikkszám|Katalógové\s+číslo|Ürün\s+kodu|Stok\s+kodu|Mã\s+sản\s+phẩm|Артикул|Код(?:\s+товара)?|"
+    r"品番|商品番号|型番|货号|商品编号|商品編號|상품번호|딜번호|상품코드|מק\"ט"
+)
 _SKU_LABEL = re.compile(
-    r"(?:\bSKU|\bArt(?:ikel)?\.?\s*-?\s*Nr\.?|\bArtikelnummer|\bItem\s*(?:No\.?|number|#|code)|\bProduct\s*(?:code|ID|No\.?)|"
-    r"\bStyle\s*(?:No\.?|number|#|code)|\bModel\s*(?:No\.?|number)|\bASIN|\bRéf(?:érence)?\.?|\bRef(?:erence)?\.?|"
-    r"\bC[óo]digo(?:\s+do\s+produto|\s+de\s+producto)?|\bCod(?:ice)?\.?(?:\s+articolo|\s+prodotto)?|\bKod(?:\s+produktu)?|"
-    r"\bArtikelnr\.?|\bVarenr\.?|\bCikkszám|\bKatalógové číslo|Артикул|Код(?:\s+товара)?|品番|商品番号|型番|货号|商品编号)"
-    r"\s*[:#：]\s*([A-Za-z0-9][A-Za-z0-9\-_./]{2,40})"
+    r"(?<![\w-])(?:" + _ID_LABELS + r")(?:\s*[:#：]\s*|\s+)(?=[^\s:#：]*\d)([A-Za-z0-9][A-Za-z0-9\-_./]{2,40})",
+    re.IGNORECASE,
+)
+_ID_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_./]{2,40}")
+# Elements a shop names for the product's identifier (class, id, itemprop or a data- attribute).
+_ID_ATTR = re.compile(
+    r"(?<![a-z])(?:sku|product[-_]?(?:code|ref|reference|number|no|id)|reference|ref[-_]?(?:code|number)|"
+    r"article[-_]?(?:number|no|code)|item[-_]?(?:number|code|no)|model[-_]?(?:number|no)|style[-_]?(?:number|code|no)|"
+    r"part[-_]?(?:number|no)|mpn)(?![a-z])",
+    re.IGNORECASE,
 )
 _OUT_OF_STOCK = re.compile(
     r"out of stock|sold out|currently unavailable|no longer available|ausverkauft|nicht (?:auf lager|verfügbar|lieferbar)|"
@@ -58,7 +77,6 @@ _IN_STOCK = re.compile(
     r"在庫あり|有货|재고 있음",
     re.I,
 )
-_SKU_ATTR_XPATH = "//*[contains(translate(@class,'SKU','sku'),'sku') or contains(translate(@id,'SKU','sku'),'sku') or @itemprop='sku']"
 _BRAND_XPATH = "//*[contains(translate(@class,'BRAND','brand'),'brand') or @itemprop='brand' or contains(translate(@id,'BRAND','brand'),'brand')]"
 
 
@@ -119,17 +137,54 @@ def _buy_buttons(tree: HtmlElement) -> int:
     return count
 
 
-def _sku(tree: HtmlElement, text: str) -> str | None:
-    match = _SKU_LABEL.search(text)
-    if match:
-        return match.group(1).rstrip("./-")
-    for element in tree.xpath(_SKU_ATTR_XPATH):
-        value = _clean(_text_of(element))
-        if value and _in_page(element):
-            value = re.sub(r"^[^:：]*[:：]\s*", "", value).split()[-1]
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-_./]{2,40}", value):
-                return value
-    return None
+def _identifier(value: str) -> str | None:
+    value = value.rstrip("./-")
+    return value if _ID_VALUE.fullmatch(value) and re.search(r"\d", value) else None
+
+
+def labelled_ids(text: str) -> list[tuple[int, str]]:
+    """(position, value) of every identifier the visible ``text`` shows after an sku label."""
+    out = []
+    for match in _SKU_LABEL.finditer(text):
+        value = _identifier(match.group(1))
+        if value:
+            out.append((match.start(), value))
+    return out
+
+
+def _named_ids(tree: HtmlElement) -> list[str]:
+    """Identifiers in elements named for one (``class="product-code"``, ``data-qa="product-reference"``,
+    ``itemprop="sku"``) whose whole visible text is the identifier, perhaps after a label."""
+    out = []
+    for element in tree.iter():
+        if not isinstance(element.tag, str) or element.tag in _FORM_TAGS:
+            continue
+        names = " ".join(v for k, v in element.attrib.items() if k in ("class", "id", "itemprop") or k.startswith("data-"))
+        if not names or not _ID_ATTR.search(names) or len(names) > 300:
+            continue
+        value = _clean(_text_of(element)) if _in_page(element) else None
+        if not value or len(value) > 60:
+            continue
+        value = re.sub(r"^[^:：#]*[:：#]\s*", "", value)
+        if len(value.split()) == 1 and len(value) >= 4:
+            identifier = _identifier(value)
+            if identifier:
+                out.append(identifier)
+    return out
+
+
+_FORM_TAGS = frozenset({"select", "option", "input", "button", "label", "textarea", "form", "script", "style"})
+
+
+def _sku(tree: HtmlElement, text: str, title_at: int) -> str | None:
+    """The identifier the page shows for its product: the first labelled one from the title on (else the
+    first labelled one), else one in an element named for it."""
+    labelled = labelled_ids(text)
+    after = [value for position, value in labelled if position >= title_at]
+    if after or labelled:
+        return (after or [labelled[0][1]])[0]
+    named = _named_ids(tree)
+    return named[0] if named else None
 
 
 def _brand(tree: HtmlElement) -> str | None:
@@ -166,7 +221,8 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
     after = order.get(heading, 0) if heading is not None else 0
     price, currency, refused = _price(body, order, after)
     text = _text_of(body)
-    sku = _sku(body, text)
+    title_at = text.find(title) if title else -1
+    sku = _sku(body, text, max(title_at, 0))
     buttons = _buy_buttons(body)
     if _OUT_OF_STOCK.search(text) and not buttons:
         availability = "OutOfStock"
@@ -189,4 +245,6 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         "material": None,
         "_rejected": {"price": refused} if refused else {},
         "is_product": looks_like_product,
+        # The visible text, for the merge's "is the stated sku shown on the page?" (not a field).
+        "_text": text,
     }
