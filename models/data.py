@@ -1,13 +1,13 @@
 """Images and labels for one attribute, read from the dataset tables in the store."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from pipeline.images import UndecodableImage
+from pipeline.images import decode_image as shared_decode_image
 from pipeline.storage import ObjectStore
 
 ITEMS_KEY = "dataset/items.parquet"
@@ -15,29 +15,15 @@ SPLIT_KEY = "dataset/split.parquet"
 SPLITS = ("train", "validation", "test")
 
 
-class UndecodableImage(ValueError):
-    """Bytes that PIL cannot read as an image."""
-
-
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
+def decode_image(data: bytes, image_size: int, *, fit: str = "squash") -> np.ndarray:
     """Image bytes (JPEG, PNG, ...) -> RGB uint8 array of shape (image_size, image_size, 3).
 
-    Transparent pixels are composited over white, the background of product photos; the image is
-    resized to a square (the networks are trained on whole product images, not crops).
+    Decoded by the shared decoder (:func:`pipeline.images.decode_image`: pixel limit, EXIF orientation,
+    16-bit scaling, transparency on white, JPEG draft mode); ``fit`` is ``"squash"`` (the whole image
+    resized to the square) or ``"crop"`` (aspect kept, centre square). Raises :class:`UndecodableImage`
+    with a ``reason``.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                image = Image.new("RGB", rgba.size, (255, 255, 255))
-                image.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                image = image.convert("RGB")
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UndecodableImage(f"cannot decode image: {exc}") from exc
+    return shared_decode_image(data, image_size, fit=fit)
 
 
 @dataclass
