@@ -30,18 +30,41 @@ def whole(pattern: str) -> str:
 
 RETAILER_PATTERN = whole(r"[a-z0-9][a-z0-9_-]{0,63}")
 
+# How Params are declared so that Airflow's trigger form renders them right (checked in a real browser:
+# tests/dags/test_trigger_form_browser.py):
+# - optional: the type includes "null" (the form marks a field required unless it does), lists too;
+# - bounds inside ``allOf``: the form's number input clamps to a top-level minimum/maximum (0 silently
+#   becomes 1), while the same bounds one level down are enforced by the run's validation, which refuses
+#   the value and says why;
+# - an enum's null has a label (``values_display``), or the form shows the word "null".
+OPTIONAL_LIST = ["null", "array"]
+
+
+def bounds(minimum: float | None = None, maximum: float | None = None) -> dict[str, Any]:
+    """Schema keywords for a number's range, refused (not clamped) by the trigger form: see above."""
+    rule = {k: v for k, v in (("minimum", minimum), ("maximum", maximum)) if v is not None}
+    return {"allOf": [rule]}
+
+
+def listed(params: Mapping[str, Any], name: str) -> Any:
+    """An optional list Param's value: an empty list when the form sent null (any other value as it is, for
+    the task's own checks to refuse)."""
+    value = params.get(name)
+    return [] if value is None else value
+
 
 def crawl_params() -> dict[str, Param]:
     """Which retailers a crawl visits, validated before any work starts. Empty: every configured retailer
     (one mapped crawl task each). The first task also refuses, before any request, names that are not
     configured and a ``start_url`` off the retailer's site (scrapers.retailers.crawl_targets)."""
     return {
-        "retailers": Param([], type="array", items={"type": "string", "pattern": RETAILER_PATTERN},
-                           description="Crawl only these configured retailers (empty: all of them)"),
-        "retailer": Param(None, type=["null", "string"], pattern=RETAILER_PATTERN,
+        "retailers": Param([], type=OPTIONAL_LIST, items={"type": "string", "pattern": RETAILER_PATTERN},
+                           title="Retailers",
+                           description="Crawl only these configured retailers, one per line (empty: all of them)"),
+        "retailer": Param(None, type=["null", "string"], pattern=RETAILER_PATTERN, title="Retailer",
                           description="One retailer: configured in config/settings.yaml, or any shop's name "
-                                      "together with a start_url"),
-        "start_url": Param(None, type=["null", "string"], pattern=whole(r"https?://[^\s]+"),
+                                      "together with a start_url (empty: see Retailers)"),
+        "start_url": Param(None, type=["null", "string"], pattern=whole(r"https?://[^\s]+"), title="Start URL",
                            description="Start the crawl at this page (optional): on the retailer's site, or any "
                                        "shop for a retailer name not in the settings"),
     }

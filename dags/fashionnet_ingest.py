@@ -3,12 +3,19 @@ review queue -> approval -> dataset.
 
 The crawl, curation, queueing and review predictions are mapped, one task per retailer with a
 ``search_url`` in ``config/settings.yaml`` (or those named by the ``retailers`` Param, or one
-``retailer``/``start_url``), each batch keyed ``ingest-<YYYYMMDD>-<retailer>``. The review policy
+``retailer``/``start_url``), each batch keyed ``ingest-<YYYYMMDD>-<HHMMSS>-<retailer>`` (the run's time: every
+run is a batch of its own, so a second run on one day never inherits the first one's decisions). The review policy
 (``curation.review_policy``, or the ``review_policy`` Param) picks the gate for the night's batches:
 ``auto_accept`` accepts every undecided item and approves each batch itself (the demo); ``manual``
 leaves the items to reviewers (the review page) and waits in ``approve_batch``, an Airflow
 Human-in-the-loop approval (Browse -> Required Actions), before the batches may enter the dataset that
-`fashionnet_train` consumes. Rejecting there, or no answer within the timeout, keeps them out.
+`fashionnet_train` consumes. Approve is the request's primary button; Reject, or no answer within the
+timeout, keeps them out and is recorded (``record_rejection``: ``review/rejections/<batch>.json``). The
+request's text links each batch on the review page and says when its counts were taken.
+
+A crawl that reached nothing (the shop down: every request refused) fails its task with one line naming
+the host and the error; nothing downstream runs on that retailer's batch, and no dataset is published
+when no retailer's batch was queued.
 
 One retailer's failure: its mapped tasks are red; the gate runs (``all_done_min_one_success``) over
 the batches that were queued, so the others' items still reach review and the dataset, and the last
@@ -30,7 +37,12 @@ APPROVAL_TIMEOUT_HOURS = 72
 PARAMS = {
     **crawl_params(),
     "review_policy": Param(None, type=["null", "string"], enum=[None, "auto_accept", "manual"],
-                           description="Override the configured review policy"),
+                           title="Review policy",
+                           values_display={"null": "as configured (curation.review_policy)",
+                                           "auto_accept": "auto_accept: accept every valid item, approve the batch",
+                                           "manual": "manual: reviewers decide, a person approves"},
+                           description="Which gate the run's batches pass. Empty: the configured policy "
+                                       "(auto_accept on the embedded default)"),
 }
 
 
@@ -39,13 +51,14 @@ def fashionnet_ingest():
     @task
     def retailers_to_crawl(params: dict, dag_run=None) -> list[dict]:
         """One crawl per retailer with a search page; names and URLs are checked here, before any request."""
-        from scrapers.retailers import crawl_targets, ingest_crawl, retailer_batch_id, searchable_retailers
+        from pipeline.approval import ingest_batch_id
+        from scrapers.retailers import crawl_targets, ingest_crawl, searchable_retailers
 
         reject_unknown_params(params, PARAMS)
         targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], searchable_retailers())
         for target in targets:
             ingest_crawl(target["retailer"], target["start_url"])  # refuses a shop without a search page
-        return [{**t, "crawl_id": retailer_batch_id("ingest", dag_run.run_after, t["retailer"])} for t in targets]
+        return [{**t, "crawl_id": ingest_batch_id(dag_run.run_after, t["retailer"])} for t in targets]
 
     @task(map_index_template=RETAILER_LABEL)
     def crawl(target: dict) -> str:
@@ -119,25 +132,31 @@ def fashionnet_ingest():
 
     @task
     def approval_request(batches: list[str]) -> str:
-        """The text the approver reads: each batch's counts and a link to the review page."""
-        from pipeline.approval import approval_body, batch_review_summary
+        """The text the approver reads: each batch's counts (and when they were taken) and a link that opens it
+        on the review page. Any earlier approval of these batches is withdrawn: they wait for this answer."""
+        from pipeline.approval import approval_body, batch_review_summary, withdraw_approval
         from pipeline.settings import get_settings
         from pipeline.storage import open_store
 
         store, page = open_store(), get_settings().review.get("page_url")
+        for batch in batches:
+            withdraw_approval(store, batch)
         return "\n\n".join(approval_body(batch_review_summary(store, batch), page) for batch in batches)
 
     @task
     def record_human_approval(batches: list[str], ti=None) -> list[dict]:
-        """Runs only after "Approve" (a rejection or the auto_accept branch skips it); approves every batch shown."""
-        from pipeline.approval import batch_review_summary, record_approval
+        """Runs after "Approve" (a rejection or the auto_accept branch skips it); approves every batch shown,
+        with the counts of this moment. The timeout also takes "Approve" (the default option, so that it is the
+        primary button) but with nobody responding: that fails here, and the batches stay out."""
+        from pipeline.approval import batch_review_summary, hitl_outcome, record_approval
         from pipeline.storage import open_store
 
-        response = ti.xcom_pull(task_ids="approve_batch") or {}
-        user = response.get("responded_by_user") or {}
-        approver = str(user.get("name") or user.get("id") or "airflow-user")
+        outcome, approver = hitl_outcome(ti.xcom_pull(task_ids="approve_batch"))
+        if outcome != "approved":
+            raise RuntimeError(f"batches {batches} not approved ({outcome}): they stay out of the dataset")
         store = open_store()
-        return [record_approval(store, batch, approver, "human", batch_review_summary(store, batch)) for batch in batches]
+        return [record_approval(store, batch, approver or "airflow-user (task marked successful)", "human",
+                                batch_review_summary(store, batch)) for batch in batches]
 
     @task(outlets=[DATASET], trigger_rule="none_failed_min_one_success")
     def build_dataset() -> dict:
@@ -150,6 +169,24 @@ def fashionnet_ingest():
         with stage("ingest.dataset") as report:
             report.summary = rebuild(store, batches=approved_batches(store))
         return plain(report.summary)
+
+    @task(trigger_rule="all_done")
+    def record_rejection(ti=None) -> list[dict]:
+        """After a person's "Reject" (or no answer within the timeout): the batches are recorded as rejected
+        and leave the duplicate index. Nothing to do after an approval or on the auto_accept branch."""
+        from pipeline.approval import batch_review_summary, hitl_outcome, record_rejection as reject
+        from pipeline.storage import open_store
+
+        response = ti.xcom_pull(task_ids="approve_batch")
+        if not response:  # not asked (auto_accept, or no batch queued), or the task was marked successful by hand
+            return []
+        batches = ti.xcom_pull(task_ids="queued_batches") or []
+        outcome, who = hitl_outcome(response)
+        if outcome == "approved":
+            return []
+        store = open_store()
+        reason = "no answer within the approval timeout" if outcome == "timeout" else "rejected at the approval"
+        return [reject(store, batch, who, reason, batch_review_summary(store, batch)) for batch in batches]
 
     @task(trigger_rule="all_done")
     def check_retailers(targets: list[dict], batches: list[str]) -> None:
@@ -172,13 +209,15 @@ def fashionnet_ingest():
         task_id="approve_batch",
         subject="FashionNet: approve the ingest batches of {{ ds }}",
         body="{{ ti.xcom_pull(task_ids='approval_request') }}",
-        defaults=ApprovalOperator.REJECT,  # taken when nobody answers within the response timeout
+        # The default option is the form's highlighted (primary) button, and is also what the timeout takes:
+        # record_human_approval refuses an "Approve" nobody gave, and record_rejection records it.
+        defaults=ApprovalOperator.APPROVE,
         response_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
     )
     dataset = build_dataset()
     gate >> approval_request(batches) >> approve >> record_human_approval(batches) >> dataset
     gate >> dataset
-    dataset >> check_retailers(targets, batches)
+    dataset >> record_rejection() >> check_retailers(targets, batches)
 
 
 fashionnet_ingest_dag = fashionnet_ingest()

@@ -7,7 +7,8 @@ publishes models (Asset ``fashionnet_models``). The nightly run crawls every ret
 ``crawl_catalog`` and ``curate`` are mapped, one task per retailer (labelled with its name in the UI),
 each crawl keyed ``catalog-<YYYYMMDD>-<retailer>``. It adds the catalog's new items and updates changed
 ones; every run re-scores the rows whose model versions are not the published ones. A models-triggered
-run crawls nothing: it only re-scores. Only those items are inferred, in ``infer_shard`` tasks mapped
+run crawls nothing: it only re-scores, unless the repository is still empty (the first training's models:
+then it crawls every configured retailer, so the first chain ends with items to recommend). Only those items are inferred, in ``infer_shard`` tasks mapped
 over shards of ``repository.shard_size`` items (at most ``repository.max_shards``); ``commit`` then
 replaces the changed files atomically, as commit ``catalog-<YYYYMMDD>`` (``rescore-...`` without a crawl).
 
@@ -31,6 +32,14 @@ def _models_triggered(dag_run) -> bool:
     return str(getattr(dag_run, "run_type", "")).lower().endswith("asset_triggered")
 
 
+def _repository_empty() -> bool:
+    """No fashion vector stored yet (the repository's Parquet files: pipeline.repository)."""
+    from pipeline.repository import PREFIX
+    from pipeline.storage import open_store
+
+    return not any(key.endswith(".parquet") for key in open_store().list(PREFIX + "/"))
+
+
 @dag(dag_id="fashionnet_repository_refresh", schedule=SCHEDULE, catchup=False, max_active_runs=1,
      params=crawl_params(), tags=["fashionnet"], doc_md=__doc__)
 def fashionnet_repository_refresh():
@@ -41,8 +50,12 @@ def fashionnet_repository_refresh():
 
         reject_unknown_params(params, crawl_params())
         if _models_triggered(dag_run):
-            print("[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only", flush=True)
-            return []
+            if not _repository_empty():
+                print("[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only",
+                      flush=True)
+                return []
+            print("[fashionnet] refresh.crawl: run triggered by new models and the repository is empty: crawling "
+                  "every configured retailer to fill it", flush=True)
         targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], catalog_retailers())
         return [{**t, "crawl_id": retailer_batch_id("catalog", dag_run.run_after, t["retailer"])} for t in targets]
 

@@ -3,7 +3,9 @@
 Runs whenever the labelled dataset changes. One attribute failing never loses the others: each
 trained model is promoted by itself and the run is marked failed afterwards. A new version becomes
 current only when it is not worse than the current one on the same test split (models.registry.promote),
-unless the ``force_promotion`` Param says otherwise.
+unless the ``force_promotion`` Param says otherwise. ``publish`` logs every decision (attribute, candidate,
+current, the reason, with both test accuracies when compared) and updates the ``fashionnet_models`` Asset, which starts the
+repository refresh (a first training's refresh, with an empty repository, crawls the catalog).
 """
 from __future__ import annotations
 
@@ -12,12 +14,22 @@ from airflow.sdk import Param, dag, task
 from fashionnet_common import DATASET, MODELS, TENSORFLOW_QUEUE, reject_unknown_params
 
 PARAMS = {
-    "force_promotion": Param(False, type="boolean",
+    "force_promotion": Param(False, type="boolean", title="Force promotion",
                              description="Make the new versions current even if they test worse than the current ones"),
 }
 
 
-@dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, params=PARAMS, tags=["fashionnet"])
+def promotion_line(decision: dict) -> str:
+    """One log line per promotion decision of models.registry.promote (its reason carries the test accuracies
+    when the two versions were compared)."""
+    verdict = "promoted" if decision.get("promoted") else f"not promoted, {decision.get('current')} stays current"
+    return (f"[fashionnet] train.publish: {decision.get('attribute')} {decision.get('candidate')}: {verdict} "
+            f"(current was {decision.get('current')}; {decision.get('reason')}"
+            f"{'; forced' if decision.get('forced') else ''})")
+
+
+@dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, params=PARAMS, tags=["fashionnet"],
+     doc_md=__doc__)
 def fashionnet_train():
     @task
     def split(params: dict) -> list[str]:
@@ -60,8 +72,12 @@ def fashionnet_train():
         # Index by length: mapped tasks that failed pushed nothing, and iterating past the end logs errors.
         trained = [trained[i] for i in range(len(trained))]
         with stage("train.publish") as report:
-            decisions = [promote(store, t["attribute"], t["version"], force=params["force_promotion"],
-                                 tolerance=tolerance) for t in trained]
+            decisions = []
+            for t in trained:
+                decision = promote(store, t["attribute"], t["version"], force=params["force_promotion"],
+                                   tolerance=tolerance)
+                print(promotion_line(decision), flush=True)
+                decisions.append(decision)
             report.summary = {d["attribute"]: f"{d['candidate']}: {'promoted' if d['promoted'] else 'kept ' + str(d['current'])}"
                                                 f" ({d['reason']})" for d in decisions}
         missing = sorted(set(settings.taxonomy.names) - {t["attribute"] for t in trained})

@@ -8,19 +8,42 @@ uses it: a person approves the cleaned batch as a whole (an Airflow Human-in-the
 ``review/approvals/<batch_id>.json`` records the approval. A batch without one (still waiting, or
 rejected at the gate) contributes nothing to the dataset, whatever its item decisions say. A rerun of
 the gate rewrites the batch's record; the item decisions keep their full history in the audit log.
+
+Every ingest run has a batch of its own (:func:`ingest_batch_id`: the run's time to the second), so a
+second run on one day never inherits the first one's decisions or approval. A batch sent to a person has
+any earlier approval withdrawn first (:func:`withdraw_approval`: a cleared and re-asked gate starts from
+nothing), and a rejection (or no answer before the timeout) is recorded in
+``review/rejections/<batch_id>.json`` (:func:`record_rejection`), which also takes the batch's items out of
+the cross-run duplicate index, so a later crawl of the same images is not dropped as a copy of a batch
+that never entered the dataset.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from pipeline.storage import ObjectStore
 
 APPROVALS_PREFIX = "review/approvals"
+REJECTIONS_PREFIX = "review/rejections"
+INGEST_KIND = "ingest"
 
 
 def approval_key(batch_id: str) -> str:
     return f"{APPROVALS_PREFIX}/{batch_id}.json"
+
+
+def rejection_key(batch_id: str) -> str:
+    return f"{REJECTIONS_PREFIX}/{batch_id}.json"
+
+
+def ingest_batch_id(run_after: datetime, retailer: str) -> str:
+    """``ingest-<YYYYMMDD>-<HHMMSS>-<retailer>``: one batch per ingest run and retailer (the run's time, UTC,
+    to the second), so a second run on the same day is a batch of its own. It keeps the ``<kind>-<YYYYMMDD>``
+    head that :func:`pipeline.curate.batch_kind` reads (cross-run deduplication of the ``ingest`` kind)."""
+    when = run_after.astimezone(timezone.utc) if run_after.tzinfo else run_after
+    return f"{INGEST_KIND}-{when:%Y%m%d}-{when:%H%M%S}-{retailer}"
 
 
 def record_approval(store: ObjectStore, batch_id: str, approved_by: str, how: str,
@@ -37,6 +60,51 @@ def record_approval(store: ObjectStore, batch_id: str, approved_by: str, how: st
               "approved_at": datetime.now(timezone.utc).isoformat(), "summary": summary or {}}
     store.write_json(approval_key(batch_id), record)
     return record
+
+
+def withdraw_approval(store: ObjectStore, batch_id: str) -> bool:
+    """Remove ``batch_id``'s approval (it is about to be asked again); True when there was one."""
+    key = approval_key(batch_id)
+    if not store.exists(key):
+        return False
+    store.delete(key)
+    return True
+
+
+def record_rejection(store: ObjectStore, batch_id: str, rejected_by: str | None, reason: str,
+                     summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keep ``batch_id`` out of the dataset for good: its approval (if any) is withdrawn, the rejection is
+    recorded (who, why, when, the counts), and its items leave the cross-run duplicate index
+    (``curation/hash_index/<kind>/<batch_id>.parquet``), so they do not make later copies "duplicates"."""
+    from pipeline.curate import batch_kind, hash_index_key
+
+    withdraw_approval(store, batch_id)
+    kind = batch_kind(batch_id)
+    index = hash_index_key(kind, batch_id) if kind else None
+    dropped_index = bool(index and store.exists(index))
+    if dropped_index:
+        store.delete(index)
+    record = {"batch_id": batch_id, "rejected_by": rejected_by, "reason": reason,
+              "rejected_at": datetime.now(timezone.utc).isoformat(), "summary": summary or {},
+              "removed_from_duplicate_index": dropped_index}
+    store.write_json(rejection_key(batch_id), record)
+    return record
+
+
+def hitl_outcome(response: dict[str, Any] | None) -> tuple[str, str | None]:
+    """What the ``approve_batch`` task's result means: ``("approved" | "rejected" | "timeout", user)``.
+
+    The timeout takes the operator's default option (Approve, so that it is the primary button) with no
+    responder: that is no approval. A task marked successful by hand (no result) is an approval by whoever
+    marked it, whom Airflow does not tell the task: ``("approved", None)``."""
+    if not response:
+        return "approved", None
+    user = response.get("responded_by_user") or {}
+    who = str(user.get("name") or user.get("id") or "") or None
+    if who is None:
+        return "timeout", None
+    chosen = list(response.get("chosen_options") or [])
+    return ("approved" if chosen == ["Approve"] else "rejected"), who
 
 
 def approval(store: ObjectStore, batch_id: str) -> dict[str, Any] | None:
@@ -70,10 +138,24 @@ def batch_review_summary(store: ObjectStore, batch_id: str) -> dict[str, Any]:
     }
 
 
-def approval_body(summary: dict[str, Any], review_url: str | None) -> str:
-    """The Markdown an approver reads in Airflow's Required Actions before deciding."""
+def review_link(review_url: str, batch_id: str) -> str:
+    """The review page opened on ``batch_id`` (``review.page_url`` is the page itself, e.g.
+    ``http://127.0.0.1:8080/fashionnet-review/``)."""
+    return f"{review_url.rstrip('/')}/?batch={quote(batch_id, safe='')}"
+
+
+def approval_body(summary: dict[str, Any], review_url: str | None, taken_at: datetime | None = None) -> str:
+    """The Markdown an approver reads in Airflow's Required Actions before deciding.
+
+    The text is written once, when the approval is requested; it says so (``taken_at``), links to the review
+    page where the counts are live, and the approval itself records the counts of the moment it is given."""
+    taken = (taken_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
     lines = [
         f"Batch **{summary['batch_id']}** is curated and queued for review.",
+        "",
+        f"Counts as of {taken:%Y-%m-%d %H:%M:%S} UTC, when this approval was requested; reviewers may have "
+        "decided more items since (the review page shows the current state, and your approval records the "
+        "counts at the moment you give it).",
         "",
         "| | items |",
         "|---|---|",
@@ -85,8 +167,9 @@ def approval_body(summary: dict[str, Any], review_url: str | None) -> str:
         f"| dropped as duplicates | {summary['duplicates']} |",
         "",
         "Approve to add the accepted items to the training dataset; pending items stay out until a "
-        "reviewer decides them. Reject to keep the whole batch out.",
+        "reviewer decides them. Reject to keep the whole batch out. No answer within the timeout keeps it out.",
     ]
     if review_url:
-        lines += ["", f"Review the items first: {review_url.rstrip('/')}/?batch={summary['batch_id']}"]
+        link = review_link(review_url, summary["batch_id"])
+        lines += ["", f"Review the items first: [{link}]({link})"]
     return "\n".join(lines)

@@ -67,7 +67,8 @@ def test_ingest_wiring(dagbag):
         ("queued_batches", "approval_request"), ("queued_batches", "record_human_approval"),
         ("review_gate", "approval_request"), ("review_gate", "build_dataset"),
         ("approval_request", "approve_batch"), ("approve_batch", "record_human_approval"),
-        ("record_human_approval", "build_dataset"), ("build_dataset", "check_retailers"),
+        ("record_human_approval", "build_dataset"), ("build_dataset", "record_rejection"),
+        ("record_rejection", "check_retailers"),
         ("retailers_to_crawl", "check_retailers"), ("queued_batches", "check_retailers")}
 
 
@@ -88,7 +89,10 @@ def test_ingest_gates_the_dataset_on_a_human_approval(dagbag):
     dag = dagbag.dags["fashionnet_ingest"]
     approve = dag.get_task("approve_batch")
     assert isinstance(approve, ApprovalOperator)
-    assert approve.defaults == [ApprovalOperator.REJECT] and approve.response_timeout.total_seconds() > 0
+    # Approve is the default: the form's primary button. The timeout takes it too, with nobody responding:
+    # record_human_approval refuses that, record_rejection records it (pipeline.approval.hitl_outcome).
+    assert approve.defaults == [ApprovalOperator.APPROVE] and approve.response_timeout.total_seconds() > 0
+    assert dag.get_task("record_rejection").trigger_rule == "all_done"
     assert dag.get_task("build_dataset").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("record_human_approval").trigger_rule == "all_success"
 
@@ -193,7 +197,7 @@ def test_recommend_params_reject_bad_input_before_any_work(dagbag, conf, message
     ({"start_url": "file:///etc/passwd"}, "does not match"),
     ({"retailer": "../other"}, "does not match"),
     ({"retailers": ["demo-store", "../other"]}, "does not match"),
-    ({"retailers": "demo-store"}, "is not of type 'array'"),
+    ({"retailers": "demo-store"}, "is not of type 'null', 'array'"),
 ])
 def test_crawl_params_reject_urls_and_names_that_are_not_shops(dagbag, dag_id, conf, message):
     from airflow.sdk.definitions.param import ParamsDict

@@ -108,7 +108,7 @@ BAD_CONFS = [  # dag, conf, what the message must say
     ("fashionnet_recommend", {"image_keys": ["http://evil.example/users/ann/a.jpg"]},
      "'http://evil.example/users/ann/a.jpg' does not match"),
     ("fashionnet_recommend", {"image_keys": ["file:///etc/passwd"]}, "'file:///etc/passwd' does not match"),
-    ("fashionnet_recommend", {"image_keys": "users/ann/a.jpg"}, "image_keys: 'users/ann/a.jpg' is not of type 'array'"),
+    ("fashionnet_recommend", {"image_keys": "users/ann/a.jpg"}, "image_keys: 'users/ann/a.jpg' is not of type 'null', 'array'"),
     ("fashionnet_recommend", {"image_keys": ["users/ann/a.jpg"] * 51}, "is too long"),
     ("fashionnet_recommend", {"score": "cosine"}, "score: 'cosine' is not one of"),
     ("fashionnet_recommend", {"mmr_lambda": 1.5}, "mmr_lambda: 1.5 is greater than the maximum of 1"),
@@ -312,11 +312,14 @@ def test_the_crawl_fans_out_over_every_configured_retailer_or_the_named_ones(dag
     run = types.SimpleNamespace(run_after=datetime(2026, 11, 1, 2, tzinfo=timezone.utc), run_type="scheduled")
     kind = "ingest" if dag_id == "fashionnet_ingest" else "catalog"
     every = ["demo-store", "zed"] if kind == "ingest" else ["acme", "demo-store", "zed"]  # ingest: a search_url
+    # An ingest batch per run (its time to the second: two runs on one day are two batches); a catalog crawl
+    # per night.
+    stamp = "ingest-20261101-020000" if kind == "ingest" else "catalog-20261101"
     assert choose(params=task_params(dag, {}, schema=True), dag_run=run) == [
-        {"retailer": name, "start_url": None, "crawl_id": f"{kind}-20261101-{name}"} for name in every]
+        {"retailer": name, "start_url": None, "crawl_id": f"{stamp}-{name}"} for name in every]
     assert [t["retailer"] for t in choose(params=task_params(dag, {"retailers": ["zed"]}, schema=True), dag_run=run)] == ["zed"]
     one = choose(params=task_params(dag, {"start_url": "https://zed.example/list"}, schema=True), dag_run=run)
-    assert one == [{"retailer": "zed", "start_url": "https://zed.example/list", "crawl_id": f"{kind}-20261101-zed"}]
+    assert one == [{"retailer": "zed", "start_url": "https://zed.example/list", "crawl_id": f"{stamp}-zed"}]
     any_shop = {"retailer": "new-shop", "start_url": "https://new.example/"}
     if kind == "ingest":  # the query crawl needs a configured search page
         with pytest.raises(ValueError, match="retailer 'new-shop' is not in the settings: the ingest crawl searches"):
@@ -325,4 +328,9 @@ def test_the_crawl_fans_out_over_every_configured_retailer_or_the_named_ones(dag
         assert [t["retailer"] for t in choose(params=task_params(dag, any_shop, schema=True), dag_run=run)] == ["new-shop"]
     if kind == "catalog":
         models = types.SimpleNamespace(run_after=run.run_after, run_type="asset_triggered")
+        # New models and an empty repository (the first training): crawl, so the chain ends with items.
+        assert [t["retailer"] for t in choose(params=task_params(dag, {}, schema=True), dag_run=models)] == every
+        # New models and a repository with vectors: re-score only.
+        file_store.put_bytes("repository/fashion_vectors/crawl_date=2026-10-31/retailer=acme/part-00000-of-00001.parquet",
+                             b"PAR1")
         assert choose(params=task_params(dag, {}, schema=True), dag_run=models) == []
