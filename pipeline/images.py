@@ -59,8 +59,11 @@ class UndecodableImage(ValueError):
         self.reason = reason
         self.detail = detail
         self.key = key
-        where = f"image {key!r}: " if key is not None else ""
-        super().__init__(f"{where}{reason}" + (f": {detail}" if detail else ""))
+        message = f"{reason}: {detail}" if detail else reason
+        if key is not None:
+            verdict = "is rejected as blank" if reason == BLANK else "cannot be decoded"
+            message = f"image {key!r} {verdict} ({message})"
+        super().__init__(message)
 
     def for_key(self, key: str) -> "UndecodableImage":
         """The same error naming ``key`` (raise it ``from`` this one)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
 from pipeline import scoring
 from pipeline.dedup import colour_thumbnail, mirror_thumbnail, thumbnail_distance
 from pipeline.hashing import content_sha256, image_hashes
+from pipeline.images import UndecodableImage, check_not_blank, open_image, rules_from_settings
 from pipeline.report import render_recommendations_html
 from pipeline.settings import get_settings
 from pipeline.storage import StoreKeyError, normalize_key
@@ -325,13 +324,18 @@ def profile_schema(attributes: Sequence[str], source: bool = False) -> pa.Schema
 
 
 def _image_phashes(key: str, data: bytes) -> tuple[int, int]:
-    """(pHash, pHash of the mirror image): the own-image check also knows a mirrored upload."""
+    """(pHash, pHash of the mirror image): the own-image check also knows a mirrored upload.
+
+    The photo is decoded and checked by curation's rules (:mod:`pipeline.images`: pixel limit, EXIF
+    orientation, not blank), so a rotated phone photo hashes like the upright shop image; a photo those
+    rules refuse raises :class:`UndecodableImage` naming ``key`` and the reason."""
+    rules = rules_from_settings()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            hashes = image_hashes(image)
-    except Exception as exc:  # PIL raises many types for a bad file; all mean the same here
-        raise ValueError(f"image {key!r} cannot be decoded as an image: {exc}") from exc
+        image = open_image(data, max_pixels=rules.max_pixels)
+        check_not_blank(image, rules.blank_std)
+    except UndecodableImage as exc:
+        raise exc.for_key(key) from exc
+    hashes = image_hashes(image)
     return hashes.phash, hashes.phash_mirror
 
 
@@ -429,12 +433,12 @@ def own_image_mask(
 def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
     """Curation's colour-thumbnail rule (:func:`pipeline.dedup.thumbnail_distance`, tolerant of a
     brightness change) as a :data:`NearCopyCheck`, against the profile image or its mirror image;
-    images load once, on demand."""
+    images load once, on demand, decoded as curation decodes them (:func:`pipeline.images.open_image`)."""
+    max_pixels = rules_from_settings().max_pixels
 
     @lru_cache(maxsize=None)
     def thumbnail(key: str) -> np.ndarray:
-        with Image.open(io.BytesIO(store.get_bytes(key))) as image:
-            return colour_thumbnail(image)
+        return colour_thumbnail(open_image(store.get_bytes(key), max_pixels=max_pixels))
 
     profile_keys = profile["image_key"].to_pylist()
     item_keys = repository["image_key"]

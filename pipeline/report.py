@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from PIL import Image
+from pipeline.images import open_image, rules_from_settings
 
 THUMBNAIL_PX = 160
 _JPEG_QUALITY = 80
@@ -41,10 +41,9 @@ ul.attrs li.match{background:#fde9a8;font-weight:600}
 
 
 def thumbnail_data_uri(data: bytes, size: int = THUMBNAIL_PX) -> str:
-    """A ``data:image/jpeg;base64,...`` URI of ``data`` shrunk to fit ``size`` px; raises if unreadable."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster
-        rgb = image.convert("RGB")
+    """A ``data:image/jpeg;base64,...`` URI of ``data`` shrunk to fit ``size`` px, decoded by the shared
+    decoder (upright, pixel limit, JPEG draft at twice the size); raises ``UndecodableImage``."""
+    rgb = open_image(data, max_pixels=rules_from_settings().max_pixels, target_size=size * 2)
     rgb.thumbnail((size, size))
     buffer = io.BytesIO()
     rgb.save(buffer, "JPEG", quality=_JPEG_QUALITY)
