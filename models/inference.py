@@ -183,8 +183,8 @@ class FashionVectorizer:
         for position, data in enumerate(images):
             try:
                 decoded.append(self.decode(data))
-            except UndecodableImage as exc:
-                raise UndecodableImage(f"image {position}: {exc}") from exc
+            except UndecodableImage as exc:  # the same error (reason, detail), naming the position
+                raise exc.for_key(f"#{position}") from exc
         return self.predict(decoded)
 
     # -- the repository ---------------------------------------------------------------------------
