@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import jstyleson
 from price_parser import Price
+from price_parser import _currencies as _price_currencies
 from extruct.opengraph import OpenGraphExtractor
 from extruct.utils import parse_html
 from extruct.w3cmicrodata import MicrodataExtractor
@@ -64,6 +65,45 @@ CURRENCY_SYMBOLS = {
     "₽": "RUB", "₺": "TRY", "₩": "KRW", "₪": "ILS", "₴": "UAH", "zł": "PLN", "kč": "CZK", "ft": "HUF",
     "lei": "RON", "лв": "BGN", "лв.": "BGN", "ر.س": "SAR", "د.إ": "AED", "chf": "CHF", "fr.": "CHF",
 }
+# Symbols beyond the table above, from price-parser's currency list: those naming one current currency
+# (ASCII ones of two letters or more: a lone "R" or "L" in a text is no currency).
+_REPLACED_BY_EURO = frozenset(getattr(_price_currencies, "REPLACED_BY_EURO", ()) or ())
+
+
+# Two-letter symbols that are no common word or unit ("km", "le", "da" are): Kuna, Forint, Rupiah, ...
+_TWO_LETTER_SYMBOLS = frozenset({"kn", "ft", "rp", "rm", "tl", "kd", "qr", "bd", "jd"})
+
+
+def _symbol_table() -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+    codes: dict[str, set[str]] = {}
+    for code, info in _price_currencies.CURRENCIES.items():
+        if code in _REPLACED_BY_EURO:
+            continue
+        for symbol in (info.get("s"), info.get("sn"), *(info.get("sn2") or ())):
+            symbol = symbol.strip().lower().rstrip("\u200f") if isinstance(symbol, str) else ""
+            if symbol and (not symbol.isascii() or len(symbol) >= 3 or symbol in _TWO_LETTER_SYMBOLS
+                           or (len(symbol) == 2 and not symbol.isalpha())):
+                codes.setdefault(symbol, set()).add(code)
+    unique = {s: next(iter(c)) for s, c in codes.items() if len(c) == 1 and not _ISO_LIKE.match(s)}
+    return unique, {s: frozenset(c) for s, c in codes.items() if len(c) > 1}
+
+
+_ISO_LIKE = re.compile(r"^[a-z]{3}$")
+
+
+def _dollar_codes() -> frozenset[str]:
+    return frozenset(c for c, info in _price_currencies.CURRENCIES.items() if info.get("s") == "$" or info.get("sn") == "$")
+_EXTRA_SYMBOLS, _SHARED_SYMBOLS = _symbol_table()
+CURRENCY_SYMBOLS = {**_EXTRA_SYMBOLS, "тг": "KZT", "тг.": "KZT", "₸": "KZT", "kn": "HRK", "грн": "UAH", "грн.": "UAH",
+                    "руб": "RUB", "руб.": "RUB", "р.": "RUB", "원": "KRW", "₩": "KRW", "₫": "VND", "đ": "VND", "元": "CNY",
+                    "円": "JPY", "din": "RSD", "дин.": "RSD", "ден": "MKD", "₾": "GEL", "₼": "AZN", "֏": "AMD",
+                    **CURRENCY_SYMBOLS}
+#: Symbols several currencies use ("$", "kr", "¥"): the page's country decides (scrapers/visible.py).
+AMBIGUOUS_SYMBOLS = {s: c for s, c in _SHARED_SYMBOLS.items() if s not in CURRENCY_SYMBOLS}
+AMBIGUOUS_SYMBOLS.update({"$": _dollar_codes(), "¥": frozenset({"JPY", "CNY"}), "kr": frozenset({"SEK", "NOK", "DKK", "ISK"}),
+                          "kr.": frozenset({"DKK", "ISK"})})
+CURRENCY_SYMBOLS.pop("¥", None)
+_KNOWN_CODES = frozenset(_price_currencies.CURRENCIES) - _REPLACED_BY_EURO
 _ISO_CODE = re.compile(r"^[A-Za-z]{3}$")
 _NUMBER = re.compile(r"\d(?:[\d.,'\u00a0\u202f]| (?=\d{3}(?!\d)))*")
 # Unrendered shop templates ("$metabrand", "{{ product.brand }}") are not values.
@@ -139,13 +179,14 @@ _EXPONENT = re.compile(r"\d[eE][-+]?\d")
 _NOT_A_NUMBER = re.compile(r"\b(?:nan|inf|infinity)\b", re.IGNORECASE)
 
 
-def check_price(value: Any) -> tuple[float | None, str | None]:
+def check_price(value: Any, decimal_separator: str | None = None) -> tuple[float | None, str | None]:
     """(price, None) for a usable price, (None, reason) for a refused one, (None, None) for no number.
 
     Numbers and shop texts ('12.99', '1.299,00', '€ 12,50', '26,00 €', '10 - 20' gives 10) are read
     by price-parser. A price keeps its sign or is refused: negative ('-49.99'), not finite ('1e309',
     'NaN', a 400-digit number) and exponent notation are refused with the reason, never turned into
-    49.99, 1.0 or inf.
+    49.99, 1.0 or inf. ``decimal_separator`` settles a text the page's currency makes unambiguous
+    (scrapers/visible.py: "3.499" in dinars).
     """
     if isinstance(value, bool) or value is None:
         return None, None
@@ -166,7 +207,8 @@ def check_price(value: Any) -> tuple[float | None, str | None]:
         return None, "exponent notation"
     # A leading "0." or "0," is a decimal separator ('0.999'); price-parser would read it as thousands.
     leading_zero = re.search(r"(?<![\d.,])0([.,])\d", text)
-    amount = Price.fromstring(text, decimal_separator=leading_zero.group(1) if leading_zero else None).amount
+    separator = decimal_separator or (leading_zero.group(1) if leading_zero else None)
+    amount = Price.fromstring(text, decimal_separator=separator).amount
     if amount is None:
         return None, None
     first_digit = re.search(r"\d", text)
@@ -192,16 +234,16 @@ def normalize_currency(value: Any) -> str | None:
     if not text:
         return None
     text = text.strip()
-    if _ISO_CODE.match(text):
-        return text.upper()
-    return CURRENCY_SYMBOLS.get(text.lower())
+    if text.lower() in CURRENCY_SYMBOLS:
+        return CURRENCY_SYMBOLS[text.lower()]
+    return text.upper() if _ISO_CODE.match(text) and text.upper() in _KNOWN_CODES else None
 
 
 def currency_in_text(text: Any) -> str | None:
     """The currency a price text shows ('26,00 €' -> EUR); None when absent or ambiguous ('$ 10')."""
     if not isinstance(text, str):
         return None
-    rest = _NUMBER.sub(" ", text).replace("-", " ").split()
+    rest = [t.strip("~*()[]") for t in _NUMBER.sub(" ", text).replace("-", " ").split()]
     codes = {normalize_currency(token) for token in rest}
     codes.discard(None)
     return codes.pop() if len(codes) == 1 else None
@@ -476,7 +518,7 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
 
     if not props:
         return None
-    price_text = one("product:price:amount", "og:price:amount", "product:sale_price:amount")
+    price_text = one("product:price:amount", "og:price:amount", "product:sale_price:amount", "og:price")
     price, price_refused = check_price(price_text)
     og_type = (one("og:type") or "").lower()
     images = [u for k in ("og:image", "og:image:secure_url", "og:image:url") for u in props.get(k, [])]
@@ -489,7 +531,8 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
         "image_urls": absolute_images(images, response),
         "price": price,
         "_rejected": {"price": price_refused} if price_refused else {},
-        "currency": normalize_currency(one("product:price:currency", "og:price:currency", "product:sale_price:currency")),
+        "currency": normalize_currency(one("product:price:currency", "og:price:currency", "product:sale_price:currency"))
+        or currency_in_text(price_text),
         "availability": normalize_availability(one("product:availability", "og:availability")),
         "color": one("product:color"),
         "material": one("product:material"),

@@ -14,17 +14,30 @@ or two buy buttons or an sku label; many buy buttons (a listing's) or none with 
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from typing import Any
+from urllib.parse import urlsplit
 
 import html_text
 from lxml.html import HtmlElement
 from scrapy.http import TextResponse
-from zyte_parsers import extract_brand_name, extract_price
+from babel.numbers import get_currency_precision, get_territory_currencies
+from price_parser import Price
+from zyte_parsers import extract_brand_name
 
-from scrapers.extract import _clean, absolute_images, check_price, normalize_currency
+from scrapers.extract import (
+    AMBIGUOUS_SYMBOLS, _clean, absolute_images, check_price, currency_in_text, normalize_currency,
+)
 
 # Elements never part of the product's own block.
-_SKIP = "ancestor-or-self::*[self::script or self::style or self::noscript or self::nav or self::footer or self::del or self::s or self::strike]"
+_HIDDEN_CLASSES = ("hidden", "hide", "d-none", "is-hidden", "invisible", "sr-only", "visually-hidden")
+_SKIP = (
+    "ancestor-or-self::*[self::script or self::style or self::noscript or self::nav or self::footer or self::del "
+    "or self::s or self::strike or self::template or @hidden or @aria-hidden='true' "
+    "or contains(translate(@style,' ',''),'display:none') or contains(translate(@style,' ',''),'visibility:hidden') or "
+    + " or ".join(f"contains(concat(' ',normalize-space(@class),' '),' {c} ')" for c in _HIDDEN_CLASSES)
+    + "]"
+)
 _OLD_PRICE = re.compile(r"old|was|strike|regular|compare|before|original|list|crossed|previous|rrp|uvp|msrp|save|saving|discount|per[-_]?unit|unit[-_]?price", re.I)
 _PRICE_XPATH = (
     "//*[(contains(translate(@class,'PRICE','price'),'price') or contains(translate(@id,'PRICE','price'),'price') "
@@ -88,32 +101,176 @@ def _in_page(element: HtmlElement) -> bool:
     return not element.xpath(_SKIP)
 
 
-def _title(tree: HtmlElement) -> tuple[HtmlElement | None, str | None]:
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 1}
+
+
+def _title(tree: HtmlElement, page_title: str) -> tuple[HtmlElement | None, str | None]:
+    """The ``h1`` naming the product: of the page's headings, the one sharing most words with the
+    document's ``<title>`` (a page may have other h1s: a pop-up's "Adding to basket...", a banner's)."""
+    known = _words(page_title)
+    best: tuple[float, HtmlElement | None, str | None] = (-1.0, None, None)
     for h1 in tree.xpath("//h1"):
-        if _in_page(h1):
-            text = _clean(_text_of(h1))
-            if text and len(text) <= 300:
-                return h1, text
-    return None, None
+        if not _in_page(h1):
+            continue
+        text = _clean(_text_of(h1))
+        if not text or len(text) > 300:
+            continue
+        words = _words(text)
+        overlap = len(words & known) / len(words) if words else 0.0
+        if overlap > best[0]:
+            best = (overlap, h1, text)
+    return best[1], best[2]
 
 
-def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int) -> tuple[float | None, str | None, str | None]:
-    """(price, currency, refusal) of the price element nearest after the title (``after``)."""
+# -- the page's country and its currency ----------------------------------------------------------
+# Top-level domains that name no country (or are used as if they did not: .co, .io, .me, .tv).
+_GENERIC_TLDS = frozenset({"com", "net", "org", "info", "biz", "shop", "store", "io", "co", "me", "tv", "ai", "app",
+                           "online", "eu", "site", "xyz", "club", "fm", "ly", "to", "cc", "ws"})
+_REGION = re.compile(r"^[a-z]{2,3}[-_]([a-z]{2})$", re.I)
+
+
+def page_country(tree: HtmlElement, url: str) -> str | None:
+    """The page's country (ISO 3166 alpha-2) from ``<html lang="es-CL">``, ``og:locale`` ("en_GB") or
+    the URL's country-code domain (".kz", ".co.uk"); None when none says."""
+    root = tree.getroottree().getroot()
+    values = [root.get("lang") or "", root.get("xml:lang") or ""]
+    values += root.xpath("//meta[@property='og:locale']/@content")[:1]
+    for value in values:
+        match = _REGION.match(value.strip())
+        if match:
+            return match.group(1).upper()
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    tld = host.rsplit(".", 1)[-1].lower() if "." in host else ""
+    if len(tld) == 2 and tld not in _GENERIC_TLDS:
+        return "GB" if tld == "uk" else tld.upper()
+    return None
+
+
+def price_currency(text: str, symbol: str | None, country: str | None) -> str | None:
+    """The ISO code of the currency a price text shows: a code or an unambiguous symbol, else a shared
+    symbol ("$", "kr", "¥") resolved by the page's country (Chile's "$" is CLP)."""
+    code = (normalize_currency(symbol) if symbol else None) or currency_in_text(text)
+    if code or not symbol:
+        return code
+    shared = AMBIGUOUS_SYMBOLS.get(symbol.strip().lower())
+    if shared and country:
+        try:
+            local = set(get_territory_currencies(country))
+        except Exception:  # noqa: BLE001 - babel knows no such territory
+            return None
+        match = shared & local
+        return next(iter(match)) if len(match) == 1 else None
+    return None
+
+
+_THREE_AFTER_ONE_SEPARATOR = re.compile(r"^\D*\d{1,3}([.,])\d{3}\D*$")
+
+
+def decimal_separator_for(text: str, currency: str | None) -> str | None:
+    """The decimal separator where the text alone is ambiguous and the currency decides.
+
+    "3.499" is read as 3499 (price-parser: three digits after a lone separator are thousands), right for
+    currencies with 0 or 2 minor digits, where three decimals cannot be; for the dinars with 3 (KWD,
+    BHD, OMR, JOD, TND, ...) it is 3.499.
+    """
+    match = _THREE_AFTER_ONE_SEPARATOR.match(text.strip())
+    if not match or not currency:
+        return None
+    try:
+        digits = get_currency_precision(currency)
+    except Exception:  # noqa: BLE001 - unknown currency
+        return None
+    return match.group(1) if digits == 3 else None
+
+
+# -- the price ------------------------------------------------------------------------------------
+def _is_old(element: HtmlElement) -> bool:
+    names = f"{element.get('class', '')} {element.get('id', '')}"
+    return element.tag in ("del", "s", "strike") or bool(_OLD_PRICE.search(names))
+
+
+def _current_text(element: HtmlElement) -> str:
+    """The element's text without its old prices (``del``, ``s``, was/old-named children): a price box
+    "<s>49 890 тг.</s> 44 890 тг." reads 44 890 тг."""
+    old = [child for child in element.iterdescendants() if isinstance(child.tag, str) and _is_old(child)]
+    if not old:
+        return _text_of(element)
+    copy = deepcopy(element)
+    for child in [c for c in copy.iterdescendants() if isinstance(c.tag, str) and _is_old(c)]:
+        if child.getparent() is not None:
+            child.drop_tree()
+    return _text_of(copy)
+
+
+#: A card is small: a name, a price, a button (page sections that happen to be alike are larger).
+_CARD_MAX_CHARS = 2000
+
+
+def _is_card(element: HtmlElement) -> bool:
+    """A price and a link to somewhere in a small block: what a listing's or a carousel's card holds."""
+    if len(element.text_content()) > _CARD_MAX_CHARS:
+        return False
+    names = f"{element.get('class', '')} {element.get('id', '')}".lower()
+    has_price = "price" in names or bool(element.xpath(".//*[contains(translate(@class,'PRICE','price'),'price')]"))
+    return has_price and bool(element.xpath("descendant-or-self::a[@href]"))
+
+
+def _holds_buy(element: HtmlElement) -> bool:
+    text = element.text_content()
+    return len(text) <= _CARD_MAX_CHARS and bool(_BUY.search(text))
+
+
+def _kind(element: HtmlElement) -> tuple[str, tuple[str, ...]]:
+    """Tag and class, without the class words that hold a digit (a card's own "jq_id971098")."""
+    return element.tag, tuple(sorted(w for w in (element.get("class") or "").split() if not re.search(r"\d", w)))
+
+
+def in_repeated_block(element: HtmlElement, depth: int = 10, holds=_is_card) -> bool:
+    """Whether ``element`` sits in one of three or more like siblings (same tag and class) that each
+    hold a price and a link: a listing's or a carousel's cards, a comparison table's cells. The
+    product's own price and buy button are not repeated; a listing's and the related products' are.
+    (A price table's rows, "RRP / Price / You save", have no links; a page's feature blocks are not
+    alike.)"""
+    node = element
+    for _ in range(depth):
+        parent = node.getparent()
+        if parent is None:
+            return False
+        kind = _kind(node)
+        like = [c for c in parent if isinstance(c.tag, str) and _kind(c) == kind]
+        if len(like) >= 3 and sum(1 for c in like if holds(c)) >= 3:
+            return True
+        node = parent
+    return False
+
+
+def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int,
+           country: str | None) -> tuple[float | None, str | None, str | None]:
+    """(price, currency, refusal) of the price element nearest after the title (``after``), not an old
+    price, not a repeated card's, with a currency shown, not 0 (a placeholder a script fills)."""
     candidates: list[tuple[int, float | None, str | None, str | None]] = []
     for element in tree.xpath(_PRICE_XPATH):
-        names = f"{element.get('class', '')} {element.get('id', '')}"
-        if _OLD_PRICE.search(names) or not _in_page(element):
+        if _is_old(element) or not _in_page(element):
             continue
         text = _text_of(element)
+        if not text or len(text) > 120 or not re.search(r"\d", text):
+            continue
+        text = _current_text(element)
         if not text or len(text) > 60 or not re.search(r"\d", text):
             continue
-        parsed = extract_price(element)
-        price, refused = check_price(text)
+        parsed = Price.fromstring(text)
+        currency = price_currency(text, parsed.currency, country)
         # A price the page shows comes with its currency; a bare number in a price box is often a
         # quantity, a rating or a per-unit figure.
-        if parsed is None or parsed.amount is None or not parsed.currency or (price is None and not refused):
+        if parsed.amount is None or not (parsed.currency or currency):
             continue
-        currency = normalize_currency(parsed.currency) if parsed.currency else None
+        price, refused = check_price(text, decimal_separator=decimal_separator_for(text, currency))
+        if (price is None and not refused) or price == 0 or in_repeated_block(element):
+            continue
         position = order.get(element, 0)
         distance = position - after if position >= after else 10 * (after - position) + 10**6
         candidates.append((distance, price, currency, refused))
@@ -123,18 +280,35 @@ def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int) -> tupl
     return price, currency, refused
 
 
+# -- the buy button -------------------------------------------------------------------------------
+#: More buy controls outside repeated cards than a buy box has (add, buy now, one per seller or
+#: bundle, a sticky bar's copy) is a listing whose cards are not alike.
+MAX_BUY_BUTTONS = 6
+_CONTROL_NAMES = re.compile(r"btn|button|buy|cart|basket|bag|purchase|checkout", re.I)
+
+
+def _is_buy_control(element: HtmlElement) -> bool:
+    tag = element.tag
+    attrs = f"{element.get('id', '')} {element.get('name', '')} {element.get('class', '')}"
+    is_input = tag == "input" and (element.get("type") or "").lower() in ("submit", "button", "image")
+    if not (tag == "button" or is_input or element.get("role") == "button" or _CONTROL_NAMES.search(attrs)):
+        return False
+    if element.get("disabled") is not None or element.get("aria-disabled") == "true":
+        return False
+    label = (element.get("value") or element.get("alt") or "") if tag == "input" else _text_of(element)
+    if label and len(label) < 40 and _BUY.search(label):
+        return True
+    return (tag == "button" or is_input) and bool(_BUY_ATTR.search(attrs))
+
+
 def _buy_buttons(tree: HtmlElement) -> int:
-    count = 0
-    for element in tree.xpath("//button | //input[@type='submit' or @type='button'] | //a[@role='button'] | //*[@id or @class or @name]"):
-        if element.tag not in ("button", "input", "a") and not _BUY_ATTR.search(f"{element.get('id', '')} {element.get('name', '')}"):
-            continue
-        if element.get("disabled") is not None or not _in_page(element):
-            continue
-        label = element.get("value", "") if element.tag == "input" else _text_of(element)
-        attrs = f"{element.get('id', '')} {element.get('name', '')} {element.get('class', '')}"
-        if (label and len(label) < 40 and _BUY.search(label)) or (element.tag in ("button", "input") and _BUY_ATTR.search(attrs)):
-            count += 1
-    return count
+    """The page's own buy controls: an enabled add-to-cart / buy-now control, counted once however
+    deeply a shop nests it (a span around an input around a label), and not a repeated card's (a
+    listing's or the related products'), not in the navigation or the footer."""
+    found = [e for e in tree.iter() if isinstance(e.tag, str) and _is_buy_control(e) and _in_page(e)]
+    matched = set(found)
+    outermost = [e for e in found if not any(a in matched for a in e.iterancestors())]
+    return sum(1 for e in outermost if not in_repeated_block(e, holds=_holds_buy))
 
 
 def _identifier(value: str) -> str | None:
@@ -217,9 +391,10 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
     """The product fields the visible page shows, with ``is_product`` (see the module docstring)."""
     body = tree.find("body") if tree.find("body") is not None else tree
     order = {element: index for index, element in enumerate(body.iter())}
-    heading, title = _title(body)
+    page_title = " ".join(tree.xpath("//title//text()")[:1] + tree.xpath("//meta[@property='og:title']/@content")[:1])
+    heading, title = _title(body, page_title)
     after = order.get(heading, 0) if heading is not None else 0
-    price, currency, refused = _price(body, order, after)
+    price, currency, refused = _price(body, order, after, page_country(tree, response.url))
     text = _text_of(body)
     title_at = text.find(title) if title else -1
     sku = _sku(body, text, max(title_at, 0))
@@ -230,7 +405,7 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         availability = "InStock"
     else:
         availability = None
-    looks_like_product = bool(title) and (price is not None or refused) and (1 <= buttons <= 3 or (buttons == 0 and sku is not None))
+    looks_like_product = bool(title) and (price is not None or refused) and (1 <= buttons <= MAX_BUY_BUTTONS or (buttons == 0 and sku is not None))
     return {
         "sku": sku,
         "title": title,
