@@ -12,7 +12,9 @@ so a rerun overwrites instead of duplicating. An incremental crawl that finished
 Image bytes: the store keeps ImagesPipeline's output under ``images/full/<sha1(url)>.jpg``, which is
 the shop's original bytes for an RGB JPEG (Scrapy >= 2.13 stores those untouched) and a JPEG re-encode
 (Pillow's default quality, 75) for everything else: PNG and WebP (alpha flattened onto white), GIF,
-palette images, CMYK or greyscale JPEGs. We keep this rather than storing every original: curation,
+palette images, CMYK or greyscale JPEGs, and JPEGs an EXIF tag turns. The pixels are
+:func:`pipeline.images.open_image`'s, the decoder every later reader uses (upright, 16-bit scaled,
+alpha on white). We keep this rather than storing every original: curation,
 hashing and training then open one format and one colour mode, alpha is flattened once instead of by
 every reader, and the decode is the validity check (an HTML "image", a truncated or a too-small one is
 dropped here with its reason, before it reaches the store). The cost: a non-JPEG image's bytes are not
@@ -36,6 +38,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from io import BytesIO
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -51,6 +54,7 @@ from scrapy.pipelines.images import ImageException, ImagesPipeline
 from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
+from pipeline.images import DECOMPRESSION_BOMB, UndecodableImage, open_image, rules_from_settings
 from pipeline.storage import open_store
 from scrapers.items import PRODUCTS_SCHEMA, WEAK_LABELS_SCHEMA, ProductItem, WeakLabelItem
 from scrapers.middlewares import BACKOFF_STAT, FAILED_STAT
@@ -120,6 +124,22 @@ class IncrementalPipeline:
         raise DropItem(f"unchanged since an earlier crawl: {adapter.get('product_url')}", log_level="DEBUG")
 
 
+def _served_as_stored(body: bytes) -> bool:
+    """True for an RGB JPEG without an EXIF turn: what the shop served is what every reader decodes."""
+    try:
+        with Image.open(BytesIO(body)) as original:
+            return original.format == "JPEG" and original.mode == "RGB" and original.getexif().get(0x0112, 1) == 1
+    except Exception:  # noqa: BLE001 - it decoded in open_image; an unreadable EXIF block means re-encode
+        return False
+
+
+def _jpeg(image: Image.Image) -> BytesIO:
+    """The decoded RGB image as a JPEG at Pillow's default quality (75), as Scrapy stores images."""
+    buffer = BytesIO()
+    image.save(buffer, "JPEG")
+    return buffer
+
+
 class StoreImagesPipeline(ImagesPipeline):
     """ImagesPipeline for ProductItems only; sets ``image_key`` = ``images/<stored path>``.
 
@@ -145,19 +165,6 @@ class StoreImagesPipeline(ImagesPipeline):
                 request.meta["download_warnsize"] = 0
         return requests
 
-    def check_declared_pixels(self, response: Response) -> None:
-        """Refuse, from its header alone (Pillow's open decodes no pixels), an image declaring too many."""
-        if not self.max_image_pixels:
-            return
-        try:
-            with Image.open(BytesIO(response.body)) as header:
-                width, height = header.size
-        except Exception:
-            return  # not an image Pillow can read: the decode below fails with its own reason
-        if width * height > self.max_image_pixels:
-            raise ImageException(f"image_too_many_pixels: {width}x{height} declared, "
-                                 f"more than {self.max_image_pixels} pixels ({response.url})")
-
     async def process_item(self, item: Any) -> Any:
         if not isinstance(item, ProductItem):
             return item
@@ -167,8 +174,6 @@ class StoreImagesPipeline(ImagesPipeline):
 
     async def media_downloaded(self, response: Response, request: Request, info: ImagesPipeline.SpiderInfo, *, item: Any = None) -> Any:
         try:
-            if response.status == 200 and response.body:
-                self.check_declared_pixels(response)
             return await super().media_downloaded(response, request, info, item=item)
         except Exception as error:
             self.failure_reasons[request.url] = image_failure_reason(error)
@@ -185,21 +190,31 @@ class StoreImagesPipeline(ImagesPipeline):
         self.failure_reasons.setdefault(request.url, reason)
         return super().media_failed(failure, request, info)
 
-    def convert_image(self, image: Image.Image, size: tuple[int, int] | None = None, *,
-                      response_body: BytesIO) -> tuple[Image.Image, BytesIO]:
-        """An upright RGB JPEG is stored as the shop served it; anything else as Scrapy converts it.
+    def get_images(self, response: Response, request: Request, info: ImagesPipeline.SpiderInfo, *,
+                   item: Any = None) -> Iterator[tuple[str, Image.Image, BytesIO]]:
+        """Scrapy's ``get_images``, decoding through :func:`pipeline.images.open_image`.
 
-        Scrapy means to keep such a JPEG's bytes, but it checks the format of the EXIF-transposed copy of
-        the image, which (Pillow >= 10) has none, so it re-encoded every JPEG at quality 75. The pixels are
-        decoded either way: a truncated or corrupt JPEG still fails here.
+        So the declared pixel count is checked before decoding (drop ``image_too_many_pixels``), the
+        stored image is upright (EXIF orientation applied), and a 16-bit, transparent, CMYK or palette
+        image is stored as the RGB every reader gets from the same decoder (Scrapy's own conversion
+        clips 16-bit greys to white). An upright RGB JPEG is stored as the shop served it.
         """
-        if size is None and image.mode == "RGB":
-            image.load()
-            original = Image.open(BytesIO(response_body.getvalue()))
-            if original.format == "JPEG" and original.mode == "RGB" and original.getexif().get(0x0112, 1) == 1:
-                response_body.seek(0)
-                return image, response_body
-        return super().convert_image(image, size, response_body=response_body)
+        path = self.file_path(request, response=response, info=info, item=item)
+        max_pixels = self.max_image_pixels or rules_from_settings().max_pixels
+        try:
+            image = open_image(response.body, max_pixels=max_pixels)
+        except UndecodableImage as error:
+            prefix = "image_too_many_pixels" if error.reason == DECOMPRESSION_BOMB else f"image {error.reason}"
+            raise ImageException(f"{prefix}: {error.detail} ({response.url})") from error
+        width, height = image.size
+        if width < self.min_width or height < self.min_height:
+            raise ImageException(f"Image too small ({width}x{height} < {self.min_width}x{self.min_height})")
+        buffer = BytesIO(response.body) if _served_as_stored(response.body) else _jpeg(image)
+        yield path, image, buffer
+        for thumb_id, size in self.thumbs.items():
+            thumb_path = self.thumb_path(request, thumb_id, response=response, info=info, item=item)
+            thumb_image, thumb_buf = self.convert_image(image, size, response_body=buffer)
+            yield thumb_path, thumb_image, thumb_buf
 
     def item_completed(self, results: list[tuple[bool, Any]], item: Any, info: ImagesPipeline.SpiderInfo) -> Any:
         item = super().item_completed(results, item, info)
