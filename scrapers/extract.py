@@ -579,7 +579,7 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
         del found["og"]
     dom = found.get("dom")
     if dom is not None:
-        _prefer_shown_sku(found, dom.pop("_text", ""))
+        _choose_sku(found, dom.pop("_text", ""), response.url)
     if dom is not None and not dom.pop("is_product") and not set(found) - {"dom"}:
         del found["dom"]  # the visible page alone names a product only when it looks like one
     elif dom is not None and set(found) - {"dom"}:
@@ -590,16 +590,37 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _prefer_shown_sku(found: dict[str, dict[str, Any]], text: str) -> None:
-    """The page's shown identifier wins over a stated sku that the page never shows.
+def in_url(value: str | None, url: str) -> bool:
+    """Whether the identifier ``value`` (5 characters or more) is a token of the page's URL path or query
+    (``/dp/B004SNMXRS``, ``/p4781720``, ``?pid=260591``); a number may follow a letter ("p4781720")."""
+    if not value or len(value) < 5:
+        return False
+    parts = urlsplit(url)
+    where = unquote(f"{parts.path}?{parts.query}")
+    before = r"(?<!\d)" if value.isdigit() else r"(?<![A-Za-z0-9])"
+    return re.search(before + re.escape(value) + r"(?![A-Za-z0-9])", where, re.IGNORECASE) is not None
 
-    Shops' structured data often carry a variant's or an internal id (a size's "84518927-040-35", a
-    catalogue key) while the page prints the product's own number ("Product code: 83810610", "Ref.
-    1002/710"); the printed one is what a shopper, and a shop's search, knows the product by.
+
+def _choose_sku(found: dict[str, dict[str, Any]], text: str, url: str) -> None:
+    """Which identifier is the product's, when the page shows others than its structured data states.
+
+    1. A stated sku the page also shows is kept.
+    2. Else, of the identifiers the page shows (labelled "Product code:", "ASIN", ...), the first one the
+       page's URL carries (``/dp/B004SNMXRS``, ``/p4781720``): a shop's product URL names its product.
+    3. Else the first one the page shows beats a stated sku it never shows: shops' structured data often
+       carry a variant's or an internal id (a size's "84518927-040-35", a catalogue key) while the page
+       prints the product's own number ("Product code: 83810610", "Ref. 1002/710"), the one a shopper
+       and the shop's search know the product by.
     """
     dom = found["dom"]
+    ids = dom.pop("_ids", []) or ([dom["sku"]] if dom.get("sku") else [])
     stated = next((found[n]["sku"] for n in SOURCES if n != "dom" and n in found and found[n].get("sku")), None)
-    if dom.get("sku") and stated and stated != dom["sku"] and not shown(stated, text):
+    if stated and shown(stated, text):
+        return
+    from_url = next((i for i in ids if in_url(i, url)), None)
+    if from_url:
+        dom["sku"], dom["_prefer"] = from_url, ("sku",)
+    elif dom.get("sku") and stated and stated != dom["sku"]:
         dom["_prefer"] = ("sku",)
 
 

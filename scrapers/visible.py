@@ -350,15 +350,12 @@ def _named_ids(tree: HtmlElement) -> list[str]:
 _FORM_TAGS = frozenset({"select", "option", "input", "button", "label", "textarea", "form", "script", "style"})
 
 
-def _sku(tree: HtmlElement, text: str, title_at: int) -> str | None:
-    """The identifier the page shows for its product: the first labelled one from the title on (else the
-    first labelled one), else one in an element named for it."""
+def _ids(tree: HtmlElement, text: str, title_at: int) -> list[str]:
+    """The identifiers the page shows, best first: the labelled ones from the title on, the labelled
+    ones before it, then those in elements named for one."""
     labelled = labelled_ids(text)
-    after = [value for position, value in labelled if position >= title_at]
-    if after or labelled:
-        return (after or [labelled[0][1]])[0]
-    named = _named_ids(tree)
-    return named[0] if named else None
+    ordered = [v for p, v in labelled if p >= title_at] + [v for p, v in labelled if p < title_at] + _named_ids(tree)
+    return list(dict.fromkeys(ordered))
 
 
 def _brand(tree: HtmlElement) -> str | None:
@@ -397,7 +394,8 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
     price, currency, refused = _price(body, order, after, page_country(tree, response.url))
     text = _text_of(body)
     title_at = text.find(title) if title else -1
-    sku = _sku(body, text, max(title_at, 0))
+    ids = _ids(body, text, max(title_at, 0))
+    sku = ids[0] if ids else None
     buttons = _buy_buttons(body)
     if _OUT_OF_STOCK.search(text) and not buttons:
         availability = "OutOfStock"
@@ -422,4 +420,5 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         "is_product": looks_like_product,
         # The visible text, for the merge's "is the stated sku shown on the page?" (not a field).
         "_text": text,
+        "_ids": ids,
     }

@@ -67,3 +67,20 @@ def test_sku_labels_in_many_languages(text, expected):
 @pytest.mark.parametrize("text", ["SKU: EUR", "Ref: shirt", "Product code", "Style number: TBD", "EAN: 4006381333931"])
 def test_a_label_without_an_identifier_after_it_gives_none(text):
     assert labelled_ids(text) == []
+
+
+def test_of_the_shown_identifiers_the_one_in_the_url_is_the_products():
+    body = ('<h1>Tefal Pan Set</h1><span class="price">£48.99</span><button>Add to Basket</button>'
+            '<table><tr><th>Item model number</th><td>A157S546</td></tr><tr><th>ASIN</th><td>B004SNMXRS</td></tr></table>')
+    response = HtmlResponse("https://www.amazon.co.uk/dp/B004SNMXRS", body=f"<html><body>{body}</body></html>".encode(),
+                            encoding="utf-8")
+    assert extract_product(response)["sku"] == "B004SNMXRS"
+
+
+def test_a_stated_sku_missing_from_the_page_loses_even_when_the_url_has_it():
+    # The URL holds the shop's catalogue key; the page prints the product code the shopper knows.
+    body = BUY_BOX.format(code="<p>Cod produs: DR2401</p>")
+    response = HtmlResponse("https://shop.example/drum-unit-dr2401/pd/DMCSZ4BBM/",
+                            body=f'<html><head><script type="application/ld+json">{json.dumps(product("DMCSZ4BBM"))}'
+                                 f'</script></head><body>{body}</body></html>'.encode(), encoding="utf-8")
+    assert extract_product(response)["sku"] == "DR2401"
