@@ -46,8 +46,17 @@ _PRICE_XPATH = (
 _BUY = re.compile(
     r"add to (?:cart|bag|basket|trolley)|buy now|buy it now|in den warenkorb|warenkorb|ajouter au panier|"
     r"añadir al carrito|añadir a la cesta|aggiungi al carrello|in winkelwagen|do koszyka|adicionar ao carrinho|"
-    r"в корзину|до кошика|do košíku|do košarice|kosárba|lägg i varukorg|læg i kurv|legg i handlekurv|"
-    r"sepete ekle|カートに入れる|加入购物车|加入購物車|장바구니|thêm vào giỏ|أضف إلى|הוסף לסל|купить|comprar|acheter|kaufen",
+    r"в корзину|до кошика|do košíku|do košarice|u košaricu|v košarico|kosárba|lägg i varukorg|læg i kurv|"
+    r"legg i handlekurv|lisää ostoskoriin|lisa ostukorvi|ielikt grozā|į krepšelį|adaugă în coș|в количката|"
+    r"στο καλάθι|sepete ekle|カートに入れる|加入购物车|加入購物車|장바구니|바로구매|thêm vào giỏ|mua ngay|أضف إلى|"
+    r"הוסף לסל|\b(?:купить|купи|купити|comprar|compra ora|acheter|kaufen|kupi|kupite|kup teraz|köp|køb|kjøp|"
+    r"osta|koop|kopen|acquista|cumpără|satın al|vásárlás|nupirkti|pirkt|beli|αγορά|購入|购买|구매|ซื้อ|شراء|קנה)\b",
+    re.I,
+)
+# A notice that the product was added ("Добавлено в корзину", "Added to cart") is no control.
+_ADDED = re.compile(
+    r"\badded to|hinzugefügt|ajouté|añadido|aggiunto|toegevoegd|dodano|adicionado|добавлен|додано|přidáno|"
+    r"hozzáadva|lagt i|lisätty|담았습니다|追加しました|已加入",
     re.I,
 )
 _BUY_ATTR = re.compile(r"add[-_]?to[-_]?(?:cart|bag|basket)|addtocart|buy[-_]?now|buy[-_]?button", re.I)
@@ -220,8 +229,9 @@ def _is_card(element: HtmlElement) -> bool:
 
 
 def _holds_buy(element: HtmlElement) -> bool:
+    """A card (price and link) or a small block with a buy control's words."""
     text = element.text_content()
-    return len(text) <= _CARD_MAX_CHARS and bool(_BUY.search(text))
+    return len(text) <= _CARD_MAX_CHARS and (_is_card(element) or bool(_BUY.search(text)))
 
 
 def _kind(element: HtmlElement) -> tuple[str, tuple[str, ...]]:
@@ -284,7 +294,7 @@ def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int,
 #: More buy controls outside repeated cards than a buy box has (add, buy now, one per seller or
 #: bundle, a sticky bar's copy) is a listing whose cards are not alike.
 MAX_BUY_BUTTONS = 6
-_CONTROL_NAMES = re.compile(r"btn|button|buy|cart|basket|bag|purchase|checkout", re.I)
+_CONTROL_NAMES = re.compile(r"btn|button|buy|cart|basket|bag|purchase|checkout|cta", re.I)
 
 
 def _is_buy_control(element: HtmlElement) -> bool:
@@ -296,6 +306,8 @@ def _is_buy_control(element: HtmlElement) -> bool:
     if element.get("disabled") is not None or element.get("aria-disabled") == "true":
         return False
     label = (element.get("value") or element.get("alt") or "") if tag == "input" else _text_of(element)
+    if label and _ADDED.search(label):
+        return False
     if label and len(label) < 40 and _BUY.search(label):
         return True
     return (tag == "button" or is_input) and bool(_BUY_ATTR.search(attrs))

@@ -91,3 +91,14 @@ def test_og_price_with_its_currency_in_the_text():
 ])
 def test_currency_symbols(raw, code):
     assert normalize_currency(raw) == code
+
+
+def test_a_call_to_action_link_in_another_language_is_a_buy_control():
+    body = '<h1>Ortopedski ulošci S-plus</h1><span class="price-new">270,00 Kn</span><a class="ek-cta" href="/kupi">Kupi</a>'
+    data = extract_product(page(body, url="https://www.eklinika.hr/usluga-380"))
+    assert data is not None and data["price"] == 270 and data["currency"] == "HRK"
+
+
+def test_an_added_to_cart_notice_is_no_buy_control():
+    body = '<h1>Concert Almaty</h1><span class="price">5 000 тг.</span><div class="cart-note">Добавлено в корзину</div>'
+    assert extract_product(page(body, url="https://tickets.example.kz/event/1")) is None
