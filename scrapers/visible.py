@@ -34,7 +34,9 @@ _HIDDEN_CLASSES = ("hidden", "hide", "d-none", "is-hidden", "invisible", "sr-onl
 _SKIP = (
     "ancestor-or-self::*[self::script or self::style or self::noscript or self::nav or self::footer or self::del "
     "or self::s or self::strike or self::template or @hidden or @aria-hidden='true' "
-    "or contains(translate(@style,' ',''),'display:none') or contains(translate(@style,' ',''),'visibility:hidden') or "
+    # ";" first: "-webkit-backface-visibility: hidden" on the body hides nothing.
+    "or contains(concat(';',translate(@style,' ','')),';display:none') "
+    "or contains(concat(';',translate(@style,' ','')),';visibility:hidden') or "
     + " or ".join(f"contains(concat(' ',normalize-space(@class),' '),' {c} ')" for c in _HIDDEN_CLASSES)
     + "]"
 )

@@ -102,3 +102,10 @@ def test_a_call_to_action_link_in_another_language_is_a_buy_control():
 def test_an_added_to_cart_notice_is_no_buy_control():
     body = '<h1>Concert Almaty</h1><span class="price">5 000 тг.</span><div class="cart-note">Добавлено в корзину</div>'
     assert extract_product(page(body, url="https://tickets.example.kz/event/1")) is None
+
+
+def test_backface_visibility_hidden_hides_nothing():
+    html = ('<html><body style="-webkit-backface-visibility: hidden;"><h1>Good Thoughts</h1>'
+            '<span class="price">30,000원</span><button>바로구매</button></body></html>')
+    data = extract_product(HtmlResponse("http://www.tmon.co.kr/deal/1", body=html.encode(), encoding="utf-8"))
+    assert data is not None and data["availability"] == "InStock" and data["currency"] == "KRW"
