@@ -189,3 +189,35 @@ def test_networks_with_one_backbone_share_it_and_give_the_same_vectors(file_stor
     np.testing.assert_allclose(part, pooled / np.linalg.norm(pooled, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
     keras.backend.clear_session()
+
+
+def test_images_reach_the_networks_by_the_shared_decoding_rules(published):
+    """Training and inference decode (models.data.decode_image) through pipeline.images: a phone JPEG
+    stored sideways reaches the networks upright, and a refused image keeps its reason."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from models.data import UndecodableImage
+
+    vectorizer = FashionVectorizer.from_registry(published, ATTRIBUTES)
+    upright = Image.open(io.BytesIO(pattern_image("striped", np.random.default_rng(1)))).convert("RGB")
+    upright = upright.resize((upright.width, upright.height * 2))  # portrait, so a turn shows
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    phone, shop = io.BytesIO(), io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(phone, "JPEG", quality=95, exif=exif.tobytes())
+    upright.save(shop, "JPEG", quality=95)
+    ((size, from_phone),) = vectorizer.decode(phone.getvalue()).items()
+    ((_, from_shop),) = vectorizer.decode(shop.getvalue()).items()
+    assert np.abs(from_phone.astype(int) - from_shop).mean() < 4
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(UndecodableImage) as caught:
+        vectorizer.vectorize([shop.getvalue(), bomb])
+    assert caught.value.reason == "decompression_bomb" and "#1" in str(caught.value)

@@ -289,3 +289,31 @@ def test_a_demo_crawl_keeps_every_one_of_its_distinct_products(file_store):
     summary = curate_batch(file_store, "catalog-20261101")
     assert summary["valid_images"] == summary["accepted"] == 240
     assert summary["duplicates"] == 0 and summary["clusters"] == 240
+
+
+def test_curation_decodes_by_the_shared_rules(file_store):
+    """16-bit greys are scaled (their hashes are the 8-bit image's), a phone JPEG is hashed and sized
+    upright, and a flat colour is blank whatever the colour (pipeline.images)."""
+    y, x = np.mgrid[0:96, 0:128]
+    grey16 = ((x + y) / 222 * 65535).astype(np.uint16)
+    grey16[:32, :40] = 1000
+    grey8 = Image.fromarray(np.rint(grey16 / 257).astype(np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray(grey16).save(buffer, "PNG")
+    upright = blocks(11, 160).resize((120, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to view": the stored pixels are sideways
+    phone = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(phone, "JPEG", quality=92, exif=exif.tobytes())
+    ids = write_crawl(file_store, "modes", {"grey16": buffer.getvalue(), "phone": phone.getvalue(),
+                                            "flat-red": jpeg(Image.new("RGB", (100, 100), (255, 0, 0))),
+                                            "flat-navy": jpeg(Image.new("RGB", (100, 100), (0, 0, 128)))})
+    curate_batch(file_store, "modes")
+    accepted = file_store.read_parquet("curation/modes/accepted.parquet").to_pandas().set_index("item_id")
+    phash, _ = perceptual_hashes(grey8)
+    assert int(hamming(int(accepted.loc[ids["grey16"], "phash"]), phash)) <= 2
+    row = accepted.loc[ids["phone"]]
+    assert (row["width"], row["height"]) == (120, 200)
+    assert int(hamming(int(row["phash"]), perceptual_hashes(upright)[0])) <= 4
+    rejections = file_store.read_parquet("curation/modes/rejections.parquet").to_pandas()
+    assert dict(zip(rejections["item_id"], rejections["reason"])) == {ids["flat-red"]: "blank", ids["flat-navy"]: "blank"}

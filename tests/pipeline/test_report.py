@@ -153,3 +153,27 @@ def test_the_run_context_is_in_the_header_and_escaped():
     assert "<shop>" not in page
     no_filters = render_recommendations_html("ann", PROFILE, RECS, loader, ATTRS, context={"filters": {}})
     assert "filters: none" in no_filters
+
+
+def test_thumbnails_are_upright_and_bombs_are_refused_unread():
+    """Review thumbnails decode through pipeline.images: EXIF orientation applied, pixel limit first."""
+    import struct
+    import zlib
+
+    from pipeline.images import DECOMPRESSION_BOMB, UndecodableImage
+
+    portrait = Image.new("RGB", (100, 200), "navy")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, turned upright by the viewer
+    buffer = io.BytesIO()
+    portrait.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif.tobytes())
+    thumbnail = Image.open(io.BytesIO(base64.b64decode(thumbnail_data_uri(buffer.getvalue()).split(",")[1])))
+    assert thumbnail.size == (80, 160)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(UndecodableImage) as caught:
+        thumbnail_data_uri(bomb)
+    assert caught.value.reason == DECOMPRESSION_BOMB

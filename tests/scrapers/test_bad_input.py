@@ -178,3 +178,57 @@ def test_lost_connections_are_named_however_scrapy_wraps_them():
     assert failure_reason(wrapped(ResponseFailed([Failure(ValueError("bad status line"))]))) == "download_failed"
     assert failure_reason(ResponseDataLossError()) == "connection_lost"
     assert failure_reason(DownloadTimeoutError()) == "timeout" and failure_reason(KeyError()) == "key_error"
+
+
+def stored_image(body: bytes) -> tuple[Image.Image, bytes]:
+    """What StoreImagesPipeline stores for an image response: (decoded image, stored bytes)."""
+    from scrapy.http import Request, Response
+    from scrapy.utils.test import get_crawler
+
+    from scrapers.pipelines import StoreImagesPipeline
+
+    crawler = get_crawler(settings_dict={"IMAGES_STORE": "memory-unused", "IMAGES_MIN_WIDTH": 32,
+                                         "IMAGES_MIN_HEIGHT": 32})
+    pipeline = StoreImagesPipeline.from_crawler(crawler)
+    pipeline.max_image_pixels = get_settings().curation["max_image_pixels"]
+    request = Request("http://shop.test/img/a")
+    ((_, image, buffer),) = list(pipeline.get_images(Response(request.url, body=body, request=request), request, None))
+    return image, buffer.getvalue()
+
+
+def test_crawled_images_are_stored_as_the_shared_decoder_sees_them():
+    """Upright (EXIF orientation applied), 16-bit greys scaled, CMYK as RGB; an upright RGB JPEG as served;
+    a bomb refused from its header (pipeline.images)."""
+    import struct
+    import zlib
+
+    from scrapy.pipelines.images import ImageException
+
+    from scrapers.pipelines import image_failure_reason
+
+    served = photo(1, 64)
+    assert stored_image(served)[1] == served
+    portrait = Image.new("RGB", (60, 120), "navy")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    portrait.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif.tobytes())
+    image, stored = stored_image(buffer.getvalue())
+    assert image.size == (60, 120) and Image.open(io.BytesIO(stored)).size == (60, 120)
+    grey = (np.mgrid[0:64, 0:64][1] * 1000).astype(np.uint16)  # 0..63000 across
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "PNG")
+    stored_grey = np.asarray(Image.open(io.BytesIO(stored_image(buffer.getvalue())[1])).convert("L"), dtype=int)
+    assert (stored_grey >= 250).mean() < 0.1 and abs(stored_grey[:, 32].mean() - 32000 / 257) < 3
+    buffer = io.BytesIO()
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(buffer, "JPEG", quality=95)  # red
+    stored_cmyk = Image.open(io.BytesIO(stored_image(buffer.getvalue())[1]))
+    assert stored_cmyk.mode == "RGB" and np.abs(np.asarray(stored_cmyk, dtype=int) - [255, 0, 0]).max() <= 10
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageException) as caught:
+        stored_image(bomb)
+    assert image_failure_reason(caught.value) == "image_too_many_pixels"
