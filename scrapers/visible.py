@@ -18,7 +18,7 @@ from copy import deepcopy
 from typing import Any
 from urllib.parse import urlsplit
 
-import html_text
+from lxml import etree
 from lxml.html import HtmlElement
 from scrapy.http import TextResponse
 from babel.numbers import get_currency_precision, get_territory_currencies
@@ -30,16 +30,9 @@ from scrapers.extract import (
 )
 
 # Elements never part of the product's own block.
-_HIDDEN_CLASSES = ("hidden", "hide", "d-none", "is-hidden", "invisible", "sr-only", "visually-hidden")
-_SKIP = (
-    "ancestor-or-self::*[self::script or self::style or self::noscript or self::nav or self::footer or self::del "
-    "or self::s or self::strike or self::template or @hidden or @aria-hidden='true' "
-    # ";" first: "-webkit-backface-visibility: hidden" on the body hides nothing.
-    "or contains(concat(';',translate(@style,' ','')),';display:none') "
-    "or contains(concat(';',translate(@style,' ','')),';visibility:hidden') or "
-    + " or ".join(f"contains(concat(' ',normalize-space(@class),' '),' {c} ')" for c in _HIDDEN_CLASSES)
-    + "]"
-)
+# Elements never part of the product's own block (see _skips).
+_HIDDEN_CLASSES = frozenset({"hidden", "hide", "d-none", "is-hidden", "invisible", "sr-only", "visually-hidden"})
+_SKIP_TAGS = frozenset({"script", "style", "noscript", "nav", "footer", "del", "s", "strike", "template"})
 _OLD_PRICE = re.compile(r"old|was|strike|regular|compare|before|original|list|crossed|previous|rrp|uvp|msrp|save|saving|discount|per[-_]?unit|unit[-_]?price", re.I)
 _PRICE_XPATH = (
     "//*[(contains(translate(@class,'PRICE','price'),'price') or contains(translate(@id,'PRICE','price'),'price') "
@@ -104,12 +97,62 @@ _IN_STOCK = re.compile(
 _BRAND_XPATH = "//*[contains(translate(@class,'BRAND','brand'),'brand') or @itemprop='brand' or contains(translate(@id,'BRAND','brand'),'brand')]"
 
 
+_NO_TEXT = frozenset({"script", "style", "noscript", "template", "iframe", "object", "embed", "head", "title", "svg"})
+_PUNCT_AFTER = re.compile(r'^[,:;.!?")]')
+
+
 def _text_of(element: HtmlElement) -> str:
-    return " ".join(html_text.extract_text(element, guess_layout=False).split())
+    """The element's text as html-text's ``extract_text(guess_layout=False)`` gives it (a space between
+    text nodes unless punctuation follows), without html-text's copy-and-clean of the subtree per call
+    (which made the visible page 2x slower): scripts, styles, comments and the like are skipped here."""
+    chunks: list[str] = []
+    skip = 0
+    prev = ""
+
+    def add(raw: str | None) -> None:
+        nonlocal prev
+        text = " ".join(raw.split()) if raw else ""
+        if text:
+            if prev and (prev[-1:].isspace() or (not _PUNCT_AFTER.match(text) and not prev.endswith("("))):
+                chunks.append(" ")
+            chunks.append(text)
+            prev = raw
+
+    for event, node in etree.iterwalk(element, events=("start", "end")):
+        silent = not isinstance(node.tag, str) or node.tag in _NO_TEXT
+        if event == "start":
+            if skip or silent:
+                skip += 1
+            else:
+                add(node.text)
+        else:
+            if skip:
+                skip -= 1
+            if not skip and node is not element:
+                add(node.tail)
+    return "".join(chunks)
+
+
+def _skips(node: Any) -> bool:
+    """Whether ``node`` is no part of the page a shopper sees (script, navigation, footer, struck
+    text, a hidden element)."""
+    if node.tag in _SKIP_TAGS:
+        return True
+    attrib = node.attrib
+    if "hidden" in attrib or attrib.get("aria-hidden") == "true":
+        return True
+    style = attrib.get("style")
+    if style:
+        declarations = ";" + style.replace(" ", "").lower()
+        # ";" first: "-webkit-backface-visibility: hidden" on the body hides nothing.
+        if ";display:none" in declarations or ";visibility:hidden" in declarations:
+            return True
+    classes = attrib.get("class")
+    return bool(classes) and not _HIDDEN_CLASSES.isdisjoint(classes.split())
 
 
 def _in_page(element: HtmlElement) -> bool:
-    return not element.xpath(_SKIP)
+    return not any(_skips(node) for node in (element, *element.iterancestors()))
 
 
 _WORD = re.compile(r"\w+")
@@ -241,27 +284,30 @@ def _kind(element: HtmlElement) -> tuple[str, tuple[str, ...]]:
     return element.tag, tuple(sorted(w for w in (element.get("class") or "").split() if not re.search(r"\d", w)))
 
 
-def in_repeated_block(element: HtmlElement, depth: int = 10, holds=_is_card) -> bool:
+def in_repeated_block(element: HtmlElement, depth: int = 10, holds=_is_card, cache: dict | None = None) -> bool:
     """Whether ``element`` sits in one of three or more like siblings (same tag and class) that each
     hold a price and a link: a listing's or a carousel's cards, a comparison table's cells. The
     product's own price and buy button are not repeated; a listing's and the related products' are.
     (A price table's rows, "RRP / Price / You save", have no links; a page's feature blocks are not
     alike.)"""
+    cache = {} if cache is None else cache
     node = element
     for _ in range(depth):
         parent = node.getparent()
         if parent is None:
             return False
-        kind = _kind(node)
-        like = [c for c in parent if isinstance(c.tag, str) and _kind(c) == kind]
-        if len(like) >= 3 and sum(1 for c in like if holds(c)) >= 3:
+        key = (holds, parent, _kind(node))
+        if key not in cache:
+            like = [c for c in parent if isinstance(c.tag, str) and _kind(c) == key[2]]
+            cache[key] = len(like) >= 3 and sum(1 for c in like if holds(c)) >= 3
+        if cache[key]:
             return True
         node = parent
     return False
 
 
-def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int,
-           country: str | None) -> tuple[float | None, str | None, str | None]:
+def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int, country: str | None,
+           cache: dict) -> tuple[float | None, str | None, str | None]:
     """(price, currency, refusal) of the price element nearest after the title (``after``), not an old
     price, not a repeated card's, with a currency shown, not 0 (a placeholder a script fills)."""
     candidates: list[tuple[int, float | None, str | None, str | None]] = []
@@ -281,7 +327,7 @@ def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int,
         if parsed.amount is None or not (parsed.currency or currency):
             continue
         price, refused = check_price(text, decimal_separator=decimal_separator_for(text, currency))
-        if (price is None and not refused) or price == 0 or in_repeated_block(element):
+        if (price is None and not refused) or price == 0 or in_repeated_block(element, cache=cache):
             continue
         position = order.get(element, 0)
         distance = position - after if position >= after else 10 * (after - position) + 10**6
@@ -315,14 +361,14 @@ def _is_buy_control(element: HtmlElement) -> bool:
     return (tag == "button" or is_input) and bool(_BUY_ATTR.search(attrs))
 
 
-def _buy_buttons(tree: HtmlElement) -> int:
+def _buy_buttons(tree: HtmlElement, cache: dict) -> int:
     """The page's own buy controls: an enabled add-to-cart / buy-now control, counted once however
     deeply a shop nests it (a span around an input around a label), and not a repeated card's (a
     listing's or the related products'), not in the navigation or the footer."""
     found = [e for e in tree.iter() if isinstance(e.tag, str) and _is_buy_control(e) and _in_page(e)]
     matched = set(found)
     outermost = [e for e in found if not any(a in matched for a in e.iterancestors())]
-    return sum(1 for e in outermost if not in_repeated_block(e, holds=_holds_buy))
+    return sum(1 for e in outermost if not in_repeated_block(e, holds=_holds_buy, cache=cache))
 
 
 def _identifier(value: str) -> str | None:
@@ -405,12 +451,13 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
     page_title = " ".join(tree.xpath("//title//text()")[:1] + tree.xpath("//meta[@property='og:title']/@content")[:1])
     heading, title = _title(body, page_title)
     after = order.get(heading, 0) if heading is not None else 0
-    price, currency, refused = _price(body, order, after, page_country(tree, response.url))
+    cache: dict = {}  # repeated-block answers, shared by the price and the buy buttons
+    price, currency, refused = _price(body, order, after, page_country(tree, response.url), cache)
     text = _text_of(body)
     title_at = text.find(title) if title else -1
     ids = _ids(body, text, max(title_at, 0))
     sku = ids[0] if ids else None
-    buttons = _buy_buttons(body)
+    buttons = _buy_buttons(body, cache)
     if _OUT_OF_STOCK.search(text) and not buttons:
         availability = "OutOfStock"
     elif buttons or _IN_STOCK.search(text):
