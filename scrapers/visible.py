@@ -18,6 +18,7 @@ from copy import deepcopy
 from typing import Any
 from urllib.parse import urlsplit
 
+import html_text
 from lxml import etree
 from lxml.html import HtmlElement
 from scrapy.http import TextResponse
@@ -453,7 +454,8 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
     after = order.get(heading, 0) if heading is not None else 0
     cache: dict = {}  # repeated-block answers, shared by the price and the buy buttons
     price, currency, refused = _price(body, order, after, page_country(tree, response.url), cache)
-    text = _text_of(body)
+    # The page's visible text (sku labels, stock phrases) from html-text, which cleans the page once.
+    text = " ".join(html_text.extract_text(body, guess_layout=False).split())
     title_at = text.find(title) if title else -1
     ids = _ids(body, text, max(title_at, 0))
     sku = ids[0] if ids else None
