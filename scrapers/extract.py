@@ -1,9 +1,9 @@
-"""A page's product from its structured data: schema.org JSON-LD, microdata, and OpenGraph.
+"""A page's product from its structured data: schema.org JSON-LD, microdata, RDFa and OpenGraph.
 
-Parsing is done by extruct (microdata, OpenGraph) on one lxml tree; JSON-LD blocks are decoded one by
-one (extruct's JSON-LD extractor drops every block when one is broken), leniently (comments, trailing
-commas). Each syntax gives at most one product, normalised to the same flat fields; the three are then
-merged **field by field** with the precedence JSON-LD > microdata > OpenGraph: a field comes from the
+Parsing is done by extruct (microdata, OpenGraph) on one lxml tree, RDFa (extruct/pyRdfa) only on pages
+whose markup names a product in a ``typeof``; JSON-LD blocks are decoded one by one (extruct's JSON-LD
+extractor drops every block when one is broken), leniently (comments, trailing commas). Each syntax gives
+at most one product, normalised to the same flat fields; they are then merged **field by field** with the precedence JSON-LD > microdata > RDFa > OpenGraph: a field comes from the
 first syntax that has it, so a page whose JSON-LD lacks a price still gets the microdata price.
 ``image_urls`` is the exception: the union of all syntaxes in that order (absolute, deduplicated).
 
@@ -42,7 +42,7 @@ FIELDS = (
     "price", "currency", "availability", "color", "material", "field_sources",
 )
 #: Merge order, first wins per field; ``dom`` (the visible page, scrapers/visible.py) fills what is left.
-SOURCES = ("jsonld", "microdata", "og", "dom")
+SOURCES = ("jsonld", "microdata", "rdfa", "og", "dom")
 
 PRODUCT_TYPES = frozenset({"product", "productgroup", "productmodel", "individualproduct", "someproducts"})
 # Containers a page's own product hides in. Not isRelatedTo/isSimilarTo: those are other products.
@@ -504,6 +504,51 @@ def from_microdata(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
     return _product_fields(*found, response) if found else None
 
 
+# RDFa is parsed (pyRdfa, through extruct) only on pages whose markup names a product or an offer in a
+# typeof: a second DOM of the page costs more than the other syntaxes together.
+_RDFA_PRODUCT = re.compile(rb"""typeof\s*=\s*["'][^"']*(?:Product|Offer)""", re.IGNORECASE)
+_SCHEMA_IRI = re.compile(r"^https?://schema\.org/")
+
+
+def _rdfa_node(node: dict[str, Any], by_id: dict[str, dict[str, Any]], depth: int = 0) -> dict[str, Any]:
+    """An expanded RDFa node (extruct: ``{"https://schema.org/name": [{"@value": ...}]}``) as a
+    JSON-LD-shaped dict, its references (offers, brand) resolved."""
+    out: dict[str, Any] = {"@type": node.get("@type", [])}
+    if isinstance(node.get("@id"), str) and not node["@id"].startswith("_:"):
+        out["url"] = node["@id"]
+    for key, values in node.items():
+        match = _SCHEMA_IRI.match(key)
+        if not match or not isinstance(values, list):
+            continue
+        converted = []
+        for value in values:
+            if not isinstance(value, dict):
+                continue
+            if "@value" in value:
+                converted.append(value["@value"])
+            elif "@id" in value:
+                ref = by_id.get(value["@id"])
+                converted.append(_rdfa_node(ref, by_id, depth + 1) if ref and ref.get("@type") and depth < 4 else value["@id"])
+        if converted:
+            out[key[match.end():]] = converted[0] if len(converted) == 1 else converted
+    return out
+
+
+def from_rdfa(tree: HtmlElement, response: TextResponse) -> dict[str, Any] | None:
+    """schema.org RDFa (``vocab="https://schema.org/" typeof="Product"``), through extruct's extractor."""
+    if not _RDFA_PRODUCT.search(response.body):
+        return None
+    from extruct.rdfa import RDFaExtractor
+    from extruct.utils import parse_xmldom_html
+
+    dom = parse_xmldom_html(response.body, encoding=response.encoding)
+    items = [i for i in RDFaExtractor().extract_items(dom, base_url=response.url) if isinstance(i, dict)]
+    by_id = {i["@id"]: i for i in items if isinstance(i.get("@id"), str)}
+    candidates = [_rdfa_node(i, by_id) for i in items if _is_product(i)]
+    found = _main_product(candidates, response.url)
+    return _product_fields(*found, response) if found else None
+
+
 def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] | None:
     """OpenGraph (``og:*``, ``product:*``) fields, with ``is_product``: by itself a page's OpenGraph
     is a product only when og:type says so or it gives a price, else every article page would be one."""
@@ -564,7 +609,8 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     except Exception:  # noqa: BLE001 - an unparsable page has no product
         logger.debug("unparsable HTML on %s", response.url)
         return {}
-    extractors = {"jsonld": from_json_ld, "microdata": from_microdata, "og": from_opengraph, "dom": from_visible_page}
+    extractors = {"jsonld": from_json_ld, "microdata": from_microdata, "rdfa": from_rdfa, "og": from_opengraph,
+                  "dom": from_visible_page}
     found: dict[str, dict[str, Any]] = {}
     for name in SOURCES:
         try:
