@@ -249,14 +249,50 @@ def currency_in_text(text: Any) -> str | None:
     return codes.pop() if len(codes) == 1 else None
 
 
+# A shop's own stock words, in many languages (out-of-stock ones are checked first: "нет в наличии"
+# holds "в наличии", "not available" holds "available").
+OUT_OF_STOCK_PHRASES = re.compile(
+    r"out of stock|indisponible|sold out|currently unavailable|no longer available|ausverkauft|nicht (?:auf lager|verfügbar|lieferbar)|"
+    r"agotado|sin stock|épuisé|rupture de stock|esaurito|non disponibile|uitverkocht|niet (?:op voorraad|leverbaar)|"
+    r"brak w magazynie|niedostępny|esgotado|indisponível|нет в наличии|немає в наявності|vyprodáno|není skladem|"
+    r"nincs raktáron|slutsåld|udsolgt|utsolgt|tükendi|stokta yok|hết hàng|在庫切れ|売り切れ|缺货|품절",
+    re.I,
+)
+IN_STOCK_PHRASES = re.compile(
+    r"\bin stock\b|auf lager|sofort lieferbar|en stock|disponible|in magazzino|disponibile|op voorraad|na stanie|"
+    r"dostępny|em estoque|em stock|в наличии|в наявності|skladem|raktáron|på lager|i lager|i butik|stokta|còn hàng|"
+    r"在庫あり|有货|재고 있음",
+    re.I,
+)
+
+
+# Words that say it in a stock field, too short or too common to look for in a whole page's text.
+_VALUE_IN_STOCK = re.compile(r"\bnot sold\b|\bunsold\b", re.IGNORECASE)
+_VALUE_OUT_OF_STOCK = re.compile(r"\bnot available\b|\bunavailable\b|\bsold\b(?! by)", re.IGNORECASE)
+
+
 def normalize_availability(value: Any) -> str | None:
-    """schema.org short name ('http://schema.org/InStock', 'in_stock', 'instock' -> 'InStock')."""
+    """schema.org short name ('http://schema.org/InStock', 'in_stock', 'instock' -> 'InStock').
+
+    A shop's free text ('NOT SOLD' on a classified ad, 'Auf Lager', 'épuisé') is read by its stock
+    words; a one-word name schema.org may add later ('MadeToOrder') is kept; other text gives None
+    (it used to be stored as it was, and read as not buyable).
+    """
     text = _text(value)
     if not text:
         return None
     short = text.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     key = re.sub(r"[_\-]+", " ", short).strip().lower()
-    return AVAILABILITY.get(key) or AVAILABILITY.get(key.replace(" ", "")) or short
+    known = AVAILABILITY.get(key) or AVAILABILITY.get(key.replace(" ", ""))
+    if known:
+        return known
+    if _VALUE_IN_STOCK.search(text):
+        return "InStock"
+    if OUT_OF_STOCK_PHRASES.search(text) or _VALUE_OUT_OF_STOCK.search(text):
+        return "OutOfStock"
+    if IN_STOCK_PHRASES.search(text) or re.search(r"\bavailable\b", text, re.IGNORECASE):
+        return "InStock"
+    return short if re.fullmatch(r"[A-Z][a-z]+(?:[A-Z][a-z]+)+", short) else None
 
 
 def _price_value(value: Any, depth: int = 0) -> tuple[float | None, str | None]:

@@ -27,7 +27,8 @@ from price_parser import Price
 from zyte_parsers import extract_brand_name
 
 from scrapers.extract import (
-    AMBIGUOUS_SYMBOLS, _clean, absolute_images, check_price, currency_in_text, normalize_currency,
+    AMBIGUOUS_SYMBOLS, IN_STOCK_PHRASES, OUT_OF_STOCK_PHRASES, _clean, absolute_images, check_price, currency_in_text,
+    normalize_currency,
 )
 
 # Elements never part of the product's own block.
@@ -81,19 +82,6 @@ _ID_ATTR = re.compile(
     r"article[-_]?(?:number|no|code)|item[-_]?(?:number|code|no)|model[-_]?(?:number|no)|style[-_]?(?:number|code|no)|"
     r"part[-_]?(?:number|no)|mpn)(?![a-z])",
     re.IGNORECASE,
-)
-_OUT_OF_STOCK = re.compile(
-    r"out of stock|sold out|currently unavailable|no longer available|ausverkauft|nicht (?:auf lager|verfügbar|lieferbar)|"
-    r"agotado|sin stock|épuisé|rupture de stock|esaurito|non disponibile|uitverkocht|niet (?:op voorraad|leverbaar)|"
-    r"brak w magazynie|niedostępny|esgotado|indisponível|нет в наличии|немає в наявності|vyprodáno|není skladem|"
-    r"nincs raktáron|slutsåld|udsolgt|utsolgt|tükendi|stokta yok|hết hàng|在庫切れ|売り切れ|缺货|품절",
-    re.I,
-)
-_IN_STOCK = re.compile(
-    r"\bin stock\b|auf lager|sofort lieferbar|en stock|disponible|in magazzino|disponibile|op voorraad|na stanie|"
-    r"dostępny|em estoque|em stock|в наличии|в наявності|skladem|raktáron|på lager|i lager|i butik|stokta|còn hàng|"
-    r"在庫あり|有货|재고 있음",
-    re.I,
 )
 _BRAND_XPATH = "//*[contains(translate(@class,'BRAND','brand'),'brand') or @itemprop='brand' or contains(translate(@id,'BRAND','brand'),'brand')]"
 
@@ -460,9 +448,9 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
     ids = _ids(body, text, max(title_at, 0))
     sku = ids[0] if ids else None
     buttons = _buy_buttons(body, cache)
-    if _OUT_OF_STOCK.search(text) and not buttons:
+    if OUT_OF_STOCK_PHRASES.search(text) and not buttons:
         availability = "OutOfStock"
-    elif buttons or _IN_STOCK.search(text):
+    elif buttons or IN_STOCK_PHRASES.search(text):
         availability = "InStock"
     else:
         availability = None
