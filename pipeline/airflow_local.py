@@ -12,6 +12,16 @@ and it starts one LocalExecutor worker per ``[core] parallelism`` slot (32). Her
 process group with the default SIGINT disposition, Ctrl-C and SIGTERM are forwarded to that whole group
 as SIGINT (standalone's own clean shutdown), escalated to SIGTERM and SIGKILL if it hangs, and
 ``parallelism`` is lowered.
+
+On the embedded default (the settings' ``demo-store`` retailer is a shop on this machine) the launcher also
+serves the bundled demo store from this process (built into ``var/demo-store/`` when missing; stopped
+with Airflow), gives the store a demo user with photos (``users/demo-user/``), and lets new DAGs start
+unpaused, so one trigger of ``fashionnet_ingest`` runs the whole Asset chain to a recommendations page.
+
+Hardening: the generated admin password file is created 0600 before the api-server writes it, and the
+scheduler's and triggerer's log servers are not started (``--skip-serve-logs``, through a small ``airflow``
+wrapper first on standalone's PATH): they would listen on every address (Airflow binds them to 0.0.0.0
+whatever the api-server's host), and on one machine the api-server reads the task logs from their files.
 """
 from __future__ import annotations
 
@@ -29,6 +39,10 @@ from pipeline.settings import REPO_ROOT
 
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+DEMO_RETAILER = "demo-store"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Components that would start a log server bound to every address; the wrapper adds --skip-serve-logs.
+LOG_SERVING_COMMANDS = ("scheduler", "triggerer")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +65,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", help="store URI (default: settings, i.e. file://var/store)")
     parser.add_argument("--stop-timeout", type=float, default=30.0,
                         help="seconds to wait for a clean shutdown before SIGTERM (then 10 s before SIGKILL)")
+    parser.add_argument("--demo-store", choices=["auto", "on", "off"],
+                        default=os.environ.get("FASHIONNET_DEMO_STORE", "auto"),
+                        help="serve the bundled demo shop beside Airflow (auto, the default: when the settings' "
+                             "demo-store retailer is on this machine, i.e. the embedded default)")
+    parser.add_argument("--demo-store-port", type=int, default=None,
+                        help="the demo shop's port (default: that of the demo-store retailer's base_url, 8765; "
+                             "0 = any free port). Item ids derive from product URLs: keep it fixed across runs")
+    parser.add_argument("--demo-site", type=Path, default=REPO_ROOT / "var" / "demo-store",
+                        help="the demo shop's folder (built there when missing)")
+    parser.add_argument("--demo-products", type=int, default=240, help="products when the demo shop is built")
+    parser.add_argument("--paused", action="store_true",
+                        help="leave new DAGs paused (Airflow's default); with the demo shop they start unpaused")
     return parser.parse_args(argv)
 
 
@@ -90,7 +116,113 @@ def airflow_environment(args: argparse.Namespace, base: dict[str, str] | None = 
         (home / "airflow.db").chmod(0o600)
     if not env.get("FASHIONNET_REVIEW_SECRET"):
         env["FASHIONNET_REVIEW_SECRET"] = review_secret(home)
+    # The approval request's link opens the review page inside this api-server.
+    env.setdefault("FASHIONNET_REVIEW_URL", f"{url}/fashionnet-review/")
     return env
+
+
+def demo_store_base(env: dict[str, str]) -> str | None:
+    """The demo-store retailer's base URL when it is a ``kind: demo`` shop on this machine (the embedded
+    default, which the launcher can serve itself), else None."""
+    from urllib.parse import urlsplit
+
+    from pipeline.settings import load_settings
+
+    entry = load_settings(env).retailers.get(DEMO_RETAILER) or {}
+    base = entry.get("base_url")
+    if entry.get("kind") != "demo" or not base:
+        return None
+    return base if (urlsplit(base).hostname or "").lower() in LOOPBACK_HOSTS else None
+
+
+def start_demo_store(args: argparse.Namespace, env: dict[str, str]):
+    """Serve the demo shop in this process (a background thread) on 127.0.0.1; ``env`` gets its URL
+    (``FASHIONNET_SHOP_URL``) for every Airflow component and crawl. Returns the server, or None when
+    ``--demo-store`` (auto) finds no demo shop in the settings. Raises SystemExit with the reason when its
+    port is taken."""
+    from urllib.parse import urlsplit
+
+    from scrapers.demo_store.server import DemoStoreServer
+    from scrapers.demo_store.site import build_site, site_exists
+
+    base = demo_store_base(env)
+    if args.demo_store == "off" or (args.demo_store == "auto" and base is None):
+        return None
+    port = args.demo_store_port if args.demo_store_port is not None else (urlsplit(base or "").port or 8765)
+    site = args.demo_site.resolve()
+    if not site_exists(site):
+        print(f"[airflow-local] building the demo shop ({args.demo_products} products) in {site} ...", flush=True)
+        build_site(site, n_products=args.demo_products, seed=7)
+    try:
+        server = DemoStoreServer(site, host="127.0.0.1", port=port).start()
+    except OSError as error:
+        raise SystemExit(f"[airflow-local] cannot serve the demo shop on 127.0.0.1:{port}: {error.strerror or error}"
+                         f" (another demo store or `make demo` running? stop it, or pass --demo-store-port N, "
+                         f"or --demo-store off to use your own)") from None
+    env["FASHIONNET_SHOP_URL"] = server.base_url
+    return server
+
+
+def demo_store_command(args: argparse.Namespace, env: dict[str, str]) -> str:
+    """The exact command that serves the demo shop by hand (when the launcher does not)."""
+    from urllib.parse import urlsplit
+
+    port = args.demo_store_port or urlsplit(demo_store_base(env) or "http://127.0.0.1:8765").port or 8765
+    return f"cd {REPO_ROOT} && {sys.executable} -m scrapers.demo_store --site {args.demo_site} --port {port}"
+
+
+def ensure_demo_user(env: dict[str, str], site: Path) -> list[str]:
+    """Photos for the demo user (``users/demo-user/``) when the store has none, so the recommend DAG at the
+    end of the chain has someone to serve. Returns the keys written (none when the user had photos)."""
+    from pipeline.demo import DEMO_USER, upload_user_images
+    from pipeline.settings import load_settings
+    from pipeline.storage import ObjectStore
+
+    settings = load_settings(env)
+    store = ObjectStore(settings.store_uri, endpoint_url=settings.s3_endpoint_url)
+    if any(k.lower().endswith((".jpg", ".jpeg", ".png")) for k in store.list(f"users/{DEMO_USER}/")
+           if "/" not in k[len(f"users/{DEMO_USER}/"):]):
+        return []
+    return upload_user_images(store, site)
+
+
+def embedded_default(args: argparse.Namespace, env: dict[str, str]):
+    """On the embedded default: the demo shop served (its URL in ``env``), the demo user's photos in the store,
+    and new DAGs unpaused unless ``--paused``. Returns (the shop's server or None, the photo keys written)."""
+    shop = start_demo_store(args, env)
+    if shop is None:
+        return None, []
+    written = ensure_demo_user(env, args.demo_site.resolve())
+    if not args.paused:
+        env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "False"
+    return shop, written
+
+
+def write_airflow_wrapper(home: Path, python: str = sys.executable) -> Path:
+    """``<home>/bin/airflow``: runs ``python -m airflow`` and adds ``--skip-serve-logs`` to the components that
+    would otherwise serve their logs on every address (standalone runs ``airflow <command>`` from PATH).
+    Returns the folder to put first on PATH."""
+    folder = home / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    commands = "|".join(LOG_SERVING_COMMANDS)
+    script = folder / "airflow"
+    script.write_text(
+        "#!/bin/sh\n"
+        "# Written by pipeline.airflow_local: no log server on 0.0.0.0 (logs are read from their files).\n"
+        f'case "$1" in {commands}) exec "{python}" -m airflow "$@" --skip-serve-logs ;; esac\n'
+        f'exec "{python}" -m airflow "$@"\n')
+    script.chmod(0o755)
+    return folder
+
+
+def private_password_file(home: Path) -> Path:
+    """The simple auth manager's password file, created empty and 0600 (the api-server fills it in place,
+    keeping the mode; made by Airflow itself it would be 0644)."""
+    path = home / PASSWORD_FILE
+    home.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+    return path
 
 
 def database_label(env: dict[str, str]) -> str:
@@ -270,17 +402,26 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     url = env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].removesuffix("/execution/")
-    password_file = home / PASSWORD_FILE
+    password_file = private_password_file(home)
+    env["PATH"] = os.pathsep.join([str(write_airflow_wrapper(home)), env["PATH"]])
+    shop, written = embedded_default(args, env)
     print(f"[airflow-local] AIRFLOW_HOME={home}  DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}  "
           f"plugins: {env['AIRFLOW__CORE__PLUGINS_FOLDER']}  parallelism: {args.parallelism}", flush=True)
     print(f"[airflow-local] metadata database: {database_label(env)}", flush=True)
     print(f"[airflow-local] Airflow UI: {url}/  (review page: {url}/fashionnet-review/)", flush=True)
     print(f"[airflow-local] login: admin, password in {password_file} "
           f"(generated on the first start)", flush=True)
+    if shop is not None:
+        print(f"[airflow-local] demo shop: {shop.base_url}/ (served by this launcher from {args.demo_site}; "
+              f"stops with it); demo user: users/demo-user/ in the store"
+              f"{f' ({len(written)} photos added)' if written else ''}", flush=True)
+        if not args.paused:
+            print("[airflow-local] new DAGs start unpaused: trigger fashionnet_ingest once and the chain runs to "
+                  "fashionnet_recommend's page (README: Running Airflow)", flush=True)
+    elif demo_store_base(env) is not None:
+        print(f"[airflow-local] demo shop not started (--demo-store off); serve it in another terminal with: "
+              f"{demo_store_command(args, env)}", flush=True)
     print("[airflow-local] Ctrl-C stops every Airflow process.", flush=True)
-
-    print("[airflow-local] the demo-store retailer's site: python -m scrapers.demo_store --site var/demo-store"
-          " (another terminal)", flush=True)
 
     become_subreaper()
     proc = start_standalone(env)
@@ -298,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         if stop_requested:
             print(f"\n[airflow-local] {signal.Signals(stop_requested[0]).name}: stopping Airflow ...", flush=True)
         stop_group(proc, args.stop_timeout)
+        if shop is not None:
+            shop.stop()
     code = proc.returncode
     print(f"[airflow-local] stopped (airflow standalone exited {code})", flush=True)
     return 0 if stop_requested else (code or 0)

@@ -1,12 +1,12 @@
-"""Run ``fashionnet_ingest`` twice on one small demo store, as test_ingest_review_gate needs it.
+"""Run ``fashionnet_ingest`` twice on one day, as test_ingest_review_gate needs it.
 
-1. ``review_policy=manual``: the batch waits in ``approve_batch``. ``dag.test()`` never resolves a
-   Human-in-the-loop task, so this run marks it successful explicitly (``mark_success_pattern``), which
-   is what "Approve" does; everything downstream then runs for real.
-2. ``review_policy=auto_accept`` on the same day (the same batch): the policy accepts what no reviewer
-   decided and approves the batch itself.
+1. ``review_policy=auto_accept`` (the morning's run): the policy accepts every item and approves the batch.
+2. ``review_policy=manual`` on the same day, on a shop with other products (so its batch is not all copies
+   of the first): a batch of its own, whose items nobody decided. It waits in ``approve_batch``;
+   ``dag.test()`` never resolves a Human-in-the-loop task, so this run marks it successful explicitly
+   (``mark_success_pattern``), which is what "Approve" does; everything downstream then runs for real.
 
-After each run it prints one JSON line with the approval record and the dataset summary.
+After each run it prints one JSON line: the run's batch, its queue, decisions and approval, the dataset.
 Usage: python tests/dags/ingest_gate_run.py WORK_DIR STORE_URI
 """
 from __future__ import annotations
@@ -21,16 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipeline.demo import configure_environment, load_dags, migrate_metadata_db, run_dag  # noqa: E402
 
 
-def report(store, label: str) -> None:
+def report(store, label: str, seen: set[str]) -> None:
     from pipeline.approval import approval, approved_batches
+    from pipeline.review import queue_batches, read_decisions, read_queue
 
-    batches = approved_batches(store)
-    record = approval(store, batches[0]) if batches else None
+    new = sorted(set(queue_batches(store)) - seen)  # the batch this run queued
+    seen.update(new)
+    batch = new[0] if len(new) == 1 else None
     items = store.read_parquet("dataset/items.parquet").num_rows if store.exists("dataset/items.parquet") else None
-    queued = [k for k in store.list("review/queue") if k.endswith(".parquet")]
-    queue_rows = store.read_parquet(queued[0]).num_rows if queued else 0
-    print(json.dumps({"run": label, "approved_batches": batches, "approval": record, "dataset_items": items,
-                      "queue_rows": queue_rows}), flush=True)
+    print(json.dumps({"run": label, "batches": new, "approved_batches": approved_batches(store),
+                      "approval": approval(store, batch) if batch else None, "dataset_items": items,
+                      "queue_rows": len(read_queue(store, batch)) if batch else 0,
+                      "decisions": len(read_decisions(store, batch)) if batch else 0}), flush=True)
 
 
 def main() -> int:
@@ -45,22 +47,24 @@ def main() -> int:
     from scrapers.demo_store.server import DemoStoreServer
     from scrapers.demo_store.site import build_site
 
-    site_dir = cli.work_dir / "demo-store"
-    build_site(site_dir, n_products=24, seed=3)
-    with DemoStoreServer(site_dir, host="127.0.0.1", port=0) as shop:
-        import os
+    import os
 
-        os.environ["FASHIONNET_SHOP_URL"] = shop.base_url
-        from pipeline.settings import get_settings
-        from pipeline.storage import open_store
+    from pipeline.settings import get_settings
+    from pipeline.storage import open_store
 
-        get_settings.cache_clear()
-        store = open_store()
-        ingest = load_dags()["fashionnet_ingest"]
-        run_dag(ingest, {"review_policy": "manual"}, mark_success_pattern="^approve_batch$")
-        report(store, "manual")
-        run_dag(ingest, {"review_policy": "auto_accept"})
-        report(store, "auto_accept")
+    seen: set[str] = set()
+    ingest = None
+    for label, seed, conf, mark in (("auto_accept", 3, {"review_policy": "auto_accept"}, None),
+                                    ("manual", 4, {"review_policy": "manual"}, "^approve_batch$")):
+        site_dir = cli.work_dir / f"demo-store-{seed}"
+        build_site(site_dir, n_products=24, seed=seed)
+        with DemoStoreServer(site_dir, host="127.0.0.1", port=0) as shop:
+            os.environ["FASHIONNET_SHOP_URL"] = shop.base_url
+            get_settings.cache_clear()
+            store = open_store()
+            ingest = ingest or load_dags()["fashionnet_ingest"]
+            run_dag(ingest, conf, mark_success_pattern=mark)
+            report(store, label, seen)
     return 0
 
 

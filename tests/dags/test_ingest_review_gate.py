@@ -27,17 +27,30 @@ def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     return {run["run"]: run for run in runs}
 
 
-def test_manual_policy_waits_for_a_person_and_admits_only_decided_items(gate_runs):
-    manual = gate_runs["manual"]
-    assert manual["queue_rows"] > 0
-    assert manual["approval"]["how"] == "human"  # written after approve_batch, never by the policy
-    assert manual["approval"]["summary"]["pending"] == manual["queue_rows"]
-    assert manual["dataset_items"] == 0  # approved, but no reviewer accepted anything yet
+def test_two_runs_on_one_day_are_two_batches(gate_runs):
+    """Issue 12: the batch id was ingest-YYYYMMDD, so a second run the same day got the morning's batch, its
+    auto_accept decisions and its approval."""
+    import re
+
+    auto, manual = gate_runs["auto_accept"], gate_runs["manual"]
+    assert len(auto["batches"]) == len(manual["batches"]) == 1 and auto["batches"] != manual["batches"]
+    pattern = r"ingest-(\d{8})-\d{6}-demo-store"
+    days = [re.fullmatch(pattern, run["batches"][0]) for run in (auto, manual)]
+    assert all(days) and days[0].group(1) == days[1].group(1)  # the same day
+    assert manual["approved_batches"] == sorted(auto["batches"] + manual["batches"])
 
 
-def test_auto_accept_approves_the_same_batch_by_policy(gate_runs):
+def test_auto_accept_approves_its_batch_by_policy(gate_runs):
     auto = gate_runs["auto_accept"]
-    assert auto["approved_batches"] == gate_runs["manual"]["approved_batches"]  # same day: same batch
     assert auto["approval"]["how"] == "policy" and auto["approval"]["approved_by"] == "policy:auto_accept"
     assert auto["approval"]["summary"]["pending"] == 0
     assert auto["dataset_items"] == auto["queue_rows"] > 0
+
+
+def test_a_manual_rerun_arrives_undecided_and_waits_for_a_person(gate_runs):
+    auto, manual = gate_runs["auto_accept"], gate_runs["manual"]
+    assert manual["queue_rows"] > 0 and manual["decisions"] == 0  # nothing decided by the morning's policy
+    assert manual["approval"]["how"] == "human"  # written after approve_batch, never by the policy
+    assert manual["approval"]["approved_at"] > auto["approval"]["approved_at"]
+    assert manual["approval"]["summary"]["pending"] == manual["queue_rows"]
+    assert manual["dataset_items"] == auto["dataset_items"]  # approved, but no reviewer accepted anything yet
