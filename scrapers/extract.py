@@ -665,11 +665,29 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     if dom is not None and not dom.pop("is_product") and not set(found) - {"dom"}:
         del found["dom"]  # the visible page alone names a product only when it looks like one
     elif dom is not None and set(found) - {"dom"}:
-        # Beside structured data the page's own price markup is more often another price (a
-        # related product's, a per-unit one) than the missing one: the visible price is not used.
-        dom["price"] = dom["currency"] = None
-        dom["_rejected"] = {}
+        if _stated_price_is_the_old_one(found):
+            dom["_prefer"] = (*dom.get("_prefer", ()), "price")
+        else:
+            # Beside structured data the page's own price markup is more often another price (a
+            # related product's, a per-unit one) than the missing one: the visible price is not used.
+            dom["price"] = dom["currency"] = None
+            dom["_rejected"] = {}
+    if dom is not None:
+        dom.pop("_shown_prices", None)
+        dom.pop("_old_prices", None)
     return found
+
+
+def _stated_price_is_the_old_one(found: dict[str, dict[str, Any]]) -> bool:
+    """Whether the structured data state the price the page shows struck through (a sale the markup
+    was not updated for: microdata 219.99, the page "<s>219.99</s> -50% 110.00"): the page shows the
+    stated price only as an old one, and its own current price, lower, in the buy box."""
+    dom = found["dom"]
+    stated = next((found[n]["price"] for n in SOURCES if n != "dom" and n in found and found[n].get("price") is not None), None)
+    if stated is None or dom.get("price") is None:
+        return False
+    key = round(stated, 2)
+    return key in dom.get("_old_prices", ()) and key not in dom.get("_shown_prices", ()) and dom["price"] < stated
 
 
 def in_url(value: str | None, url: str) -> bool:

@@ -295,36 +295,61 @@ def in_repeated_block(element: HtmlElement, depth: int = 10, holds=_is_card, cac
     return False
 
 
-def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int, country: str | None,
-           cache: dict) -> tuple[float | None, str | None, str | None]:
-    """(price, currency, refusal) of the price element nearest after the title (``after``), not an old
-    price, not a repeated card's, with a currency shown, not 0 (a placeholder a script fills)."""
+def _read_price(element: HtmlElement, text: str, country: str | None) -> tuple[float | None, str | None, str | None, bool]:
+    """(price, currency, refusal, has_currency) of a price element's text."""
+    parsed = Price.fromstring(text)
+    currency = price_currency(text, parsed.currency, country)
+    if parsed.amount is None:
+        return None, currency, None, False
+    price, refused = check_price(text, decimal_separator=decimal_separator_for(text, currency))
+    return price, currency, refused, bool(parsed.currency or currency)
+
+
+class _Prices:
+    """The page's prices: the one nearest after the title, and every current and every old (struck,
+    was/old-named) price outside repeated cards, for the merge's "is the stated price the old one?"."""
+
+    def __init__(self) -> None:
+        self.price: float | None = None
+        self.currency: str | None = None
+        self.refused: str | None = None
+        self.shown: set[float] = set()
+        self.old: set[float] = set()
+
+
+def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int, country: str | None, cache: dict) -> _Prices:
+    """The price element nearest after the title (``after``): not an old price, not a repeated card's,
+    with a currency shown, not 0 (a placeholder a script fills)."""
+    out = _Prices()
     candidates: list[tuple[int, float | None, str | None, str | None]] = []
-    for element in tree.xpath(_PRICE_XPATH):
-        if _is_old(element) or not _in_page(element):
+    for element in tree.xpath(_PRICE_XPATH + " | //del | //s | //strike"):
+        old = _is_old(element)
+        if not (_in_page(element) or (old and _in_page(element.getparent()))):
             continue
         text = _text_of(element)
         if not text or len(text) > 120 or not re.search(r"\d", text):
             continue
+        if old:
+            price, _, _, has_currency = _read_price(element, text, country) if len(text) <= 60 else (None, None, None, False)
+            if price and has_currency and not in_repeated_block(element, cache=cache):
+                out.old.add(round(price, 2))
+            continue
         text = _current_text(element)
         if not text or len(text) > 60 or not re.search(r"\d", text):
             continue
-        parsed = Price.fromstring(text)
-        currency = price_currency(text, parsed.currency, country)
+        price, currency, refused, has_currency = _read_price(element, text, country)
         # A price the page shows comes with its currency; a bare number in a price box is often a
         # quantity, a rating or a per-unit figure.
-        if parsed.amount is None or not (parsed.currency or currency):
+        if not has_currency or (price is None and not refused) or price == 0 or in_repeated_block(element, cache=cache):
             continue
-        price, refused = check_price(text, decimal_separator=decimal_separator_for(text, currency))
-        if (price is None and not refused) or price == 0 or in_repeated_block(element, cache=cache):
-            continue
+        if price is not None:
+            out.shown.add(round(price, 2))
         position = order.get(element, 0)
         distance = position - after if position >= after else 10 * (after - position) + 10**6
         candidates.append((distance, price, currency, refused))
-    if not candidates:
-        return None, None, None
-    _, price, currency, refused = min(candidates, key=lambda c: c[0])
-    return price, currency, refused
+    if candidates:
+        _, out.price, out.currency, out.refused = min(candidates, key=lambda c: c[0])
+    return out
 
 
 # -- the buy button -------------------------------------------------------------------------------
@@ -441,7 +466,8 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
     heading, title = _title(body, page_title)
     after = order.get(heading, 0) if heading is not None else 0
     cache: dict = {}  # repeated-block answers, shared by the price and the buy buttons
-    price, currency, refused = _price(body, order, after, page_country(tree, response.url), cache)
+    prices = _price(body, order, after, page_country(tree, response.url), cache)
+    price, currency, refused = prices.price, prices.currency, prices.refused
     # The page's visible text (sku labels, stock phrases) from html-text, which cleans the page once.
     text = " ".join(html_text.extract_text(body, guess_layout=False).split())
     title_at = text.find(title) if title else -1
@@ -472,4 +498,6 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         # The visible text, for the merge's "is the stated sku shown on the page?" (not a field).
         "_text": text,
         "_ids": ids,
+        "_shown_prices": prices.shown,
+        "_old_prices": prices.old,
     }

@@ -109,3 +109,23 @@ def test_backface_visibility_hidden_hides_nothing():
             '<span class="price">30,000원</span><button>바로구매</button></body></html>')
     data = extract_product(HtmlResponse("http://www.tmon.co.kr/deal/1", body=html.encode(), encoding="utf-8"))
     assert data is not None and data["availability"] == "InStock" and data["currency"] == "KRW"
+
+
+MICRODATA_OFFER = ('<div itemscope itemtype="http://schema.org/Product"><meta itemprop="name" content="Bag Rosso">'
+                   '<div itemprop="offers" itemscope itemtype="http://schema.org/Offer">'
+                   '<meta itemprop="price" content="219.99"><meta itemprop="priceCurrency" content="EUR"></div></div>')
+
+
+def test_a_stated_price_the_page_shows_struck_through_gives_way_to_the_sale_price():
+    body = (MICRODATA_OFFER + '<h1>Bag Rosso</h1><div class="price-block"><span class="original-price">EUR219.99</span>'
+            '<span class="discount">-50%</span><span class="product-price">EUR110.00</span></div><button>Add to cart</button>')
+    data = extract_product(page(body))
+    assert data["price"] == 110.0 and data["currency"] == "EUR"
+    assert json.loads(data["field_sources"])["price"] == "dom"
+
+
+def test_a_stated_price_the_page_also_shows_as_current_stays():
+    body = (MICRODATA_OFFER + '<h1>Bag Rosso</h1><span class="price">EUR219.99</span><del>EUR219.99</del>'
+            '<span class="price">EUR110.00</span><button>Add to cart</button>')
+    data = extract_product(page(body))
+    assert data["price"] == 219.99 and json.loads(data["field_sources"])["price"] == "microdata"
