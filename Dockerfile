@@ -3,14 +3,24 @@
 # Redis client, the PostgreSQL drivers, the FAB auth manager), all pinned.
 FROM apache/airflow:3.3.2-python3.11
 
+# cpu (the default: tensorflow-cpu from requirements.txt) or gpu: tensorflow[and-cuda] at the same version
+# (requirements-gpu.txt), for the workers of the `tensorflow` queue on NVIDIA GPU hosts
+# (docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build).
+ARG TENSORFLOW_VARIANT=cpu
+
 # var/ (converted weights; the demo store's site, a named volume that starts with this folder's owner)
 # writable by the airflow user.
 USER root
 RUN mkdir -p /opt/fashionnet/var/demo-store && chown -R airflow:root /opt/fashionnet
 USER airflow
 
-COPY --chown=airflow:root requirements.txt requirements-deploy.txt /opt/fashionnet/
-RUN pip install --no-cache-dir -r /opt/fashionnet/requirements-deploy.txt
+COPY --chown=airflow:root requirements.txt requirements-deploy.txt requirements-gpu.txt /opt/fashionnet/
+RUN pip install --no-cache-dir -r /opt/fashionnet/requirements-deploy.txt \
+    && case "$TENSORFLOW_VARIANT" in \
+         cpu) ;; \
+         gpu) pip uninstall -y tensorflow-cpu && pip install --no-cache-dir -r /opt/fashionnet/requirements-gpu.txt ;; \
+         *) echo "TENSORFLOW_VARIANT must be cpu or gpu, got $TENSORFLOW_VARIANT" >&2; exit 1 ;; \
+       esac
 COPY --chown=airflow:root config /opt/fashionnet/config
 COPY --chown=airflow:root dags /opt/fashionnet/dags
 COPY --chown=airflow:root pipeline /opt/fashionnet/pipeline

@@ -7,8 +7,11 @@ Under ``models/<attribute>/<version>/checkpoint/``:
   ignored: resuming it would mix two recipes);
 * ``current.npz``: the weights this phase changes (phase 1: the head layers only, a few MB even on
   VGG16; phase 2: every layer) and the optimizer's state (Adam's moments and step count);
-* ``best.npz``: the weights of the best epoch so far, written when it improves (phase 1: head layers
-  only; the frozen backbone is rebuilt identically from the same seed or weights file).
+* ``best.npz``: the weights of the phase's kept epoch so far (models.train.BestWeights), written when
+  it moves (phase 1: head layers only; the frozen backbone is rebuilt identically from the same seed
+  or weights file);
+* ``frozen_best.npz``: phase 1's kept head, written when phase 2 starts from it (phase 2 may still
+  fall back to it).
 
 The checkpoint is deleted once the version's model and metrics are written.
 """
@@ -22,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from models.network import HEAD_LAYERS
+from models.network import head_layer_names
 from pipeline.storage import ObjectStore
 
 FROZEN, UNFROZEN = "frozen", "unfrozen"
@@ -40,13 +43,13 @@ class TrainingState:
     phase: str = FROZEN
     epochs_done: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=dict)  # phase, epoch, val_accuracy
+    best: dict[str, Any] = field(default_factory=dict)  # phase, epoch, val_accuracy, candidates (per phase)
 
 
 def changing_layers(model: keras.Model, phase: str) -> list[str]:
     """The layers whose weights ``phase`` trains (phase 1: the head; phase 2: everything)."""
     if phase == FROZEN:
-        return [name for name in HEAD_LAYERS if model.get_layer(name).weights]
+        return [name for name in head_layer_names(model) if model.get_layer(name).weights]
     return [layer.name for layer in model.layers if layer.weights]
 
 
@@ -119,6 +122,15 @@ class Checkpoints:
         self.store.put_bytes(self.key("current.npz"), _npz(current))
         self.store.write_json(self.key("state.json"), asdict(state))
 
+    def save_frozen_best(self, tracker: Any, network: keras.Model) -> None:
+        """Phase 1's kept head (already restored into ``network``), for a phase 2 that resumes."""
+        if FROZEN in getattr(tracker, "candidates", {}):
+            self.store.put_bytes(self.key("frozen_best.npz"), _npz(layer_weights(network, changing_layers(network, FROZEN))))
+
+    def load_frozen_best(self) -> dict[str, np.ndarray]:
+        key = self.key("frozen_best.npz")
+        return _arrays(self.store.get_bytes(key)) if self.store.exists(key) else {}
+
     def clear(self) -> None:
         self.store.delete_prefix(self.prefix + "/")
 
@@ -127,7 +139,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch of one phase: save the phase's weights, the optimizer and the bookkeeping.
 
     ``best_tracker`` is the run's BestWeights callback (listed before this one, so it has already
-    seen the epoch); when its best moved to this epoch the weights are also saved as ``best.npz``.
+    seen the epoch); when this phase's candidate moved to this epoch the weights are also saved as
+    ``best.npz``.
     """
 
     def __init__(self, checkpoints: Checkpoints, state: TrainingState, network: keras.Model, phase: str,
@@ -138,10 +151,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         layers = changing_layers(self.network, self.phase)
-        improved = (self.best_tracker.best_phase, self.best_tracker.best_epoch) == (self.phase, epoch + 1)
+        candidate = self.best_tracker.candidates.get(self.phase)
+        improved = candidate is not None and candidate.epoch == epoch + 1
         self.state.phase, self.state.epochs_done = self.phase, epoch + 1
-        self.state.best = {"phase": self.best_tracker.best_phase, "epoch": self.best_tracker.best_epoch,
-                           "val_accuracy": self.best_tracker.best_accuracy}
+        self.state.best = self.best_tracker.record()
         current = {**layer_weights(self.network, layers), **optimizer_arrays(self.model.optimizer)}
         best = layer_weights(self.network, layers) if improved else None
         self.checkpoints.save(self.state, current, best)

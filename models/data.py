@@ -1,7 +1,9 @@
 """Images and labels for one attribute, read from the dataset tables in the store."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -33,10 +35,16 @@ class SplitArrays:
     images: np.ndarray  # (n, size, size, 3) uint8
     labels: np.ndarray  # (n,) int32, index into the attribute's classes
     item_ids: list[str]
-    skipped: int = 0  # undecodable images left out
+    # every image left out: {"item_id", "image_key", "reason", "detail"} (undecodable, or missing)
+    rejected: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def skipped(self) -> int:
+        """How many images were left out (the count the model card shows)."""
+        return len(self.rejected)
 
 
 def labelled_items(store: ObjectStore, attribute: str, classes: tuple[str, ...]) -> pd.DataFrame:
@@ -55,19 +63,40 @@ def labelled_items(store: ObjectStore, attribute: str, classes: tuple[str, ...])
     return frame.sort_values("item_id").reset_index(drop=True)
 
 
-def load_arrays(store: ObjectStore, frame: pd.DataFrame, image_size: int) -> SplitArrays:
-    """Decode the images of ``frame`` rows (image_key, label_index); undecodable ones are skipped."""
-    images, labels, item_ids, skipped = [], [], [], 0
-    for row in frame.itertuples(index=False):
-        try:
-            images.append(decode_image(store.get_bytes(row.image_key), image_size))
-        except (UndecodableImage, FileNotFoundError):
-            skipped += 1
+MISSING = "missing"  # the rejection reason of an image key the store does not hold
+
+
+def _decode_row(store: ObjectStore, image_key: str, image_size: int, fit: str) -> np.ndarray | dict[str, str]:
+    """The decoded image, or why it cannot be used: the decoder's ``reason`` (pipeline.images.REASONS,
+    or "missing") and its human ``detail``."""
+    try:
+        data = store.get_bytes(image_key)
+    except FileNotFoundError:
+        return {"reason": MISSING, "detail": f"no {image_key} in the store"}
+    try:
+        return decode_image(data, image_size, fit=fit)
+    except UndecodableImage as exc:
+        return {"reason": str(getattr(exc, "reason", "undecodable")), "detail": str(exc)}
+
+
+def load_arrays(store: ObjectStore, frame: pd.DataFrame, image_size: int, fit: str = "squash") -> SplitArrays:
+    """Decode the images of ``frame`` rows (image_key, label_index) on a thread pool (PIL's decoder
+    releases the GIL); undecodable or missing ones are left out and listed with their reason.
+    ``fit``: "squash" or "crop" (pipeline.images)."""
+    rows = list(frame.itertuples(index=False))
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda row: _decode_row(store, row.image_key, image_size, fit), rows))
+    images, labels, item_ids, rejected = [], [], [], []
+    for row, result in zip(rows, results):
+        if isinstance(result, dict):
+            rejected.append({"item_id": str(row.item_id), "image_key": str(row.image_key), **result})
             continue
+        images.append(result)
         labels.append(row.label_index)
         item_ids.append(row.item_id)
     array = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return SplitArrays(array, np.asarray(labels, dtype=np.int32), item_ids, skipped)
+    return SplitArrays(array, np.asarray(labels, dtype=np.int32), item_ids, rejected)
 
 
 def load_split(

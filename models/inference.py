@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from models.data import UndecodableImage, decode_image
-from models.network import BACKBONE_LAYER, HEAD_LAYERS, feature_extractor, head_model
+from models.network import BACKBONE_LAYER, embedding_layer, feature_extractor, head_model
 from models.registry import LoadedModel, current, load_model
 from pipeline import repository
 from pipeline.storage import ObjectStore, StoreKeyError
@@ -82,7 +82,7 @@ class FashionVectorizer:
         key = f"alone:{attribute}"
         if key not in self._alone:
             model = self.networks[attribute].model
-            self._alone[key] = keras.Model(model.input, [model.get_layer(HEAD_LAYERS[1]).output, model.output])
+            self._alone[key] = keras.Model(model.input, [model.get_layer(embedding_layer(model)).output, model.output])
         return self._alone[key]
 
     def outputs(self, decoded: list[dict[int, np.ndarray]]) -> tuple[dict[str, np.ndarray], np.ndarray]:

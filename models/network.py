@@ -131,15 +131,21 @@ def build_attribute_network(
     dense_units: int = 512,
     dropout: float = 0.5,
     pooling: str = "avg",
+    weight_decay: float = 0.0,
     name: str = "attribute_network",
 ) -> keras.Model:
     """Raw RGB image -> preprocess -> backbone -> pooling -> standardize -> Dense(relu) -> Dropout -> softmax.
+
+    ``dense_units=0`` leaves the hidden Dense layer out: a linear softmax head on the standardised
+    features (what a linear probe is). ``weight_decay`` is an L2 penalty on the head's kernels.
 
     The backbone is called with ``training=False``, so any BatchNormalization layer in it stays in
     inference mode even when the backbone is unfrozen for fine-tuning (the keras-io recipe).
     """
     if num_classes < 2:
         raise ValueError(f"an attribute network needs at least 2 classes, got {num_classes}")
+    if dense_units < 0:
+        raise ValueError(f"dense_units must be >= 0 (0: a linear head), got {dense_units}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; known: {POOLINGS}")
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
@@ -151,10 +157,32 @@ def build_attribute_network(
         "flatten": keras.layers.Flatten,
     }[pooling](name="pool")(x)
     x = FeatureStandardization(name=HEAD_LAYERS[0])(x)
-    x = keras.layers.Dense(dense_units, activation="relu", name=HEAD_LAYERS[1])(x)
+    if dense_units:
+        x = keras.layers.Dense(dense_units, activation="relu", name=HEAD_LAYERS[1],
+                               kernel_regularizer=_l2(weight_decay))(x)
     x = keras.layers.Dropout(dropout, name=HEAD_LAYERS[2])(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYERS[3])(x)
+    # float32 softmax even under a mixed_float16 policy (models.train turns it on when a GPU is present).
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYERS[3], dtype="float32",
+                                 kernel_regularizer=_l2(weight_decay))(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _l2(weight_decay: float):
+    """An L2 penalty of ``weight_decay`` on a head kernel (None when 0: no regularizer in the config)."""
+    return keras.regularizers.L2(weight_decay) if weight_decay else None
+
+
+def head_layer_names(model: keras.Model) -> tuple[str, ...]:
+    """The HEAD_LAYERS this network has (a linear head, ``dense_units: 0``, has no ``head_dense``)."""
+    present = {layer.name for layer in model.layers}
+    return tuple(name for name in HEAD_LAYERS if name in present)
+
+
+def embedding_layer(model: keras.Model) -> str:
+    """The layer whose output is the network's image embedding: the hidden Dense layer, or for a linear
+    head the standardised pooled features."""
+    names = head_layer_names(model)
+    return HEAD_LAYERS[1] if HEAD_LAYERS[1] in names else HEAD_LAYERS[0]
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
@@ -176,6 +204,50 @@ def head_model(model: keras.Model) -> keras.Model:
     """The head of ``model`` on pooled features; its layers ARE the model's, so training it trains them."""
     features = keras.Input(shape=model.get_layer("pool").output.shape[1:], name="features")
     x = features
-    for layer_name in HEAD_LAYERS:
+    for layer_name in head_layer_names(model):
         x = model.get_layer(layer_name)(x)
     return keras.Model(features, x, name="head")
+
+
+def backbone_cut(model: keras.Model, unfreeze_from: str) -> str | None:
+    """The first backbone layer whose name starts with ``unfreeze_from`` ("block11" -> "block11_expand_conv");
+    None for "all" (the whole backbone trains). The layers from there on are the backbone's tail."""
+    if unfreeze_from == "all":
+        return None
+    base = model.get_layer(BACKBONE_LAYER)
+    for layer in base.layers:
+        if layer.name.startswith(unfreeze_from):
+            return layer.name
+    names = sorted({layer.name.split("_")[0] for layer in base.layers})
+    raise ValueError(f"unfreeze_from {unfreeze_from!r}: no layer of backbone {base.name!r} starts with it "
+                     f"(layer name prefixes: {names[:40]})")
+
+
+def set_tail_trainable(model: keras.Model, cut: str | None) -> None:
+    """Make the backbone trainable from layer ``cut`` on (all of it for None); the layers before it stay
+    frozen, and every BatchNormalization layer stays frozen (and in inference mode)."""
+    base = model.get_layer(BACKBONE_LAYER)
+    base.trainable = True
+    frozen = cut is not None
+    for layer in base.layers:
+        if layer.name == cut:
+            frozen = False
+        layer.trainable = not frozen and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def split_at(model: keras.Model, cut: str) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """(frozen, tail, tail_features): raw image -> the activations entering layer ``cut``; those
+    activations -> the network's softmax; those activations -> the pooled features. All share their
+    layers with ``model`` (training the tail trains the model)."""
+    base = model.get_layer(BACKBONE_LAYER)
+    boundary = base.get_layer(cut).input
+    lower = keras.Model(base.input, boundary, name="backbone_lower")
+    upper = keras.Model(boundary, base.output, name="backbone_tail")
+    image = keras.Input(shape=model.input.shape[1:], name="image")
+    frozen = keras.Model(image, lower(model.get_layer("preprocess")(image), training=False), name="frozen")
+    activations = keras.Input(shape=boundary.shape[1:], name="activations")
+    pooled = model.get_layer("pool")(upper(activations, training=False))
+    x = pooled
+    for layer_name in head_layer_names(model):
+        x = model.get_layer(layer_name)(x)
+    return frozen, keras.Model(activations, x, name="tail"), keras.Model(activations, pooled, name="tail_features")

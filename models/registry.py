@@ -19,6 +19,7 @@ import keras
 
 import models.network  # noqa: F401  (registers the custom layers that saved models refer to)
 from models.data import load_split
+from models.evaluation import beats
 from models.train import metrics_key, model_key, predict_classes, split_fingerprint
 from pipeline.storage import ObjectStore
 
@@ -116,9 +117,27 @@ def compare_on_test_split(store: ObjectStore, attribute: str, candidate: dict[st
     return {"candidate": cand_acc, "current": cur_acc, "split": split, "evaluated_now": True}
 
 
+def network_beats_probe(metrics: dict[str, Any]) -> bool:
+    """False for a version that publishes its network although the network does not beat its own linear
+    probe on validation (by the version's selection margin, models.evaluation.beats). A version that
+    publishes its probe, or has no probe record (trained before issue 13), passes."""
+    probe = metrics.get("probe")
+    if not probe or metrics.get("published", "network") != "network":
+        return True
+    images = int(metrics.get("counts", {}).get("validation", {}).get("images", 0))
+    margin = float(metrics.get("config", {}).get("selection_margin", 0.0))
+    return beats(float(metrics["network"]["val_accuracy"]), float(probe["val_accuracy"]), images, margin)
+
+
+def network_probe_reason(metrics: dict[str, Any]) -> str:
+    return (f"the network does not beat its own linear probe on validation "
+            f"({metrics['network']['val_accuracy']:.4f} vs probe {metrics['probe']['val_accuracy']:.4f})")
+
+
 def promote(store: ObjectStore, attribute: str, version: str, force: bool = False,
             tolerance: float = 0.0) -> dict[str, Any]:
-    """Make ``version`` current unless it is worse than the current version; returns the decision.
+    """Make ``version`` current unless it is worse than the current version, or it publishes a network
+    that does not beat its own linear probe on validation; returns the decision.
 
     "Worse" means a lower test accuracy than the current version's by more than ``tolerance`` on
     the same test split. Promoted without comparison: the first version, ``force``, or a version
@@ -130,7 +149,9 @@ def promote(store: ObjectStore, attribute: str, version: str, force: bool = Fals
     candidate = {**candidate, "version": version}
     record = current(store, attribute)
     comparison: dict[str, Any] | None = None
-    if record is None:
+    if not force and not network_beats_probe(candidate):
+        promoted, reason = False, network_probe_reason(candidate)
+    elif record is None:
         promoted, reason = True, "first version"
     elif record["version"] == version:
         promoted, reason = True, "already current"

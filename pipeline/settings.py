@@ -335,7 +335,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         crawl=raw.get("crawl", {}),
         curation=raw.get("curation", {}),
         split=raw.get("split", {}),
-        training=raw.get("training", {}),
+        training=validate_training(raw.get("training") or {}),
         recommend=raw.get("recommend", {}),
         review=review,
         repository=raw.get("repository", {}),
@@ -347,6 +347,47 @@ def validate_crawl_failure(crawl: dict[str, Any]) -> None:
     share = crawl.get("max_failed_share", 0.5)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise ValueError(f"crawl.max_failed_share must be a number from 0 to 1, got {share!r}")
+
+
+# -- training (models.train.TrainingConfig reads these) -----------------------------------------------
+_TRAINING_CHOICES = {"pooling": ("avg", "max", "flatten"), "lr_schedule": ("constant", "cosine"),
+                     "image_fit": ("squash", "crop"), "mixed_precision": ("auto", "off"),
+                     "head_init": ("random", "probe"), "backbone": ("vgg16", "efficientnet_lite0")}
+_TRAINING_INTS = {"image_size": 32, "batch_size": 1, "dense_units": 0, "frozen_epochs": 0, "unfrozen_epochs": 0,
+                  "patience": 0, "warmup_epochs": 0, "seed": 0}  # key -> smallest value
+_TRAINING_FLOATS = {"dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, None),
+                    "head_learning_rate": (0.0, None), "finetune_learning_rate": (0.0, None),
+                    "selection_margin": (0.0, None), "promotion_tolerance": (0.0, 1.0),
+                    "augment_translation": (0.0, 1.0), "augment_zoom": (0.0, 1.0),
+                    "augment_brightness": (0.0, 1.0), "augment_contrast": (0.0, 1.0)}
+_TRAINING_BOOLS = ("mirror_augment", "probe", "shared_backbone")
+
+
+def validate_training(training: Any) -> dict[str, Any]:
+    """The ``training`` section, checked key by key (a wrong type or value is a clear error here, not a
+    failure deep inside a training task). Unknown keys are left alone."""
+    if not isinstance(training, dict):
+        raise ValueError(f"training: needs a mapping, got {training!r} (config/settings.yaml)")
+    for key, value in training.items():
+        where = f"training.{key}: "
+        if key in _TRAINING_CHOICES and value not in _TRAINING_CHOICES[key]:
+            raise ValueError(f"{where}must be one of {list(_TRAINING_CHOICES[key])}, got {value!r}")
+        if key in _TRAINING_INTS and (not isinstance(value, int) or isinstance(value, bool) or value < _TRAINING_INTS[key]):
+            raise ValueError(f"{where}needs an integer >= {_TRAINING_INTS[key]}, got {value!r}")
+        if key in _TRAINING_FLOATS:
+            low, high = _TRAINING_FLOATS[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or (high is not None and value > high):
+                raise ValueError(f"{where}needs a number in [{low}, {high if high is not None else 'inf'}], got {value!r}")
+        if key in _TRAINING_BOOLS and not isinstance(value, bool):
+            raise ValueError(f"{where}needs true or false, got {value!r}")
+        if key == "unfreeze_from":
+            prefixes = value.values() if isinstance(value, dict) else [value]
+            if not all(isinstance(p, str) and p for p in prefixes):
+                raise ValueError(f"{where}needs 'all', a backbone layer-name prefix (block11) or a mapping "
+                                 f"backbone -> prefix, got {value!r}")
+    if training.get("head_init") == "probe" and (training.get("dense_units", 512) != 0 or training.get("probe") is False):
+        raise ValueError("training.head_init: probe needs dense_units: 0 and probe: true (the head starts as the probe)")
+    return training
 
 
 @lru_cache(maxsize=1)

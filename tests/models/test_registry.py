@@ -105,3 +105,28 @@ def test_versions_evaluated_on_different_splits_are_compared_on_todays_split(fil
     assert comparison["evaluated_now"] is True and comparison["split"] == expected["v1"][1]
     assert (comparison["candidate"], comparison["current"]) == (expected["v2"][0], expected["v1"][0])
     assert decision["promoted"] == (expected["v2"][0] >= expected["v1"][0])
+
+
+def test_a_network_that_does_not_beat_its_own_probe_is_not_promoted(file_store):
+    """Issue 13: promotion refuses a network whose validation accuracy is not above its linear probe's by
+    more than the selection margin; a version that publishes its probe, or a forced one, passes."""
+    from models.registry import promote
+
+    def with_probe(version: str, network: float, probe: float, published: str = "network") -> None:
+        write_scored(file_store, version, 0.80)
+        metrics = file_store.read_json(f"models/shape/{version}/metrics.json")
+        metrics.update({"published": published, "network": {"val_accuracy": network},
+                        "probe": {"val_accuracy": probe}, "counts": {"validation": {"images": 100}},
+                        "config": {"selection_margin": 1}})
+        file_store.write_json(f"models/shape/{version}/metrics.json", metrics)
+
+    with_probe("v1", network=0.91, probe=0.90)  # one image better: not enough, even as the first version
+    decision = promote(file_store, "shape", "v1")
+    assert decision["promoted"] is False and "does not beat its own linear probe" in decision["reason"]
+    assert current(file_store, "shape") is None
+    with_probe("v2", network=0.90, probe=0.90, published="probe")  # the probe is the published model
+    assert promote(file_store, "shape", "v2")["promoted"] is True
+    with_probe("v3", network=0.93, probe=0.90)  # three images better
+    assert promote(file_store, "shape", "v3")["promoted"] is True
+    with_probe("v4", network=0.80, probe=0.90)
+    assert promote(file_store, "shape", "v4", force=True)["reason"] == "forced"

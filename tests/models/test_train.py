@@ -40,6 +40,7 @@ def test_balanced_class_weights():
 
 
 def test_best_weights_keeps_the_best_epoch_across_phases():
+    """Without logged losses (accuracy only) and no margin: the earliest best epoch; phase 2 must beat it."""
     model = build_attribute_network(2, image_size=32, dense_units=4)
     best = BestWeights(model)
     kernel = model.get_layer("predictions").kernel
@@ -141,13 +142,24 @@ def test_a_tiny_network_learns_patterns_and_keeps_its_best_weights(file_store, t
     assert len(metrics["test"]["confusion_matrix"]) == len(CLASSES)
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["counts"]["test"]["images"] == 30
 
-    # The kept weights are the best validation epoch over both phases ...
+    # The kept weights follow the selection rule: per phase the epoch of lowest validation loss ...
     history = metrics["history"]
     assert {row["phase"] for row in history} == {"frozen", "unfrozen"}
-    assert metrics["val_accuracy"] == pytest.approx(max(row["val_accuracy"] for row in history), abs=1e-4)
-    best_row = next(r for r in history if r["phase"] == metrics["best"]["phase"] and r["epoch"] == metrics["best"]["epoch"])
-    assert best_row["val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-4)
-    # ... and they are the weights that were saved: the saved model scores that accuracy on validation.
+    best = metrics["best"]
+    for phase, candidate in best["candidates"].items():
+        rows = [r for r in history if r["phase"] == phase]
+        assert candidate["epoch"] == rows[int(np.argmin([r["val_loss"] for r in rows]))]["epoch"]
+    kept = best["candidates"][best["phase"]]
+    assert kept["val_accuracy"] == pytest.approx(best["val_accuracy"]) == pytest.approx(metrics["network"]["val_accuracy"])
+    if best["phase"] == "unfrozen":  # phase 2 only when it beats phase 1 by more than the margin
+        assert kept["val_accuracy"] > best["candidates"]["frozen"]["val_accuracy"]
+    # ... the published model is the network unless its probe is at least as good on validation ...
+    probe = metrics["probe"]
+    assert metrics["published"] == ("network" if metrics["network"]["val_accuracy"] > probe["val_accuracy"] else "probe")
+    assert metrics["val_accuracy"] == (metrics["network"]["val_accuracy"] if metrics["published"] == "network"
+                                       else probe["val_accuracy"])
+    assert metrics["test"] == (metrics["network"]["test"] if metrics["published"] == "network" else probe["test"])
+    # ... and it is what was saved: the saved model scores that accuracy on validation.
     publish(file_store, "pattern", "20260101-000000")
     loaded = load_model(file_store, "pattern")
     validation = load_split(file_store, "pattern", "validation", CLASSES, 32)
@@ -160,6 +172,8 @@ def test_a_tiny_network_learns_patterns_and_keeps_its_best_weights(file_store, t
     assert file_store.get_bytes(artifacts["confusion_matrix.png"])[:8] == b"\x89PNG\r\n\x1a\n"
     card = file_store.get_bytes(artifacts["model_card.md"]).decode()
     assert f"Accuracy **{metrics['test']['accuracy']:.4f}**" in card and metrics["test_split"]["fingerprint"] in card
+    assert f"| linear probe | {probe['val_accuracy']:.4f} | {probe['test']['accuracy']:.4f}" in card
+    assert f"Published as this version's model: **{metrics['published']}**" in card
 
     # Saved without optimizer state: about the size of the weights alone.
     saved_bytes = len(file_store.get_bytes("models/pattern/20260101-000000/model.keras"))
@@ -187,9 +201,9 @@ def test_a_phase_two_that_only_hurts_falls_back_to_the_phase_one_weights(file_st
 
     monkeypatch.setattr(train_module, "fine_tune", wrecking_fine_tune)
     write_dataset(file_store, per_class=10, kinds=("striped", "solid"), fractions=(0.6, 0.2))
-    config = {**tiny_training, "frozen_epochs": 3, "unfrozen_epochs": 1}
+    config = {**tiny_training, "frozen_epochs": 3, "unfrozen_epochs": 1, "probe": False}
     metrics = train_attribute(file_store, "pattern", "v1", config, CLASSES)
-    assert metrics["best"]["phase"] == "frozen"
+    assert metrics["best"]["phase"] == "frozen" and metrics["published"] == "network"
     assert metrics["history"][-1] == {"phase": "unfrozen", "epoch": 1, "seconds": metrics["history"][-1]["seconds"],
                                       "loss": 9.9, "accuracy": 0.0, "val_loss": 9.9, "val_accuracy": 0.0}
     publish(file_store, "pattern", "v1")
