@@ -1,15 +1,26 @@
 """A product from the visible page, for pages whose structured data gives none (or misses fields).
 
-General rules only, no shop's markup: the title is the page's ``h1``; the price is the price element
-(class, id or itemprop naming a price, not an old/was/strike price) nearest after the title, read by
-zyte-parsers / price-parser; the sku follows a label ("SKU:", "Art.-Nr.", "Item number", "ASIN",
-"Артикул", ...) in the visible text (html-text) or sits in an element named sku; availability is an
-enabled buy button (InStock) or a stock phrase in one of many languages; the brand is an element named
-brand (zyte-parsers); the image is the first large-looking ``img`` after the title.
+General rules only, no shop's markup:
+
+- title: the ``h1`` sharing most words with the document's ``<title>`` (pop-ups have h1s too);
+- price: the price element (class, id or itemprop naming a price) nearest after the title, read without
+  its struck or was/old-named parts, with a currency shown, not 0, and not inside a repeated card (three
+  or more like siblings each with a price and a link: a listing's, a carousel's, a comparison table's);
+  read by price-parser, the currency by its symbol or, for "$", "kr", "¥", the page's country (``lang``,
+  ``og:locale``, the URL's country domain) through babel, which also settles "3.499" in a 3-decimal
+  currency;
+- sku: the identifiers the page prints after a label ("SKU:", "Art.-Nr.", "Product code", "ASIN",
+  "Артикул", "Cod produs", ...) in the visible text (html-text), or in an element named for one
+  (``class="product-code"``, ``data-qa="product-reference"``); which one is the product's is settled with
+  the structured data in scrapers/extract.py (``_choose_sku``);
+- availability: an enabled buy control (InStock) or a stock phrase in one of many languages;
+- brand: an element named brand (zyte-parsers); image: the first large-looking ``img`` after the title.
 
 False positives are the risk: a listing, a search result, an event or an article also has a heading and
-prices. The visible page names a product by itself (``is_product``) only with a title, a price and one
-or two buy buttons or an sku label; many buy buttons (a listing's) or none with no sku is not a product.
+prices. The visible page names a product by itself (``is_product``) only with a title, a price and one to
+:data:`MAX_BUY_BUTTONS` buy controls outside repeated cards, or an sku label; a listing's prices and
+buttons sit in its cards, and none with no sku is not a product. Hidden elements (``display:none``,
+``hidden``, ``aria-hidden``, the usual hidden classes), the navigation and the footer are not the page.
 """
 from __future__ import annotations
 
