@@ -17,6 +17,7 @@ import html
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ CSRF_VALUE = "fashionnet-review"
 PUBLIC_PATHS = {"/login"}
 PAGE_PATHS = {"/", ""}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# A batch id the page may be opened on (?batch=...), kept through the login (the approval request's link).
+BATCH_QUERY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
             "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 LOGIN_CSP = PAGE_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
@@ -225,6 +228,13 @@ def cross_site(request: Request) -> bool:
     return urlsplit(origin).netloc not in hosts
 
 
+def with_batch(target: str, request: Request) -> str:
+    """``target`` with the request's ``?batch=`` when it is a batch id (anything else is dropped), so the page a
+    link opened on a batch still opens on it after the login."""
+    batch = request.query_params.get("batch", "")
+    return f"{target}?batch={batch}" if BATCH_QUERY.fullmatch(batch) else target
+
+
 class SessionGate(BaseHTTPMiddleware):
     """Deny by default: no valid session, no route (but the login page); no CSRF header, no change."""
 
@@ -237,7 +247,7 @@ class SessionGate(BaseHTTPMiddleware):
         name = ctx.signer.reviewer(token, ctx.reviewers()) if token else None
         if name is None:
             if path in PAGE_PATHS and request.method in SAFE_METHODS:
-                return RedirectResponse("login", status_code=303)
+                return RedirectResponse(with_batch("login", request), status_code=303)
             return JSONResponse({"detail": "not authenticated: log in first"}, status_code=401)
         if request.method not in SAFE_METHODS and (
                 request.headers.get(CSRF_HEADER) != CSRF_VALUE or cross_site(request)):
@@ -278,7 +288,7 @@ def add_page_routes(app: FastAPI) -> None:
         ctx = context(request)
         token = request.cookies.get(COOKIE_NAME)
         if token and ctx.signer.reviewer(token, ctx.reviewers()):
-            return RedirectResponse("./", status_code=303)
+            return RedirectResponse(with_batch("./", request), status_code=303)
         return login_page()
 
     @app.post("/login", include_in_schema=False)
@@ -308,7 +318,7 @@ def add_page_routes(app: FastAPI) -> None:
             return login_page("Unknown reviewer or wrong password.", 401)
         ctx.throttle.succeeded(client, username)
         log.info("review login: %s", username)
-        response = RedirectResponse("./", status_code=303)
+        response = RedirectResponse(with_batch("./", request), status_code=303)
         secure = ctx.secure_cookie if ctx.secure_cookie is not None else request.url.scheme == "https"
         response.set_cookie(COOKIE_NAME, ctx.signer.issue(username, reviewers[username]),
                             max_age=ctx.signer.max_age_s, path=cookie_path(request), httponly=True,

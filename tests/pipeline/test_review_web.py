@@ -331,3 +331,20 @@ print(json.dumps({"prefixes": [a["url_prefix"] for a in apps], "pandas_at_import
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"prefixes": ["/fashionnet-review"], "pandas_at_import": False, "page": [303, "login"],
                       "login": 200, "api": 401}
+
+
+def test_a_link_to_a_batch_opens_that_batch_after_the_login(client):
+    """Issue 12: the approval request's link (.../fashionnet-review/?batch=<id>) lost the batch at the login."""
+    batch = "ingest-20261128-093005-demo-store"
+    to_login = client.get(f"/?batch={batch}", follow_redirects=False)
+    assert to_login.status_code == 303 and to_login.headers["location"] == f"login?batch={batch}"
+    form = client.get(f"/login?batch={batch}")
+    assert '<form method="post" action="">' in form.text  # posts back to login?batch=...
+    back = client.post(f"/login?batch={batch}", data={"username": "alice", "password": PASSWORD},
+                       follow_redirects=False)
+    assert back.status_code == 303 and back.headers["location"] == f"./?batch={batch}"
+    again = client.get(f"/login?batch={batch}", follow_redirects=False)  # already logged in
+    assert again.headers["location"] == f"./?batch={batch}"
+    # Anything but a batch id is dropped, never echoed into a redirect.
+    for bad in ("https://evil.example/", "../x", "a b", "x" * 300):
+        assert client.get("/login", params={"batch": bad}, follow_redirects=False).headers["location"] == "./"
