@@ -453,20 +453,45 @@ def _brand(tree: HtmlElement) -> str | None:
     return None
 
 
-def _image(tree: HtmlElement, order: dict[HtmlElement, int], after: int, response: TextResponse) -> list[str]:
-    """The first product-looking image after the title (not an icon, logo or sprite)."""
-    for img in tree.xpath("//img[@src or @data-src]"):
-        if order.get(img, 0) < after or not _in_page(img):
+# Where shops keep an image's large version; a "data:" placeholder in src is no image.
+_IMAGE_ATTRS = ("data-old-hires", "data-zoom-image", "data-large-image", "data-large", "data-zoom", "data-src", "src")
+_NOT_A_PHOTO = re.compile(r"logo|icon|sprite|pixel|spacer|badge|flag|rating|star|payment|maps\.google|staticmap|\.svg|\.gif", re.I)
+_URL_SIZE = re.compile(r"(?<!\d)(\d{2,4})x(\d{2,4})(?!\d)")
+_MIN_SIDE = 150
+
+
+def _too_small(img: HtmlElement, src: str) -> bool:
+    width = img.get("width", "")
+    if width.isdigit() and int(width) < _MIN_SIDE:  # (a height alone: a slider shows a photo 100 px high)
+        return True
+    size = _URL_SIZE.search(src)  # "thumbnail_135x85.png"
+    return bool(size) and max(int(size.group(1)), int(size.group(2))) < _MIN_SIDE
+
+
+def _image(tree: HtmlElement, order: dict[HtmlElement, int], after: int, response: TextResponse,
+           title: str | None) -> list[str]:
+    """The product's photo: the image whose ``alt`` names the product (half the title's words or more;
+    shops put the main photo before or after the title), else the first photo-looking image after the
+    title; never an icon, a logo, a map or a thumbnail-sized one. (Related products' photos name other
+    products.)"""
+    words = _words(title or "")
+    named: tuple[tuple[float, bool], str] | None = None
+    first_after: str | None = None
+    for img in tree.xpath("//img"):
+        src = next((img.get(a) for a in _IMAGE_ATTRS if img.get(a) and not img.get(a, "").startswith("data:")), None)
+        if not src or _NOT_A_PHOTO.search(f"{src} {img.get('class', '')} {img.get('id', '')}") or _too_small(img, src):
             continue
-        src = img.get("data-src") or img.get("src") or ""
-        names = f"{src} {img.get('class', '')} {img.get('id', '')}"
-        if re.search(r"logo|icon|sprite|pixel|spacer|badge|flag|rating|star|payment|\.svg|\.gif", names, re.I):
+        if not _in_page(img):
             continue
-        width = img.get("width", "")
-        if width.isdigit() and int(width) < 150:
-            continue
-        return absolute_images([src], response)
-    return []
+        alt = _words(img.get("alt") or img.get("title") or "")
+        # Ties go to an image with a large version (data-old-hires, data-zoom-image, ...): the main photo.
+        score = (len(alt & words) / len(words) if words else 0.0, img.get("src") != src)
+        if score[0] >= 0.5 and (named is None or score > named[0]):
+            named = (score, src)
+        if first_after is None and order.get(img, 0) >= after:
+            first_after = src
+    chosen = named[1] if named else first_after
+    return absolute_images([chosen], response) if chosen else []
 
 
 def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any] | None:
@@ -498,7 +523,7 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         "description": None,
         "category": None,
         "brand": _brand(body),
-        "image_urls": _image(body, order, after, response),
+        "image_urls": _image(body, order, after, response, title),
         "price": price,
         "currency": currency,
         "availability": availability,

@@ -129,3 +129,17 @@ def test_a_stated_price_the_page_also_shows_as_current_stays():
             '<span class="price">EUR110.00</span><button>Add to cart</button>')
     data = extract_product(page(body))
     assert data["price"] == 219.99 and json.loads(data["field_sources"])["price"] == "microdata"
+
+
+def test_the_photo_named_by_its_alt_is_the_image_even_before_the_title():
+    body = ('<div class="gallery"><img src="/img/coat-500.jpg" data-old-hires="/img/coat-1500.jpg" alt="Wool Coat Nord, grey">'
+            '</div><h1>Wool Coat Nord</h1><img src="/img/secure-checkout.png" width="300">'
+            '<img src="/cards/thumbnail_135x85.png"><span class="price">€ 189,00</span><button>Add to cart</button>')
+    data = extract_product(page(body))
+    assert data["image_url"] == "https://shop.example/img/coat-1500.jpg"
+
+
+def test_without_a_named_photo_the_first_photo_after_the_title_not_a_thumbnail():
+    body = ('<img src="/img/banner.jpg"><h1>Wool Coat Nord</h1><img src="/cards/thumbnail_135x85.png">'
+            '<img src="/img/p/1.jpg" height="100"><span class="price">€ 189,00</span><button>Add to cart</button>')
+    assert extract_product(page(body))["image_url"] == "https://shop.example/img/p/1.jpg"
