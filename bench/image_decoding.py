@@ -273,17 +273,21 @@ def quality_rows(version: str, photo: Image.Image) -> list[dict[str, str]]:
     return rows
 
 
-def throughput(version: str, repeat: int, photo: Image.Image) -> dict[str, float]:
+def throughput(repeat: int, photo: Image.Image) -> dict[str, tuple[float, float]]:
+    """Path -> (before, after) images/s on one 5184x3456 JPEG: median of ``repeat`` calls each, the
+    before and after calls interleaved so that both see the same load on a shared machine."""
     big = encode(photo.resize((5184, 3456), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    before, after = paths("before", speed=True), paths("after", speed=True)
     speeds = {}
-    for name, function in paths(version, speed=True).items():
-        function(big)  # warm-up
-        times = []
+    for name in after:
+        times: dict[str, list[float]] = {"before": [], "after": []}
+        before[name](big), after[name](big)  # warm-up
         for _ in range(repeat):
-            start = time.perf_counter()
-            function(big)
-            times.append(time.perf_counter() - start)
-        speeds[name] = 1 / statistics.median(times)
+            for version, function in (("before", before[name]), ("after", after[name])):
+                start = time.perf_counter()
+                function(big)
+                times[version].append(time.perf_counter() - start)
+        speeds[name] = (1 / statistics.median(times["before"]), 1 / statistics.median(times["after"]))
     return speeds
 
 
@@ -332,10 +336,10 @@ def main() -> None:
     for version in ("before", "after"):
         print(f"\n### {version}\n")
         print(markdown(quality_rows(version, photo)))
-    print("\n### 5184x3456 JPEG, images/s (median of", args.repeat, "runs)\n")
-    before, after = throughput("before", args.repeat, photo), throughput("after", args.repeat, photo)
-    print(markdown([{"path": name, "before": f"{before[name]:.1f}", "after": f"{after[name]:.1f}",
-                     "ratio": f"{after[name] / before[name]:.1f}x"} for name in before]))
+    print("\n### 5184x3456 JPEG, images/s (median of", args.repeat, "runs each, before and after interleaved)\n")
+    speeds = throughput(args.repeat, photo)
+    print(markdown([{"path": name, "before": f"{old:.1f}", "after": f"{new:.1f}", "ratio": f"{new / old:.2f}x"}
+                    for name, (old, new) in speeds.items()]))
     if not args.skip_rss:
         with tempfile.TemporaryDirectory() as folder:
             png = Path(folder) / "12000.png"

@@ -46,6 +46,7 @@ _WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _NETWORK_RESAMPLE = Image.Resampling.BILINEAR
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 
 
 class UndecodableImage(ValueError):
@@ -159,6 +160,8 @@ def _oriented(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation tag says; unchanged when the EXIF block is unreadable
     (the pixels are still good, only the tag is not)."""
     try:
+        if image.getexif().get(_ORIENTATION, 1) in (None, 1):
+            return image  # upright already: no copy of the pixels
         return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - malformed EXIF raises struct, value, key or type errors
         return image
@@ -181,13 +184,12 @@ def open_image(data: bytes, *, max_pixels: int, target_size: int | None = None) 
             image.load()
         rgb = _to_rgb(_oriented(image))
         rgb.load()
-    except UndecodableImage:
-        raise
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError...
+        image.close()
         raise UndecodableImage(
             UNDECODABLE, f"{image.format or 'image'} {image.width}x{image.height}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        image.close()
+    if rgb is not image:
+        image.close()  # (closing the returned image itself would free its pixels)
     return rgb
 
 
