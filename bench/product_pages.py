@@ -8,9 +8,10 @@ runs the benchmark's own ``evaluate.py`` there, and prints its table for all pag
 subset and the held-out subset, plus our misses by cause.
 
 Subsets: the 30 apparel pages (``../shared/data/retail-pages/pages.csv``) plus the other pages whose
-sha1(page id) is even are the development set; the rest (odd hash, non-apparel) is held out.
+sha1(page id) is even are the development set; the rest (odd hash, non-apparel) is held out. "apparel"
+and "other" split the 75 into the 30 apparel pages and the 45 others.
 
-    .venv/bin/python bench/product_pages.py [--subset all|dev|held-out] [--show-errors]
+    .venv/bin/python bench/product_pages.py [--subset all|dev|held-out|apparel|other] [--show-errors]
 """
 from __future__ import annotations
 
@@ -42,10 +43,15 @@ PUBLISHED = ("Zyte", "Diffbot", "extruct")
 SCORED = ("price", "sku", "availability")
 
 
+def apparel_ids() -> set[str]:
+    """The 30 apparel pages (``../shared/data/retail-pages/pages.csv``)."""
+    with APPAREL_CSV.open(encoding="utf-8") as handle:
+        return {Path(row["file"]).name.split(".")[0] for row in csv.DictReader(handle)}
+
+
 def development_ids(page_ids: list[str]) -> set[str]:
     """The apparel pages plus the others with an even sha1 of their id."""
-    with APPAREL_CSV.open(encoding="utf-8") as handle:
-        apparel = {Path(row["file"]).name.split(".")[0] for row in csv.DictReader(handle)}
+    apparel = apparel_ids()
     return {p for p in page_ids if p in apparel or int(hashlib.sha1(p.encode()).hexdigest(), 16) % 2 == 0}
 
 
@@ -150,7 +156,7 @@ def evaluate(ground_truth: dict[str, Any], outputs: dict[str, dict[str, Any]], s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subset", choices=("all", "dev", "held-out", "each"), default="each")
+    parser.add_argument("--subset", choices=("all", "dev", "held-out", "apparel", "other", "each"), default="each")
     parser.add_argument("--show-errors", action="store_true")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -159,10 +165,13 @@ def main() -> None:
     ours, seconds = predict(ground_truth)
     published = {s: json.loads((DATA / f"output-{s}.json").read_text(encoding="utf-8")) for s in PUBLISHED}
     dev = development_ids(list(ground_truth))
+    apparel = apparel_ids() & set(ground_truth)
     subsets = {
         "all": set(ground_truth),
         "dev": dev,
         "held-out": set(ground_truth) - dev,
+        "apparel": apparel,  # a rule may help the 30 apparel pages and hurt the 45 others, or the reverse
+        "other": set(ground_truth) - apparel,
     }
     chosen = list(subsets) if args.subset == "each" else [args.subset]
     for name in chosen:
