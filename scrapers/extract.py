@@ -44,6 +44,8 @@ FIELDS = (
 #: Merge order, first wins per field; ``dom`` (the visible page, scrapers/visible.py) fills what is left.
 SOURCES = ("jsonld", "microdata", "rdfa", "og", "dom")
 
+#: og:type values (before any ".") of pages that are not a product page whatever their buttons say.
+NOT_PRODUCT_OG_TYPES = frozenset({"article", "blog", "video", "music", "book", "profile", "event"})
 PRODUCT_TYPES = frozenset({"product", "productgroup", "productmodel", "individualproduct", "someproducts"})
 # Containers a page's own product hides in. Not isRelatedTo/isSimilarTo: those are other products.
 CONTAINER_KEYS = ("@graph", "mainEntity", "mainentity")
@@ -620,6 +622,7 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
         # By itself OpenGraph names a product only when og:type says so or it gives a price; else it
         # only fills gaps (og:image) of a product another syntax found.
         "is_product": "product" in og_type or price_text is not None,
+        "_og_type": og_type,
     }
 
 
@@ -657,11 +660,16 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
         if fields is not None:
             found[name] = fields
     og = found.get("og")
+    og_type = og.pop("_og_type", "") if og is not None else ""
     if og is not None and not og.pop("is_product") and set(found) <= {"og", "dom"}:
         del found["og"]
     dom = found.get("dom")
     if dom is not None:
         _choose_sku(found, dom.pop("_text", ""), response.url)
+        if og_type.split(".")[0] in NOT_PRODUCT_OG_TYPES and not dom.get("sku"):
+            # The page says what it is: an article's shop widget is no product page. (A shop that
+            # mislabels its product pages still names them by the product code they print.)
+            dom["is_product"] = False
     if dom is not None and not dom.pop("is_product") and not set(found) - {"dom"}:
         del found["dom"]  # the visible page alone names a product only when it looks like one
     elif dom is not None and set(found) - {"dom"}:

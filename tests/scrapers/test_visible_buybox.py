@@ -143,3 +143,10 @@ def test_without_a_named_photo_the_first_photo_after_the_title_not_a_thumbnail()
     body = ('<img src="/img/banner.jpg"><h1>Wool Coat Nord</h1><img src="/cards/thumbnail_135x85.png">'
             '<img src="/img/p/1.jpg" height="100"><span class="price">€ 189,00</span><button>Add to cart</button>')
     assert extract_product(page(body))["image_url"] == "https://shop.example/img/p/1.jpg"
+
+
+def test_an_article_with_a_shop_widget_is_not_a_product():
+    head = '<meta property="og:type" content="article"><meta property="og:title" content="Ten coats under €100">'
+    body = ('<h1>Ten coats under €100</h1><p>Our pick:</p><div class="widget"><span class="price">€ 99,00</span>'
+            '<button>Add to cart</button></div>')
+    assert extract_product(page(body, head=head)) is None
