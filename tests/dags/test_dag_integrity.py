@@ -207,3 +207,35 @@ def test_crawl_params_reject_urls_and_names_that_are_not_shops(dagbag, dag_id, c
     with pytest.raises(ParamValidationError, match=message):
         params.update(conf)
         params.validate()
+
+
+def test_every_dag_has_docs_for_the_ui(dagbag):
+    """Issue 12: train and recommend had no doc_md (the UI's Docs tab was empty)."""
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.doc_md and len(dag.doc_md) > 200 and dag.doc_md.strip().splitlines()[0], dag_id
+
+
+def test_publish_logs_each_promotion_decision(dagbag, capsys, tmp_path):
+    """Issue 12: train.publish logged nothing of its promotion decisions."""
+    import types
+
+    dag = dagbag.dags["fashionnet_train"]
+    publish = dag.get_task("publish").python_callable
+    decisions = {"pattern": {"attribute": "pattern", "candidate": "v2", "current": "v1", "promoted": False,
+                             "reason": "test accuracy 0.4000 vs current 0.5000 (worse, tolerance 0.0)", "forced": False},
+                 "fabric": {"attribute": "fabric", "candidate": "v2", "current": None, "promoted": True,
+                            "reason": "first version", "forced": False}}
+    with pytest.MonkeyPatch.context() as patch:
+        # A stand-in registry (the real one imports TensorFlow): the decisions are what publish logs.
+        registry = types.ModuleType("models.registry")
+        registry.promote = lambda store, attribute, version, **kw: decisions[attribute]
+        patch.setitem(sys.modules, "models.registry", registry)
+        patch.setattr("pipeline.settings.get_settings", lambda: types.SimpleNamespace(
+            training={}, taxonomy=types.SimpleNamespace(names=["pattern", "fabric"]),
+            store_uri=f"file://{tmp_path}", s3_endpoint_url=None))
+        publish([{"attribute": "pattern", "version": "v2"}, {"attribute": "fabric", "version": "v2"}],
+                {"force_promotion": False})
+    out = capsys.readouterr().out
+    assert ("train.publish: pattern v2: not promoted, v1 stays current (current was v1; test accuracy 0.4000 vs "
+            "current 0.5000 (worse, tolerance 0.0))") in out
+    assert "train.publish: fabric v2: promoted (current was None; first version)" in out
