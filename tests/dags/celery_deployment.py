@@ -536,6 +536,21 @@ class CeleryDeployment:
         component.start()
         return time.monotonic() - began
 
+    def component_memory(self) -> dict[str, float]:
+        """RSS (MiB) of each running component's own processes, its task processes left out."""
+        sizes = {}
+        for name, component in self.components.items():
+            total = 0
+            for process in component.tree():
+                try:
+                    if not " ".join(process.cmdline()).startswith(("airflow worker -- ", "airflow task supervisor")):
+                        total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            if total:
+                sizes[name] = total / 2**20
+        return sizes
+
     def stop(self) -> list[str]:
         """Stop everything; returns what was still running afterwards (should be nothing)."""
         self.sampler.stop()
@@ -599,3 +614,68 @@ def _with_home(home: str) -> list[psutil.Process]:
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
     return found
+
+
+# -- measuring: python tests/dags/celery_deployment.py --default-workers 2 ------------------------------------
+def measure_chain(default_workers: int, products: int, timeout_s: float = 1800) -> dict[str, Any]:
+    """One fault-free chain (trigger fashionnet_ingest, wait for fashionnet_recommend) on a fresh deployment
+    with ``default_workers`` default-queue workers; returns the wall times and where each task ran."""
+    import tempfile
+    import uuid
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from pipeline.demo import upload_user_images
+    from pipeline.storage import ObjectStore
+    from scrapers.demo_store.server import DemoStoreServer
+    from scrapers.demo_store.site import build_site
+
+    root = Path(tempfile.mkdtemp(prefix="fashionnet-celery-"))
+    s3_port = _free_port()
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    build_site(root / "site", n_products=products, seed=7)
+    chain = ["fashionnet_ingest", "fashionnet_train", "fashionnet_repository_refresh", "fashionnet_recommend"]
+    result: dict[str, Any] = {"default_workers": default_workers}
+    began = time.monotonic()
+    try:
+        with DemoStoreServer(root / "site", host="127.0.0.1", port=0) as shop:
+            deployment = CeleryDeployment(root / "deployment", f"http://127.0.0.1:{s3_port}", shop.base_url,
+                                          default_workers=default_workers,
+                                          dotenv={"FASHIONNET_BUCKET": f"fn-{uuid.uuid4().hex[:10]}"})
+            with deployment:
+                result["start_s"] = time.monotonic() - began
+                env = deployment.dotenv
+                os.environ.update({"AWS_ACCESS_KEY_ID": env["FASHIONNET_S3_ACCESS_KEY"], "AWS_DEFAULT_REGION": "us-east-1",
+                                   "AWS_SECRET_ACCESS_KEY": env["FASHIONNET_S3_SECRET_KEY"]})
+                store = ObjectStore(f"s3://{env['FASHIONNET_BUCKET']}/store", endpoint_url=deployment.s3_endpoint)
+                upload_user_images(store, root / "site")
+                deployment.unpause(*chain)
+                triggered = time.monotonic()
+                deployment.trigger("fashionnet_ingest")
+                last = deployment.wait(lambda: (deployment.api.runs("fashionnet_recommend") or [None])[-1], timeout_s,
+                                       "a fashionnet_recommend run", every=5)
+                result["state"] = deployment.wait_run("fashionnet_recommend", last["dag_run_id"], timeout_s)
+                result["chain_s"] = time.monotonic() - triggered
+                result["runs"] = {}
+                for dag_id in chain:
+                    for run in deployment.api.runs(dag_id):
+                        result["runs"][dag_id] = [
+                            (t["task_id"], t["map_index"], t["state"], t["queue"], t["hostname"], t["start_date"],
+                             t["end_date"]) for t in deployment.api.task_instances(dag_id, run["dag_run_id"])]
+    finally:
+        os.killpg(moto.pid, signal.SIGTERM)
+        moto.wait(timeout=10)
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="time one fault-free chain on the Celery deployment")
+    parser.add_argument("--default-workers", type=int, default=1)
+    parser.add_argument("--products", type=int, default=60)
+    args = parser.parse_args()
+    print(json.dumps(measure_chain(args.default_workers, args.products), indent=1, default=str))

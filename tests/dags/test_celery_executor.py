@@ -167,6 +167,14 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
                                      for t in record["runs"]["fashionnet_train"][-1]["task_instances"]
                                      if t["task_id"] == "train"}
             record["samples"] = dict(deployment.sampler.samples)
+            record["component_memory"] = deployment.component_memory()
+            import boto3  # the task logs the workers uploaded (remote logging, as on MinIO)
+
+            logs = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                                aws_access_key_id=env["AIRFLOW_LOGS_S3_ACCESS_KEY"],
+                                aws_secret_access_key=env["AIRFLOW_LOGS_S3_SECRET_KEY"])
+            record["remote_logs"] = [o["Key"] for page in logs.get_paginator("list_objects_v2").paginate(
+                Bucket=env["AIRFLOW_LOGS_BUCKET"], Prefix="logs/") for o in page.get("Contents", [])]
             record["store"] = store
             record["deployment"] = deployment
             yield record
@@ -291,6 +299,19 @@ def test_chain_runs_on_the_celery_workers_of_each_queue(chain):
 
 
 @pytest.mark.slow
+def test_task_logs_reach_the_logs_bucket(chain):
+    """Remote logging as docker-compose.yml sets it: every finished task's log is in AIRFLOW_LOGS_BUCKET."""
+    logs = chain["remote_logs"]
+    for dag_id in CHAIN:
+        for t in chain["runs"][dag_id][-1]["task_instances"]:
+            if t["state"] == "success":
+                wanted = f"dag_id={dag_id}/run_id={t['dag_run_id']}/task_id={t['task_id']}/"
+                assert any(wanted in key for key in logs), (wanted, logs[:20])
+    shard_logs = [k for k in logs if "task_id=infer_shard" in k]
+    assert any("attempt=2" in k for k in shard_logs), shard_logs  # the retried shards' second tries
+
+
+@pytest.mark.slow
 def test_shards_ran_at_the_same_time_on_the_tensorflow_worker(chain):
     """Its 2 slots: two shards were running together (on the first tensorflow worker) when it was killed."""
     running = chain["faults"]["worker"]["running"]
@@ -366,6 +387,8 @@ def test_report_resources_per_task_kind(chain):
              f"{max(x['uss_mb'] for x in s):7.0f} MiB  CPU {max(x['cpu_s'] for x in s):6.1f} s (max)"
              for kind, s in sorted(kinds.items())]
     print("\n" + "\n".join(lines))
+    print("components (RSS, MiB, task processes excluded): " + ", ".join(
+        f"{name} {size:.0f}" for name, size in sorted(chain["component_memory"].items())))
     for dag_id in CHAIN:
         for run in chain["runs"][dag_id]:
             took = (_parse(run["end_date"]) - _parse(run["start_date"])).total_seconds()
