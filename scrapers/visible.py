@@ -443,13 +443,20 @@ def _ids(tree: HtmlElement, text: str, title_at: int) -> list[str]:
     return list(dict.fromkeys(ordered))
 
 
-def _brand(tree: HtmlElement) -> str | None:
-    for element in tree.xpath(_BRAND_XPATH)[:5]:
-        if _in_page(element) and element.tag not in ("body", "html", "main"):
-            name = extract_brand_name(element, search_depth=2)
-            name = _clean(name) if name else None
-            if name and len(name) <= 60:
-                return name
+def _brand(tree: HtmlElement, title: str | None) -> str | None:
+    """The brand an element named brand shows (zyte-parsers), when it is the product's: marked
+    ``itemprop="brand"``, or named in the product's title ("Samsung Galaxy A01"). Elements named brand
+    are as often a menu ("Popular Brands"), a blog's or a date."""
+    title_words = _words(title or "")
+    for element in tree.xpath(_BRAND_XPATH)[:20]:
+        if element.tag in ("body", "html", "main") or not _in_page(element):
+            continue
+        name = extract_brand_name(element, search_depth=2)
+        name = _clean(name) if name else None
+        if not name or len(name) > 60 or len(re.findall(r"[^\W\d_]", name)) < 2:
+            continue
+        if element.get("itemprop") == "brand" or (_words(name) and _words(name) <= title_words):
+            return name
     return None
 
 
@@ -522,7 +529,7 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         "title": title,
         "description": None,
         "category": None,
-        "brand": _brand(body),
+        "brand": _brand(body, title),
         "image_urls": _image(body, order, after, response, title),
         "price": price,
         "currency": currency,

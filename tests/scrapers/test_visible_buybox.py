@@ -150,3 +150,15 @@ def test_an_article_with_a_shop_widget_is_not_a_product():
     body = ('<h1>Ten coats under €100</h1><p>Our pick:</p><div class="widget"><span class="price">€ 99,00</span>'
             '<button>Add to cart</button></div>')
     assert extract_product(page(body, head=head)) is None
+
+
+@pytest.mark.parametrize(("brand_html", "expected"), [
+    ('<div class="brand-logo">Samsung</div>', "Samsung"),
+    ('<span itemprop="brand">Nord</span>', "Nord"),
+    ('<div class="top-brands">Popular Brands</div>', None),
+    ('<span class="brand-date">12/09(수)</span>', None),
+])
+def test_the_brand_is_the_products_not_a_menus(brand_html, expected):
+    body = (f'{brand_html}<h1>Samsung Galaxy A01 red</h1><span class="price">44 890 тг.</span>'
+            '<button>Купить</button>')
+    assert extract_product(page(body, url="https://www.mechta.kz/product/a01/"))["brand"] == expected
