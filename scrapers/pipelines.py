@@ -338,6 +338,9 @@ class StoreExportPipeline:
             # Listing/pagination pages requested, and links not followed because the spider's cap was reached.
             "listing_pages": stats.get("fashionnet/listing_pages", 0),
             "pagination_capped": stats.get("fashionnet/pagination_capped", 0),
+            # Products kept without a field whose value was refused (e.g. a negative price), per field.
+            "refused_fields": {k.rsplit("/", 1)[-1]: v for k, v in sorted(stats.items())
+                               if k.startswith("fashionnet/refused_fields/")},
             "products": len(self.products),
             "images": len({p["image_key"] for p in self.products.values()}),
             "images_downloaded": stats.get("file_status_count/downloaded", 0),

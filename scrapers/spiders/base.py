@@ -19,6 +19,7 @@ products table stays whole either way.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -46,6 +47,8 @@ PRODUCT_PAGES = "fashionnet/product_pages"
 WEAK_LABEL_STAT = "fashionnet/weak_labels/"
 LISTING_PAGES = "fashionnet/listing_pages"
 PAGINATION_CAPPED = "fashionnet/pagination_capped"
+#: Per field, products whose value was refused (a negative or non-finite price, ...): its source says why.
+REFUSED_FIELD_STAT = "fashionnet/refused_fields/"
 #: Fields of a stored row that are not carried into a restored item (recomputed by this crawl).
 NOT_RESTORED = frozenset({"crawled_at", "image_key", "image_urls", "images"})
 
@@ -245,6 +248,8 @@ class ShopSpider(scrapy.Spider):
             self.logger.warning("no product in the structured data of %s", response.url)
             return
         stats.inc_value(PRODUCT_PAGES)
+        for field in refused_fields(data.get("field_sources")):
+            stats.inc_value(REFUSED_FIELD_STAT + field)
         if tracker is not None:
             tracker.note_validators(item_id_for(url), etag=_header(response, b"ETag"),
                                     last_modified=_header(response, b"Last-Modified"), lastmod=response.meta.get("lastmod"))
@@ -281,6 +286,13 @@ class ShopSpider(scrapy.Spider):
         for label in self.labeller.labels(dict(item)):
             self.crawler.stats.inc_value(WEAK_LABEL_STAT + label.source.split(":", 1)[0])
             yield WeakLabelItem(item_id=item["item_id"], attribute=label.attribute, label=label.label, source=label.source)
+
+
+def refused_fields(field_sources: str | dict[str, str] | None) -> list[str]:
+    """The fields whose value extraction refused (source ``"<markup>: refused (<reason>)"``); the sources come
+    as the products table's JSON text (:func:`scrapers.extract.extract_product`) or as a mapping."""
+    sources = json.loads(field_sources) if isinstance(field_sources, str) else (field_sources or {})
+    return sorted(f for f, source in sources.items() if ": refused" in str(source))
 
 
 def _header(response: Response, name: bytes) -> str | None:

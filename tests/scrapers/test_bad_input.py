@@ -112,6 +112,8 @@ def test_bad_input_is_counted_and_good_products_are_kept(store: ObjectStore):
         good_image = routes["/img/flaky-image.jpg"]
         routes["/img/flaky-image.jpg"] = flaky((500, HTML, html("oops")), good_image(1))
         routes["/private/p1"] = lambda n: (200, HTML, product_page("private"))
+        # A good product whose stated price is negative: kept without a price, the refusal counted.
+        routes["/product/good-24"] = lambda n: (200, HTML, product_page("good-24").replace(b'"12.50"', b'"-49.99"'))
         summary = crawl_listing(
             shop, "bad-1", DOWNLOAD_TIMEOUT="1.0", RETRY_TIMES="1", FASHIONNET_RETRY_BACKOFF_BASE="0.05", REDIRECT_MAX_TIMES="4",
         )
@@ -128,6 +130,8 @@ def test_bad_input_is_counted_and_good_products_are_kept(store: ObjectStore):
     for sku, row in products.items():
         assert store.get_bytes(row["image_key"]) == images[sku], sku
     assert summary["products"] == summary["images"] == len(GOOD)
+    assert products["good-24"]["price"] is None and products["good-01"]["price"] == 12.5
+    assert summary["refused_fields"] == {"price": 1}
     assert set(store.list("images/full/")) == {row["image_key"] for row in products.values()}  # no bad image stored
 
     # Every other product is counted once, by reason.
