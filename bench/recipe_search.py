@@ -14,7 +14,8 @@ selection rule and tail fine-tuning). Stages:
 
     python -m bench.recipe_search cache  [--size 224]      # var/recipe_search/cache-<fit>-<size>.npz
     python -m bench.recipe_search search [--task shape]    # every candidate's validation accuracy -> JSON
-    python -m bench.recipe_search final                    # test accuracy of the final candidates only
+    python -m bench.recipe_search final --name ...         # test accuracy of the final candidates only
+    python -m bench.recipe_search report                   # every candidate as a Markdown table row
 
 Results: var/recipe_search/results.json (one row per candidate and task: validation accuracy and loss,
 seconds; ``test`` only for rows of the ``final`` stage). The test split is read once per final candidate.
@@ -223,6 +224,7 @@ def run_candidate(task: str, fit: str, size: int, name: str, settings: dict, cut
     n_val = len(validation.labels)
     return {
         "task": task, "fit": fit, "size": size, "candidate": name, "cut": cut, "settings": settings,
+        "tail": dict(TAIL) if cut else None,
         "weights_key": key, "validation_images": n_val,
         "probe": {"l2": probe["l2"], "val_accuracy": probe["val_accuracy"], "val_loss": probe["val_loss"],
                   "seconds": round(probe_seconds, 2)},
@@ -264,13 +266,35 @@ def final_test(row: dict, weights_dir: Path) -> dict:
             "test_images": len(test.labels)}
 
 
+def report(out: Path) -> None:
+    """Every candidate of every results*.json as Markdown rows: task, fit, candidate, phase 2, probe
+    validation, network validation (kept phase and epoch), margin in images, test (final candidates only),
+    seconds per phase and phase 2 images/s."""
+    rows = [row for path in sorted(out.glob("results*.json")) for row in load_results(path)]
+    print("| task | fit | candidate | phase 2 | probe val | network val (kept) | +images | probe test | network test "
+          "| phase 1 s | phase 2 s | phase 2 img/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        if not row["best"].get("phase"):
+            continue  # "head from probe" without any epoch is the probe itself
+        n = row["validation_images"]
+        gain = round((row["val_accuracy"] - row["probe"]["val_accuracy"]) * n)
+        test = row.get("test") or {}
+        spec = row.get("tail") or {"unfrozen_epochs": 8, "finetune_learning_rate": 1e-4}  # rows before --tail-epochs
+        tail = f"{row['cut']}, {spec['unfrozen_epochs']} ep at {spec['finetune_learning_rate']}" if row["cut"] else "-"
+        print(f"| {row['task']} | {row['fit']} | {row['candidate']} | {tail} | {row['probe']['val_accuracy']:.3f} | "
+              f"{row['val_accuracy']:.3f} ({row['best']['phase']} {row['best']['epoch']}) | {gain:+d} | "
+              f"{test.get('probe', float('nan')):.3f} | {test.get('network', float('nan')):.3f} | "
+              f"{row['phase1_seconds']:.0f} | {row['phase2_seconds']:.0f} | {row['phase2_images_per_second'] or '-'} |")
+
+
 def load_results(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
 def run_stage(stage: str, size: int, tasks: list[str], out: Path, fits: list[str], cuts: list[str | None],
-              names: list[str] | None) -> int:
-    results_path = out / "results.json"
+              names: list[str] | None, results_name: str = "results.json") -> int:
+    results_path = out / results_name
     results = load_results(results_path)
     weights_dir = out / "weights"
     if stage == "search":
@@ -303,13 +327,15 @@ def run_stage(stage: str, size: int, tasks: list[str], out: Path, fits: list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("cache", "search", "final"))
+    parser.add_argument("stage", choices=("cache", "search", "final", "report"))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--task", action="append", help="shape and/or category (default: both)")
     parser.add_argument("--fit", action="append", help="squash and/or crop (default: both)")
     parser.add_argument("--cut", action="append", help="none, block15, block11 (default: none)")
     parser.add_argument("--name", action="append", help="only the candidates of these names")
+    parser.add_argument("--tail-epochs", type=int, default=TAIL["unfrozen_epochs"], help="phase 2 epochs (top blocks)")
+    parser.add_argument("--results", default="results.json", help="the JSON under var/recipe_search/ (one per process)")
     args = parser.parse_args(argv)
     if not DATASET.exists():
         print(f"{DATASET} is absent", file=sys.stderr)
@@ -317,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "cache":
         cache(args.size, args.batch)
         return 0
+    if args.stage == "report":
+        report(OUT)
+        return 0
     cuts = [None if c == "none" else c for c in (args.cut or ["none"])]
+    TAIL["unfrozen_epochs"] = args.tail_epochs
     return run_stage(args.stage, args.size, args.task or ["shape", "category"], OUT, args.fit or list(FITS), cuts,
-                     args.name)
+                     args.name, args.results)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The Shape network on real photos: ../shared/data/clothing-dataset-small's sleeve labels
 (full-sleeve: longsleeve, half-sleeve: t-shirt) with the dataset's published train / validation /
-test splits, trained by the production recipe (models.train.train_attribute) on a temporary store.
+test splits, trained by the production recipe (models.train.train_attribute) on a temporary store:
+config/settings.yaml's training section, with only the flags given overriding it.
 
     python -m bench.shape_real_photos --backbone efficientnet_lite0 --weights imagenet --size 224
     python -m bench.shape_real_photos --backbone vgg16 --weights none --size 96 --frozen 20 --unfrozen 4
+
+Prints the network's and the linear probe's validation and test accuracy and which one was published.
 
 Prints the test accuracy, macro-F1 and confusion matrix and writes metrics.json (and the model card
 and pictures) into --out when given. The classes are the taxonomy's (the photos have no sleeveless).
@@ -71,11 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--frozen", type=int, default=10)
-    parser.add_argument("--unfrozen", type=int, default=0)
-    parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--finetune-lr", type=float, default=1e-5)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--frozen", type=int, help="frozen_epochs (default: config/settings.yaml's)")
+    parser.add_argument("--unfrozen", type=int, help="unfrozen_epochs")
+    parser.add_argument("--head-lr", type=float, help="head_learning_rate")
+    parser.add_argument("--finetune-lr", type=float, help="finetune_learning_rate")
+    parser.add_argument("--batch", type=int, help="batch_size")
+    parser.add_argument("--fit", choices=("squash", "crop"), help="image_fit")
     parser.add_argument("--limit", type=int, default=0, help="at most this many photos per split (0: all)")
     parser.add_argument("--out", type=Path, help="copy metrics.json, the model card and pictures here")
     args = parser.parse_args(argv)
@@ -88,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.storage import ObjectStore
 
     classes = get_settings().taxonomy.classes("shape")
+    overrides = {"frozen_epochs": args.frozen, "unfrozen_epochs": args.unfrozen, "head_learning_rate": args.head_lr,
+                 "finetune_learning_rate": args.finetune_lr, "batch_size": args.batch, "image_fit": args.fit}
     training = {**get_settings().training, "backbone": args.backbone,
                 "weights": None if args.weights.lower() == "none" else args.weights, "image_size": args.size,
-                "frozen_epochs": args.frozen, "unfrozen_epochs": args.unfrozen, "head_learning_rate": args.head_lr,
-                "finetune_learning_rate": args.finetune_lr, "batch_size": args.batch}
+                **{key: value for key, value in overrides.items() if value is not None}}
     with tempfile.TemporaryDirectory() as folder:
         store = ObjectStore(f"file://{folder}/store")
         counts = write_store(store, args.limit or None)
@@ -103,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{args.backbone} (weights {args.weights}) at {args.size} px: test accuracy {test['accuracy']:.4f}, "
               f"macro-F1 {test['macro_f1']:.4f} on {metrics['counts']['test']['images']} photos; "
               f"best {metrics['best']}; {elapsed:.0f} s")
+        if metrics.get("probe"):
+            print(f"network: val {metrics['network']['val_accuracy']:.4f} test {metrics['network']['test']['accuracy']:.4f}; "
+                  f"probe: val {metrics['probe']['val_accuracy']:.4f} test {metrics['probe']['test']['accuracy']:.4f}; "
+                  f"published: {metrics['published']}; timing {metrics['timing']}")
         print("confusion matrix (rows true, columns predicted):", classes)
         for name, row in zip(classes, test["confusion_matrix"]):
             print(f"  {name:12s} {row}")

@@ -24,7 +24,7 @@ def test_environment_overrides_store_endpoint_and_profile():
     assert settings.store_uri == "s3://bkt/p"
     assert settings.s3_endpoint_url == "http://127.0.0.1:9"
     assert settings.training["backbone"] == "efficientnet_lite0" and settings.training["image_size"] == 128
-    assert settings.training["dense_units"] == 512  # untouched keys survive the overlay
+    assert settings.training["pooling"] == "avg"  # untouched keys survive the overlay
 
 
 def test_unknown_profile_is_a_clear_error():
