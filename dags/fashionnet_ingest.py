@@ -189,11 +189,16 @@ def fashionnet_ingest():
         return [reject(store, batch, who, reason, batch_review_summary(store, batch)) for batch in batches]
 
     @task(trigger_rule="all_done")
-    def check_retailers(targets: list[dict], batches: list[str]) -> None:
-        """Fails the run when a retailer's batch never reached the review queue (its tasks are red)."""
+    def check_retailers(targets: list[dict] | None, batches: list[str] | None) -> None:
+        """Fails the run when a retailer's batch never reached the review queue (its tasks are red). Either
+        input is None when its task did not run (every retailer failed, or the Params were refused)."""
+        if targets is None:
+            raise RuntimeError("retailers_to_crawl failed: no crawl was started (see its log)")
+        batches = batches or []
         failed = sorted(t["retailer"] for t in targets if t["crawl_id"] not in batches)
         if failed:
-            raise RuntimeError(f"{len(batches)} batch(es) queued; the crawl or curation of {failed} failed")
+            raise RuntimeError(f"{len(batches)} batch(es) queued; the crawl or curation of {failed} failed "
+                               "(their tasks are red: see the crawl task's log)")
 
     @task_group(group_id="retailer", prefix_group_id=False)
     def retailer(target: dict):

@@ -6,6 +6,8 @@
    ``dag.test()`` never resolves a Human-in-the-loop task, so this run marks it successful explicitly
    (``mark_success_pattern``), which is what "Approve" does; everything downstream then runs for real.
 
+3. The shop down (nothing listens on its port): the crawl fails, naming the host; nothing downstream runs.
+
 After each run it prints one JSON line: the run's batch, its queue, decisions and approval, the dataset.
 Usage: python tests/dags/ingest_gate_run.py WORK_DIR STORE_URI
 """
@@ -65,6 +67,20 @@ def main() -> int:
             ingest = ingest or load_dags()["fashionnet_ingest"]
             run_dag(ingest, conf, mark_success_pattern=mark)
             report(store, label, seen)
+
+    from pipeline.review import queue_batches
+    from tests.conftest import free_port
+
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    os.environ["FASHIONNET_SHOP_URL"] = f"http://{down}"
+    get_settings.cache_clear()
+    store = open_store()
+    before = store.version("dataset/items.parquet")
+    run = ingest.test(run_conf={"review_policy": "auto_accept"})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    print(json.dumps({"run": "shop_down", "host": down, "state": str(run.state), "tasks": states,
+                      "dataset_unchanged": store.version("dataset/items.parquet") == before,
+                      "new_batches": sorted(set(queue_batches(store)) - seen)}), flush=True)
     return 0
 
 

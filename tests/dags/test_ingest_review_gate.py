@@ -24,7 +24,7 @@ def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     )
     assert proc.returncode == 0, f"ingest runs failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     runs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"run"')]
-    return {run["run"]: run for run in runs}
+    return {**{run["run"]: run for run in runs}, "stdout": proc.stdout}
 
 
 def test_two_runs_on_one_day_are_two_batches(gate_runs):
@@ -54,3 +54,15 @@ def test_a_manual_rerun_arrives_undecided_and_waits_for_a_person(gate_runs):
     assert manual["approval"]["approved_at"] > auto["approval"]["approved_at"]
     assert manual["approval"]["summary"]["pending"] == manual["queue_rows"]
     assert manual["dataset_items"] == auto["dataset_items"]  # approved, but no reviewer accepted anything yet
+
+
+def test_an_ingest_with_the_shop_down_fails_at_the_crawl_naming_the_host(gate_runs):
+    """Issue 12: every request refused, yet crawl -> curate -> enqueue -> dataset succeeded and an empty
+    dataset Asset was published; the first red was training's "too few labelled images"."""
+    down = gate_runs["shop_down"]
+    assert "failed" in down["state"]
+    assert "failed" in down["tasks"]["crawl"], down["tasks"]
+    for task in ("curate", "enqueue_for_review", "predict_for_review", "review_gate", "build_dataset"):
+        assert "success" not in down["tasks"][task], down["tasks"]  # nothing downstream ran on the batch
+    assert down["dataset_unchanged"] and down["new_batches"] == []  # no dataset Asset event, no queue
+    assert f"reached nothing at {down['host']}: connection refused" in gate_runs["stdout"]
