@@ -181,7 +181,7 @@ def test_make_airflow_serves_the_project_and_stops_cleanly(tmp_path: Path, stop_
         listening = [c.laddr for p in seen if p.is_running() for c in p.net_connections("inet")
                      if c.status == psutil.CONN_LISTEN]
         assert listening and all(a.ip in ("127.0.0.1", "::1") for a in listening), listening
-        assert "serve-logs" not in names
+        assert "airflow serve-logs" not in names and "--skip-serve-logs" in names  # the wrapper was used
         seen += processes_with_airflow_home(str(home.resolve()))
 
         started = time.monotonic()
