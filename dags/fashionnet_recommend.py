@@ -5,9 +5,10 @@ under ``users/`` in the store; triggered by hand it serves one user (``user_id``
 chosen images. Every Param is validated, and the users and images checked, before any work: the
 ``validate`` task plans batches of users, and one mapped ``recommend`` task serves each batch.
 
-Outputs per day and user: ``recommendations/date=.../user_id=.../recommendations.parquet``, the style profile
-under ``profiles/``, and the HTML page ``recommendations_html/<date>/<user>.html`` (the profile photos beside
-the recommended items). On the embedded default (``make airflow``) the store is ``var/store/`` and the demo
+Outputs per day, run and user: ``recommendations/date=.../run=.../user_id=.../recommendations.parquet``
+(``run``: the Airflow run id made path-safe, so a manual run and the scheduled one of a day both stay),
+the style profile under ``profiles/``, and the HTML page ``recommendations_html/<date>/run=<run>/<user>.html``
+(the profile photos beside the recommended items). On the embedded default (``make airflow``) the store is ``var/store/`` and the demo
 user is ``demo-user``.
 """
 from __future__ import annotations
@@ -83,7 +84,7 @@ def fashionnet_recommend():
 
         with stage(f"recommend ({len(batch)} user(s))") as report:
             summaries = recommend_for_users(open_store(), batch, f"{dag_run.run_after:%Y-%m-%d}",
-                                            options_from_params(params))
+                                            options_from_params(params), run_id=dag_run.run_id)
             report.summary = {"users": len(summaries), "recommended": sum(s["n_recommended"] for s in summaries)}
         return plain([{**s, "top_k": s["top_k"][:5]} for s in summaries])
 

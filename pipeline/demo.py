@@ -140,17 +140,19 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
     from pipeline.recommend import html_key as recommendations_page_key
+    from pipeline.recommend import latest_run, recommendations_key
 
-    # recommendations/date=<YYYY-MM-DD>/user_id=<user>/recommendations.parquet: the latest date sorts last
-    rec_keys = [k for k in store.list("recommendations/")
-                if f"/user_id={DEMO_USER}/" in k and k.endswith("recommendations.parquet")]
-    recs = store.read_parquet(rec_keys[-1]).to_pandas()
-    run_date = rec_keys[-1].split("date=", 1)[1].split("/", 1)[0]
+    # recommendations/date=<YYYY-MM-DD>/run=<run>/user_id=<user>/recommendations.parquet: the latest run
+    latest = latest_run(store, DEMO_USER)
+    if latest is None:
+        raise RuntimeError(f"no recommendations for {DEMO_USER} under {store.url('recommendations/')}")
+    run_date, run = latest
+    recs = store.read_parquet(recommendations_key(DEMO_USER, run_date, run)).to_pandas()
     columns = ["rank", "title", "price", "score_kind", "score", "score_matches", *attributes]
     print(f"\n=== Top recommendations for {DEMO_USER} (profile: {DEMO_USER_STYLE}) ===")
     print(recs[[c for c in columns if c in recs.columns]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-    html_key = recommendations_page_key(DEMO_USER, run_date)
+    html_key = recommendations_page_key(DEMO_USER, run_date, run)
     print("\n=== Outputs ===")
     for label, prefix in [("product images", "images/"), ("crawls", "crawls/"), ("curation", "curation/"),
                           ("review queue + audit log", "review/"), ("dataset + split", "dataset/"),

@@ -5,17 +5,20 @@ vectorised by the published attribute networks into one row of the *style profil
 predicted class, its probability and the whole probability vector, plus the image's embedding. The
 repository (``pipeline.repository.read_repository``) is scored against the profile with one of the
 scores of :mod:`pipeline.scoring` (``matches``, ``weighted``, ``embedding`` or the default ``hybrid``),
-diversified by maximal marginal relevance, and written per date and user:
+diversified by maximal marginal relevance, and written per date, run and user (``<run>``: the
+Airflow run id made path-safe by :func:`run_partition`):
 
-- ``recommendations/date=<YYYY-MM-DD>/user_id=<user>/recommendations.parquet`` (Hive-partitioned)
-- ``profiles/date=<YYYY-MM-DD>/user_id=<user>/profile.parquet`` (Hive-partitioned)
-- ``recommendations_html/<YYYY-MM-DD>/<user>.html`` (outside the Parquet datasets)
-- ``users/<user>/_shown/<YYYY-MM-DD>.parquet``: what the user was shown that day.
+- ``recommendations/date=<YYYY-MM-DD>/run=<run>/user_id=<user>/recommendations.parquet`` (Hive-partitioned;
+  its ``generated_at`` column says which run of a date is the latest)
+- ``profiles/date=<YYYY-MM-DD>/run=<run>/user_id=<user>/profile.parquet`` (Hive-partitioned)
+- ``recommendations_html/<YYYY-MM-DD>/run=<run>/<user>.html`` (outside the Parquet datasets)
+- ``users/<user>/_shown/<YYYY-MM-DD>/run=<run>.parquet``: what the user was shown by that run.
 
 Never recommended: the user's own images and their near copies (same bytes, or pHash within the
 curation distance of the image or its mirror image, confirmed by the colour thumbnail), and items the
-user was shown on an earlier date. A rerun of a date rewrites that date's keys and ignores its own
-earlier output (only earlier dates' shown lists count), so it is idempotent.
+user was shown on an earlier date. A manual run and the scheduled one on the same date keep both
+outputs; a retry of the same run rewrites its own keys; every run ignores its own date's output
+(only earlier dates' shown lists count), so the same inputs give the same lists.
 """
 from __future__ import annotations
 
@@ -309,6 +312,29 @@ def _validate_run_date(run_date: Any) -> str:
     return run_date
 
 
+RUN_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def run_partition(run_id: Any) -> str:
+    """The run's value in the output keys: ``run_id`` with every character but letters, digits, ``_``,
+    ``.`` and ``-`` (and a leading ``.``) replaced by ``-``, followed by ``-`` and 8 hex digits of the
+    id's SHA-1 when anything was replaced, so two runs never share a key (Airflow's
+    ``manual__2026-12-01T10:22:33+00:00`` -> ``manual__2026-12-01T10-22-33-00-00-1a2b3c4d``)."""
+    if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 250:
+        raise InvalidRequest(f"the run id must be a non-empty string of at most 250 characters, got {run_id!r}")
+    clean = RUN_CHARACTERS.sub("-", run_id)
+    if clean.startswith("."):
+        clean = "-" + clean[1:]
+    if clean != run_id:
+        clean += "-" + content_sha256(run_id.encode("utf-8"))[:8]
+    return clean
+
+
+def adhoc_run_id() -> str:
+    """The run id of a call that names none (a script, a test): the UTC time to the microsecond."""
+    return f"adhoc__{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H%M%S.%fZ}"
+
+
 # -- the style profile ------------------------------------------------------------------------------
 def profile_schema(attributes: Sequence[str], source: bool = False) -> pa.Schema:
     fields = [pa.field("image_key", pa.string()), pa.field("phash", pa.uint64()),
@@ -454,17 +480,19 @@ def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Tabl
     return same_picture
 
 
-def shown_key(user_id: str, run_date: str) -> str:
-    return f"users/{user_id}/_shown/{run_date}.parquet"
+def shown_key(user_id: str, run_date: str, run: str) -> str:
+    """What run ``run`` (a :func:`run_partition` value) showed the user on ``run_date``."""
+    return f"users/{user_id}/_shown/{run_date}/run={run}.parquet"
 
 
 def shown_before(store: "ObjectStore", user_id: str, run_date: str) -> list[str]:
-    """Item ids the user was shown on dates before ``run_date`` (never the date's own earlier run)."""
+    """Item ids the user was shown on dates before ``run_date``, by any run (never the date's own
+    runs); ``<date>.parquet`` files of the layout before runs count too."""
     prefix = f"users/{user_id}/_shown/"
     tables = []
     for key in store.list(prefix):
         name = key[len(prefix):]
-        match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})\.parquet", name)
+        match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?:\.parquet|/run=[A-Za-z0-9_.-]+\.parquet)", name)
         if match and match.group(1) < run_date:
             tables.append(store.read_parquet(key, columns=["item_id"]))
     if not tables:
@@ -605,16 +633,41 @@ def ranked_table(kind: str, attributes: Sequence[str], profile: pa.Table, mine: 
 
 
 # -- the whole request ------------------------------------------------------------------------------
-def recommendations_key(user_id: str, run_date: str) -> str:
-    return f"recommendations/date={run_date}/user_id={user_id}/recommendations.parquet"
+def recommendations_key(user_id: str, run_date: str, run: str) -> str:
+    """``run``: a :func:`run_partition` value (a Hive partition between the date and the user)."""
+    return f"recommendations/date={run_date}/run={run}/user_id={user_id}/recommendations.parquet"
 
 
-def profile_key(user_id: str, run_date: str) -> str:
-    return f"profiles/date={run_date}/user_id={user_id}/profile.parquet"
+def profile_key(user_id: str, run_date: str, run: str) -> str:
+    return f"profiles/date={run_date}/run={run}/user_id={user_id}/profile.parquet"
 
 
-def html_key(user_id: str, run_date: str) -> str:
-    return f"recommendations_html/{run_date}/{user_id}.html"
+def html_key(user_id: str, run_date: str, run: str) -> str:
+    return f"recommendations_html/{run_date}/run={run}/{user_id}.html"
+
+
+RECOMMENDATIONS_KEY = re.compile(r"recommendations/date=(\d{4}-\d{2}-\d{2})/run=([A-Za-z0-9_.-]+)/user_id=([^/]+)/"
+                                 r"recommendations\.parquet")
+
+
+def latest_run(store: "ObjectStore", user_id: str) -> tuple[str, str] | None:
+    """``(run_date, run)`` of the user's latest recommendations: the latest date, and of that date's
+    runs the one written last (its ``generated_at``); None when the user has none."""
+    runs: dict[str, list[str]] = {}
+    for key in store.list("recommendations/"):
+        match = RECOMMENDATIONS_KEY.fullmatch(key)
+        if match and match.group(3) == user_id:
+            runs.setdefault(match.group(1), []).append(match.group(2))
+    if not runs:
+        return None
+    run_date = max(runs)
+
+    def written_at(run: str) -> dt.datetime:
+        table = store.read_parquet(recommendations_key(user_id, run_date, run), columns=["generated_at"])
+        stamps = [t for t in table["generated_at"].to_pylist() if t is not None]
+        return max(stamps, default=dt.datetime.min.replace(tzinfo=dt.timezone.utc))
+
+    return run_date, max(sorted(runs[run_date]), key=written_at)
 
 
 def _default_vectorizer(store: "ObjectStore", attributes: Sequence[str]) -> Vectorizer:
@@ -668,8 +721,10 @@ def recommend_for_user(
     options: Options | None = None,
     repository: pa.Table | None = None,
     repository_matrix: scoring.FashionMatrix | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Validate, profile, score, rank and write one user's recommendations for ``run_date``.
+    """Validate, profile, score, rank and write one user's recommendations for ``run_date`` and run
+    ``run_id`` (the Airflow run id; default :func:`adhoc_run_id`).
 
     ``options`` (already validated) wins over ``k``/``score_kind``/``mmr_lambda``/``filters``;
     ``repository`` (already filtered) and its ``repository_matrix`` save re-reading and re-converting
@@ -680,6 +735,7 @@ def recommend_for_user(
     options = options or validate_options(k, score_kind, mmr_lambda, filters)
     keys = validate_request(store, user_id, image_keys, options.k)
     run_date = _validate_run_date(run_date)
+    run = run_partition(run_id if run_id is not None else adhoc_run_id())
     settings = get_settings()
     attributes = settings.taxonomy.names
     if repository is None:
@@ -695,18 +751,22 @@ def recommend_for_user(
                   exclude_item_ids=shown, options=options, items=repository_matrix)
 
     return write_outputs(store, user_id, run_date, keys, profile, ranked, shown, options, repository.num_rows,
-                         0 if foreign is None else int(foreign.sum()))
+                         0 if foreign is None else int(foreign.sum()), run)
 
 
 def write_outputs(store: "ObjectStore", user_id: str, run_date: str, image_keys: list[str], profile: pa.Table,
                   ranked: pa.Table, shown: list[str], options: Options, n_items_scored: int,
-                  n_foreign: int) -> dict[str, Any]:
-    """Write one user's four keys (module docstring) and return the task's JSON-serialisable summary."""
+                  n_foreign: int, run: str) -> dict[str, Any]:
+    """Write one user's four keys for run ``run`` (module docstring) and return the task's
+    JSON-serialisable summary. The recommendations get a ``generated_at`` column (UTC, the write
+    time), by which a reader picks a date's latest run."""
     attributes = get_settings().taxonomy.names
     keys = image_keys
+    generated_at = pa.array([dt.datetime.now(dt.timezone.utc)] * ranked.num_rows, type=pa.timestamp("us", "UTC"))
     written = {
-        "recommendations": store.write_parquet(recommendations_key(user_id, run_date), ranked),
-        "profile": store.write_parquet(profile_key(user_id, run_date), profile),
+        "recommendations": store.write_parquet(recommendations_key(user_id, run_date, run),
+                                               ranked.append_column("generated_at", generated_at)),
+        "profile": store.write_parquet(profile_key(user_id, run_date, run), profile),
     }
     top_rows = ranked.to_pylist()
     context = {"run_date": run_date, "score_kind": options.score_kind, "mmr_lambda": options.mmr_lambda,
@@ -714,15 +774,16 @@ def write_outputs(store: "ObjectStore", user_id: str, run_date: str, image_keys:
                "n_excluded_shown": len(shown)}
     page = render_recommendations_html(user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes,
                                        context=context)
-    written["html"] = store.put_bytes(html_key(user_id, run_date), page.encode("utf-8"))
+    written["html"] = store.put_bytes(html_key(user_id, run_date, run), page.encode("utf-8"))
     shown_today = pa.table({
         "item_id": ranked["item_id"], "rank": ranked["rank"], "score_kind": ranked["score_kind"],
         "shown_on": pa.array([run_date] * ranked.num_rows, type=pa.string()),
     })
-    written["shown"] = store.write_parquet(shown_key(user_id, run_date), shown_today)
+    written["shown"] = store.write_parquet(shown_key(user_id, run_date, run), shown_today)
     return {
         "user_id": user_id,
         "run_date": run_date,
+        "run": run,
         "keys": written,
         "profile_images": keys,
         "score_kind": options.score_kind,
@@ -895,12 +956,26 @@ class _Moments:
         self.m2 = self.m2 + block_m2 + delta ** 2 * self.n * share
         self.n = total
 
+    def _std(self) -> tuple[np.ndarray, np.ndarray]:
+        std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros_like(self.m2), where=self.n > 0))
+        usable = (self.n > 0) & (std > 1e-12)
+        return usable, np.where(usable, std, 1.0)
+
     def standardise(self, values: np.ndarray) -> np.ndarray:
         """``(values - mean) / std`` per user column, 0 for a user whose value is constant (as
         :func:`scoring.standardised`)."""
-        std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros_like(self.m2), where=self.n > 0))
-        usable = (self.n > 0) & (std > 1e-12)
-        return np.where(usable[None, :], (values - self.mean[None, :]) / np.where(usable, std, 1.0)[None, :], 0.0)
+        usable, std = self._std()
+        return np.where(usable[None, :], (values - self.mean[None, :]) / std[None, :], 0.0)
+
+
+
+def _concat_matrices(parts: Sequence[scoring.FashionMatrix]) -> scoring.FashionMatrix:
+    first = parts[0]
+    probs = None if any(p.probs is None for p in parts) else tuple(
+        np.concatenate([p.probs[a] for p in parts]) for a in range(len(first.attributes)))
+    embedding = None if any(p.embedding is None for p in parts) else np.concatenate([p.embedding for p in parts])
+    return scoring.FashionMatrix(first.attributes, np.concatenate([p.codes for p in parts]),
+                                 np.concatenate([p.top_prob for p in parts]), probs, embedding)
 
 
 class _BatchScorer:
@@ -932,8 +1007,7 @@ class _BatchScorer:
         self.comparable = _Moments(len(users))  # the embedding over eligible items of the user's networks
         self.foreign_eligible = np.zeros(len(users), dtype=np.float64)
         self.foreign_value = np.zeros(len(users), dtype=np.float64)
-        self.kept: pa.Table | None = None
-        self.kept_rows = np.zeros(0, dtype=np.int64)
+        self._reset_kept()
         self.columns: list[str] = []
 
     # -- the pass --
@@ -959,8 +1033,11 @@ class _BatchScorer:
         self.foreign_pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending_size = 0
         self.n_items = 0
+        self._reset_kept()
         for user in self.users:
             user.n_foreign = 0
+            user.rows, user.keys = np.zeros(0, dtype=np.int64), []
+            user.foreign_rows = np.zeros(0, dtype=np.int64)
         offset = 0
         for record_batch in source:
             if not record_batch.num_rows:
@@ -969,6 +1046,7 @@ class _BatchScorer:
             self._chunk(chunk, offset, collect)
             offset += chunk.num_rows
             self.n_items = offset
+            del chunk, record_batch
         if collect:
             self._merge()
         self._check_vectors()
@@ -988,6 +1066,12 @@ class _BatchScorer:
         if collect and foreign is not None:
             for column, count in enumerate(foreign.sum(axis=0)):
                 self.users[column].n_foreign += int(count)
+        self._chunk_exact(chunk, matrix, eligible, foreign, offset, collect)
+        if self.pending_size > self.pool * len(self.users) // 2:
+            self._merge()
+
+    def _chunk_exact(self, chunk: pa.Table, matrix: scoring.FashionMatrix, eligible: np.ndarray,
+                     foreign: np.ndarray | None, offset: int, collect: bool) -> None:
         ids = None
         taken: list[np.ndarray] = []
         for start in range(0, chunk.num_rows, self.block_rows):
@@ -1025,12 +1109,7 @@ class _BatchScorer:
                         self.pending_size += len(rows)
                         taken.append(rows + start)
         if taken:
-            local = np.unique(np.concatenate(taken))
-            rows = chunk.take(pa.array(local, type=pa.int64()))
-            self.kept = rows if self.kept is None else pa.concat_tables([self.kept, rows])
-            self.kept_rows = np.concatenate([self.kept_rows, local + offset])
-        if self.pending_size > 2 * self.pool * len(self.users):
-            self._merge()
+            self._keep(chunk, matrix, np.unique(np.concatenate(taken)), offset)
 
     def _embedding_values(self, parts: scoring.BatchComponents, foreign: np.ndarray | None) -> np.ndarray:
         if foreign is None:
@@ -1079,11 +1158,68 @@ class _BatchScorer:
                 total += weight * self.moments[component].standardise(values[component])
         return [total], ok, None
 
-    # -- the running candidates --
-    def _ids(self, rows: np.ndarray) -> pa.Array:
-        positions = np.searchsorted(self.kept_rows, rows)
-        return self.kept["item_id"].take(pa.array(positions, type=pa.int64()))
+    # -- the rows the running candidates need --
+    def _reset_kept(self) -> None:
+        """The kept rows: per chunk a piece (global rows, the rows without their list columns, their
+        fashion matrix), so a compaction copies one piece at a time and the Arrow list columns (a
+        1280-d embedding is 5 KB a row) are not held twice."""
+        self.pieces: list[tuple[np.ndarray, pa.Table, scoring.FashionMatrix]] = []
+        self.kept_rows = np.zeros(0, dtype=np.int64)  # sorted global rows of every piece
+        self.kept_at = np.zeros((0, 2), dtype=np.int64)  # (piece, local row) of each, same order
+        self.kept_ids = pa.array([], type=pa.string())
 
+    def _index_kept(self) -> None:
+        rows = [piece[0] for piece in self.pieces]
+        if not rows:
+            self.kept_rows, self.kept_at = np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
+            self.kept_ids = pa.array([], type=pa.string())
+            return
+        every = np.concatenate(rows)
+        at = np.concatenate([np.stack([np.full(len(r), p), np.arange(len(r))], axis=1) for p, r in enumerate(rows)])
+        ids = pa.concat_arrays([piece[1]["item_id"].combine_chunks().cast(pa.string()) for piece in self.pieces])
+        order = np.argsort(every, kind="stable")
+        self.kept_rows, self.kept_at = every[order], at[order]
+        self.kept_ids = ids.take(pa.array(order, type=pa.int64()))
+
+    def _keep(self, chunk: pa.Table, matrix: scoring.FashionMatrix, local: np.ndarray, offset: int) -> None:
+        """Keep chunk rows ``local`` (sorted, unique) that are not kept yet."""
+        rows = local + offset
+        known = np.searchsorted(self.kept_rows, rows)
+        fresh = (known >= len(self.kept_rows)) | (self.kept_rows[np.minimum(known, len(self.kept_rows) - 1)] != rows) \
+            if len(self.kept_rows) else np.ones(len(rows), dtype=bool)
+        local = local[fresh]
+        if not len(local):
+            return
+        lists = [name for name in (*(f"{a}_probs" for a in self.attributes), "embedding") if name in chunk.column_names]
+        table = chunk.drop_columns(lists).take(pa.array(local, type=pa.int64()))
+        self.pieces.append((local + offset, table, matrix.take(local)))
+        self._index_kept()
+
+    def _positions(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.kept_rows, rows)
+
+    def _ids(self, rows: np.ndarray) -> pa.Array:
+        return self.kept_ids.take(pa.array(self._positions(rows), type=pa.int64()))
+
+    def _kept_take(self, rows: np.ndarray) -> tuple[pa.Table, scoring.FashionMatrix]:
+        """The kept table rows (without list columns) and fashion matrix of global ``rows``, in order."""
+        if not len(rows):
+            first = self.pieces[0]
+            return first[1].slice(0, 0), first[2].take(np.zeros(0, dtype=np.int64))
+        at = self.kept_at[self._positions(rows)]
+        tables, matrices, order = [], [], []
+        for piece in np.unique(at[:, 0]):
+            mine = np.flatnonzero(at[:, 0] == piece)
+            local = at[mine, 1]
+            tables.append(self.pieces[piece][1].take(pa.array(local, type=pa.int64())))
+            matrices.append(self.pieces[piece][2].take(local))
+            order.append(mine)
+        back = np.empty(len(rows), dtype=np.int64)
+        back[np.concatenate(order)] = np.arange(len(rows))
+        table = pa.concat_tables(tables).take(pa.array(back, type=pa.int64()))
+        return table, _concat_matrices(matrices).take(back)
+
+    # -- the running candidates --
     def _merge(self) -> None:
         """Fold the pending candidates into each user's best ``pool`` (exact: the full order of
         :func:`scoring.top_candidates`), raise the users' thresholds, and drop rows nobody needs."""
@@ -1120,10 +1256,17 @@ class _BatchScorer:
         self.pending, self.foreign_pending, self.pending_size = [], [], 0
         needed = np.unique(np.concatenate([self.kept_rows[:0]] + [u.rows for u in self.users]
                                           + [u.foreign_rows for u in self.users]))
-        if self.kept is not None and len(needed) < len(self.kept_rows):
-            positions = np.searchsorted(self.kept_rows, needed)
-            self.kept = self.kept.take(pa.array(positions, type=pa.int64()))
-            self.kept_rows = needed
+        if len(needed) < len(self.kept_rows):
+            pieces = []
+            for rows, table, matrix in self.pieces:
+                keep = np.isin(rows, needed)
+                if keep.all():
+                    pieces.append((rows, table, matrix))
+                elif keep.any():
+                    local = np.flatnonzero(keep)
+                    pieces.append((rows[local], table.take(pa.array(local, type=pa.int64())), matrix.take(local)))
+            self.pieces = pieces
+            self._index_kept()
 
     # -- the end --
     def ranked(self, column: int) -> pa.Table:
@@ -1138,7 +1281,7 @@ class _BatchScorer:
             rows = np.concatenate([rows, user.foreign_rows])
             keys = [np.concatenate([keys[0] if keys else np.zeros(0),
                                     np.full(len(user.foreign_rows), float(self.comparable.mean[column]))])]
-        if self.kept is None:
+        if not self.pieces:
             empty = _empty_repository(self.store, self.attributes)
             return rank(user.profile, empty, self.attributes, self.options.k, options=self.options)
         if len(rows):
@@ -1146,9 +1289,7 @@ class _BatchScorer:
             rows, primary = rows[best], keys[0][best]
         else:
             primary = np.zeros(0)
-        positions = pa.array(np.searchsorted(self.kept_rows, rows), type=pa.int64())
-        picked_rows = self.kept.take(positions)
-        matrix = _chunk_matrix(picked_rows, self.taxonomy, self.dims, {})
+        picked_rows, matrix = self._kept_take(rows)
         if not all(self.seen.get(f"{a}_probs") for a in self.attributes):
             matrix = dataclasses.replace(matrix, probs=None)
         if not self.seen.get("embedding"):
@@ -1188,20 +1329,23 @@ def recommend_for_users(
     vectorizer: Vectorizer | None = None,
     *,
     chunk_rows: int | None = None,
+    run_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """One batch of ``plan_requests`` in one pass over the repository (two for ``hybrid``): the
     networks load once, every user's profile photos are scored against a chunk of items as one matrix
     product, and each user keeps a running list of the best candidates; exclusions, tie-breaks and MMR
     then give exactly :func:`recommend_for_user`'s lists. The repository is streamed in chunks of
     ``chunk_rows`` (settings ``recommend.scoring_chunk_rows``), so memory is bounded by the chunk and
-    the batch, not the catalogue. A user whose request fails does not stop the others; the batch raises
-    at the end, naming them."""
+    the batch, not the catalogue. ``run_id``: the Airflow run id of the output keys (default
+    :func:`adhoc_run_id`). A user whose request fails does not stop the others; the batch raises at
+    the end, naming them."""
     if not requests:
         return []
     settings = get_settings()
     attributes = settings.taxonomy.names
     taxonomy = _taxonomy(attributes)
     run_date = _validate_run_date(run_date)
+    run = run_partition(run_id if run_id is not None else adhoc_run_id())
     chunk_rows = int(chunk_rows or settings.recommend.get("scoring_chunk_rows", 32768))
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
     failures: list[tuple[str, BaseException]] = []
@@ -1243,7 +1387,8 @@ def recommend_for_users(
             try:
                 ranked = scorer.ranked(column)
                 summaries[user.user_id] = write_outputs(store, user.user_id, run_date, user.image_keys, user.profile,
-                                                        ranked, user.shown, options, scorer.n_items, user.n_foreign)
+                                                        ranked, user.shown, options, scorer.n_items, user.n_foreign,
+                                                        run)
             except Exception as error:  # noqa: BLE001
                 failed(user.user_id, error)
     if failures:

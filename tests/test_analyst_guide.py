@@ -44,12 +44,17 @@ def guide_store(s3_env: str):
     refresh(store, "catalog-20261101-other", "catalog-20261101-other", T1, attributes=taxonomy.names,
             crawl_date=date(2026, 11, 1))
     items = R.read_repository(store, columns=["item_id"])["item_id"].to_pylist()
-    for day, offset in (("2026-11-01", 0), ("2026-11-02", 5)):
-        for user in ("demo-user", "someone-else"):
+    # 2026-11-02 has a second, later run (a manual one) for demo-user: readers keep a day's latest run.
+    runs = (("2026-11-01", "scheduled__2026-11-01", 0, 0), ("2026-11-02", "scheduled__2026-11-02", 5, 0),
+            ("2026-11-02", "manual__2026-11-02", 10, 1))
+    for day, run, offset, later in runs:
+        for user in ("demo-user",) if later else ("demo-user", "someone-else"):
             picks = items[offset:offset + 5]
-            store.write_parquet(f"recommendations/date={day}/user_id={user}/recommendations.parquet", pa.table({
+            written = datetime.fromisoformat(f"{day}T03:00:00+00:00") + timedelta(hours=6 * later)
+            store.write_parquet(f"recommendations/date={day}/run={run}/user_id={user}/recommendations.parquet", pa.table({
                 "rank": pa.array(range(1, 6), pa.int32()), "item_id": picks,
                 "score": pa.array([5.0 - r for r in range(5)], pa.float64()), "title": [f"t{r}" for r in range(5)],
+                "generated_at": pa.array([written] * 5, pa.timestamp("us", "UTC")),
             }))
     return store, bucket, s3_env
 
@@ -89,4 +94,10 @@ def test_the_guide_runs_against_s3(guide_store, capsys):
     top = namespace["top_picks"]
     assert len(top) == 10 and set(top["user_id"]) == {"demo-user"} and top["title"].notna().all()
     assert str(top["date"].iloc[0])[:10] == "2026-11-02"
+    assert set(history["run"].astype(str)) == {"scheduled__2026-11-01", "manual__2026-11-02"}  # each day's latest
+    catalogue = R.read_repository(store, columns=["item_id", "title"]).to_pylist()  # the fixture's order
+    manual = [row["item_id"] for row in catalogue[10:15]]
+    assert sorted(history[history["run"].astype(str) == "manual__2026-11-02"]["item_id"]) == sorted(manual)
+    titles = {row["item_id"]: row["title"] for row in catalogue}
+    assert list(top["title"][:5]) == [titles[i] for i in manual]
     assert "looks like" in capsys.readouterr().out

@@ -112,16 +112,17 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
 
 
 def test_recommendations_share_attributes_with_the_profile(pipeline_run):
-    from pipeline.recommend import html_key, profile_key, shown_key
+    from pipeline.recommend import html_key, latest_run, profile_key, recommendations_key, shown_key
     from pipeline.repository import read_repository
     from pipeline.settings import get_settings
 
     store, stdout = pipeline_run.store, pipeline_run.stdout
     rec_keys = [k for k in store.list("recommendations/") if k.endswith("recommendations.parquet")]
     assert len(rec_keys) == 1 and "/user_id=demo-user/" in rec_keys[0]  # every user under users/: one
-    run_date = rec_keys[0].split("date=")[1].split("/")[0]
+    run_date, run = latest_run(store, "demo-user")
+    assert rec_keys[0] == recommendations_key("demo-user", run_date, run)
     recs = store.read_parquet(rec_keys[0]).to_pylist()
-    profile = store.read_parquet(profile_key("demo-user", run_date)).to_pylist()
+    profile = store.read_parquet(profile_key("demo-user", run_date, run)).to_pylist()
     assert len(recs) == 5 and [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
     assert {r["score_kind"] for r in recs} == {get_settings().recommend["score"]}
     embeddings = {row["item_id"]: row["embedding"] for row in read_repository(
@@ -137,9 +138,9 @@ def test_recommendations_share_attributes_with_the_profile(pipeline_run):
         assert 0.0 <= rec["score_weighted"] <= 1.0
     assert recs[0]["score"] == max(r["score"] for r in recs)  # MMR's first pick is the most relevant
     assert [r["mmr_score"] for r in recs] == sorted((r["mmr_score"] for r in recs), reverse=True)
-    assert sorted(store.read_parquet(shown_key("demo-user", run_date)).column("item_id").to_pylist()) == \
+    assert sorted(store.read_parquet(shown_key("demo-user", run_date, run)).column("item_id").to_pylist()) == \
         sorted(r["item_id"] for r in recs)
-    assert store.exists(html_key("demo-user", run_date))
+    assert store.exists(html_key("demo-user", run_date, run))
     assert "Top recommendations for demo-user" in stdout
 
 

@@ -26,7 +26,9 @@ from pipeline.recommend import (
     rank,
     recommend_for_user,
     recommend_for_users,
+    latest_run,
     recommendations_key,
+    run_partition,
     shown_before,
     shown_key,
     validate_options,
@@ -490,15 +492,16 @@ def scene(any_store):
 
 def test_recommend_for_user_end_to_end(scene):
     store, vectorizer = scene
-    summary = recommend_for_user(store, "ann", None, 4, DAY, vectorizer=vectorizer, **MATCHES)
+    summary = recommend_for_user(store, "ann", None, 4, DAY, vectorizer=vectorizer, run_id="scheduled__1", **MATCHES)
 
-    expected_keys = {"recommendations": f"recommendations/date={DAY}/user_id=ann/recommendations.parquet",
-                     "profile": f"profiles/date={DAY}/user_id=ann/profile.parquet",
-                     "html": f"recommendations_html/{DAY}/ann.html",
-                     "shown": f"users/ann/_shown/{DAY}.parquet"}
-    assert summary["keys"] == expected_keys
-    assert expected_keys == {"recommendations": recommendations_key("ann", DAY), "profile": profile_key("ann", DAY),
-                             "html": html_key("ann", DAY), "shown": shown_key("ann", DAY)}
+    expected_keys = {"recommendations": f"recommendations/date={DAY}/run=scheduled__1/user_id=ann/recommendations.parquet",
+                     "profile": f"profiles/date={DAY}/run=scheduled__1/user_id=ann/profile.parquet",
+                     "html": f"recommendations_html/{DAY}/run=scheduled__1/ann.html",
+                     "shown": f"users/ann/_shown/{DAY}/run=scheduled__1.parquet"}
+    assert summary["keys"] == expected_keys and summary["run"] == "scheduled__1"
+    run = "scheduled__1"
+    assert expected_keys == {"recommendations": recommendations_key("ann", DAY, run), "html": html_key("ann", DAY, run),
+                             "profile": profile_key("ann", DAY, run), "shown": shown_key("ann", DAY, run)}
     for key in expected_keys.values():
         assert store.exists(key)
     assert summary["n_items_scored"] == 7 and summary["n_recommended"] == 4
@@ -560,7 +563,8 @@ def test_every_score_kind_end_to_end(scene, kind):
 def test_filters(scene):
     store, vectorizer = scene
     def ids(**filters):
-        summary = recommend_for_user(store, "ann", None, 10, DAY, vectorizer=vectorizer, filters=filters, **MATCHES)
+        summary = recommend_for_user(store, "ann", None, 10, DAY, vectorizer=vectorizer, filters=filters, run_id="r",
+                                     **MATCHES)
         return [row["item_id"] for row in summary["top_k"]]
 
     assert ids() == ["i5", "i1", "i2", "i3"]
@@ -570,35 +574,72 @@ def test_filters(scene):
     assert ids(price_max=19.5) == ["i1", "i2"]
     assert ids(price_min=10, price_max=10) == ["i1"]
     assert ids(retailers=["nobody"]) == []
-    page = store.get_bytes(html_key("ann", DAY)).decode()
+    page = store.get_bytes(html_key("ann", DAY, "r")).decode()
     assert "retailers=[&#x27;nobody&#x27;]" in page and "No recommendations" in page
 
 
 def test_items_shown_on_earlier_days_are_not_recommended_again(scene):
     store, vectorizer = scene
-    first = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, **MATCHES)
+    first = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="one", **MATCHES)
     assert [r["item_id"] for r in first["top_k"]] == ["i5", "i1"]
-    rerun = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, **MATCHES)
+    rerun = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="one", **MATCHES)
     assert rerun == first  # its own earlier output does not count as shown
-    next_day = recommend_for_user(store, "ann", None, 2, "2026-11-29", vectorizer=vectorizer, **MATCHES)
+    other_run = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="two", **MATCHES)
+    assert other_run["top_k"] == first["top_k"]  # nor does another run's of the same date
+    next_day = recommend_for_user(store, "ann", None, 2, "2026-11-29", vectorizer=vectorizer, run_id="n", **MATCHES)
     assert [r["item_id"] for r in next_day["top_k"]] == ["i2", "i3"] and next_day["n_excluded_shown"] == 2
     assert shown_before(store, "ann", "2026-11-30") == ["i1", "i2", "i3", "i5"]
     # a backfill of the first day after the second ran is still the first day's list
-    assert recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, **MATCHES) == first
-    assert "shown before and left out" in store.get_bytes(html_key("ann", "2026-11-29")).decode()
+    assert recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="one", **MATCHES) == first
+    assert "shown before and left out" in store.get_bytes(html_key("ann", "2026-11-29", "n")).decode()
 
 
-def test_recommend_for_user_rerun_overwrites_the_same_keys(scene):
+def test_a_retry_of_the_same_run_overwrites_its_keys(scene):
     store, vectorizer = scene
-    first = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer)
+    first = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00")
     keys = store.list()
     blobs = {name: store.get_bytes(key) for name, key in first["keys"].items() if name != "recommendations"}
     recs = store.read_parquet(first["keys"]["recommendations"])
-    second = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer)
+    second = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00")
     assert second == first
     assert store.list() == keys
-    assert store.read_parquet(second["keys"]["recommendations"]).equals(recs)
+    again = store.read_parquet(second["keys"]["recommendations"])
+    assert again.drop_columns(["generated_at"]).equals(recs.drop_columns(["generated_at"]))
+    assert again["generated_at"][0].as_py() >= recs["generated_at"][0].as_py()
     assert {name: store.get_bytes(key) for name, key in second["keys"].items() if name != "recommendations"} == blobs
+
+
+def test_two_runs_on_one_date_keep_both_outputs(scene):
+    """A manual run and the scheduled one of the same date write different keys (issue 12), and the
+    recommendations stay one Hive-partitioned dataset whose generated_at picks the latest run."""
+    store, vectorizer = scene
+    store.write_parquet("users/ann/_shown/2026-11-27.parquet", pa.table({"item_id": ["legacy"]}))  # before runs
+    assert shown_before(store, "ann", DAY) == ["legacy"]
+    scheduled = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer,
+                                   run_id="scheduled__2026-11-28T00:00:00+00:00")
+    manual = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer,
+                                run_id="manual__2026-11-28T09:30:00+00:00")
+    for name in ("recommendations", "profile", "html", "shown"):
+        assert scheduled["keys"][name] != manual["keys"][name] and store.exists(scheduled["keys"][name])
+    assert store.read_parquet(scheduled["keys"]["recommendations"]).num_rows == 3
+    assert store.read_parquet(manual["keys"]["recommendations"]).num_rows == 2
+    assert manual["run"].startswith("manual__2026-11-28T09-30-00-00-00-") and ":" not in manual["run"]
+    assert latest_run(store, "ann") == (DAY, manual["run"]) and latest_run(store, "nobody") is None
+    root = store.local_path("recommendations")
+    if root is not None:  # the file store: read it back as one dataset, the way analysts do
+        table = ds.dataset(root, format="parquet", partitioning="hive").to_table()
+        assert sorted(set(table["run"].to_pylist())) == sorted([scheduled["run"], manual["run"]])
+        latest = table.filter(ds.field("generated_at") == pc.max(table["generated_at"]))
+        assert set(latest["run"].to_pylist()) == {manual["run"]} and latest.num_rows == 2
+
+
+def test_run_partition_is_path_safe_and_distinct():
+    assert run_partition("scheduled__2026-12-01") == "scheduled__2026-12-01"
+    cleaned = {run_partition(r) for r in ("a:b", "a-b", "a/b", "a b", "..", ".hidden")}
+    assert len(cleaned) == 6 and all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", c) for c in cleaned)
+    for bad in ("", "  ", None, 5, "x" * 251):
+        with pytest.raises(InvalidRequest, match="run id"):
+            run_partition(bad)
 
 
 def test_explicit_images_profile_only_those(scene):
@@ -615,9 +656,9 @@ def test_recommend_for_users_serves_everyone_and_reports_failures(scene):
     batches = plan_requests(store, None, None, options)
     assert [r["user_id"] for r in batches[0]] == ["ann", "bea", "cid"]
     with pytest.raises(RuntimeError, match="failed for 1 user"):
-        recommend_for_users(store, batches[0], DAY, options, vectorizer)
-    assert store.exists(recommendations_key("ann", DAY)) and store.exists(recommendations_key("bea", DAY))
-    assert not store.exists(recommendations_key("cid", DAY))
+        recommend_for_users(store, batches[0], DAY, options, vectorizer, run_id="r1")
+    assert store.exists(recommendations_key("ann", DAY, "r1")) and store.exists(recommendations_key("bea", DAY, "r1"))
+    assert not store.exists(recommendations_key("cid", DAY, "r1"))
     summaries = recommend_for_users(store, batches[0][:2], DAY, options, vectorizer)
     assert [s["user_id"] for s in summaries] == ["ann", "bea"]
     assert [r["item_id"] for r in summaries[1]["top_k"]] == ["i1", "i3"]

@@ -143,7 +143,7 @@ def shop(tmp_path_factory):
                                 part.slice(rows.start, (rows.stop or part.num_rows) - rows.start))
     for u in range(0, USERS, 3):  # shown yesterday: 15 items each
         shown = [items[(u * 11 + j) % 700]["item_id"] for j in range(15)]
-        store.write_parquet(shown_key(f"user{u:02d}", "2026-11-30"), pa.table({"item_id": shown}))
+        store.write_parquet(shown_key(f"user{u:02d}", "2026-11-30", "before"), pa.table({"item_id": shown}))
     # the exact copies (the recompressed ones are left out as the one-user path decides: a quality-60
     # copy can be beyond the pHash distance)
     owners = {items[i]["item_id"]: photos[i * 3][0] for i in range(12)}
@@ -154,6 +154,8 @@ def assert_same_tables(batch: pa.Table, single: pa.Table, user: str, kind: str) 
     assert batch.column_names == single.column_names, user
     assert batch["item_id"].to_pylist() == single["item_id"].to_pylist(), user
     for name in batch.column_names:
+        if name == "generated_at":  # the write time
+            continue
         left, right = batch[name].to_pylist(), single[name].to_pylist()
         if name in FLOATS:
             assert [v is None for v in left] == [v is None for v in right], (user, name)
@@ -180,16 +182,16 @@ def test_batch_lists_equal_the_one_user_path(shop, kind, lam, k, filters):
     store, vectorizer, _ = shop
     options = validate_options(k=k, score_kind=kind, mmr_lambda=lam, filters=filters)
     requests = [{"user_id": f"user{u:02d}", "image_keys": None} for u in range(USERS)]
-    summaries = recommend_for_users(store, requests, DAY, options, vectorizer, chunk_rows=37)
+    summaries = recommend_for_users(store, requests, DAY, options, vectorizer, chunk_rows=37, run_id="batch")
     assert [s["user_id"] for s in summaries] == [r["user_id"] for r in requests]
-    batch = {r["user_id"]: store.read_parquet(recommendations_key(r["user_id"], DAY)) for r in requests}
+    batch = {r["user_id"]: store.read_parquet(recommendations_key(r["user_id"], DAY, "batch")) for r in requests}
     excluded_somewhere = 0
     for request, summary in zip(requests, summaries):
         user = request["user_id"]
-        single = recommend_for_user(store, user, None, None, DAY, vectorizer, options=options)
-        assert_same_tables(batch[user], store.read_parquet(recommendations_key(user, DAY)), user, kind)
-        assert {key: v for key, v in summary.items() if key not in ("top_k", "keys")} == \
-            {key: v for key, v in single.items() if key not in ("top_k", "keys")}
+        single = recommend_for_user(store, user, None, None, DAY, vectorizer, options=options, run_id="single")
+        assert_same_tables(batch[user], store.read_parquet(recommendations_key(user, DAY, "single")), user, kind)
+        assert {key: v for key, v in summary.items() if key not in ("top_k", "keys", "run")} == \
+            {key: v for key, v in single.items() if key not in ("top_k", "keys", "run")}
         assert batch[user].num_rows == min(k, batch[user].num_rows) and batch[user].num_rows > 0
         excluded_somewhere += single["n_excluded_shown"]
     assert excluded_somewhere > 0
@@ -199,12 +201,12 @@ def test_own_photos_and_shown_items_never_come_back(shop):
     store, vectorizer, owners = shop
     options = validate_options(k=100, score_kind="embedding", mmr_lambda=1.0)
     requests = [{"user_id": f"user{u:02d}", "image_keys": None} for u in range(USERS)]
-    recommend_for_users(store, requests, DAY, options, vectorizer, chunk_rows=64)
+    recommend_for_users(store, requests, DAY, options, vectorizer, chunk_rows=64, run_id="own")
     own = others = 0
     for u in range(USERS):
-        ids = set(store.read_parquet(recommendations_key(f"user{u:02d}", DAY))["item_id"].to_pylist())
+        ids = set(store.read_parquet(recommendations_key(f"user{u:02d}", DAY, "own"))["item_id"].to_pylist())
         if u % 3 == 0:
-            shown = set(store.read_parquet(shown_key(f"user{u:02d}", "2026-11-30"))["item_id"].to_pylist())
+            shown = set(store.read_parquet(shown_key(f"user{u:02d}", "2026-11-30", "before"))["item_id"].to_pylist())
             assert not ids & shown
         own += len(ids & {item for item, owner in owners.items() if owner == f"user{u:02d}"})
         others += len(ids & {item for item, owner in owners.items() if owner != f"user{u:02d}"})
