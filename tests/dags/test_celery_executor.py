@@ -49,6 +49,7 @@ PRODUCTS = 60  # -> ~60 catalog items: 3 shards of <= 25 (the test profile's sha
 TENSORFLOW_TASKS = {"predict_for_review", "train", "infer_shard", "recommend"}
 CHAIN_TIMEOUT_S = 900
 PHASE_TIMEOUT_S = 420
+LOG_UPLOAD_TIMEOUT_S = 90
 TF_QUEUE = "tensorflow"
 
 
@@ -173,8 +174,22 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
             logs = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
                                 aws_access_key_id=env["AIRFLOW_LOGS_S3_ACCESS_KEY"],
                                 aws_secret_access_key=env["AIRFLOW_LOGS_S3_SECRET_KEY"])
-            record["remote_logs"] = [o["Key"] for page in logs.get_paginator("list_objects_v2").paginate(
-                Bucket=env["AIRFLOW_LOGS_BUCKET"], Prefix="logs/") for o in page.get("Contents", [])]
+
+            def listed() -> list[str]:
+                return [o["Key"] for page in logs.get_paginator("list_objects_v2").paginate(
+                    Bucket=env["AIRFLOW_LOGS_BUCKET"], Prefix="logs/") for o in page.get("Contents", [])]
+
+            # A task reports success before its supervisor uploads the log, so the last task's log can
+            # arrive a moment after its run ends: wait for every successful task's log (or 90 s).
+            wanted = _wanted_logs(record["runs"])
+            logs_began = time.monotonic()
+            deadline = logs_began + LOG_UPLOAD_TIMEOUT_S
+            while True:
+                record["remote_logs"] = listed()
+                if not _missing_logs(wanted, record["remote_logs"]) or time.monotonic() >= deadline:
+                    break
+                time.sleep(2.0)
+            record["timings"]["logs"] = time.monotonic() - logs_began
             record["store"] = store
             record["deployment"] = deployment
             yield record
@@ -186,6 +201,16 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     record["timings"]["module"] = time.monotonic() - began
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in record["timings"].items()))
     assert not left, f"left running after the deployment stopped: {left}"
+
+
+def _wanted_logs(runs: dict[str, list[dict]]) -> list[str]:
+    """The log-key fragment of every successful task of each DAG's last run."""
+    return [f"dag_id={dag_id}/run_id={t['dag_run_id']}/task_id={t['task_id']}/"
+            for dag_id in CHAIN for t in runs[dag_id][-1]["task_instances"] if t["state"] == "success"]
+
+
+def _missing_logs(wanted: list[str], keys: list[str]) -> list[str]:
+    return [w for w in wanted if not any(w in key for key in keys)]
 
 
 def _table(instances: list[dict]) -> str:
@@ -302,11 +327,10 @@ def test_chain_runs_on_the_celery_workers_of_each_queue(chain):
 def test_task_logs_reach_the_logs_bucket(chain):
     """Remote logging as docker-compose.yml sets it: every finished task's log is in AIRFLOW_LOGS_BUCKET."""
     logs = chain["remote_logs"]
-    for dag_id in CHAIN:
-        for t in chain["runs"][dag_id][-1]["task_instances"]:
-            if t["state"] == "success":
-                wanted = f"dag_id={dag_id}/run_id={t['dag_run_id']}/task_id={t['task_id']}/"
-                assert any(wanted in key for key in logs), (wanted, logs[:20])
+    wanted = _wanted_logs(chain["runs"])
+    assert len(wanted) >= len(CHAIN)
+    missing = _missing_logs(wanted, logs)
+    assert not missing, (missing, logs[:20])
     shard_logs = [k for k in logs if "task_id=infer_shard" in k]
     assert any("attempt=2" in k for k in shard_logs), shard_logs  # the retried shards' second tries
 
