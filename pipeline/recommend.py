@@ -46,7 +46,6 @@ from pipeline.storage import StoreKeyError, normalize_key
 if TYPE_CHECKING:
     from pipeline.storage import ObjectStore
 
-REPOSITORY_PREFIX = "repository/fashion_vectors/"
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RETAILER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")

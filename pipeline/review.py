@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 ACCEPT, REJECT, RELABEL, SKIP, UNDO = "accept", "reject", "relabel", "skip", "undo"
 DECISIONS = (ACCEPT, REJECT, RELABEL, SKIP, UNDO)
-FINAL_DECISIONS = (ACCEPT, REJECT, RELABEL)
 POLICIES = ("auto_accept", "manual")
 POLICY_REVIEWER = "policy:auto_accept"
 CONFLICT_PREFIX = "conflict:"

@@ -317,14 +317,6 @@ def _check_embeddings(items: FashionMatrix, profile: FashionMatrix) -> None:
             f"{profile.embedding.shape[1]}: they come from different networks (embedding_source)")
 
 
-def embedding_similarities(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
-    """(n, m) cosine similarities of items to profile rows (float32)."""
-    if not items.n:
-        return np.zeros((0, profile.n), dtype=np.float32)
-    _check_embeddings(items, profile)
-    return items.embedding @ profile.embedding.T
-
-
 def embedding_scores(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
     """``max_j cos(e_i, e_j)``: similarity to the nearest profile image, rounded to 6 decimals (the
     resolution of the float32 product, whose last bits may depend on the row's position in the batch)."""

@@ -13,7 +13,6 @@ from PIL import Image
 from pipeline import scoring
 from pipeline.hashing import content_sha256, perceptual_hashes
 from pipeline.recommend import (
-    REPOSITORY_PREFIX,
     Filters,
     InvalidRequest,
     build_profile,
@@ -34,6 +33,7 @@ from pipeline.recommend import (
     validate_options,
     validate_request,
 )
+from pipeline.repository import PREFIX as REPOSITORY_PREFIX
 from pipeline.settings import get_settings
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
@@ -136,10 +136,10 @@ def repository_table(items: list[dict[str, Any]]) -> pa.Table:
 def write_repository(store, table: pa.Table) -> None:
     """The repository as pipeline.repository lays it out: crawl_date=<date>/retailer=<retailer>/ folders
     (read back through pipeline.repository.read_repository)."""
-    store.delete_prefix(REPOSITORY_PREFIX)
+    store.delete_prefix(f"{REPOSITORY_PREFIX}/")
     for retailer in sorted(set(table["retailer"].to_pylist())):
         part = table.filter(pc.equal(table["retailer"], retailer)).drop_columns(["crawl_date", "retailer"])
-        store.write_parquet(f"{REPOSITORY_PREFIX}crawl_date=2026-11-01/retailer={retailer}/part-0.parquet", part)
+        store.write_parquet(f"{REPOSITORY_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-0.parquet", part)
 
 
 class FakeVectorizer:

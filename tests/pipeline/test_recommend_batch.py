@@ -13,13 +13,13 @@ from PIL import Image
 
 from pipeline.hashing import content_sha256, perceptual_hashes
 from pipeline.recommend import (
-    REPOSITORY_PREFIX,
     recommend_for_user,
     recommend_for_users,
     recommendations_key,
     shown_key,
     validate_options,
 )
+from pipeline.repository import PREFIX as REPOSITORY_PREFIX
 from pipeline.settings import get_settings
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
@@ -139,7 +139,7 @@ def shop(tmp_path_factory):
     for retailer in ("shop-a", "shop-b", "shop-c"):
         part = table.filter(pc.equal(table["retailer"], retailer)).drop_columns(["retailer"])
         for half, rows in enumerate((slice(0, 120), slice(120, None))):
-            store.write_parquet(f"{REPOSITORY_PREFIX}crawl_date=2026-11-01/retailer={retailer}/part-{half}.parquet",
+            store.write_parquet(f"{REPOSITORY_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-{half}.parquet",
                                 part.slice(rows.start, (rows.stop or part.num_rows) - rows.start))
     for u in range(0, USERS, 3):  # shown yesterday: 15 items each
         shown = [items[(u * 11 + j) % 700]["item_id"] for j in range(15)]

@@ -29,6 +29,23 @@ def test_scrapy_settings_follow_the_configuration():
     assert scrapy_settings["FASHIONNET_STORE_URI"] == "s3://b/p"
 
 
+def test_scrapy_settings_have_no_defaults_of_their_own():
+    """config/settings.yaml is the only home of the crawl defaults: a key missing from the crawl section
+    is an error naming it, never a second default in code (CONCURRENT_ITEMS once defaulted to 100 here
+    against the YAML's 16)."""
+    import dataclasses
+
+    import pytest
+
+    settings = load_settings({"FASHIONNET_STORE": "s3://b/p"})
+    scrapy_settings = fashionnet_settings(settings)
+    assert scrapy_settings["CONCURRENT_ITEMS"] == settings.crawl["concurrent_items"]
+    for key in ("concurrent_items", "obey_robots_txt", "retry_http_codes", "log_level"):
+        crawl = {k: v for k, v in settings.crawl.items() if k != key}
+        with pytest.raises(KeyError, match=key):
+            fashionnet_settings(dataclasses.replace(settings, crawl=crawl))
+
+
 def test_demo_store_command_builds_and_serves(tmp_path: Path):
     from tests.conftest import free_port, wait_for_port
 
