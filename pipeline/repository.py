@@ -54,7 +54,6 @@ PREFIX = "repository/fashion_vectors"
 STAGING_PREFIX = "repository/_staging"
 COMMITS_PREFIX = "repository/commits"
 COMMON_METADATA_KEY = f"{PREFIX}/_common_metadata"
-LEGACY_KEY = "repository/fashion_vectors.parquet"
 SCHEMA_FILE = Path(__file__).with_name("repository_schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
 READ_ATTEMPTS = 3
@@ -617,10 +616,6 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         common = io.BytesIO()
         pq.write_metadata(schema, common)
         store.put_bytes(COMMON_METADATA_KEY, common.getvalue())
-    if store.exists(LEGACY_KEY):
-        # Schema version 1's single file would otherwise go on serving stale vectors to old readers.
-        store.delete(LEGACY_KEY)
-        print(f"[repository {commit_id}] removed {LEGACY_KEY} (schema version 1; {PREFIX}/ replaces it)", flush=True)
     rows = repository_dataset(store).count_rows()
     record = {
         "commit_id": commit_id, "batch_id": info["batch_id"], "batch_ids": info.get("batch_ids", []),

@@ -437,12 +437,11 @@ def test_read_repository_rereads_when_a_file_changed_under_it(file_store, monkey
     assert R.read_repository(file_store).num_rows == 3 and failures == [1]
 
 
-def test_the_first_commit_removes_the_schema_1_single_file(file_store):
-    file_store.write_parquet(R.LEGACY_KEY, pa.table({"item_id": ["old"]}))
+def test_a_commit_leaves_no_staging_folder(file_store):
     publish(file_store, "v1")
     write_batch(file_store, "catalog-20261101", range(2))
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1)
-    assert not file_store.exists(R.LEGACY_KEY) and R.read_repository(file_store).num_rows == 2
+    assert R.read_repository(file_store).num_rows == 2
     assert not os.path.exists(file_store.local_path("repository/_staging/catalog-20261101"))  # no empty folders left
 
 
