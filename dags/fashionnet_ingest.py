@@ -94,7 +94,7 @@ def fashionnet_ingest():
     def predict_for_review(batch: str) -> dict:
         """The published networks' guesses, so reviewers can sort by doubt (nothing before a first training).
         Its result names the batch: the batches whose predictions are done go on to the review gate."""
-        from models.review_predictions import predict_review_queue
+        from pipeline.review_predictions import predict_review_queue
         from pipeline.runs import plain, stage
         from pipeline.settings import get_settings
         from pipeline.storage import open_store

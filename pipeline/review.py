@@ -23,7 +23,7 @@ Decision semantics, replayed in ``decided_at`` order (the latest wins):
 * An item is *pending* until it has an accept, reject or relabel.
 
 ``review/predictions/<batch_id>.parquet`` (:data:`PREDICTIONS_SCHEMA`, written by
-``models.review_predictions``) holds the current networks' predictions for a queue, one row per item
+``pipeline.review_predictions``) holds the current networks' predictions for a queue, one row per item
 and attribute; no file means no model yet. The review page (:mod:`pipeline.review_view`) sorts by it.
 """
 from __future__ import annotations

@@ -5,10 +5,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fashion_synthetic import SHAPES, pattern_image, write_version
+from tests.models.fashion_synthetic import SHAPES, pattern_image, write_version
 from models.registry import publish
-from models.review_predictions import predict_review_queue
 from pipeline.review import PREDICTIONS_SCHEMA, predictions_key, queue_key, queue_schema
+from pipeline.review_predictions import predict_review_queue
 from pipeline.settings import get_settings
 
 BATCH = "ingest-20261101"

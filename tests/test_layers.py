@@ -1,0 +1,101 @@
+"""The import layers of the tree, checked on every import statement (module level and inside functions).
+
+Floors, bottom up:
+
+* the ground floor (:data:`GROUND`): settings, the object store, run records and the image/hash helpers
+  both spiders and networks need; it imports no other project module;
+* ``scrapers/`` and ``models/``: the ground floor only, never a pipeline stage;
+* the pipeline stages (the rest of ``pipeline/``): anything below;
+* DAG files and the tools (the demo driver, the Airflow launcher): on top, imported by nothing in the
+  library.
+
+:data:`KNOWN_UPWARD` lists the one import that still goes up (issue 14 is open for it): the repository's
+infer step lives in ``models.inference`` and calls the repository stage's plan and shard helpers.
+A new upward import fails :func:`test_no_module_imports_from_a_floor_above_it`.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "models", "scrapers", "dags")
+GROUND = frozenset({"pipeline.settings", "pipeline.storage", "pipeline.runs", "pipeline.hashing", "pipeline.images"})
+TOOLS = frozenset({"pipeline.demo", "pipeline.airflow_local"})
+KNOWN_UPWARD = frozenset({("models.inference", "pipeline.repository")})
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py")}
+
+
+def imported_modules(path: Path, known: set[str] | dict[str, Path]) -> set[str]:
+    """Project modules ``path`` imports; ``from package import module`` counts as the module."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in known)
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def floor(module: str) -> int:
+    """0 ground, 1 spiders and networks, 2 pipeline stages, 3 DAG files and tools."""
+    if module in GROUND:
+        return 0
+    if module.startswith("dags") or module in TOOLS:
+        return 3
+    if module.split(".")[0] in ("scrapers", "models"):
+        return 1
+    return 2
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a module imports from a floor above its own. Modules of one floor
+    may import each other, except that the ground floor stands alone and the package marker ``pipeline``
+    (its ``__init__``) belongs to no floor."""
+    found = []
+    for importer, names in graph.items():
+        for imported in names:
+            if imported == "pipeline" or imported == importer:
+                continue
+            if floor(imported) > floor(importer):
+                found.append((importer, imported))
+    return sorted(found)
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imported_modules(path, modules) for name, path in modules.items()}
+
+
+def test_no_module_imports_from_a_floor_above_it():
+    upward = set(upward_imports(import_graph()))
+    assert upward - KNOWN_UPWARD == set(), "imports from a floor above (see this module's docstring)"
+    assert KNOWN_UPWARD <= upward, "a known upward import is gone: take it off KNOWN_UPWARD"
+
+
+def test_the_ground_floor_imports_only_itself():
+    graph = import_graph()
+    for module in sorted(GROUND):
+        assert graph[module] - GROUND == set(), module
+
+
+def test_an_upward_import_is_found():
+    graph = {"models.train": {"pipeline.storage", "pipeline.recommend"}, "pipeline.storage": {"pipeline.settings"},
+             "pipeline.recommend": {"models.inference", "pipeline.demo"}, "dags.x": {"pipeline.recommend"}}
+    assert upward_imports(graph) == [("models.train", "pipeline.recommend"), ("pipeline.recommend", "pipeline.demo")]
+
+
+def test_from_package_import_module_counts_as_the_module(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from pipeline import repository, storage\n    import scrapers.crawl\n")
+    known = {"pipeline.repository", "pipeline.storage"}
+    assert imported_modules(source, known) == {"pipeline", "pipeline.repository", "pipeline.storage", "scrapers.crawl"}
