@@ -11,6 +11,7 @@ are printed too.
 
     python -m bench.backbone_throughput [--sizes 128 224] [--batch 32] [--batches 3] [--rounds 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.network import build_backbone, get_backbone
 
-    print(f"TensorFlow {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={os.environ['TF_ENABLE_ONEDNN_OPTS']}, "
-          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}, batch {args.batch}")
+    print(
+        f"TensorFlow {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={os.environ['TF_ENABLE_ONEDNN_OPTS']}, "
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}, batch {args.batch}"
+    )
     rng = np.random.default_rng(0)
     results: dict[tuple[int, str], float] = {}
     for size in args.sizes:
@@ -85,12 +88,16 @@ def main(argv: list[str] | None = None) -> int:
             rate = args.batch / statistics.median(times[name])
             best = args.batch / min(times[name])
             results[(size, name)] = rate
-            print(f"{size:4d} px  {name:<19} {rate:8.1f} images/s (best batch {best:7.1f})  "
-                  f"{conv_macs(models[name]) / 1e9:6.2f} GMACs/image  {models[name].count_params() / 1e6:5.2f}M weights")
+            print(
+                f"{size:4d} px  {name:<19} {rate:8.1f} images/s (best batch {best:7.1f})  "
+                f"{conv_macs(models[name]) / 1e9:6.2f} GMACs/image  {models[name].count_params() / 1e6:5.2f}M weights"
+            )
         if "vgg16" in args.backbones and "efficientnet_lite0" in args.backbones:
             ratio = results[(size, "efficientnet_lite0")] / results[(size, "vgg16")]
             macs = conv_macs(models["vgg16"]) / conv_macs(models["efficientnet_lite0"])
-            print(f"{size:4d} px  efficientnet_lite0 / vgg16: {ratio:.1f}x the images/s ({macs:.0f}x fewer multiply-adds)")
+            print(
+                f"{size:4d} px  efficientnet_lite0 / vgg16: {ratio:.1f}x the images/s ({macs:.0f}x fewer multiply-adds)"
+            )
     return 0
 
 

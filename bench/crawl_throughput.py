@@ -13,6 +13,7 @@
 
 Prints both rates and their ratio (the goal is >= 0.5). Results are not written anywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     paths = ["/sitemap.xml"] + [f"/product/{p['sku']}" for p in load_catalog(site)]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    server = subprocess.Popen([sys.executable, "-c", SERVE, str(site), str(port), "stock" if args.stock_server else "tuned"], cwd=REPO_ROOT, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(site), str(port), "stock" if args.stock_server else "tuned"],
+        cwd=REPO_ROOT,
+        env=env,
+    )
     try:
         wait_for(port)
         base_url = f"http://127.0.0.1:{port}"
@@ -148,9 +153,11 @@ def main(argv: list[str] | None = None) -> None:
             crawl_rate = summary["pages"] / summary["duration_s"]
             print(f"round {round_}: {len(paths)} pages, concurrency {args.concurrency}")
             print(f"  server capacity (keep-alive http.client pool): {rate:8.1f} pages/s  ({failures} failures)")
-            print(f"  scrapy crawl, politeness off:                  {crawl_rate:8.1f} pages/s  "
-                  f"({summary['pages']} pages, {summary['products']} products in {summary['duration_s']:.2f} s; "
-                  f"{wall:.2f} s with process start-up)")
+            print(
+                f"  scrapy crawl, politeness off:                  {crawl_rate:8.1f} pages/s  "
+                f"({summary['pages']} pages, {summary['products']} products in {summary['duration_s']:.2f} s; "
+                f"{wall:.2f} s with process start-up)"
+            )
             print(f"  ratio crawl / capacity: {crawl_rate / rate:.2f}  (goal >= 0.5)")
     finally:
         server.terminate()

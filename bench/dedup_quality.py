@@ -25,6 +25,7 @@ centre crops (6 % and 12 % borders), and a copy's hashes matched against those t
 
     python -m bench.dedup_quality [--limit 1500] [--processes 2] [--crop-variant]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.dedup import (colour_thumbnail, find_near_pairs, find_prior_matches, mirror_thumbnail,  # noqa: E402
-                            thumbnail_distance)
+from pipeline.dedup import colour_thumbnail, find_near_pairs, find_prior_matches, mirror_thumbnail, thumbnail_distance  # noqa: E402
 from pipeline.hash_index import MultiIndexHashing  # noqa: E402
 from pipeline.hashing import hamming, image_hashes  # noqa: E402
 from pipeline.settings import REPO_ROOT, get_settings  # noqa: E402
@@ -71,6 +71,7 @@ def _crop_by(share: float) -> Callable[[Image.Image], Image.Image]:
     def crop(image: Image.Image) -> Image.Image:
         dx, dy = int(image.width * share), int(image.height * share)
         return image.crop((dx, dy, image.width - dx, image.height - dy))
+
     return crop
 
 
@@ -97,7 +98,7 @@ class Hashed:
     thumbnails: np.ndarray
 
     @staticmethod
-    def of(rows: list[tuple[int, int, int, int, np.ndarray]]) -> "Hashed":
+    def of(rows: list[tuple[int, int, int, int, np.ndarray]]) -> Hashed:
         columns = [np.array([r[k] for r in rows], dtype=np.uint64) for k in range(4)]
         return Hashed(*columns, np.stack([r[4] for r in rows]))
 
@@ -137,8 +138,9 @@ def demo_pictures(seed: int, n: int = DEMO_PRODUCTS) -> Hashed:
 
     rows = []
     for product in generate_catalog(n, seed):
-        picture = draw_garment(product.pattern, product.fabric, product.style, product.shape,
-                               random.Random(f"{seed}:{product.sku}"))
+        picture = draw_garment(
+            product.pattern, product.fabric, product.style, product.shape, random.Random(f"{seed}:{product.sku}")
+        )
         buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
         with Image.open(io.BytesIO(buffer.getvalue())) as image:
@@ -171,14 +173,23 @@ class Candidates:
         return set(zip(self.a[keep].tolist(), self.b[keep].tolist()))
 
 
-def _oriented(a: np.ndarray, b: np.ndarray, pdist: np.ndarray, dhash_a: np.ndarray, dhash_b: np.ndarray,
-              thumbs_a: np.ndarray, thumbs_b: np.ndarray, mirror: bool) -> Candidates:
+def _oriented(
+    a: np.ndarray,
+    b: np.ndarray,
+    pdist: np.ndarray,
+    dhash_a: np.ndarray,
+    dhash_b: np.ndarray,
+    thumbs_a: np.ndarray,
+    thumbs_b: np.ndarray,
+    mirror: bool,
+) -> Candidates:
     left = thumbs_a[a]
     left = mirror_thumbnail(left) if mirror else left
     right = thumbs_b[b]
     raw = np.abs(left.astype(np.int16) - right.astype(np.int16)).mean(axis=(1, 2, 3))
-    return Candidates(a, b, pdist, hamming(dhash_a[a], dhash_b[b]), thumbnail_distance(left, right), raw,
-                      np.full(len(a), mirror))
+    return Candidates(
+        a, b, pdist, hamming(dhash_a[a], dhash_b[b]), thumbnail_distance(left, right), raw, np.full(len(a), mirror)
+    )
 
 
 def _join(parts: list[Candidates]) -> Candidates:
@@ -194,8 +205,9 @@ def cross_candidates(left: Hashed, right: Hashed, radius: int) -> Candidates:
     parts.append(_oriented(q, i, d, left.dhash_mirror, right.dhash, left.thumbnails, right.thumbnails, True))
     q, i, d = MultiIndexHashing(left.phash).query(right.phash_mirror, radius)
     flipped = _oriented(q, i, d, right.dhash_mirror, left.dhash, right.thumbnails, left.thumbnails, True)
-    parts.append(Candidates(flipped.b, flipped.a, *(getattr(flipped, f) for f in ("phash", "dhash", "gain", "raw",
-                                                                                    "mirror"))))
+    parts.append(
+        Candidates(flipped.b, flipped.a, *(getattr(flipped, f) for f in ("phash", "dhash", "gain", "raw", "mirror")))
+    )
     return _join(parts)
 
 
@@ -206,8 +218,9 @@ def self_candidates(hashed: Hashed, radius: int) -> Candidates:
     parts = [_oriented(i, j, d, hashed.dhash, hashed.dhash, hashed.thumbnails, hashed.thumbnails, False)]
     q, i, d = index.query(hashed.phash_mirror, radius)
     other = q != i
-    m = _oriented(q[other], i[other], d[other], hashed.dhash_mirror, hashed.dhash, hashed.thumbnails,
-                  hashed.thumbnails, True)
+    m = _oriented(
+        q[other], i[other], d[other], hashed.dhash_mirror, hashed.dhash, hashed.thumbnails, hashed.thumbnails, True
+    )
     parts.append(Candidates(np.minimum(m.a, m.b), np.maximum(m.a, m.b), m.phash, m.dhash, m.gain, m.raw, m.mirror))
     return _join(parts)
 
@@ -223,21 +236,29 @@ class Quality:
     demo_false_positives: dict[int, int]
 
 
-def quality(n: int, per_transform: dict[str, Candidates], distinct: Candidates, demo: dict[int, Candidates],
-            config: Config) -> Quality:
+def quality(
+    n: int, per_transform: dict[str, Candidates], distinct: Candidates, demo: dict[int, Candidates], config: Config
+) -> Quality:
     recall, precision = {}, {}
     for name, cands in per_transform.items():
         flagged = cands.flagged(*config)
         tp = sum(1 for a, b in flagged if a == b)
         recall[name] = tp / n
         precision[name] = tp / len(flagged) if flagged else float("nan")
-    return Quality(recall, precision, len(distinct.flagged(*config)),
-                   {seed: len(c.flagged(*config)) for seed, c in demo.items()})
+    return Quality(
+        recall, precision, len(distinct.flagged(*config)), {seed: len(c.flagged(*config)) for seed, c in demo.items()}
+    )
 
 
-def pipeline_agrees(originals: Hashed, copies: dict[str, Hashed], demo: dict[int, Hashed],
-                    per_transform: dict[str, Candidates], distinct: Candidates, demo_cands: dict[int, Candidates],
-                    config: Config) -> bool:
+def pipeline_agrees(
+    originals: Hashed,
+    copies: dict[str, Hashed],
+    demo: dict[int, Hashed],
+    per_transform: dict[str, Candidates],
+    distinct: Candidates,
+    demo_cands: dict[int, Candidates],
+    config: Config,
+) -> bool:
     """pipeline.dedup's own search flags exactly the pairs the grid computation flags for ``config``."""
     p, d, rule, t, _ = config
     assert rule == "gain", "the pipeline's thumbnail rule is the gain-corrected one"
@@ -249,9 +270,21 @@ def pipeline_agrees(originals: Hashed, copies: dict[str, Hashed], demo: dict[int
     for seed, hashed in demo.items():
         ok &= near(hashed) == demo_cands[seed].flagged(*config)
     for name, copy in copies.items():
-        found = find_prior_matches(copy.phash, copy.dhash, originals.phash, originals.dhash, p, d, copy.thumbnails,
-                                   originals.thumbnails, t, copy.phash_mirror, copy.dhash_mirror,
-                                   originals.phash_mirror, originals.dhash_mirror)
+        found = find_prior_matches(
+            copy.phash,
+            copy.dhash,
+            originals.phash,
+            originals.dhash,
+            p,
+            d,
+            copy.thumbnails,
+            originals.thumbnails,
+            t,
+            copy.phash_mirror,
+            copy.dhash_mirror,
+            originals.phash_mirror,
+            originals.dhash_mirror,
+        )
         ok &= set(found) == per_transform[name].flagged(*config)
     return ok
 
@@ -271,8 +304,13 @@ def configs(shipped: Config) -> list[Config]:
     return list(dict.fromkeys(rows))
 
 
-def evaluate(paths: list[Path], rows: list[Config], processes: int, demo_seeds: tuple[int, ...] = (7,),
-             check: Config | None = None) -> tuple[list[tuple[Config, Quality]], bool | None]:
+def evaluate(
+    paths: list[Path],
+    rows: list[Config],
+    processes: int,
+    demo_seeds: tuple[int, ...] = (7,),
+    check: Config | None = None,
+) -> tuple[list[tuple[Config, Quality]], bool | None]:
     """Quality of every configuration in ``rows``; with ``check``, whether pipeline.dedup agrees on it."""
     hashed = hash_photos(paths, ("original", *TRANSFORMS), processes)
     demo = {seed: demo_pictures(seed) for seed in demo_seeds}
@@ -283,8 +321,9 @@ def evaluate(paths: list[Path], rows: list[Config], processes: int, demo_seeds: 
     results = [(c, quality(len(paths), per_transform, distinct, demo_cands, c)) for c in rows]
     agrees = None
     if check is not None:
-        agrees = pipeline_agrees(hashed["original"], {n: hashed[n] for n in TRANSFORMS}, demo, per_transform,
-                                 distinct, demo_cands, check)
+        agrees = pipeline_agrees(
+            hashed["original"], {n: hashed[n] for n in TRANSFORMS}, demo, per_transform, distinct, demo_cands, check
+        )
     return results, agrees
 
 
@@ -295,8 +334,11 @@ def crop_variant(paths: list[Path], config: Config, processes: int, demo_seeds: 
     hashed = hash_photos(paths, names, processes)
     n = len(paths)
     print(f"\ncentre-crop variant (not shipped), at p={p} d={d} {rule} {t}: recall of crop copies")
-    print(f"{'stored':>26}  " + "  ".join(f"{c:>7}" for c in ("crop3", "crop", "crop10"))
-          + "   FP pairs (distinct photos, demo)")
+    print(
+        f"{'stored':>26}  "
+        + "  ".join(f"{c:>7}" for c in ("crop3", "crop", "crop10"))
+        + "   FP pairs (distinct photos, demo)"
+    )
     demo_levels = {}
     for seed in demo_seeds:
         demo_levels[seed] = _demo_levels(seed)
@@ -312,10 +354,15 @@ def crop_variant(paths: list[Path], config: Config, processes: int, demo_seeds: 
                 hit |= {a for a, b in cands.flagged(*config) if a == b}
             cells.append(f"{len(hit) / n:7.3f}")
         # New false positives: an original's full image against another original's stored centre crops.
-        fp_photos = sum(len({(a, b) for a, b in cross_candidates(hashed["original"], hashed[lv], p).flagged(*config)
-                             if a != b}) for lv in levels_seen)
-        fp_demo = sum(len({(a, b) for a, b in cross_candidates(full, crops[lv], p).flagged(*config) if a != b})
-                      for full, crops in demo_levels.values() for lv in levels_seen)
+        fp_photos = sum(
+            len({(a, b) for a, b in cross_candidates(hashed["original"], hashed[lv], p).flagged(*config) if a != b})
+            for lv in levels_seen
+        )
+        fp_demo = sum(
+            len({(a, b) for a, b in cross_candidates(full, crops[lv], p).flagged(*config) if a != b})
+            for full, crops in demo_levels.values()
+            for lv in levels_seen
+        )
         label = "full image only" if level is None else "+ centre " + "/".join(lv[6:] for lv in levels_seen) + "%"
         print(f"{label:>26}  " + "  ".join(cells) + f"   +{fp_photos} photos, +{fp_demo} demo")
 
@@ -327,8 +374,9 @@ def _demo_levels(seed: int) -> tuple[Hashed, dict[str, Hashed]]:
 
     full, levels = [], {name: [] for name in CROP_LEVELS}
     for product in generate_catalog(DEMO_PRODUCTS, seed):
-        picture = draw_garment(product.pattern, product.fabric, product.style, product.shape,
-                               random.Random(f"{seed}:{product.sku}"))
+        picture = draw_garment(
+            product.pattern, product.fabric, product.style, product.shape, random.Random(f"{seed}:{product.sku}")
+        )
         buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
         with Image.open(io.BytesIO(buffer.getvalue())) as image:
@@ -341,21 +389,31 @@ def _demo_levels(seed: int) -> tuple[Hashed, dict[str, Hashed]]:
 
 def shipped_config() -> Config:
     curation = get_settings().curation
-    return (int(curation["phash_max_distance"]), int(curation["dhash_max_distance"]), "gain",
-            float(curation["thumbnail_max_mad"]), True)
+    return (
+        int(curation["phash_max_distance"]),
+        int(curation["dhash_max_distance"]),
+        "gain",
+        float(curation["thumbnail_max_mad"]),
+        True,
+    )
 
 
 def _describe(config: Config) -> str:
     p, d, rule, t, mirror = config
-    return f"{p:3d} {d:3d} {'yes' if mirror else ' no'}  {rule:>4} {('%.1f' % t) if t is not None else '  - '}"
+    return f"{p:3d} {d:3d} {'yes' if mirror else ' no'}  {rule:>4} {(f'{t:.1f}') if t is not None else '  - '}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=1500, help="photos to use (0: all 3,781)")
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--demo-seeds", type=int, nargs="+", default=[7, 1, 3],
-                        help="demo catalogs of 240 products (7: the one make demo crawls)")
+    parser.add_argument(
+        "--demo-seeds",
+        type=int,
+        nargs="+",
+        default=[7, 1, 3],
+        help="demo catalogs of 240 products (7: the one make demo crawls)",
+    )
     parser.add_argument("--crop-variant", action="store_true", help="also run the centre-crop experiment")
     args = parser.parse_args(argv)
     if not DATASET.exists():
@@ -367,12 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows, agrees = evaluate(paths, configs(shipped), args.processes, seeds, check=shipped)
     n = len(paths)
-    print(f"{n} photos, {n * (n - 1) // 2:,} pairs of distinct photos; demo seeds {list(seeds)} "
-          f"({DEMO_PRODUCTS} products, {DEMO_PRODUCTS * (DEMO_PRODUCTS - 1) // 2:,} pairs each); "
-          f"shipped configuration marked *, the one before issue 4 marked b")
+    print(
+        f"{n} photos, {n * (n - 1) // 2:,} pairs of distinct photos; demo seeds {list(seeds)} "
+        f"({DEMO_PRODUCTS} products, {DEMO_PRODUCTS * (DEMO_PRODUCTS - 1) // 2:,} pairs each); "
+        f"shipped configuration marked *, the one before issue 4 marked b"
+    )
     print("recall (precision) per transform; flagged pairs of distinct photos and of distinct demo products")
-    print("   p   d mirror thumb  " + "  ".join(f"{t:>11}" for t in TRANSFORMS) + "  FP photos  "
-          + "  ".join(f"demo{s}" for s in seeds))
+    print(
+        "   p   d mirror thumb  "
+        + "  ".join(f"{t:>11}" for t in TRANSFORMS)
+        + "  FP photos  "
+        + "  ".join(f"demo{s}" for s in seeds)
+    )
     for config, q in rows:
         mark = "*" if config == shipped else "b" if config == BEFORE else " "
         cells = "  ".join(f"{q.recall[t]:.3f}({q.precision[t]:.2f})" for t in TRANSFORMS)

@@ -9,6 +9,7 @@ pHash/dHash must agree, and must agree between process counts.
 
     python -m bench.hashing_throughput [--limit 600] [--processes 1 2] [--rounds 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=2, help="runs per variant and process count (best kept)")
     args = parser.parse_args(argv)
-    paths = sorted(DATASET.glob("*/*/*.jpg"))[:args.limit]
+    paths = sorted(DATASET.glob("*/*/*.jpg"))[: args.limit]
     if not paths:
         print(f"no JPEGs under {DATASET}", file=sys.stderr)
         return 2
@@ -88,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"FAILED: {variant} hashes differ from the reference", file=sys.stderr)
                     return 1
                 reference = results
-        print(f"{processes} process(es): before (no mirror hashes) {best['before']:.1f} images/s, "
-              f"now (with mirror hashes) {best['now']:.1f} images/s ({best['now'] / best['before'] - 1:+.0%})")
+        print(
+            f"{processes} process(es): before (no mirror hashes) {best['before']:.1f} images/s, "
+            f"now (with mirror hashes) {best['now']:.1f} images/s ({best['now'] / best['before'] - 1:+.0%})"
+        )
     return 0
 
 

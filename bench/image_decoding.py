@@ -14,6 +14,7 @@ what it should be. Peak RSS for the 12000x12000 PNG is measured in a fresh child
 
     python -m bench.image_decoding [--repeat 7] [--skip-rss]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -49,7 +50,9 @@ BLANK_STD = 2.0
 
 # -- the code before, from git ---------------------------------------------------------------------
 def old_module(path: str, name: str) -> types.ModuleType:
-    source = subprocess.run(["git", "show", f"{BEFORE}:{path}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{BEFORE}:{path}"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     module = types.ModuleType(name)
     module.__file__ = str(REPO / path)
     sys.modules[name] = module
@@ -171,8 +174,10 @@ def phone_jpeg(upright: Image.Image) -> bytes:
 def png_12000(path: Path, side: int = 12_000) -> None:
     """A real 12000x12000 RGB PNG (a horizontal gradient; every row after the first is an 'Up' filter
     of zeros), written row by row: the bench never holds its pixels."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     compressor = zlib.compressobj(9)
     row = np.repeat((np.arange(side) * 255 // side).astype(np.uint8), 3).tobytes()
     parts = [compressor.compress(b"\x00" + row)]
@@ -181,14 +186,18 @@ def png_12000(path: Path, side: int = 12_000) -> None:
         parts.append(compressor.compress(zero_row))
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    )
 
 
 def grey16(photo: Image.Image) -> tuple[bytes, Image.Image]:
     """A 16-bit grey PNG of the photo (full 0-65535 range) and its 8-bit reference."""
     grey = np.asarray(photo.convert("L"), dtype=np.float64)
     values = np.rint(grey / 255 * 65535).astype(np.uint16)
-    return encode(Image.fromarray(values), "PNG"), Image.fromarray(np.rint(values / 257).astype(np.uint8), "L").convert("RGB")
+    return encode(Image.fromarray(values), "PNG"), Image.fromarray(np.rint(values / 257).astype(np.uint8), "L").convert(
+        "RGB"
+    )
 
 
 def transparent_cutout(photo: Image.Image) -> tuple[Image.Image, np.ndarray]:
@@ -244,8 +253,10 @@ def quality_rows(version: str, photo: Image.Image) -> list[dict[str, str]]:
     palette_image = Image.fromarray(palette_pixels, "P")
     palette_image.putpalette(palette.getpalette()[: 255 * 3] + [0, 0, 0])
     palette_png = encode(palette_image, "PNG", transparency=255)
-    flats = {"flat red": encode(Image.new("RGB", (400, 400), (255, 0, 0)), "JPEG", quality=90),
-             "flat navy": encode(Image.new("RGB", (400, 400), (0, 0, 128)), "JPEG", quality=90)}
+    flats = {
+        "flat red": encode(Image.new("RGB", (400, 400), (255, 0, 0)), "JPEG", quality=90),
+        "flat navy": encode(Image.new("RGB", (400, 400), (0, 0, 128)), "JPEG", quality=90),
+    }
     upright_hash = image_hashes(upright).phash
     rows = []
     for name, function in functions.items():
@@ -258,7 +269,7 @@ def quality_rows(version: str, photo: Image.Image) -> list[dict[str, str]]:
         if seen is not None:
             share = float((np.asarray(seen.convert("L")) >= 255).mean()) * 100
             phash = image_hashes(seen).phash
-            degenerate = " (degenerate)" if phash in (0, 2 ** 64 - 1) else ""
+            degenerate = " (degenerate)" if phash in (0, 2**64 - 1) else ""
             row["16-bit grey: % at 255, pHash bits off"] = f"{share:.1f}%, {int(hamming(phash, grey_hash))}{degenerate}"
         else:
             row["16-bit grey: % at 255, pHash bits off"] = outcome
@@ -307,8 +318,13 @@ def rss_rows(png: Path) -> dict[tuple[str, str], dict]:
     results = {}
     for version in ("before", "after"):
         for name in paths("after"):
-            done = subprocess.run([sys.executable, "-m", "bench.image_decoding", "--child", version, name, str(png)],
-                                  cwd=REPO, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.image_decoding", "--child", version, name, str(png)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             try:
                 results[(version, name)] = json.loads(done.stdout.strip().splitlines()[-1])
             except (IndexError, json.JSONDecodeError):
@@ -338,22 +354,36 @@ def main() -> None:
         print(markdown(quality_rows(version, photo)))
     print("\n### 5184x3456 JPEG, images/s (median of", args.repeat, "runs each, before and after interleaved)\n")
     speeds = throughput(args.repeat, photo)
-    print(markdown([{"path": name, "before": f"{old:.1f}", "after": f"{new:.1f}", "ratio": f"{new / old:.2f}x"}
-                    for name, (old, new) in speeds.items()]))
+    print(
+        markdown(
+            [
+                {"path": name, "before": f"{old:.1f}", "after": f"{new:.1f}", "ratio": f"{new / old:.2f}x"}
+                for name, (old, new) in speeds.items()
+            ]
+        )
+    )
     if not args.skip_rss:
         with tempfile.TemporaryDirectory() as folder:
             png = Path(folder) / "12000.png"
             png_12000(png)
-            print(f"\n### 12000x12000 PNG ({png.stat().st_size} bytes): RSS growth over the imports (peak RSS), "
-                  "time and outcome per path, each in a fresh process\n")
+            print(
+                f"\n### 12000x12000 PNG ({png.stat().st_size} bytes): RSS growth over the imports (peak RSS), "
+                "time and outcome per path, each in a fresh process\n"
+            )
             results = rss_rows(png)
         rows = []
         for name in paths("after"):
             cells = {"path": name}
             for version in ("before", "after"):
                 r = results[(version, name)]
-                cells[version] = (f"+{r['peak_mb'] - r['base_mb']:.0f} MB ({r['peak_mb']:.0f} MB peak), "
-                                  f"{r['s']:.2f} s, {r['outcome']}") if "peak_mb" in r else r["outcome"]
+                cells[version] = (
+                    (
+                        f"+{r['peak_mb'] - r['base_mb']:.0f} MB ({r['peak_mb']:.0f} MB peak), "
+                        f"{r['s']:.2f} s, {r['outcome']}"
+                    )
+                    if "peak_mb" in r
+                    else r["outcome"]
+                )
             rows.append(cells)
         print(markdown(rows))
 

@@ -9,6 +9,7 @@ in full, checked against brute force on a sample of query rows. Exits non-zero w
 
     python -m bench.near_duplicates [--sizes 100000 1000000] [--radius 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,9 +76,11 @@ def run(n: int, radius: int, seed: int) -> bool:
         brute_s = brute_force_seconds_from_sample(hashes, radius, np.random.default_rng(seed + 1))
         identical = None
         how = f"extrapolated from {SAMPLE_ROWS} rows"
-    print(f"n={n:>9,} r={radius} substrings={m}: MIH {mih_s:8.2f} s, brute force {brute_s:9.1f} s ({how}), "
-          f"speedup {brute_s / mih_s:6.1f}x, pairs {len(found):,} (planted {len(planted):,} all found: "
-          f"{planted <= found}), identical to brute force: {identical}")
+    print(
+        f"n={n:>9,} r={radius} substrings={m}: MIH {mih_s:8.2f} s, brute force {brute_s:9.1f} s ({how}), "
+        f"speedup {brute_s / mih_s:6.1f}x, pairs {len(found):,} (planted {len(planted):,} all found: "
+        f"{planted <= found}), identical to brute force: {identical}"
+    )
     return ok and mirror_run(hashes, radius, seed)
 
 
@@ -99,9 +102,11 @@ def mirror_run(hashes: np.ndarray, radius: int, seed: int) -> bool:
     expected = set(zip(sample[bi].tolist(), bj.tolist()))
     identical = set(zip(mi[in_sample].tolist(), mj[in_sample].tolist())) == expected
     found_planted = np.isin(planted, mi).all()
-    print(f"          own + mirror queries ({2 * n:,}): MIH {mih_s:8.2f} s, brute force {brute_s:9.1f} s "
-          f"(extrapolated from {SAMPLE_ROWS} rows), speedup {brute_s / mih_s:6.1f}x, {len(oi):,} own and "
-          f"{len(mi):,} mirror matches; sample identical to brute force: {identical}, planted found: {found_planted}")
+    print(
+        f"          own + mirror queries ({2 * n:,}): MIH {mih_s:8.2f} s, brute force {brute_s:9.1f} s "
+        f"(extrapolated from {SAMPLE_ROWS} rows), speedup {brute_s / mih_s:6.1f}x, {len(oi):,} own and "
+        f"{len(mi):,} mirror matches; sample identical to brute force: {identical}, planted found: {found_planted}"
+    )
     return identical and bool(found_planted)
 
 

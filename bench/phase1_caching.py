@@ -11,6 +11,7 @@ Images: real photos from ../shared/data/clothing-dataset-small when present, els
 
     python -m bench.phase1_caching [--images 256] [--size 128] [--epochs 5] [--backbone vgg16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
+
+import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
 
@@ -54,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     images = load_images(args.images + args.images // 4, args.size)
     labels = (np.arange(len(images)) % 5).astype("int32")
     train = SplitArrays(images[: args.images], labels[: args.images], [str(i) for i in range(args.images)])
-    validation = SplitArrays(images[args.images:], labels[args.images:], [str(i) for i in range(len(images) - args.images)])
-    config = TrainingConfig(backbone=args.backbone, image_size=args.size, batch_size=args.batch, frozen_epochs=args.epochs)
+    validation = SplitArrays(
+        images[args.images :], labels[args.images :], [str(i) for i in range(len(images) - args.images)]
+    )
+    config = TrainingConfig(
+        backbone=args.backbone, image_size=args.size, batch_size=args.batch, frozen_epochs=args.epochs
+    )
     class_weight = {c: 1.0 for c in range(5)}
 
     class Timer(keras.callbacks.Callback):
@@ -83,17 +89,30 @@ def main(argv: list[str] | None = None) -> int:
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     uncached_timer = Timer()
     started = time.perf_counter()
-    model.fit(train.images.astype("float32"), train.labels, validation_data=(validation.images.astype("float32"), validation.labels),
-              epochs=args.epochs, batch_size=args.batch, callbacks=[uncached_timer], verbose=0)
+    model.fit(
+        train.images.astype("float32"),
+        train.labels,
+        validation_data=(validation.images.astype("float32"), validation.labels),
+        epochs=args.epochs,
+        batch_size=args.batch,
+        callbacks=[uncached_timer],
+        verbose=0,
+    )
     uncached_total = time.perf_counter() - started
 
     source = "real photos" if PHOTOS.exists() else "random pixels"
-    print(f"{args.backbone} at {args.size} px, {len(train)} train + {len(validation)} validation images ({source}), "
-          f"{args.epochs} epochs, batch {args.batch}")
-    print(f"cached:   feature pass {feature_pass:6.1f} s, then {np.mean(cached_timer.epochs):7.3f} s/epoch; "
-          f"total {cached_total:6.1f} s")
-    print(f"uncached: {np.mean(uncached_timer.epochs):6.1f} s/epoch (first {uncached_timer.epochs[0]:.1f} s); "
-          f"total {uncached_total:6.1f} s")
+    print(
+        f"{args.backbone} at {args.size} px, {len(train)} train + {len(validation)} validation images ({source}), "
+        f"{args.epochs} epochs, batch {args.batch}"
+    )
+    print(
+        f"cached:   feature pass {feature_pass:6.1f} s, then {np.mean(cached_timer.epochs):7.3f} s/epoch; "
+        f"total {cached_total:6.1f} s"
+    )
+    print(
+        f"uncached: {np.mean(uncached_timer.epochs):6.1f} s/epoch (first {uncached_timer.epochs[0]:.1f} s); "
+        f"total {uncached_total:6.1f} s"
+    )
     print(f"uncached / cached total: {uncached_total / cached_total:.1f}x for {args.epochs} epochs")
     return 0
 

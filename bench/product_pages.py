@@ -13,6 +13,7 @@ and "other" split the 75 into the 30 apparel pages and the 45 others.
 
     .venv/bin/python bench/product_pages.py [--subset all|dev|held-out|apparel|other] [--show-errors]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -140,8 +141,15 @@ def evaluate(ground_truth: dict[str, Any], outputs: dict[str, dict[str, Any]], s
             clean = {k: {f: v for f, v in row.items() if not f.startswith("_")} for k, row in rows.items()}
             (dataset / "output" / f"{system}.json").write_text(json.dumps(clean), encoding="utf-8")
         shutil.copy(DATA / "evaluate.py", scratch)
-        command = [sys.executable, "evaluate.py", "--n-bootstrap", "200", "--output", "metrics.json",
-                   *(["--show-errors"] if show_errors else [])]
+        command = [
+            sys.executable,
+            "evaluate.py",
+            "--n-bootstrap",
+            "200",
+            "--output",
+            "metrics.json",
+            *(["--show-errors"] if show_errors else []),
+        ]
         done = subprocess.run(command, cwd=scratch, capture_output=True, text=True, check=True)
         metrics = json.loads((Path(scratch) / "metrics.json").read_text(encoding="utf-8"))
     errors = [line for line in done.stdout.splitlines() if line.split("\t")[0] in SCORED] if show_errors else []
@@ -149,8 +157,10 @@ def evaluate(ground_truth: dict[str, Any], outputs: dict[str, dict[str, Any]], s
     for field in SCORED:
         for system in outputs:
             m = metrics[system][field]
-            lines.append(f"| {field} | {system} | {m['f1']:.3f} ± {m['f1_std']:.3f} | {m['precision']:.3f} | "
-                         f"{m['recall']:.3f} | {m['support']} |")
+            lines.append(
+                f"| {field} | {system} | {m['f1']:.3f} ± {m['f1_std']:.3f} | {m['precision']:.3f} | "
+                f"{m['recall']:.3f} | {m['support']} |"
+            )
     return "\n".join(errors + lines)
 
 
@@ -180,8 +190,10 @@ def main() -> None:
         outputs = {"FashionNet": {k: ours[k] for k in ids}, **{s: {k: p[k] for k in ids} for s, p in published.items()}}
         product_pages = [k for k in ids if any(truth[k].get(f) for f in ("price", "sku", "availability"))]
         with_product = sum(1 for k in product_pages if ours[k].get("_product"))
-        print(f"\n## {name}: {len(ids)} pages, a product for {with_product}/{len(product_pages)} "
-              f"({with_product / max(len(product_pages), 1):.3f}) of the product pages")
+        print(
+            f"\n## {name}: {len(ids)} pages, a product for {with_product}/{len(product_pages)} "
+            f"({with_product / max(len(product_pages), 1):.3f}) of the product pages"
+        )
         print(evaluate(truth, outputs, args.show_errors))
         for field, counter in misses_by_cause(truth, outputs["FashionNet"]).items():
             print(f"misses {field}: {dict(counter) or 'none'}")

@@ -20,6 +20,7 @@ selection rule and tail fine-tuning). Stages:
 Results: var/recipe_search/results.json (one row per candidate and task: validation accuracy and loss,
 seconds; ``test`` only for rows of the ``final`` stage). The test split is read once per final candidate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
+
+import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
 OUT = Path(__file__).resolve().parent.parent / "var" / "recipe_search"
@@ -54,8 +56,9 @@ def decode(path: Path, size: int, fit: str) -> np.ndarray:
         return shared_decode(data, size, fit=fit)
     except ImportError:
         pass
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
         image = image.convert("RGB")
@@ -93,18 +96,24 @@ def cache(size: int, batch: int) -> None:
         arrays: dict[str, list[np.ndarray]] = {}
         for flip in (False, True):
             for start in range(0, len(images), batch):
-                chunk = images[start:start + batch].astype("float32")
+                chunk = images[start : start + batch].astype("float32")
                 if flip:
                     chunk = chunk[:, :, ::-1, :]
                 cut_a, cut_b, last = multi.predict(preprocess(chunk), verbose=0)
                 suffix = "_flip" if flip else ""
                 for name, value in ((CUTS[0], cut_a), (CUTS[1], cut_b), ("pooled", last.mean(axis=(1, 2)))):
-                    arrays.setdefault(name + suffix, []).append(value.astype("float16" if name != "pooled" else "float32"))
+                    arrays.setdefault(name + suffix, []).append(
+                        value.astype("float16" if name != "pooled" else "float32")
+                    )
         seconds = time.perf_counter() - started - decoded
-        np.savez(target, **{k: np.concatenate(v) for k, v in arrays.items()},
-                 paths=np.array([row["path"] for row in rows]))
-        print(f"{fit}: decoded {len(images)} photos in {decoded:.0f} s; backbone on {2 * len(images)} "
-              f"(with mirrors) in {seconds:.0f} s = {2 * len(images) / seconds:.1f} images/s", flush=True)
+        np.savez(
+            target, **{k: np.concatenate(v) for k, v in arrays.items()}, paths=np.array([row["path"] for row in rows])
+        )
+        print(
+            f"{fit}: decoded {len(images)} photos in {decoded:.0f} s; backbone on {2 * len(images)} "
+            f"(with mirrors) in {seconds:.0f} s = {2 * len(images) / seconds:.1f} images/s",
+            flush=True,
+        )
 
 
 # -- the search: every candidate through models.train's own functions ------------------------------
@@ -113,21 +122,41 @@ def cache(size: int, batch: int) -> None:
 # seed's. "cut" is the block the tail starts at ("block15": the last MBConv block and the head conv;
 # "block11": stage 6 too), None for phase 1 only.
 SEED = {"dense_units": 512, "dropout": 0.5, "frozen_epochs": 5, "head_learning_rate": 1e-3, "batch_size": 32}
-LINEAR = {"dense_units": 0, "dropout": 0.0, "frozen_epochs": 30, "lr_schedule": "cosine", "warmup_epochs": 1,
-          "weight_decay": 1e-3, "mirror_augment": True}
+LINEAR = {
+    "dense_units": 0,
+    "dropout": 0.0,
+    "frozen_epochs": 30,
+    "lr_schedule": "cosine",
+    "warmup_epochs": 1,
+    "weight_decay": 1e-3,
+    "mirror_augment": True,
+}
 CANDIDATES: list[tuple[str, dict]] = [
     ("seed phase 1 (Dense-512, 5 epochs)", {**SEED}),
-    ("Dense-512, 30 ep cosine, wd 1e-3, ls 0.1, mirrors", {**SEED, "frozen_epochs": 30, "lr_schedule": "cosine",
-                                                         "warmup_epochs": 1, "weight_decay": 1e-3,
-                                                         "label_smoothing": 0.1, "mirror_augment": True}),
+    (
+        "Dense-512, 30 ep cosine, wd 1e-3, ls 0.1, mirrors",
+        {
+            **SEED,
+            "frozen_epochs": 30,
+            "lr_schedule": "cosine",
+            "warmup_epochs": 1,
+            "weight_decay": 1e-3,
+            "label_smoothing": 0.1,
+            "mirror_augment": True,
+        },
+    ),
     ("linear head, 30 ep cosine, wd 1e-3, mirrors", {**LINEAR}),
     ("linear head, 30 ep cosine, wd 1e-3, ls 0.1, mirrors", {**LINEAR, "label_smoothing": 0.1}),
     ("linear head, 30 ep cosine, wd 1e-2, ls 0.1, mirrors", {**LINEAR, "weight_decay": 1e-2, "label_smoothing": 0.1}),
-    ("linear head + dropout 0.3, 30 ep cosine, wd 1e-3, ls 0.1, mirrors",
-     {**LINEAR, "dropout": 0.3, "label_smoothing": 0.1}),
+    (
+        "linear head + dropout 0.3, 30 ep cosine, wd 1e-3, ls 0.1, mirrors",
+        {**LINEAR, "dropout": 0.3, "label_smoothing": 0.1},
+    ),
     # LP-FT: the head starts as the fitted probe (phase 1 then only adds the mirrors, or is skipped).
-    ("head from probe, 10 ep cosine 1e-4, mirrors", {**LINEAR, "weight_decay": 0.0, "head_init": "probe",
-                                                    "frozen_epochs": 10, "head_learning_rate": 1e-4}),
+    (
+        "head from probe, 10 ep cosine 1e-4, mirrors",
+        {**LINEAR, "weight_decay": 0.0, "head_init": "probe", "frozen_epochs": 10, "head_learning_rate": 1e-4},
+    ),
     ("head from probe, no phase 1", {**LINEAR, "weight_decay": 0.0, "head_init": "probe", "frozen_epochs": 0}),
 ]
 TAIL = {"unfrozen_epochs": 8, "finetune_learning_rate": 1e-4, "patience": 3, "selection_margin": 1}
@@ -162,15 +191,18 @@ def passes(cache_file: Path, task: str, cut: str | None):
         mask = splits == split
         inputs = acts[0][mask] if acts else pooled[mask]
         mirror = (acts[1][mask] if acts else pooled_m[mask]) if split == "train" else None
-        out[split] = FrozenPass(inputs, labels[mask], mirror, pooled[mask], pooled_m[mask] if split == "train" else None)
+        out[split] = FrozenPass(
+            inputs, labels[mask], mirror, pooled[mask], pooled_m[mask] if split == "train" else None
+        )
     return out, classes
 
 
 PROBES: dict[tuple[str, str, int], dict] = {}
 
 
-def run_candidate(task: str, fit: str, size: int, name: str, settings: dict, cut: str | None,
-                  weights_dir: Path) -> dict:
+def run_candidate(
+    task: str, fit: str, size: int, name: str, settings: dict, cut: str | None, weights_dir: Path
+) -> dict:
     """One candidate, trained as models.train._train does after its frozen pass (same functions, same
     selection rule), on the cached passes. Saves the kept weights for the final stage."""
     import keras
@@ -178,25 +210,47 @@ def run_candidate(task: str, fit: str, size: int, name: str, settings: dict, cut
     from models.evaluation import beats, linear_probe
     from models.network import build_attribute_network
     from models.train import (
-        FROZEN, UNFROZEN, BestWeights, EpochLog, TrainingConfig, balanced_class_weights, fine_tune_tail,
-        init_head_from_probe, train_head_on_features,
+        FROZEN,
+        UNFROZEN,
+        BestWeights,
+        EpochLog,
+        TrainingConfig,
+        balanced_class_weights,
+        fine_tune_tail,
+        init_head_from_probe,
+        train_head_on_features,
     )
 
     data, classes = passes(OUT / f"cache-{fit}-{size}.npz", task, cut)
     train, validation = data["train"], data["validation"]
-    config = TrainingConfig.from_dict({"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": size,
-                                       "image_fit": fit, **settings, **({**TAIL, "unfreeze_from": cut} if cut else {})})
+    config = TrainingConfig.from_dict(
+        {
+            "backbone": "efficientnet_lite0",
+            "weights": "imagenet",
+            "image_size": size,
+            "image_fit": fit,
+            **settings,
+            **({**TAIL, "unfreeze_from": cut} if cut else {}),
+        }
+    )
     keras.utils.set_random_seed(config.seed)
-    model = build_attribute_network(len(classes), backbone=config.backbone, weights="imagenet", image_size=size,
-                                    dense_units=config.dense_units, dropout=config.dropout,
-                                    weight_decay=config.weight_decay)
+    model = build_attribute_network(
+        len(classes),
+        backbone=config.backbone,
+        weights="imagenet",
+        image_size=size,
+        dense_units=config.dense_units,
+        dropout=config.dropout,
+        weight_decay=config.weight_decay,
+    )
     class_weight = balanced_class_weights(train.labels, len(classes))
     best = BestWeights(model, config.selection_margin, len(validation.labels))
     history: list[dict] = []
     started = time.perf_counter()
     if (task, fit, size) not in PROBES:  # the same fit every time for one task and fit: fitted once
-        PROBES[(task, fit, size)] = linear_probe(train.features, train.labels, validation.features,
-                                                 validation.labels, len(classes))
+        PROBES[(task, fit, size)] = linear_probe(
+            train.features, train.labels, validation.features, validation.labels, len(classes)
+        )
     probe = PROBES[(task, fit, size)]
     probe_seconds = time.perf_counter() - started
     if config.head_init == "probe":
@@ -204,35 +258,64 @@ def run_candidate(task: str, fit: str, size: int, name: str, settings: dict, cut
     best.phase = FROZEN
     started = time.perf_counter()
     if config.frozen_epochs:
-        train_head_on_features(model, train, validation, config, class_weight,
-                               [EpochLog(f"{task} {name}", FROZEN, config.frozen_epochs, history), best])
+        train_head_on_features(
+            model,
+            train,
+            validation,
+            config,
+            class_weight,
+            [EpochLog(f"{task} {name}", FROZEN, config.frozen_epochs, history), best],
+        )
     phase1_seconds = time.perf_counter() - started
     phase2_seconds, phase2_rate = 0.0, 0.0
     if cut:
         best.restore(FROZEN)
         best.phase = UNFROZEN
         started = time.perf_counter()
-        fine_tune_tail(model, f"{cut}_expand_conv", train, validation, config, class_weight,
-                       [EpochLog(f"{task} {name}", UNFROZEN, config.unfrozen_epochs, history), best], history=history)
+        fine_tune_tail(
+            model,
+            f"{cut}_expand_conv",
+            train,
+            validation,
+            config,
+            class_weight,
+            [EpochLog(f"{task} {name}", UNFROZEN, config.unfrozen_epochs, history), best],
+            history=history,
+        )
         phase2_seconds = time.perf_counter() - started
         epochs = sum(1 for r in history if r["phase"] == UNFROZEN)
-        phase2_rate = 2 * len(train.labels) * epochs / max(sum(r["seconds"] for r in history if r["phase"] == UNFROZEN), 1e-9)
+        phase2_rate = (
+            2 * len(train.labels) * epochs / max(sum(r["seconds"] for r in history if r["phase"] == UNFROZEN), 1e-9)
+        )
     best.restore()
     weights_dir.mkdir(parents=True, exist_ok=True)
     key = f"{task}-{fit}-{size}-{abs(hash((name, cut))) % 10**8}"
     np.savez(weights_dir / f"{key}.npz", *model.get_weights())
     n_val = len(validation.labels)
     return {
-        "task": task, "fit": fit, "size": size, "candidate": name, "cut": cut, "settings": settings,
+        "task": task,
+        "fit": fit,
+        "size": size,
+        "candidate": name,
+        "cut": cut,
+        "settings": settings,
         "tail": dict(TAIL) if cut else None,
-        "weights_key": key, "validation_images": n_val,
-        "probe": {"l2": probe["l2"], "val_accuracy": probe["val_accuracy"], "val_loss": probe["val_loss"],
-                  "seconds": round(probe_seconds, 2)},
+        "weights_key": key,
+        "validation_images": n_val,
+        "probe": {
+            "l2": probe["l2"],
+            "val_accuracy": probe["val_accuracy"],
+            "val_loss": probe["val_loss"],
+            "seconds": round(probe_seconds, 2),
+        },
         "best": best.record(),
         "val_accuracy": best.best_accuracy,
-        "beats_probe": (best.best_phase is not None
-                        and beats(best.best_accuracy, probe["val_accuracy"], n_val, config.selection_margin or 1)),
-        "phase1_seconds": round(phase1_seconds, 1), "phase2_seconds": round(phase2_seconds, 1),
+        "beats_probe": (
+            best.best_phase is not None
+            and beats(best.best_accuracy, probe["val_accuracy"], n_val, config.selection_margin or 1)
+        ),
+        "phase1_seconds": round(phase1_seconds, 1),
+        "phase2_seconds": round(phase2_seconds, 1),
         "phase2_images_per_second": round(phase2_rate, 1),
         "history": history,
     }
@@ -240,15 +323,20 @@ def run_candidate(task: str, fit: str, size: int, name: str, settings: dict, cut
 
 def final_test(row: dict, weights_dir: Path) -> dict:
     """Test accuracy of a final candidate's kept network and of its probe (the test split read once)."""
-    import keras
 
     from models.evaluation import linear_probe, probe_predict
     from models.network import build_attribute_network, split_at
 
     data, classes = passes(OUT / f"cache-{row['fit']}-{row['size']}.npz", row["task"], row["cut"])
     settings = row["settings"]
-    model = build_attribute_network(len(classes), backbone="efficientnet_lite0", weights=None, image_size=row["size"],
-                                    dense_units=settings.get("dense_units", 512), dropout=settings.get("dropout", 0.5))
+    model = build_attribute_network(
+        len(classes),
+        backbone="efficientnet_lite0",
+        weights=None,
+        image_size=row["size"],
+        dense_units=settings.get("dense_units", 512),
+        dropout=settings.get("dropout", 0.5),
+    )
     with np.load(weights_dir / f"{row['weights_key']}.npz") as archive:
         model.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])
     test = data["test"]
@@ -261,9 +349,11 @@ def final_test(row: dict, weights_dir: Path) -> dict:
         probabilities = head_model(model).predict(test.features, batch_size=64, verbose=0)
     train, validation = data["train"], data["validation"]
     probe = linear_probe(train.features, train.labels, validation.features, validation.labels, len(classes))
-    return {"network": float((probabilities.argmax(axis=1) == test.labels).mean()),
-            "probe": float((probe_predict(probe, test.features).argmax(axis=1) == test.labels).mean()),
-            "test_images": len(test.labels)}
+    return {
+        "network": float((probabilities.argmax(axis=1) == test.labels).mean()),
+        "probe": float((probe_predict(probe, test.features).argmax(axis=1) == test.labels).mean()),
+        "test_images": len(test.labels),
+    }
 
 
 def report(out: Path) -> None:
@@ -271,8 +361,10 @@ def report(out: Path) -> None:
     validation, network validation (kept phase and epoch), margin in images, test (final candidates only),
     seconds per phase and phase 2 images/s."""
     rows = [row for path in sorted(out.glob("results*.json")) for row in load_results(path)]
-    print("| task | fit | candidate | phase 2 | probe val | network val (kept) | +images | probe test | network test "
-          "| phase 1 s | phase 2 s | phase 2 img/s |")
+    print(
+        "| task | fit | candidate | phase 2 | probe val | network val (kept) | +images | probe test | network test "
+        "| phase 1 s | phase 2 s | phase 2 img/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if not row["best"].get("phase"):
@@ -282,18 +374,28 @@ def report(out: Path) -> None:
         test = row.get("test") or {}
         spec = row.get("tail") or {"unfrozen_epochs": 8, "finetune_learning_rate": 1e-4}  # rows before --tail-epochs
         tail = f"{row['cut']}, {spec['unfrozen_epochs']} ep at {spec['finetune_learning_rate']}" if row["cut"] else "-"
-        print(f"| {row['task']} | {row['fit']} | {row['candidate']} | {tail} | {row['probe']['val_accuracy']:.3f} | "
-              f"{row['val_accuracy']:.3f} ({row['best']['phase']} {row['best']['epoch']}) | {gain:+d} | "
-              f"{test.get('probe', float('nan')):.3f} | {test.get('network', float('nan')):.3f} | "
-              f"{row['phase1_seconds']:.0f} | {row['phase2_seconds']:.0f} | {row['phase2_images_per_second'] or '-'} |")
+        print(
+            f"| {row['task']} | {row['fit']} | {row['candidate']} | {tail} | {row['probe']['val_accuracy']:.3f} | "
+            f"{row['val_accuracy']:.3f} ({row['best']['phase']} {row['best']['epoch']}) | {gain:+d} | "
+            f"{test.get('probe', float('nan')):.3f} | {test.get('network', float('nan')):.3f} | "
+            f"{row['phase1_seconds']:.0f} | {row['phase2_seconds']:.0f} | {row['phase2_images_per_second'] or '-'} |"
+        )
 
 
 def load_results(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def run_stage(stage: str, size: int, tasks: list[str], out: Path, fits: list[str], cuts: list[str | None],
-              names: list[str] | None, results_name: str = "results.json") -> int:
+def run_stage(
+    stage: str,
+    size: int,
+    tasks: list[str],
+    out: Path,
+    fits: list[str],
+    cuts: list[str | None],
+    names: list[str] | None,
+    results_name: str = "results.json",
+) -> int:
     results_path = out / results_name
     results = load_results(results_path)
     weights_dir = out / "weights"
@@ -310,18 +412,29 @@ def run_stage(stage: str, size: int, tasks: list[str], out: Path, fits: list[str
                         row = run_candidate(task, fit, size, name, settings, cut, weights_dir)
                         results.append(row)
                         results_path.write_text(json.dumps(results, indent=1))
-                        print(f"== {task} {fit} {name} cut={cut}: val {row['val_accuracy']:.4f} "
-                              f"({row['best']['phase']}) probe {row['probe']['val_accuracy']:.4f}", flush=True)
+                        print(
+                            f"== {task} {fit} {name} cut={cut}: val {row['val_accuracy']:.4f} "
+                            f"({row['best']['phase']}) probe {row['probe']['val_accuracy']:.4f}",
+                            flush=True,
+                        )
         return 0
     # final: the chosen candidates (--name) of each task and fit get their one test evaluation
     for row in results:
-        if row["task"] in tasks and row["fit"] in fits and row["cut"] in cuts and (not names or row["candidate"] in names):
+        if (
+            row["task"] in tasks
+            and row["fit"] in fits
+            and row["cut"] in cuts
+            and (not names or row["candidate"] in names)
+        ):
             if "test" not in row:
                 row["test"] = final_test(row, weights_dir)
                 results_path.write_text(json.dumps(results, indent=1))
-            print(f"{row['task']:8s} {row['fit']:6s} {row['candidate']} cut={row['cut']}: val {row['val_accuracy']:.4f} "
-                  f"test {row['test']['network']:.4f} | probe val {row['probe']['val_accuracy']:.4f} "
-                  f"test {row['test']['probe']:.4f}", flush=True)
+            print(
+                f"{row['task']:8s} {row['fit']:6s} {row['candidate']} cut={row['cut']}: val {row['val_accuracy']:.4f} "
+                f"test {row['test']['network']:.4f} | probe val {row['probe']['val_accuracy']:.4f} "
+                f"test {row['test']['probe']:.4f}",
+                flush=True,
+            )
     return 0
 
 
@@ -348,8 +461,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cuts = [None if c == "none" else c for c in (args.cut or ["none"])]
     TAIL["unfrozen_epochs"] = args.tail_epochs
-    return run_stage(args.stage, args.size, args.task or ["shape", "category"], OUT, args.fit or list(FITS), cuts,
-                     args.name, args.results)
+    return run_stage(
+        args.stage,
+        args.size,
+        args.task or ["shape", "category"],
+        OUT,
+        args.fit or list(FITS),
+        cuts,
+        args.name,
+        args.results,
+    )
 
 
 if __name__ == "__main__":

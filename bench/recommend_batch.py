@@ -17,6 +17,7 @@ Every measurement runs in a child with ``--threads`` BLAS/OpenMP threads.
     .venv/bin/python -m bench.recommend_batch --sweep 1 10 100 1000 --items 100000
     .venv/bin/python -m bench.recommend_batch --rss-only --users 100 --items 1000000 5000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _child(config: dict[str, Any], threads: int) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads), "PYTHONPATH": ROOT}
-    done = subprocess.run([sys.executable, "-m", "bench.recommend_batch", "--child", json.dumps(config)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONPATH": ROOT,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.recommend_batch", "--child", json.dumps(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode:
         raise RuntimeError(f"child {config} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -77,12 +89,14 @@ def _chunk(index: int, rows: int, dims: int, start: int):
         columns[attribute] = pa.array(np.array(classes)[best], pa.string())
         columns[f"{attribute}_prob"] = pa.array(probs[np.arange(rows), best], pa.float32())
         columns[f"{attribute}_probs"] = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, rows * len(classes) + 1, len(classes), dtype=np.int32)), pa.array(probs.ravel()))
+            pa.array(np.arange(0, rows * len(classes) + 1, len(classes), dtype=np.int32)), pa.array(probs.ravel())
+        )
         columns[f"{attribute}_model_version"] = pa.array(["v1"] * rows, pa.string())
     embedding = rng.standard_normal((rows, dims), dtype=np.float32)
     embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
     columns["embedding"] = pa.ListArray.from_arrays(
-        pa.array(np.arange(0, rows * dims + 1, dims, dtype=np.int64).astype(np.int32)), pa.array(embedding.ravel()))
+        pa.array(np.arange(0, rows * dims + 1, dims, dtype=np.int64).astype(np.int32)), pa.array(embedding.ravel())
+    )
     columns["embedding_source"] = pa.array(["bench"] * rows, pa.string())
     return pa.table(columns)
 
@@ -122,8 +136,9 @@ def _profiles(users: int, photos: int, dims: int):
         columns["embedding"] = [row.tolist() for row in embedding]
         columns["embedding_source"] = ["bench"] * photos
         profile = pa.Table.from_pydict(columns, schema=recommend.profile_schema(attributes, True))
-        mine = scoring.fashion_matrix(profile, {a: taxonomy.classes(a) for a in attributes},
-                                      trust_unit_embeddings=False)
+        mine = scoring.fashion_matrix(
+            profile, {a: taxonomy.classes(a) for a in attributes}, trust_unit_embeddings=False
+        )
         out.append(recommend._User(f"u{u}", list(columns["image_key"]), profile, mine, [], "bench"))
     return out
 
@@ -144,8 +159,9 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
     if config["mode"] == "batch":
         users = _profiles(config["users"], config["photos"], dims)
         started = time.perf_counter()
-        scorer = recommend._BatchScorer(None, users, options, attributes, chunk_rows,
-                                        chunks=lambda: _chunks(items, dims, chunk_rows))
+        scorer = recommend._BatchScorer(
+            None, users, options, attributes, chunk_rows, chunks=lambda: _chunks(items, dims, chunk_rows)
+        )
         scorer.run()
         tables = [scorer.ranked(c) for c in range(len(users))]
         seconds = time.perf_counter() - started
@@ -155,9 +171,13 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
         generation = time.perf_counter() - generate
         assert all(t.num_rows == config["k"] for t in tables)
         generation *= 2 if config["kind"] == "hybrid" else 1  # the hybrid streams the repository twice
-        return {"seconds": seconds - generation, "with_generation_s": seconds, "generation_s": generation,
-                "peak_rss_mb": _peak_rss_mb(),
-                "first": tables[0]["item_id"].to_pylist()[:3]}
+        return {
+            "seconds": seconds - generation,
+            "with_generation_s": seconds,
+            "generation_s": generation,
+            "peak_rss_mb": _peak_rss_mb(),
+            "first": tables[0]["item_id"].to_pylist()[:3],
+        }
     if config["mode"] == "per_user":
         import pyarrow as pa
 
@@ -168,11 +188,16 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
         times = []
         for user in users:
             started = time.perf_counter()
-            ranked = recommend.rank(user.profile, repository, attributes, config["k"], 6, None, options=options,
-                                    items=matrix)
+            ranked = recommend.rank(
+                user.profile, repository, attributes, config["k"], 6, None, options=options, items=matrix
+            )
             times.append(time.perf_counter() - started)
-        return {"per_user_s": sorted(times)[len(times) // 2], "all_s": times, "peak_rss_mb": _peak_rss_mb(),
-                "first": ranked["item_id"].to_pylist()[:3]}
+        return {
+            "per_user_s": sorted(times)[len(times) // 2],
+            "all_s": times,
+            "peak_rss_mb": _peak_rss_mb(),
+            "first": ranked["item_id"].to_pylist()[:3],
+        }
     if config["mode"] == "faiss":
         import faiss
         import numpy as np
@@ -211,15 +236,28 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_child(json.loads(args.child))))
         return
-    base = {"dims": args.dims, "photos": args.photos, "k": args.k, "kind": args.kind,
-            "mmr_lambda": args.mmr_lambda, "chunk_rows": args.chunk_rows, "threads": args.threads}
+    base = {
+        "dims": args.dims,
+        "photos": args.photos,
+        "k": args.k,
+        "kind": args.kind,
+        "mmr_lambda": args.mmr_lambda,
+        "chunk_rows": args.chunk_rows,
+        "threads": args.threads,
+    }
     print(f"load before: {os.getloadavg()}", flush=True)
     rows = []
     for items in args.items:
-        for users in (args.sweep or [args.users]):
+        for users in args.sweep or [args.users]:
             result = _child({**base, "mode": "batch", "users": users, "items": items}, args.threads)
-            row = {"users": users, "items": items, "dims": args.dims, "kind": args.kind, **result,
-                   "per_user_ms": 1000 * result["seconds"] / users}
+            row = {
+                "users": users,
+                "items": items,
+                "dims": args.dims,
+                "kind": args.kind,
+                **result,
+                "per_user_ms": 1000 * result["seconds"] / users,
+            }
             if not args.rss_only and args.sample and users == (args.sweep or [args.users])[-1]:
                 single = _child({**base, "mode": "per_user", "users": args.sample, "items": items}, args.threads)
                 row["today_per_user_ms"] = 1000 * single["per_user_s"]

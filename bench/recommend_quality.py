@@ -44,6 +44,7 @@ Demo data: ``--demo-styles`` random style tuples, ``--per-style`` garments drawn
 
     python -m bench.recommend_quality [--datasets demo real] [--users 100] [--k 10] [--out results.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,13 +75,13 @@ class Pool:
     name: str
     ids: list[str]
     labels: list[str]
-    load: "callable"  # index -> image bytes
+    load: callable  # index -> image bytes
 
 
 def demo_pool(styles: int, per_style: int, catalog: int, seed: int = 5) -> Pool:
+    from pipeline.settings import get_settings
     from scrapers.demo_store.catalog import ATTRIBUTES, generate_catalog
     from scrapers.demo_store.draw import draw_garment
-    from pipeline.settings import get_settings
 
     taxonomy = get_settings().taxonomy
     rng = random.Random(seed)
@@ -105,8 +106,12 @@ def demo_pool(styles: int, per_style: int, catalog: int, seed: int = 5) -> Pool:
 def real_pool() -> Pool:
     with open(REAL_PHOTOS / "labels.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle)]
-    return Pool("real", [row["path"] for row in rows], [row["category"] for row in rows],
-                lambda index: (REAL_PHOTOS / rows[index]["path"]).read_bytes())
+    return Pool(
+        "real",
+        [row["path"] for row in rows],
+        [row["category"] for row in rows],
+        lambda index: (REAL_PHOTOS / rows[index]["path"]).read_bytes(),
+    )
 
 
 # -- vectors --------------------------------------------------------------------------------------------
@@ -130,7 +135,9 @@ def vectors(pool: Pool, store_uri: str, cache_dir: Path) -> dict[str, np.ndarray
     store = ObjectStore(store_uri)
     attributes = get_settings().taxonomy.names
     vectorizer = FashionVectorizer.from_registry(store, attributes)
-    fingerprint = hashlib.sha256(json.dumps([pool.ids, pool.labels, vectorizer.versions, "v1"]).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps([pool.ids, pool.labels, vectorizer.versions, "v1"]).encode()).hexdigest()[
+        :16
+    ]
     path = cache_dir / f"{pool.name}-{fingerprint}.npz"
     if path.exists():
         print(f"  vectors from {path}", flush=True)
@@ -148,10 +155,18 @@ def vectors(pool: Pool, store_uri: str, cache_dir: Path) -> dict[str, np.ndarray
         pooled = embedder.predict(np.stack([decode_image(d, 224) for d in images]).astype("float32"), verbose=0)
         imagenet.append((pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32))
         done = min(start + BATCH, len(pool.ids))
-        print(f"  {pool.name}: {done}/{len(pool.ids)} images vectorised ({time.perf_counter() - started:.0f}s)", flush=True)
+        print(
+            f"  {pool.name}: {done}/{len(pool.ids)} images vectorised ({time.perf_counter() - started:.0f}s)",
+            flush=True,
+        )
     result = {f"probs_{a}": np.concatenate(probs[a]) for a in attributes}
-    result.update({"embedding_production": np.concatenate(production), "embedding_imagenet": np.concatenate(imagenet),
-                   "embedding_source": np.array(vectorizer.embedding_source)})
+    result.update(
+        {
+            "embedding_production": np.concatenate(production),
+            "embedding_imagenet": np.concatenate(imagenet),
+            "embedding_source": np.array(vectorizer.embedding_source),
+        }
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(path, **result)
     return result
@@ -200,8 +215,8 @@ def make_users(labels: list[str], count: int, n_styles: int, profile: int, held_
 
 def ndcg(hits: np.ndarray, relevant: int, k: int) -> float:
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ideal = discounts[:min(k, relevant)].sum()
-    return float((hits[:k] * discounts[:len(hits[:k])]).sum() / ideal) if ideal else 0.0
+    ideal = discounts[: min(k, relevant)].sum()
+    return float((hits[:k] * discounts[: len(hits[:k])]).sum() / ideal) if ideal else 0.0
 
 
 def intra_list_diversity(embedding: np.ndarray) -> float:
@@ -212,7 +227,9 @@ def intra_list_diversity(embedding: np.ndarray) -> float:
     return float(np.mean(1.0 - similarity[upper]))
 
 
-def evaluate(items, labels: list[str], users: list[User], kind: str, k: int, lam: float, settings) -> dict[str, np.ndarray]:
+def evaluate(
+    items, labels: list[str], users: list[User], kind: str, k: int, lam: float, settings
+) -> dict[str, np.ndarray]:
     from pipeline import scoring
 
     ids = [f"{i:06d}" for i in range(items.n)]
@@ -223,22 +240,30 @@ def evaluate(items, labels: list[str], users: list[User], kind: str, k: int, lam
         profile = items.take(user.profile)
         parts = scoring.components(items, profile, config.get("attribute_weights"), need=[kind])
         candidates = user.candidates & (parts.matches > 0) if kind == "matches" else user.candidates
-        chosen = scoring.select(kind, items, parts, ids, candidates, k, lam, int(config.get("mmr_pool", 200)),
-                                config.get("hybrid_weights"))
+        chosen = scoring.select(
+            kind, items, parts, ids, candidates, k, lam, int(config.get("mmr_pool", 200)), config.get("hybrid_weights")
+        )
         hits = np.isin(chosen.rows, user.held_out).astype(float)
         recall.append(hits.sum() / len(user.held_out))
         gains.append(ndcg(hits, len(user.held_out), k))
         diversity.append(intra_list_diversity(items.embedding[chosen.rows]))
         coverage.append(np.mean([np.any(labels_array[chosen.rows] == s) for s in user.styles]))
-    return {"recall": np.array(recall), "ndcg": np.array(gains), "ild": np.array(diversity),
-            "coverage": np.array(coverage)}
+    return {
+        "recall": np.array(recall),
+        "ndcg": np.array(gains),
+        "ild": np.array(diversity),
+        "coverage": np.array(coverage),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["demo", "real"], choices=["demo", "real"])
-    parser.add_argument("--store", default=f"file://{REPO_ROOT / 'var' / 'store'}",
-                        help="the store whose published networks vectorise the images")
+    parser.add_argument(
+        "--store",
+        default=f"file://{REPO_ROOT / 'var' / 'store'}",
+        help="the store whose published networks vectorise the images",
+    )
     parser.add_argument("--users", type=int, default=100, help="users per protocol (one-style, two-style)")
     parser.add_argument("--profile", type=int, default=5, help="profile photos per style (two-style: half)")
     parser.add_argument("--held-out", type=int, default=10, help="held-out items per style (two-style: half)")
@@ -246,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-styles", type=int, default=30)
     parser.add_argument("--per-style", type=int, default=16)
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "var" / "bench" / "recommend_quality")
-    parser.add_argument("--seed", type=int, default=11,
-                        help="users of seed and seed + 1 (the hybrid weights were chosen on seeds 1 and 2)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=11,
+        help="users of seed and seed + 1 (the hybrid weights were chosen on seeds 1 and 2)",
+    )
     parser.add_argument("--out", type=Path, help="write every number as JSON here")
     args = parser.parse_args(argv)
 
@@ -265,17 +294,32 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         pool = demo_pool(args.demo_styles, args.per_style, 600) if dataset == "demo" else real_pool()
         vecs = vectors(pool, args.store, args.cache)
-        print(f"\n== {dataset}: {len(pool.ids)} images, {len(set(pool.labels))} styles; vectors in "
-              f"{time.perf_counter() - started:.0f}s; production embedding {vecs['embedding_source']} ==")
-        protocols = [("one-style", make_users(pool.labels, args.users, 1, args.profile, args.held_out, args.seed)),
-                     ("two-style", make_users(pool.labels, args.users, 2, max(1, (args.profile + 1) // 2),
-                                              max(1, args.held_out // 2), args.seed + 1))]
+        print(
+            f"\n== {dataset}: {len(pool.ids)} images, {len(set(pool.labels))} styles; vectors in "
+            f"{time.perf_counter() - started:.0f}s; production embedding {vecs['embedding_source']} =="
+        )
+        protocols = [
+            ("one-style", make_users(pool.labels, args.users, 1, args.profile, args.held_out, args.seed)),
+            (
+                "two-style",
+                make_users(
+                    pool.labels,
+                    args.users,
+                    2,
+                    max(1, (args.profile + 1) // 2),
+                    max(1, args.held_out // 2),
+                    args.seed + 1,
+                ),
+            ),
+        ]
         for embedding in ("production", "imagenet"):
             items = fashion_matrix(vecs, embedding)
             for protocol, users in protocols:
-                print(f"\n{dataset} / embedding {embedding} / {protocol} users ({len(users)}; profile "
-                      f"{len(users[0].profile)}, held out {len(users[0].held_out)}, "
-                      f"~{int(np.mean([u.candidates.sum() for u in users]))} candidates each), k={args.k}")
+                print(
+                    f"\n{dataset} / embedding {embedding} / {protocol} users ({len(users)}; profile "
+                    f"{len(users[0].profile)}, held out {len(users[0].held_out)}, "
+                    f"~{int(np.mean([u.candidates.sum() for u in users]))} candidates each), k={args.k}"
+                )
                 chance = float(np.mean([args.k / u.candidates.sum() for u in users]))
                 print(f"  (a random list would have recall@{args.k} {chance:.4f})")
                 print(f"  {'score':9s} {'lambda':>6s} {'recall':>7s} {'nDCG':>7s} {'ILD':>7s} {'cover':>7s}")
@@ -284,21 +328,41 @@ def main(argv: list[str] | None = None) -> int:
                     for kind in scoring.SCORE_KINDS:
                         metrics = evaluate(items, pool.labels, users, kind, args.k, lam, settings)
                         per_kind[(kind, lam)] = metrics
-                        row = {"dataset": dataset, "embedding": embedding, "protocol": protocol, "score": kind,
-                               "mmr_lambda": lam, "users": len(users), "k": args.k,
-                               **{f"{name}@k": float(values.mean()) for name, values in metrics.items()}}
+                        row = {
+                            "dataset": dataset,
+                            "embedding": embedding,
+                            "protocol": protocol,
+                            "score": kind,
+                            "mmr_lambda": lam,
+                            "users": len(users),
+                            "k": args.k,
+                            **{f"{name}@k": float(values.mean()) for name, values in metrics.items()},
+                        }
                         results.append(row)
-                        print(f"  {kind:9s} {lam:6.2f} {row['recall@k']:7.3f} {row['ndcg@k']:7.3f} "
-                              f"{row['ild@k']:7.3f} {row['coverage@k']:7.3f}")
+                        print(
+                            f"  {kind:9s} {lam:6.2f} {row['recall@k']:7.3f} {row['ndcg@k']:7.3f} "
+                            f"{row['ild@k']:7.3f} {row['coverage@k']:7.3f}"
+                        )
                 for lam in lambdas:
                     diff = per_kind[("hybrid", lam)]["ndcg"] - per_kind[("matches", lam)]["ndcg"]
                     stderr = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-                    print(f"  hybrid - matches, nDCG@{args.k}, lambda {lam:.2f}: {diff.mean():+.3f} "
-                          f"(+-{stderr:.3f} s.e.; better for {(diff > 0).sum()}, worse for {(diff < 0).sum()} users)")
-                    results.append({"dataset": dataset, "embedding": embedding, "protocol": protocol,
-                                    "comparison": "hybrid-matches ndcg", "mmr_lambda": lam,
-                                    "mean": float(diff.mean()), "stderr": float(stderr),
-                                    "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())})
+                    print(
+                        f"  hybrid - matches, nDCG@{args.k}, lambda {lam:.2f}: {diff.mean():+.3f} "
+                        f"(+-{stderr:.3f} s.e.; better for {(diff > 0).sum()}, worse for {(diff < 0).sum()} users)"
+                    )
+                    results.append(
+                        {
+                            "dataset": dataset,
+                            "embedding": embedding,
+                            "protocol": protocol,
+                            "comparison": "hybrid-matches ndcg",
+                            "mmr_lambda": lam,
+                            "mean": float(diff.mean()),
+                            "stderr": float(stderr),
+                            "better": int((diff > 0).sum()),
+                            "worse": int((diff < 0).sum()),
+                        }
+                    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0

@@ -19,6 +19,7 @@ per batch of users, not per user).
 
     python -m bench.recommend_scoring [--items 1000000] [--dims 512 2048] [--threads 2] [--arrow]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def make_repository(n: int, dims: int, seed: int = 0):
     embedding = np.empty((n, dims), dtype=np.float32)
     for start in range(0, n, 65536):
         block = rng.standard_normal((min(65536, n - start), dims), dtype=np.float32)
-        embedding[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        embedding[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     ids = np.array([f"{i:020x}" for i in range(n)], dtype=object)
     phash = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
     return FashionMatrix(attributes, codes, top_prob, tuple(probs), embedding), ids, phash
@@ -81,8 +82,10 @@ def python_hybrid_top(items, profile, k: int, weights: dict[str, float]) -> list
     """The hybrid score item by item in plain Python (lists, loops), then a sort: the baseline."""
     n, m, A = items["n"], profile["n"], len(items["codes"][0])
     attr_w = [1.0 / A] * A
-    mean_probs = [[sum(profile["probs"][j][a][c] for j in range(m)) / m for c in range(len(profile["probs"][0][a]))]
-                  for a in range(A)]
+    mean_probs = [
+        [sum(profile["probs"][j][a][c] for j in range(m)) / m for c in range(len(profile["probs"][0][a]))]
+        for a in range(A)
+    ]
     matches, weighted, embedding = [], [], []
     for i in range(n):
         codes = items["codes"][i]
@@ -120,14 +123,16 @@ def python_hybrid_top(items, profile, k: int, weights: dict[str, float]) -> list
 
 
 def as_lists(matrix, ids, rows) -> dict:
-    return {"n": len(rows), "ids": [ids[i] for i in rows],
-            "codes": matrix.codes[rows].tolist(),
-            "probs": [[p[i].tolist() for p in matrix.probs] for i in rows],
-            "embedding": matrix.embedding[rows].tolist()}
+    return {
+        "n": len(rows),
+        "ids": [ids[i] for i in rows],
+        "codes": matrix.codes[rows].tolist(),
+        "probs": [[p[i].tolist() for p in matrix.probs] for i in rows],
+        "embedding": matrix.embedding[rows].tolist(),
+    }
 
 
-def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, python_items: int,
-        arrow: bool) -> dict:
+def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, python_items: int, arrow: bool) -> dict:
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -137,8 +142,11 @@ def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, 
     started = time.perf_counter()
     items, ids, phash = make_repository(n, dims)
     id_array = pa.array(ids, type=pa.string())
-    print(f"\n== {n:,} items x {dims}-d embeddings, profile of {profile_size}, top-{k} "
-          f"(built in {time.perf_counter() - started:.0f}s) ==", flush=True)
+    print(
+        f"\n== {n:,} items x {dims}-d embeddings, profile of {profile_size}, top-{k} "
+        f"(built in {time.perf_counter() - started:.0f}s) ==",
+        flush=True,
+    )
     rng = np.random.default_rng(1)
     profile_rows = rng.choice(n, profile_size, replace=False)
     profile = items.take(profile_rows)
@@ -157,22 +165,31 @@ def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, 
     results["exclusions"], eligible = best_of(exclusions, repeats)
     for kind in scoring.SCORE_KINDS:
         for lam_now in sorted({1.0, lam}, reverse=True):
+
             def score_select(kind=kind, lam_now=lam_now):
                 parts = scoring.components(items, profile, need=[kind])
                 mask = eligible & (parts.matches > 0) if kind == "matches" else eligible
                 return scoring.select(kind, items, parts, id_array, mask, k, lam_now, 200, weights)
+
             seconds, chosen = best_of(score_select, repeats)
             results[f"{kind} lambda={lam_now:g}"] = seconds
-            print(f"  {kind:9s} lambda={lam_now:<4g} score+select {seconds:6.3f}s   + exclusions "
-                  f"{results['exclusions']:.3f}s = {seconds + results['exclusions']:.3f}s", flush=True)
+            print(
+                f"  {kind:9s} lambda={lam_now:<4g} score+select {seconds:6.3f}s   + exclusions "
+                f"{results['exclusions']:.3f}s = {seconds + results['exclusions']:.3f}s",
+                flush=True,
+            )
     # where the hybrid's time goes
     parts = scoring.components(items, profile)
     breakdown = {
-        "matches (hits, best row)": lambda: (scoring.attribute_hits(items, profile), scoring.best_row_matches(items, profile)),
+        "matches (hits, best row)": lambda: (
+            scoring.attribute_hits(items, profile),
+            scoring.best_row_matches(items, profile),
+        ),
         "weighted": lambda: scoring.weighted_scores(items, profile, scoring.normalised_weights(items.attributes, None)),
         "embedding (max cosine)": lambda: scoring.embedding_scores(items, profile),
         "hybrid standardise + top-k": lambda: scoring.top_candidates(
-            [scoring.hybrid_scores(parts, weights, eligible)], id_array, eligible, k),
+            [scoring.hybrid_scores(parts, weights, eligible)], id_array, eligible, k
+        ),
     }
     for name, fn in breakdown.items():
         seconds, _ = best_of(fn, repeats)
@@ -188,22 +205,52 @@ def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, 
 
     def numpy_small():
         small_parts = scoring.components(small, profile, need=["hybrid"])
-        return scoring.select("hybrid", small, small_parts, id_array.slice(0, len(subset)),
-                              np.ones(len(subset), dtype=bool), k, 1.0, 200, weights)
+        return scoring.select(
+            "hybrid",
+            small,
+            small_parts,
+            id_array.slice(0, len(subset)),
+            np.ones(len(subset), dtype=bool),
+            k,
+            1.0,
+            200,
+            weights,
+        )
+
     numpy_s, numpy_top = best_of(numpy_small, repeats)
     agree = python_top == numpy_top.rows.tolist()
-    print(f"  plain Python loop, hybrid, {len(subset):,} items: {python_s:.2f}s "
-          f"({python_s / len(subset) * 1e6:.0f} us/item, ~{python_s / len(subset) * n:.0f}s for {n:,}); "
-          f"numpy on the same items {numpy_s * 1e3:.1f} ms; same top-{k}: {agree}")
-    results.update({"python_loop_s": python_s, "python_items": len(subset), "numpy_same_items_s": numpy_s,
-                    "python_matches_numpy": agree})
+    print(
+        f"  plain Python loop, hybrid, {len(subset):,} items: {python_s:.2f}s "
+        f"({python_s / len(subset) * 1e6:.0f} us/item, ~{python_s / len(subset) * n:.0f}s for {n:,}); "
+        f"numpy on the same items {numpy_s * 1e3:.1f} ms; same top-{k}: {agree}"
+    )
+    results.update(
+        {
+            "python_loop_s": python_s,
+            "python_items": len(subset),
+            "numpy_same_items_s": numpy_s,
+            "python_matches_numpy": agree,
+        }
+    )
     if arrow:
-        table = pa.table({"item_id": id_array, **{
-            a: pa.array(np.asarray(scoring_classes(a))[items.codes[:, i]]) for i, a in enumerate(items.attributes)},
-            **{f"{a}_probs": pa.FixedSizeListArray.from_arrays(pa.array(items.probs[i].ravel()), items.probs[i].shape[1])
-               for i, a in enumerate(items.attributes)},
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(items.embedding.ravel()), dims).cast(
-                pa.list_(pa.float32()))})
+        table = pa.table(
+            {
+                "item_id": id_array,
+                **{
+                    a: pa.array(np.asarray(scoring_classes(a))[items.codes[:, i]])
+                    for i, a in enumerate(items.attributes)
+                },
+                **{
+                    f"{a}_probs": pa.FixedSizeListArray.from_arrays(
+                        pa.array(items.probs[i].ravel()), items.probs[i].shape[1]
+                    )
+                    for i, a in enumerate(items.attributes)
+                },
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(items.embedding.ravel()), dims).cast(
+                    pa.list_(pa.float32())
+                ),
+            }
+        )
         taxonomy = {a: scoring_classes(a) for a in items.attributes}
         seconds, _ = best_of(lambda: scoring.fashion_matrix(table, taxonomy), 1)
         print(f"  Arrow table -> FashionMatrix (once per batch of users): {seconds:.2f}s")
@@ -221,9 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     _set_threads(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--dims", type=int, nargs="+", default=[512, 2048],
-                        help="embedding dimensions (512: one shared VGG16 backbone's pooled features; 2048: "
-                             "four networks' Dense-512 layers concatenated, the schema's head_dense embedding)")
+    parser.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        default=[512, 2048],
+        help="embedding dimensions (512: one shared VGG16 backbone's pooled features; 2048: "
+        "four networks' Dense-512 layers concatenated, the schema's head_dense embedding)",
+    )
     parser.add_argument("--profile", type=int, default=10)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--mmr-lambda", type=float, default=0.7)

@@ -17,6 +17,7 @@ machine); compare them with each other, not with the disk.
 
     python -m bench.repository_io [--rows 200000] [--dim 512] [--nights 7] [--retailers 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,21 +47,23 @@ def batch_table(rng: np.random.Generator, start: int, n: int, retailers: list[st
     """A curated batch (``accepted.parquet``) of ``n`` synthetic products."""
     ids = [hashlib.sha1(f"https://shop.example/p/{start + i}".encode()).hexdigest()[:20] for i in range(n)]
     categories = np.array(["shirts", "dresses", "tops", "knitwear", "jackets"])
-    return pa.table({
-        "item_id": ids,
-        "retailer": [retailers[i % len(retailers)] for i in range(n)],
-        "product_url": [f"https://shop.example/p/{start + i}" for i in range(n)],
-        "title": [f"product {start + i} in a realistic length title" for i in range(n)],
-        "price": pa.array(np.round(rng.uniform(5, 200, n), 2)),
-        "currency": ["EUR"] * n,
-        "category": categories[rng.integers(0, len(categories), n)].tolist(),
-        "image_key": [f"images/full/{hashlib.sha1(i.encode()).hexdigest()}.jpg" for i in ids],
-        "crawled_at": pa.array([crawled_at] * n, pa.timestamp("us", tz="UTC")),
-        "content_sha256": [hashlib.sha256(i.encode()).hexdigest() for i in ids],
-        "phash": pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * 2, pa.uint64()),
-        "phash_mirror": pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64), pa.uint64()),
-        "dhash": pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64), pa.uint64()),
-    })
+    return pa.table(
+        {
+            "item_id": ids,
+            "retailer": [retailers[i % len(retailers)] for i in range(n)],
+            "product_url": [f"https://shop.example/p/{start + i}" for i in range(n)],
+            "title": [f"product {start + i} in a realistic length title" for i in range(n)],
+            "price": pa.array(np.round(rng.uniform(5, 200, n), 2)),
+            "currency": ["EUR"] * n,
+            "category": categories[rng.integers(0, len(categories), n)].tolist(),
+            "image_key": [f"images/full/{hashlib.sha1(i.encode()).hexdigest()}.jpg" for i in ids],
+            "crawled_at": pa.array([crawled_at] * n, pa.timestamp("us", tz="UTC")),
+            "content_sha256": [hashlib.sha256(i.encode()).hexdigest() for i in ids],
+            "phash": pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * 2, pa.uint64()),
+            "phash_mirror": pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64), pa.uint64()),
+            "dhash": pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64), pa.uint64()),
+        }
+    )
 
 
 def list_array(matrix: np.ndarray) -> pa.Array:
@@ -68,7 +71,9 @@ def list_array(matrix: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.astype("float32").ravel()))
 
 
-def stage_vectors(store: ObjectStore, commit_id: str, rng: np.random.Generator, dim: int, inferred_at: datetime) -> None:
+def stage_vectors(
+    store: ObjectStore, commit_id: str, rng: np.random.Generator, dim: int, inferred_at: datetime
+) -> None:
     """What infer_shard would stage: softmax outputs and embeddings, random but shaped like real ones."""
     info, _ = R.read_plan(store, commit_id)
     for shard in range(info["shards"]):
@@ -88,7 +93,9 @@ def stage_vectors(store: ObjectStore, commit_id: str, rng: np.random.Generator, 
         columns["embedding"] = list_array(embedding / np.linalg.norm(embedding, axis=1, keepdims=True))
         columns["embedding_source"] = pa.array([f"pool(vgg16:{','.join(info['attributes'])})"] * n)
         columns["inferred_at"] = pa.array([inferred_at] * n, pa.timestamp("us", tz="UTC"))
-        R.write_shard(store, commit_id, shard, pa.table(columns), {"versions": info["versions"], "skipped_item_ids": []})
+        R.write_shard(
+            store, commit_id, shard, pa.table(columns), {"versions": info["versions"], "skipped_item_ids": []}
+        )
 
 
 def best_of(times: int, read):
@@ -110,7 +117,9 @@ def files_bytes(paths: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--dim", type=int, default=512, help="embedding size (512: VGG16 pooled; 1280: EfficientNet-Lite0)")
+    parser.add_argument(
+        "--dim", type=int, default=512, help="embedding size (512: VGG16 pooled; 1280: EfficientNet-Lite0)"
+    )
     parser.add_argument("--nights", type=int, default=7)
     parser.add_argument("--retailers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -123,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="repository-io-") as folder:
         store = ObjectStore(f"file://{folder}/store")
         for attribute in taxonomy.names:
-            store.write_json(f"models/{attribute}/current.json",
-                             {"version": "v1", "classes": list(taxonomy.classes(attribute))})
+            store.write_json(
+                f"models/{attribute}/current.json", {"version": "v1", "classes": list(taxonomy.classes(attribute))}
+            )
         per_night = args.rows // args.nights
         plan_s = commit_s = 0.0
         first = date(2026, 11, 1)
@@ -132,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             day = first + timedelta(days=night)
             batch_id = f"catalog-{day:%Y%m%d}"
             n = per_night if night < args.nights - 1 else args.rows - per_night * (args.nights - 1)
-            crawled_at = datetime(day.year, day.month, day.day, 2, tzinfo=timezone.utc)
-            store.write_parquet(f"curation/{batch_id}/accepted.parquet",
-                                batch_table(rng, night * per_night, n, retailers, crawled_at))
+            crawled_at = datetime(day.year, day.month, day.day, 2, tzinfo=UTC)
+            store.write_parquet(
+                f"curation/{batch_id}/accepted.parquet", batch_table(rng, night * per_night, n, retailers, crawled_at)
+            )
             started = time.perf_counter()
             R.plan_refresh(store, batch_id, batch_id=batch_id, attributes=taxonomy.names, config=config)
             plan_s += time.perf_counter() - started
@@ -153,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for key, table in tables:
             copy_key = key.replace("fashion_vectors/", "fashion_vectors_copy/")  # staged, then moved, as a commit does
-            staged = store.put_bytes(R.staged_file_key("bench", copy_key), R._parquet_bytes(table, config["row_group_rows"]))
+            staged = store.put_bytes(
+                R.staged_file_key("bench", copy_key), R._parquet_bytes(table, config["row_group_rows"])
+            )
             store.move(staged, copy_key)
         encode_s = time.perf_counter() - started
         del tables
@@ -177,24 +190,48 @@ def main(argv: list[str] | None = None) -> int:
         del full
         unsorted_s, _ = best_of(2, lambda: R.read_repository(store, sort=False))
         last = first + timedelta(days=args.nights - 2)
-        filtered_s, some = best_of(2, lambda: R.read_repository(
-            store, columns=["item_id", "title", "price", "pattern_prob"],
-            filter=(pc.field("pattern") == "striped") & (pc.field("crawl_date") >= last)))
+        filtered_s, some = best_of(
+            2,
+            lambda: R.read_repository(
+                store,
+                columns=["item_id", "title", "price", "pattern_prob"],
+                filter=(pc.field("pattern") == "striped") & (pc.field("crawl_date") >= last),
+            ),
+        )
 
     rows = args.rows
-    print(f"repository: {rows:,} rows, embedding {args.dim} float32, {len(taxonomy.names)} attributes, "
-          f"{args.nights} nights x {args.retailers} retailers = {len(keys)} files, {size / MB:.1f} MB on disk "
-          f"({arrow_bytes / MB:.1f} MB in Arrow; {size / rows:.0f} B/row)")
+    print(
+        f"repository: {rows:,} rows, embedding {args.dim} float32, {len(taxonomy.names)} attributes, "
+        f"{args.nights} nights x {args.retailers} retailers = {len(keys)} files, {size / MB:.1f} MB on disk "
+        f"({arrow_bytes / MB:.1f} MB in Arrow; {size / rows:.0f} B/row)"
+    )
     print(f"{'operation':58s} {'seconds':>8s} {'rows/s':>10s} {'MB/s':>8s}")
     line = "{:58s} {:8.2f} {:10,.0f} {:8.1f}"
     print(line.format("plan (all nights)", plan_s, rows / plan_s, 0.0))
-    print(line.format("write: commit_refresh (stage read + merge + encode + publish)", commit_s, rows / commit_s, size / MB / commit_s))
+    print(
+        line.format(
+            "write: commit_refresh (stage read + merge + encode + publish)",
+            commit_s,
+            rows / commit_s,
+            size / MB / commit_s,
+        )
+    )
     print(line.format("write: Parquet encode + atomic publish alone", encode_s, rows / encode_s, size / MB / encode_s))
     print(line.format("raw: shutil.copyfile of the same files", copy_s, rows / copy_s, size / MB / copy_s))
     print(line.format("read: read_repository, every column", read_s, rows / read_s, size / MB / read_s))
-    print(line.format("read: read_repository(sort=False), every column", unsorted_s, rows / unsorted_s, size / MB / unsorted_s))
-    print(line.format(f"read: 4 columns, pattern=striped, last 2 nights ({some.num_rows:,} rows)", filtered_s,
-                      rows / filtered_s, size / MB / filtered_s))
+    print(
+        line.format(
+            "read: read_repository(sort=False), every column", unsorted_s, rows / unsorted_s, size / MB / unsorted_s
+        )
+    )
+    print(
+        line.format(
+            f"read: 4 columns, pattern=striped, last 2 nights ({some.num_rows:,} rows)",
+            filtered_s,
+            rows / filtered_s,
+            size / MB / filtered_s,
+        )
+    )
     print(line.format("raw: read the same files' bytes", raw_read_s, rows / raw_read_s, size / MB / raw_read_s))
     print(f"Arrow bytes decoded by the full read: {full_arrow / MB:.1f} MB ({full_arrow / MB / read_s:.1f} MB/s)")
     print(f"write encode+publish / raw copy: {copy_s / encode_s:.2f};  full read / raw read: {raw_read_s / read_s:.2f}")

@@ -17,6 +17,7 @@ Printed: decisions made and recorded, decisions/s, p50/p95/max latency of a deci
 batch reload), errors by status, and the server's resident memory (start, peak, end; sampled every
 0.2 s with psutil). ``--json`` writes the same as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,24 +65,50 @@ def make_queue(store: Any, items: int) -> list[str]:
     """A curated, queued batch of ``items`` items as curation leaves it; returns the item ids."""
     from pipeline.review import enqueue
 
-    start = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
     ids = [f"item{n:05d}" for n in range(items)]
     image = tiny_jpeg()
     rows = []
     for n, item_id in enumerate(ids):
         store.put_bytes(f"images/full/{item_id}.jpg", image)
-        rows.append({"item_id": item_id, "retailer": "demo-store", "product_url": f"http://shop.test/p/{item_id}",
-                     "sku": item_id, "title": f"Item {n}", "price": 19.0, "currency": "EUR", "category": "tops",
-                     "image_url": f"http://shop.test/i/{item_id}.jpg", "image_key": f"images/full/{item_id}.jpg",
-                     "crawled_at": start + timedelta(seconds=n), "phash": n, "dhash": n,
-                     "content_sha256": f"sha{n}", "width": 64, "height": 80, "cluster_id": f"sha{n}"})
-    schema = pa.schema([*(pa.field(n, pa.string()) for n in ("item_id", "retailer", "product_url", "sku", "title")),
-                        pa.field("price", pa.float64()), pa.field("currency", pa.string()),
-                        pa.field("category", pa.string()), pa.field("image_url", pa.string()),
-                        pa.field("image_key", pa.string()), pa.field("crawled_at", pa.timestamp("us", tz="UTC")),
-                        pa.field("phash", pa.uint64()), pa.field("dhash", pa.uint64()),
-                        pa.field("content_sha256", pa.string()), pa.field("width", pa.int32()),
-                        pa.field("height", pa.int32()), pa.field("cluster_id", pa.string())])
+        rows.append(
+            {
+                "item_id": item_id,
+                "retailer": "demo-store",
+                "product_url": f"http://shop.test/p/{item_id}",
+                "sku": item_id,
+                "title": f"Item {n}",
+                "price": 19.0,
+                "currency": "EUR",
+                "category": "tops",
+                "image_url": f"http://shop.test/i/{item_id}.jpg",
+                "image_key": f"images/full/{item_id}.jpg",
+                "crawled_at": start + timedelta(seconds=n),
+                "phash": n,
+                "dhash": n,
+                "content_sha256": f"sha{n}",
+                "width": 64,
+                "height": 80,
+                "cluster_id": f"sha{n}",
+            }
+        )
+    schema = pa.schema(
+        [
+            *(pa.field(n, pa.string()) for n in ("item_id", "retailer", "product_url", "sku", "title")),
+            pa.field("price", pa.float64()),
+            pa.field("currency", pa.string()),
+            pa.field("category", pa.string()),
+            pa.field("image_url", pa.string()),
+            pa.field("image_key", pa.string()),
+            pa.field("crawled_at", pa.timestamp("us", tz="UTC")),
+            pa.field("phash", pa.uint64()),
+            pa.field("dhash", pa.uint64()),
+            pa.field("content_sha256", pa.string()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("cluster_id", pa.string()),
+        ]
+    )
     store.write_parquet(f"curation/{BATCH}/accepted.parquet", pa.Table.from_pylist(rows, schema=schema))
     store.write_json(f"curation/{BATCH}/summary.json", {"crawl_id": "load-crawl", "batch_id": BATCH})
     enqueue(store, BATCH)
@@ -109,8 +135,16 @@ def log_in(client: httpx.Client, name: str, result: ClientResult, deadline: floa
     return False
 
 
-def reviewer(base_url: str, name: str, stop_at: float, attribute: str, classes: list[str], seed: int,
-             result: ClientResult, think_s: float = 0.0) -> None:
+def reviewer(
+    base_url: str,
+    name: str,
+    stop_at: float,
+    attribute: str,
+    classes: list[str],
+    seed: int,
+    result: ClientResult,
+    think_s: float = 0.0,
+) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=base_url, timeout=60, follow_redirects=False) as client:
         if not log_in(client, name, result, stop_at):
@@ -137,8 +171,12 @@ def reviewer(base_url: str, name: str, stop_at: float, attribute: str, classes: 
             elif roll < 0.8:
                 decision = {"item_id": item, "decision": "reject"}
             elif roll < 0.95:
-                decision = {"item_id": item, "decision": "relabel", "attribute": attribute,
-                            "new_label": rng.choice(classes)}
+                decision = {
+                    "item_id": item,
+                    "decision": "relabel",
+                    "attribute": attribute,
+                    "new_label": rng.choice(classes),
+                }
             else:
                 decision = {"item_id": item, "decision": "skip"}
             started = time.perf_counter()
@@ -161,8 +199,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: int = 17,
-        think_s: float = 0.0) -> dict[str, Any]:
+def run(
+    reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: int = 17, think_s: float = 0.0
+) -> dict[str, Any]:
     """Run the load test; returns its figures (see the module docstring)."""
     from pipeline.review import read_decisions
     from pipeline.review_web import auth
@@ -179,13 +218,31 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
         for name in names:
             auth.add_reviewer(store, name, PASSWORD)
         port = free_port()
-        env = {**os.environ, "FASHIONNET_REVIEW_SECRET": "load-test-secret-" + "x" * 32,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "FASHIONNET_REVIEW_SECRET": "load-test-secret-" + "x" * 32,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        }
         # the server's log goes to a file: a pipe nobody reads fills up and stops the server mid-run
-        server_log = open(Path(folder) / "server.log", "wb")
-        server = subprocess.Popen([sys.executable, "-m", "pipeline.review_web", "--store", store.uri, "serve",
-                                   "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO_ROOT,
-                                  stdout=server_log, stderr=subprocess.STDOUT)
+        server_log = open(Path(folder) / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.review_web",
+                "--store",
+                store.uri,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             base_url = f"http://127.0.0.1:{port}"
             wait_until_serving(base_url, server, Path(folder) / "server.log")
@@ -202,9 +259,12 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
             results = [ClientResult() for _ in names]
             stop_at = time.monotonic() + duration_s
             started = time.monotonic()
-            threads = [threading.Thread(target=reviewer, args=(base_url, name, stop_at, attribute, classes,
-                                                               seed + n, results[n], think_s))
-                       for n, name in enumerate(names)]
+            threads = [
+                threading.Thread(
+                    target=reviewer, args=(base_url, name, stop_at, attribute, classes, seed + n, results[n], think_s)
+                )
+                for n, name in enumerate(names)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -224,18 +284,31 @@ def run(reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: i
     recorded = sum(r.recorded for r in results)
     errors = sum((r.errors for r in results), Counter())
     return {
-        "reviewers": reviewers, "duration_s": round(elapsed, 1), "queue_items": items, "think_s": think_s,
-        "decisions_recorded_by_clients": recorded, "decision_rows_in_store": len(log),
-        "decision_objects_in_store": log_objects, "consistent": recorded == len(log) == log_objects,
+        "reviewers": reviewers,
+        "duration_s": round(elapsed, 1),
+        "queue_items": items,
+        "think_s": think_s,
+        "decisions_recorded_by_clients": recorded,
+        "decision_rows_in_store": len(log),
+        "decision_objects_in_store": log_objects,
+        "consistent": recorded == len(log) == log_objects,
         "decisions_per_s": round(recorded / elapsed, 2),
-        "decision_latency_ms": {"p50": round(1000 * percentile(decision_s, 0.5), 1),
-                                "p95": round(1000 * percentile(decision_s, 0.95), 1),
-                                "max": round(1000 * max(decision_s, default=float("nan")), 1)},
-        "reload_latency_ms": {"p50": round(1000 * percentile(reload_s, 0.5), 1),
-                              "p95": round(1000 * percentile(reload_s, 0.95), 1)},
-        "login_tries": sum(r.login_tries for r in results), "errors": dict(errors),
-        "server_rss_mb": {"start": round(memory[0] / 2**20, 1), "peak": round(max(memory) / 2**20, 1),
-                          "end": round(memory[-1] / 2**20, 1)},
+        "decision_latency_ms": {
+            "p50": round(1000 * percentile(decision_s, 0.5), 1),
+            "p95": round(1000 * percentile(decision_s, 0.95), 1),
+            "max": round(1000 * max(decision_s, default=float("nan")), 1),
+        },
+        "reload_latency_ms": {
+            "p50": round(1000 * percentile(reload_s, 0.5), 1),
+            "p95": round(1000 * percentile(reload_s, 0.95), 1),
+        },
+        "login_tries": sum(r.login_tries for r in results),
+        "errors": dict(errors),
+        "server_rss_mb": {
+            "start": round(memory[0] / 2**20, 1),
+            "peak": round(max(memory) / 2**20, 1),
+            "end": round(memory[-1] / 2**20, 1),
+        },
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -260,8 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of reviewing")
     parser.add_argument("--items", type=int, default=600, help="items in the queue")
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--think", type=float, default=0.0,
-                        help="mean seconds a reviewer looks at an item between decisions (0: as fast as possible)")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="mean seconds a reviewer looks at an item between decisions (0: as fast as possible)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     figures = run(args.reviewers, args.duration, args.items, args.seed, args.think)

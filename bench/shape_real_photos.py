@@ -11,6 +11,7 @@ Prints the network's and the linear probe's validation and test accuracy and whi
 Prints the test accuracy, macro-F1 and confusion matrix and writes metrics.json (and the model card
 and pictures) into --out when given. The classes are the taxonomy's (the photos have no sleeveless).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,11 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.storage import ObjectStore
 
     classes = get_settings().taxonomy.classes("shape")
-    overrides = {"frozen_epochs": args.frozen, "unfrozen_epochs": args.unfrozen, "head_learning_rate": args.head_lr,
-                 "finetune_learning_rate": args.finetune_lr, "batch_size": args.batch, "image_fit": args.fit}
-    training = {**get_settings().training, "backbone": args.backbone,
-                "weights": None if args.weights.lower() == "none" else args.weights, "image_size": args.size,
-                **{key: value for key, value in overrides.items() if value is not None}}
+    overrides = {
+        "frozen_epochs": args.frozen,
+        "unfrozen_epochs": args.unfrozen,
+        "head_learning_rate": args.head_lr,
+        "finetune_learning_rate": args.finetune_lr,
+        "batch_size": args.batch,
+        "image_fit": args.fit,
+    }
+    training = {
+        **get_settings().training,
+        "backbone": args.backbone,
+        "weights": None if args.weights.lower() == "none" else args.weights,
+        "image_size": args.size,
+        **{key: value for key, value in overrides.items() if value is not None},
+    }
     with tempfile.TemporaryDirectory() as folder:
         store = ObjectStore(f"file://{folder}/store")
         counts = write_store(store, args.limit or None)
@@ -105,13 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train_attribute(store, "shape", "real-photos", training, classes)
         elapsed = time.perf_counter() - started
         test = metrics["test"]
-        print(f"\n{args.backbone} (weights {args.weights}) at {args.size} px: test accuracy {test['accuracy']:.4f}, "
-              f"macro-F1 {test['macro_f1']:.4f} on {metrics['counts']['test']['images']} photos; "
-              f"best {metrics['best']}; {elapsed:.0f} s")
+        print(
+            f"\n{args.backbone} (weights {args.weights}) at {args.size} px: test accuracy {test['accuracy']:.4f}, "
+            f"macro-F1 {test['macro_f1']:.4f} on {metrics['counts']['test']['images']} photos; "
+            f"best {metrics['best']}; {elapsed:.0f} s"
+        )
         if metrics.get("probe"):
-            print(f"network: val {metrics['network']['val_accuracy']:.4f} test {metrics['network']['test']['accuracy']:.4f}; "
-                  f"probe: val {metrics['probe']['val_accuracy']:.4f} test {metrics['probe']['test']['accuracy']:.4f}; "
-                  f"published: {metrics['published']}; timing {metrics['timing']}")
+            print(
+                f"network: val {metrics['network']['val_accuracy']:.4f} test {metrics['network']['test']['accuracy']:.4f}; "
+                f"probe: val {metrics['probe']['val_accuracy']:.4f} test {metrics['probe']['test']['accuracy']:.4f}; "
+                f"published: {metrics['published']}; timing {metrics['timing']}"
+            )
         print("confusion matrix (rows true, columns predicted):", classes)
         for name, row in zip(classes, test["confusion_matrix"]):
             print(f"  {name:12s} {row}")

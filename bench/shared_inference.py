@@ -12,6 +12,7 @@ each), times images/s; the peak is the best float32 ``tf.matmul`` rate (2048 and
 
     python -m bench.shared_inference [--networks 5] [--size 128] [--images 96] [--batch 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
+
+import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 
 
 def network_flops(model) -> float:

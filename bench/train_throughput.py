@@ -8,6 +8,7 @@ own functions, with the precision training would use (mixed_float16 on a GPU, fl
 Random pixels (throughput does not depend on the content); weights: random init unless --weights
 imagenet. The first epoch of each phase includes graph tracing and is reported apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
+
+import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,29 +41,47 @@ def main(argv: list[str] | None = None) -> int:
     from models.data import SplitArrays
     from models.network import backbone_cut, build_attribute_network
     from models.train import (
-        TrainingConfig, fine_tune, fine_tune_tail, frozen_pass, predict_classes, train_head_on_features,
+        TrainingConfig,
+        fine_tune,
+        fine_tune_tail,
+        frozen_pass,
+        predict_classes,
+        train_head_on_features,
         use_mixed_precision,
     )
 
     gpus = tf.config.list_physical_devices("GPU")
-    config = TrainingConfig(backbone=args.backbone, weights=None if args.weights == "none" else args.weights,
-                            image_size=args.size, batch_size=args.batch, dense_units=0, dropout=0.0,
-                            frozen_epochs=args.epochs, unfrozen_epochs=args.epochs, patience=args.epochs,
-                            lr_schedule="cosine", mirror_augment=True, finetune_learning_rate=1e-4,
-                            unfreeze_from=args.unfreeze_from)
+    config = TrainingConfig(
+        backbone=args.backbone,
+        weights=None if args.weights == "none" else args.weights,
+        image_size=args.size,
+        batch_size=args.batch,
+        dense_units=0,
+        dropout=0.0,
+        frozen_epochs=args.epochs,
+        unfrozen_epochs=args.epochs,
+        patience=args.epochs,
+        lr_schedule="cosine",
+        mirror_augment=True,
+        finetune_learning_rate=1e-4,
+        unfreeze_from=args.unfreeze_from,
+    )
     mixed = use_mixed_precision(config)
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     device = ", ".join(d.name for d in gpus) or "CPU only"
-    print(f"device: {device}; TensorFlow {tf.__version__}; precision {'mixed_float16' if mixed else 'float32'}; "
-          f"{args.backbone} at {args.size} px, batch {args.batch}, {args.images} train images", flush=True)
+    print(
+        f"device: {device}; TensorFlow {tf.__version__}; precision {'mixed_float16' if mixed else 'float32'}; "
+        f"{args.backbone} at {args.size} px, batch {args.batch}, {args.images} train images",
+        flush=True,
+    )
 
     rng = np.random.default_rng(0)
     n_val = max(args.batch, args.images // 4)
     images = rng.integers(0, 256, (args.images + n_val, args.size, args.size, 3), dtype=np.uint8)
     labels = (np.arange(len(images)) % 2).astype("int32")
     train = SplitArrays(images[: args.images], labels[: args.images], [str(i) for i in range(args.images)])
-    validation = SplitArrays(images[args.images:], labels[args.images:], [str(i) for i in range(n_val)])
+    validation = SplitArrays(images[args.images :], labels[args.images :], [str(i) for i in range(n_val)])
     weights = {0: 1.0, 1: 1.0}
 
     class Timer(keras.callbacks.Callback):
@@ -80,15 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         return f"{count / float(np.median(steady)):8.1f} images/s (first epoch {seconds[0]:.1f} s, with tracing)"
 
     keras.utils.set_random_seed(0)
-    model = build_attribute_network(2, backbone=config.backbone, weights=config.weights, image_size=args.size,
-                                    dense_units=0, dropout=0.0)
+    model = build_attribute_network(
+        2, backbone=config.backbone, weights=config.weights, image_size=args.size, dense_units=0, dropout=0.0
+    )
     cut = backbone_cut(model, args.unfreeze_from)
     frozen_pass(model, validation, config, cut, False)  # warm-up: tracing of the frozen part
     started = time.perf_counter()
     train_pass = frozen_pass(model, train, config, cut, True)
     seconds = time.perf_counter() - started
     val_pass = frozen_pass(model, validation, config, cut, False)
-    print(f"frozen pass (images + mirrors to {cut} and pooled): {train_pass.images / seconds:8.1f} images/s", flush=True)
+    print(
+        f"frozen pass (images + mirrors to {cut} and pooled): {train_pass.images / seconds:8.1f} images/s", flush=True
+    )
 
     timer = Timer()
     train_head_on_features(model, train_pass, val_pass, config, weights, [timer])
@@ -109,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         predict_classes(model, train.images, args.batch)
         runs.append(time.perf_counter() - started)
-    print(f"batch inference (whole network):        {len(train) / float(np.median(runs)):8.1f} images/s "
-          f"(median of 3)", flush=True)
+    print(
+        f"batch inference (whole network):        {len(train) / float(np.median(runs)):8.1f} images/s (median of 3)",
+        flush=True,
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Shared by the FashionNet DAG files: the Assets that chain them, the crawl Params and the TensorFlow queue."""
+
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -58,15 +59,29 @@ def crawl_params() -> dict[str, Param]:
     (one mapped crawl task each). The first task also refuses, before any request, names that are not
     configured and a ``start_url`` off the retailer's site (scrapers.retailers.crawl_targets)."""
     return {
-        "retailers": Param([], type=OPTIONAL_LIST, items={"type": "string", "pattern": RETAILER_PATTERN},
-                           title="Retailers",
-                           description="Crawl only these configured retailers, one per line (empty: all of them)"),
-        "retailer": Param(None, type=["null", "string"], pattern=RETAILER_PATTERN, title="Retailer",
-                          description="One retailer: configured in config/settings.yaml, or any shop's name "
-                                      "together with a start_url (empty: see Retailers)"),
-        "start_url": Param(None, type=["null", "string"], pattern=whole(r"https?://[^\s]+"), title="Start URL",
-                           description="Start the crawl at this page (optional): on the retailer's site, or any "
-                                       "shop for a retailer name not in the settings"),
+        "retailers": Param(
+            [],
+            type=OPTIONAL_LIST,
+            items={"type": "string", "pattern": RETAILER_PATTERN},
+            title="Retailers",
+            description="Crawl only these configured retailers, one per line (empty: all of them)",
+        ),
+        "retailer": Param(
+            None,
+            type=["null", "string"],
+            pattern=RETAILER_PATTERN,
+            title="Retailer",
+            description="One retailer: configured in config/settings.yaml, or any shop's name "
+            "together with a start_url (empty: see Retailers)",
+        ),
+        "start_url": Param(
+            None,
+            type=["null", "string"],
+            pattern=whole(r"https?://[^\s]+"),
+            title="Start URL",
+            description="Start the crawl at this page (optional): on the retailer's site, or any "
+            "shop for a retailer name not in the settings",
+        ),
     }
 
 

@@ -21,28 +21,40 @@ One retailer's failure: its mapped tasks are red; the gate runs (``all_done_min_
 the batches that were queued, so the others' items still reach review and the dataset, and the last
 task, ``check_retailers``, fails the run, naming the retailers whose batch is missing.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task, task_group
-
-from fashionnet_common import (DATASET, RETAILER_LABEL, TENSORFLOW_QUEUE, crawl_params, label_with_retailer,
-                               reject_unknown_params)
+from fashionnet_common import (
+    DATASET,
+    RETAILER_LABEL,
+    TENSORFLOW_QUEUE,
+    crawl_params,
+    label_with_retailer,
+    reject_unknown_params,
+)
 
 # A batch nobody approves within this time is rejected (ApprovalOperator's default option).
 APPROVAL_TIMEOUT_HOURS = 72
 
 PARAMS = {
     **crawl_params(),
-    "review_policy": Param(None, type=["null", "string"], enum=[None, "auto_accept", "manual"],
-                           title="Review policy",
-                           values_display={"null": "as configured (curation.review_policy)",
-                                           "auto_accept": "auto_accept: accept every valid item, approve the batch",
-                                           "manual": "manual: reviewers decide, a person approves"},
-                           description="Which gate the run's batches pass. Empty: the configured policy "
-                                       "(auto_accept on the embedded default)"),
+    "review_policy": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "auto_accept", "manual"],
+        title="Review policy",
+        values_display={
+            "null": "as configured (curation.review_policy)",
+            "auto_accept": "auto_accept: accept every valid item, approve the batch",
+            "manual": "manual: reviewers decide, a person approves",
+        },
+        description="Which gate the run's batches pass. Empty: the configured policy "
+        "(auto_accept on the embedded default)",
+    ),
 }
 
 
@@ -155,8 +167,16 @@ def fashionnet_ingest():
         if outcome != "approved":
             raise RuntimeError(f"batches {batches} not approved ({outcome}): they stay out of the dataset")
         store = open_store()
-        return [record_approval(store, batch, approver or "airflow-user (task marked successful)", "human",
-                                batch_review_summary(store, batch)) for batch in batches]
+        return [
+            record_approval(
+                store,
+                batch,
+                approver or "airflow-user (task marked successful)",
+                "human",
+                batch_review_summary(store, batch),
+            )
+            for batch in batches
+        ]
 
     @task(outlets=[DATASET], trigger_rule="none_failed_min_one_success")
     def build_dataset() -> dict:
@@ -174,7 +194,8 @@ def fashionnet_ingest():
     def record_rejection(ti=None) -> list[dict]:
         """After a person's "Reject" (or no answer within the timeout): the batches are recorded as rejected
         and leave the duplicate index. Nothing to do after an approval or on the auto_accept branch."""
-        from pipeline.approval import batch_review_summary, hitl_outcome, record_rejection as reject
+        from pipeline.approval import batch_review_summary, hitl_outcome
+        from pipeline.approval import record_rejection as reject
         from pipeline.storage import open_store
 
         response = ti.xcom_pull(task_ids="approve_batch")
@@ -197,8 +218,10 @@ def fashionnet_ingest():
         batches = batches or []
         failed = sorted(t["retailer"] for t in targets if t["crawl_id"] not in batches)
         if failed:
-            raise RuntimeError(f"{len(batches)} batch(es) queued; the crawl or curation of {failed} failed "
-                               "(their tasks are red: see the crawl task's log)")
+            raise RuntimeError(
+                f"{len(batches)} batch(es) queued; the crawl or curation of {failed} failed "
+                "(their tasks are red: see the crawl task's log)"
+            )
 
     @task_group(group_id="retailer", prefix_group_id=False)
     def retailer(target: dict):

@@ -11,12 +11,21 @@ the style profile under ``profiles/``, and the HTML page ``recommendations_html/
 (the profile photos beside the recommended items). On the embedded default (``make airflow``) the store is ``var/store/`` and the demo
 user is ``demo-user``.
 """
+
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
-
-from fashionnet_common import (OPTIONAL_LIST, RECOMMENDATIONS, REPOSITORY, RETAILER_PATTERN, TENSORFLOW_QUEUE,
-                               bounds, listed, reject_unknown_params, whole)
+from fashionnet_common import (
+    OPTIONAL_LIST,
+    RECOMMENDATIONS,
+    REPOSITORY,
+    RETAILER_PATTERN,
+    TENSORFLOW_QUEUE,
+    bounds,
+    listed,
+    reject_unknown_params,
+    whole,
+)
 
 # An image directly under users/<user_id>/: no subfolder, no "..", no scheme, no leading "/", no control
 # characters.
@@ -26,32 +35,82 @@ SCORES = ["matches", "weighted", "embedding", "hybrid"]
 # Declared for Airflow's trigger form (see fashionnet_common): optional fields have "null" in their type,
 # ranges are refused with their reason instead of clamped, the score's empty choice is labelled.
 PARAMS = {
-    "user_id": Param(None, type=["null", "string"], pattern=whole(r"[A-Za-z0-9_-]{0,64}"), title="User",
-                     description="Recommend for this user: letters, digits, _ or -, up to 64 (photos under "
-                                 "users/<user_id>/ in the store; the embedded default has demo-user). "
-                                 "Empty: every user"),
-    "image_keys": Param([], type=OPTIONAL_LIST, maxItems=50, items={"type": "string", "pattern": IMAGE_KEY_PATTERN},
-                        title="Photos",
-                        description="Store keys users/<user_id>/<image>, one per line; empty: every photo of the user"),
-    "k": Param(None, type=["null", "integer"], **bounds(1, 100), title="How many",
-               description="How many items to recommend, 1 to 100 (empty: the settings' recommend.k, 10)"),
-    "score": Param(None, type=["null", "string"], enum=[None, *SCORES], title="Score",
-                   values_display={"null": "as configured (recommend.score: hybrid)", "matches": "matches",
-                                   "weighted": "weighted", "embedding": "embedding", "hybrid": "hybrid"},
-                   description="How items are ranked: matches, weighted, embedding or hybrid (pipeline/scoring.py)"),
-    "mmr_lambda": Param(None, type=["null", "number"], **bounds(0, 1), title="Relevance vs. diversity",
-                        description="From 0 to 1: 1 = relevance only, lower = more diverse (empty: the settings' "
-                                    "recommend.mmr_lambda, 0.7)"),
-    "retailers": Param([], type=OPTIONAL_LIST, maxItems=50,
-                       items={"type": "string", "pattern": RETAILER_PATTERN}, title="Retailers",
-                       description="Only items of these retailers, one per line (empty: all)"),
-    "categories": Param([], type=OPTIONAL_LIST, maxItems=50,
-                        items={"type": "string", "minLength": 1, "maxLength": 128}, title="Categories",
-                        description="Only items of these categories, one per line (empty: all)"),
-    "price_min": Param(None, type=["null", "number"], **bounds(0), title="Lowest price",
-                       description="Only items at this price or more, 0 or more (empty: no lower bound)"),
-    "price_max": Param(None, type=["null", "number"], **bounds(0), title="Highest price",
-                       description="Only items at this price or less, 0 or more (empty: no upper bound)"),
+    "user_id": Param(
+        None,
+        type=["null", "string"],
+        pattern=whole(r"[A-Za-z0-9_-]{0,64}"),
+        title="User",
+        description="Recommend for this user: letters, digits, _ or -, up to 64 (photos under "
+        "users/<user_id>/ in the store; the embedded default has demo-user). "
+        "Empty: every user",
+    ),
+    "image_keys": Param(
+        [],
+        type=OPTIONAL_LIST,
+        maxItems=50,
+        items={"type": "string", "pattern": IMAGE_KEY_PATTERN},
+        title="Photos",
+        description="Store keys users/<user_id>/<image>, one per line; empty: every photo of the user",
+    ),
+    "k": Param(
+        None,
+        type=["null", "integer"],
+        **bounds(1, 100),
+        title="How many",
+        description="How many items to recommend, 1 to 100 (empty: the settings' recommend.k, 10)",
+    ),
+    "score": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, *SCORES],
+        title="Score",
+        values_display={
+            "null": "as configured (recommend.score: hybrid)",
+            "matches": "matches",
+            "weighted": "weighted",
+            "embedding": "embedding",
+            "hybrid": "hybrid",
+        },
+        description="How items are ranked: matches, weighted, embedding or hybrid (pipeline/scoring.py)",
+    ),
+    "mmr_lambda": Param(
+        None,
+        type=["null", "number"],
+        **bounds(0, 1),
+        title="Relevance vs. diversity",
+        description="From 0 to 1: 1 = relevance only, lower = more diverse (empty: the settings' "
+        "recommend.mmr_lambda, 0.7)",
+    ),
+    "retailers": Param(
+        [],
+        type=OPTIONAL_LIST,
+        maxItems=50,
+        items={"type": "string", "pattern": RETAILER_PATTERN},
+        title="Retailers",
+        description="Only items of these retailers, one per line (empty: all)",
+    ),
+    "categories": Param(
+        [],
+        type=OPTIONAL_LIST,
+        maxItems=50,
+        items={"type": "string", "minLength": 1, "maxLength": 128},
+        title="Categories",
+        description="Only items of these categories, one per line (empty: all)",
+    ),
+    "price_min": Param(
+        None,
+        type=["null", "number"],
+        **bounds(0),
+        title="Lowest price",
+        description="Only items at this price or more, 0 or more (empty: no lower bound)",
+    ),
+    "price_max": Param(
+        None,
+        type=["null", "number"],
+        **bounds(0),
+        title="Highest price",
+        description="Only items at this price or less, 0 or more (empty: no upper bound)",
+    ),
 }
 LIST_PARAMS = ("image_keys", "retailers", "categories")
 
@@ -61,8 +120,14 @@ def with_lists(params: dict) -> dict:
     return {**params, **{name: listed(params, name) for name in LIST_PARAMS if name in params}}
 
 
-@dag(dag_id="fashionnet_recommend", schedule=[REPOSITORY], catchup=False, params=PARAMS, tags=["fashionnet"],
-     doc_md=__doc__)
+@dag(
+    dag_id="fashionnet_recommend",
+    schedule=[REPOSITORY],
+    catchup=False,
+    params=PARAMS,
+    tags=["fashionnet"],
+    doc_md=__doc__,
+)
 def fashionnet_recommend():
     @task
     def validate(params: dict) -> list[list[dict]]:
@@ -83,8 +148,9 @@ def fashionnet_recommend():
         from pipeline.storage import open_store
 
         with stage(f"recommend ({len(batch)} user(s))") as report:
-            summaries = recommend_for_users(open_store(), batch, f"{dag_run.run_after:%Y-%m-%d}",
-                                            options_from_params(params), run_id=dag_run.run_id)
+            summaries = recommend_for_users(
+                open_store(), batch, f"{dag_run.run_after:%Y-%m-%d}", options_from_params(params), run_id=dag_run.run_id
+            )
             report.summary = {"users": len(summaries), "recommended": sum(s["n_recommended"] for s in summaries)}
         return plain([{**s, "top_k": s["top_k"][:5]} for s in summaries])
 

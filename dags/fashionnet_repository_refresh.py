@@ -18,12 +18,19 @@ committed and the Asset is updated; the commit record lists the failed retailers
 (``failed_retailers``), and the last task, ``check_retailers``, then fails, so the DAG run ends failed
 and the failure cannot go unnoticed. Rerunning the night crawls again and commits idempotently.
 """
+
 from __future__ import annotations
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task, task_group
-
-from fashionnet_common import (MODELS, REPOSITORY, RETAILER_LABEL, TENSORFLOW_QUEUE, crawl_params, label_with_retailer,
-                               reject_unknown_params)
+from fashionnet_common import (
+    MODELS,
+    REPOSITORY,
+    RETAILER_LABEL,
+    TENSORFLOW_QUEUE,
+    crawl_params,
+    label_with_retailer,
+    reject_unknown_params,
+)
 
 SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=[MODELS])
 
@@ -40,8 +47,15 @@ def _repository_empty() -> bool:
     return not any(key.endswith(".parquet") for key in open_store().list(PREFIX + "/"))
 
 
-@dag(dag_id="fashionnet_repository_refresh", schedule=SCHEDULE, catchup=False, max_active_runs=1,
-     params=crawl_params(), tags=["fashionnet"], doc_md=__doc__)
+@dag(
+    dag_id="fashionnet_repository_refresh",
+    schedule=SCHEDULE,
+    catchup=False,
+    max_active_runs=1,
+    params=crawl_params(),
+    tags=["fashionnet"],
+    doc_md=__doc__,
+)
 def fashionnet_repository_refresh():
     @task
     def retailers_to_crawl(params: dict, dag_run=None) -> list[dict]:
@@ -51,11 +65,16 @@ def fashionnet_repository_refresh():
         reject_unknown_params(params, crawl_params())
         if _models_triggered(dag_run):
             if not _repository_empty():
-                print("[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only",
-                      flush=True)
+                print(
+                    "[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only",
+                    flush=True,
+                )
                 return []
-            print("[fashionnet] refresh.crawl: run triggered by new models and the repository is empty: crawling "
-                  "every configured retailer to fill it", flush=True)
+            print(
+                "[fashionnet] refresh.crawl: run triggered by new models and the repository is empty: crawling "
+                "every configured retailer to fill it",
+                flush=True,
+            )
         targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], catalog_retailers())
         return [{**t, "crawl_id": retailer_batch_id("catalog", dag_run.run_after, t["retailer"])} for t in targets]
 
@@ -95,8 +114,13 @@ def fashionnet_repository_refresh():
         commit_id = f"catalog-{dag_run.run_after:%Y%m%d}" if targets else f"rescore-{dag_run.run_after:%Y%m%dT%H%M%S}"
         with stage("refresh.plan") as report:
             # New items go to the partition of the run's night.
-            report.summary = plan_refresh(open_store(), commit_id, batch_ids=batches, failed_retailers=failed,
-                                          crawl_date=dag_run.run_after.date() if targets else None)
+            report.summary = plan_refresh(
+                open_store(),
+                commit_id,
+                batch_ids=batches,
+                failed_retailers=failed,
+                crawl_date=dag_run.run_after.date() if targets else None,
+            )
         return [{"commit_id": commit_id, "shard": shard} for shard in range(report.summary["shards"])]
 
     @task(queue=TENSORFLOW_QUEUE)
@@ -127,8 +151,10 @@ def fashionnet_repository_refresh():
         """Fails the run (after the others' items are committed) when a retailer's crawl failed."""
         failed = record.get("failed_retailers") or []
         if failed:
-            raise RuntimeError(f"commit {record['commit_id']} holds {len(record.get('batch_ids') or [])} retailer(s); "
-                               f"the crawl or curation of {failed} failed (their tasks are red: see their logs)")
+            raise RuntimeError(
+                f"commit {record['commit_id']} holds {len(record.get('batch_ids') or [])} retailer(s); "
+                f"the crawl or curation of {failed} failed (their tasks are red: see their logs)"
+            )
 
     @task_group(group_id="retailer", prefix_group_id=False)
     def retailer(target: dict):

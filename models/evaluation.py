@@ -11,6 +11,7 @@ Per model version, next to ``model.keras`` and ``metrics.json``:
 Nothing here needs TensorFlow: the metrics are numpy arithmetic on class indices, and the pictures
 are drawn with matplotlib's non-interactive Agg backend.
 """
+
 from __future__ import annotations
 
 import io
@@ -70,8 +71,9 @@ def standardize_like_training(train: np.ndarray, std_floor_share: float = 0.1) -
     return train.mean(axis=0), np.maximum(std, max(std_floor_share * float(np.median(std)), 1e-6))
 
 
-def softmax_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float,
-                       max_iterations: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def softmax_regression(
+    x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, max_iterations: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression: min mean cross-entropy + l2/2 * |W|^2 (bias not penalised),
     by L-BFGS (scipy); returns (W (d, k), b (k,)). ``x`` should be standardised."""
     from scipy.optimize import minimize
@@ -80,7 +82,7 @@ def softmax_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float
     onehot = np.eye(num_classes)[y]
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+        w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
         logits = x @ w + b
         logits -= logits.max(axis=1, keepdims=True)
         log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -90,7 +92,7 @@ def softmax_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float
 
     theta0 = np.zeros(d * num_classes + num_classes)
     result = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations})
-    return result.x[: d * num_classes].reshape(d, num_classes), result.x[d * num_classes:]
+    return result.x[: d * num_classes].reshape(d, num_classes), result.x[d * num_classes :]
 
 
 def log_loss(probabilities: np.ndarray, y: np.ndarray) -> float:
@@ -103,8 +105,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                 num_classes: int, grid: tuple[float, ...] = PROBE_L2_GRID) -> dict[str, Any]:
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    num_classes: int,
+    grid: tuple[float, ...] = PROBE_L2_GRID,
+) -> dict[str, Any]:
     """The linear-probe baseline on frozen features: a softmax regression fitted on train for each L2
     strength of ``grid``, the one with the lowest validation log-loss kept (a continuous criterion:
     one validation image cannot flip the choice the way it flips an accuracy).
@@ -123,8 +131,16 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
         if best is None or row["val_loss"] < best[0]["val_loss"]:
             best = (row, w, b)
     row, w, b = best
-    return {"mean": mean, "std": std, "W": w, "b": b, "l2": row["l2"], "val_accuracy": row["val_accuracy"],
-            "val_loss": row["val_loss"], "grid": tried}
+    return {
+        "mean": mean,
+        "std": std,
+        "W": w,
+        "b": b,
+        "l2": row["l2"],
+        "val_accuracy": row["val_accuracy"],
+        "val_loss": row["val_loss"],
+        "grid": tried,
+    }
 
 
 def probe_predict(probe: dict[str, Any], x: np.ndarray) -> np.ndarray:
@@ -198,8 +214,15 @@ def confusion_matrix_png(matrix: list[list[int]], classes: tuple[str, ...], titl
     axes.set_ylabel("true")
     threshold = counts.max() / 2 if counts.size and counts.max() else 0
     for (row, column), value in np.ndenumerate(counts):
-        axes.text(column, row, str(value), ha="center", va="center",
-                  color="white" if value > threshold else "black", fontsize=9)
+        axes.text(
+            column,
+            row,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > threshold else "black",
+            fontsize=9,
+        )
     axes.set_title(title)
     return _figure_png(figure)
 
@@ -210,13 +233,15 @@ def model_card(metrics: dict[str, Any]) -> str:
     test = metrics["test"]
     classes = metrics["classes"]
     units = metrics["config"]["dense_units"]
-    head = (f"Dense({units}, ReLU), softmax" if units and metrics.get("published", "network") == "network"
-            else "a linear softmax layer")
+    head = (
+        f"Dense({units}, ReLU), softmax"
+        if units and metrics.get("published", "network") == "network"
+        else "a linear softmax layer"
+    )
     lines = [
         f"# {metrics['attribute']} network, version {metrics['version']}",
         "",
-        f"Classifies a product image into one of {len(classes)} {metrics['attribute']} classes: "
-        f"{', '.join(classes)}.",
+        f"Classifies a product image into one of {len(classes)} {metrics['attribute']} classes: {', '.join(classes)}.",
         f"Published model: the {metrics.get('published', 'network')} (see below). "
         f"Backbone {metrics['backbone']} (weights: {metrics['weights'] or 'random init'}), "
         f"{metrics['pooling']} pooling, {head}; "
@@ -304,8 +329,10 @@ def rejected_lines(metrics: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = ["## Images left out", "", "| split | item | image key | reason | detail |", "|---|---|---|---|---|"]
-    lines += [f"| {split} | {r['item_id']} | `{r['image_key']}` | {r['reason']} | {r.get('detail', '')} |"
-              for split, r in rows]
+    lines += [
+        f"| {split} | {r['item_id']} | `{r['image_key']}` | {r['reason']} | {r.get('detail', '')} |"
+        for split, r in rows
+    ]
     return lines + [""]
 
 
@@ -315,8 +342,9 @@ def write_evaluation(store: ObjectStore, metrics: dict[str, Any]) -> dict[str, s
     title = f"{attribute} {version}"
     artifacts = {
         "training_curves.png": training_curves_png(metrics["history"], metrics["best"], title),
-        "confusion_matrix.png": confusion_matrix_png(metrics["test"]["confusion_matrix"], tuple(metrics["classes"]),
-                                                     f"{title}: test split"),
+        "confusion_matrix.png": confusion_matrix_png(
+            metrics["test"]["confusion_matrix"], tuple(metrics["classes"]), f"{title}: test split"
+        ),
         "model_card.md": model_card(metrics).encode(),
     }
     return {name: store.put_bytes(artifact_key(attribute, version, name), data) for name, data in artifacts.items()}

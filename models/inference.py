@@ -4,12 +4,13 @@ its probability and the whole softmax vector, the model version; one embedding p
 The repository itself (layout, schema, plan and commit) is ``pipeline.repository``; this module adds
 what needs the networks: :meth:`FashionVectorizer.infer_shard` for one shard of a refresh plan.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import keras
@@ -73,8 +74,9 @@ class FashionVectorizer:
         key = ",".join(group)
         if key not in self._bases:
             first = self.networks[group[0]].model
-            self._bases[key] = SharedBase(feature_extractor(first),
-                                          {a: head_model(self.networks[a].model) for a in group})
+            self._bases[key] = SharedBase(
+                feature_extractor(first), {a: head_model(self.networks[a].model) for a in group}
+            )
         return self._bases[key]
 
     def _network_with_embedding(self, attribute: str) -> keras.Model:
@@ -100,7 +102,8 @@ class FashionVectorizer:
             batch = np.stack([d[size] for d in decoded]).astype("float32")
             if len(group) == 1:
                 dense, out[group[0]] = self._network_with_embedding(group[0]).predict(
-                    batch, batch_size=self.batch_size, verbose=0)
+                    batch, batch_size=self.batch_size, verbose=0
+                )
                 parts.append(dense)
                 continue
             base = self._shared_base(group)
@@ -140,12 +143,15 @@ class FashionVectorizer:
         return {a: {"version": n.version, "classes": list(n.classes)} for a, n in self.networks.items()}
 
     @classmethod
-    def from_registry(cls, store: ObjectStore, attributes: list[str], batch_size: int = 64,
-                      versions: dict[str, str] | None = None) -> "FashionVectorizer":
+    def from_registry(
+        cls, store: ObjectStore, attributes: list[str], batch_size: int = 64, versions: dict[str, str] | None = None
+    ) -> FashionVectorizer:
         """The published networks of ``attributes`` (or the given ``versions`` of them)."""
         missing = [a for a in attributes if (versions or {}).get(a) is None and current(store, a) is None]
         if missing:
-            raise LookupError(f"no published model for attribute(s) {missing} in {store.uri}; train and publish them first")
+            raise LookupError(
+                f"no published model for attribute(s) {missing} in {store.uri}; train and publish them first"
+            )
         return cls({a: load_model(store, a, (versions or {}).get(a)) for a in attributes}, batch_size=batch_size)
 
     @property
@@ -188,8 +194,9 @@ class FashionVectorizer:
         return self.predict(decoded)
 
     # -- the repository ---------------------------------------------------------------------------
-    def vector_table(self, item_ids: list[str], probabilities: dict[str, np.ndarray], embeddings: np.ndarray,
-                     inferred_at: datetime) -> pa.Table:
+    def vector_table(
+        self, item_ids: list[str], probabilities: dict[str, np.ndarray], embeddings: np.ndarray, inferred_at: datetime
+    ) -> pa.Table:
         """The repository's vector columns (``pipeline.repository.vector_columns``) for ``item_ids``."""
         n = len(item_ids)
         columns: dict[str, pa.Array] = {"item_id": pa.array(item_ids, pa.string())}
@@ -205,8 +212,14 @@ class FashionVectorizer:
         columns["inferred_at"] = pa.array([inferred_at] * n, pa.timestamp("us", tz="UTC"))
         return pa.table(columns)
 
-    def infer_items(self, store: ObjectStore, items: pa.Table, inferred_at: datetime | None = None,
-                    batch_size: int = 64, label: str = "repository") -> tuple[pa.Table, list[str]]:
+    def infer_items(
+        self,
+        store: ObjectStore,
+        items: pa.Table,
+        inferred_at: datetime | None = None,
+        batch_size: int = 64,
+        label: str = "repository",
+    ) -> tuple[pa.Table, list[str]]:
         """(vector table, item ids skipped) for ``items`` (``item_id``, ``image_key``): images that are
         missing or cannot be decoded are skipped."""
         inferred_at = _utc(inferred_at)
@@ -217,7 +230,7 @@ class FashionVectorizer:
         embeddings: list[np.ndarray] = []
         for start in range(0, len(ids), batch_size):
             decoded = []
-            for item_id, key in zip(ids[start:start + batch_size], keys[start:start + batch_size]):
+            for item_id, key in zip(ids[start : start + batch_size], keys[start : start + batch_size]):
                 try:
                     decoded.append(self.decode(store.get_bytes(key)))
                 except (UndecodableImage, FileNotFoundError, StoreKeyError):
@@ -235,19 +248,37 @@ class FashionVectorizer:
         stacked = {a: np.concatenate(p) for a, p in probabilities.items()}
         return self.vector_table(kept, stacked, np.concatenate(embeddings), inferred_at), skipped
 
-    def infer_shard(self, store: ObjectStore, commit_id: str, shard: int, inferred_at: datetime | None = None,
-                    batch_size: int | None = None) -> dict[str, Any]:
+    def infer_shard(
+        self,
+        store: ObjectStore,
+        commit_id: str,
+        shard: int,
+        inferred_at: datetime | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, Any]:
         """Infer shard ``shard`` of refresh ``commit_id`` (``pipeline.repository.plan_refresh``) and
         stage its vectors; these networks must be the versions the plan names."""
         info, items = repository.shard_items(store, commit_id, shard)
-        if self.versions != {a: info["versions"][a] for a in self.attributes} or set(self.attributes) != set(info["attributes"]):
-            raise ValueError(f"refresh {commit_id!r} was planned for {info['versions']}, these networks are {self.versions}")
+        if self.versions != {a: info["versions"][a] for a in self.attributes} or set(self.attributes) != set(
+            info["attributes"]
+        ):
+            raise ValueError(
+                f"refresh {commit_id!r} was planned for {info['versions']}, these networks are {self.versions}"
+            )
         batch_size = batch_size or repository.repository_config()["inference_batch_size"]
-        vectors, skipped = self.infer_items(store, items, inferred_at, batch_size,
-                                            label=f"repository {commit_id} shard {shard + 1}/{info['shards']}")
-        summary = {"commit_id": commit_id, "shard": shard, "items": items.num_rows, "vectorized": vectors.num_rows,
-                   "skipped_undecodable": len(skipped), "skipped_item_ids": skipped, "versions": info["versions"],
-                   "embedding_source": self.embedding_source}
+        vectors, skipped = self.infer_items(
+            store, items, inferred_at, batch_size, label=f"repository {commit_id} shard {shard + 1}/{info['shards']}"
+        )
+        summary = {
+            "commit_id": commit_id,
+            "shard": shard,
+            "items": items.num_rows,
+            "vectorized": vectors.num_rows,
+            "skipped_undecodable": len(skipped),
+            "skipped_item_ids": skipped,
+            "versions": info["versions"],
+            "embedding_source": self.embedding_source,
+        }
         repository.write_shard(store, commit_id, shard, vectors, summary)
         return summary
 
@@ -266,9 +297,12 @@ class FashionVectorizer:
         networks' are inferred; rows of items whose image cannot be read or decoded are skipped (new
         ones) or kept as they were. Rerunning the same batch infers and writes nothing.
         """
-        plan = repository.plan_refresh(store, batch_id, batch_id=batch_id, crawl_date=crawl_date,
-                                       attributes=self.attributes, models=self.models)
-        summaries = [self.infer_shard(store, batch_id, shard, inferred_at, batch_size) for shard in range(plan["shards"])]
+        plan = repository.plan_refresh(
+            store, batch_id, batch_id=batch_id, crawl_date=crawl_date, attributes=self.attributes, models=self.models
+        )
+        summaries = [
+            self.infer_shard(store, batch_id, shard, inferred_at, batch_size) for shard in range(plan["shards"])
+        ]
         record = repository.commit_refresh(store, batch_id)
         skipped = [i for s in summaries for i in s["skipped_item_ids"]]
         return {
@@ -288,8 +322,8 @@ class FashionVectorizer:
 
 
 def _utc(moment: datetime | None) -> datetime:
-    moment = moment or datetime.now(timezone.utc)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    moment = moment or datetime.now(UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _list_array(matrix: np.ndarray) -> pa.Array:
@@ -297,15 +331,18 @@ def _list_array(matrix: np.ndarray) -> pa.Array:
     n = matrix.shape[0]
     width = matrix.shape[1] if matrix.ndim == 2 else 0
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
-    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix, dtype="float32").ravel(), pa.float32()))
+    return pa.ListArray.from_arrays(
+        offsets, pa.array(np.ascontiguousarray(matrix, dtype="float32").ravel(), pa.float32())
+    )
 
 
 def infer_shard(store: ObjectStore, commit_id: str, shard: int, batch_size: int | None = None) -> dict[str, Any]:
     """Shard ``shard`` of refresh ``commit_id`` with the model versions its plan names (the refresh
     DAG's mapped ``infer_shard`` task)."""
     info, _ = repository.read_plan(store, commit_id)
-    vectorizer = FashionVectorizer.from_registry(store, info["attributes"], versions=info["versions"],
-                                                 batch_size=batch_size or 64)
+    vectorizer = FashionVectorizer.from_registry(
+        store, info["attributes"], versions=info["versions"], batch_size=batch_size or 64
+    )
     return vectorizer.infer_shard(store, commit_id, shard, batch_size=batch_size)
 
 
@@ -324,5 +361,6 @@ def build_repository(
 
         attributes = get_settings().taxonomy.names
     vectorizer = FashionVectorizer.from_registry(store, attributes, batch_size=batch_size)
-    return vectorizer.build_repository(store, batch_id, inferred_at=inferred_at, batch_size=batch_size,
-                                       crawl_date=crawl_date)
+    return vectorizer.build_repository(
+        store, batch_id, inferred_at=inferred_at, batch_size=batch_size, crawl_date=crawl_date
+    )

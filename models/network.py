@@ -5,6 +5,7 @@ The model takes raw RGB pixels (0-255, float or uint8) and applies the backbone'
 inference therefore feed exactly the same thing, and a saved ``model.keras`` carries its
 preprocessing with it.
 """
+
 from __future__ import annotations
 
 import os
@@ -106,12 +107,11 @@ def build_backbone(backbone: str, weights: str | None, image_size: int) -> keras
     spec = get_backbone(backbone)
     if image_size < spec.min_image_size:
         raise ValueError(f"backbone {backbone!r} needs images of at least {spec.min_image_size} px, got {image_size}")
-    if weights not in (None, "imagenet"):
-        if not os.path.isfile(str(weights)):
-            raise FileNotFoundError(
-                f"backbone weights file {weights!r} does not exist; use weights: imagenet, null, "
-                "or the path of a no-top weights file (.h5 / .weights.h5)"
-            )
+    if weights not in (None, "imagenet") and not os.path.isfile(str(weights)):
+        raise FileNotFoundError(
+            f"backbone weights file {weights!r} does not exist; use weights: imagenet, null, "
+            "or the path of a no-top weights file (.h5 / .weights.h5)"
+        )
     # Both constructors take None, "imagenet" or a weights file path (EfficientNetLite0 also refuses a
     # .weights.h5 file that holds other weights, e.g. one with the classifier top).
     return spec.constructor(
@@ -158,12 +158,14 @@ def build_attribute_network(
     }[pooling](name="pool")(x)
     x = FeatureStandardization(name=HEAD_LAYERS[0])(x)
     if dense_units:
-        x = keras.layers.Dense(dense_units, activation="relu", name=HEAD_LAYERS[1],
-                               kernel_regularizer=_l2(weight_decay))(x)
+        x = keras.layers.Dense(
+            dense_units, activation="relu", name=HEAD_LAYERS[1], kernel_regularizer=_l2(weight_decay)
+        )(x)
     x = keras.layers.Dropout(dropout, name=HEAD_LAYERS[2])(x)
     # float32 softmax even under a mixed_float16 policy (models.train turns it on when a GPU is present).
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYERS[3], dtype="float32",
-                                 kernel_regularizer=_l2(weight_decay))(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", name=HEAD_LAYERS[3], dtype="float32", kernel_regularizer=_l2(weight_decay)
+    )(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -219,8 +221,10 @@ def backbone_cut(model: keras.Model, unfreeze_from: str) -> str | None:
         if layer.name.startswith(unfreeze_from):
             return layer.name
     names = sorted({layer.name.split("_")[0] for layer in base.layers})
-    raise ValueError(f"unfreeze_from {unfreeze_from!r}: no layer of backbone {base.name!r} starts with it "
-                     f"(layer name prefixes: {names[:40]})")
+    raise ValueError(
+        f"unfreeze_from {unfreeze_from!r}: no layer of backbone {base.name!r} starts with it "
+        f"(layer name prefixes: {names[:40]})"
+    )
 
 
 def set_tail_trainable(model: keras.Model, cut: str | None) -> None:

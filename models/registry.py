@@ -7,12 +7,13 @@
 worse on the same test split (or when forced), so a bad nightly model never replaces a good one.
 Every promotion decision, taken or refused, is appended to ``models/<attribute>/promotions/``.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import keras
@@ -40,7 +41,9 @@ def publish(store: ObjectStore, attribute: str, version: str) -> dict[str, Any]:
     """Promote ``version`` of ``attribute``: write ``current.json`` after checking the model exists."""
     key = model_key(attribute, version)
     if not store.exists(key) or not store.exists(metrics_key(attribute, version)):
-        raise FileNotFoundError(f"cannot publish {attribute!r} {version!r}: no {key} and its metrics.json in {store.uri}")
+        raise FileNotFoundError(
+            f"cannot publish {attribute!r} {version!r}: no {key} and its metrics.json in {store.uri}"
+        )
     metrics = store.read_json(metrics_key(attribute, version))
     record = {
         "attribute": attribute,
@@ -50,7 +53,7 @@ def publish(store: ObjectStore, attribute: str, version: str) -> dict[str, Any]:
         "image_size": int(metrics["image_size"]),
         "val_accuracy": metrics.get("val_accuracy"),
         "test_accuracy": metrics.get("test", {}).get("accuracy"),
-        "published_at": datetime.now(timezone.utc).isoformat(),
+        "published_at": datetime.now(UTC).isoformat(),
     }
     store.write_json(current_key(attribute), record)
     return record
@@ -67,7 +70,9 @@ def load_model(store: ObjectStore, attribute: str, version: str | None = None) -
     if version is None:
         record = current(store, attribute)
         if record is None:
-            raise LookupError(f"no published model for attribute {attribute!r} in {store.uri} (no {current_key(attribute)})")
+            raise LookupError(
+                f"no published model for attribute {attribute!r} in {store.uri} (no {current_key(attribute)})"
+            )
         version = record["version"]
     key = model_key(attribute, version)
     if not store.exists(key):
@@ -100,18 +105,24 @@ def accuracy_on_test_split(store: ObjectStore, attribute: str, version: str) -> 
     return float((predicted == test.labels).mean()), split_fingerprint(test)
 
 
-def compare_on_test_split(store: ObjectStore, attribute: str, candidate: dict[str, Any],
-                          incumbent: dict[str, Any]) -> dict[str, Any]:
+def compare_on_test_split(
+    store: ObjectStore, attribute: str, candidate: dict[str, Any], incumbent: dict[str, Any]
+) -> dict[str, Any]:
     """Both versions' test accuracy on one and the same test split.
 
     When both were evaluated on the same split at training time (same fingerprint), their recorded
     accuracies are compared; otherwise both are evaluated on the current test split.
     """
-    same = (candidate.get("test_split", {}).get("fingerprint") is not None
-            and candidate.get("test_split", {}).get("fingerprint") == incumbent.get("test_split", {}).get("fingerprint"))
+    same = candidate.get("test_split", {}).get("fingerprint") is not None and candidate.get("test_split", {}).get(
+        "fingerprint"
+    ) == incumbent.get("test_split", {}).get("fingerprint")
     if same:
-        return {"candidate": float(candidate["test"]["accuracy"]), "current": float(incumbent["test"]["accuracy"]),
-                "split": candidate["test_split"]["fingerprint"], "evaluated_now": False}
+        return {
+            "candidate": float(candidate["test"]["accuracy"]),
+            "current": float(incumbent["test"]["accuracy"]),
+            "split": candidate["test_split"]["fingerprint"],
+            "evaluated_now": False,
+        }
     cand_acc, split = accuracy_on_test_split(store, attribute, candidate["version"])
     cur_acc, _ = accuracy_on_test_split(store, attribute, incumbent["version"])
     return {"candidate": cand_acc, "current": cur_acc, "split": split, "evaluated_now": True}
@@ -130,12 +141,15 @@ def network_beats_probe(metrics: dict[str, Any]) -> bool:
 
 
 def network_probe_reason(metrics: dict[str, Any]) -> str:
-    return (f"the network does not beat its own linear probe on validation "
-            f"({metrics['network']['val_accuracy']:.4f} vs probe {metrics['probe']['val_accuracy']:.4f})")
+    return (
+        f"the network does not beat its own linear probe on validation "
+        f"({metrics['network']['val_accuracy']:.4f} vs probe {metrics['probe']['val_accuracy']:.4f})"
+    )
 
 
-def promote(store: ObjectStore, attribute: str, version: str, force: bool = False,
-            tolerance: float = 0.0) -> dict[str, Any]:
+def promote(
+    store: ObjectStore, attribute: str, version: str, force: bool = False, tolerance: float = 0.0
+) -> dict[str, Any]:
     """Make ``version`` current unless it is worse than the current version, or it publishes a network
     that does not beat its own linear probe on validation; returns the decision.
 
@@ -143,9 +157,13 @@ def promote(store: ObjectStore, attribute: str, version: str, force: bool = Fals
     the same test split. Promoted without comparison: the first version, ``force``, or a version
     whose classes differ from the current one's (the taxonomy changed; the old model cannot answer).
     """
-    candidate = store.read_json(metrics_key(attribute, version)) if store.exists(metrics_key(attribute, version)) else None
+    candidate = (
+        store.read_json(metrics_key(attribute, version)) if store.exists(metrics_key(attribute, version)) else None
+    )
     if candidate is None:
-        raise FileNotFoundError(f"cannot promote {attribute!r} {version!r}: no {metrics_key(attribute, version)} in {store.uri}")
+        raise FileNotFoundError(
+            f"cannot promote {attribute!r} {version!r}: no {metrics_key(attribute, version)} in {store.uri}"
+        )
     candidate = {**candidate, "version": version}
     record = current(store, attribute)
     comparison: dict[str, Any] | None = None
@@ -163,11 +181,20 @@ def promote(store: ObjectStore, attribute: str, version: str, force: bool = Fals
         incumbent = {**store.read_json(metrics_key(attribute, record["version"])), "version": record["version"]}
         comparison = compare_on_test_split(store, attribute, candidate, incumbent)
         promoted = comparison["candidate"] >= comparison["current"] - tolerance
-        reason = (f"test accuracy {comparison['candidate']:.4f} vs current {comparison['current']:.4f}"
-                  f" ({'not worse' if promoted else 'worse'}, tolerance {tolerance})")
-    decision = {"attribute": attribute, "candidate": version, "current": record["version"] if record else None,
-                "promoted": promoted, "reason": reason, "comparison": comparison, "forced": force,
-                "decided_at": datetime.now(timezone.utc).isoformat()}
+        reason = (
+            f"test accuracy {comparison['candidate']:.4f} vs current {comparison['current']:.4f}"
+            f" ({'not worse' if promoted else 'worse'}, tolerance {tolerance})"
+        )
+    decision = {
+        "attribute": attribute,
+        "candidate": version,
+        "current": record["version"] if record else None,
+        "promoted": promoted,
+        "reason": reason,
+        "comparison": comparison,
+        "forced": force,
+        "decided_at": datetime.now(UTC).isoformat(),
+    }
     stamp = decision["decided_at"].replace(":", "").replace("-", "").replace("+0000", "Z")
     store.write_json(f"{promotions_prefix(attribute)}/{stamp}-{version}.json", decision)
     if promoted and (record is None or record["version"] != version):

@@ -23,6 +23,7 @@ by more than ``selection_margin`` images (models.evaluation.beats), and the netw
 when it beats its own probe by the same rule, else the probe is published as the attribute's model.
 The test split is read once for each of the two final candidates (network and probe) and recorded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,13 +40,25 @@ import numpy as np
 import tensorflow as tf
 
 from models.checkpoint import (
-    FROZEN, UNFROZEN, Checkpoints, EpochCheckpoint, TrainingState, apply_layer_weights, restore_optimizer,
+    FROZEN,
+    UNFROZEN,
+    Checkpoints,
+    EpochCheckpoint,
+    TrainingState,
+    apply_layer_weights,
+    restore_optimizer,
 )
 from models.data import SPLITS, SplitArrays, labelled_items, load_arrays
-from models.evaluation import beats, classification_metrics, linear_probe, probe_predict, write_evaluation
+from models.evaluation import beats, classification_metrics, linear_probe, write_evaluation
 from models.network import (
-    BACKBONE_LAYER, backbone_cut, build_attribute_network, feature_extractor, head_model, set_backbone_trainable,
-    set_tail_trainable, split_at,
+    BACKBONE_LAYER,
+    backbone_cut,
+    build_attribute_network,
+    feature_extractor,
+    head_model,
+    set_backbone_trainable,
+    set_tail_trainable,
+    split_at,
 )
 from pipeline.storage import ObjectStore
 
@@ -83,20 +96,20 @@ class TrainingConfig:
     # same base and batch inference runs it once per image for all of them (models.inference).
     shared_backbone: bool = False
     # issue 13 (the defaults here are the seed's behaviour; config/settings.yaml holds the chosen recipe)
-    weight_decay: float = 0.0          # L2 on the head's kernels
+    weight_decay: float = 0.0  # L2 on the head's kernels
     label_smoothing: float = 0.0
-    lr_schedule: str = "constant"      # constant | cosine (per phase, to 0, after warmup_epochs of linear warm-up)
+    lr_schedule: str = "constant"  # constant | cosine (per phase, to 0, after warmup_epochs of linear warm-up)
     warmup_epochs: int = 0
-    unfreeze_from: Any = "all"         # "all", a backbone layer-name prefix ("block11"), or {backbone: prefix}
-    mirror_augment: bool = False       # phase 1 and a top-blocks phase 2 also train on mirrored images
-    selection_margin: float = 0.0      # images of validation a later candidate must win by (models.evaluation.beats)
-    probe: bool = True                 # fit and record the linear-probe baseline (and publish it when it wins)
-    head_init: str = "random"          # random | probe (dense_units 0: the head starts as the fitted probe, "LP-FT")
-    image_fit: str = "squash"          # squash | crop (aspect-preserving resize + centre crop), pipeline.images
-    mixed_precision: str = "auto"      # auto (mixed_float16 when a GPU is present) | off
+    unfreeze_from: Any = "all"  # "all", a backbone layer-name prefix ("block11"), or {backbone: prefix}
+    mirror_augment: bool = False  # phase 1 and a top-blocks phase 2 also train on mirrored images
+    selection_margin: float = 0.0  # images of validation a later candidate must win by (models.evaluation.beats)
+    probe: bool = True  # fit and record the linear-probe baseline (and publish it when it wins)
+    head_init: str = "random"  # random | probe (dense_units 0: the head starts as the fitted probe, "LP-FT")
+    image_fit: str = "squash"  # squash | crop (aspect-preserving resize + centre crop), pipeline.images
+    mixed_precision: str = "auto"  # auto (mixed_float16 when a GPU is present) | off
 
     @classmethod
-    def from_dict(cls, training: dict[str, Any]) -> "TrainingConfig":
+    def from_dict(cls, training: dict[str, Any]) -> TrainingConfig:
         known = set(cls.__dataclass_fields__)
         config = cls(**{key: value for key, value in training.items() if key in known})
         if config.shared_backbone and config.unfrozen_epochs:
@@ -192,8 +205,10 @@ class BestWeights(keras.callbacks.Callback):
     def kept_phase(self) -> str | None:
         """FROZEN's candidate unless UNFROZEN's beats it by the margin (or there is no FROZEN one)."""
         frozen, unfrozen = self.candidates.get(FROZEN), self.candidates.get(UNFROZEN)
-        if unfrozen is not None and (frozen is None or beats(unfrozen.val_accuracy, frozen.val_accuracy,
-                                                             self.validation_images, self.margin_images)):
+        if unfrozen is not None and (
+            frozen is None
+            or beats(unfrozen.val_accuracy, frozen.val_accuracy, self.validation_images, self.margin_images)
+        ):
             return UNFROZEN
         return FROZEN if frozen is not None else next(iter(self.candidates), None)
 
@@ -211,8 +226,12 @@ class BestWeights(keras.callbacks.Callback):
 
     def record(self) -> dict[str, Any]:
         """The kept epoch and every phase's candidate, for metrics.json and the checkpoint's state."""
-        return {"phase": self.best_phase, "epoch": self.best_epoch, "val_accuracy": self.best_accuracy,
-                "candidates": {phase: c.record() for phase, c in self.candidates.items()}}
+        return {
+            "phase": self.best_phase,
+            "epoch": self.best_epoch,
+            "val_accuracy": self.best_accuracy,
+            "candidates": {phase: c.record() for phase, c in self.candidates.items()},
+        }
 
     def restore(self, phase: str | None = None) -> None:
         """Put the kept weights (or ``phase``'s candidate's) back into the network."""
@@ -306,7 +325,7 @@ def mirrored(images: np.ndarray) -> np.ndarray:
     return images[:, :, ::-1, :]
 
 
-def with_mirrors(train: "FrozenPass") -> tuple[np.ndarray, np.ndarray]:
+def with_mirrors(train: FrozenPass) -> tuple[np.ndarray, np.ndarray]:
     """The train inputs with their mirrored copies appended (when computed) and the labels to match."""
     if train.mirrored is None:
         return train.inputs, train.labels
@@ -327,8 +346,9 @@ class FrozenPass:
     images: int = 0
 
 
-def frozen_pass(model: keras.Model, arrays: SplitArrays, config: TrainingConfig, cut: str | None,
-                mirror: bool) -> FrozenPass:
+def frozen_pass(
+    model: keras.Model, arrays: SplitArrays, config: TrainingConfig, cut: str | None, mirror: bool
+) -> FrozenPass:
     """Run the frozen part once over a split (and its mirror images): pooled features, or with ``cut``
     the activations entering the tail plus the pooled features the tail makes of them."""
     started = time.perf_counter()
@@ -342,9 +362,15 @@ def frozen_pass(model: keras.Model, arrays: SplitArrays, config: TrainingConfig,
     else:
         frozen, _, tail_features = split_at(model, cut)
         inputs = frozen.predict(input_batches(images, config.batch_size), verbose=0)
-        mirrored_inputs = frozen.predict(input_batches(mirrored(images), config.batch_size), verbose=0) if mirror else None
-        result = FrozenPass(inputs, arrays.labels, mirrored_inputs,
-                            tail_features.predict(inputs, batch_size=config.batch_size, verbose=0))
+        mirrored_inputs = (
+            frozen.predict(input_batches(mirrored(images), config.batch_size), verbose=0) if mirror else None
+        )
+        result = FrozenPass(
+            inputs,
+            arrays.labels,
+            mirrored_inputs,
+            tail_features.predict(inputs, batch_size=config.batch_size, verbose=0),
+        )
         if mirror:
             result.mirrored_features = tail_features.predict(mirrored_inputs, batch_size=config.batch_size, verbose=0)
     result.seconds = time.perf_counter() - started
@@ -355,15 +381,22 @@ def frozen_pass(model: keras.Model, arrays: SplitArrays, config: TrainingConfig,
 def input_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """uint8 images -> float32 batches, converted and prefetched on the input pipeline's threads so the
     device (a GPU above all) is not left waiting for the host."""
-    return (tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-            .map(lambda x: tf.cast(x, "float32"), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.from_tensor_slices(images)
+        .batch(batch_size)
+        .map(lambda x: tf.cast(x, "float32"), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def labelled_batches(images: np.ndarray, targets: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """(float32 image batch, target batch) pairs, converted on parallel threads and prefetched."""
-    return (tf.data.Dataset.from_tensor_slices((images, targets)).batch(batch_size)
-            .map(lambda x, y: (tf.cast(x, "float32"), y), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.from_tensor_slices((images, targets))
+        .batch(batch_size)
+        .map(lambda x, y: (tf.cast(x, "float32"), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def train_head_on_features(
@@ -559,13 +592,27 @@ def init_head_from_probe(model: keras.Model, probe: dict[str, Any]) -> None:
     model.get_layer("predictions").set_weights([probe["W"].astype("float32"), probe["b"].astype("float32")])
 
 
-def probe_network(model: keras.Model, probe: dict[str, Any], config: TrainingConfig, classes: tuple[str, ...],
-                  backbone_weights: list[np.ndarray], name: str) -> keras.Model:
+def probe_network(
+    model: keras.Model,
+    probe: dict[str, Any],
+    config: TrainingConfig,
+    classes: tuple[str, ...],
+    backbone_weights: list[np.ndarray],
+    name: str,
+) -> keras.Model:
     """The fitted linear probe as an attribute network: the frozen backbone, the probe's own
     standardisation, a linear softmax layer (``dense_units: 0``). It is what gets published when the
     probe wins, so inference treats it like any network."""
-    network = build_attribute_network(len(classes), backbone=config.backbone, weights=None, image_size=config.image_size,
-                                      dense_units=0, dropout=0.0, pooling=config.pooling, name=name)
+    network = build_attribute_network(
+        len(classes),
+        backbone=config.backbone,
+        weights=None,
+        image_size=config.image_size,
+        dense_units=0,
+        dropout=0.0,
+        pooling=config.pooling,
+        name=name,
+    )
     network.get_layer(BACKBONE_LAYER).set_weights(backbone_weights)
     init_head_from_probe(network, probe)
     return network
@@ -605,25 +652,34 @@ def train_attribute(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(store: ObjectStore, attribute: str, version: str, config: TrainingConfig, classes: tuple[str, ...],
-           mixed: bool) -> dict[str, Any]:
+def _train(
+    store: ObjectStore, attribute: str, version: str, config: TrainingConfig, classes: tuple[str, ...], mixed: bool
+) -> dict[str, Any]:
     label = f"{attribute} {version}"
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     timing: dict[str, float] = {}
 
     frame = labelled_items(store, attribute, classes)
-    splits = {name: load_arrays(store, frame[frame["split"] == name], config.image_size, fit=config.image_fit)
-              for name in SPLITS}
+    splits = {
+        name: load_arrays(store, frame[frame["split"] == name], config.image_size, fit=config.image_fit)
+        for name in SPLITS
+    }
     timing["decode_seconds"] = round(time.perf_counter() - started, 2)
     check_trainable(attribute, splits, classes)
     train, validation, test = splits["train"], splits["validation"], splits["test"]
-    print(f"[{label}] images train/validation/test: {len(train)}/{len(validation)}/{len(test)}"
-          f"{' (mixed_float16)' if mixed else ''}", flush=True)
+    print(
+        f"[{label}] images train/validation/test: {len(train)}/{len(validation)}/{len(test)}"
+        f"{' (mixed_float16)' if mixed else ''}",
+        flush=True,
+    )
     for name, arrays in splits.items():
         for rejected in arrays.rejected:
-            print(f"[{label}] {name}: left out {rejected['item_id']} ({rejected['image_key']}): {rejected['reason']}"
-                  f" ({rejected.get('detail', '')})", flush=True)
+            print(
+                f"[{label}] {name}: left out {rejected['item_id']} ({rejected['image_key']}): {rejected['reason']}"
+                f" ({rejected.get('detail', '')})",
+                flush=True,
+            )
 
     model = build_attribute_network(
         len(classes),
@@ -650,14 +706,16 @@ def _train(store: ObjectStore, attribute: str, version: str, config: TrainingCon
     val_pass = frozen_pass(model, validation, config, cut, False)
     timing["frozen_pass_seconds"] = round(time.perf_counter() - pass_started, 2)
     timing["frozen_pass_images_per_second"] = round(
-        (train_pass.images + val_pass.images) / max(timing["frozen_pass_seconds"], 1e-9), 1)
+        (train_pass.images + val_pass.images) / max(timing["frozen_pass_seconds"], 1e-9), 1
+    )
 
     probe, probe_model = None, None
     if config.probe:
         probe_started = time.perf_counter()
         probe = linear_probe(train_pass.features, train.labels, val_pass.features, validation.labels, len(classes))
-        probe_model = probe_network(model, probe, config, classes, model.get_layer(BACKBONE_LAYER).get_weights(),
-                                    name=f"{attribute}_probe")
+        probe_model = probe_network(
+            model, probe, config, classes, model.get_layer(BACKBONE_LAYER).get_weights(), name=f"{attribute}_probe"
+        )
         timing["probe_seconds"] = round(time.perf_counter() - probe_started, 2)
         print(f"[{label}] linear probe: L2 {probe['l2']}, val_acc {probe['val_accuracy']:.3f}", flush=True)
         if config.head_init == "probe":
@@ -680,8 +738,16 @@ def _train(store: ObjectStore, attribute: str, version: str, config: TrainingCon
     phase_started = time.perf_counter()
     if frozen_done < config.frozen_epochs:
         best.phase = FROZEN
-        train_head_on_features(model, train_pass, val_pass, config, class_weight, callbacks(FROZEN, config.frozen_epochs),
-                               initial_epoch=frozen_done, optimizer_state=saved if resumed_phase == FROZEN else None)
+        train_head_on_features(
+            model,
+            train_pass,
+            val_pass,
+            config,
+            class_weight,
+            callbacks(FROZEN, config.frozen_epochs),
+            initial_epoch=frozen_done,
+            optimizer_state=saved if resumed_phase == FROZEN else None,
+        )
     elif config.head_init != "probe" and (not resumed or resumed_phase == FROZEN):
         model.get_layer("feature_norm").adapt_to(train_pass.features)
     timing["phase1_seconds"] = round(time.perf_counter() - phase_started, 2)
@@ -691,37 +757,62 @@ def _train(store: ObjectStore, attribute: str, version: str, config: TrainingCon
             checkpoints.save_frozen_best(best, model)
         best.phase = UNFROZEN
         phase_started = time.perf_counter()
-        kwargs = dict(initial_epoch=state.epochs_done if resumed_phase == UNFROZEN else 0,
-                      optimizer_state=saved if resumed_phase == UNFROZEN else None, history=history)
+        kwargs = dict(
+            initial_epoch=state.epochs_done if resumed_phase == UNFROZEN else 0,
+            optimizer_state=saved if resumed_phase == UNFROZEN else None,
+            history=history,
+        )
         if cut is None:
-            fine_tune(model, train, validation, config, class_weight, callbacks(UNFROZEN, config.unfrozen_epochs), **kwargs)
+            fine_tune(
+                model, train, validation, config, class_weight, callbacks(UNFROZEN, config.unfrozen_epochs), **kwargs
+            )
             per_epoch = len(train)
         else:
-            fine_tune_tail(model, cut, train_pass, val_pass, config, class_weight,
-                           callbacks(UNFROZEN, config.unfrozen_epochs), **kwargs)
+            fine_tune_tail(
+                model,
+                cut,
+                train_pass,
+                val_pass,
+                config,
+                class_weight,
+                callbacks(UNFROZEN, config.unfrozen_epochs),
+                **kwargs,
+            )
             per_epoch = len(train) * (2 if config.mirror_augment else 1)
         timing["phase2_seconds"] = round(time.perf_counter() - phase_started, 2)
         epochs_run = sum(1 for row in history if row.get("phase") == UNFROZEN)
         seconds = sum(row["seconds"] for row in history if row.get("phase") == UNFROZEN)
-        timing["phase2_images_per_second"] = round(per_epoch * epochs_run / max(seconds, 1e-9), 1) if epochs_run else 0.0
+        timing["phase2_images_per_second"] = (
+            round(per_epoch * epochs_run / max(seconds, 1e-9), 1) if epochs_run else 0.0
+        )
     best.restore()
 
     network_test = classification_metrics(test.labels, predict_classes(model, test.images, config.batch_size), classes)
     published, published_model, test_metrics = "network", model, network_test
     probe_record = None
     if probe is not None:
-        probe_test = classification_metrics(test.labels, predict_classes(probe_model, test.images, config.batch_size),
-                                            classes)
+        probe_test = classification_metrics(
+            test.labels, predict_classes(probe_model, test.images, config.batch_size), classes
+        )
         network_wins = beats(best.best_accuracy, probe["val_accuracy"], len(validation), config.selection_margin)
         if not network_wins:
             published, published_model, test_metrics = "probe", probe_model, probe_test
-        probe_record = {"l2": probe["l2"], "val_accuracy": probe["val_accuracy"], "val_loss": round(probe["val_loss"], 4),
-                        "grid": probe["grid"], "test": probe_test}
+        probe_record = {
+            "l2": probe["l2"],
+            "val_accuracy": probe["val_accuracy"],
+            "val_loss": round(probe["val_loss"], 4),
+            "grid": probe["grid"],
+            "test": probe_test,
+        }
     train_seconds = round(time.perf_counter() - started, 1)
     print(
         f"[{label}] network: best val_acc {best.best_accuracy:.3f} ({best.best_phase} epoch {best.best_epoch}), "
         f"test acc {network_test['accuracy']:.3f}"
-        + (f"; probe: val_acc {probe['val_accuracy']:.3f}, test acc {probe_record['test']['accuracy']:.3f}" if probe else "")
+        + (
+            f"; probe: val_acc {probe['val_accuracy']:.3f}, test acc {probe_record['test']['accuracy']:.3f}"
+            if probe
+            else ""
+        )
         + f"; published: {published}; {train_seconds}s",
         flush=True,
     )
@@ -760,8 +851,14 @@ def _train(store: ObjectStore, attribute: str, version: str, config: TrainingCon
     return metrics
 
 
-def resume_weights(model: keras.Model, best: "BestWeights", state: TrainingState, current: dict[str, np.ndarray],
-                   best_arrays: dict[str, np.ndarray], frozen_best: dict[str, np.ndarray] | None = None) -> None:
+def resume_weights(
+    model: keras.Model,
+    best: BestWeights,
+    state: TrainingState,
+    current: dict[str, np.ndarray],
+    best_arrays: dict[str, np.ndarray],
+    frozen_best: dict[str, np.ndarray] | None = None,
+) -> None:
     """Put a checkpoint back into a freshly built ``model`` (same seed, so the same initial weights).
 
     Each phase candidate's snapshot is rebuilt first: its arrays hold only the layers its phase
@@ -777,7 +874,11 @@ def resume_weights(model: keras.Model, best: "BestWeights", state: TrainingState
         if phase in candidates and arrays:
             apply_layer_weights(model, arrays)
             record = candidates[phase]
-            best.candidates[phase] = Candidate(int(record["epoch"]), float(record["val_accuracy"]),
-                                               record.get("val_loss"), [np.array(w, copy=True) for w in model.get_weights()])
+            best.candidates[phase] = Candidate(
+                int(record["epoch"]),
+                float(record["val_accuracy"]),
+                record.get("val_loss"),
+                [np.array(w, copy=True) for w in model.get_weights()],
+            )
             model.set_weights(fresh)
     apply_layer_weights(model, current)

@@ -23,6 +23,7 @@ scheduler's and triggerer's log servers are not started (``--skip-serve-logs``, 
 wrapper first on standalone's PATH): they would listen on every address (Airflow binds them to 0.0.0.0
 whatever the api-server's host), and on one machine the api-server reads the task logs from their files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,36 +48,74 @@ LOG_SERVING_COMMANDS = ("scheduler", "triggerer")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("FASHIONNET_AIRFLOW_PORT", 8080)),
-                        help="the api-server's port (default: $FASHIONNET_AIRFLOW_PORT or 8080)")
-    parser.add_argument("--host", default=os.environ.get("FASHIONNET_AIRFLOW_HOST", "127.0.0.1"),
-                        help="address the api-server listens on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--home", type=Path, default=Path(os.environ.get("FASHIONNET_AIRFLOW_HOME",
-                                                                         REPO_ROOT / "var" / "airflow-local")),
-                        help="AIRFLOW_HOME: metadata database, logs, the generated admin password")
-    parser.add_argument("--parallelism", type=int, default=4,
-                        help="[core] parallelism: LocalExecutor worker processes and running tasks at most")
-    parser.add_argument("--sql-alchemy-conn", default=os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"),
-                        help="the metadata database's SQLAlchemy URL, e.g. postgresql+psycopg2://user:password@"
-                             "127.0.0.1:5432/airflow (default: $AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, else SQLite "
-                             "in --home)")
-    parser.add_argument("--profile", default=os.environ.get("FASHIONNET_PROFILE", "demo"),
-                        help="settings profile (config/profiles/<name>.yaml; default demo, '' for none)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("FASHIONNET_AIRFLOW_PORT", 8080)),
+        help="the api-server's port (default: $FASHIONNET_AIRFLOW_PORT or 8080)",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("FASHIONNET_AIRFLOW_HOST", "127.0.0.1"),
+        help="address the api-server listens on (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path(os.environ.get("FASHIONNET_AIRFLOW_HOME", REPO_ROOT / "var" / "airflow-local")),
+        help="AIRFLOW_HOME: metadata database, logs, the generated admin password",
+    )
+    parser.add_argument(
+        "--parallelism",
+        type=int,
+        default=4,
+        help="[core] parallelism: LocalExecutor worker processes and running tasks at most",
+    )
+    parser.add_argument(
+        "--sql-alchemy-conn",
+        default=os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"),
+        help="the metadata database's SQLAlchemy URL, e.g. postgresql+psycopg2://user:password@"
+        "127.0.0.1:5432/airflow (default: $AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, else SQLite "
+        "in --home)",
+    )
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("FASHIONNET_PROFILE", "demo"),
+        help="settings profile (config/profiles/<name>.yaml; default demo, '' for none)",
+    )
     parser.add_argument("--store", help="store URI (default: settings, i.e. file://var/store)")
-    parser.add_argument("--stop-timeout", type=float, default=30.0,
-                        help="seconds to wait for a clean shutdown before SIGTERM (then 10 s before SIGKILL)")
-    parser.add_argument("--demo-store", choices=["auto", "on", "off"],
-                        default=os.environ.get("FASHIONNET_DEMO_STORE", "auto"),
-                        help="serve the bundled demo shop beside Airflow (auto, the default: when the settings' "
-                             "demo-store retailer is on this machine, i.e. the embedded default)")
-    parser.add_argument("--demo-store-port", type=int, default=None,
-                        help="the demo shop's port (default: that of the demo-store retailer's base_url, 8765; "
-                             "0 = any free port). Item ids derive from product URLs: keep it fixed across runs")
-    parser.add_argument("--demo-site", type=Path, default=REPO_ROOT / "var" / "demo-store",
-                        help="the demo shop's folder (built there when missing)")
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for a clean shutdown before SIGTERM (then 10 s before SIGKILL)",
+    )
+    parser.add_argument(
+        "--demo-store",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("FASHIONNET_DEMO_STORE", "auto"),
+        help="serve the bundled demo shop beside Airflow (auto, the default: when the settings' "
+        "demo-store retailer is on this machine, i.e. the embedded default)",
+    )
+    parser.add_argument(
+        "--demo-store-port",
+        type=int,
+        default=None,
+        help="the demo shop's port (default: that of the demo-store retailer's base_url, 8765; "
+        "0 = any free port). Item ids derive from product URLs: keep it fixed across runs",
+    )
+    parser.add_argument(
+        "--demo-site",
+        type=Path,
+        default=REPO_ROOT / "var" / "demo-store",
+        help="the demo shop's folder (built there when missing)",
+    )
     parser.add_argument("--demo-products", type=int, default=240, help="products when the demo shop is built")
-    parser.add_argument("--paused", action="store_true",
-                        help="leave new DAGs paused (Airflow's default); with the demo shop they start unpaused")
+    parser.add_argument(
+        "--paused",
+        action="store_true",
+        help="leave new DAGs paused (Airflow's default); with the demo shop they start unpaused",
+    )
     return parser.parse_args(argv)
 
 
@@ -85,24 +124,26 @@ def airflow_environment(args: argparse.Namespace, base: dict[str, str] | None = 
     env = dict(os.environ if base is None else base)
     home = args.home.resolve()
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-        "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
-        "AIRFLOW__API__HOST": args.host,
-        "AIRFLOW__API__PORT": str(args.port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        # The project's packages for tasks and the review plugin; airflow itself on PATH (standalone runs
-        # its components as `airflow <command>`).
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-        "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")])),
-        "FASHIONNET_PROFILE": args.profile,
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+            "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
+            "AIRFLOW__API__HOST": args.host,
+            "AIRFLOW__API__PORT": str(args.port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            # The project's packages for tasks and the review plugin; airflow itself on PATH (standalone runs
+            # its components as `airflow <command>`).
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+            "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")])),
+            "FASHIONNET_PROFILE": args.profile,
+        }
+    )
     env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.store:
@@ -156,9 +197,11 @@ def start_demo_store(args: argparse.Namespace, env: dict[str, str]):
     try:
         server = DemoStoreServer(site, host="127.0.0.1", port=port).start()
     except OSError as error:
-        raise SystemExit(f"[airflow-local] cannot serve the demo shop on 127.0.0.1:{port}: {error.strerror or error}"
-                         f" (another demo store or `make demo` running? stop it, or pass --demo-store-port N, "
-                         f"or --demo-store off to use your own)") from None
+        raise SystemExit(
+            f"[airflow-local] cannot serve the demo shop on 127.0.0.1:{port}: {error.strerror or error}"
+            f" (another demo store or `make demo` running? stop it, or pass --demo-store-port N, "
+            f"or --demo-store off to use your own)"
+        ) from None
     env["FASHIONNET_SHOP_URL"] = server.base_url
     return server
 
@@ -180,8 +223,11 @@ def ensure_demo_user(env: dict[str, str], site: Path) -> list[str]:
 
     settings = load_settings(env)
     store = ObjectStore(settings.store_uri, endpoint_url=settings.s3_endpoint_url)
-    if any(k.lower().endswith((".jpg", ".jpeg", ".png")) for k in store.list(f"users/{DEMO_USER}/")
-           if "/" not in k[len(f"users/{DEMO_USER}/"):]):
+    if any(
+        k.lower().endswith((".jpg", ".jpeg", ".png"))
+        for k in store.list(f"users/{DEMO_USER}/")
+        if "/" not in k[len(f"users/{DEMO_USER}/") :]
+    ):
         return []
     return upload_user_images(store, site)
 
@@ -210,7 +256,8 @@ def write_airflow_wrapper(home: Path, python: str = sys.executable) -> Path:
         "#!/bin/sh\n"
         "# Written by pipeline.airflow_local: no log server on 0.0.0.0 (logs are read from their files).\n"
         f'case "$1" in {commands}) exec "{python}" -m airflow "$@" --skip-serve-logs ;; esac\n'
-        f'exec "{python}" -m airflow "$@"\n')
+        f'exec "{python}" -m airflow "$@"\n'
+    )
     script.chmod(0o755)
     return folder
 
@@ -259,8 +306,13 @@ def _reset_sigint() -> None:
 
 
 def start_standalone(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, cwd=REPO_ROOT,
-                            process_group=0, preexec_fn=_reset_sigint)
+    return subprocess.Popen(
+        [sys.executable, "-m", "airflow", "standalone"],
+        env=env,
+        cwd=REPO_ROOT,
+        process_group=0,
+        preexec_fn=_reset_sigint,
+    )
 
 
 def become_subreaper() -> bool:
@@ -405,22 +457,33 @@ def main(argv: list[str] | None = None) -> int:
     password_file = private_password_file(home)
     env["PATH"] = os.pathsep.join([str(write_airflow_wrapper(home)), env["PATH"]])
     shop, written = embedded_default(args, env)
-    print(f"[airflow-local] AIRFLOW_HOME={home}  DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}  "
-          f"plugins: {env['AIRFLOW__CORE__PLUGINS_FOLDER']}  parallelism: {args.parallelism}", flush=True)
+    print(
+        f"[airflow-local] AIRFLOW_HOME={home}  DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}  "
+        f"plugins: {env['AIRFLOW__CORE__PLUGINS_FOLDER']}  parallelism: {args.parallelism}",
+        flush=True,
+    )
     print(f"[airflow-local] metadata database: {database_label(env)}", flush=True)
     print(f"[airflow-local] Airflow UI: {url}/  (review page: {url}/fashionnet-review/)", flush=True)
-    print(f"[airflow-local] login: admin, password in {password_file} "
-          f"(generated on the first start)", flush=True)
+    print(f"[airflow-local] login: admin, password in {password_file} (generated on the first start)", flush=True)
     if shop is not None:
-        print(f"[airflow-local] demo shop: {shop.base_url}/ (served by this launcher from {args.demo_site}; "
-              f"stops with it); demo user: users/demo-user/ in the store"
-              f"{f' ({len(written)} photos added)' if written else ''}", flush=True)
+        print(
+            f"[airflow-local] demo shop: {shop.base_url}/ (served by this launcher from {args.demo_site}; "
+            f"stops with it); demo user: users/demo-user/ in the store"
+            f"{f' ({len(written)} photos added)' if written else ''}",
+            flush=True,
+        )
         if not args.paused:
-            print("[airflow-local] new DAGs start unpaused: trigger fashionnet_ingest once and the chain runs to "
-                  "fashionnet_recommend's page (README: Running Airflow)", flush=True)
+            print(
+                "[airflow-local] new DAGs start unpaused: trigger fashionnet_ingest once and the chain runs to "
+                "fashionnet_recommend's page (README: Running Airflow)",
+                flush=True,
+            )
     elif demo_store_base(env) is not None:
-        print(f"[airflow-local] demo shop not started (--demo-store off); serve it in another terminal with: "
-              f"{demo_store_command(args, env)}", flush=True)
+        print(
+            f"[airflow-local] demo shop not started (--demo-store off); serve it in another terminal with: "
+            f"{demo_store_command(args, env)}",
+            flush=True,
+        )
     print("[airflow-local] Ctrl-C stops every Airflow process.", flush=True)
 
     become_subreaper()

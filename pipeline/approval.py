@@ -17,9 +17,10 @@ nothing), and a rejection (or no answer before the timeout) is recorded in
 the cross-run duplicate index, so a later crawl of the same images is not dropped as a copy of a batch
 that never entered the dataset.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -42,12 +43,13 @@ def ingest_batch_id(run_after: datetime, retailer: str) -> str:
     """``ingest-<YYYYMMDD>-<HHMMSS>-<retailer>``: one batch per ingest run and retailer (the run's time, UTC,
     to the second), so a second run on the same day is a batch of its own. It keeps the ``<kind>-<YYYYMMDD>``
     head that :func:`pipeline.curate.batch_kind` reads (cross-run deduplication of the ``ingest`` kind)."""
-    when = run_after.astimezone(timezone.utc) if run_after.tzinfo else run_after
+    when = run_after.astimezone(UTC) if run_after.tzinfo else run_after
     return f"{INGEST_KIND}-{when:%Y%m%d}-{when:%H%M%S}-{retailer}"
 
 
-def record_approval(store: ObjectStore, batch_id: str, approved_by: str, how: str,
-                    summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def record_approval(
+    store: ObjectStore, batch_id: str, approved_by: str, how: str, summary: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Mark ``batch_id`` approved by ``approved_by`` (a user, or ``policy:<name>``); returns the record.
 
     ``how`` says by which route: ``"policy"`` or ``"human"``.
@@ -56,8 +58,13 @@ def record_approval(store: ObjectStore, batch_id: str, approved_by: str, how: st
         raise ValueError(f"an approval of batch {batch_id!r} needs an approver")
     if how not in ("policy", "human"):
         raise ValueError(f"unknown approval route {how!r}; expected 'policy' or 'human'")
-    record = {"batch_id": batch_id, "approved_by": approved_by, "how": how,
-              "approved_at": datetime.now(timezone.utc).isoformat(), "summary": summary or {}}
+    record = {
+        "batch_id": batch_id,
+        "approved_by": approved_by,
+        "how": how,
+        "approved_at": datetime.now(UTC).isoformat(),
+        "summary": summary or {},
+    }
     store.write_json(approval_key(batch_id), record)
     return record
 
@@ -71,8 +78,9 @@ def withdraw_approval(store: ObjectStore, batch_id: str) -> bool:
     return True
 
 
-def record_rejection(store: ObjectStore, batch_id: str, rejected_by: str | None, reason: str,
-                     summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def record_rejection(
+    store: ObjectStore, batch_id: str, rejected_by: str | None, reason: str, summary: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Keep ``batch_id`` out of the dataset for good: its approval (if any) is withdrawn, the rejection is
     recorded (who, why, when, the counts), and its items leave the cross-run duplicate index
     (``curation/hash_index/<kind>/<batch_id>.parquet``), so they do not make later copies "duplicates"."""
@@ -84,9 +92,14 @@ def record_rejection(store: ObjectStore, batch_id: str, rejected_by: str | None,
     dropped_index = bool(index and store.exists(index))
     if dropped_index:
         store.delete(index)
-    record = {"batch_id": batch_id, "rejected_by": rejected_by, "reason": reason,
-              "rejected_at": datetime.now(timezone.utc).isoformat(), "summary": summary or {},
-              "removed_from_duplicate_index": dropped_index}
+    record = {
+        "batch_id": batch_id,
+        "rejected_by": rejected_by,
+        "reason": reason,
+        "rejected_at": datetime.now(UTC).isoformat(),
+        "summary": summary or {},
+        "removed_from_duplicate_index": dropped_index,
+    }
     store.write_json(rejection_key(batch_id), record)
     return record
 
@@ -115,7 +128,7 @@ def approval(store: ObjectStore, batch_id: str) -> dict[str, Any] | None:
 def approved_batches(store: ObjectStore) -> list[str]:
     """Ids of every approved batch, sorted."""
     prefix = f"{APPROVALS_PREFIX}/"
-    return sorted(k[len(prefix):-len(".json")] for k in store.list(APPROVALS_PREFIX) if k.endswith(".json"))
+    return sorted(k[len(prefix) : -len(".json")] for k in store.list(APPROVALS_PREFIX) if k.endswith(".json"))
 
 
 def batch_review_summary(store: ObjectStore, batch_id: str) -> dict[str, Any]:
@@ -149,7 +162,7 @@ def approval_body(summary: dict[str, Any], review_url: str | None, taken_at: dat
 
     The text is written once, when the approval is requested; it says so (``taken_at``), links to the review
     page where the counts are live, and the approval itself records the counts of the moment it is given."""
-    taken = (taken_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    taken = (taken_at or datetime.now(UTC)).astimezone(UTC)
     lines = [
         f"Batch **{summary['batch_id']}** is curated and queued for review.",
         "",

@@ -25,6 +25,7 @@ A bad image only ever costs its own row: it becomes a rejection (data), never an
 Errors of the store itself (other than a missing object) do propagate: they are not a verdict on the
 image, and a task retry is the right answer to them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,27 +51,54 @@ PROGRESS_EVERY = 500
 DEFAULT_THUMBNAIL_MAX_MAD = 3.0
 DUPLICATE_ITEM = "duplicate_item_id"
 
-REJECTIONS_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("image_key", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-])
+REJECTIONS_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("image_key", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 # kind: exact, near or near_mirror (pipeline.dedup). kept_batch_id: the batch that kept kept_item_id
 # (this batch, or an earlier one: a cross-run duplicate).
-DUPLICATES_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("kept_item_id", pa.string()), ("kind", pa.string()), ("distance", pa.int64()),
-    ("kept_batch_id", pa.string()),
-])
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("kept_item_id", pa.string()),
+        ("kind", pa.string()),
+        ("distance", pa.int64()),
+        ("kept_batch_id", pa.string()),
+    ]
+)
 HASH_INDEX_PREFIX = "curation/hash_index/"
-HASH_INDEX_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("content_sha256", pa.string()), ("phash", pa.uint64()), ("dhash", pa.uint64()),
-    ("width", pa.int32()), ("height", pa.int32()), ("crawled_at", pa.timestamp("us", tz="UTC")),
-    ("batch_id", pa.string()), ("cluster_id", pa.string()), (THUMBNAIL_COLUMN, pa.binary()),
-    ("phash_mirror", pa.uint64()), ("dhash_mirror", pa.uint64()),
-])
-IMAGE_COLUMNS = pa.schema([
-    ("phash", pa.uint64()), ("dhash", pa.uint64()), ("content_sha256", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("cluster_id", pa.string()),
-    ("phash_mirror", pa.uint64()), ("dhash_mirror", pa.uint64()),
-])
+HASH_INDEX_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("content_sha256", pa.string()),
+        ("phash", pa.uint64()),
+        ("dhash", pa.uint64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("crawled_at", pa.timestamp("us", tz="UTC")),
+        ("batch_id", pa.string()),
+        ("cluster_id", pa.string()),
+        (THUMBNAIL_COLUMN, pa.binary()),
+        ("phash_mirror", pa.uint64()),
+        ("dhash_mirror", pa.uint64()),
+    ]
+)
+IMAGE_COLUMNS = pa.schema(
+    [
+        ("phash", pa.uint64()),
+        ("dhash", pa.uint64()),
+        ("content_sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("cluster_id", pa.string()),
+        ("phash_mirror", pa.uint64()),
+        ("dhash_mirror", pa.uint64()),
+    ]
+)
 
 
 def crawl_key(crawl_id: str, name: str) -> str:
@@ -101,8 +129,10 @@ def hash_index_key(kind: str, batch_id: str) -> str:
 def conform_to_index_schema(table: pa.Table) -> pa.Table:
     """An index file's table in :data:`HASH_INDEX_SCHEMA`: columns it lacks (the mirror hashes, in files
     written before they existed) are added as nulls; other columns are cast, and extra ones dropped."""
-    columns = [table[field.name].cast(field.type) if field.name in table.column_names
-               else pa.nulls(table.num_rows, field.type) for field in HASH_INDEX_SCHEMA]
+    columns = [
+        table[field.name].cast(field.type) if field.name in table.column_names else pa.nulls(table.num_rows, field.type)
+        for field in HASH_INDEX_SCHEMA
+    ]
     return pa.Table.from_arrays(columns, schema=HASH_INDEX_SCHEMA)
 
 
@@ -114,8 +144,9 @@ def read_prior_index(store: ObjectStore, kind: str | None, batch_id: str) -> pd.
     own = hash_index_key(kind or "", batch_id)
     keys = store.list(f"{HASH_INDEX_PREFIX}{kind}/") if kind else []
     tables = [store.read_parquet(key) for key in keys if key.endswith(".parquet") and key != own]
-    table = (pa.concat_tables([conform_to_index_schema(t) for t in tables]) if tables
-             else HASH_INDEX_SCHEMA.empty_table())
+    table = (
+        pa.concat_tables([conform_to_index_schema(t) for t in tables]) if tables else HASH_INDEX_SCHEMA.empty_table()
+    )
     # Nullable uint64 would become float64 in pandas (losing bits): keep it as UInt64.
     frame = table.to_pandas(types_mapper={pa.uint64(): pd.UInt64Dtype()}.get)
     frame["phash"] = frame["phash"].to_numpy(dtype=np.uint64)
@@ -125,15 +156,27 @@ def read_prior_index(store: ObjectStore, kind: str | None, batch_id: str) -> pd.
     return frame
 
 
-def write_hash_index(store: ObjectStore, kind: str, batch_id: str, kept: pd.DataFrame,
-                     thumbnails: dict[str, bytes]) -> None:
+def write_hash_index(
+    store: ObjectStore, kind: str, batch_id: str, kept: pd.DataFrame, thumbnails: dict[str, bytes]
+) -> None:
     """Replace ``batch_id``'s rows of the persistent hash index with the items it kept."""
-    rows = [{"item_id": r.item_id, "content_sha256": r.content_sha256, "phash": int(r.phash),
-             "dhash": int(r.dhash), "width": int(r.width), "height": int(r.height),
-             "crawled_at": pd.Timestamp(r.crawled_at).to_pydatetime(), "batch_id": batch_id,
-             "cluster_id": r.cluster_id, THUMBNAIL_COLUMN: thumbnails[r.item_id],
-             "phash_mirror": int(r.phash_mirror), "dhash_mirror": int(r.dhash_mirror)}
-            for r in kept.itertuples(index=False)]
+    rows = [
+        {
+            "item_id": r.item_id,
+            "content_sha256": r.content_sha256,
+            "phash": int(r.phash),
+            "dhash": int(r.dhash),
+            "width": int(r.width),
+            "height": int(r.height),
+            "crawled_at": pd.Timestamp(r.crawled_at).to_pydatetime(),
+            "batch_id": batch_id,
+            "cluster_id": r.cluster_id,
+            THUMBNAIL_COLUMN: thumbnails[r.item_id],
+            "phash_mirror": int(r.phash_mirror),
+            "dhash_mirror": int(r.dhash_mirror),
+        }
+        for r in kept.itertuples(index=False)
+    ]
     store.write_parquet(hash_index_key(kind, batch_id), pa.Table.from_pylist(rows, schema=HASH_INDEX_SCHEMA))
 
 
@@ -165,23 +208,36 @@ def inspect_products(
     for position, row in enumerate(rows):
         item_id, image_key = row["item_id"], row["image_key"]
         if item_id in seen:
-            rejections.append({"item_id": item_id, "image_key": image_key, "reason": DUPLICATE_ITEM,
-                               "detail": "the crawl lists this item_id more than once; the first is kept"})
+            rejections.append(
+                {
+                    "item_id": item_id,
+                    "image_key": image_key,
+                    "reason": DUPLICATE_ITEM,
+                    "detail": "the crawl lists this item_id more than once; the first is kept",
+                }
+            )
             continue
         seen.add(item_id)
         data = fetch_image(store, image_key)
         check: ImageCheck = validate_with_settings(data, curation)
         if not check.ok:
             detail = check.detail if check.reason != MISSING else f"no object {image_key!r}"
-            rejections.append({"item_id": item_id, "image_key": image_key, "reason": check.reason,
-                               "detail": detail})
+            rejections.append({"item_id": item_id, "image_key": image_key, "reason": check.reason, "detail": detail})
         else:
             assert data is not None and check.image is not None
             hashes = image_hashes(check.image)
-            valid.append({"position": position, "item_id": item_id, "crawled_at": row["crawled_at"],
-                          "content_sha256": content_sha256(data), **hashes._asdict(),
-                          "width": check.width, "height": check.height,
-                          "thumbnail": colour_thumbnail(check.image)})
+            valid.append(
+                {
+                    "position": position,
+                    "item_id": item_id,
+                    "crawled_at": row["crawled_at"],
+                    "content_sha256": content_sha256(data),
+                    **hashes._asdict(),
+                    "width": check.width,
+                    "height": check.height,
+                    "thumbnail": colour_thumbnail(check.image),
+                }
+            )
         if (position + 1) % PROGRESS_EVERY == 0:
             log.info("curation: %d/%d images inspected, %d valid", position + 1, len(rows), len(valid))
     return valid, rejections
@@ -204,25 +260,46 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
     log.info("curation %s: %d products from crawl %s", batch_id, products.num_rows, crawl_id)
 
     valid, rejections = inspect_products(store, products, curation)
-    frame = pd.DataFrame(valid, columns=["position", "item_id", "crawled_at", "content_sha256", "phash",
-                                         "dhash", *MIRROR_COLUMNS, "width", "height", "thumbnail"])
+    frame = pd.DataFrame(
+        valid,
+        columns=[
+            "position",
+            "item_id",
+            "crawled_at",
+            "content_sha256",
+            "phash",
+            "dhash",
+            *MIRROR_COLUMNS,
+            "width",
+            "height",
+            "thumbnail",
+        ],
+    )
     for column in ("phash", "dhash", *MIRROR_COLUMNS):
         frame[column] = frame[column].astype("uint64")
     frame["crawled_at"] = pd.to_datetime(frame["crawled_at"], utc=True)
     thumbnails = {row["item_id"]: row["thumbnail"].tobytes() for row in valid}
     kind = cross_run_kind(batch_id, curation)
     prior = read_prior_index(store, kind, batch_id)
-    result = deduplicate(frame, int(curation["phash_max_distance"]), int(curation["dhash_max_distance"]),
-                         float(curation.get("thumbnail_max_mad", DEFAULT_THUMBNAIL_MAX_MAD)), prior=prior)
+    result = deduplicate(
+        frame,
+        int(curation["phash_max_distance"]),
+        int(curation["dhash_max_distance"]),
+        float(curation.get("thumbnail_max_mad", DEFAULT_THUMBNAIL_MAX_MAD)),
+        prior=prior,
+    )
     duplicates = result.duplicates.assign(kept_batch_id=result.duplicates["kept_batch_id"].fillna(batch_id))
 
     accepted = accepted_table(products, result.kept)
     store.write_parquet(batch_key(batch_id, "accepted.parquet"), accepted)
-    store.write_parquet(batch_key(batch_id, "rejections.parquet"),
-                        pa.Table.from_pylist(sorted(rejections, key=lambda r: r["item_id"]),
-                                             schema=REJECTIONS_SCHEMA))
-    store.write_parquet(batch_key(batch_id, "duplicates.parquet"),
-                        pa.Table.from_pandas(duplicates, schema=DUPLICATES_SCHEMA, preserve_index=False))
+    store.write_parquet(
+        batch_key(batch_id, "rejections.parquet"),
+        pa.Table.from_pylist(sorted(rejections, key=lambda r: r["item_id"]), schema=REJECTIONS_SCHEMA),
+    )
+    store.write_parquet(
+        batch_key(batch_id, "duplicates.parquet"),
+        pa.Table.from_pandas(duplicates, schema=DUPLICATES_SCHEMA, preserve_index=False),
+    )
     if kind is not None:
         write_hash_index(store, kind, batch_id, result.kept, thumbnails)
 
@@ -243,7 +320,13 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
         "clusters": int(result.kept["cluster_id"].nunique()),
     }
     store.write_json(batch_key(batch_id, "summary.json"), summary)
-    log.info("curation %s: %d accepted, %d rejected %s, %d duplicates %s", batch_id, summary["accepted"],
-             summary["rejected"], summary["rejections_by_reason"], summary["duplicates"],
-             summary["duplicates_by_kind"])
+    log.info(
+        "curation %s: %d accepted, %d rejected %s, %d duplicates %s",
+        batch_id,
+        summary["accepted"],
+        summary["rejected"],
+        summary["rejections_by_reason"],
+        summary["duplicates"],
+        summary["duplicates_by_kind"],
+    )
     return summary

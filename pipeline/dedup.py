@@ -44,6 +44,7 @@ dataset under everyone's feet. The new rows then become duplicates of it and tak
 A new row that bridges two earlier clusters joins the one whose item wins the rule; both earlier
 items stay kept (what an earlier batch kept is never revoked).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -72,8 +73,19 @@ SATURATED = 250
 MAX_GAIN = 2.0
 
 NearDuplicateIndex = MultiIndexHashing
-__all__ = ["HashIndex", "NearDuplicateIndex", "UnionFind", "DedupResult", "colour_thumbnail", "mirror_thumbnail",
-           "thumbnail_mad", "thumbnail_distance", "find_near_pairs", "find_prior_matches", "deduplicate"]
+__all__ = [
+    "HashIndex",
+    "NearDuplicateIndex",
+    "UnionFind",
+    "DedupResult",
+    "colour_thumbnail",
+    "mirror_thumbnail",
+    "thumbnail_mad",
+    "thumbnail_distance",
+    "find_near_pairs",
+    "find_prior_matches",
+    "deduplicate",
+]
 
 
 class UnionFind:
@@ -148,15 +160,22 @@ def thumbnail_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     fit = (low < SATURATED) & (high < SATURATED)
     numerator = (low * high * fit).sum(axis=axes)
     denominator = (low * low * fit).sum(axis=axes)
-    gain = np.clip(np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0),
-                   1.0, MAX_GAIN)
+    gain = np.clip(np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0), 1.0, MAX_GAIN)
     predicted = np.minimum(low * gain[..., None, None, None], 255.0)
     return np.abs(predicted - high).mean(axis=axes).astype(np.float64)
 
 
-def _confirm(i: np.ndarray, j: np.ndarray, dhash_i: np.ndarray, dhash_j: np.ndarray, dhash_max_distance: int,
-             thumbnails_i: np.ndarray | None, thumbnails_j: np.ndarray | None, thumbnail_max_mad: float | None,
-             mirror_i: bool = False) -> list[tuple[int, int]]:
+def _confirm(
+    i: np.ndarray,
+    j: np.ndarray,
+    dhash_i: np.ndarray,
+    dhash_j: np.ndarray,
+    dhash_max_distance: int,
+    thumbnails_i: np.ndarray | None,
+    thumbnails_j: np.ndarray | None,
+    thumbnail_max_mad: float | None,
+    mirror_i: bool = False,
+) -> list[tuple[int, int]]:
     """The pHash candidate pairs (i, j) that dHash (and the thumbnails, when given) confirm.
 
     ``dhash_i`` and ``thumbnails_i`` are row i's own or (``mirror_i``) its mirror image's."""
@@ -208,8 +227,11 @@ def _side(phash, dhash, phash_mirror=None, dhash_mirror=None, thumbnails=None) -
     dm, d_ok = _optional_uint64(dhash_mirror, n)
     stacked = None
     if thumbnails is not None:
-        stacked = (np.stack([np.asarray(t, dtype=np.uint8) for t in thumbnails]) if n
-                   else np.zeros((0, THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3), dtype=np.uint8))
+        stacked = (
+            np.stack([np.asarray(t, dtype=np.uint8) for t in thumbnails])
+            if n
+            else np.zeros((0, THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3), dtype=np.uint8)
+        )
     return _Side(phash, np.asarray(dhash, dtype=np.uint64), pm, dm, p_ok & d_ok, stacked)
 
 
@@ -218,12 +240,18 @@ def _frame_side(frame: pd.DataFrame) -> _Side:
         return frame[name] if name in frame.columns else None
 
     thumbnails = frame[THUMBNAIL_COLUMN].tolist() if THUMBNAIL_COLUMN in frame.columns else None
-    return _side(frame["phash"].to_numpy(dtype=np.uint64), frame["dhash"].to_numpy(dtype=np.uint64),
-                 column("phash_mirror"), column("dhash_mirror"), thumbnails)
+    return _side(
+        frame["phash"].to_numpy(dtype=np.uint64),
+        frame["dhash"].to_numpy(dtype=np.uint64),
+        column("phash_mirror"),
+        column("dhash_mirror"),
+        thumbnails,
+    )
 
 
-def _mirror_candidates(queries: _Side, index: HashIndex, max_distance: int,
-                       with_originals: bool) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _mirror_candidates(
+    queries: _Side, index: HashIndex, max_distance: int, with_originals: bool
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """pHash candidates of the query rows' own images (when ``with_originals``) and of their mirror
     images (rows with mirror hashes), from one search of ``index``: ((rows, indexed), (rows, indexed))."""
     rows = np.flatnonzero(queries.has_mirror)
@@ -232,36 +260,68 @@ def _mirror_candidates(queries: _Side, index: HashIndex, max_distance: int,
     return (i, j), (rows[q], k)
 
 
-def _near_pairs(side: _Side, phash_max_distance: int, dhash_max_distance: int,
-                thumbnail_max_mad: float | None) -> list[tuple[int, int]]:
+def _near_pairs(
+    side: _Side, phash_max_distance: int, dhash_max_distance: int, thumbnail_max_mad: float | None
+) -> list[tuple[int, int]]:
     """Pairs (i, j), i < j, within one side: direct, or one image mirrored (both orientations searched)."""
     index = NearDuplicateIndex(side.phash)
     i, j, _ = index.pairs_within(phash_max_distance)
-    found = _confirm(i, j, side.dhash, side.dhash, dhash_max_distance, side.thumbnails, side.thumbnails,
-                     thumbnail_max_mad)
+    found = _confirm(
+        i, j, side.dhash, side.dhash, dhash_max_distance, side.thumbnails, side.thumbnails, thumbnail_max_mad
+    )
     _, (i, j) = _mirror_candidates(side, index, phash_max_distance, with_originals=False)
     other = i != j  # a symmetric image's mirror image is itself
-    found += _confirm(i[other], j[other], side.dhash_mirror, side.dhash, dhash_max_distance, side.thumbnails,
-                      side.thumbnails, thumbnail_max_mad, mirror_i=True)
+    found += _confirm(
+        i[other],
+        j[other],
+        side.dhash_mirror,
+        side.dhash,
+        dhash_max_distance,
+        side.thumbnails,
+        side.thumbnails,
+        thumbnail_max_mad,
+        mirror_i=True,
+    )
     return sorted({(min(a, b), max(a, b)) for a, b in found})
 
 
-def _prior_pairs(new: _Side, prior: _Side, phash_max_distance: int, dhash_max_distance: int,
-                 thumbnail_max_mad: float | None) -> list[tuple[int, int]]:
+def _prior_pairs(
+    new: _Side, prior: _Side, phash_max_distance: int, dhash_max_distance: int, thumbnail_max_mad: float | None
+) -> list[tuple[int, int]]:
     """Pairs (new row, prior row): the new images and their mirror images against the prior images, and
     the prior rows' mirror images (where the index has them) against the new images."""
     if len(new.phash) == 0 or len(prior.phash) == 0:
         return []
-    (i, j), (mi, mj) = _mirror_candidates(new, NearDuplicateIndex(prior.phash), phash_max_distance,
-                                          with_originals=True)
-    found = _confirm(i, j, new.dhash, prior.dhash, dhash_max_distance, new.thumbnails, prior.thumbnails,
-                     thumbnail_max_mad)
-    found += _confirm(mi, mj, new.dhash_mirror, prior.dhash, dhash_max_distance, new.thumbnails,
-                      prior.thumbnails, thumbnail_max_mad, mirror_i=True)
-    _, (pj, pi) = _mirror_candidates(prior, NearDuplicateIndex(new.phash), phash_max_distance,
-                                     with_originals=False)
-    found += [(a, b) for b, a in _confirm(pj, pi, prior.dhash_mirror, new.dhash, dhash_max_distance,
-                                          prior.thumbnails, new.thumbnails, thumbnail_max_mad, mirror_i=True)]
+    (i, j), (mi, mj) = _mirror_candidates(new, NearDuplicateIndex(prior.phash), phash_max_distance, with_originals=True)
+    found = _confirm(
+        i, j, new.dhash, prior.dhash, dhash_max_distance, new.thumbnails, prior.thumbnails, thumbnail_max_mad
+    )
+    found += _confirm(
+        mi,
+        mj,
+        new.dhash_mirror,
+        prior.dhash,
+        dhash_max_distance,
+        new.thumbnails,
+        prior.thumbnails,
+        thumbnail_max_mad,
+        mirror_i=True,
+    )
+    _, (pj, pi) = _mirror_candidates(prior, NearDuplicateIndex(new.phash), phash_max_distance, with_originals=False)
+    found += [
+        (a, b)
+        for b, a in _confirm(
+            pj,
+            pi,
+            prior.dhash_mirror,
+            new.dhash,
+            dhash_max_distance,
+            prior.thumbnails,
+            new.thumbnails,
+            thumbnail_max_mad,
+            mirror_i=True,
+        )
+    ]
     return sorted(set(found))
 
 
@@ -309,13 +369,15 @@ def find_prior_matches(
 def _representative_order(frame: pd.DataFrame, earlier: np.ndarray | None = None) -> np.ndarray:
     """Row positions in preference order: rows kept by earlier batches first (``earlier``), then the
     largest area, the earliest crawled_at, the smallest item_id."""
-    order = pd.DataFrame({
-        "later": np.zeros(len(frame), dtype=np.int8) if earlier is None else (~earlier).astype(np.int8),
-        "area": -(frame["width"].astype("int64").to_numpy() * frame["height"].astype("int64").to_numpy()),
-        "crawled_at": pd.to_datetime(frame["crawled_at"], utc=True).to_numpy(),
-        "item_id": frame["item_id"].astype(str).to_numpy(),
-        "pos": np.arange(len(frame)),
-    }).sort_values(["later", "area", "crawled_at", "item_id"], kind="mergesort", na_position="last")
+    order = pd.DataFrame(
+        {
+            "later": np.zeros(len(frame), dtype=np.int8) if earlier is None else (~earlier).astype(np.int8),
+            "area": -(frame["width"].astype("int64").to_numpy() * frame["height"].astype("int64").to_numpy()),
+            "crawled_at": pd.to_datetime(frame["crawled_at"], utc=True).to_numpy(),
+            "item_id": frame["item_id"].astype(str).to_numpy(),
+            "pos": np.arange(len(frame)),
+        }
+    ).sort_values(["later", "area", "crawled_at", "item_id"], kind="mergesort", na_position="last")
     return order["pos"].to_numpy()
 
 
@@ -388,17 +450,18 @@ def deduplicate(
     direct = hamming(new.phash[dropped], rep_phash).astype(np.int64)
     mirrored = np.where(new.has_mirror[dropped], hamming(new.phash_mirror[dropped], rep_phash), 65).astype(np.int64)
     exact = sha[dropped] == sha[rep_of[dropped]]
-    duplicates = pd.DataFrame({
-        "item_id": frame["item_id"].to_numpy()[dropped],
-        "kept_item_id": all_ids[rep_of[dropped]],
-        "kind": np.where(exact, EXACT, np.where(mirrored < direct, NEAR_MIRROR, NEAR)).astype(object),
-        "distance": np.where(exact, direct, np.minimum(direct, mirrored)).astype(np.int64),
-        "kept_batch_id": kept_batch[rep_of[dropped]],
-    })
+    duplicates = pd.DataFrame(
+        {
+            "item_id": frame["item_id"].to_numpy()[dropped],
+            "kept_item_id": all_ids[rep_of[dropped]],
+            "kind": np.where(exact, EXACT, np.where(mirrored < direct, NEAR_MIRROR, NEAR)).astype(object),
+            "distance": np.where(exact, direct, np.minimum(direct, mirrored)).astype(np.int64),
+            "kept_batch_id": kept_batch[rep_of[dropped]],
+        }
+    )
     clusters = pd.DataFrame({"item_id": frame["item_id"].to_numpy(), "cluster_id": cluster_id})
     return DedupResult(
         kept=kept.sort_values("item_id", kind="mergesort").reset_index(drop=True),
         duplicates=duplicates.sort_values("item_id", kind="mergesort").reset_index(drop=True),
         clusters=clusters.sort_values("item_id", kind="mergesort").reset_index(drop=True),
     )
-

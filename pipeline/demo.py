@@ -7,6 +7,7 @@ the accuracy of each attribute network, and the top recommendations.
 
 Airflow reads its configuration when first imported, so the environment is set up before that.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,19 @@ DEMO_USER_STYLE = {"pattern": "striped", "fabric": "cotton", "style": "casual", 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="store URI (default: settings, i.e. file://var/store)")
-    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "var",
-                        help="where the demo site and the Airflow metadata DB live")
+    parser.add_argument(
+        "--work-dir", type=Path, default=REPO_ROOT / "var", help="where the demo site and the Airflow metadata DB live"
+    )
     parser.add_argument("--products", type=int, default=240, help="products in the demo store")
     parser.add_argument("--profile", default="demo", help="settings profile (config/profiles/<name>.yaml)")
     parser.add_argument("--k", type=int, default=10, help="recommendations to write")
-    parser.add_argument("--port", type=int, default=8765,
-                        help="demo store port; item ids derive from product URLs, so keep it fixed across runs "
-                             "(0 = any free port, for throwaway stores)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        help="demo store port; item ids derive from product URLs, so keep it fixed across runs "
+        "(0 = any free port, for throwaway stores)",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,14 +52,16 @@ def configure_environment(args: argparse.Namespace) -> None:
     # SQLite would create the metadata database with the umask's mode (0644); created 0600 first, it keeps it.
     os.close(os.open(airflow_home / "airflow.db", os.O_WRONLY | os.O_CREAT, 0o600))
     (airflow_home / "airflow.db").chmod(0o600)
-    os.environ.update({
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
-        "FASHIONNET_PROFILE": args.profile,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    })
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+            "FASHIONNET_PROFILE": args.profile,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+    )
     # Airflow's in-process test client trips a third-party deprecation notice on every run; it is noise here.
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -64,8 +72,12 @@ def configure_environment(args: argparse.Namespace) -> None:
 
 
 def migrate_metadata_db() -> None:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def load_dags() -> dict[str, Any]:
@@ -128,15 +140,23 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
     from pipeline.settings import get_settings
 
     attributes = get_settings().taxonomy.names
-    print("\n=== Attribute networks: accuracy on the test split, against its weak labels and against the"
-          " demo store's hidden true labels ===")
+    print(
+        "\n=== Attribute networks: accuracy on the test split, against its weak labels and against the"
+        " demo store's hidden true labels ==="
+    )
     truth = truth_accuracy(store, site_dir)
     rows = []
     for attribute in attributes:
         model = current(store, attribute) or {}
-        rows.append({"attribute": attribute, "version": model.get("version"),
-                     "val_accuracy": model.get("val_accuracy"), "test_accuracy": model.get("test_accuracy"),
-                     "test_vs_hidden_truth": truth.get(attribute)})
+        rows.append(
+            {
+                "attribute": attribute,
+                "version": model.get("version"),
+                "val_accuracy": model.get("val_accuracy"),
+                "test_accuracy": model.get("test_accuracy"),
+                "test_vs_hidden_truth": truth.get(attribute),
+            }
+        )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
     from pipeline.recommend import html_key as recommendations_page_key
@@ -154,11 +174,18 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
 
     html_key = recommendations_page_key(DEMO_USER, run_date, run)
     print("\n=== Outputs ===")
-    for label, prefix in [("product images", "images/"), ("crawls", "crawls/"), ("curation", "curation/"),
-                          ("review queue + audit log", "review/"), ("dataset + split", "dataset/"),
-                          ("models", "models/"), ("fashion-vector repository", "repository/"),
-                          ("recommendations (Parquet)", "recommendations/"), ("style profiles", "profiles/"),
-                          ("recommendation pages", "recommendations_html/")]:
+    for label, prefix in [
+        ("product images", "images/"),
+        ("crawls", "crawls/"),
+        ("curation", "curation/"),
+        ("review queue + audit log", "review/"),
+        ("dataset + split", "dataset/"),
+        ("models", "models/"),
+        ("fashion-vector repository", "repository/"),
+        ("recommendations (Parquet)", "recommendations/"),
+        ("style profiles", "profiles/"),
+        ("recommendation pages", "recommendations_html/"),
+    ]:
         print(f"{label:28s} {store.url(prefix)}  ({len(store.list(prefix))} objects)")
     page = store.local_path(html_key)
     print(f"{'recommendations page':28s} {page or store.url(html_key)}")
@@ -187,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo store: {shop.base_url}   object store: {store.uri}", flush=True)
         upload_user_images(store, site_dir)
         dags = load_dags()
-        timings = {dag_id: run_dag(dags[dag_id], {"k": args.k} if dag_id == "fashionnet_recommend" else None)
-                   for dag_id in DAG_ORDER}
+        timings = {
+            dag_id: run_dag(dags[dag_id], {"k": args.k} if dag_id == "fashionnet_recommend" else None)
+            for dag_id in DAG_ORDER
+        }
     print_results(store, site_dir, timings)
     print(f"\nDemo finished in {time.perf_counter() - started:.0f}s.")
     return 0

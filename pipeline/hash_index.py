@@ -24,6 +24,7 @@ Mirrored copies (:func:`query_with_mirrors`): the hashes of the horizontally mir
 the same exact search as the images' own hashes, in one query, so the index of a batch finds an image's
 mirrored copy with no extra table and no approximation.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -87,7 +88,7 @@ class HashIndex:
         found: list[Triplet] = []
         step = max(1, _BLOCK_CELLS // max(1, len(self.hashes)))
         for start in range(0, len(queries), step):
-            block = popcount64(queries[start:start + step, None] ^ self.hashes[None, :])
+            block = popcount64(queries[start : start + step, None] ^ self.hashes[None, :])
             rows, cols = np.nonzero(block <= max_distance)
             found.append((rows + start, cols, block[rows, cols]))
         return _concat(found)
@@ -172,8 +173,9 @@ class MultiIndexHashing(HashIndex):
             tables.append((shift, bits, keys, np.argsort(keys, kind="stable")))
         return tables
 
-    def _candidates(self, query_keys: np.ndarray, masks: np.ndarray, offsets: np.ndarray,
-                    order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(
+        self, query_keys: np.ndarray, masks: np.ndarray, offsets: np.ndarray, order: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(query row, indexed row) for every indexed row whose key is some query key XOR a mask."""
         probed = (query_keys[:, None] ^ masks[None, :]).ravel()
         starts = offsets[probed]
@@ -206,7 +208,7 @@ class MultiIndexHashing(HashIndex):
             query_keys = substring_values(queries, shift, bits)
             step = max(1, _BLOCK_CELLS // len(masks))
             for start in range(0, len(queries), step):
-                rows, cols = self._candidates(query_keys[start:start + step], masks, offsets, order)
+                rows, cols = self._candidates(query_keys[start : start + step], masks, offsets, order)
                 rows += start
                 dist = popcount64(queries[rows] ^ self.hashes[cols])
                 close = dist <= max_distance
@@ -219,8 +221,11 @@ class MultiIndexHashing(HashIndex):
         (numpy releases the GIL in the heavy array operations)."""
         n = len(self.hashes)
         m = self.substrings or choose_substrings(n, n, max_distance)
-        jobs = [(bits, keys, order, radius) for (_, bits, keys, order), radius
-                in zip(self._substrings(m), substring_radii(max_distance, m)) if radius >= 0]
+        jobs = [
+            (bits, keys, order, radius)
+            for (_, bits, keys, order), radius in zip(self._substrings(m), substring_radii(max_distance, m))
+            if radius >= 0
+        ]
         if self.workers > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 parts = list(pool.map(lambda job: self._join_substring(*job, max_distance), jobs))
@@ -228,8 +233,9 @@ class MultiIndexHashing(HashIndex):
             parts = [self._join_substring(*job, max_distance) for job in jobs]
         return _sorted_triplet(*_concat(parts))
 
-    def _join_substring(self, bits: int, keys: np.ndarray, order: np.ndarray, radius: int,
-                        max_distance: int) -> Triplet:
+    def _join_substring(
+        self, bits: int, keys: np.ndarray, order: np.ndarray, radius: int, max_distance: int
+    ) -> Triplet:
         """Pairs within ``max_distance`` among rows whose substring values are within ``radius``.
 
         Probes per distinct value (bucket) rather than per row, and only from the smaller value of a
@@ -255,13 +261,14 @@ class MultiIndexHashing(HashIndex):
             lower_values = values[lower][None, :]
             step = max(1, _BLOCK_CELLS // len(lower))
             for start in range(0, len(group), step):
-                probed = (group[start:start + step, None] ^ lower_values).ravel()
+                probed = (group[start : start + step, None] ^ lower_values).ravel()
                 # flatnonzero on a flat bool array is several times faster than 2-D nonzero.
                 hits = np.flatnonzero(occupied[probed])
                 position = hits % len(lower)
                 bucket_b = slot[probed[hits]].astype(np.int64)
-                found.append(self._verify(*_bucket_pairs(lower[position], bucket_b, first, counts, order),
-                                          max_distance))
+                found.append(
+                    self._verify(*_bucket_pairs(lower[position], bucket_b, first, counts, order), max_distance)
+                )
         return _concat(found)
 
     def _verify(self, a: np.ndarray, b: np.ndarray, max_distance: int) -> Triplet:
@@ -282,8 +289,9 @@ class MultiIndexHashing(HashIndex):
         return self._self_join(max_distance)
 
 
-def _bucket_pairs(bucket_a: np.ndarray, bucket_b: np.ndarray, first: np.ndarray, counts: np.ndarray,
-                  order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bucket_pairs(
+    bucket_a: np.ndarray, bucket_b: np.ndarray, first: np.ndarray, counts: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Row pairs of bucket pairs: every row of bucket a with every row of bucket b (a row of a bucket
     paired with itself: each unordered pair once)."""
     count_a, count_b = counts[bucket_a], counts[bucket_b]
@@ -302,8 +310,9 @@ def _bucket_pairs(bucket_a: np.ndarray, bucket_b: np.ndarray, first: np.ndarray,
     return rows_a, rows_b
 
 
-def query_with_mirrors(index: HashIndex, hashes: np.ndarray, mirrors: np.ndarray,
-                       max_distance: int) -> tuple[Triplet, Triplet]:
+def query_with_mirrors(
+    index: HashIndex, hashes: np.ndarray, mirrors: np.ndarray, max_distance: int
+) -> tuple[Triplet, Triplet]:
     """One search of ``index`` for two query sets: images' own hashes and the hashes of their mirror
     images (see :func:`pipeline.hashing.image_hashes`), so a mirrored copy of an indexed image is found
     as well. Returns the two triplets (query row, indexed row, distance), rows numbered within each set.

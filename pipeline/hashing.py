@@ -10,6 +10,7 @@ thumbnails. Pillow's Lanczos resampling is symmetric, so those are exactly the h
 ``ImageOps.mirror(image)`` (a test checks both equalities). A mirrored copy of an image has (nearly) the
 original's hashes as its mirror hashes, which is how :mod:`pipeline.dedup` finds flipped copies.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,10 @@ def image_hashes(image: Image.Image) -> ImageHashes:
     square = np.asarray(grey.resize((_PHASH_SIDE, _PHASH_SIDE), _RESAMPLE))
     strip = np.asarray(grey.resize((HASH_SIZE + 1, HASH_SIZE), _RESAMPLE))
     return ImageHashes(
-        _to_uint64(_phash_bits(square)), _to_uint64(_dhash_bits(strip)),
-        _to_uint64(_phash_bits(square[:, ::-1])), _to_uint64(_dhash_bits(strip[:, ::-1])),
+        _to_uint64(_phash_bits(square)),
+        _to_uint64(_dhash_bits(strip)),
+        _to_uint64(_phash_bits(square[:, ::-1])),
+        _to_uint64(_dhash_bits(strip[:, ::-1])),
     )
 
 

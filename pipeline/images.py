@@ -21,12 +21,14 @@ deviation over all channels together, none within any one). Every refusal is an
 
 This module is the ground floor: it imports PIL, numpy and ``pipeline.settings`` (for the limits) only.
 """
+
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -66,7 +68,7 @@ class UndecodableImage(ValueError):
             message = f"image {key!r} {verdict} ({message})"
         super().__init__(message)
 
-    def for_key(self, key: str) -> "UndecodableImage":
+    def for_key(self, key: str) -> UndecodableImage:
         """The same error naming ``key`` (raise it ``from`` this one)."""
         return UndecodableImage(self.reason, self.detail, key=key)
 
@@ -86,8 +88,9 @@ def rules_from_settings(curation: Mapping[str, Any] | None = None) -> ImageRules
 
         curation = get_settings().curation
     try:
-        return ImageRules(max_pixels=int(curation["max_image_pixels"]),
-                          blank_std=float(curation["blank_std_threshold"]))
+        return ImageRules(
+            max_pixels=int(curation["max_image_pixels"]), blank_std=float(curation["blank_std_threshold"])
+        )
     except KeyError as exc:
         raise KeyError(f"config/settings.yaml curation lacks {exc.args[0]!r} (image decoding limits)") from None
 
@@ -114,7 +117,8 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         image.close()
         raise UndecodableImage(
-            DECOMPRESSION_BOMB, f"declares {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+            DECOMPRESSION_BOMB, f"declares {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
     return image
 
 
@@ -187,7 +191,8 @@ def open_image(data: bytes, *, max_pixels: int, target_size: int | None = None) 
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError...
         image.close()
         raise UndecodableImage(
-            UNDECODABLE, f"{image.format or 'image'} {image.width}x{image.height}: {type(exc).__name__}: {exc}") from exc
+            UNDECODABLE, f"{image.format or 'image'} {image.width}x{image.height}: {type(exc).__name__}: {exc}"
+        ) from exc
     if rgb is not image:
         image.close()  # (closing the returned image itself would free its pixels)
     return rgb

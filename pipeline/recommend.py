@@ -20,6 +20,7 @@ user was shown on an earlier date. A manual run and the scheduled one on the sam
 outputs; a retry of the same run rewrites its own keys; every run ignores its own date's output
 (only earlier dates' shown lists count), so the same inputs give the same lists.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -51,8 +52,18 @@ RETAILER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MAX_K = 100
 MAX_FILTER_VALUES = 50
-ITEM_COLUMNS = ("retailer", "category", "title", "price", "currency", "product_url", "image_key",
-                "crawl_date", "crawled_at", "inferred_at")
+ITEM_COLUMNS = (
+    "retailer",
+    "category",
+    "title",
+    "price",
+    "currency",
+    "product_url",
+    "image_key",
+    "crawl_date",
+    "crawled_at",
+    "inferred_at",
+)
 
 
 class InvalidRequest(ValueError):
@@ -101,8 +112,12 @@ class Filters:
         return expression
 
     def describe(self) -> dict[str, Any]:
-        return {"retailers": list(self.retailers), "categories": list(self.categories),
-                "price_min": self.price_min, "price_max": self.price_max}
+        return {
+            "retailers": list(self.retailers),
+            "categories": list(self.categories),
+            "price_min": self.price_min,
+            "price_max": self.price_max,
+        }
 
 
 @dataclass(frozen=True)
@@ -126,8 +141,12 @@ def _validate_k(k: Any) -> int:
 
 
 def _validate_number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)) or not low <= float(value) <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(float(value))
+        or not low <= float(value) <= high
+    ):
         raise InvalidRequest(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
     return float(value)
 
@@ -140,24 +159,34 @@ def _validate_strings(name: str, values: Any, pattern: re.Pattern[str] | None) -
     if len(values) > MAX_FILTER_VALUES:
         raise InvalidRequest(f"{name} may hold at most {MAX_FILTER_VALUES} values, got {len(values)}")
     for value in values:
-        if not isinstance(value, str) or not value.strip() or len(value) > 128 \
-                or (pattern is not None and not pattern.fullmatch(value)):
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or len(value) > 128
+            or (pattern is not None and not pattern.fullmatch(value))
+        ):
             raise InvalidRequest(f"{name} has an invalid value {value!r}")
     return tuple(dict.fromkeys(values))
 
 
-def validate_filters(retailers: Any = None, categories: Any = None, price_min: Any = None,
-                     price_max: Any = None) -> Filters:
+def validate_filters(
+    retailers: Any = None, categories: Any = None, price_min: Any = None, price_max: Any = None
+) -> Filters:
     low = None if price_min is None else _validate_number("price_min", price_min, 0.0, 1e9)
     high = None if price_max is None else _validate_number("price_max", price_max, 0.0, 1e9)
     if low is not None and high is not None and low > high:
         raise InvalidRequest(f"price_min ({low:g}) is above price_max ({high:g})")
-    return Filters(_validate_strings("retailers", retailers, RETAILER_PATTERN),
-                   _validate_strings("categories", categories, None), low, high)
+    return Filters(
+        _validate_strings("retailers", retailers, RETAILER_PATTERN),
+        _validate_strings("categories", categories, None),
+        low,
+        high,
+    )
 
 
-def validate_options(k: Any = None, score_kind: Any = None, mmr_lambda: Any = None,
-                     filters: Filters | Mapping[str, Any] | None = None) -> Options:
+def validate_options(
+    k: Any = None, score_kind: Any = None, mmr_lambda: Any = None, filters: Filters | Mapping[str, Any] | None = None
+) -> Options:
     """Options from a request, the unset ones from settings; raises InvalidRequest."""
     config = get_settings().recommend
     k = _validate_k(config.get("k", 10) if k is None else k)
@@ -176,17 +205,31 @@ def validate_options(k: Any = None, score_kind: Any = None, mmr_lambda: Any = No
     attribute_weights = config.get("attribute_weights")
     scoring.normalised_hybrid_weights(hybrid_weights)  # a bad configuration fails here, not mid-run
     scoring.normalised_weights(get_settings().taxonomy.names, attribute_weights)
-    return Options(k=k, score_kind=kind, mmr_lambda=lam, filters=filters,
-                   mmr_pool=int(config.get("mmr_pool", 200)), hybrid_weights=hybrid_weights,
-                   attribute_weights=attribute_weights)
+    return Options(
+        k=k,
+        score_kind=kind,
+        mmr_lambda=lam,
+        filters=filters,
+        mmr_pool=int(config.get("mmr_pool", 200)),
+        hybrid_weights=hybrid_weights,
+        attribute_weights=attribute_weights,
+    )
 
 
 def options_from_params(params: Mapping[str, Any]) -> Options:
     """Options from the recommend DAG's Params (``k``, ``score``, ``mmr_lambda``, ``retailers``,
     ``categories``, ``price_min``, ``price_max``; null = the settings' default or no filter)."""
-    return validate_options(params.get("k"), params.get("score"), params.get("mmr_lambda"), {
-        "retailers": params.get("retailers"), "categories": params.get("categories"),
-        "price_min": params.get("price_min"), "price_max": params.get("price_max")})
+    return validate_options(
+        params.get("k"),
+        params.get("score"),
+        params.get("mmr_lambda"),
+        {
+            "retailers": params.get("retailers"),
+            "categories": params.get("categories"),
+            "price_min": params.get("price_min"),
+            "price_max": params.get("price_max"),
+        },
+    )
 
 
 # -- users and their images ---------------------------------------------------------------------------
@@ -200,18 +243,17 @@ def _is_image_key(key: str) -> bool:
 
 def _validate_user_id(user_id: Any) -> str:
     if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
-        raise InvalidRequest(
-            f"user_id must be 1-64 characters of letters, digits, '_' or '-', got {user_id!r}")
+        raise InvalidRequest(f"user_id must be 1-64 characters of letters, digits, '_' or '-', got {user_id!r}")
     return user_id
 
 
 def _user_image(key: str, user_id: str) -> bool:
     """An image file directly under ``users/<user_id>/`` (not in a subfolder such as ``_shown/``)."""
     prefix = user_prefix(user_id)
-    return key.startswith(prefix) and "/" not in key[len(prefix):] and _is_image_key(key)
+    return key.startswith(prefix) and "/" not in key[len(prefix) :] and _is_image_key(key)
 
 
-def _validate_image_key(store: "ObjectStore", user_id: str, key: Any) -> str:
+def _validate_image_key(store: ObjectStore, user_id: str, key: Any) -> str:
     prefix = user_prefix(user_id)
     if not isinstance(key, str):
         raise InvalidRequest(f"image keys must be strings, got {key!r}")
@@ -221,7 +263,7 @@ def _validate_image_key(store: "ObjectStore", user_id: str, key: Any) -> str:
         raise InvalidRequest(f"image key {key!r} is not a key inside the store: {exc}") from None
     if not clean.startswith(prefix):
         raise InvalidRequest(f"image key {key!r} is not one of user {user_id!r}'s images (under {prefix})")
-    if "/" in clean[len(prefix):]:
+    if "/" in clean[len(prefix) :]:
         raise InvalidRequest(f"image key {key!r} is not directly under {prefix}")
     if not _is_image_key(clean):
         raise InvalidRequest(f"image key {key!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
@@ -230,12 +272,12 @@ def _validate_image_key(store: "ObjectStore", user_id: str, key: Any) -> str:
     return clean
 
 
-def user_images(store: "ObjectStore", user_id: str) -> list[str]:
+def user_images(store: ObjectStore, user_id: str) -> list[str]:
     """The image files directly under ``users/<user_id>/``, sorted."""
     return [key for key in store.list(user_prefix(user_id)) if _user_image(key, user_id)]
 
 
-def list_users(store: "ObjectStore") -> list[str]:
+def list_users(store: ObjectStore) -> list[str]:
     """Every user with at least one image directly under ``users/<user_id>/`` (valid ids only), sorted."""
     users = set()
     for key in store.list("users/"):
@@ -245,7 +287,7 @@ def list_users(store: "ObjectStore") -> list[str]:
     return sorted(users)
 
 
-def validate_request(store: "ObjectStore", user_id: str, image_keys: list[str] | None, k: int) -> list[str]:
+def validate_request(store: ObjectStore, user_id: str, image_keys: list[str] | None, k: int) -> list[str]:
     """The user's image keys to profile, after checking the request; raises InvalidRequest.
 
     Explicit ``image_keys`` must each be an existing image directly under ``users/<user_id>/``; with
@@ -265,8 +307,13 @@ def validate_request(store: "ObjectStore", user_id: str, image_keys: list[str] |
     return keys
 
 
-def plan_requests(store: "ObjectStore", user_id: str | None, image_keys: list[str] | None,
-                  options: Options, users_per_batch: int | None = None) -> list[list[dict[str, Any]]]:
+def plan_requests(
+    store: ObjectStore,
+    user_id: str | None,
+    image_keys: list[str] | None,
+    options: Options,
+    users_per_batch: int | None = None,
+) -> list[list[dict[str, Any]]]:
     """The run's work in batches of ``{"user_id", "image_keys"}`` requests, everything validated.
 
     ``user_id`` None or "": every user under ``users/`` (then ``image_keys`` must be empty); batches of
@@ -281,9 +328,13 @@ def plan_requests(store: "ObjectStore", user_id: str | None, image_keys: list[st
     else:
         requests = [{"user_id": user_id, "image_keys": validate_request(store, user_id, image_keys, 1)}]
     config = get_settings().recommend
-    size = batch_size(len(requests), int(users_per_batch or config.get("users_per_task", 100)),
-                      int(config.get("max_mapped_tasks", 1000)), int(config.get("max_users_per_task", 1000)))
-    return [requests[start:start + size] for start in range(0, len(requests), size)]
+    size = batch_size(
+        len(requests),
+        int(users_per_batch or config.get("users_per_task", 100)),
+        int(config.get("max_mapped_tasks", 1000)),
+        int(config.get("max_users_per_task", 1000)),
+    )
+    return [requests[start : start + size] for start in range(0, len(requests), size)]
 
 
 def batch_size(users: int, users_per_task: int, max_tasks: int, max_users_per_task: int) -> int:
@@ -291,12 +342,16 @@ def batch_size(users: int, users_per_task: int, max_tasks: int, max_users_per_ta
     ``max_tasks`` tasks (Airflow refuses a mapping beyond ``max_map_length``); raises ValueError when
     even ``max_users_per_task`` users per task would need more than ``max_tasks`` tasks."""
     if users_per_task < 1 or max_tasks < 1 or max_users_per_task < users_per_task:
-        raise ValueError(f"recommend: need 1 <= users_per_task ({users_per_task}) <= max_users_per_task "
-                         f"({max_users_per_task}) and max_mapped_tasks ({max_tasks}) >= 1")
+        raise ValueError(
+            f"recommend: need 1 <= users_per_task ({users_per_task}) <= max_users_per_task "
+            f"({max_users_per_task}) and max_mapped_tasks ({max_tasks}) >= 1"
+        )
     size = max(users_per_task, math.ceil(users / max_tasks))
     if size > max_users_per_task:
-        raise ValueError(f"{users} users need {size} users per task to stay within {max_tasks} mapped tasks, "
-                         f"above recommend.max_users_per_task ({max_users_per_task}): raise one of them")
+        raise ValueError(
+            f"{users} users need {size} users per task to stay within {max_tasks} mapped tasks, "
+            f"above recommend.max_users_per_task ({max_users_per_task}): raise one of them"
+        )
     return size
 
 
@@ -331,17 +386,24 @@ def run_partition(run_id: Any) -> str:
 
 def adhoc_run_id() -> str:
     """The run id of a call that names none (a script, a test): the UTC time to the microsecond."""
-    return f"adhoc__{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H%M%S.%fZ}"
+    return f"adhoc__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H%M%S.%fZ}"
 
 
 # -- the style profile ------------------------------------------------------------------------------
 def profile_schema(attributes: Sequence[str], source: bool = False) -> pa.Schema:
-    fields = [pa.field("image_key", pa.string()), pa.field("phash", pa.uint64()),
-              pa.field("content_sha256", pa.string()), pa.field("phash_mirror", pa.uint64())]
+    fields = [
+        pa.field("image_key", pa.string()),
+        pa.field("phash", pa.uint64()),
+        pa.field("content_sha256", pa.string()),
+        pa.field("phash_mirror", pa.uint64()),
+    ]
     for attribute in attributes:
-        fields += [pa.field(attribute, pa.string()), pa.field(f"{attribute}_prob", pa.float64()),
-                   pa.field(f"{attribute}_probs", pa.list_(pa.float32())),
-                   pa.field(f"{attribute}_model_version", pa.string())]
+        fields += [
+            pa.field(attribute, pa.string()),
+            pa.field(f"{attribute}_prob", pa.float64()),
+            pa.field(f"{attribute}_probs", pa.list_(pa.float32())),
+            pa.field(f"{attribute}_model_version", pa.string()),
+        ]
     fields.append(pa.field("embedding", pa.list_(pa.float32())))
     if source:
         fields.append(pa.field("embedding_source", pa.string()))
@@ -371,7 +433,7 @@ def _float_list(value: Any) -> list[float] | None:
 
 
 def build_profile(
-    store: "ObjectStore",
+    store: ObjectStore,
     user_id: str,
     image_keys: Sequence[str],
     vectorizer: Vectorizer,
@@ -434,8 +496,10 @@ def own_image_mask(
     as curation's thumbnail check does for duplicates.
     """
     _require_columns(repository, ["phash", "content_sha256"], "repository")
-    own_sha = pc.is_in(repository["content_sha256"].cast(pa.string()),
-                       value_set=pc.drop_null(profile["content_sha256"].cast(pa.string())))
+    own_sha = pc.is_in(
+        repository["content_sha256"].cast(pa.string()),
+        value_set=pc.drop_null(profile["content_sha256"].cast(pa.string())),
+    )
     mask = pc.fill_null(own_sha, False).to_numpy(zero_copy_only=False).astype(bool)
     profile_columns = ["phash", "phash_mirror"] if "phash_mirror" in profile.column_names else ["phash"]
     if not repository.num_rows:
@@ -455,13 +519,13 @@ def own_image_mask(
     return mask
 
 
-def thumbnail_check(store: "ObjectStore", profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
+def thumbnail_check(store: ObjectStore, profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
     """Curation's colour-thumbnail rule (:func:`pipeline.dedup.thumbnail_distance`, tolerant of a
     brightness change) as a :data:`NearCopyCheck`, against the profile image or its mirror image;
     images load once, on demand, decoded as curation decodes them (:func:`pipeline.images.open_image`)."""
     max_pixels = rules_from_settings().max_pixels
 
-    @lru_cache(maxsize=None)
+    @cache
     def thumbnail(key: str) -> np.ndarray:
         return colour_thumbnail(open_image(store.get_bytes(key), max_pixels=max_pixels))
 
@@ -484,13 +548,13 @@ def shown_key(user_id: str, run_date: str, run: str) -> str:
     return f"users/{user_id}/_shown/{run_date}/run={run}.parquet"
 
 
-def shown_before(store: "ObjectStore", user_id: str, run_date: str) -> list[str]:
+def shown_before(store: ObjectStore, user_id: str, run_date: str) -> list[str]:
     """Item ids the user was shown on dates before ``run_date``, by any run (never the date's own
     runs); ``<date>.parquet`` files of the layout before runs count too."""
     prefix = f"users/{user_id}/_shown/"
     tables = []
     for key in store.list(prefix):
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?:\.parquet|/run=[A-Za-z0-9_.-]+\.parquet)", name)
         if match and match.group(1) < run_date:
             tables.append(store.read_parquet(key, columns=["item_id"]))
@@ -572,7 +636,9 @@ def rank(
     mine = scoring.fashion_matrix(profile, taxonomy, trust_unit_embeddings=False)
     eligible = ~own_image_mask(profile, repository, phash_max_distance, confirm_near_copy)
     if exclude_item_ids:
-        shown = pc.is_in(repository["item_id"].cast(pa.string()), value_set=pa.array(list(exclude_item_ids), pa.string()))
+        shown = pc.is_in(
+            repository["item_id"].cast(pa.string()), value_set=pa.array(list(exclude_item_ids), pa.string())
+        )
         eligible &= ~pc.fill_null(shown, False).to_numpy(zero_copy_only=False).astype(bool)
     parts = scoring.components(items, mine, options.attribute_weights, need=[kind])
     foreign = foreign_embeddings(profile, repository)
@@ -583,20 +649,41 @@ def rank(
         if kind == "embedding" and not comparable.any():
             raise scoring.MissingVectors(
                 f"no repository item has embeddings of the profile's networks ({_profile_source(profile)}); "
-                "they come after the next repository refresh")
+                "they come after the next repository refresh"
+            )
         parts.embedding[foreign] = float(parts.embedding[comparable].mean()) if comparable.any() else 0.0
     if kind == "matches":
         eligible &= parts.matches > 0
-    chosen = scoring.select(kind, items, parts, repository["item_id"], eligible, k, lam, options.mmr_pool,
-                            options.hybrid_weights)
+    chosen = scoring.select(
+        kind, items, parts, repository["item_id"], eligible, k, lam, options.mmr_pool, options.hybrid_weights
+    )
     rows = chosen.rows
-    return ranked_table(kind, attributes, profile, mine, items.take(rows), repository.take(pa.array(rows, type=pa.int64())),
-                        chosen.score, chosen.mmr_score, None if foreign is None else foreign[rows], options)
+    return ranked_table(
+        kind,
+        attributes,
+        profile,
+        mine,
+        items.take(rows),
+        repository.take(pa.array(rows, type=pa.int64())),
+        chosen.score,
+        chosen.mmr_score,
+        None if foreign is None else foreign[rows],
+        options,
+    )
 
 
-def ranked_table(kind: str, attributes: Sequence[str], profile: pa.Table, mine: scoring.FashionMatrix,
-                 picked: scoring.FashionMatrix, picked_rows: pa.Table, score: np.ndarray, mmr_score: np.ndarray,
-                 foreign: np.ndarray | None, options: Options) -> pa.Table:
+def ranked_table(
+    kind: str,
+    attributes: Sequence[str],
+    profile: pa.Table,
+    mine: scoring.FashionMatrix,
+    picked: scoring.FashionMatrix,
+    picked_rows: pa.Table,
+    score: np.ndarray,
+    mmr_score: np.ndarray,
+    foreign: np.ndarray | None,
+    options: Options,
+) -> pa.Table:
     """The output table of :func:`rank` for the chosen items in order: ``picked`` and ``picked_rows``
     are their fashion matrix and repository rows, ``foreign`` their other-networks flags (or None)."""
     n = picked.n
@@ -607,20 +694,22 @@ def ranked_table(kind: str, attributes: Sequence[str], profile: pa.Table, mine: 
         nearest = np.where(foreign, by_attributes, nearest)
     profile_keys = profile["image_key"].to_pylist()
     matched = [",".join(a for a, hit in zip(attributes, hits) if hit) for hits in shown_parts.attribute_hits]
-    table = pa.table({
-        "rank": pa.array(np.arange(1, n + 1), type=pa.int32()),
-        "item_id": picked_rows["item_id"],
-        "score": pa.array(score, type=pa.float64()),
-        "score_kind": pa.array([kind] * n, type=pa.string()),
-        "mmr_score": pa.array(mmr_score, type=pa.float64()),
-        "score_matches": pa.array(shown_parts.matches, type=pa.int64()),
-        "best_row_matches": pa.array(shown_parts.best_row, type=pa.int64()),
-        "matched_attributes": pa.array(matched, type=pa.string()),
-        "match_probability": pa.array(shown_parts.match_probability, type=pa.float64()),
-        "score_weighted": _column(shown_parts.weighted, n),
-        "score_embedding": _column(shown_parts.embedding, n, foreign),
-        "nearest_profile_image": pa.array([profile_keys[j] if j >= 0 else None for j in nearest], type=pa.string()),
-    })
+    table = pa.table(
+        {
+            "rank": pa.array(np.arange(1, n + 1), type=pa.int32()),
+            "item_id": picked_rows["item_id"],
+            "score": pa.array(score, type=pa.float64()),
+            "score_kind": pa.array([kind] * n, type=pa.string()),
+            "mmr_score": pa.array(mmr_score, type=pa.float64()),
+            "score_matches": pa.array(shown_parts.matches, type=pa.int64()),
+            "best_row_matches": pa.array(shown_parts.best_row, type=pa.int64()),
+            "matched_attributes": pa.array(matched, type=pa.string()),
+            "match_probability": pa.array(shown_parts.match_probability, type=pa.float64()),
+            "score_weighted": _column(shown_parts.weighted, n),
+            "score_embedding": _column(shown_parts.embedding, n, foreign),
+            "nearest_profile_image": pa.array([profile_keys[j] if j >= 0 else None for j in nearest], type=pa.string()),
+        }
+    )
     for attribute in attributes:
         for name in (attribute, f"{attribute}_prob", f"{attribute}_model_version"):
             if name in picked_rows.column_names:
@@ -645,11 +734,13 @@ def html_key(user_id: str, run_date: str, run: str) -> str:
     return f"recommendations_html/{run_date}/run={run}/{user_id}.html"
 
 
-RECOMMENDATIONS_KEY = re.compile(r"recommendations/date=(\d{4}-\d{2}-\d{2})/run=([A-Za-z0-9_.-]+)/user_id=([^/]+)/"
-                                 r"recommendations\.parquet")
+RECOMMENDATIONS_KEY = re.compile(
+    r"recommendations/date=(\d{4}-\d{2}-\d{2})/run=([A-Za-z0-9_.-]+)/user_id=([^/]+)/"
+    r"recommendations\.parquet"
+)
 
 
-def latest_run(store: "ObjectStore", user_id: str) -> tuple[str, str] | None:
+def latest_run(store: ObjectStore, user_id: str) -> tuple[str, str] | None:
     """``(run_date, run)`` of the user's latest recommendations: the latest date, and of that date's
     runs the one written last (its ``generated_at``); None when the user has none."""
     runs: dict[str, list[str]] = {}
@@ -664,12 +755,12 @@ def latest_run(store: "ObjectStore", user_id: str) -> tuple[str, str] | None:
     def written_at(run: str) -> dt.datetime:
         table = store.read_parquet(recommendations_key(user_id, run_date, run), columns=["generated_at"])
         stamps = [t for t in table["generated_at"].to_pylist() if t is not None]
-        return max(stamps, default=dt.datetime.min.replace(tzinfo=dt.timezone.utc))
+        return max(stamps, default=dt.datetime.min.replace(tzinfo=dt.UTC))
 
     return run_date, max(sorted(runs[run_date]), key=written_at)
 
 
-def _default_vectorizer(store: "ObjectStore", attributes: Sequence[str]) -> Vectorizer:
+def _default_vectorizer(store: ObjectStore, attributes: Sequence[str]) -> Vectorizer:
     """The published attribute networks; imported here so this module loads without TensorFlow."""
     from models.inference import FashionVectorizer
 
@@ -684,7 +775,7 @@ def repository_columns(attributes: Sequence[str]) -> list[str]:
     return columns + ["embedding", "embedding_source"]
 
 
-def load_repository(store: "ObjectStore", filters: Filters, attributes: Sequence[str]) -> pa.Table:
+def load_repository(store: ObjectStore, filters: Filters, attributes: Sequence[str]) -> pa.Table:
     """The current repository (one row per item), filtered at read time. Unsorted (file order): the
     ranking does not depend on row order (ties go by item_id), and the sort would copy the embeddings."""
     from pipeline.repository import read_repository
@@ -701,13 +792,28 @@ def repository_vectors(repository: pa.Table, attributes: Sequence[str]) -> tuple
 
 
 def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("rank", "item_id", "title", "retailer", "category", "price", "currency", "product_url", "image_key",
-            "score", "score_kind", "score_matches", "score_weighted", "score_embedding", "matched_attributes")
+    keys = (
+        "rank",
+        "item_id",
+        "title",
+        "retailer",
+        "category",
+        "price",
+        "currency",
+        "product_url",
+        "image_key",
+        "score",
+        "score_kind",
+        "score_matches",
+        "score_weighted",
+        "score_embedding",
+        "matched_attributes",
+    )
     return {key: row.get(key) for key in keys}
 
 
 def recommend_for_user(
-    store: "ObjectStore",
+    store: ObjectStore,
     user_id: str,
     image_keys: list[str] | None,
     k: int | None,
@@ -745,39 +851,79 @@ def recommend_for_user(
     profile = build_profile(store, user_id, keys, vectorizer, attributes)
     shown = shown_before(store, user_id, run_date)
     foreign = foreign_embeddings(profile, repository)
-    ranked = rank(profile, repository, attributes, options.k, int(settings.curation["phash_max_distance"]),
-                  thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])),
-                  exclude_item_ids=shown, options=options, items=repository_matrix)
+    ranked = rank(
+        profile,
+        repository,
+        attributes,
+        options.k,
+        int(settings.curation["phash_max_distance"]),
+        thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])),
+        exclude_item_ids=shown,
+        options=options,
+        items=repository_matrix,
+    )
 
-    return write_outputs(store, user_id, run_date, keys, profile, ranked, shown, options, repository.num_rows,
-                         0 if foreign is None else int(foreign.sum()), run)
+    return write_outputs(
+        store,
+        user_id,
+        run_date,
+        keys,
+        profile,
+        ranked,
+        shown,
+        options,
+        repository.num_rows,
+        0 if foreign is None else int(foreign.sum()),
+        run,
+    )
 
 
-def write_outputs(store: "ObjectStore", user_id: str, run_date: str, image_keys: list[str], profile: pa.Table,
-                  ranked: pa.Table, shown: list[str], options: Options, n_items_scored: int,
-                  n_foreign: int, run: str) -> dict[str, Any]:
+def write_outputs(
+    store: ObjectStore,
+    user_id: str,
+    run_date: str,
+    image_keys: list[str],
+    profile: pa.Table,
+    ranked: pa.Table,
+    shown: list[str],
+    options: Options,
+    n_items_scored: int,
+    n_foreign: int,
+    run: str,
+) -> dict[str, Any]:
     """Write one user's four keys for run ``run`` (module docstring) and return the task's
     JSON-serialisable summary. The recommendations get a ``generated_at`` column (UTC, the write
     time), by which a reader picks a date's latest run."""
     attributes = get_settings().taxonomy.names
     keys = image_keys
-    generated_at = pa.array([dt.datetime.now(dt.timezone.utc)] * ranked.num_rows, type=pa.timestamp("us", "UTC"))
+    generated_at = pa.array([dt.datetime.now(dt.UTC)] * ranked.num_rows, type=pa.timestamp("us", "UTC"))
     written = {
-        "recommendations": store.write_parquet(recommendations_key(user_id, run_date, run),
-                                               ranked.append_column("generated_at", generated_at)),
+        "recommendations": store.write_parquet(
+            recommendations_key(user_id, run_date, run), ranked.append_column("generated_at", generated_at)
+        ),
         "profile": store.write_parquet(profile_key(user_id, run_date, run), profile),
     }
     top_rows = ranked.to_pylist()
-    context = {"run_date": run_date, "score_kind": options.score_kind, "mmr_lambda": options.mmr_lambda,
-               "filters": options.filters.describe(), "n_items_scored": n_items_scored,
-               "n_excluded_shown": len(shown)}
-    page = render_recommendations_html(user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes,
-                                       context=context)
+    context = {
+        "run_date": run_date,
+        "score_kind": options.score_kind,
+        "mmr_lambda": options.mmr_lambda,
+        "filters": options.filters.describe(),
+        "n_items_scored": n_items_scored,
+        "n_excluded_shown": len(shown),
+    }
+    page = render_recommendations_html(
+        user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes, context=context
+    )
     written["html"] = store.put_bytes(html_key(user_id, run_date, run), page.encode("utf-8"))
-    shown_today = pa.table({
-        "item_id": ranked["item_id"], "rank": ranked["rank"], "score_kind": ranked["score_kind"],
-        "shown_on": pa.array([run_date] * ranked.num_rows, type=pa.string()),
-    })
+    shown_today = pa.table(
+        {
+            "item_id": ranked["item_id"],
+            "rank": ranked["rank"],
+            "score_kind": ranked["score_kind"],
+            "shown_on": pa.array([run_date] * ranked.num_rows, type=pa.string()),
+        }
+    )
     written["shown"] = store.write_parquet(shown_key(user_id, run_date, run), shown_today)
     return {
         "user_id": user_id,
@@ -816,8 +962,9 @@ class _User:
     n_foreign: int = 0
 
 
-def _chunk_matrix(chunk: pa.Table, taxonomy: Mapping[str, Sequence[str]], dims: int | None,
-                  seen: dict[str, bool]) -> scoring.FashionMatrix:
+def _chunk_matrix(
+    chunk: pa.Table, taxonomy: Mapping[str, Sequence[str]], dims: int | None, seen: dict[str, bool]
+) -> scoring.FashionMatrix:
     """:func:`scoring.fashion_matrix` of a chunk with the whole repository's shapes: a chunk whose
     probability vectors or embeddings are all null gets zeros (as those rows are in the one-matrix
     path); ``seen`` records which list columns held any value, so the caller can tell, after the
@@ -837,8 +984,9 @@ def _chunk_matrix(chunk: pa.Table, taxonomy: Mapping[str, Sequence[str]], dims: 
     return scoring.FashionMatrix(matrix.attributes, matrix.codes, matrix.top_prob, probs, embedding)
 
 
-def _repository_chunks(store: "ObjectStore", filters: Filters, attributes: Sequence[str],
-                       chunk_rows: int) -> tuple[Any, list[str]]:
+def _repository_chunks(
+    store: ObjectStore, filters: Filters, attributes: Sequence[str], chunk_rows: int
+) -> tuple[Any, list[str]]:
     """A scanner over the current repository files: the recommendation columns only, the run's filters
     pushed down to partitions and row groups, at most ``chunk_rows`` rows per batch and one batch read
     ahead (so memory is set by the chunk, not the catalogue)."""
@@ -846,8 +994,9 @@ def _repository_chunks(store: "ObjectStore", filters: Filters, attributes: Seque
 
     dataset = repository_dataset(store, list(attributes))
     columns = [name for name in repository_columns(attributes) if name in dataset.schema.names]
-    scanner = dataset.scanner(columns=columns, filter=filters.expression(), batch_size=chunk_rows,
-                              batch_readahead=1, fragment_readahead=1)
+    scanner = dataset.scanner(
+        columns=columns, filter=filters.expression(), batch_size=chunk_rows, batch_readahead=1, fragment_readahead=1
+    )
     return scanner, columns
 
 
@@ -856,7 +1005,7 @@ class _Exclusions:
     pHash near copy confirmed by the thumbnail check, as :func:`own_image_mask`) and items shown before.
     One hash index over every user's profile hashes and one set lookup per chunk serve the batch."""
 
-    def __init__(self, store: "ObjectStore", users: Sequence[_User], phash_max_distance: int, max_mad: float):
+    def __init__(self, store: ObjectStore, users: Sequence[_User], phash_max_distance: int, max_mad: float):
         from pipeline.hash_index import MIN_INDEXED_FOR_MIH, HashIndex, MultiIndexHashing
 
         self.store, self.users, self.distance, self.max_mad = store, users, phash_max_distance, max_mad
@@ -872,8 +1021,11 @@ class _Exclusions:
                     owners.append((column, int(row)))
         self.owners = np.array(owners, dtype=np.int64).reshape(-1, 2)
         hashes_np = np.array(hashes, dtype=np.uint64)
-        self.hash_index = (MultiIndexHashing(hashes_np) if len(hashes_np) >= MIN_INDEXED_FOR_MIH
-                           else HashIndex(hashes_np)) if len(hashes_np) else None
+        self.hash_index = (
+            (MultiIndexHashing(hashes_np) if len(hashes_np) >= MIN_INDEXED_FOR_MIH else HashIndex(hashes_np))
+            if len(hashes_np)
+            else None
+        )
 
     def _index(self, values_of: Callable[[_User], list[str]]) -> tuple[pa.Array, list[list[int]]]:
         owners: dict[str, list[int]] = {}
@@ -952,7 +1104,7 @@ class _Moments:
         delta = block_mean - self.mean
         share = np.divide(count, total, out=np.zeros_like(total), where=total > 0)
         self.mean = self.mean + delta * share
-        self.m2 = self.m2 + block_m2 + delta ** 2 * self.n * share
+        self.m2 = self.m2 + block_m2 + delta**2 * self.n * share
         self.n = total
 
     def _std(self) -> tuple[np.ndarray, np.ndarray]:
@@ -967,14 +1119,21 @@ class _Moments:
         return np.where(usable[None, :], (values - self.mean[None, :]) / std[None, :], 0.0)
 
 
-
 def _concat_matrices(parts: Sequence[scoring.FashionMatrix]) -> scoring.FashionMatrix:
     first = parts[0]
-    probs = None if any(p.probs is None for p in parts) else tuple(
-        np.concatenate([p.probs[a] for p in parts]) for a in range(len(first.attributes)))
+    probs = (
+        None
+        if any(p.probs is None for p in parts)
+        else tuple(np.concatenate([p.probs[a] for p in parts]) for a in range(len(first.attributes)))
+    )
     embedding = None if any(p.embedding is None for p in parts) else np.concatenate([p.embedding for p in parts])
-    return scoring.FashionMatrix(first.attributes, np.concatenate([p.codes for p in parts]),
-                                 np.concatenate([p.top_prob for p in parts]), probs, embedding)
+    return scoring.FashionMatrix(
+        first.attributes,
+        np.concatenate([p.codes for p in parts]),
+        np.concatenate([p.top_prob for p in parts]),
+        probs,
+        embedding,
+    )
 
 
 class _BatchScorer:
@@ -982,8 +1141,15 @@ class _BatchScorer:
     repository's chunks, keeping per user the best ``pool`` eligible rows by the kind's full order
     (:func:`scoring.top_candidates`'s), and the repository rows any user may still need."""
 
-    def __init__(self, store: "ObjectStore", users: list[_User], options: Options, attributes: Sequence[str],
-                 chunk_rows: int, chunks: Callable[[], Iterable[pa.Table]] | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        users: list[_User],
+        options: Options,
+        attributes: Sequence[str],
+        chunk_rows: int,
+        chunks: Callable[[], Iterable[pa.Table]] | None = None,
+    ) -> None:
         """``chunks``: where the repository's chunks come from (default: the store's current files
         through :func:`_repository_chunks`); bench/recommend_batch.py streams synthetic ones."""
         settings = get_settings()
@@ -996,8 +1162,9 @@ class _BatchScorer:
         self.batch = scoring.profile_batch([u.mine for u in users], self.taxonomy)
         self.dims = None if self.batch.embedding_t is None else int(self.batch.embedding_t.shape[0])
         self.weights = scoring.normalised_weights(self.batch.attributes, options.attribute_weights)
-        self.exclusions = _Exclusions(store, users, int(settings.curation["phash_max_distance"]),
-                                      float(settings.curation["thumbnail_max_mad"]))
+        self.exclusions = _Exclusions(
+            store, users, int(settings.curation["phash_max_distance"]), float(settings.curation["thumbnail_max_mad"])
+        )
         photos = int(self.batch.offsets[-1])
         self.block_rows = max(64, SCAN_BLOCK_CELLS // max(photos, len(users), 1))
         self.n_items = 0
@@ -1020,8 +1187,9 @@ class _BatchScorer:
 
     def _scan(self, collect: bool) -> None:
         if self.chunks is None:
-            scanner, self.columns = _repository_chunks(self.store, self.options.filters, self.attributes,
-                                                       self.chunk_rows)
+            scanner, self.columns = _repository_chunks(
+                self.store, self.options.filters, self.attributes, self.chunk_rows
+            )
             source: Iterable[Any] = scanner.to_batches()
         else:
             source = self.chunks()
@@ -1054,9 +1222,13 @@ class _BatchScorer:
         if not self.n_items:
             return
         if self.kind in ("weighted", "hybrid") and not all(self.seen.get(f"{a}_probs") for a in self.attributes):
-            raise scoring.MissingVectors("the weighted score needs <attr>_probs columns in the repository and the profile")
+            raise scoring.MissingVectors(
+                "the weighted score needs <attr>_probs columns in the repository and the profile"
+            )
         if self.kind in ("embedding", "hybrid") and not self.seen.get("embedding"):
-            raise scoring.MissingVectors("the embedding score needs an embedding column in the repository and the profile")
+            raise scoring.MissingVectors(
+                "the embedding score needs an embedding column in the repository and the profile"
+            )
 
     def _chunk(self, chunk: pa.Table, offset: int, collect: bool) -> None:
         matrix = _chunk_matrix(chunk, self.taxonomy, self.dims, self.seen)
@@ -1069,8 +1241,15 @@ class _BatchScorer:
         if self.pending_size > self.pool * len(self.users) // 2:
             self._merge()
 
-    def _chunk_exact(self, chunk: pa.Table, matrix: scoring.FashionMatrix, eligible: np.ndarray,
-                     foreign: np.ndarray | None, offset: int, collect: bool) -> None:
+    def _chunk_exact(
+        self,
+        chunk: pa.Table,
+        matrix: scoring.FashionMatrix,
+        eligible: np.ndarray,
+        foreign: np.ndarray | None,
+        offset: int,
+        collect: bool,
+    ) -> None:
         ids = None
         taken: list[np.ndarray] = []
         for start in range(0, chunk.num_rows, self.block_rows):
@@ -1134,13 +1313,17 @@ class _BatchScorer:
         embedding.m2 = np.where(comparable.n > 0, comparable.m2, 0.0)
         self.moments["embedding"] = embedding
 
-    def _keys(self, parts: scoring.BatchComponents, ok: np.ndarray,
-              foreign: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+    def _keys(
+        self, parts: scoring.BatchComponents, ok: np.ndarray, foreign: np.ndarray | None
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
         """The kind's ordering keys for the block, the eligible pairs ranked by them, and (embedding
         score) the eligible pairs of other networks, ranked by item_id once their value is known."""
         if self.kind == "matches":
-            return [parts.matches.astype(np.float64), parts.best_row.astype(np.float64), parts.match_probability], \
-                ok & (parts.matches > 0), None
+            return (
+                [parts.matches.astype(np.float64), parts.best_row.astype(np.float64), parts.match_probability],
+                ok & (parts.matches > 0),
+                None,
+            )
         if self.kind == "weighted":
             return [parts.weighted], ok, None
         if self.kind == "embedding":
@@ -1149,8 +1332,11 @@ class _BatchScorer:
                 return [parts.embedding.astype(np.float64)], ok, None
             return [parts.embedding.astype(np.float64)], ok & ~foreign, ok & foreign
         weights = scoring.normalised_hybrid_weights(self.options.hybrid_weights)
-        values = {"embedding": self._embedding_values(parts, foreign), "weighted": parts.weighted,
-                  "matches": parts.matches_share(len(self.attributes))}
+        values = {
+            "embedding": self._embedding_values(parts, foreign),
+            "weighted": parts.weighted,
+            "matches": parts.matches_share(len(self.attributes)),
+        }
         total = np.zeros(ok.shape, dtype=np.float64)
         for component, weight in weights.items():
             if weight:
@@ -1184,8 +1370,11 @@ class _BatchScorer:
         """Keep chunk rows ``local`` (sorted, unique) that are not kept yet."""
         rows = local + offset
         known = np.searchsorted(self.kept_rows, rows)
-        fresh = (known >= len(self.kept_rows)) | (self.kept_rows[np.minimum(known, len(self.kept_rows) - 1)] != rows) \
-            if len(self.kept_rows) else np.ones(len(rows), dtype=bool)
+        fresh = (
+            (known >= len(self.kept_rows)) | (self.kept_rows[np.minimum(known, len(self.kept_rows) - 1)] != rows)
+            if len(self.kept_rows)
+            else np.ones(len(rows), dtype=bool)
+        )
         local = local[fresh]
         if not len(local):
             return
@@ -1229,14 +1418,17 @@ class _BatchScorer:
             order = np.argsort(user_of, kind="stable")
             bounds = np.searchsorted(user_of[order], np.arange(len(self.users) + 1))
             for column, user in enumerate(self.users):
-                mine = order[bounds[column]:bounds[column + 1]]
+                mine = order[bounds[column] : bounds[column + 1]]
                 if not len(mine):
                     continue
                 all_rows = np.concatenate([user.rows, rows[mine]])
-                all_keys = [np.concatenate([old, new[mine]]) if user.keys else new[mine]
-                            for old, new in zip(user.keys or [None] * len(keys), keys)]
-                best = scoring.top_candidates(all_keys, self._ids(all_rows), np.ones(len(all_rows), dtype=bool),
-                                              self.pool)
+                all_keys = [
+                    np.concatenate([old, new[mine]]) if user.keys else new[mine]
+                    for old, new in zip(user.keys or [None] * len(keys), keys)
+                ]
+                best = scoring.top_candidates(
+                    all_keys, self._ids(all_rows), np.ones(len(all_rows), dtype=bool), self.pool
+                )
                 user.rows, user.keys = all_rows[best], [key[best] for key in all_keys]
                 if len(user.rows) >= self.pool:
                     self.threshold[column] = float(np.round(user.keys[0], scoring.ROUND_DECIMALS).min())
@@ -1247,14 +1439,16 @@ class _BatchScorer:
                 user = self.users[column]
                 all_rows = np.unique(np.concatenate([user.foreign_rows, rows[user_of == column]]))
                 ids = self._ids(all_rows)
-                best = scoring.top_candidates([np.zeros(len(all_rows))], ids, np.ones(len(all_rows), dtype=bool),
-                                              self.pool)
+                best = scoring.top_candidates(
+                    [np.zeros(len(all_rows))], ids, np.ones(len(all_rows), dtype=bool), self.pool
+                )
                 user.foreign_rows = all_rows[best]
                 if len(best) >= self.pool:
                     self.foreign_threshold[column] = ids[int(best[-1])].as_py()
         self.pending, self.foreign_pending, self.pending_size = [], [], 0
-        needed = np.unique(np.concatenate([self.kept_rows[:0]] + [u.rows for u in self.users]
-                                          + [u.foreign_rows for u in self.users]))
+        needed = np.unique(
+            np.concatenate([self.kept_rows[:0]] + [u.rows for u in self.users] + [u.foreign_rows for u in self.users])
+        )
         if len(needed) < len(self.kept_rows):
             pieces = []
             for rows, table, matrix in self.pieces:
@@ -1276,10 +1470,17 @@ class _BatchScorer:
             if not self.comparable.n[column]:
                 raise scoring.MissingVectors(
                     f"no repository item has embeddings of the profile's networks ({user.source}); "
-                    "they come after the next repository refresh")
+                    "they come after the next repository refresh"
+                )
             rows = np.concatenate([rows, user.foreign_rows])
-            keys = [np.concatenate([keys[0] if keys else np.zeros(0),
-                                    np.full(len(user.foreign_rows), float(self.comparable.mean[column]))])]
+            keys = [
+                np.concatenate(
+                    [
+                        keys[0] if keys else np.zeros(0),
+                        np.full(len(user.foreign_rows), float(self.comparable.mean[column])),
+                    ]
+                )
+            ]
         if not self.pieces:
             empty = _empty_repository(self.store, self.attributes)
             return rank(user.profile, empty, self.attributes, self.options.k, options=self.options)
@@ -1297,12 +1498,21 @@ class _BatchScorer:
         similarity = scoring.similarity_matrix(matrix) if lam < 1.0 and len(rows) else np.zeros((0, 0))
         picked, values = scoring.mmr(primary, similarity, self.options.k, lam)
         foreign = foreign_embeddings(user.profile, picked_rows)
-        return ranked_table(self.kind, self.attributes, user.profile, user.mine, matrix.take(picked),
-                            picked_rows.take(pa.array(picked, type=pa.int64())), primary[picked], values,
-                            None if foreign is None else foreign[picked], self.options)
+        return ranked_table(
+            self.kind,
+            self.attributes,
+            user.profile,
+            user.mine,
+            matrix.take(picked),
+            picked_rows.take(pa.array(picked, type=pa.int64())),
+            primary[picked],
+            values,
+            None if foreign is None else foreign[picked],
+            self.options,
+        )
 
 
-def _empty_repository(store: "ObjectStore", attributes: Sequence[str]) -> pa.Table:
+def _empty_repository(store: ObjectStore, attributes: Sequence[str]) -> pa.Table:
     scanner, columns = _repository_chunks(store, Filters(), attributes, 1024)
     return scanner.projected_schema.empty_table()
 
@@ -1315,13 +1525,15 @@ def _missing_profile_vectors(kind: str, mine: scoring.FashionMatrix, dims: int |
         if mine.embedding is None:
             return "the embedding score needs an embedding column in the repository and the profile"
         if dims is not None and mine.embedding.shape[1] != dims:
-            return (f"the profile's embeddings have {mine.embedding.shape[1]} dimensions, the batch's {dims}: "
-                    "they come from different networks (embedding_source)")
+            return (
+                f"the profile's embeddings have {mine.embedding.shape[1]} dimensions, the batch's {dims}: "
+                "they come from different networks (embedding_source)"
+            )
     return None
 
 
 def recommend_for_users(
-    store: "ObjectStore",
+    store: ObjectStore,
     requests: Sequence[Mapping[str, Any]],
     run_date: str,
     options: Options,
@@ -1360,8 +1572,9 @@ def recommend_for_users(
             keys = validate_request(store, user_id, request.get("image_keys"), options.k)
             profile = build_profile(store, user_id, keys, vectorizer, attributes)
             mine = scoring.fashion_matrix(profile, taxonomy, trust_unit_embeddings=False)
-            users.append(_User(user_id, keys, profile, mine, shown_before(store, user_id, run_date),
-                               _profile_source(profile)))
+            users.append(
+                _User(user_id, keys, profile, mine, shown_before(store, user_id, run_date), _profile_source(profile))
+            )
         except Exception as error:  # noqa: BLE001 - reported below, after the other users are served
             failed(user_id, error)
     dims_seen = [u.mine.embedding.shape[1] for u in users if u.mine.embedding is not None]
@@ -1385,9 +1598,19 @@ def recommend_for_users(
         for column, user in enumerate(ready):
             try:
                 ranked = scorer.ranked(column)
-                summaries[user.user_id] = write_outputs(store, user.user_id, run_date, user.image_keys, user.profile,
-                                                        ranked, user.shown, options, scorer.n_items, user.n_foreign,
-                                                        run)
+                summaries[user.user_id] = write_outputs(
+                    store,
+                    user.user_id,
+                    run_date,
+                    user.image_keys,
+                    user.profile,
+                    ranked,
+                    user.shown,
+                    options,
+                    scorer.n_items,
+                    user.n_foreign,
+                    run,
+                )
             except Exception as error:  # noqa: BLE001
                 failed(user.user_id, error)
     if failures:

@@ -5,6 +5,7 @@ same from an S3 console download, a browser on the store folder, or an Airflow l
 of text comes from crawled shops or users and is escaped; an image that cannot be read becomes a
 placeholder instead of failing the report.
 """
+
 from __future__ import annotations
 
 import base64
@@ -96,8 +97,7 @@ def _attribute_list(row: Mapping[str, Any], attributes: Sequence[str], matched: 
     return f'<ul class="attrs">{"".join(items)}</ul>'
 
 
-def _profile_card(row: Mapping[str, Any], image_loader: Callable[[str], bytes],
-                  attributes: Sequence[str]) -> str:
+def _profile_card(row: Mapping[str, Any], image_loader: Callable[[str], bytes], attributes: Sequence[str]) -> str:
     key = row.get("image_key")
     name = str(key).rsplit("/", 1)[-1] if key else ""
     return (
@@ -130,7 +130,9 @@ def _score_lines(row: Mapping[str, Any], attributes: Sequence[str]) -> str:
     parts = []
     matches = row.get("score_matches", row.get("score") if kind in (None, "matches") else None)
     if matches is not None:
-        parts.append(f"matches {_number(matches)} (best photo {_number(row.get('best_row_matches'))}/{len(attributes)})")
+        parts.append(
+            f"matches {_number(matches)} (best photo {_number(row.get('best_row_matches'))}/{len(attributes)})"
+        )
     for name, label in (("score_weighted", "weighted"), ("score_embedding", "embedding")):
         if row.get(name) is not None:
             parts.append(f"{label} {_number(row.get(name))}")
@@ -143,14 +145,16 @@ def _score_lines(row: Mapping[str, Any], attributes: Sequence[str]) -> str:
     return "".join(lines)
 
 
-def _recommendation_card(row: Mapping[str, Any], image_loader: Callable[[str], bytes],
-                         attributes: Sequence[str]) -> str:
+def _recommendation_card(
+    row: Mapping[str, Any], image_loader: Callable[[str], bytes], attributes: Sequence[str]
+) -> str:
     title = str(row.get("title") or row.get("item_id") or "")
     matched = {a for a in str(row.get("matched_attributes") or "").split(",") if a}
     link = _safe_link(row.get("product_url"))
     retailer = html.escape(str(row.get("retailer") or "shop"))
-    retailer_html = (f'<a href="{html.escape(link, quote=True)}" rel="noopener noreferrer">{retailer}</a>'
-                     if link else retailer)
+    retailer_html = (
+        f'<a href="{html.escape(link, quote=True)}" rel="noopener noreferrer">{retailer}</a>' if link else retailer
+    )
     category = row.get("category")
     return (
         '<div class="card">'
@@ -159,7 +163,8 @@ def _recommendation_card(row: Mapping[str, Any], image_loader: Callable[[str], b
         + f'<div class="title">{html.escape(title)}</div>'
         + f'<div class="meta">{html.escape(_format_price(row.get("price"), row.get("currency")))}</div>'
         + f'<div class="meta">{retailer_html}'
-        + (f' &middot; {html.escape(str(category))}' if category else "") + "</div>"
+        + (f" &middot; {html.escape(str(category))}" if category else "")
+        + "</div>"
         + _score_lines(row, attributes)
         + _attribute_list(row, attributes, matched)
         + "</div>"

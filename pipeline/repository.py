@@ -27,6 +27,7 @@ A refresh is three steps, each idempotent (the refresh DAG maps step 2 over shar
 Rerunning a night finds nothing to infer (same images, same models) and rewrites nothing, so it adds
 no rows. This module imports neither TensorFlow nor Keras.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,7 @@ import re
 import shutil
 import time
 import urllib.parse
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,34 @@ SCHEMA_FILE = Path(__file__).with_name("repository_schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
 READ_ATTEMPTS = 3
 FILE_NAME = re.compile(r"part-(\d{5})-of-(\d{5})\.parquet$")
-DEFAULTS = {"shard_size": 1000, "max_shards": 256, "inference_batch_size": 64, "row_group_rows": 10000,
-            "max_file_rows": 50000}
+DEFAULTS = {
+    "shard_size": 1000,
+    "max_shards": 256,
+    "inference_batch_size": 64,
+    "row_group_rows": 10000,
+    "max_file_rows": 50000,
+}
 TYPES = {
-    "string": pa.string(), "float64": pa.float64(), "float32": pa.float32(), "uint64": pa.uint64(),
-    "date32": pa.date32(), "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"), "list<float32>": pa.list_(pa.float32()),
+    "string": pa.string(),
+    "float64": pa.float64(),
+    "float32": pa.float32(),
+    "uint64": pa.uint64(),
+    "date32": pa.date32(),
+    "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
+    "list<float32>": pa.list_(pa.float32()),
 }
 # Catalog fields of a row: a change to one of them rewrites the row without a new inference.
-CATALOG_COLUMNS = ("product_url", "title", "price", "currency", "category", "image_key", "phash", "phash_mirror", "dhash")
+CATALOG_COLUMNS = (
+    "product_url",
+    "title",
+    "price",
+    "currency",
+    "category",
+    "image_key",
+    "phash",
+    "phash_mirror",
+    "dhash",
+)
 
 
 class RepositoryError(RuntimeError):
@@ -80,8 +101,11 @@ def schema_spec() -> dict[str, Any]:
 
 SCHEMA_VERSION: int = schema_spec()["schema_version"]
 # The non-partition item columns, in file order (item_id first).
-ITEM_COLUMNS = [c["name"] for c in schema_spec()["columns"]
-                if not c.get("partition") and c["name"] not in ("embedding", "embedding_source", "inferred_at")]
+ITEM_COLUMNS = [
+    c["name"]
+    for c in schema_spec()["columns"]
+    if not c.get("partition") and c["name"] not in ("embedding", "embedding_source", "inferred_at")
+]
 
 
 def attribute_columns(attribute: str) -> list[str]:
@@ -124,7 +148,9 @@ def _with_partition_columns(stored: pa.Schema) -> pa.Schema:
     names = [f.name for f in fields]
     fields.insert(names.index("item_id") + 1 if "item_id" in names else 0, pa.field("retailer", pa.string()))
     names = [f.name for f in fields]
-    fields.insert(names.index("crawled_at") + 1 if "crawled_at" in names else len(fields), pa.field("crawl_date", pa.date32()))
+    fields.insert(
+        names.index("crawled_at") + 1 if "crawled_at" in names else len(fields), pa.field("crawl_date", pa.date32())
+    )
     return pa.schema(fields, metadata=stored.metadata)
 
 
@@ -166,7 +192,7 @@ def data_keys(store: ObjectStore) -> list[str]:
     """The dataset's Parquet files (sorted keys); ``_``- and ``.``-prefixed names are not data."""
     keys = []
     for key in store.list(PREFIX):
-        parts = key[len(PREFIX) + 1:].split("/")
+        parts = key[len(PREFIX) + 1 :].split("/")
         if key.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts):
             keys.append(key)
     return keys
@@ -202,13 +228,19 @@ def repository_dataset(store: ObjectStore, attributes: list[str] | None = None) 
     schema = _with_partition_columns(stored)
     if not keys:
         return ds.dataset([], schema=schema, format="parquet")
-    return ds.dataset([store.path(k) for k in keys], schema=schema, format="parquet",
-                      filesystem=arrow_filesystem(store), partitioning=partitioning(),
-                      partition_base_dir=store.path(PREFIX))
+    return ds.dataset(
+        [store.path(k) for k in keys],
+        schema=schema,
+        format="parquet",
+        filesystem=arrow_filesystem(store),
+        partitioning=partitioning(),
+        partition_base_dir=store.path(PREFIX),
+    )
 
 
-def read_repository(store: ObjectStore, columns: list[str] | None = None, filter: Any = None, *,
-                    sort: bool = True) -> pa.Table:
+def read_repository(
+    store: ObjectStore, columns: list[str] | None = None, filter: Any = None, *, sort: bool = True
+) -> pa.Table:
     """The repository (all partitions; ``crawl_date`` and ``retailer`` as normal columns), one row
     per item, sorted by item_id (``sort=False``: in file order, also deterministic, and cheaper:
     reordering 200,000 rows with 512-value embeddings takes about a second).
@@ -281,14 +313,15 @@ def _night_of(batch_id: str | None, batch: pa.Table | None) -> date:
     if match:
         return datetime.strptime(match.group(1), "%Y%m%d").date()
     if batch is not None and batch.num_rows and pc.max(batch["crawled_at"]).as_py() is not None:
-        return pc.max(batch["crawled_at"]).as_py().astimezone(timezone.utc).date()
-    return datetime.now(timezone.utc).date()
+        return pc.max(batch["crawled_at"]).as_py().astimezone(UTC).date()
+    return datetime.now(UTC).date()
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with exactly ``schema``'s columns: cast, or null where absent."""
-    arrays = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-              for f in schema]
+    arrays = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
+    ]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -302,8 +335,7 @@ def _first_per_item(table: pa.Table) -> pa.Table:
 def _batch_items(store: ObjectStore, batch_id: str) -> pa.Table:
     """The accepted items of a curated batch, with the repository's item columns and retailer."""
     accepted = store.read_parquet(f"curation/{batch_id}/accepted.parquet")
-    schema = pa.schema([pa.field("retailer", pa.string())]
-                       + [f for f in file_schema([]) if f.name in ITEM_COLUMNS])
+    schema = pa.schema([pa.field("retailer", pa.string())] + [f for f in file_schema([]) if f.name in ITEM_COLUMNS])
     table = _first_per_item(_conform(accepted, schema).filter(pc.is_valid(pc.field("item_id"))))
     retailer = pc.fill_null(table["retailer"], "unknown")
     return table.set_column(0, "retailer", retailer)
@@ -328,8 +360,15 @@ def _batches_items(store: ObjectStore, batch_ids: list[str]) -> pa.Table | None:
 def _current_state(store: ObjectStore, attributes: list[str]) -> pa.Table:
     """Every stored row without its vectors: item and catalog columns, model versions, its file."""
     dataset = repository_dataset(store, attributes)
-    columns = ["item_id", "retailer", "crawl_date", "content_sha256", "crawled_at", *CATALOG_COLUMNS,
-               *[f"{a}_model_version" for a in attributes]]
+    columns = [
+        "item_id",
+        "retailer",
+        "crawl_date",
+        "content_sha256",
+        "crawled_at",
+        *CATALOG_COLUMNS,
+        *[f"{a}_model_version" for a in attributes],
+    ]
     table = dataset.to_table(columns=columns + ["__filename"])
     root = store.path(PREFIX)[: -len(PREFIX)]
     files = pc.utf8_slice_codeunits(table["__filename"], len(root))
@@ -355,8 +394,10 @@ def _new_item_files(new: pa.Table, crawl_date: date, existing_files: list[str], 
             raise RepositoryError(f"partition {prefix} has files of different bucket counts {sorted(found)}")
         size = sum(1 for r in new["retailer"].to_pylist() if r == retailer)
         counts[retailer] = found.pop() if found else max(1, math.ceil(size / max_file_rows))
-    return [file_key(crawl_date, r, bucket(i, counts[r]), counts[r])
-            for i, r in zip(new["item_id"].to_pylist(), new["retailer"].to_pylist())]
+    return [
+        file_key(crawl_date, r, bucket(i, counts[r]), counts[r])
+        for i, r in zip(new["item_id"].to_pylist(), new["retailer"].to_pylist())
+    ]
 
 
 def plan_refresh(
@@ -403,8 +444,12 @@ def plan_refresh(
 
     model_changed = pa.chunked_array([pa.array([False] * current.num_rows, pa.bool_())])
     for attribute in attributes:
-        stale = pc.invert(_equal(current[f"{attribute}_model_version"],
-                                 pa.chunked_array([pa.array([versions[attribute]] * current.num_rows, pa.string())])))
+        stale = pc.invert(
+            _equal(
+                current[f"{attribute}_model_version"],
+                pa.chunked_array([pa.array([versions[attribute]] * current.num_rows, pa.string())]),
+            )
+        )
         model_changed = pc.or_(model_changed, stale)
     current = current.append_column("model_changed", model_changed)
     parts: list[pa.Table] = []
@@ -420,8 +465,14 @@ def plan_refresh(
             catalog = pc.or_(catalog, pc.invert(_equal(joined[column], joined[f"old.{column}"])))
         models_stale = pc.fill_null(joined["old.model_changed"], True)
         action = pc.case_when(
-            pc.make_struct(pc.invert(known), pc.and_(fresh, image), pc.and_(fresh, models_stale), pc.and_(fresh, catalog)),
-            "new", "image", "model", "catalog")
+            pc.make_struct(
+                pc.invert(known), pc.and_(fresh, image), pc.and_(fresh, models_stale), pc.and_(fresh, catalog)
+            ),
+            "new",
+            "image",
+            "model",
+            "catalog",
+        )
         # A stored row that the batch settles (crawled no earlier than it) is not re-scored on its own.
         applied = set(joined.filter(pc.and_(known, fresh))["item_id"].to_pylist())
         joined = joined.append_column("action", action).filter(pc.is_valid(pc.field("action")))
@@ -431,20 +482,44 @@ def plan_refresh(
         file_column = [files.get(i, f) for i, f in zip(joined["item_id"].to_pylist(), joined["old.file"].to_pylist())]
         dates = pc.fill_null(joined["old.crawl_date"], pa.scalar(crawl_date, pa.date32()))
         retailers = pc.if_else(pc.is_valid(joined["old.file"]), joined["old.retailer"], joined["retailer"])
-        parts.append(pa.table({"item_id": joined["item_id"], "action": joined["action"],
-                               "file": pa.array(file_column, pa.string()), "crawl_date": dates, "retailer": retailers,
-                               **{c: joined[c] for c in ITEM_COLUMNS if c != "item_id"}}))
+        parts.append(
+            pa.table(
+                {
+                    "item_id": joined["item_id"],
+                    "action": joined["action"],
+                    "file": pa.array(file_column, pa.string()),
+                    "crawl_date": dates,
+                    "retailer": retailers,
+                    **{c: joined[c] for c in ITEM_COLUMNS if c != "item_id"},
+                }
+            )
+        )
     rescore = current.filter(pc.field("model_changed"))
     if applied:
         rescore = rescore.filter(pc.invert(pc.is_in(rescore["item_id"], pa.array(sorted(applied), pa.string()))))
     if rescore.num_rows:
-        parts.append(pa.table({"item_id": rescore["item_id"],
-                               "action": pa.array(["model"] * rescore.num_rows, pa.string()),
-                               "file": rescore["file"], "crawl_date": rescore["crawl_date"], "retailer": rescore["retailer"],
-                               **{c: rescore[c] for c in ITEM_COLUMNS if c != "item_id"}}))
-    plan_schema = pa.schema([pa.field("item_id", pa.string()), pa.field("action", pa.string()), pa.field("file", pa.string()),
-                             pa.field("crawl_date", pa.date32()), pa.field("retailer", pa.string())]
-                            + [f for f in file_schema([]) if f.name in ITEM_COLUMNS and f.name != "item_id"])
+        parts.append(
+            pa.table(
+                {
+                    "item_id": rescore["item_id"],
+                    "action": pa.array(["model"] * rescore.num_rows, pa.string()),
+                    "file": rescore["file"],
+                    "crawl_date": rescore["crawl_date"],
+                    "retailer": rescore["retailer"],
+                    **{c: rescore[c] for c in ITEM_COLUMNS if c != "item_id"},
+                }
+            )
+        )
+    plan_schema = pa.schema(
+        [
+            pa.field("item_id", pa.string()),
+            pa.field("action", pa.string()),
+            pa.field("file", pa.string()),
+            pa.field("crawl_date", pa.date32()),
+            pa.field("retailer", pa.string()),
+        ]
+        + [f for f in file_schema([]) if f.name in ITEM_COLUMNS and f.name != "item_id"]
+    )
     plan = pa.concat_tables([_conform(p, plan_schema) for p in parts]) if parts else plan_schema.empty_table()
     plan = plan.sort_by("item_id")
 
@@ -457,13 +532,21 @@ def plan_refresh(
 
     actions = {a: int(pc.sum(pc.equal(plan["action"], a)).as_py() or 0) for a in ("new", "image", "model", "catalog")}
     info = {
-        "commit_id": commit_id, "batch_id": batches[0] if len(batches) == 1 else None, "batch_ids": batches,
-        "failed_retailers": sorted(failed_retailers or []), "crawl_date": crawl_date.isoformat(),
-        "attributes": list(attributes), "versions": versions,
+        "commit_id": commit_id,
+        "batch_id": batches[0] if len(batches) == 1 else None,
+        "batch_ids": batches,
+        "failed_retailers": sorted(failed_retailers or []),
+        "crawl_date": crawl_date.isoformat(),
+        "attributes": list(attributes),
+        "versions": versions,
         "classes": {a: list(models[a]["classes"]) for a in attributes},
-        "shards": shards, "to_infer": n_infer, "actions": actions,
-        "batch_items": batch.num_rows if batch is not None else 0, "repository_rows": current.num_rows,
-        "schema_version": SCHEMA_VERSION, "planned_at": datetime.now(timezone.utc).isoformat(),
+        "shards": shards,
+        "to_infer": n_infer,
+        "actions": actions,
+        "batch_items": batch.num_rows if batch is not None else 0,
+        "repository_rows": current.num_rows,
+        "schema_version": SCHEMA_VERSION,
+        "planned_at": datetime.now(UTC).isoformat(),
     }
     info_key, table_key = plan_keys(commit_id)
     store.write_parquet(table_key, plan)
@@ -493,24 +576,38 @@ def write_shard(store: ObjectStore, commit_id: str, shard: int, vectors: pa.Tabl
     info, _ = read_plan(store, commit_id)
     schema = file_schema(info["attributes"])
     summary_key, table_key = shard_keys(commit_id, shard)
-    store.write_parquet(table_key, _conform(vectors, pa.schema([f for f in schema if f.name in ["item_id", *vector_columns(info["attributes"])]])))
+    store.write_parquet(
+        table_key,
+        _conform(vectors, pa.schema([f for f in schema if f.name in ["item_id", *vector_columns(info["attributes"])]])),
+    )
     store.write_json(summary_key, summary)
 
 
 # -- committing ---------------------------------------------------------------------------------------
 def _parquet_bytes(table: pa.Table, row_group_rows: int) -> bytes:
-    low_cardinality = [f.name for f in table.schema if pa.types.is_string(f.type)
-                       and f.name not in ("item_id", "product_url", "title", "image_key", "content_sha256")]
+    low_cardinality = [
+        f.name
+        for f in table.schema
+        if pa.types.is_string(f.type)
+        and f.name not in ("item_id", "product_url", "title", "image_key", "content_sha256")
+    ]
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_rows, use_dictionary=low_cardinality,
-                   sorting_columns=[pq.SortingColumn(0)], write_page_index=True)
+    pq.write_table(
+        table,
+        buffer,
+        compression="zstd",
+        row_group_size=row_group_rows,
+        use_dictionary=low_cardinality,
+        sorting_columns=[pq.SortingColumn(0)],
+        write_page_index=True,
+    )
     return buffer.getvalue()
 
 
 def staged_file_key(commit_id: str, key: str) -> str:
     """Where the commit of ``commit_id`` stages the new version of data file ``key`` (outside the
     dataset prefix; one name per file, so a retried commit replaces what an earlier attempt staged)."""
-    relative = key[len(PREFIX) + 1:] if key.startswith(PREFIX + "/") else key
+    relative = key[len(PREFIX) + 1 :] if key.startswith(PREFIX + "/") else key
     return f"{staging_prefix(commit_id)}/publish/{relative}"
 
 
@@ -523,11 +620,15 @@ def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> tuple[pa.Table,
             raise RepositoryError(f"refresh {commit_id!r}: shard {shard} has no output yet; run infer_shard for it")
         summary = store.read_json(summary_key)
         if summary.get("versions") != info["versions"]:
-            raise RepositoryError(f"refresh {commit_id!r}: shard {shard} was inferred with {summary.get('versions')}, "
-                                  f"the plan says {info['versions']}")
+            raise RepositoryError(
+                f"refresh {commit_id!r}: shard {shard} was inferred with {summary.get('versions')}, "
+                f"the plan says {info['versions']}"
+            )
         skipped += summary.get("skipped_item_ids", [])
         tables.append(store.read_parquet(table_key))
-    schema = pa.schema([f for f in file_schema(info["attributes"]) if f.name in ["item_id", *vector_columns(info["attributes"])]])
+    schema = pa.schema(
+        [f for f in file_schema(info["attributes"]) if f.name in ["item_id", *vector_columns(info["attributes"])]]
+    )
     vectors = pa.concat_tables([_conform(t, schema) for t in tables]) if tables else schema.empty_table()
     return vectors, skipped
 
@@ -536,8 +637,9 @@ def _index(table: pa.Table) -> dict[str, int]:
     return {item: position for position, item in enumerate(table["item_id"].to_pylist())}
 
 
-def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any] | None = None,
-                   on_publish: Any = None) -> dict[str, Any]:
+def commit_refresh(
+    store: ObjectStore, commit_id: str, *, config: dict[str, Any] | None = None, on_publish: Any = None
+) -> dict[str, Any]:
     """Merge refresh ``commit_id``'s staged rows into the files that hold their items and publish them.
 
     Inferred rows take the plan's catalog fields and the shard's vectors; ``catalog`` rows keep their
@@ -618,12 +720,20 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         store.put_bytes(COMMON_METADATA_KEY, common.getvalue())
     rows = repository_dataset(store).count_rows()
     record = {
-        "commit_id": commit_id, "batch_id": info["batch_id"], "batch_ids": info.get("batch_ids", []),
-        "failed_retailers": info.get("failed_retailers", []), "crawl_date": info["crawl_date"],
-        "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": SCHEMA_VERSION,
-        "versions": info["versions"], "actions": info["actions"], "inferred": vectors.num_rows,
-        "skipped_undecodable": len(skipped), "skipped_item_ids": skipped[:1000],
-        "files_written": written, "repository_rows": rows,
+        "commit_id": commit_id,
+        "batch_id": info["batch_id"],
+        "batch_ids": info.get("batch_ids", []),
+        "failed_retailers": info.get("failed_retailers", []),
+        "crawl_date": info["crawl_date"],
+        "committed_at": datetime.now(UTC).isoformat(),
+        "schema_version": SCHEMA_VERSION,
+        "versions": info["versions"],
+        "actions": info["actions"],
+        "inferred": vectors.num_rows,
+        "skipped_undecodable": len(skipped),
+        "skipped_item_ids": skipped[:1000],
+        "files_written": written,
+        "repository_rows": rows,
     }
     if written or not store.exists(record_key):
         store.write_json(record_key, record)
@@ -631,8 +741,11 @@ def commit_refresh(store: ObjectStore, commit_id: str, *, config: dict[str, Any]
         print(f"[repository {commit_id}] nothing changed; {record_key} of the earlier commit is kept", flush=True)
     store.write_json(done_key, record)  # from here on a retry only finishes the clean-up
     _delete_staging(store, commit_id)
-    print(f"[repository {commit_id}] committed {sum(w['changed'] for w in written)} rows in {len(written)} file(s);"
-          f" {rows} items in the repository", flush=True)
+    print(
+        f"[repository {commit_id}] committed {sum(w['changed'] for w in written)} rows in {len(written)} file(s);"
+        f" {rows} items in the repository",
+        flush=True,
+    )
     return record
 
 

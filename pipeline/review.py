@@ -26,6 +26,7 @@ Decision semantics, replayed in ``decided_at`` order (the latest wins):
 ``pipeline.review_predictions``) holds the current networks' predictions for a queue, one row per item
 and attribute; no file means no model yet. The review page (:mod:`pipeline.review_view`) sorts by it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,10 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -53,21 +55,42 @@ CONFLICT_PREFIX = "conflict:"
 DATASET_KEY = "dataset/items.parquet"
 
 QUEUE_ITEM_COLUMNS = [
-    ("item_id", pa.string()), ("batch_id", pa.string()), ("image_key", pa.string()), ("title", pa.string()),
-    ("product_url", pa.string()), ("retailer", pa.string()), ("cluster_id", pa.string()),
-    ("phash", pa.uint64()), ("dhash", pa.uint64()), ("content_sha256", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("crawled_at", pa.timestamp("us", tz="UTC")),
+    ("item_id", pa.string()),
+    ("batch_id", pa.string()),
+    ("image_key", pa.string()),
+    ("title", pa.string()),
+    ("product_url", pa.string()),
+    ("retailer", pa.string()),
+    ("cluster_id", pa.string()),
+    ("phash", pa.uint64()),
+    ("dhash", pa.uint64()),
+    ("content_sha256", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("crawled_at", pa.timestamp("us", tz="UTC")),
 ]
-DECISION_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("decision", pa.string()), ("attribute", pa.string()),
-    ("old_label", pa.string()), ("new_label", pa.string()), ("reviewer", pa.string()),
-    ("decided_at", pa.timestamp("us", tz="UTC")), ("reason", pa.string()),
-])
+DECISION_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("decision", pa.string()),
+        ("attribute", pa.string()),
+        ("old_label", pa.string()),
+        ("new_label", pa.string()),
+        ("reviewer", pa.string()),
+        ("decided_at", pa.timestamp("us", tz="UTC")),
+        ("reason", pa.string()),
+    ]
+)
 # Long format: one row per item and attribute; confidence is the probability of the predicted class.
-PREDICTIONS_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("attribute", pa.string()), ("predicted_label", pa.string()),
-    ("confidence", pa.float64()), ("model_version", pa.string()),
-])
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("attribute", pa.string()),
+        ("predicted_label", pa.string()),
+        ("confidence", pa.float64()),
+        ("model_version", pa.string()),
+    ]
+)
 DATASET_ITEM_COLUMNS = [c for c in QUEUE_ITEM_COLUMNS if c[0] not in ("batch_id", "crawled_at")] + [
     ("batch_id", pa.string()),
 ]
@@ -135,8 +158,7 @@ def pivot_weak_labels(weak: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
     if weak.empty:
         return pd.DataFrame(columns=columns, index=pd.Index([], name="item_id"))
     valid = {(attribute, label) for attribute, classes in taxonomy.attributes.items() for label in classes}
-    known = pd.Series([pair in valid for pair in zip(weak["attribute"], weak["label"])], index=weak.index,
-                      dtype=bool)
+    known = pd.Series([pair in valid for pair in zip(weak["attribute"], weak["label"])], index=weak.index, dtype=bool)
     if (~known).any():
         log.warning("ignoring %d weak labels outside the taxonomy", int((~known).sum()))
     rows: dict[str, dict[str, Any]] = {}
@@ -166,8 +188,11 @@ def enqueue(store: ObjectStore, batch_id: str) -> int:
     crawl_id = _batch_crawl_id(store, batch_id)
     accepted = store.read_parquet(f"curation/{batch_id}/accepted.parquet").to_pandas()
     weak_key = f"crawls/{crawl_id}/weak_labels.parquet"
-    weak = (store.read_parquet(weak_key).to_pandas() if store.exists(weak_key)
-            else pd.DataFrame(columns=["item_id", "attribute", "label", "source"]))
+    weak = (
+        store.read_parquet(weak_key).to_pandas()
+        if store.exists(weak_key)
+        else pd.DataFrame(columns=["item_id", "attribute", "label", "source"])
+    )
     queue = accepted.assign(batch_id=batch_id).join(pivot_weak_labels(weak, taxonomy), on="item_id")
     queue["crawled_at"] = pd.to_datetime(queue["crawled_at"], utc=True)
     queue = queue.sort_values("item_id", kind="mergesort")
@@ -188,7 +213,7 @@ def read_queue(store: ObjectStore, batch_id: str) -> pd.DataFrame:
 # then reads only the objects it has not seen (without this, every decision re-read every earlier one).
 # Bounded by object count; a few KB each.
 LOG_CACHE_OBJECTS = 50_000
-_log_cache: "OrderedDict[tuple[str, str], pa.Table]" = OrderedDict()
+_log_cache: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
 _log_cache_lock = threading.Lock()
 
 
@@ -201,8 +226,9 @@ def _log_object(store: ObjectStore, key: str) -> pa.Table:
             _log_cache.move_to_end(cache_key)
             return table
     table = store.read_parquet(key).cast(DECISION_SCHEMA)
-    table = (table.append_column("log_key", pa.array([key] * table.num_rows, pa.string()))
-             .append_column("row", pa.array(range(table.num_rows), pa.int64())))
+    table = table.append_column("log_key", pa.array([key] * table.num_rows, pa.string())).append_column(
+        "row", pa.array(range(table.num_rows), pa.int64())
+    )
     with _log_cache_lock:
         _log_cache[cache_key] = table
         while len(_log_cache) > LOG_CACHE_OBJECTS:
@@ -216,8 +242,12 @@ def read_decisions(store: ObjectStore, batch_id: str) -> pd.DataFrame:
     if not tables:
         empty = DECISION_SCHEMA.empty_table().to_pandas()
         return empty.assign(log_key=pd.Series(dtype=object), row=pd.Series(dtype="int64"))
-    return (pa.concat_tables(tables).to_pandas()
-            .sort_values(["decided_at", "log_key", "row"], kind="mergesort").reset_index(drop=True))
+    return (
+        pa.concat_tables(tables)
+        .to_pandas()
+        .sort_values(["decided_at", "log_key", "row"], kind="mergesort")
+        .reset_index(drop=True)
+    )
 
 
 Labels = dict[str, tuple[str | None, str | None]]  # attribute -> (label, source)
@@ -239,8 +269,10 @@ def weak_labels(queue: pd.DataFrame, taxonomy: Taxonomy) -> dict[str, Labels]:
     # most of a decision's time on a 600-item queue (bench/review_load.py)
     needed = ["item_id", *(c for a in taxonomy.names for c in (weak_column(a), f"{weak_column(a)}_source"))]
     return {
-        row["item_id"]: {a: (_text(row.get(weak_column(a))), _weak_source(row.get(f"{weak_column(a)}_source")))
-                         for a in taxonomy.names}
+        row["item_id"]: {
+            a: (_text(row.get(weak_column(a))), _weak_source(row.get(f"{weak_column(a)}_source")))
+            for a in taxonomy.names
+        }
         for row in queue.reindex(columns=needed).to_dict("records")
     }
 
@@ -306,22 +338,28 @@ def _weak_source(source: Any) -> str | None:
 
 def _validate(decision: Decision, queue_items: set[str], taxonomy: Taxonomy, batch_id: str) -> None:
     if decision.decision not in DECISIONS:
-        raise ValueError(f"unknown decision {decision.decision!r} for item {decision.item_id!r}; "
-                         f"expected one of {list(DECISIONS)}")
+        raise ValueError(
+            f"unknown decision {decision.decision!r} for item {decision.item_id!r}; expected one of {list(DECISIONS)}"
+        )
     if decision.item_id not in queue_items:
         raise ValueError(f"unknown item {decision.item_id!r}: not in the review queue of batch {batch_id!r}")
     if decision.decision != RELABEL:
         if decision.attribute is not None or decision.new_label is not None:
-            raise ValueError(f"{decision.decision!r} is an item-level decision (item {decision.item_id!r}); "
-                             "use 'relabel' to change an attribute")
+            raise ValueError(
+                f"{decision.decision!r} is an item-level decision (item {decision.item_id!r}); "
+                "use 'relabel' to change an attribute"
+            )
         return
     if decision.attribute not in taxonomy.attributes:
-        raise ValueError(f"unknown attribute {decision.attribute!r} for item {decision.item_id!r}; "
-                         f"the taxonomy has {taxonomy.names}")
+        raise ValueError(
+            f"unknown attribute {decision.attribute!r} for item {decision.item_id!r}; the taxonomy has {taxonomy.names}"
+        )
     classes = taxonomy.classes(decision.attribute)
     if decision.new_label is not None and decision.new_label not in classes:
-        raise ValueError(f"unknown class {decision.new_label!r} for attribute {decision.attribute!r} "
-                         f"(item {decision.item_id!r}); expected one of {list(classes)} or None to clear")
+        raise ValueError(
+            f"unknown class {decision.new_label!r} for attribute {decision.attribute!r} "
+            f"(item {decision.item_id!r}); expected one of {list(classes)} or None to clear"
+        )
 
 
 def _log_key(batch_id: str, decided_at: datetime, reviewer: str) -> str:
@@ -352,11 +390,19 @@ def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision
         _validate(decision, queue_items, taxonomy, batch_id)
     weak = weak_labels(queue, taxonomy)
     stacks = decision_stacks(weak, read_decisions(store, batch_id))
-    decided_at = datetime.now(timezone.utc)
+    decided_at = datetime.now(UTC)
     rows = []
     for d in decisions:
-        row = {"item_id": d.item_id, "decision": d.decision, "attribute": d.attribute, "old_label": None,
-               "new_label": d.new_label, "reviewer": reviewer, "decided_at": decided_at, "reason": d.reason}
+        row = {
+            "item_id": d.item_id,
+            "decision": d.decision,
+            "attribute": d.attribute,
+            "old_label": None,
+            "new_label": d.new_label,
+            "reviewer": reviewer,
+            "decided_at": decided_at,
+            "reason": d.reason,
+        }
         stack = stacks[d.item_id]
         before = item_outcome(weak[d.item_id], stack)[1]
         if d.decision == UNDO:
@@ -411,15 +457,19 @@ def apply_policy(store: ObjectStore, batch_id: str, policy: str) -> int:
     state = replay(queue, read_decisions(store, batch_id), taxonomy)
     undecided = sorted(i for i in queue["item_id"] if i not in state.decided)
     if undecided:
-        record_decisions(store, batch_id, [Decision(i, ACCEPT, reason="policy auto_accept") for i in undecided],
-                         reviewer=POLICY_REVIEWER)
+        record_decisions(
+            store,
+            batch_id,
+            [Decision(i, ACCEPT, reason="policy auto_accept") for i in undecided],
+            reviewer=POLICY_REVIEWER,
+        )
     return len(undecided)
 
 
 # -- the dataset -----------------------------------------------------------------------------------
 def queue_batches(store: ObjectStore) -> list[str]:
     prefix = "review/queue/"
-    return [k[len(prefix):-len(".parquet")] for k in store.list("review/queue") if k.endswith(".parquet")]
+    return [k[len(prefix) : -len(".parquet")] for k in store.list("review/queue") if k.endswith(".parquet")]
 
 
 def _reviewed_rows(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tuple[pd.DataFrame, int]:
@@ -458,13 +508,19 @@ def build_dataset(store: ObjectStore, batches: list[str] | None = None) -> dict[
         pending_count += waiting
         if not frame.empty:
             frames.append(frame)
-    reviewed = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*schema.names, "status", "crawled_at"])
-    latest = (reviewed.sort_values(["item_id", "crawled_at", "batch_id"], kind="mergesort")
-              .drop_duplicates("item_id", keep="last"))
+    reviewed = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=[*schema.names, "status", "crawled_at"])
+    )
+    latest = reviewed.sort_values(["item_id", "crawled_at", "batch_id"], kind="mergesort").drop_duplicates(
+        "item_id", keep="last"
+    )
     rejected = int((latest["status"] == REJECT).sum())
     kept = latest[latest["status"] == ACCEPT]
-    unique = (kept.sort_values(["content_sha256", "crawled_at", "item_id"], kind="mergesort")
-              .drop_duplicates("content_sha256", keep="first"))
+    unique = kept.sort_values(["content_sha256", "crawled_at", "item_id"], kind="mergesort").drop_duplicates(
+        "content_sha256", keep="first"
+    )
     items = unique.sort_values("item_id", kind="mergesort").reset_index(drop=True)
     store.write_parquet(DATASET_KEY, _to_table(items, schema))
     summary = {

@@ -5,6 +5,7 @@ row per item and attribute with the predicted class, its probability and the mod
 review page sorts by lowest confidence or by disagreement with the weak label from it. Before any
 network is published there is nothing to predict with, and nothing is written.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,14 +40,21 @@ def prediction_rows(vectorizer: FashionVectorizer, item_ids: list[str], images: 
     rows = []
     for item_id, vector in zip(kept, vectorizer.predict(decoded)):
         for attribute in vectorizer.attributes:
-            rows.append({"item_id": item_id, "attribute": attribute, "predicted_label": vector[attribute],
-                         "confidence": vector[f"{attribute}_prob"],
-                         "model_version": vector[f"{attribute}_model_version"]})
+            rows.append(
+                {
+                    "item_id": item_id,
+                    "attribute": attribute,
+                    "predicted_label": vector[attribute],
+                    "confidence": vector[f"{attribute}_prob"],
+                    "model_version": vector[f"{attribute}_model_version"],
+                }
+            )
     return rows
 
 
-def predict_review_queue(store: ObjectStore, batch_id: str, attributes: list[str],
-                         batch_size: int = 64) -> dict[str, Any]:
+def predict_review_queue(
+    store: ObjectStore, batch_id: str, attributes: list[str], batch_size: int = 64
+) -> dict[str, Any]:
     """(Re)write the predictions of the published networks for every item in ``batch_id``'s queue."""
     published = published_attributes(store, attributes)
     if not published:
@@ -55,11 +63,15 @@ def predict_review_queue(store: ObjectStore, batch_id: str, attributes: list[str
     queue = read_queue(store, batch_id)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(queue), batch_size):
-        chunk = queue.iloc[start:start + batch_size]
+        chunk = queue.iloc[start : start + batch_size]
         images = [store.get_bytes(key) for key in chunk["image_key"]]
         rows += prediction_rows(vectorizer, list(chunk["item_id"]), images)
     rows.sort(key=lambda r: (r["item_id"], r["attribute"]))
     store.write_parquet(predictions_key(batch_id), pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
     items = len({r["item_id"] for r in rows})
-    return {"batch_id": batch_id, "predicted": items, "left_out": len(queue) - items,
-            "model_versions": {a: n.version for a, n in vectorizer.networks.items()}}
+    return {
+        "batch_id": batch_id,
+        "predicted": items,
+        "left_out": len(queue) - items,
+        "model_versions": {a: n.version for a, n in vectorizer.networks.items()},
+    }

@@ -20,6 +20,7 @@ Sort orders (ties always broken by ``item_id``, so a page never reshuffles betwe
 With ``pending_first`` the items still waiting for a final decision come first, each group in the
 chosen order. No TensorFlow here: the web page imports this module.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,14 @@ from typing import Any
 import pandas as pd
 
 from pipeline.review import (
-    ACCEPT, REJECT, decision_stacks, item_outcome, predictions_key, queue_batches, read_decisions, read_queue,
+    ACCEPT,
+    REJECT,
+    decision_stacks,
+    item_outcome,
+    predictions_key,
+    queue_batches,
+    read_decisions,
+    read_queue,
     weak_labels,
 )
 from pipeline.settings import Taxonomy, get_settings
@@ -85,8 +93,11 @@ class ItemView:
     @property
     def disagreements(self) -> list[str]:
         """Attributes whose prediction differs from a (non-null) weak label."""
-        return [a for a, p in self.predictions.items()
-                if self.weak.get(a) is not None and self.weak[a].label is not None and self.weak[a].label != p.label]
+        return [
+            a
+            for a, p in self.predictions.items()
+            if self.weak.get(a) is not None and self.weak[a].label is not None and self.weak[a].label != p.label
+        ]
 
     @property
     def disagreement_confidence(self) -> float | None:
@@ -95,8 +106,11 @@ class ItemView:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(min_confidence=self.min_confidence, disagreements=self.disagreements,
-                    disagreement_confidence=self.disagreement_confidence)
+        data.update(
+            min_confidence=self.min_confidence,
+            disagreements=self.disagreements,
+            disagreement_confidence=self.disagreement_confidence,
+        )
         return data
 
 
@@ -109,12 +123,21 @@ class BatchView:
 
     def counts(self) -> dict[str, int]:
         statuses = [item.status for item in self.items]
-        return {"items": len(statuses), PENDING: statuses.count(PENDING), ACCEPT: statuses.count(ACCEPT),
-                REJECT: statuses.count(REJECT)}
+        return {
+            "items": len(statuses),
+            PENDING: statuses.count(PENDING),
+            ACCEPT: statuses.count(ACCEPT),
+            REJECT: statuses.count(REJECT),
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "attributes": self.attributes, "has_predictions": self.has_predictions,
-                "counts": self.counts(), "items": [item.to_json() for item in self.items]}
+        return {
+            "batch_id": self.batch_id,
+            "attributes": self.attributes,
+            "has_predictions": self.has_predictions,
+            "counts": self.counts(),
+            "items": [item.to_json() for item in self.items],
+        }
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -133,8 +156,10 @@ def predictions_by_item(predictions: pd.DataFrame | None, taxonomy: Taxonomy) ->
     out: dict[str, dict[str, Prediction]] = {}
     for row in known.to_dict("records"):
         out.setdefault(row["item_id"], {})[row["attribute"]] = Prediction(
-            label=str(row["predicted_label"]), confidence=float(row["confidence"]),
-            model_version=_text(row.get("model_version")))
+            label=str(row["predicted_label"]),
+            confidence=float(row["confidence"]),
+            model_version=_text(row.get("model_version")),
+        )
     return out
 
 
@@ -169,9 +194,14 @@ def cluster_members(store: ObjectStore, batch_id: str) -> dict[str, list[Cluster
     image_keys = _product_image_keys(store, _crawl_id(store, batch_id), set(duplicates["item_id"]))
     members: dict[str, list[ClusterMember]] = {}
     for row in duplicates.sort_values(["kept_item_id", "distance", "item_id"], kind="mergesort").to_dict("records"):
-        members.setdefault(row["kept_item_id"], []).append(ClusterMember(
-            item_id=row["item_id"], image_key=image_keys.get(row["item_id"]), kind=str(row["kind"]),
-            distance=int(row["distance"])))
+        members.setdefault(row["kept_item_id"], []).append(
+            ClusterMember(
+                item_id=row["item_id"],
+                image_key=image_keys.get(row["item_id"]),
+                kind=str(row["kind"]),
+                distance=int(row["distance"]),
+            )
+        )
     return members
 
 
@@ -200,14 +230,24 @@ def item_views(store: ObjectStore, batch_id: str, taxonomy: Taxonomy | None = No
     for row in queue.to_dict("records"):
         item_id = row["item_id"]
         status, labels = item_outcome(weak[item_id], stacks[item_id])
-        items.append(ItemView(
-            item_id=item_id, image_key=row["image_key"], title=_text(row.get("title")),
-            product_url=_text(row.get("product_url")), retailer=_text(row.get("retailer")),
-            cluster_id=_text(row.get("cluster_id")), width=_int(row.get("width")), height=_int(row.get("height")),
-            status=status or PENDING, last_decision=stacks[item_id][-1]["decision"] if stacks[item_id] else None,
-            weak=_labels(weak[item_id]), labels=_labels(labels), predictions=predictions.get(item_id, {}),
-            members=members.get(item_id, []),
-        ))
+        items.append(
+            ItemView(
+                item_id=item_id,
+                image_key=row["image_key"],
+                title=_text(row.get("title")),
+                product_url=_text(row.get("product_url")),
+                retailer=_text(row.get("retailer")),
+                cluster_id=_text(row.get("cluster_id")),
+                width=_int(row.get("width")),
+                height=_int(row.get("height")),
+                status=status or PENDING,
+                last_decision=stacks[item_id][-1]["decision"] if stacks[item_id] else None,
+                weak=_labels(weak[item_id]),
+                labels=_labels(labels),
+                predictions=predictions.get(item_id, {}),
+                members=members.get(item_id, []),
+            )
+        )
     return items
 
 
@@ -239,8 +279,10 @@ def batch_view(store: ObjectStore, batch_id: str, sort: str = "queue", pending_f
     taxonomy = get_settings().taxonomy
     items = item_views(store, batch_id, taxonomy)
     return BatchView(
-        batch_id=batch_id, attributes={a: list(taxonomy.classes(a)) for a in taxonomy.names},
-        has_predictions=store.exists(predictions_key(batch_id)), items=sort_items(items, sort, pending_first),
+        batch_id=batch_id,
+        attributes={a: list(taxonomy.classes(a)) for a in taxonomy.names},
+        has_predictions=store.exists(predictions_key(batch_id)),
+        items=sort_items(items, sort, pending_first),
     )
 
 
@@ -250,10 +292,19 @@ def image_keys(store: ObjectStore, batch_id: str) -> dict[str, str]:
     The web page serves images only through this map, never by a key a client names.
     """
     queue = read_queue(store, batch_id)
-    keys = {member.item_id: member.image_key
-            for members in cluster_members(store, batch_id).values() for member in members if member.image_key}
-    keys.update({row["item_id"]: row["image_key"] for row in queue[["item_id", "image_key"]].to_dict("records")
-                 if _text(row["image_key"])})
+    keys = {
+        member.item_id: member.image_key
+        for members in cluster_members(store, batch_id).values()
+        for member in members
+        if member.image_key
+    }
+    keys.update(
+        {
+            row["item_id"]: row["image_key"]
+            for row in queue[["item_id", "image_key"]].to_dict("records")
+            if _text(row["image_key"])
+        }
+    )
     return keys
 
 
@@ -266,6 +317,13 @@ def batch_summaries(store: ObjectStore) -> list[dict[str, Any]]:
         weak = weak_labels(queue, taxonomy)
         stacks = decision_stacks(weak, read_decisions(store, batch_id))
         statuses = [item_outcome(weak[i], stack)[0] or PENDING for i, stack in stacks.items()]
-        summaries.append({"batch_id": batch_id, "items": len(statuses), PENDING: statuses.count(PENDING),
-                          ACCEPT: statuses.count(ACCEPT), REJECT: statuses.count(REJECT)})
+        summaries.append(
+            {
+                "batch_id": batch_id,
+                "items": len(statuses),
+                PENDING: statuses.count(PENDING),
+                ACCEPT: statuses.count(ACCEPT),
+                REJECT: statuses.count(REJECT),
+            }
+        )
     return summaries

@@ -3,6 +3,7 @@
 Batch, crawl and model-version ids derive from the Airflow run, never from the wall clock inside a
 task, so a retried or cleared task writes the same keys again instead of adding new ones.
 """
+
 from __future__ import annotations
 
 import time

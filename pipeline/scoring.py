@@ -41,6 +41,7 @@ Diversity: :func:`mmr` re-ranks the best ``pool`` candidates by maximal marginal
 scaled to [0, 1] over the pool and ``sim`` the embedding cosine (or, without embeddings, the share of
 equal attribute classes). ``lambda = 1`` is the pure relevance order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -86,11 +87,14 @@ class FashionMatrix:
     def n(self) -> int:
         return int(self.codes.shape[0])
 
-    def take(self, rows: np.ndarray) -> "FashionMatrix":
+    def take(self, rows: np.ndarray) -> FashionMatrix:
         return FashionMatrix(
-            self.attributes, self.codes[rows], self.top_prob[rows],
+            self.attributes,
+            self.codes[rows],
+            self.top_prob[rows],
             None if self.probs is None else tuple(p[rows] for p in self.probs),
-            None if self.embedding is None else self.embedding[rows])
+            None if self.embedding is None else self.embedding[rows],
+        )
 
 
 def list_matrix(column: pa.ChunkedArray | pa.Array, width: int | None, name: str) -> np.ndarray | None:
@@ -103,8 +107,11 @@ def list_matrix(column: pa.ChunkedArray | pa.Array, width: int | None, name: str
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     chunks = [c for c in chunks if len(c)]
     n = sum(len(c) for c in chunks)
-    if len(chunks) == 1 and not chunks[0].null_count and (pa.types.is_list(chunks[0].type) or
-                                                          pa.types.is_large_list(chunks[0].type)):
+    if (
+        len(chunks) == 1
+        and not chunks[0].null_count
+        and (pa.types.is_list(chunks[0].type) or pa.types.is_large_list(chunks[0].type))
+    ):
         # One chunk without nulls: a read-only view of Arrow's buffer (no copy: a million 2048-d rows
         # are 8 GB), after checking every list has the width.
         lengths = pc.list_value_length(chunks[0])
@@ -142,9 +149,9 @@ def list_matrix(column: pa.ChunkedArray | pa.Array, width: int | None, name: str
         block = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, width)
         assert out is not None
         if valid.all():
-            out[row:row + len(chunk)] = block
+            out[row : row + len(chunk)] = block
         else:
-            out[row:row + len(chunk)][valid] = block
+            out[row : row + len(chunk)][valid] = block
         row += len(chunk)
     return out
 
@@ -162,7 +169,9 @@ def _normalise_rows(matrix: np.ndarray, check_only_sample: bool) -> np.ndarray:
     return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
-def fashion_matrix(table: pa.Table, taxonomy: Mapping[str, Sequence[str]], *, trust_unit_embeddings: bool = True) -> FashionMatrix:
+def fashion_matrix(
+    table: pa.Table, taxonomy: Mapping[str, Sequence[str]], *, trust_unit_embeddings: bool = True
+) -> FashionMatrix:
     """The numeric form of ``table``'s fashion-vector columns (``<attr>``, ``<attr>_prob``, optional
     ``<attr>_probs`` and ``embedding``) for the attributes of ``taxonomy`` (attribute -> class list)."""
     attributes = tuple(taxonomy)
@@ -174,8 +183,9 @@ def fashion_matrix(table: pa.Table, taxonomy: Mapping[str, Sequence[str]], *, tr
     top_prob = np.zeros((n, len(attributes)), dtype=np.float32)
     # Probability vectors count only when every attribute has some (a column of nulls is a vectorizer
     # or repository that does not produce them).
-    has_probs = all(f"{a}_probs" in table.column_names and (not n or table[f"{a}_probs"].null_count < n)
-                    for a in attributes)
+    has_probs = all(
+        f"{a}_probs" in table.column_names and (not n or table[f"{a}_probs"].null_count < n) for a in attributes
+    )
     probs: list[np.ndarray] = []
     for index, attribute in enumerate(attributes):
         classes = pa.array(list(taxonomy[attribute]), type=pa.string())
@@ -183,7 +193,8 @@ def fashion_matrix(table: pa.Table, taxonomy: Mapping[str, Sequence[str]], *, tr
         codes[:, index] = pc.fill_null(found, -1).to_numpy(zero_copy_only=False)
         if f"{attribute}_prob" in table.column_names:
             top_prob[:, index] = pc.fill_null(table[f"{attribute}_prob"].cast(pa.float32()), 0.0).to_numpy(
-                zero_copy_only=False)
+                zero_copy_only=False
+            )
         if has_probs:
             probs.append(list_matrix(table[f"{attribute}_probs"], len(classes), f"{attribute}_probs"))
     embedding = None
@@ -314,7 +325,8 @@ def _check_embeddings(items: FashionMatrix, profile: FashionMatrix) -> None:
     if items.embedding.shape[1] != profile.embedding.shape[1]:
         raise MissingVectors(
             f"repository embeddings have {items.embedding.shape[1]} dimensions, the profile's "
-            f"{profile.embedding.shape[1]}: they come from different networks (embedding_source)")
+            f"{profile.embedding.shape[1]}: they come from different networks (embedding_source)"
+        )
 
 
 def embedding_scores(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
@@ -332,7 +344,7 @@ def embedding_scores(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray
     block = np.empty((EMBEDDING_BLOCK_ROWS, profile.n), dtype=np.float32)
     for start in range(0, items.n, EMBEDDING_BLOCK_ROWS):
         stop = min(items.n, start + EMBEDDING_BLOCK_ROWS)
-        product = block[:stop - start]
+        product = block[: stop - start]
         np.matmul(items.embedding[start:stop], profile_t, out=product)
         best[start:stop] = _row_max(product)
     return np.round(best.astype(np.float64), EMBEDDING_DECIMALS)
@@ -364,18 +376,25 @@ def components(
         best_row=best_row_matches(items, profile) if seed else None,
         attribute_hits=hits,
         match_probability=matching_probability(items, hits) if seed else None,
-        weighted=weighted, embedding=embedding, profile_rows=profile.n)
+        weighted=weighted,
+        embedding=embedding,
+        profile_rows=profile.n,
+    )
 
 
-def available_components(items: FashionMatrix, profile: FashionMatrix,
-                         attribute_weights: Mapping[str, float] | None = None) -> Components:
+def available_components(
+    items: FashionMatrix, profile: FashionMatrix, attribute_weights: Mapping[str, float] | None = None
+) -> Components:
     """Every component the vectors allow (for the few recommended items' output columns); never raises
     :class:`MissingVectors`."""
     need = ["matches"]
     if items.probs is not None and profile.probs is not None:
         need.append("weighted")
-    if items.embedding is not None and profile.embedding is not None \
-            and items.embedding.shape[1] == profile.embedding.shape[1]:
+    if (
+        items.embedding is not None
+        and profile.embedding is not None
+        and items.embedding.shape[1] == profile.embedding.shape[1]
+    ):
         need.append("embedding")
     return components(items, profile, attribute_weights, need)
 
@@ -418,8 +437,9 @@ def hybrid_scores(parts: Components, weights: Mapping[str, float], candidates: n
     return total
 
 
-def relevance(kind: str, parts: Components, candidates: np.ndarray,
-              hybrid_weights: Mapping[str, float] | None = None) -> list[np.ndarray]:
+def relevance(
+    kind: str, parts: Components, candidates: np.ndarray, hybrid_weights: Mapping[str, float] | None = None
+) -> list[np.ndarray]:
     """The ordering keys of ``kind``, most significant first, all descending (item_id ascending comes
     after them). The first key is the score reported for the kind."""
     if kind == "matches":
@@ -446,8 +466,9 @@ def _string_ranks(values: Sequence[str] | pa.Array | np.ndarray) -> np.ndarray:
     return pc.rank(pc.fill_null(array.cast(pa.string()), ""), sort_keys="ascending", tiebreaker="min").to_numpy()
 
 
-def top_candidates(keys: Sequence[np.ndarray], item_ids: pa.Array | pa.ChunkedArray | Sequence[str],
-                   candidates: np.ndarray, n: int) -> np.ndarray:
+def top_candidates(
+    keys: Sequence[np.ndarray], item_ids: pa.Array | pa.ChunkedArray | Sequence[str], candidates: np.ndarray, n: int
+) -> np.ndarray:
     """Indices of the best ``n`` candidate rows, best first: ``keys`` descending (rounded to 1e-9),
     then item_id ascending. The first key is narrowed with argpartition, so only the best rows and
     those tied with the n-th are sorted."""
@@ -460,8 +481,11 @@ def top_candidates(keys: Sequence[np.ndarray], item_ids: pa.Array | pa.ChunkedAr
         threshold = primary[np.argpartition(-primary, n - 1)[n - 1]]
         keep = primary >= threshold
         rows, rounded = rows[keep], [key[keep] for key in rounded]
-    ids = item_ids.take(pa.array(rows)) if isinstance(item_ids, (pa.Array, pa.ChunkedArray)) else \
-        [item_ids[i] for i in rows]
+    ids = (
+        item_ids.take(pa.array(rows))
+        if isinstance(item_ids, (pa.Array, pa.ChunkedArray))
+        else [item_ids[i] for i in rows]
+    )
     order = np.lexsort((_string_ranks(ids), *[-key for key in reversed(rounded)]))
     return rows[order][:n]
 
@@ -496,7 +520,7 @@ def mmr(relevance_scores: np.ndarray, similarity: np.ndarray, k: int, lam: float
     closest = np.zeros(size, dtype=np.float64)
     taken = np.zeros(size, dtype=bool)
     picked, values = [], []
-    for step in range(k):
+    for _step in range(k):
         value = lam * rel - (1.0 - lam) * closest
         value = np.where(taken, -np.inf, value)
         best = int(np.argmax(value))
@@ -532,8 +556,12 @@ def select(
     k)`` by ``kind``'s relevance, re-ranked by :func:`mmr` with ``mmr_lambda``."""
     keys = relevance(kind, parts, candidates, hybrid_weights)
     best = top_candidates(keys, item_ids, candidates, k if mmr_lambda >= 1.0 else max(pool, k))
-    picked, values = mmr(keys[0][best], similarity_matrix(items.take(best)) if mmr_lambda < 1.0 and len(best) else
-                         np.zeros((0, 0)), k, mmr_lambda)
+    picked, values = mmr(
+        keys[0][best],
+        similarity_matrix(items.take(best)) if mmr_lambda < 1.0 and len(best) else np.zeros((0, 0)),
+        k,
+        mmr_lambda,
+    )
     rows = best[picked]
     return Selection(rows=rows, score=keys[0][rows], mmr_score=values, keys=keys)
 
@@ -543,8 +571,11 @@ def nearest_profile_rows(items: FashionMatrix, profile: FashionMatrix) -> np.nda
     embeddings the most matching attributes (first row on ties); -1 for an empty profile."""
     if not profile.n:
         return np.full(items.n, -1, dtype=np.int64)
-    if items.embedding is not None and profile.embedding is not None \
-            and items.embedding.shape[1] == profile.embedding.shape[1]:
+    if (
+        items.embedding is not None
+        and profile.embedding is not None
+        and items.embedding.shape[1] == profile.embedding.shape[1]
+    ):
         return np.argmax(items.embedding @ profile.embedding.T, axis=1).astype(np.int64)
     per_row = np.zeros((items.n, profile.n), dtype=np.int64)
     for a in range(len(items.attributes)):
@@ -594,15 +625,17 @@ def profile_batch(profiles: Sequence[FashionMatrix], taxonomy: Mapping[str, Sequ
         embedding_t = np.ascontiguousarray(np.concatenate([p.embedding for p in profiles]).T)
     mean_probs = None
     if all(p.probs is not None for p in profiles):
-        mean_probs = tuple(np.stack([p.probs[a].mean(axis=0, dtype=np.float64) for p in profiles], axis=1)
-                           for a in range(len(attributes)))
+        mean_probs = tuple(
+            np.stack([p.probs[a].mean(axis=0, dtype=np.float64) for p in profiles], axis=1)
+            for a in range(len(attributes))
+        )
     counts = []
     for a, attribute in enumerate(attributes):
         size = len(taxonomy[attribute]) + 1
         table = np.zeros((len(profiles), size), dtype=np.int64)
         for u, p in enumerate(profiles):
             known = p.codes[:, a][p.codes[:, a] >= 0]
-            table[u, :size - 1] = np.bincount(known, minlength=size - 1)[:size - 1]
+            table[u, : size - 1] = np.bincount(known, minlength=size - 1)[: size - 1]
         counts.append(table)
     return ProfileBatch(attributes, offsets, codes, embedding_t, mean_probs, tuple(counts))
 
@@ -631,14 +664,16 @@ def batch_embedding_scores(items: FashionMatrix, batch: ProfileBatch) -> np.ndar
     if items.embedding.shape[1] != batch.embedding_t.shape[0]:
         raise MissingVectors(
             f"repository embeddings have {items.embedding.shape[1]} dimensions, the profile's "
-            f"{batch.embedding_t.shape[0]}: they come from different networks (embedding_source)")
+            f"{batch.embedding_t.shape[0]}: they come from different networks (embedding_source)"
+        )
     product = items.embedding @ batch.embedding_t
     best = np.maximum.reduceat(product, batch.offsets[:-1], axis=1)
     return np.round(best.astype(np.float64), EMBEDDING_DECIMALS)
 
 
-def batch_components(items: FashionMatrix, batch: ProfileBatch, attribute_weights: np.ndarray,
-                     need: Sequence[str]) -> BatchComponents:
+def batch_components(
+    items: FashionMatrix, batch: ProfileBatch, attribute_weights: np.ndarray, need: Sequence[str]
+) -> BatchComponents:
     """The components ``need`` (score kinds) uses, for every (item, user) pair; ``attribute_weights``
     as from :func:`normalised_weights`. Keep ``items.n x M`` small (a block of rows): the embedding
     product is that big."""

@@ -3,6 +3,7 @@
 Every module takes its settings from :func:`get_settings`; nothing else reads the config files or the
 ``FASHIONNET_*`` environment variables.
 """
+
 from __future__ import annotations
 
 import copy
@@ -102,8 +103,14 @@ RETAILER_KINDS = ("demo", "sitemap", "listing", "urls", "shopify")
 KINDS_WITH_ENTRY_POINTS = ("sitemap", "listing", "urls")
 #: Every key of a retailer entry and its value when absent.
 RETAILER_DEFAULTS: dict[str, Any] = {
-    "kind": None, "base_url": None, "search_url": None, "entry_points": [], "urls_file": None,
-    "url_pattern": None, "allowed_hosts": [], "crawl": {},
+    "kind": None,
+    "base_url": None,
+    "search_url": None,
+    "entry_points": [],
+    "urls_file": None,
+    "url_pattern": None,
+    "allowed_hosts": [],
+    "crawl": {},
 }
 #: Optional keys read by single spiders (present only when set): product_link_css (the demo and query
 #: spiders' product links), listing_link_css (the catalog spider), currency (shopify, when the store's
@@ -111,13 +118,26 @@ RETAILER_DEFAULTS: dict[str, Any] = {
 RETAILER_SPIDER_KEYS = ("product_link_css", "listing_link_css", "currency")
 #: The top-level ``crawl:`` settings a retailer may override for its own crawls.
 RETAILER_CRAWL_OVERRIDES: dict[str, type | tuple[type, ...]] = {
-    "user_agent": str, "obey_robots_txt": bool, "concurrent_requests": int, "concurrent_requests_per_domain": int,
-    "download_delay_s": (int, float), "autothrottle_start_delay_s": (int, float), "download_timeout_s": (int, float),
-    "retry_times": int, "retry_backoff_base_s": (int, float), "retry_backoff_max_s": (int, float),
-    "timeout_s": (int, float), "incremental": bool, "images_min_width": int, "images_min_height": int,
-    "max_page_bytes": int, "max_image_bytes": int,
+    "user_agent": str,
+    "obey_robots_txt": bool,
+    "concurrent_requests": int,
+    "concurrent_requests_per_domain": int,
+    "download_delay_s": (int, float),
+    "autothrottle_start_delay_s": (int, float),
+    "download_timeout_s": (int, float),
+    "retry_times": int,
+    "retry_backoff_base_s": (int, float),
+    "retry_backoff_max_s": (int, float),
+    "timeout_s": (int, float),
+    "incremental": bool,
+    "images_min_width": int,
+    "images_min_height": int,
+    "max_page_bytes": int,
+    "max_image_bytes": int,
 }
-HOST_ENTRY = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?")
+HOST_ENTRY = re.compile(
+    r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?"
+)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -194,12 +214,23 @@ def _check_crawl_overrides(retailer: str, overrides: Any, crawl: dict[str, Any])
     for name, value in overrides.items():
         expected = RETAILER_CRAWL_OVERRIDES.get(name)
         if expected is None:
-            raise RetailerConfigError(retailer, f"crawl.{name}", "is not a crawl setting a retailer may override; "
-                                      f"known: {', '.join(sorted(RETAILER_CRAWL_OVERRIDES))}")
+            raise RetailerConfigError(
+                retailer,
+                f"crawl.{name}",
+                f"is not a crawl setting a retailer may override; known: {', '.join(sorted(RETAILER_CRAWL_OVERRIDES))}",
+            )
         wrong_type = not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
-        if wrong_type or (not isinstance(value, (bool, str)) and value < 0) or (isinstance(value, str) and not value.strip()):
-            raise RetailerConfigError(retailer, f"crawl.{name}", f"needs a non-negative {getattr(expected, '__name__', 'number')}"
-                                      f" like the top-level crawl.{name} ({crawl.get(name)!r}), got {value!r}")
+        if (
+            wrong_type
+            or (not isinstance(value, (bool, str)) and value < 0)
+            or (isinstance(value, str) and not value.strip())
+        ):
+            raise RetailerConfigError(
+                retailer,
+                f"crawl.{name}",
+                f"needs a non-negative {getattr(expected, '__name__', 'number')}"
+                f" like the top-level crawl.{name} ({crawl.get(name)!r}), got {value!r}",
+            )
     return dict(overrides)
 
 
@@ -217,15 +248,20 @@ def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None
         raise RetailerConfigError(name, "entry", f"needs a mapping of {', '.join(RETAILER_DEFAULTS)}, got {entry!r}")
     unknown = sorted(set(entry) - set(RETAILER_DEFAULTS) - set(RETAILER_SPIDER_KEYS), key=str)
     if unknown:
-        raise RetailerConfigError(name, str(unknown[0]), "unknown key; a retailer has "
-                                  f"{', '.join([*RETAILER_DEFAULTS, *RETAILER_SPIDER_KEYS])}")
+        raise RetailerConfigError(
+            name,
+            str(unknown[0]),
+            f"unknown key; a retailer has {', '.join([*RETAILER_DEFAULTS, *RETAILER_SPIDER_KEYS])}",
+        )
     checked = {**copy.deepcopy(RETAILER_DEFAULTS), **{k: v for k, v in entry.items() if v is not None}}
     kind = checked["kind"]
     if kind not in RETAILER_KINDS:
         raise RetailerConfigError(name, "kind", f"must be one of {', '.join(RETAILER_KINDS)}, got {kind!r}")
     checked["base_url"] = _check_http_url(name, "base_url", checked["base_url"]).rstrip("/")
     if urlsplit(checked["base_url"]).query or urlsplit(checked["base_url"]).fragment:
-        raise RetailerConfigError(name, "base_url", f"{checked['base_url']!r} has a query or fragment; give the shop's root")
+        raise RetailerConfigError(
+            name, "base_url", f"{checked['base_url']!r} has a query or fragment; give the shop's root"
+        )
     hosts = checked["allowed_hosts"]
     if not isinstance(hosts, list):
         raise RetailerConfigError(name, "allowed_hosts", f"needs a list of hosts, got {hosts!r}")
@@ -237,20 +273,27 @@ def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None
     for n, url in enumerate(points):
         _check_http_url(name, f"entry_points[{n}]", url)
         if not url_allowed(checked, url):
-            raise RetailerConfigError(name, f"entry_points[{n}]", f"{url!r} is neither on the retailer's site "
-                                      f"({checked['base_url']}) nor on one of its allowed_hosts")
+            raise RetailerConfigError(
+                name,
+                f"entry_points[{n}]",
+                f"{url!r} is neither on the retailer's site ({checked['base_url']}) nor on one of its allowed_hosts",
+            )
     urls_file = checked["urls_file"]
     if urls_file is not None and (kind != "urls" or not isinstance(urls_file, str) or not urls_file.strip()):
         raise RetailerConfigError(name, "urls_file", "is a file path, for kind urls only")
     if kind in ("sitemap", "listing") and len(points) != 1:
         # The product spider starts at one sitemap (a sitemap index lists the others) or one listing page.
-        raise RetailerConfigError(name, "entry_points", f"kind {kind} needs exactly one {kind} URL "
-                                  f"(a sitemap index for several sitemaps), got {len(points)}")
+        raise RetailerConfigError(
+            name,
+            "entry_points",
+            f"kind {kind} needs exactly one {kind} URL (a sitemap index for several sitemaps), got {len(points)}",
+        )
     if kind == "urls" and any("," in url for url in points):
         raise RetailerConfigError(name, "entry_points", "a product URL with a comma: list such URLs in a urls_file")
     if kind == "urls" and bool(points) == bool(urls_file):
-        raise RetailerConfigError(name, "entry_points", "kind urls needs product URLs in entry_points or a urls_file "
-                                  "(exactly one of them)")
+        raise RetailerConfigError(
+            name, "entry_points", "kind urls needs product URLs in entry_points or a urls_file (exactly one of them)"
+        )
     if kind not in KINDS_WITH_ENTRY_POINTS and points:
         raise RetailerConfigError(name, "entry_points", f"kind {kind} starts at base_url and takes no entry points")
 
@@ -261,7 +304,9 @@ def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None
         try:
             re.compile(pattern)
         except (re.error, TypeError) as error:
-            raise RetailerConfigError(name, "url_pattern", f"{pattern!r} is not a regular expression: {error}") from None
+            raise RetailerConfigError(
+                name, "url_pattern", f"{pattern!r} is not a regular expression: {error}"
+            ) from None
 
     search_url = checked["search_url"]
     if search_url is not None:
@@ -270,8 +315,9 @@ def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None
         try:
             example = search_url.format(base_url=checked["base_url"], query="shirt")
         except (KeyError, IndexError, ValueError) as error:
-            raise RetailerConfigError(name, "search_url", f"{search_url!r}: only {{base_url}} and {{query}} may be "
-                                      f"filled in ({error!r})") from None
+            raise RetailerConfigError(
+                name, "search_url", f"{search_url!r}: only {{base_url}} and {{query}} may be filled in ({error!r})"
+            ) from None
         _check_http_url(name, "search_url", example)
         if not url_allowed(checked, example):
             raise RetailerConfigError(name, "search_url", f"{example!r} is off the retailer's site and allowed_hosts")
@@ -285,14 +331,16 @@ def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None
 def validate_retailers(retailers: Any, crawl: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Every retailer entry of the settings, validated (:func:`validate_retailer`)."""
     if not isinstance(retailers, dict):
-        raise ValueError(f"retailers: needs a mapping of retailer name -> entry, got {retailers!r} (config/settings.yaml)")
+        raise ValueError(
+            f"retailers: needs a mapping of retailer name -> entry, got {retailers!r} (config/settings.yaml)"
+        )
     return {name: validate_retailer(name, entry, crawl) for name, entry in retailers.items()}
 
 
 def resolve_store_uri(uri: str) -> str:
     """Make a relative ``file://`` URI absolute against the repository root."""
     if uri.startswith("file://"):
-        path = Path(uri[len("file://"):])
+        path = Path(uri[len("file://") :])
         if not path.is_absolute():
             path = REPO_ROOT / path
         return "file://" + str(path)
@@ -350,16 +398,37 @@ def validate_crawl_failure(crawl: dict[str, Any]) -> None:
 
 
 # -- training (models.train.TrainingConfig reads these) -----------------------------------------------
-_TRAINING_CHOICES = {"pooling": ("avg", "max", "flatten"), "lr_schedule": ("constant", "cosine"),
-                     "image_fit": ("squash", "crop"), "mixed_precision": ("auto", "off"),
-                     "head_init": ("random", "probe"), "backbone": ("vgg16", "efficientnet_lite0")}
-_TRAINING_INTS = {"image_size": 32, "batch_size": 1, "dense_units": 0, "frozen_epochs": 0, "unfrozen_epochs": 0,
-                  "patience": 0, "warmup_epochs": 0, "seed": 0}  # key -> smallest value
-_TRAINING_FLOATS = {"dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, None),
-                    "head_learning_rate": (0.0, None), "finetune_learning_rate": (0.0, None),
-                    "selection_margin": (0.0, None), "promotion_tolerance": (0.0, 1.0),
-                    "augment_translation": (0.0, 1.0), "augment_zoom": (0.0, 1.0),
-                    "augment_brightness": (0.0, 1.0), "augment_contrast": (0.0, 1.0)}
+_TRAINING_CHOICES = {
+    "pooling": ("avg", "max", "flatten"),
+    "lr_schedule": ("constant", "cosine"),
+    "image_fit": ("squash", "crop"),
+    "mixed_precision": ("auto", "off"),
+    "head_init": ("random", "probe"),
+    "backbone": ("vgg16", "efficientnet_lite0"),
+}
+_TRAINING_INTS = {
+    "image_size": 32,
+    "batch_size": 1,
+    "dense_units": 0,
+    "frozen_epochs": 0,
+    "unfrozen_epochs": 0,
+    "patience": 0,
+    "warmup_epochs": 0,
+    "seed": 0,
+}  # key -> smallest value
+_TRAINING_FLOATS = {
+    "dropout": (0.0, 1.0),
+    "label_smoothing": (0.0, 1.0),
+    "weight_decay": (0.0, None),
+    "head_learning_rate": (0.0, None),
+    "finetune_learning_rate": (0.0, None),
+    "selection_margin": (0.0, None),
+    "promotion_tolerance": (0.0, 1.0),
+    "augment_translation": (0.0, 1.0),
+    "augment_zoom": (0.0, 1.0),
+    "augment_brightness": (0.0, 1.0),
+    "augment_contrast": (0.0, 1.0),
+}
 _TRAINING_BOOLS = ("mirror_augment", "probe", "shared_backbone")
 
 
@@ -372,21 +441,36 @@ def validate_training(training: Any) -> dict[str, Any]:
         where = f"training.{key}: "
         if key in _TRAINING_CHOICES and value not in _TRAINING_CHOICES[key]:
             raise ValueError(f"{where}must be one of {list(_TRAINING_CHOICES[key])}, got {value!r}")
-        if key in _TRAINING_INTS and (not isinstance(value, int) or isinstance(value, bool) or value < _TRAINING_INTS[key]):
+        if key in _TRAINING_INTS and (
+            not isinstance(value, int) or isinstance(value, bool) or value < _TRAINING_INTS[key]
+        ):
             raise ValueError(f"{where}needs an integer >= {_TRAINING_INTS[key]}, got {value!r}")
         if key in _TRAINING_FLOATS:
             low, high = _TRAINING_FLOATS[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or (high is not None and value > high):
-                raise ValueError(f"{where}needs a number in [{low}, {high if high is not None else 'inf'}], got {value!r}")
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or value < low
+                or (high is not None and value > high)
+            ):
+                raise ValueError(
+                    f"{where}needs a number in [{low}, {high if high is not None else 'inf'}], got {value!r}"
+                )
         if key in _TRAINING_BOOLS and not isinstance(value, bool):
             raise ValueError(f"{where}needs true or false, got {value!r}")
         if key == "unfreeze_from":
             prefixes = value.values() if isinstance(value, dict) else [value]
             if not all(isinstance(p, str) and p for p in prefixes):
-                raise ValueError(f"{where}needs 'all', a backbone layer-name prefix (block11) or a mapping "
-                                 f"backbone -> prefix, got {value!r}")
-    if training.get("head_init") == "probe" and (training.get("dense_units", 512) != 0 or training.get("probe") is False):
-        raise ValueError("training.head_init: probe needs dense_units: 0 and probe: true (the head starts as the probe)")
+                raise ValueError(
+                    f"{where}needs 'all', a backbone layer-name prefix (block11) or a mapping "
+                    f"backbone -> prefix, got {value!r}"
+                )
+    if training.get("head_init") == "probe" and (
+        training.get("dense_units", 512) != 0 or training.get("probe") is False
+    ):
+        raise ValueError(
+            "training.head_init: probe needs dense_units: 0 and probe: true (the head starts as the probe)"
+        )
     return training
 
 

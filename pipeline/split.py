@@ -29,6 +29,7 @@ alone: on catalog images those hashes pass many different products (see :mod:`pi
 joining such matches transitively merges the dataset into a few giant groups, which would wreck the
 ratios.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,8 +98,9 @@ def _previous_split(store: ObjectStore) -> dict[str, str]:
     return dict(zip(table.column("item_id").to_pylist(), table.column("split").to_pylist()))
 
 
-def assign_splits(items: pd.DataFrame, previous: dict[str, str], ratios: Mapping[str, float],
-                  salt: str) -> dict[str, str]:
+def assign_splits(
+    items: pd.DataFrame, previous: dict[str, str], ratios: Mapping[str, float], salt: str
+) -> dict[str, str]:
     """item_id -> split for ``items`` (item_id, cluster_id), keeping the ``previous`` assignments.
 
     An item without a cluster id is its own cluster (keyed by its item_id).
@@ -119,8 +121,9 @@ def assign_splits(items: pd.DataFrame, previous: dict[str, str], ratios: Mapping
     return assigned
 
 
-def stratum_report(items: pd.DataFrame, assigned: Mapping[str, str], attributes: list[str],
-                   ratios: Mapping[str, float]) -> dict[str, dict[str, dict[str, Any]]]:
+def stratum_report(
+    items: pd.DataFrame, assigned: Mapping[str, str], attributes: list[str], ratios: Mapping[str, float]
+) -> dict[str, dict[str, dict[str, Any]]]:
     """attribute -> class -> {count per split, share per split, worst absolute share error}.
 
     Unlabelled items (null) form no stratum.
@@ -135,9 +138,12 @@ def stratum_report(items: pd.DataFrame, assigned: Mapping[str, str], attributes:
             counts = {name: int((members == name).sum()) for name in ratios}
             total = sum(counts.values())
             shares = {name: counts[name] / total for name in ratios}
-            classes[str(label)] = {"items": total, "counts": counts,
-                                   "shares": {k: round(v, 4) for k, v in shares.items()},
-                                   "max_share_error": round(max(abs(shares[k] - ratios[k]) for k in ratios), 4)}
+            classes[str(label)] = {
+                "items": total,
+                "counts": counts,
+                "shares": {k: round(v, 4) for k, v in shares.items()},
+                "max_share_error": round(max(abs(shares[k] - ratios[k]) for k in ratios), 4),
+            }
         report[attribute] = classes
     return report
 
@@ -154,8 +160,9 @@ def write_split(store: ObjectStore) -> dict[str, int]:
     previous = _previous_split(store)
     assigned = assign_splits(items, previous, ratios, salt)
     ordered = sorted(assigned.items())
-    store.write_parquet(SPLIT_KEY, pa.Table.from_pylist(
-        [{"item_id": i, "split": s} for i, s in ordered], schema=SPLIT_SCHEMA))
+    store.write_parquet(
+        SPLIT_KEY, pa.Table.from_pylist([{"item_id": i, "split": s} for i, s in ordered], schema=SPLIT_SCHEMA)
+    )
     counts = {name: 0 for name in ratios}
     for _, split in ordered:
         counts[split] += 1
@@ -166,6 +173,12 @@ def write_split(store: ObjectStore) -> dict[str, int]:
     for attribute, classes in report.items():
         for label, stats in classes.items():
             if stats["max_share_error"] > tolerance:
-                log.warning("split: stratum %s=%s (%d items) is off the ratios by %.3f: %s", attribute, label,
-                            stats["items"], stats["max_share_error"], stats["counts"])
+                log.warning(
+                    "split: stratum %s=%s (%d items) is off the ratios by %.3f: %s",
+                    attribute,
+                    label,
+                    stats["items"],
+                    stats["max_share_error"],
+                    stats["counts"],
+                )
     return counts

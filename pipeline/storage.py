@@ -24,6 +24,7 @@ have a deadline by their size, so the worst case of one call is :meth:`ObjectSto
 (about two and a half minutes with the defaults for an endpoint that accepts connections but never
 answers; a few seconds for one that refuses them), plus, for an upload, its size at 1 MB/s.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,7 +32,8 @@ import json
 import os
 import posixpath
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
@@ -84,17 +86,19 @@ class ObjectStore:
         self.s3_client = {**S3_CLIENT, **(s3_client or {})}
         if uri.startswith("file://"):
             self.protocol = "file"
-            self.root = uri[len("file://"):].rstrip("/") or "/"
+            self.root = uri[len("file://") :].rstrip("/") or "/"
             self.storage_options: dict[str, Any] = {}
         elif uri.startswith("s3://"):
             self.protocol = "s3"
-            self.root = uri[len("s3://"):].strip("/")
+            self.root = uri[len("s3://") :].strip("/")
             if not self.root:
                 raise ValueError(f"an S3 store needs a bucket: {uri!r}")
             self.storage_options = {
-                "use_listings_cache": False, "skip_instance_cache": True,
+                "use_listings_cache": False,
+                "skip_instance_cache": True,
                 "config_kwargs": {
-                    "connect_timeout": self.s3_client["connect_timeout"], "read_timeout": self.s3_client["read_timeout"],
+                    "connect_timeout": self.s3_client["connect_timeout"],
+                    "read_timeout": self.s3_client["read_timeout"],
                     "retries": {"total_max_attempts": int(self.s3_client["max_attempts"]), "mode": "standard"},
                 },
             }
@@ -116,8 +120,8 @@ class ObjectStore:
         c = self.s3_client
         attempts, tries = int(c["max_attempts"]), int(c["retries"])
         per_attempt = c["connect_timeout"] + c["read_timeout"]
-        backoff = sum(min(2.0 ** n, 20.0) for n in range(attempts - 1))
-        return tries * (attempts * per_attempt + backoff) + sum(min(1.7 ** n * 0.1, 15) for n in range(tries))
+        backoff = sum(min(2.0**n, 20.0) for n in range(attempts - 1))
+        return tries * (attempts * per_attempt + backoff) + sum(min(1.7**n * 0.1, 15) for n in range(tries))
 
     def s3_upload_deadline_s(self, size: int) -> float:
         """How long an upload of ``size`` bytes may take before it is abandoned as stalled."""
@@ -184,17 +188,17 @@ class ObjectStore:
         except FileNotFoundError:
             return []
         root = self.root.rstrip("/") + "/"
-        keys = [p[len(root):] for p in found if p.startswith(root) and not _is_temporary(p)]
+        keys = [p[len(root) :] for p in found if p.startswith(root) and not _is_temporary(p)]
         if self.protocol == "file":
             keys = [k for k in keys if self._inside_root(root + k)]
         return sorted(keys)
 
-    def read_parquet(self, key: str, columns: list[str] | None = None) -> "pa.Table":
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         import pyarrow.parquet as pq
 
         return pq.read_table(io.BytesIO(self.get_bytes(key)), columns=columns)
 
-    def read_parquet_prefix(self, prefix: str) -> "pa.Table | None":
+    def read_parquet_prefix(self, prefix: str) -> pa.Table | None:
         """All ``.parquet`` objects under ``prefix`` as one table, or None when there are none."""
         import pyarrow as pa
 
@@ -283,8 +287,10 @@ class ObjectStore:
             # fsspec cancels the upload at the deadline
             self.fs.pipe_file(path, data, timeout=deadline, **(condition or {}))
         except FSTimeoutError as error:
-            raise TimeoutError(f"writing {key!r} ({len(data)} bytes) to {self.uri} did not finish in {deadline:.0f} s:"
-                               f" the S3 endpoint {self.endpoint_url or ''} stopped answering") from error
+            raise TimeoutError(
+                f"writing {key!r} ({len(data)} bytes) to {self.uri} did not finish in {deadline:.0f} s:"
+                f" the S3 endpoint {self.endpoint_url or ''} stopped answering"
+            ) from error
         except (ClientError, OSError) as error:
             if condition and _precondition_failed(error):
                 raise StoreConflict(f"conditional write of {key!r} to {self.uri} refused: {condition}") from error
@@ -310,7 +316,7 @@ class ObjectStore:
     def write_json(self, key: str, value: Any, *, private: bool = False) -> str:
         return self.put_bytes(key, _json_bytes(value), private=private)
 
-    def write_parquet(self, key: str, table: "pa.Table") -> str:
+    def write_parquet(self, key: str, table: pa.Table) -> str:
         import pyarrow.parquet as pq
 
         buffer = io.BytesIO()

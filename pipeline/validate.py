@@ -8,6 +8,7 @@ decompression bomb or a 10x10 thumbnail is refused without decoding it. Decoding
 the shared decoder's (:mod:`pipeline.images`), so curation sees the pixels training, inference and the
 users' photos see: upright, 16-bit scaled, transparency on white.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,8 +17,15 @@ from typing import Any
 from PIL import Image
 
 from pipeline.images import (
-    BLANK, DECOMPRESSION_BOMB, NOT_AN_IMAGE, UNDECODABLE, UndecodableImage, check_not_blank, declared_size,
-    open_image, rules_from_settings,
+    BLANK,
+    DECOMPRESSION_BOMB,
+    NOT_AN_IMAGE,
+    UNDECODABLE,
+    UndecodableImage,
+    check_not_blank,
+    declared_size,
+    open_image,
+    rules_from_settings,
 )
 
 MISSING = "missing"

@@ -8,6 +8,7 @@ must be Airflow's plugins folder (``AIRFLOW__CORE__PLUGINS_FOLDER``) or copied i
 
 Importing this module loads FastAPI only: the store is opened, and pandas imported, on the first request.
 """
+
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin

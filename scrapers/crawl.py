@@ -18,6 +18,7 @@ A crawl that ends but reached nothing (no page fetched while its requests failed
 whose failed requests exceed ``crawl.max_failed_share``, raises :class:`CrawlUnreachable`, one line naming
 the host and the errors (:func:`check_crawl`), so its task is red and nothing downstream runs on the batch.
 """
+
 from __future__ import annotations
 
 import collections
@@ -66,16 +67,48 @@ class CrawlTimeout(CrawlError):
 
 
 #: Environment variables the crawl child gets from the parent, by exact name or by prefix.
-CHILD_ENV_NAMES = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
-    "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
-    "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONWARNINGS", "PYTHONFAULTHANDLER", "PYTHONPYCACHEPREFIX",
-    "SSL_CERT_FILE", "SSL_CERT_DIR",
-    # The store (pipeline.storage through botocore): credentials, endpoint and region only.
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
-})
+CHILD_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUNBUFFERED",
+        "PYTHONHASHSEED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "PYTHONWARNINGS",
+        "PYTHONFAULTHANDLER",
+        "PYTHONPYCACHEPREFIX",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        # The store (pipeline.storage through botocore): credentials, endpoint and region only.
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+    }
+)
 CHILD_ENV_PREFIXES = ("LC_", "FASHIONNET_")
 
 
@@ -93,8 +126,13 @@ def _site(url: str) -> tuple[str, int | None]:
 
 
 #: Readable names of the summary's failure reasons (scrapers.middlewares.failure_reason).
-FAILURE_WORDS = {"connection_refused": "connection refused", "dns_error": "host name not found",
-                 "timeout": "timed out", "connection_lost": "connection lost", "too_large": "body too large"}
+FAILURE_WORDS = {
+    "connection_refused": "connection refused",
+    "dns_error": "host name not found",
+    "timeout": "timed out",
+    "connection_lost": "connection lost",
+    "too_large": "body too large",
+}
 
 
 def crawl_host(retailer: str, start_url: str | None, retailers: dict[str, Any]) -> str:
@@ -119,8 +157,11 @@ def check_crawl(summary: dict[str, Any], host: str, max_failed_share: float) -> 
         return
     reasons = ", ".join(f"{FAILURE_WORDS.get(k, k)} x{v}" for k, v in sorted(failed.items(), key=lambda kv: -kv[1]))
     what = "reached nothing" if pages == 0 else f"failed {share:.0%} of its requests (more than {max_failed_share:.0%})"
-    raise CrawlUnreachable(f"crawl {summary.get('crawl_id')} of {summary.get('retailer')} {what} at {host}: "
-                           f"{reasons}; {pages} page(s) fetched", summary)
+    raise CrawlUnreachable(
+        f"crawl {summary.get('crawl_id')} of {summary.get('retailer')} {what} at {host}: "
+        f"{reasons}; {pages} page(s) fetched",
+        summary,
+    )
 
 
 def check_start_url(retailer: str, start_url: str | None, retailers: dict[str, Any]) -> None:
@@ -146,8 +187,10 @@ def check_start_url(retailer: str, start_url: str | None, retailers: dict[str, A
         raise ValueError(f"start_url {start_url!r} carries credentials; a shop's pages are public")
     base_url = (retailers.get(retailer) or {}).get("base_url")
     if base_url and _site(start_url) != _site(str(base_url)):
-        raise ValueError(f"start_url {start_url!r} is not on the site of retailer {retailer!r} ({base_url}): "
-                         "a configured retailer is crawled only on its own site (config/settings.yaml)")
+        raise ValueError(
+            f"start_url {start_url!r} is not on the site of retailer {retailer!r} ({base_url}): "
+            "a configured retailer is crawled only on its own site (config/settings.yaml)"
+        )
 
 
 def crawl_command(
@@ -178,8 +221,9 @@ def crawl_env(parent: dict[str, str] | None = None) -> dict[str, str]:
     """The allow-listed part of the parent's environment (``CHILD_ENV_NAMES``, ``CHILD_ENV_PREFIXES``) plus
     the Scrapy settings module and the repository on the path."""
     source = os.environ if parent is None else parent
-    env = {name: value for name, value in source.items()
-           if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)}
+    env = {
+        name: value for name, value in source.items() if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)
+    }
     env["SCRAPY_SETTINGS_MODULE"] = SETTINGS_MODULE
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -248,8 +292,14 @@ def run_crawl(
     logger.info("running %s", " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=crawl_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", start_new_session=True,
+        cmd,
+        cwd=REPO_ROOT,
+        env=crawl_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
     )
     assert proc.stdout is not None
     reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
@@ -272,21 +322,30 @@ def run_crawl(
     written = summary.get("run_token") == run_token
     log_tail = "; log tail:\n" + "\n".join(tail)
     if overran or (written and summary.get("timed_out")):
-        kept = (f"kept {summary.get('products', 0)} products and {summary.get('weak_labels', 0)} weak labels "
-                f"in crawls/{crawl_id}/ (finish_reason {summary.get('finish_reason')})") if written else "nothing was written"
-        raise CrawlTimeout(f"crawl {spider}/{crawl_id} timed out after {timeout:g}s: {kept}" + log_tail,
-                           summary if written else None)
+        kept = (
+            (
+                f"kept {summary.get('products', 0)} products and {summary.get('weak_labels', 0)} weak labels "
+                f"in crawls/{crawl_id}/ (finish_reason {summary.get('finish_reason')})"
+            )
+            if written
+            else "nothing was written"
+        )
+        raise CrawlTimeout(
+            f"crawl {spider}/{crawl_id} timed out after {timeout:g}s: {kept}" + log_tail, summary if written else None
+        )
     if code == -signal.SIGABRT and written and summary.get("finish_reason") == "finished":
         # The child closed the spider normally and wrote every output (the summary with this run's token is
         # written last), then a native library aborted during interpreter teardown ("terminate called
         # without an active exception", seen once in a full test run): the crawl's work is whole.
-        logger.warning("crawl %s/%s aborted (SIGABRT) after it finished and wrote its outputs; keeping them",
-                       spider, crawl_id)
+        logger.warning(
+            "crawl %s/%s aborted (SIGABRT) after it finished and wrote its outputs; keeping them", spider, crawl_id
+        )
         return {**summary, "exit_code": code}
     if code != 0:
         raise CrawlError(f"crawl {spider}/{crawl_id} exited with {code}" + log_tail)
     if not written:
         raise CrawlError(f"crawl {spider}/{crawl_id} wrote no {key} in {store.uri}" + log_tail)
-    check_crawl(summary, crawl_host(retailer, start_url, settings.retailers),
-                float(settings.crawl.get("max_failed_share", 0.5)))
+    check_crawl(
+        summary, crawl_host(retailer, start_url, settings.retailers), float(settings.crawl.get("max_failed_share", 0.5))
+    )
     return summary

@@ -14,6 +14,7 @@ as a string, list or ``ImageObject``, ``offers`` as one ``Offer``, a list, an ``
 (``lowPrice``), a ``priceSpecification``, or a shop's own nested price object. A page without a
 product gives None, never an exception.
 """
+
 from __future__ import annotations
 
 import html
@@ -26,20 +27,32 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import jstyleson
-from price_parser import Price
-from price_parser import _currencies as _price_currencies
 from extruct.opengraph import OpenGraphExtractor
 from extruct.utils import parse_html
 from extruct.w3cmicrodata import MicrodataExtractor
 from lxml.html import HtmlElement
+from price_parser import Price
+from price_parser import _currencies as _price_currencies
 from scrapy.http import TextResponse
 from w3lib.html import remove_tags
 
 logger = logging.getLogger(__name__)
 
 FIELDS = (
-    "product_url", "sku", "title", "description", "category", "brand", "image_url", "image_urls",
-    "price", "currency", "availability", "color", "material", "field_sources",
+    "product_url",
+    "sku",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "image_url",
+    "image_urls",
+    "price",
+    "currency",
+    "availability",
+    "color",
+    "material",
+    "field_sources",
 )
 #: Merge order, first wins per field; ``dom`` (the visible page, scrapers/visible.py) fills what is left.
 SOURCES = ("jsonld", "microdata", "rdfa", "og", "dom")
@@ -52,20 +65,57 @@ CONTAINER_KEYS = ("@graph", "mainEntity", "mainentity")
 VARIANT_KEYS = ("hasVariant", "hasvariant")
 
 AVAILABILITY = {
-    "instock": "InStock", "available": "InStock", "in stock": "InStock", "instoreonly": "InStoreOnly",
-    "onlineonly": "OnlineOnly", "limitedavailability": "LimitedAvailability", "outofstock": "OutOfStock",
-    "out of stock": "OutOfStock", "soldout": "SoldOut", "sold out": "SoldOut", "preorder": "PreOrder",
-    "presale": "PreSale", "backorder": "BackOrder", "availablefororder": "BackOrder",
-    "discontinued": "Discontinued", "unavailable": "OutOfStock",
+    "instock": "InStock",
+    "available": "InStock",
+    "in stock": "InStock",
+    "instoreonly": "InStoreOnly",
+    "onlineonly": "OnlineOnly",
+    "limitedavailability": "LimitedAvailability",
+    "outofstock": "OutOfStock",
+    "out of stock": "OutOfStock",
+    "soldout": "SoldOut",
+    "sold out": "SoldOut",
+    "preorder": "PreOrder",
+    "presale": "PreSale",
+    "backorder": "BackOrder",
+    "availablefororder": "BackOrder",
+    "discontinued": "Discontinued",
+    "unavailable": "OutOfStock",
 }
 IN_STOCK = frozenset({"InStock", "LimitedAvailability", "OnlineOnly", "InStoreOnly"})
 
 # Only symbols that name one currency. A bare "$" (USD, ARS, CAD, NZD, MXN...) or "¥" (JPY, CNY) does not.
 CURRENCY_SYMBOLS = {
-    "€": "EUR", "eur": "EUR", "£": "GBP", "us$": "USD", "u$s": "USD", "a$": "AUD", "au$": "AUD", "c$": "CAD",
-    "ca$": "CAD", "nz$": "NZD", "r$": "BRL", "mx$": "MXN", "hk$": "HKD", "s$": "SGD", "₹": "INR",
-    "₽": "RUB", "₺": "TRY", "₩": "KRW", "₪": "ILS", "₴": "UAH", "zł": "PLN", "kč": "CZK", "ft": "HUF",
-    "lei": "RON", "лв": "BGN", "лв.": "BGN", "ر.س": "SAR", "د.إ": "AED", "chf": "CHF", "fr.": "CHF",
+    "€": "EUR",
+    "eur": "EUR",
+    "£": "GBP",
+    "us$": "USD",
+    "u$s": "USD",
+    "a$": "AUD",
+    "au$": "AUD",
+    "c$": "CAD",
+    "ca$": "CAD",
+    "nz$": "NZD",
+    "r$": "BRL",
+    "mx$": "MXN",
+    "hk$": "HKD",
+    "s$": "SGD",
+    "₹": "INR",
+    "₽": "RUB",
+    "₺": "TRY",
+    "₩": "KRW",
+    "₪": "ILS",
+    "₴": "UAH",
+    "zł": "PLN",
+    "kč": "CZK",
+    "ft": "HUF",
+    "lei": "RON",
+    "лв": "BGN",
+    "лв.": "BGN",
+    "ر.س": "SAR",
+    "د.إ": "AED",
+    "chf": "CHF",
+    "fr.": "CHF",
 }
 # Symbols beyond the table above, from price-parser's currency list: those naming one current currency
 # (ASCII ones of two letters or more: a lone "R" or "L" in a text is no currency).
@@ -83,8 +133,12 @@ def _symbol_table() -> tuple[dict[str, str], dict[str, frozenset[str]]]:
             continue
         for symbol in (info.get("s"), info.get("sn"), *(info.get("sn2") or ())):
             symbol = symbol.strip().lower().rstrip("\u200f") if isinstance(symbol, str) else ""
-            if symbol and (not symbol.isascii() or len(symbol) >= 3 or symbol in _TWO_LETTER_SYMBOLS
-                           or (len(symbol) == 2 and not symbol.isalpha())):
+            if symbol and (
+                not symbol.isascii()
+                or len(symbol) >= 3
+                or symbol in _TWO_LETTER_SYMBOLS
+                or (len(symbol) == 2 and not symbol.isalpha())
+            ):
                 codes.setdefault(symbol, set()).add(code)
     unique = {s: next(iter(c)) for s, c in codes.items() if len(c) == 1 and not _ISO_LIKE.match(s)}
     return unique, {s: frozenset(c) for s, c in codes.items() if len(c) > 1}
@@ -94,16 +148,47 @@ _ISO_LIKE = re.compile(r"^[a-z]{3}$")
 
 
 def _dollar_codes() -> frozenset[str]:
-    return frozenset(c for c, info in _price_currencies.CURRENCIES.items() if info.get("s") == "$" or info.get("sn") == "$")
+    return frozenset(
+        c for c, info in _price_currencies.CURRENCIES.items() if info.get("s") == "$" or info.get("sn") == "$"
+    )
+
+
 _EXTRA_SYMBOLS, _SHARED_SYMBOLS = _symbol_table()
-CURRENCY_SYMBOLS = {**_EXTRA_SYMBOLS, "тг": "KZT", "тг.": "KZT", "₸": "KZT", "kn": "HRK", "грн": "UAH", "грн.": "UAH",
-                    "руб": "RUB", "руб.": "RUB", "р.": "RUB", "원": "KRW", "₩": "KRW", "₫": "VND", "đ": "VND", "元": "CNY",
-                    "円": "JPY", "din": "RSD", "дин.": "RSD", "ден": "MKD", "₾": "GEL", "₼": "AZN", "֏": "AMD",
-                    **CURRENCY_SYMBOLS}
+CURRENCY_SYMBOLS = {
+    **_EXTRA_SYMBOLS,
+    "тг": "KZT",
+    "тг.": "KZT",
+    "₸": "KZT",
+    "kn": "HRK",
+    "грн": "UAH",
+    "грн.": "UAH",
+    "руб": "RUB",
+    "руб.": "RUB",
+    "р.": "RUB",
+    "원": "KRW",
+    "₩": "KRW",
+    "₫": "VND",
+    "đ": "VND",
+    "元": "CNY",
+    "円": "JPY",
+    "din": "RSD",
+    "дин.": "RSD",
+    "ден": "MKD",
+    "₾": "GEL",
+    "₼": "AZN",
+    "֏": "AMD",
+    **CURRENCY_SYMBOLS,
+}
 #: Symbols several currencies use ("$", "kr", "¥"): the page's country decides (scrapers/visible.py).
 AMBIGUOUS_SYMBOLS = {s: c for s, c in _SHARED_SYMBOLS.items() if s not in CURRENCY_SYMBOLS}
-AMBIGUOUS_SYMBOLS.update({"$": _dollar_codes(), "¥": frozenset({"JPY", "CNY"}), "kr": frozenset({"SEK", "NOK", "DKK", "ISK"}),
-                          "kr.": frozenset({"DKK", "ISK"})})
+AMBIGUOUS_SYMBOLS.update(
+    {
+        "$": _dollar_codes(),
+        "¥": frozenset({"JPY", "CNY"}),
+        "kr": frozenset({"SEK", "NOK", "DKK", "ISK"}),
+        "kr.": frozenset({"DKK", "ISK"}),
+    }
+)
 CURRENCY_SYMBOLS.pop("¥", None)
 _KNOWN_CODES = frozenset(_price_currencies.CURRENCIES) - _REPLACED_BY_EURO
 _ISO_CODE = re.compile(r"^[A-Za-z]{3}$")
@@ -418,7 +503,9 @@ def _walk(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
                 yield from _walk(value[key], depth + 1)
 
 
-def _main_product(candidates: list[dict[str, Any]], page_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+def _main_product(
+    candidates: list[dict[str, Any]], page_url: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """The page's product and its variants.
 
     The product whose url/@id is the page wins, else the first ProductGroup, else the first Product.
@@ -444,6 +531,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def _product_fields(main: dict[str, Any], variants: list[dict[str, Any]], response: TextResponse) -> dict[str, Any]:
     """Normalised fields of a schema.org product (JSON-LD, or microdata converted to the same shape)."""
+
     def first(*keys: str, join: bool = False) -> str | None:
         for node in [main, *variants]:
             text = _text(_get(node, *keys), join=join)
@@ -566,9 +654,11 @@ def _rdfa_node(node: dict[str, Any], by_id: dict[str, dict[str, Any]], depth: in
                 converted.append(value["@value"])
             elif "@id" in value:
                 ref = by_id.get(value["@id"])
-                converted.append(_rdfa_node(ref, by_id, depth + 1) if ref and ref.get("@type") and depth < 4 else value["@id"])
+                converted.append(
+                    _rdfa_node(ref, by_id, depth + 1) if ref and ref.get("@type") and depth < 4 else value["@id"]
+                )
         if converted:
-            out[key[match.end():]] = converted[0] if len(converted) == 1 else converted
+            out[key[match.end() :]] = converted[0] if len(converted) == 1 else converted
     return out
 
 
@@ -614,7 +704,9 @@ def from_opengraph(tree: HtmlElement, response: TextResponse) -> dict[str, Any] 
         "image_urls": absolute_images(images, response),
         "price": price,
         "_rejected": {"price": price_refused} if price_refused else {},
-        "currency": normalize_currency(one("product:price:currency", "og:price:currency", "product:sale_price:currency"))
+        "currency": normalize_currency(
+            one("product:price:currency", "og:price:currency", "product:sale_price:currency")
+        )
         or currency_in_text(price_text),
         "availability": normalize_availability(one("product:availability", "og:availability")),
         "color": one("product:color"),
@@ -648,8 +740,13 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     except Exception:  # noqa: BLE001 - an unparsable page has no product
         logger.debug("unparsable HTML on %s", response.url)
         return {}
-    extractors = {"jsonld": from_json_ld, "microdata": from_microdata, "rdfa": from_rdfa, "og": from_opengraph,
-                  "dom": from_visible_page}
+    extractors = {
+        "jsonld": from_json_ld,
+        "microdata": from_microdata,
+        "rdfa": from_rdfa,
+        "og": from_opengraph,
+        "dom": from_visible_page,
+    }
     found: dict[str, dict[str, Any]] = {}
     for name in SOURCES:
         try:
@@ -691,7 +788,9 @@ def _stated_price_is_the_old_one(found: dict[str, dict[str, Any]]) -> bool:
     was not updated for: microdata 219.99, the page "<s>219.99</s> -50% 110.00"): the page shows the
     stated price only as an old one, and its own current price, lower, in the buy box."""
     dom = found["dom"]
-    stated = next((found[n]["price"] for n in SOURCES if n != "dom" and n in found and found[n].get("price") is not None), None)
+    stated = next(
+        (found[n]["price"] for n in SOURCES if n != "dom" and n in found and found[n].get("price") is not None), None
+    )
     if stated is None or dom.get("price") is None:
         return False
     key = round(stated, 2)
@@ -751,8 +850,10 @@ def merge_sources(found: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if refused:
                 sources[field] = f"{refused[0]}: refused ({refused[1]})"
     # A stated price outranks the visible page's even when the stated one was refused.
-    if merged["price"] is not None and sources.get("price") == "dom" and any(
-        "price" in s.get("_rejected", {}) for n, s in ordered if n != "dom"
+    if (
+        merged["price"] is not None
+        and sources.get("price") == "dom"
+        and any("price" in s.get("_rejected", {}) for n, s in ordered if n != "dom")
     ):
         refused_by = next(n for n, s in ordered if "price" in s.get("_rejected", {}))
         merged["price"] = None

@@ -5,6 +5,7 @@ from the shop's search (``query:<query>``) or from the product's own structured 
 (``material:<value>``, ``name:<word>``, ``description:<word>``). ``PRODUCTS_SCHEMA`` and
 ``WEAK_LABELS_SCHEMA`` are the columns of ``crawls/<crawl_id>/{products,weak_labels}.parquet``.
 """
+
 from __future__ import annotations
 
 import hashlib

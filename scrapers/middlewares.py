@@ -12,12 +12,13 @@ inside the middleware (an async sleep on the reactor), so it costs one of the cr
 good (after the retries), under ``fashionnet/failed/<reason>``; ``CountingRedirectMiddleware`` adds
 ``redirect_loop`` for redirect loops, which Scrapy drops silently.
 """
+
 from __future__ import annotations
 
 import email.utils
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from scrapy import Request, exceptions
@@ -73,8 +74,8 @@ def retry_after_s(value: bytes | str | None, now: float | None = None) -> float 
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    current = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
     return max(0.0, (when - current).total_seconds())
 
 
@@ -157,7 +158,7 @@ class FailureStatsMiddleware:
         self.crawler = crawler
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> "FailureStatsMiddleware":
+    def from_crawler(cls, crawler: Crawler) -> FailureStatsMiddleware:
         return cls(crawler)
 
     def process_exception(self, request: Request, exception: Exception) -> None:

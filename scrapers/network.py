@@ -21,6 +21,7 @@ office network. Two checks, both per request:
 Refusals are never silent: each is counted under ``fashionnet/refused/<reason>`` (``scheme``,
 ``off_site``, ``private_address``), which the crawl summary reports as ``refused_requests``.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -141,7 +142,7 @@ class HostPolicyMiddleware:
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> "HostPolicyMiddleware":
+    def from_crawler(cls, crawler: Crawler) -> HostPolicyMiddleware:
         return cls(crawler)
 
     def _spider_opened(self, spider: Any) -> None:
@@ -174,7 +175,9 @@ def refused_by_resolver(url: str) -> bool:
 def internal_names(entry: dict[str, Any], proxies: dict[str, str] | None = None) -> set[str]:
     """Host names that may resolve to an internal address: the demo store's own and the configured proxies'
     (see the module docstring); ``proxies`` defaults to the environment's (urllib's getproxies)."""
-    urls = [str(url) for scheme, url in (getproxies() if proxies is None else proxies).items() if scheme in ALLOWED_SCHEMES]
+    urls = [
+        str(url) for scheme, url in (getproxies() if proxies is None else proxies).items() if scheme in ALLOWED_SCHEMES
+    ]
     if entry.get("kind") == "demo" and entry.get("base_url"):
         urls.append(str(entry["base_url"]))
     names = set()

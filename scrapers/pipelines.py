@@ -32,13 +32,14 @@ then the spider is closed (reason ``crawl_timeout``), and what was extracted unt
 even if the close, which lets requests in flight finish, outlasts the grace period and the process is
 killed. The summary says why the crawl ended (``finish_reason``, ``timed_out``).
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
-from io import BytesIO
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from io import BytesIO
 from typing import Any
 
 import pyarrow as pa
@@ -46,10 +47,9 @@ from itemadapter import ItemAdapter
 from PIL import Image
 from scrapy import Request, signals
 from scrapy.crawler import Crawler
-from scrapy.exceptions import DropItem
+from scrapy.exceptions import DownloadCancelledError, DropItem
 from scrapy.http import Response
 from scrapy.http.request import NO_CALLBACK
-from scrapy.exceptions import DownloadCancelledError
 from scrapy.pipelines.images import ImageException, ImagesPipeline
 from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
@@ -107,7 +107,7 @@ class IncrementalPipeline:
         self.tracker: SeenTracker | None = None
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> "IncrementalPipeline":
+    def from_crawler(cls, crawler: Crawler) -> IncrementalPipeline:
         return cls(crawler)
 
     def open_spider(self) -> None:
@@ -172,7 +172,9 @@ class StoreImagesPipeline(ImagesPipeline):
             raise drop(self.crawler, "no_image_url", f"{item.get('product_url')} has no image")
         return await super().process_item(item)
 
-    async def media_downloaded(self, response: Response, request: Request, info: ImagesPipeline.SpiderInfo, *, item: Any = None) -> Any:
+    async def media_downloaded(
+        self, response: Response, request: Request, info: ImagesPipeline.SpiderInfo, *, item: Any = None
+    ) -> Any:
         try:
             return await super().media_downloaded(response, request, info, item=item)
         except Exception as error:
@@ -190,8 +192,9 @@ class StoreImagesPipeline(ImagesPipeline):
         self.failure_reasons.setdefault(request.url, reason)
         return super().media_failed(failure, request, info)
 
-    def get_images(self, response: Response, request: Request, info: ImagesPipeline.SpiderInfo, *,
-                   item: Any = None) -> Iterator[tuple[str, Image.Image, BytesIO]]:
+    def get_images(
+        self, response: Response, request: Request, info: ImagesPipeline.SpiderInfo, *, item: Any = None
+    ) -> Iterator[tuple[str, Image.Image, BytesIO]]:
         """Scrapy's ``get_images``, decoding through :func:`pipeline.images.open_image`.
 
         So the declared pixel count is checked before decoding (drop ``image_too_many_pixels``), the
@@ -243,7 +246,7 @@ class StoreExportPipeline:
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> "StoreExportPipeline":
+    def from_crawler(cls, crawler: Crawler) -> StoreExportPipeline:
         return cls(crawler)
 
     def _response_received(self, response: Response, request: Request, **_: Any) -> None:
@@ -309,13 +312,15 @@ class StoreExportPipeline:
     def summary(self, crawl_id: str, n_weak_labels: int, reason: str = "finished") -> dict[str, Any]:
         stats = self.crawler.stats.get_stats()  # type: ignore[union-attr]
         spider = self.crawler.spider
-        drops = {k[len(DROP_STAT):]: v for k, v in sorted(stats.items()) if k.startswith(DROP_STAT)}
+        drops = {k[len(DROP_STAT) :]: v for k, v in sorted(stats.items()) if k.startswith(DROP_STAT)}
         exceptions = {
             k.rsplit("/", 1)[-1]: v for k, v in stats.items() if k.startswith("downloader/exception_type_count/")
         }
-        failed = {k[len(FAILED_STAT):]: v for k, v in sorted(stats.items()) if k.startswith(FAILED_STAT)}
+        failed = {k[len(FAILED_STAT) :]: v for k, v in sorted(stats.items()) if k.startswith(FAILED_STAT)}
         http_errors = {
-            k.rsplit("/", 1)[-1]: v for k, v in sorted(stats.items()) if k.startswith("httperror/response_ignored_status_count/")
+            k.rsplit("/", 1)[-1]: v
+            for k, v in sorted(stats.items())
+            if k.startswith("httperror/response_ignored_status_count/")
         }
         retry_reasons = {
             k.rsplit("/", 1)[-1]: v for k, v in sorted(stats.items()) if k.startswith("retry/reason_count/")
@@ -325,7 +330,7 @@ class StoreExportPipeline:
             "run_token": getattr(spider, "run_token", None),
             "spider": spider.name if spider else None,
             "retailer": getattr(spider, "retailer", None),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
             # Why the crawl ended: "finished", or e.g. "closespider_timeout" / "shutdown" (timed_out: its
             # outputs are what it had extracted until then).
             "finish_reason": reason,
@@ -339,8 +344,9 @@ class StoreExportPipeline:
             "listing_pages": stats.get("fashionnet/listing_pages", 0),
             "pagination_capped": stats.get("fashionnet/pagination_capped", 0),
             # Products kept without a field whose value was refused (e.g. a negative price), per field.
-            "refused_fields": {k.rsplit("/", 1)[-1]: v for k, v in sorted(stats.items())
-                               if k.startswith("fashionnet/refused_fields/")},
+            "refused_fields": {
+                k.rsplit("/", 1)[-1]: v for k, v in sorted(stats.items()) if k.startswith("fashionnet/refused_fields/")
+            },
             "products": len(self.products),
             "images": len({p["image_key"] for p in self.products.values()}),
             "images_downloaded": stats.get("file_status_count/downloaded", 0),
@@ -353,7 +359,9 @@ class StoreExportPipeline:
             # Requests that failed for good (after retries), by reason; HTTP error answers by status.
             "failed_requests": failed,
             # Requests never made: off the retailer's hosts, to an internal address, not http(s) (scrapers.network).
-            "refused_requests": {k[len(REFUSED_STAT):]: v for k, v in sorted(stats.items()) if k.startswith(REFUSED_STAT)},
+            "refused_requests": {
+                k[len(REFUSED_STAT) :]: v for k, v in sorted(stats.items()) if k.startswith(REFUSED_STAT)
+            },
             "http_errors": http_errors,
             "retries": stats.get("retry/count", 0),
             "retries_by_reason": retry_reasons,

@@ -12,6 +12,7 @@ A retailer name that is not in the settings, with a ``start_url``, is "any shop"
 catalog spider from the start URL (as the single-shop Params always did). The ingest crawl needs a
 configured ``search_url``, so it refuses any shop.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,13 @@ from typing import Any
 from pipeline.settings import REPO_ROOT, Settings, get_settings, site_of
 
 #: Spider of each kind's catalogue crawl.
-CATALOG_SPIDERS = {"demo": "catalog", "sitemap": "product", "listing": "product", "urls": "product", "shopify": "shopify"}
+CATALOG_SPIDERS = {
+    "demo": "catalog",
+    "sitemap": "product",
+    "listing": "product",
+    "urls": "product",
+    "shopify": "shopify",
+}
 #: The catalog spider also reads "any shop" from its start URL (today's behaviour of the refresh Params).
 ANY_SHOP_CATALOG_SPIDER = "catalog"
 
@@ -44,17 +51,26 @@ class RetailerCrawl:
         """Run the crawl as a subprocess; its summary (``crawls/<crawl_id>/summary.json``)."""
         from scrapers.crawl import run_crawl
 
-        return run_crawl(self.spider, crawl_id, retailer=self.retailer, start_url=self.start_url,
-                         timeout_s=self.timeout_s, incremental=self.incremental, spider_args=self.spider_args,
-                         setting_overrides=self.setting_overrides)
+        return run_crawl(
+            self.spider,
+            crawl_id,
+            retailer=self.retailer,
+            start_url=self.start_url,
+            timeout_s=self.timeout_s,
+            incremental=self.incremental,
+            spider_args=self.spider_args,
+            setting_overrides=self.setting_overrides,
+        )
 
 
 def _entry(name: str, settings: Settings) -> dict[str, Any]:
     try:
         return settings.retailers[name]
     except KeyError:
-        raise ValueError(f"retailer {name!r} is not in the settings (known: {sorted(settings.retailers)}); "
-                         "give a start_url to crawl any shop under that name") from None
+        raise ValueError(
+            f"retailer {name!r} is not in the settings (known: {sorted(settings.retailers)}); "
+            "give a start_url to crawl any shop under that name"
+        ) from None
 
 
 def politeness(name: str, settings: Settings | None = None) -> tuple[dict[str, Any], float | None, bool | None]:
@@ -98,22 +114,32 @@ def catalog_crawl(name: str, start_url: str | None = None, settings: Settings | 
     if kind == "sitemap" and entry["url_pattern"] and "sitemap_url" in args:
         args["url_pattern"] = entry["url_pattern"]
     overrides, timeout, incremental = politeness(name, settings)
-    return RetailerCrawl(name, CATALOG_SPIDERS[kind], start_url=start_url, spider_args=args,
-                         setting_overrides=overrides, timeout_s=timeout, incremental=incremental)
+    return RetailerCrawl(
+        name,
+        CATALOG_SPIDERS[kind],
+        start_url=start_url,
+        spider_args=args,
+        setting_overrides=overrides,
+        timeout_s=timeout,
+        incremental=incremental,
+    )
 
 
 def ingest_crawl(name: str, start_url: str | None = None, settings: Settings | None = None) -> RetailerCrawl:
     """The query (search page) crawl of retailer ``name``, for weak labels; it needs a ``search_url``."""
     settings = settings or get_settings()
     if name not in settings.retailers:
-        raise ValueError(f"retailer {name!r} is not in the settings: the ingest crawl searches a configured "
-                         "retailer's search_url (config/settings.yaml)")
+        raise ValueError(
+            f"retailer {name!r} is not in the settings: the ingest crawl searches a configured "
+            "retailer's search_url (config/settings.yaml)"
+        )
     entry = settings.retailers[name]
     if not entry.get("search_url"):
         raise ValueError(f"retailer {name!r} has no search_url in the settings: the ingest crawl searches it")
     overrides, timeout, incremental = politeness(name, settings)
-    return RetailerCrawl(name, "query", start_url=start_url, setting_overrides=overrides, timeout_s=timeout,
-                         incremental=incremental)
+    return RetailerCrawl(
+        name, "query", start_url=start_url, setting_overrides=overrides, timeout_s=timeout, incremental=incremental
+    )
 
 
 def catalog_retailers(settings: Settings | None = None) -> list[str]:
@@ -133,8 +159,13 @@ def retailer_batch_id(kind: str, run_after: datetime, retailer: str) -> str:
     return f"{kind}-{run_after:%Y%m%d}-{retailer}"
 
 
-def crawl_targets(requested: list[str] | None, retailer: str | None, start_url: str | None,
-                  configured: list[str], settings: Settings | None = None) -> list[dict[str, str | None]]:
+def crawl_targets(
+    requested: list[str] | None,
+    retailer: str | None,
+    start_url: str | None,
+    configured: list[str],
+    settings: Settings | None = None,
+) -> list[dict[str, str | None]]:
     """The retailers one DAG run crawls, as ``{"retailer", "start_url"}`` dicts (one mapped task each).
 
     ``requested`` (the ``retailers`` Param): those names, each of which must be in ``configured``;
@@ -158,8 +189,10 @@ def crawl_targets(requested: list[str] | None, retailer: str | None, start_url: 
         if not retailer:
             owners = [name for name in configured if url_allowed_site(settings.retailers[name], start_url)]
             if not owners:
-                raise ValueError(f"start_url {start_url!r} is not on the site of any configured retailer "
-                                 f"({configured}); name a new retailer to crawl it as any shop")
+                raise ValueError(
+                    f"start_url {start_url!r} is not on the site of any configured retailer "
+                    f"({configured}); name a new retailer to crawl it as any shop"
+                )
             retailer = owners[0]
         check_start_url(retailer, start_url, settings.retailers)
         if retailer in settings.retailers and retailer not in configured:
@@ -167,8 +200,10 @@ def crawl_targets(requested: list[str] | None, retailer: str | None, start_url: 
         return [{"retailer": retailer, "start_url": start_url}]
     if retailer:
         if retailer not in configured:
-            raise ValueError(f"retailer {retailer!r} is not configured for this crawl (configured: {configured}); "
-                             "give a start_url to crawl any shop")
+            raise ValueError(
+                f"retailer {retailer!r} is not configured for this crawl (configured: {configured}); "
+                "give a start_url to crawl any shop"
+            )
         return [{"retailer": retailer, "start_url": None}]
     if not configured:
         raise ValueError("no retailer is configured for this crawl (config/settings.yaml retailers:)")

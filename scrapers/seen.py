@@ -30,6 +30,7 @@ crawl that fails leaves it untouched. A product whose image failed is not in tha
 recorded and is fetched in full next time. A seen-set written before the validator columns existed reads
 with nulls there (no conditional request until the product's next full download).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -54,7 +55,17 @@ UNCHANGED_STAT = "fashionnet/unchanged"
 NOT_MODIFIED_STAT = "fashionnet/not_modified"
 LASTMOD_UNCHANGED_STAT = "fashionnet/lastmod_unchanged"
 FINGERPRINT_FIELDS = (
-    "title", "price", "currency", "availability", "image_url", "sku", "category", "brand", "color", "material", "description",
+    "title",
+    "price",
+    "currency",
+    "availability",
+    "image_url",
+    "sku",
+    "category",
+    "brand",
+    "color",
+    "material",
+    "description",
 )
 SEEN_SCHEMA = pa.schema(
     [
@@ -112,17 +123,20 @@ def parse_lastmod(value: str | None) -> datetime | None:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def product_json(row: Mapping[str, Any]) -> str:
     """A products-table row as the seen-set's ``product`` column (datetimes as ISO strings)."""
-    return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()},
-                      sort_keys=True, ensure_ascii=False)
+    return json.dumps(
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
 
 
 @dataclass
@@ -134,7 +148,7 @@ class SeenSet:
     rows: dict[str, dict[str, Any]]
 
     @classmethod
-    def load(cls, store: ObjectStore, retailer: str, crawl_id: str) -> "SeenSet":
+    def load(cls, store: ObjectStore, retailer: str, crawl_id: str) -> SeenSet:
         key = seen_key(retailer)
         rows: dict[str, dict[str, Any]] = {}
         if store.exists(key):
@@ -152,8 +166,14 @@ class SeenSet:
         row = self.rows.get(item_id)
         return json.loads(row["product"]) if row and row.get("product") else None
 
-    def mark_emitted(self, item_id: str, product_fingerprint: str, updated_at: str | None,
-                     validators: Mapping[str, str | None], product: str) -> None:
+    def mark_emitted(
+        self,
+        item_id: str,
+        product_fingerprint: str,
+        updated_at: str | None,
+        validators: Mapping[str, str | None],
+        product: str,
+    ) -> None:
         """This crawl exported the product (its image is stored): record it, its validators and its row.
 
         A validator this crawl did not see (a 304 answer, a lastmod skip) keeps its stored value.
@@ -199,8 +219,9 @@ class SeenTracker:
         if updated_at:
             self.stamps[item_id] = updated_at
 
-    def note_validators(self, item_id: str, etag: str | None = None, last_modified: str | None = None,
-                        lastmod: str | None = None) -> None:
+    def note_validators(
+        self, item_id: str, etag: str | None = None, last_modified: str | None = None, lastmod: str | None = None
+    ) -> None:
         """What a fully downloaded product page said about its version (headers, sitemap lastmod)."""
         self.validators[item_id] = {"etag": etag, "last_modified": last_modified, "lastmod": lastmod}
 
@@ -248,7 +269,9 @@ class SeenTracker:
         for item_id in exported_ids:
             if item_id in self.pending and item_id in rows:
                 print_, stamp = self.pending[item_id]
-                self.seen.mark_emitted(item_id, print_, stamp, self.validators.get(item_id, {}), product_json(rows[item_id]))
+                self.seen.mark_emitted(
+                    item_id, print_, stamp, self.validators.get(item_id, {}), product_json(rows[item_id])
+                )
         self.seen.save(self.store)
         return len(self.seen.rows)
 

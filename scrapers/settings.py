@@ -3,6 +3,7 @@
 Values come from the project's configuration (:func:`pipeline.settings.get_settings`), so a crawl
 uses the same store, user agent and politeness as the rest of the pipeline.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,7 @@ def images_store(store_uri: str) -> str:
     Scrapy's S3 store joins its prefix and the file path without a separator, hence the trailing slash.
     """
     if store_uri.startswith("file://"):
-        return store_uri[len("file://"):].rstrip("/") + "/images"
+        return store_uri[len("file://") :].rstrip("/") + "/images"
     return store_uri.rstrip("/") + "/images/"
 
 

@@ -22,6 +22,7 @@ prices. The visible page names a product by itself (``is_product``) only with a 
 buttons sit in its cards, and none with no sku is not a product. Hidden elements (``display:none``,
 ``hidden``, ``aria-hidden``, the usual hidden classes), the navigation and the footer are not the page.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,15 +31,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import html_text
+from babel.numbers import get_currency_precision, get_territory_currencies
 from lxml import etree
 from lxml.html import HtmlElement
-from scrapy.http import TextResponse
-from babel.numbers import get_currency_precision, get_territory_currencies
 from price_parser import Price
+from scrapy.http import TextResponse
 from zyte_parsers import extract_brand_name
 
 from scrapers.extract import (
-    AMBIGUOUS_SYMBOLS, IN_STOCK_PHRASES, OUT_OF_STOCK_PHRASES, _clean, absolute_images, check_price, currency_in_text,
+    AMBIGUOUS_SYMBOLS,
+    IN_STOCK_PHRASES,
+    OUT_OF_STOCK_PHRASES,
+    _clean,
+    absolute_images,
+    check_price,
+    currency_in_text,
     normalize_currency,
 )
 
@@ -46,7 +53,10 @@ from scrapers.extract import (
 # Elements never part of the product's own block (see _skips).
 _HIDDEN_CLASSES = frozenset({"hidden", "hide", "d-none", "is-hidden", "invisible", "sr-only", "visually-hidden"})
 _SKIP_TAGS = frozenset({"script", "style", "noscript", "nav", "footer", "del", "s", "strike", "template"})
-_OLD_PRICE = re.compile(r"old|was|strike|regular|compare|before|original|list|crossed|previous|rrp|uvp|msrp|save|saving|discount|per[-_]?unit|unit[-_]?price", re.I)
+_OLD_PRICE = re.compile(
+    r"old|was|strike|regular|compare|before|original|list|crossed|previous|rrp|uvp|msrp|save|saving|discount|per[-_]?unit|unit[-_]?price",
+    re.I,
+)
 _PRICE_XPATH = (
     "//*[(contains(translate(@class,'PRICE','price'),'price') or contains(translate(@id,'PRICE','price'),'price') "
     "or @itemprop='price' or contains(translate(@class,'PREIS','preis'),'preis'))]"
@@ -182,8 +192,33 @@ def _title(tree: HtmlElement, page_title: str) -> tuple[HtmlElement | None, str 
 
 # -- the page's country and its currency ----------------------------------------------------------
 # Top-level domains that name no country (or are used as if they did not: .co, .io, .me, .tv).
-_GENERIC_TLDS = frozenset({"com", "net", "org", "info", "biz", "shop", "store", "io", "co", "me", "tv", "ai", "app",
-                           "online", "eu", "site", "xyz", "club", "fm", "ly", "to", "cc", "ws"})
+_GENERIC_TLDS = frozenset(
+    {
+        "com",
+        "net",
+        "org",
+        "info",
+        "biz",
+        "shop",
+        "store",
+        "io",
+        "co",
+        "me",
+        "tv",
+        "ai",
+        "app",
+        "online",
+        "eu",
+        "site",
+        "xyz",
+        "club",
+        "fm",
+        "ly",
+        "to",
+        "cc",
+        "ws",
+    }
+)
 _REGION = re.compile(r"^[a-z]{2,3}[-_]([a-z]{2})$", re.I)
 
 
@@ -306,7 +341,9 @@ def in_repeated_block(element: HtmlElement, depth: int = 10, holds=_is_card, cac
     return False
 
 
-def _read_price(element: HtmlElement, text: str, country: str | None) -> tuple[float | None, str | None, str | None, bool]:
+def _read_price(
+    element: HtmlElement, text: str, country: str | None
+) -> tuple[float | None, str | None, str | None, bool]:
     """(price, currency, refusal, has_currency) of a price element's text."""
     parsed = Price.fromstring(text)
     currency = price_currency(text, parsed.currency, country)
@@ -341,7 +378,9 @@ def _price(tree: HtmlElement, order: dict[HtmlElement, int], after: int, country
         if not text or len(text) > 120 or not re.search(r"\d", text):
             continue
         if old:
-            price, _, _, has_currency = _read_price(element, text, country) if len(text) <= 60 else (None, None, None, False)
+            price, _, _, has_currency = (
+                _read_price(element, text, country) if len(text) <= 60 else (None, None, None, False)
+            )
             if price and has_currency and not in_repeated_block(element, cache=cache):
                 out.old.add(round(price, 2))
             continue
@@ -418,7 +457,9 @@ def _named_ids(tree: HtmlElement) -> list[str]:
     for element in tree.iter():
         if not isinstance(element.tag, str) or element.tag in _FORM_TAGS:
             continue
-        names = " ".join(v for k, v in element.attrib.items() if k in ("class", "id", "itemprop") or k.startswith("data-"))
+        names = " ".join(
+            v for k, v in element.attrib.items() if k in ("class", "id", "itemprop") or k.startswith("data-")
+        )
         if not names or not _ID_ATTR.search(names) or len(names) > 300:
             continue
         value = _clean(_text_of(element)) if _in_page(element) else None
@@ -462,7 +503,9 @@ def _brand(tree: HtmlElement, title: str | None) -> str | None:
 
 # Where shops keep an image's large version; a "data:" placeholder in src is no image.
 _IMAGE_ATTRS = ("data-old-hires", "data-zoom-image", "data-large-image", "data-large", "data-zoom", "data-src", "src")
-_NOT_A_PHOTO = re.compile(r"logo|icon|sprite|pixel|spacer|badge|flag|rating|star|payment|maps\.google|staticmap|\.svg|\.gif", re.I)
+_NOT_A_PHOTO = re.compile(
+    r"logo|icon|sprite|pixel|spacer|badge|flag|rating|star|payment|maps\.google|staticmap|\.svg|\.gif", re.I
+)
 _URL_SIZE = re.compile(r"(?<!\d)(\d{2,4})x(\d{2,4})(?!\d)")
 _MIN_SIDE = 150
 
@@ -475,8 +518,9 @@ def _too_small(img: HtmlElement, src: str) -> bool:
     return bool(size) and max(int(size.group(1)), int(size.group(2))) < _MIN_SIDE
 
 
-def _image(tree: HtmlElement, order: dict[HtmlElement, int], after: int, response: TextResponse,
-           title: str | None) -> list[str]:
+def _image(
+    tree: HtmlElement, order: dict[HtmlElement, int], after: int, response: TextResponse, title: str | None
+) -> list[str]:
     """The product's photo: the image whose ``alt`` names the product (half the title's words or more;
     shops put the main photo before or after the title), else the first photo-looking image after the
     title; never an icon, a logo, a map or a thumbnail-sized one. (Related products' photos name other
@@ -523,7 +567,11 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         availability = "InStock"
     else:
         availability = None
-    looks_like_product = bool(title) and (price is not None or refused) and (1 <= buttons <= MAX_BUY_BUTTONS or (buttons == 0 and sku is not None))
+    looks_like_product = (
+        bool(title)
+        and (price is not None or refused)
+        and (1 <= buttons <= MAX_BUY_BUTTONS or (buttons == 0 and sku is not None))
+    )
     return {
         "sku": sku,
         "title": title,

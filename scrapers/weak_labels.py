@@ -12,6 +12,7 @@ and the first field with any hit decides; hits for two classes in that field (a 
 give no label rather than a guess. Every label records its evidence as ``source``:
 ``material:<the material value>`` or ``name:<keyword>`` / ``description:<keyword>``.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,7 +67,9 @@ def _table(raw: Any, taxonomy: Taxonomy, what: str) -> Table:
             raise ValueError(f"crawl.weak_labels.{what}.{attribute} must map class -> keywords")
         for label, keywords in classes.items():
             if label not in known:
-                raise ValueError(f"crawl.weak_labels.{what}.{attribute}: {label!r} is not a class of {attribute} {list(known)}")
+                raise ValueError(
+                    f"crawl.weak_labels.{what}.{attribute}: {label!r} is not a class of {attribute} {list(known)}"
+                )
             if isinstance(keywords, str) or not isinstance(keywords, list):
                 raise ValueError(f"crawl.weak_labels.{what}.{attribute}.{label} must be a list of keywords")
             table.setdefault(str(attribute), {})[str(label)] = [(str(k), keyword_pattern(str(k))) for k in keywords]
@@ -93,7 +96,7 @@ class WeakLabeller:
             self.fields[str(attribute)] = tuple(names)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> "WeakLabeller":
+    def from_settings(cls, settings: Settings | None = None) -> WeakLabeller:
         settings = settings or get_settings()
         return cls(settings.crawl.get("weak_labels") or {}, settings.taxonomy)
 

@@ -6,6 +6,7 @@ value: a Fernet key for ``*FERNET_KEY``, else 32 random bytes as url-safe base64
 ``_``: safe inside the database and broker URLs). Everything else is copied as it is. An existing file is
 never overwritten. Usage: ``python3 scripts/make-dotenv.py [--example .env.example] [--output .env]``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Shared fixtures: a folder store, an S3 store on a local moto server, and settings isolation."""
+
 from __future__ import annotations
 
 import os
@@ -18,12 +19,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Airflow reads its configuration on first import: give the test session its own home and metadata DB.
-os.environ.update({
-    "AIRFLOW_HOME": tempfile.mkdtemp(prefix="fashionnet-airflow-"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-})
+os.environ.update(
+    {
+        "AIRFLOW_HOME": tempfile.mkdtemp(prefix="fashionnet-airflow-"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    }
+)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 for _name in ("FASHIONNET_STORE", "FASHIONNET_PROFILE", "FASHIONNET_SHOP_URL", "AWS_ENDPOINT_URL"):
@@ -82,7 +85,9 @@ def moto_endpoint() -> Iterator[str]:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port)

@@ -4,11 +4,12 @@ The store holds a repository written by the real plan/commit code (vectors from 
 see tests/pipeline/test_repository.py) and a small recommendations dataset in the documented layout.
 The guide's placeholders (endpoint, bucket) are replaced by the test's.
 """
+
 from __future__ import annotations
 
 import re
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import boto3
 import pyarrow as pa
@@ -19,7 +20,7 @@ from tests.conftest import REPO_ROOT
 from tests.pipeline.test_repository import publish, refresh, write_batch
 
 GUIDE = REPO_ROOT / "docs" / "analysts.md"
-T1 = datetime(2026, 11, 1, 2, 5, tzinfo=timezone.utc)
+T1 = datetime(2026, 11, 1, 2, 5, tzinfo=UTC)
 
 
 def guide_blocks() -> list[str]:
@@ -41,28 +42,51 @@ def guide_store(s3_env: str):
     write_batch(store, "catalog-20261101", range(30), crawled_at=T1)
     write_batch(store, "catalog-20261101-other", range(100, 110), crawled_at=T1, retailer="other-shop")
     refresh(store, "catalog-20261101", "catalog-20261101", T1, attributes=taxonomy.names)
-    refresh(store, "catalog-20261101-other", "catalog-20261101-other", T1, attributes=taxonomy.names,
-            crawl_date=date(2026, 11, 1))
+    refresh(
+        store,
+        "catalog-20261101-other",
+        "catalog-20261101-other",
+        T1,
+        attributes=taxonomy.names,
+        crawl_date=date(2026, 11, 1),
+    )
     items = R.read_repository(store, columns=["item_id"])["item_id"].to_pylist()
     # 2026-11-02 has a second, later run (a manual one) for demo-user: readers keep a day's latest run.
-    runs = (("2026-11-01", "scheduled__2026-11-01", 0, 0), ("2026-11-02", "scheduled__2026-11-02", 5, 0),
-            ("2026-11-02", "manual__2026-11-02", 10, 1))
+    runs = (
+        ("2026-11-01", "scheduled__2026-11-01", 0, 0),
+        ("2026-11-02", "scheduled__2026-11-02", 5, 0),
+        ("2026-11-02", "manual__2026-11-02", 10, 1),
+    )
     for day, run, offset, later in runs:
         for user in ("demo-user",) if later else ("demo-user", "someone-else"):
-            picks = items[offset:offset + 5]
+            picks = items[offset : offset + 5]
             written = datetime.fromisoformat(f"{day}T03:00:00+00:00") + timedelta(hours=6 * later)
-            store.write_parquet(f"recommendations/date={day}/run={run}/user_id={user}/recommendations.parquet", pa.table({
-                "rank": pa.array(range(1, 6), pa.int32()), "item_id": picks,
-                "score": pa.array([5.0 - r for r in range(5)], pa.float64()), "title": [f"t{r}" for r in range(5)],
-                "generated_at": pa.array([written] * 5, pa.timestamp("us", "UTC")),
-            }))
+            store.write_parquet(
+                f"recommendations/date={day}/run={run}/user_id={user}/recommendations.parquet",
+                pa.table(
+                    {
+                        "rank": pa.array(range(1, 6), pa.int32()),
+                        "item_id": picks,
+                        "score": pa.array([5.0 - r for r in range(5)], pa.float64()),
+                        "title": [f"t{r}" for r in range(5)],
+                        "generated_at": pa.array([written] * 5, pa.timestamp("us", "UTC")),
+                    }
+                ),
+            )
     return store, bucket, s3_env
 
 
 def test_the_guide_has_blocks_for_pandas_pyarrow_and_duckdb():
     code = "\n".join(guide_blocks())
-    for needle in ("pd.read_parquet", "storage_options", "fs.S3FileSystem(endpoint_override", "ds.dataset",
-                   "duckdb.connect", "con.register", "recommendations/"):
+    for needle in (
+        "pd.read_parquet",
+        "storage_options",
+        "fs.S3FileSystem(endpoint_override",
+        "ds.dataset",
+        "duckdb.connect",
+        "con.register",
+        "recommendations/",
+    ):
         assert needle in code
     assert "httpfs" not in code and "install" not in code.lower()  # no DuckDB extension: offline
 
@@ -71,12 +95,16 @@ def test_the_guide_runs_against_s3(guide_store, capsys):
     store, bucket, endpoint = guide_store
     namespace: dict = {}
     for block in guide_blocks():
-        code = block.replace('"http://localhost:9000"', repr(endpoint)).replace('"fashionnet/store"', repr(f"{bucket}/store"))
+        code = block.replace('"http://localhost:9000"', repr(endpoint)).replace(
+            '"fashionnet/store"', repr(f"{bucket}/store")
+        )
         exec(compile(code, str(GUIDE), "exec"), namespace)  # noqa: S102 - the guide's own examples
 
     full = R.read_repository(store)
     # pandas: the filtered repository and one user's history.
-    expected = [r["item_id"] for r in full.to_pylist() if r["pattern"] == "striped" and r["crawl_date"] >= date(2026, 11, 1)]
+    expected = [
+        r["item_id"] for r in full.to_pylist() if r["pattern"] == "striped" and r["crawl_date"] >= date(2026, 11, 1)
+    ]
     assert sorted(namespace["striped"]["item_id"]) == sorted(expected) and expected
     history = namespace["user_history"]
     assert len(history) == 10 and set(history["user_id"].astype(str)) == {"demo-user"}

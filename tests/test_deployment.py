@@ -8,6 +8,7 @@ wiring (executor, database, broker, the task logs' own bucket and account on Min
 secrets, the TensorFlow queue). The one-shot jobs' scripts run here too: airflow-init's against SQLite
 with the real Airflow CLI, minio-init's against a stand-in `mc`.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,37 +29,83 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 MAKE_DOTENV = REPO_ROOT / "scripts" / "make-dotenv.py"
 
-LONG_RUNNING = ["postgres", "redis", "minio", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer", "airflow-worker", "airflow-worker-tensorflow"]
+LONG_RUNNING = [
+    "postgres",
+    "redis",
+    "minio",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-tensorflow",
+]
 ONE_SHOT = ["minio-init", "airflow-init"]
-AIRFLOW_SERVICES = ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                    "airflow-triggerer", "airflow-worker", "airflow-worker-tensorflow"]
+AIRFLOW_SERVICES = [
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-tensorflow",
+]
 OPTIONAL = ["flower", "demo-store"]  # behind compose profiles
-SECRETS = ["AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY", "AIRFLOW_JWT_SECRET",
-           "POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "FASHIONNET_S3_SECRET_KEY",
-           "AIRFLOW_LOGS_S3_SECRET_KEY", "FASHIONNET_REVIEW_SECRET"]
+SECRETS = [
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_SECRET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "MINIO_ROOT_PASSWORD",
+    "FASHIONNET_S3_SECRET_KEY",
+    "AIRFLOW_LOGS_S3_SECRET_KEY",
+    "FASHIONNET_REVIEW_SECRET",
+]
 # Every Airflow container must see the same value of these.
-SHARED_AIRFLOW_ENV = ["AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
-                      "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY",
-                      "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
-                      "AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER",
-                      "AIRFLOW_CONN_AIRFLOW_LOGS", "FASHIONNET_STORE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                      "AWS_SECRET_ACCESS_KEY", "FASHIONNET_TENSORFLOW_QUEUE"]
+SHARED_AIRFLOW_ENV = [
+    "AIRFLOW__CORE__EXECUTOR",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API__SECRET_KEY",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__CORE__AUTH_MANAGER",
+    "AIRFLOW__CORE__DAGS_FOLDER",
+    "AIRFLOW__CORE__PLUGINS_FOLDER",
+    "AIRFLOW_CONN_AIRFLOW_LOGS",
+    "FASHIONNET_STORE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "FASHIONNET_TENSORFLOW_QUEUE",
+]
 
 
 def _docker_compose() -> str:
     path = shutil.which("docker-compose")
     if path is None:
-        pytest.skip("docker-compose is not installed (scripts/install-test-system-packages.sh installs Debian's "
-                    "docker-compose with apt; needs root)")
+        pytest.skip(
+            "docker-compose is not installed (scripts/install-test-system-packages.sh installs Debian's "
+            "docker-compose with apt; needs root)"
+        )
     return path
 
 
 def _compose_config(folder: Path, *args: str) -> subprocess.CompletedProcess:
     # Only PATH and HOME: a variable in the caller's environment would override the .env under test.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder)}
-    return subprocess.run([_docker_compose(), "-f", str(folder / "docker-compose.yml"), *args, "config"],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [_docker_compose(), "-f", str(folder / "docker-compose.yml"), *args, "config"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _dotenv(path: Path) -> dict[str, str]:
@@ -71,8 +118,19 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _docker_compose()
     folder = tmp_path_factory.mktemp("compose")
     shutil.copy(COMPOSE, folder / "docker-compose.yml")
-    made = subprocess.run([sys.executable, str(MAKE_DOTENV), "--example", str(REPO_ROOT / ".env.example"),
-                           "--output", str(folder / ".env")], capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [
+            sys.executable,
+            str(MAKE_DOTENV),
+            "--example",
+            str(REPO_ROOT / ".env.example"),
+            "--output",
+            str(folder / ".env"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     return folder
 
@@ -109,8 +167,10 @@ def _command(service: dict) -> list[str]:
 
 def _port_targets(service: dict) -> list[int]:
     """Container ports a service publishes (docker-compose 1.29 prints "host:published:target", v2 mappings)."""
-    return [int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
-            for p in service.get("ports") or []]
+    return [
+        int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
+        for p in service.get("ports") or []
+    ]
 
 
 def import_string(path: str):
@@ -137,6 +197,7 @@ def _dockerfile_env() -> dict[str, str]:
 
 # -- the file itself -------------------------------------------------------------------------------------------
 
+
 def test_env_example_is_the_template_and_env_is_never_committed():
     example = _dotenv(REPO_ROOT / ".env.example")
     for name in SECRETS:
@@ -154,8 +215,12 @@ def test_make_dotenv_fills_every_secret_and_never_overwrites(project: Path, dote
     assert len({dotenv[name] for name in SECRETS}) == len(SECRETS)
     Fernet(dotenv["AIRFLOW_FERNET_KEY"].encode())  # a valid key, or Airflow refuses to start
     assert (project / ".env").stat().st_mode & 0o077 == 0
-    again = subprocess.run([sys.executable, str(MAKE_DOTENV), "--output", str(project / ".env")],
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, str(MAKE_DOTENV), "--output", str(project / ".env")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode != 0 and "not overwriting" in again.stderr
     assert _dotenv(project / ".env") == dotenv
 
@@ -195,8 +260,14 @@ def test_airflow_services_run_the_project_image_with_the_airflow_version_we_pin(
     assert "-r requirements.txt" in deploy
     pins = [line for line in deploy if line and not line.startswith(("#", "-r"))]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==\S+", line) for line in pins), pins
-    for package in ("apache-airflow-providers-celery", "apache-airflow-providers-postgres",
-                    "apache-airflow-providers-fab", "psycopg2-binary", "celery", "redis"):
+    for package in (
+        "apache-airflow-providers-celery",
+        "apache-airflow-providers-postgres",
+        "apache-airflow-providers-fab",
+        "psycopg2-binary",
+        "celery",
+        "redis",
+    ):
         assert any(line.startswith(f"{package}==") for line in pins), package
 
 
@@ -224,8 +295,12 @@ def _depends(service: dict) -> dict[str, str]:
 def test_start_order(services: dict):
     assert _depends(services["minio-init"]) == {"minio": "service_healthy"}
     assert _depends(services["airflow-init"]) == {"postgres": "service_healthy"}
-    core = {"postgres": "service_healthy", "redis": "service_healthy",
-            "airflow-init": "service_completed_successfully", "minio-init": "service_completed_successfully"}
+    core = {
+        "postgres": "service_healthy",
+        "redis": "service_healthy",
+        "airflow-init": "service_completed_successfully",
+        "minio-init": "service_completed_successfully",
+    }
     for name in ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "flower"]:
         assert _depends(services[name]) == core, name
     for name in ["airflow-worker", "airflow-worker-tensorflow"]:  # tasks talk to the api-server's execution API
@@ -239,11 +314,16 @@ def test_start_order(services: dict):
         order += sorted(ready)
         for name in ready:
             del pending[name]
-    assert order.index("postgres") < order.index("airflow-init") < order.index("airflow-apiserver") \
+    assert (
+        order.index("postgres")
+        < order.index("airflow-init")
+        < order.index("airflow-apiserver")
         < order.index("airflow-worker")
+    )
 
 
 # -- the wiring ------------------------------------------------------------------------------------------------
+
 
 def test_every_airflow_container_shares_the_same_settings(services: dict):
     reference = _env(services["airflow-apiserver"])
@@ -260,8 +340,11 @@ def test_celery_executor_postgres_and_redis(services: dict, dotenv: dict[str, st
     db = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     postgres = _env(services["postgres"])
     assert db.scheme == "postgresql+psycopg2" and db.hostname == "postgres" and db.port == 5432
-    assert (db.username, db.password, db.path) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"],
-                                                   "/" + postgres["POSTGRES_DB"])
+    assert (db.username, db.password, db.path) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        "/" + postgres["POSTGRES_DB"],
+    )
     assert db.password == dotenv["POSTGRES_PASSWORD"]
     backend = urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"])
     assert backend.scheme == "db+postgresql" and backend.netloc == db.netloc and backend.path == db.path
@@ -275,8 +358,11 @@ def test_celery_executor_postgres_and_redis(services: dict, dotenv: dict[str, st
     api = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert (api.hostname, api.port, api.path) == ("airflow-apiserver", 8080, "/execution/")
 
-    for key, name in [("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW_FERNET_KEY"), ("AIRFLOW__API__SECRET_KEY", "AIRFLOW_SECRET_KEY"),
-                      ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW_JWT_SECRET")]:
+    for key, name in [
+        ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW_FERNET_KEY"),
+        ("AIRFLOW__API__SECRET_KEY", "AIRFLOW_SECRET_KEY"),
+        ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW_JWT_SECRET"),
+    ]:
         assert env[key] == dotenv[name], key
 
 
@@ -291,7 +377,9 @@ def test_task_logs_have_their_own_bucket_and_account_on_minio(services: dict, do
     store = urlsplit(env["FASHIONNET_STORE"])
     assert store.scheme == "s3" and store.hostname == dotenv["FASHIONNET_BUCKET"]
     assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
-        dotenv["FASHIONNET_S3_ACCESS_KEY"], dotenv["FASHIONNET_S3_SECRET_KEY"])
+        dotenv["FASHIONNET_S3_ACCESS_KEY"],
+        dotenv["FASHIONNET_S3_SECRET_KEY"],
+    )
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
 
     assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "True"
@@ -302,23 +390,33 @@ def test_task_logs_have_their_own_bucket_and_account_on_minio(services: dict, do
     assert connection.conn_type == "aws" and connection.endpoint_url == "http://minio:9000"
     assert connection.get_service_config("s3")["bucket_name"] == logs.hostname
     assert (connection.aws_access_key_id, connection.aws_secret_access_key) == (
-        dotenv["AIRFLOW_LOGS_S3_ACCESS_KEY"], dotenv["AIRFLOW_LOGS_S3_SECRET_KEY"])
+        dotenv["AIRFLOW_LOGS_S3_ACCESS_KEY"],
+        dotenv["AIRFLOW_LOGS_S3_SECRET_KEY"],
+    )
     assert connection.aws_access_key_id != env["AWS_ACCESS_KEY_ID"]
     assert connection.aws_secret_access_key not in (env["AWS_SECRET_ACCESS_KEY"], "")
     # no other connection carries the pipeline's key (the old `aws` connection did, for the logs)
     for name in AIRFLOW_SERVICES:
-        assert not [k for k in _env(services[name]) if k.startswith("AIRFLOW_CONN_") and k != "AIRFLOW_CONN_AIRFLOW_LOGS"]
+        assert not [
+            k for k in _env(services[name]) if k.startswith("AIRFLOW_CONN_") and k != "AIRFLOW_CONN_AIRFLOW_LOGS"
+        ]
 
     # MinIO listens where the endpoint says, and minio-init makes those buckets and those accounts.
     assert 9000 in _port_targets(services["minio"])
     init = _env(services["minio-init"])
     assert (init["FASHIONNET_BUCKET"], init["AIRFLOW_LOGS_BUCKET"]) == (store.hostname, logs.hostname)
     assert (init["FASHIONNET_S3_ACCESS_KEY"], init["FASHIONNET_S3_SECRET_KEY"]) == (
-        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
+    )
     assert (init["AIRFLOW_LOGS_S3_ACCESS_KEY"], init["AIRFLOW_LOGS_S3_SECRET_KEY"]) == (
-        connection.aws_access_key_id, connection.aws_secret_access_key)
+        connection.aws_access_key_id,
+        connection.aws_secret_access_key,
+    )
     assert (init["MINIO_ROOT_USER"], init["MINIO_ROOT_PASSWORD"]) == (
-        _env(services["minio"])["MINIO_ROOT_USER"], _env(services["minio"])["MINIO_ROOT_PASSWORD"])
+        _env(services["minio"])["MINIO_ROOT_USER"],
+        _env(services["minio"])["MINIO_ROOT_PASSWORD"],
+    )
 
 
 def test_dags_plugins_and_packages_come_from_the_image_layout(services: dict):
@@ -326,7 +424,9 @@ def test_dags_plugins_and_packages_come_from_the_image_layout(services: dict):
     env = _env(services["airflow-dag-processor"])
     dags, plugins = env["AIRFLOW__CORE__DAGS_FOLDER"], env["AIRFLOW__CORE__PLUGINS_FOLDER"]
     assert (dags, plugins) == (image_env["AIRFLOW__CORE__DAGS_FOLDER"], image_env["AIRFLOW__CORE__PLUGINS_FOLDER"])
-    copies = dict((dst, src) for src, dst in re.findall(r"^COPY --chown=\S+ (\S+) (\S+)$", DOCKERFILE.read_text(), re.M))
+    copies = dict(
+        (dst, src) for src, dst in re.findall(r"^COPY --chown=\S+ (\S+) (\S+)$", DOCKERFILE.read_text(), re.M)
+    )
     assert copies[dags] == "dags" and copies[plugins] == "plugins"
     root = str(Path(dags).parent)
     for package in ("pipeline", "models", "scrapers", "config"):
@@ -388,11 +488,14 @@ def test_commands_and_healthchecks_are_valid_airflow_cli(services: dict):
         parser.parse_args(["jobs", "check", "--job-type", job_type, "--hostname", "x"])
     port = conf.get("scheduler", "scheduler_health_check_server_port")
     assert f"http://localhost:{port}/health" in " ".join(services["airflow-scheduler"]["healthcheck"]["test"])
-    celery_app = re.search(r"celery --app (\S+) inspect ping", " ".join(services["airflow-worker"]["healthcheck"]["test"]))
+    celery_app = re.search(
+        r"celery --app (\S+) inspect ping", " ".join(services["airflow-worker"]["healthcheck"]["test"])
+    )
     import_string(celery_app.group(1))
 
 
 # -- scale-out: the TensorFlow queue ------------------------------------------------------------------------------
+
 
 def _queues(service: dict) -> list[str]:
     command = _command(service)
@@ -433,18 +536,31 @@ QUEUE_PROBE = textwrap.dedent("""
 
 def test_tensorflow_tasks_are_routed_by_the_environment():
     dags = str(REPO_ROOT / "dags")
-    out = subprocess.run([sys.executable, "-c", QUEUE_PROBE.format(dags=dags)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", QUEUE_PROBE.format(dags=dags)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     queues = json.loads(out.stdout.strip().splitlines()[-1])
     # Unset (LocalExecutor, airflow standalone, dag.test): every task on Airflow's default queue.
     assert set(queues["None"].values()) == {"default"}
     routed = {task for task, queue in queues["tensorflow"].items() if queue == "tensorflow"}
-    assert {"fashionnet_train.train", "fashionnet_ingest.predict_for_review",
-            "fashionnet_repository_refresh.infer_shard", "fashionnet_recommend.recommend"} <= routed
+    assert {
+        "fashionnet_train.train",
+        "fashionnet_ingest.predict_for_review",
+        "fashionnet_repository_refresh.infer_shard",
+        "fashionnet_recommend.recommend",
+    } <= routed
     # Only TensorFlow work leaves the default queue: crawls, curation, planning and commits stay there.
-    assert routed <= {"fashionnet_train.train", "fashionnet_ingest.predict_for_review",
-                      "fashionnet_repository_refresh.infer_shard", "fashionnet_recommend.recommend"}, routed
+    assert routed <= {
+        "fashionnet_train.train",
+        "fashionnet_ingest.predict_for_review",
+        "fashionnet_repository_refresh.infer_shard",
+        "fashionnet_recommend.recommend",
+    }, routed
     assert {t for t, q in queues["tensorflow"].items() if q not in ("tensorflow", "default")} == set()
 
 
@@ -466,16 +582,27 @@ def test_minio_init_makes_each_bucket_and_an_account_limited_to_it(tmp_path: Pat
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "mc").write_text(FAKE_MC)
     (tmp_path / "bin" / "mc").chmod(0o755)
-    env = {**_env(service), "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MC_LOG": str(tmp_path / "mc.log"),
-           "MC_POLICY": str(tmp_path / "policy"), "TMPDIR": str(tmp_path)}
-    result = subprocess.run(["/bin/sh", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60)
+    env = {
+        **_env(service),
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        "MC_LOG": str(tmp_path / "mc.log"),
+        "MC_POLICY": str(tmp_path / "policy"),
+        "TMPDIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "mc.log").read_text().splitlines()
     assert calls[0] == f"alias set local http://minio:9000 {env['MINIO_ROOT_USER']} {env['MINIO_ROOT_PASSWORD']}"
-    accounts = {"fashionnet-rw": (env["FASHIONNET_BUCKET"], env["FASHIONNET_S3_ACCESS_KEY"], env["FASHIONNET_S3_SECRET_KEY"]),
-                "airflow-logs-write": (env["AIRFLOW_LOGS_BUCKET"], env["AIRFLOW_LOGS_S3_ACCESS_KEY"],
-                                       env["AIRFLOW_LOGS_S3_SECRET_KEY"])}
+    accounts = {
+        "fashionnet-rw": (env["FASHIONNET_BUCKET"], env["FASHIONNET_S3_ACCESS_KEY"], env["FASHIONNET_S3_SECRET_KEY"]),
+        "airflow-logs-write": (
+            env["AIRFLOW_LOGS_BUCKET"],
+            env["AIRFLOW_LOGS_S3_ACCESS_KEY"],
+            env["AIRFLOW_LOGS_S3_SECRET_KEY"],
+        ),
+    }
     for policy_name, (bucket, user, secret) in accounts.items():
         assert f"mb --ignore-existing local/{bucket}" in calls
         assert f"admin user add local {user} {secret}" in calls
@@ -500,17 +627,22 @@ def test_airflow_init_migrates_and_creates_the_admin_once(tmp_path: Path, servic
     for key in list(env):
         if key.startswith(("AIRFLOW__CELERY__", "AIRFLOW__LOGGING__REMOTE", "AIRFLOW_CONN_")):
             del env[key]
-    env.update({
-        "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(tmp_path / "plugins"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(tmp_path / "plugins"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     for attempt in (1, 2):  # every `docker compose up` runs it again
         result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, f"run {attempt}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert "already exist" in (result.stdout + result.stderr)
-    users = subprocess.run(["airflow", "users", "list", "--output", "json"], env=env, capture_output=True,
-                           text=True, timeout=120)
+    users = subprocess.run(
+        ["airflow", "users", "list", "--output", "json"], env=env, capture_output=True, text=True, timeout=120
+    )
     listed = json.loads(next(line for line in users.stdout.splitlines() if line.startswith("[")))
     assert [(u["username"], u["roles"]) for u in listed] == [(env["_AIRFLOW_ADMIN_USER"], ["Admin"])]

@@ -13,6 +13,7 @@ Floors, bottom up:
 infer step lives in ``models.inference`` and calls the repository stage's plan and shard helpers.
 A new upward import fails :func:`test_no_module_imports_from_a_floor_above_it`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -42,7 +43,9 @@ def imported_modules(path: Path, known: set[str] | dict[str, Path]) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in known)
+            found.update(
+                f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in known
+            )
     return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
@@ -79,7 +82,7 @@ def import_graph() -> dict[str, set[str]]:
 def test_no_module_imports_from_a_floor_above_it():
     upward = set(upward_imports(import_graph()))
     assert upward - KNOWN_UPWARD == set(), "imports from a floor above (see this module's docstring)"
-    assert KNOWN_UPWARD <= upward, "a known upward import is gone: take it off KNOWN_UPWARD"
+    assert upward >= KNOWN_UPWARD, "a known upward import is gone: take it off KNOWN_UPWARD"
 
 
 def test_the_ground_floor_imports_only_itself():
@@ -89,8 +92,12 @@ def test_the_ground_floor_imports_only_itself():
 
 
 def test_an_upward_import_is_found():
-    graph = {"models.train": {"pipeline.storage", "pipeline.recommend"}, "pipeline.storage": {"pipeline.settings"},
-             "pipeline.recommend": {"models.inference", "pipeline.demo"}, "dags.x": {"pipeline.recommend"}}
+    graph = {
+        "models.train": {"pipeline.storage", "pipeline.recommend"},
+        "pipeline.storage": {"pipeline.settings"},
+        "pipeline.recommend": {"models.inference", "pipeline.demo"},
+        "dags.x": {"pipeline.recommend"},
+    }
     assert upward_imports(graph) == [("models.train", "pipeline.recommend"), ("pipeline.recommend", "pipeline.demo")]
 
 

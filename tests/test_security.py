@@ -12,6 +12,7 @@ HTTP servers of the project (found by :func:`test_every_http_server_in_the_proje
 
 The test doubles under ``tests/`` and the benchmark servers under ``bench/`` serve only their test.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,18 +43,45 @@ SAMPLES = {"batch_id": "b1", "item_id": "i1", "name": "review.js"}
 NOT_AUTHENTICATED = b'{"detail":"not authenticated: log in first"}'
 CSRF_REFUSED = b'{"detail":"refused: a change needs the x-requested-with header from this site"}'
 # Paths a client might use to slip past an exact-match gate; none is the login page, so all are refused.
-TRICK_PATHS = ["//api/me", "/api/me/", "/api//me", "/login/../api/me", "/login/..%2Fapi%2Fme", "/LOGIN", "/login/",
-               "/login;/api/me", "/login%00", "/static/../api/batches", "/./api/batches", "/%2e%2e/api/batches",
-               "/api/batches%2Fb1%2Fitems", "/nonexistent", "/docs", "/redoc", "/openapi.json"]
+TRICK_PATHS = [
+    "//api/me",
+    "/api/me/",
+    "/api//me",
+    "/login/../api/me",
+    "/login/..%2Fapi%2Fme",
+    "/LOGIN",
+    "/login/",
+    "/login;/api/me",
+    "/login%00",
+    "/static/../api/batches",
+    "/./api/batches",
+    "/%2e%2e/api/batches",
+    "/api/batches%2Fb1%2Fitems",
+    "/nonexistent",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+]
 
 
 # -- a raw ASGI client: exactly the path and headers given, no normalisation, no cookie jar ------------------
-def call(app, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"",
-         query: str = "") -> tuple[int, dict[str, str], bytes]:
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query.encode(),
-             "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+def call(
+    app, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"", query: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query.encode(),
+        "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
     inbox = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict] = []
 
@@ -66,7 +94,11 @@ def call(app, method: str, path: str, headers: dict[str, str] | None = None, bod
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     response_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-    return start["status"], response_headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return (
+        start["status"],
+        response_headers,
+        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+    )
 
 
 def http_routes(app, prefix: str = "") -> Iterator[tuple[str, set[str]]]:
@@ -122,18 +154,29 @@ def session_cookies(store: ObjectStore) -> dict[str, str | None]:
     ours = auth.SessionSigner(SECRET, 3600)
     forged = other.dumps({"u": "alice", "f": auth._fingerprint(record)})
     stale = ours.issue("alice", {**record, "salt": "00" * 16})  # an older password record
-    return {"none": None, "garbage": "garbage", "forged": forged, "unknown reviewer": ours.issue("mallory", record),
-            "old password": stale}
+    return {
+        "none": None,
+        "garbage": "garbage",
+        "forged": forged,
+        "unknown reviewer": ours.issue("mallory", record),
+        "old password": stale,
+    }
 
 
 def login_bodies() -> set[bytes]:
     """What the public login route may answer: its static form, with or without an error (never any data)."""
     from pipeline.review_web.app import login_page
 
-    pages = {login_page(error).body for error in ("", "Unknown reviewer or wrong password.",
-                                                  "This login form only accepts posts from its own page.",
-                                                  "Too many failed attempts; wait a few minutes.",
-                                                  "The server is busy checking passwords; try again in a moment.")}
+    pages = {
+        login_page(error).body
+        for error in (
+            "",
+            "Unknown reviewer or wrong password.",
+            "This login form only accepts posts from its own page.",
+            "Too many failed attempts; wait a few minutes.",
+            "The server is busy checking passwords; try again in a moment.",
+        )
+    }
     return pages | {b'{"detail":"Method Not Allowed"}', b""}
 
 
@@ -168,8 +211,10 @@ def assert_refused(app, prefix: str, routes: list[tuple[str, set[str]]], cookies
 
 
 # -- which HTTP servers the project has ----------------------------------------------------------------------
-SERVER_PATTERN = re.compile(r"FastAPI\(|APIRouter\(|Starlette\(|Flask\(|HTTPServer|uvicorn\.run|web\.Application\("
-                            r"|fastapi_apps|flask_blueprints|appbuilder_views|socketserver\.|aiohttp\.web|serve_forever")
+SERVER_PATTERN = re.compile(
+    r"FastAPI\(|APIRouter\(|Starlette\(|Flask\(|HTTPServer|uvicorn\.run|web\.Application\("
+    r"|fastapi_apps|flask_blueprints|appbuilder_views|socketserver\.|aiohttp\.web|serve_forever"
+)
 KNOWN_SERVERS = {
     "pipeline/review_web/app.py": "the review page (FastAPI), tested below",
     "pipeline/review_web/api.py": "the review page's JSON API (a router of the same app), tested below",
@@ -181,21 +226,35 @@ KNOWN_SERVERS = {
 
 
 def test_every_http_server_in_the_project_is_known():
-    files = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    found = {f for f in files if not f.startswith(("tests/", "bench/"))
-             and SERVER_PATTERN.search((REPO_ROOT / f).read_text(encoding="utf-8", errors="replace"))}
-    assert found == set(KNOWN_SERVERS), ("a new HTTP server: test that it refuses unauthenticated requests, then "
-                                         f"list it in KNOWN_SERVERS; unlisted {sorted(found - set(KNOWN_SERVERS))}")
+    files = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    found = {
+        f
+        for f in files
+        if not f.startswith(("tests/", "bench/"))
+        and SERVER_PATTERN.search((REPO_ROOT / f).read_text(encoding="utf-8", errors="replace"))
+    }
+    assert found == set(KNOWN_SERVERS), (
+        "a new HTTP server: test that it refuses unauthenticated requests, then "
+        f"list it in KNOWN_SERVERS; unlisted {sorted(found - set(KNOWN_SERVERS))}"
+    )
 
 
 # -- the review page ----------------------------------------------------------------------------------------
 def test_the_review_app_refuses_every_route_and_method_without_a_valid_session(app, store):
     routes = list(http_routes(app))
     declared = {(method, path) for path, methods in routes for method in methods}
-    assert {("GET", "/login"), ("POST", "/login"), ("GET", "/"), ("GET", "/api/me"), ("GET", "/api/batches"),
-            ("POST", "/api/batches/{batch_id}/decisions"), ("POST", "/api/batches/{batch_id}/accept-page"),
-            ("POST", "/logout")} <= declared  # the enumeration sees the routes
+    assert {
+        ("GET", "/login"),
+        ("POST", "/login"),
+        ("GET", "/"),
+        ("GET", "/api/me"),
+        ("GET", "/api/batches"),
+        ("POST", "/api/batches/{batch_id}/decisions"),
+        ("POST", "/api/batches/{batch_id}/accept-page"),
+        ("POST", "/logout"),
+    } <= declared  # the enumeration sees the routes
     before = snapshot(store)
     made = assert_refused(app, "", routes, session_cookies(store))
     assert made > 500
@@ -258,10 +317,19 @@ def test_changes_need_the_csrf_header_from_this_site_even_with_a_valid_session(a
     assert snapshot(store) == before
 
     # The control: the same session with the header from this site is accepted (so the 403s are the check's).
-    status, _, response = call(app, "POST", "/api/batches/b1/decisions",
-                               {"Cookie": cookie, "Content-Type": "application/json", "X-Requested-With": CSRF_VALUE,
-                                "Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
-                               json.dumps({"decisions": [{"item_id": "i1", "decision": "accept"}]}).encode())
+    status, _, response = call(
+        app,
+        "POST",
+        "/api/batches/b1/decisions",
+        {
+            "Cookie": cookie,
+            "Content-Type": "application/json",
+            "X-Requested-With": CSRF_VALUE,
+            "Origin": "http://testserver",
+            "Sec-Fetch-Site": "same-origin",
+        },
+        json.dumps({"decisions": [{"item_id": "i1", "decision": "accept"}]}).encode(),
+    )
     assert status == 200, response
     assert snapshot(store) != before
 
@@ -279,8 +347,9 @@ def load_plugin(monkeypatch: pytest.MonkeyPatch):
     import importlib.util
 
     monkeypatch.setenv("FASHIONNET_REVIEW_SECRET", SECRET)  # read when the plugin module builds its app
-    spec = importlib.util.spec_from_file_location("fashionnet_review_plugin_under_test",
-                                                  REPO_ROOT / "plugins" / "fashionnet_review.py")
+    spec = importlib.util.spec_from_file_location(
+        "fashionnet_review_plugin_under_test", REPO_ROOT / "plugins" / "fashionnet_review.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.FashionNetReviewPlugin
@@ -288,15 +357,19 @@ def load_plugin(monkeypatch: pytest.MonkeyPatch):
 
 def test_the_review_app_inside_airflow_refuses_every_route_without_a_session(store, monkeypatch):
     """The plugin mounted by Airflow's own api-server wiring (init_plugins), which adds no authentication."""
-    from fastapi import FastAPI
-
     import airflow.plugins_manager
     from airflow.api_fastapi.app import init_plugins
+    from fastapi import FastAPI
 
     plugin = load_plugin(monkeypatch)
     # No other way into the api-server: no root middleware, no Flask views, no React apps.
-    for surface in ("fastapi_root_middlewares", "flask_blueprints", "appbuilder_views", "appbuilder_menu_items",
-                    "react_apps"):
+    for surface in (
+        "fastapi_root_middlewares",
+        "flask_blueprints",
+        "appbuilder_views",
+        "appbuilder_menu_items",
+        "react_apps",
+    ):
         assert not getattr(plugin, surface, None), surface
     [mounted] = plugin.fastapi_apps
     prefix = mounted["url_prefix"]
@@ -305,16 +378,19 @@ def test_the_review_app_inside_airflow_refuses_every_route_without_a_session(sto
     api_server = FastAPI()
     init_plugins(api_server)
     routes = [(path, methods) for path, methods in http_routes(api_server) if path.startswith(prefix + "/")]
-    assert {(p, m) for p, methods in routes for m in methods} >= {(prefix + "/api/batches", "GET"),
-                                                                   (prefix + "/api/batches/{batch_id}/decisions", "POST")}
+    assert {(p, m) for p, methods in routes for m in methods} >= {
+        (prefix + "/api/batches", "GET"),
+        (prefix + "/api/batches/{batch_id}/decisions", "POST"),
+    }
     before = snapshot(store)
     cookies = session_cookies(store)
     assert assert_refused(api_server, prefix, routes, cookies) > 500
     assert snapshot(store) == before
     # ... while a real login works through the mount (so the refusals above are the gate's, not a broken mount).
     form = f"username=alice&password={PASSWORD.replace(' ', '+')}".encode()
-    status, headers, _ = call(api_server, "POST", prefix + "/login", {"Content-Type": "application/x-www-form-urlencoded"},
-                              form)
+    status, headers, _ = call(
+        api_server, "POST", prefix + "/login", {"Content-Type": "application/x-www-form-urlencoded"}, form
+    )
     assert status == 303
     cookie = headers["set-cookie"].split(";")[0]
     assert call(api_server, "GET", prefix + "/api/me", {"Cookie": cookie})[2] == b'{"reviewer":"alice"}'
@@ -342,8 +418,14 @@ def test_the_demo_store_is_a_public_read_only_shop(tmp_path):
         assert request("GET", "/catalog") == 200
         for method in UNSAFE:
             assert request(method, "/catalog") == 501  # no method that could change anything
-        for path in ["/ground_truth.csv", "/catalog.json", "/../catalog.json", "/images/../ground_truth.csv",
-                     "/images/..%2fground_truth.csv", "/%2e%2e/%2e%2e/etc/passwd"]:
+        for path in [
+            "/ground_truth.csv",
+            "/catalog.json",
+            "/../catalog.json",
+            "/images/../ground_truth.csv",
+            "/images/..%2fground_truth.csv",
+            "/%2e%2e/%2e%2e/etc/passwd",
+        ]:
             assert request("GET", path) == 404, path
 
 
@@ -422,8 +504,10 @@ def test_no_credential_is_committed():
         for kind, pattern in patterns.items():
             hits += [f"{name}: {kind}: {m.group(0)[:40]}" for m in re.finditer(pattern, text)]
     assert hits == []
-    credential_files = re.compile(r"(^|/)(\.env|\.netrc|\.pypirc|credentials|id_rsa|id_ed25519|airflow\.cfg)$"
-                                  r"|\.(pem|key|p12|pfx|jks|keystore)$")
+    credential_files = re.compile(
+        r"(^|/)(\.env|\.netrc|\.pypirc|credentials|id_rsa|id_ed25519|airflow\.cfg)$"
+        r"|\.(pem|key|p12|pfx|jks|keystore)$"
+    )
     assert [name for name in tracked_files() if credential_files.search(name)] == []
 
 
@@ -439,9 +523,14 @@ def test_the_credential_patterns_find_credentials():
     for kind, sample in samples.items():
         assert re.search(CREDENTIAL_PATTERNS[kind], sample), kind
     assert re.search(PASSWORD_IN_URL, "postgresql://airflow:" + "hunter22@postgres:5432/airflow")
-    for placeholder in ("postgresql://user:password@host", "redis://:password@redis", "x://airflow:***@db",
-                        "postgresql://<POSTGRES_USER>:<POSTGRES_PASSWORD>@postgres", "redis://:${REDIS_PASSWORD}@r",
-                        "postgresql+psycopg2://airflow:choose-one@127.0.0.1:5432/airflow"):
+    for placeholder in (
+        "postgresql://user:password@host",
+        "redis://:password@redis",
+        "x://airflow:***@db",
+        "postgresql://<POSTGRES_USER>:<POSTGRES_PASSWORD>@postgres",
+        "redis://:${REDIS_PASSWORD}@r",
+        "postgresql+psycopg2://airflow:choose-one@127.0.0.1:5432/airflow",
+    ):
         assert not re.search(PASSWORD_IN_URL, placeholder), placeholder
 
 
@@ -450,14 +539,22 @@ def test_the_env_template_holds_no_secret_values():
     name, a port, an address, a count or a switch."""
     values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", (REPO_ROOT / ".env.example").read_text(), re.M))
     secrets = {name for name in values if SECRET_NAME.search(name) and not name.endswith("ACCESS_KEY")}
-    assert secrets >= {"AIRFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "FASHIONNET_S3_SECRET_KEY",
-                       "FASHIONNET_REVIEW_SECRET", "AIRFLOW_FERNET_KEY"}
+    assert secrets >= {
+        "AIRFLOW_ADMIN_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "FASHIONNET_S3_SECRET_KEY",
+        "FASHIONNET_REVIEW_SECRET",
+        "AIRFLOW_FERNET_KEY",
+    }
     assert {name: values[name] for name in secrets if values[name]} == {}
     # An S3 access key id is the account's name, not its secret; a made-up local one is fine.
     assert values["FASHIONNET_S3_ACCESS_KEY"] == "fashionnet-airflow"
     for name, value in values.items():
-        looks_random = len(value) >= 20 and re.fullmatch(r"[A-Za-z0-9+/=_-]+", value) and \
-            len({c.isdigit() for c in value} | {c.isupper() for c in value}) > 2
+        looks_random = (
+            len(value) >= 20
+            and re.fullmatch(r"[A-Za-z0-9+/=_-]+", value)
+            and len({c.isdigit() for c in value} | {c.isupper() for c in value}) > 2
+        )
         assert not looks_random, f"{name} looks like a real secret"
 
 
@@ -509,8 +606,9 @@ def test_the_demo_and_local_airflow_metadata_databases_are_0600(tmp_path, monkey
     previous = os.umask(0o022)  # the usual umask, whatever the test runner has
     try:
         demo.configure_environment(argparse.Namespace(work_dir=tmp_path / "demo", profile="demo", store=None))
-        args = argparse.Namespace(**{**vars(airflow_local.parse_args(["--home", str(tmp_path / "local")])),
-                                     "store": None})
+        args = argparse.Namespace(
+            **{**vars(airflow_local.parse_args(["--home", str(tmp_path / "local")])), "store": None}
+        )
         airflow_local.airflow_environment(args, base={})
     finally:
         os.umask(previous)

@@ -4,6 +4,7 @@
 in Airflow's api-server by ``plugins/fashionnet_review.py``). Importing this package imports FastAPI
 only; pandas and the store are loaded on the first request.
 """
+
 from pipeline.review_web.app import create_app
 
 __all__ = ["create_app"]

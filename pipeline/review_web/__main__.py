@@ -8,6 +8,7 @@
 
 ``--store URI`` (any subcommand) overrides the configured store (``FASHIONNET_STORE``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def read_password(from_stdin: bool) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.review_web",
-                                     description="Manage reviewers and serve the review page.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.review_web", description="Manage reviewers and serve the review page."
+    )
     parser.add_argument("--store", help="store URI (default: FASHIONNET_STORE or config/settings.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add-reviewer", help="add a reviewer (or, with --replace, set a new password)")

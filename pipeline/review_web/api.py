@@ -13,6 +13,7 @@
 
 Store and pandas work happens in plain ``def`` routes, which FastAPI runs in its thread pool.
 """
+
 from __future__ import annotations
 
 import re
@@ -93,8 +94,12 @@ def batches(request: Request) -> dict[str, Any]:
 
 
 @router.get("/batches/{batch_id}/items")
-def items(request: Request, batch_id: str, sort: Literal["queue", "confidence", "disagreement"] = "queue",
-          pending_first: bool = False) -> dict[str, Any]:
+def items(
+    request: Request,
+    batch_id: str,
+    sort: Literal["queue", "confidence", "disagreement"] = "queue",
+    pending_first: bool = False,
+) -> dict[str, Any]:
     from pipeline.review_view import batch_view
 
     batch_id = checked_batch(request, batch_id)
@@ -145,10 +150,18 @@ def accept_page(request: Request, batch_id: str, body: AcceptPageIn) -> dict[str
     pending = list(dict.fromkeys(i for i in body.item_ids if status[i] == PENDING))
     key = None
     if pending:
-        key = record_decisions(store, batch_id, [Decision(i, ACCEPT, reason=ACCEPT_PAGE_REASON) for i in pending],
-                               reviewer=reviewer(request))
-    return {"log_key": key, "recorded": len(pending), "accepted": pending,
-            **_state_update(request, batch_id, set(pending))}
+        key = record_decisions(
+            store,
+            batch_id,
+            [Decision(i, ACCEPT, reason=ACCEPT_PAGE_REASON) for i in pending],
+            reviewer=reviewer(request),
+        )
+    return {
+        "log_key": key,
+        "recorded": len(pending),
+        "accepted": pending,
+        **_state_update(request, batch_id, set(pending)),
+    }
 
 
 @router.get("/batches/{batch_id}/log")
@@ -159,9 +172,13 @@ def audit_log(request: Request, batch_id: str, limit: int = Query(200, ge=1, le=
     log = read_decisions(context(request).store, batch_id)
     rows = []
     for row in log.iloc[::-1].head(limit).to_dict("records"):
-        rows.append({name: (None if _missing(row[name]) else row[name])
-                     for name in ("item_id", "decision", "attribute", "old_label", "new_label", "reviewer", "reason")}
-                    | {"decided_at": row["decided_at"].isoformat(), "log_key": row["log_key"]})
+        rows.append(
+            {
+                name: (None if _missing(row[name]) else row[name])
+                for name in ("item_id", "decision", "attribute", "old_label", "new_label", "reviewer", "reason")
+            }
+            | {"decided_at": row["decided_at"].isoformat(), "log_key": row["log_key"]}
+        )
     return {"batch_id": batch_id, "total": len(log), "decisions": rows}
 
 

@@ -11,6 +11,7 @@ cross-site (``Sec-Fetch-Site`` or a foreign ``Origin``) are refused, the login f
 All URLs the page uses are relative, so the app works under any prefix (``/fashionnet-review/`` in
 Airflow). FastAPI's own docs routes are switched off.
 """
+
 from __future__ import annotations
 
 import html
@@ -46,18 +47,27 @@ PAGE_PATHS = {"/", ""}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # A batch id the page may be opened on (?batch=...), kept through the login (the approval request's link).
 BATCH_QUERY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
-            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+)
 LOGIN_CSP = PAGE_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
-    "script-src 'self'", "script-src 'none'")
+    "script-src 'self'", "script-src 'none'"
+)
 
 
 class ReviewContext:
     """What the routes share: the store (opened on first use), the session signer, the login guards
     (:class:`auth.LoginThrottle`, :class:`auth.PasswordCheckGate`) and short-lived caches."""
 
-    def __init__(self, store_factory: Callable[[], ObjectStore], signer: auth.SessionSigner,
-                 secure_cookie: bool | None, cache_ttl_s: float, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        store_factory: Callable[[], ObjectStore],
+        signer: auth.SessionSigner,
+        secure_cookie: bool | None,
+        cache_ttl_s: float,
+        settings: dict[str, Any],
+    ) -> None:
         self._store_factory = store_factory
         self._store: ObjectStore | None = None
         self._lock = threading.Lock()
@@ -67,12 +77,18 @@ class ReviewContext:
         self.secure_cookie = secure_cookie
         self.cache_ttl_s = cache_ttl_s
         self.settings = settings
-        self.throttle = auth.LoginThrottle(lambda: self.store, int(settings["free_login_failures"]),
-                                           float(settings["login_delay_s"]), float(settings["login_max_delay_s"]),
-                                           float(settings["login_failure_memory_s"]))
-        self.password_checks = auth.PasswordCheckGate(int(settings["max_concurrent_password_checks"]),
-                                                      int(settings["max_password_checks_per_client"]),
-                                                      float(settings["password_check_wait_s"]))
+        self.throttle = auth.LoginThrottle(
+            lambda: self.store,
+            int(settings["free_login_failures"]),
+            float(settings["login_delay_s"]),
+            float(settings["login_max_delay_s"]),
+            float(settings["login_failure_memory_s"]),
+        )
+        self.password_checks = auth.PasswordCheckGate(
+            int(settings["max_concurrent_password_checks"]),
+            int(settings["max_password_checks_per_client"]),
+            float(settings["password_check_wait_s"]),
+        )
 
     @property
     def store(self) -> ObjectStore:
@@ -126,12 +142,13 @@ class BodySizeLimit:
         self.app = app
         self.limit_for = limit_for
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict]],
-                       send: Callable[[dict], Awaitable[None]]) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]
+    ) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, root = scope.get("path", ""), scope.get("root_path", "")
-        limit = self.limit_for(path[len(root):] if root and path.startswith(root) else path)
+        limit = self.limit_for(path[len(root) :] if root and path.startswith(root) else path)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
@@ -174,10 +191,20 @@ class BodySizeLimit:
     @staticmethod
     async def _refuse(send: Callable[[dict], Awaitable[None]], status: int, why: str) -> None:
         body = json.dumps({"detail": f"refused: {why}"}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close"), (b"x-content-type-options", b"nosniff"),
-                                (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -185,7 +212,7 @@ class BodySizeLimit:
 def route_path(request: Request) -> str:
     """The path inside this app, without the prefix it is mounted under."""
     path, root = request.url.path, request.scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def client_address(request: Request) -> str:
@@ -250,9 +277,11 @@ class SessionGate(BaseHTTPMiddleware):
                 return RedirectResponse(with_batch("login", request), status_code=303)
             return JSONResponse({"detail": "not authenticated: log in first"}, status_code=401)
         if request.method not in SAFE_METHODS and (
-                request.headers.get(CSRF_HEADER) != CSRF_VALUE or cross_site(request)):
-            return JSONResponse({"detail": f"refused: a change needs the {CSRF_HEADER} header from this site"},
-                                status_code=403)
+            request.headers.get(CSRF_HEADER) != CSRF_VALUE or cross_site(request)
+        ):
+            return JSONResponse(
+                {"detail": f"refused: a change needs the {CSRF_HEADER} header from this site"}, status_code=403
+            )
         request.state.reviewer = name
         return await call_next(request)
 
@@ -299,13 +328,18 @@ def add_page_routes(app: FastAPI) -> None:
         username, client = username.strip(), client_address(request)
         wait_s = ctx.throttle.wait_s(client, username)
         if wait_s > 0:
-            log.warning("review login for %r from %s refused: %.0f s to wait after failed attempts",
-                        username, client, wait_s)
+            log.warning(
+                "review login for %r from %s refused: %.0f s to wait after failed attempts", username, client, wait_s
+            )
             return login_page(TOO_MANY_FAILURES, 429, retry_after_s=wait_s)
         refused = ctx.password_checks.acquire(client)
         if refused is not None:
-            log.warning("review login for %r from %s refused: %s", username, client,
-                        "a check of this client is running" if refused == "client" else "too many checks at once")
+            log.warning(
+                "review login for %r from %s refused: %s",
+                username,
+                client,
+                "a check of this client is running" if refused == "client" else "too many checks at once",
+            )
             return login_page(BUSY, 429 if refused == "client" else 503, retry_after_s=1)
         try:
             reviewers = ctx.reviewers()
@@ -320,9 +354,15 @@ def add_page_routes(app: FastAPI) -> None:
         log.info("review login: %s", username)
         response = RedirectResponse(with_batch("./", request), status_code=303)
         secure = ctx.secure_cookie if ctx.secure_cookie is not None else request.url.scheme == "https"
-        response.set_cookie(COOKIE_NAME, ctx.signer.issue(username, reviewers[username]),
-                            max_age=ctx.signer.max_age_s, path=cookie_path(request), httponly=True,
-                            samesite="strict", secure=secure)
+        response.set_cookie(
+            COOKIE_NAME,
+            ctx.signer.issue(username, reviewers[username]),
+            max_age=ctx.signer.max_age_s,
+            path=cookie_path(request),
+            httponly=True,
+            samesite="strict",
+            secure=secure,
+        )
         return response
 
     @app.post("/logout", include_in_schema=False)
@@ -350,9 +390,15 @@ def add_page_routes(app: FastAPI) -> None:
 
 
 # -- the factory -----------------------------------------------------------------------------------
-def create_app(store_factory: Callable[[], ObjectStore] | None = None, *, secret: str | None = None,
-               session_max_age_s: int = 12 * 3600, secure_cookie: bool | None = None,
-               cache_ttl_s: float = 5.0, review_settings: dict[str, Any] | None = None) -> FastAPI:
+def create_app(
+    store_factory: Callable[[], ObjectStore] | None = None,
+    *,
+    secret: str | None = None,
+    session_max_age_s: int = 12 * 3600,
+    secure_cookie: bool | None = None,
+    cache_ttl_s: float = 5.0,
+    review_settings: dict[str, Any] | None = None,
+) -> FastAPI:
     """The review app over the store ``store_factory()`` returns (default: the configured store).
 
     ``secret`` signs sessions (default ``FASHIONNET_REVIEW_SECRET``, else random per process);
@@ -370,8 +416,13 @@ def create_app(store_factory: Callable[[], ObjectStore] | None = None, *, secret
     from pipeline.settings import get_settings
 
     settings = {**get_settings().review, **(review_settings or {})}
-    app.state.review = ReviewContext(store_factory, auth.SessionSigner(auth.session_secret(secret), session_max_age_s),
-                                     secure_cookie, cache_ttl_s, settings)
+    app.state.review = ReviewContext(
+        store_factory,
+        auth.SessionSigner(auth.session_secret(secret), session_max_age_s),
+        secure_cookie,
+        cache_ttl_s,
+        settings,
+    )
     add_page_routes(app)
     app.include_router(router, prefix="/api")
     app.add_middleware(SessionGate)

@@ -15,6 +15,7 @@ secret: sessions then end with the process and do not work across several api-se
 :class:`LoginThrottle` (failed logins per client and name, in the store) and :class:`PasswordCheckGate`
 (bounded concurrent scrypt checks) protect the login.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,9 @@ import re
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -55,8 +57,15 @@ def hash_password(password: str, salt: bytes | None = None) -> dict[str, Any]:
 def verify_password(password: str, record: dict[str, Any]) -> bool:
     if record.get("algorithm") != "scrypt":
         return False
-    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(record["salt"]), dklen=len(record["hash"]) // 2,
-                            n=int(record["n"]), r=int(record["r"]), p=int(record["p"]), maxmem=64 * 2**20)
+    digest = hashlib.scrypt(
+        password.encode(),
+        salt=bytes.fromhex(record["salt"]),
+        dklen=len(record["hash"]) // 2,
+        n=int(record["n"]),
+        r=int(record["r"]),
+        p=int(record["p"]),
+        maxmem=64 * 2**20,
+    )
     return hmac.compare_digest(digest.hex(), record["hash"])
 
 
@@ -66,8 +75,10 @@ _DUMMY_RECORD = hash_password("not a password", salt=b"\0" * 16)
 # -- the reviewers file ----------------------------------------------------------------------------
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"invalid reviewer name {name!r}: 1-64 letters, digits, '_', '.', '@' or '-', "
-                         "starting with a letter or digit")
+        raise ValueError(
+            f"invalid reviewer name {name!r}: 1-64 letters, digits, '_', '.', '@' or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -78,10 +89,12 @@ def read_reviewers(store: ObjectStore) -> dict[str, dict[str, Any]]:
     return dict(store.read_json(REVIEWERS_KEY).get("reviewers", {}))
 
 
-def change_reviewers(store: ObjectStore,
-                     change: Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def change_reviewers(
+    store: ObjectStore, change: Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
     """Apply ``change`` (name -> record, to a new mapping; it may run more than once) to the reviewers
     file atomically against every other change; returns the new mapping."""
+
     def apply(value: Any) -> dict[str, Any]:
         return {"version": 1, "reviewers": change(dict((value or {}).get("reviewers", {})))}
 
@@ -93,7 +106,7 @@ def add_reviewer(store: ObjectStore, name: str, password: str, replace: bool = F
     validate_name(name)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
-    record = {**hash_password(password), "updated_at": datetime.now(timezone.utc).isoformat()}
+    record = {**hash_password(password), "updated_at": datetime.now(UTC).isoformat()}
 
     def add(reviewers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if name in reviewers and not replace:
@@ -115,6 +128,7 @@ def remove_reviewer(store: ObjectStore, name: str) -> None:
 
 def end_sessions(store: ObjectStore, name: str) -> None:
     """End every session of ``name`` (logout): their record's session generation goes up by one."""
+
     def bump(reviewers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if name not in reviewers:
             return reviewers  # removed meanwhile: no session of theirs is valid anyway
@@ -139,8 +153,11 @@ def session_secret(explicit: str | None = None) -> str:
         if len(secret) < 32:
             log.warning("%s is shorter than 32 characters; use a long random value", SECRET_ENV)
         return secret
-    log.warning("%s is not set: sessions are signed with a random per-process secret, so they end when "
-                "the process restarts and do not work across several workers", SECRET_ENV)
+    log.warning(
+        "%s is not set: sessions are signed with a random per-process secret, so they end when "
+        "the process restarts and do not work across several workers",
+        SECRET_ENV,
+    )
     return secrets.token_urlsafe(32)
 
 
@@ -172,8 +189,11 @@ class SessionSigner:
             return None
         name, fingerprint = data.get("u"), data.get("f")
         record = reviewers.get(name) if isinstance(name, str) else None
-        if record is None or not isinstance(fingerprint, str) or not hmac.compare_digest(
-                fingerprint, _fingerprint(record)):
+        if (
+            record is None
+            or not isinstance(fingerprint, str)
+            or not hmac.compare_digest(fingerprint, _fingerprint(record))
+        ):
             return None
         return name
 
@@ -193,10 +213,22 @@ class LoginThrottle:
     reason.
     """
 
-    def __init__(self, store: Callable[[], ObjectStore], free_failures: int, delay_s: float, max_delay_s: float,
-                 memory_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Callable[[], ObjectStore],
+        free_failures: int,
+        delay_s: float,
+        max_delay_s: float,
+        memory_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
-        self.free_failures, self.delay_s, self.max_delay_s, self.memory_s = free_failures, delay_s, max_delay_s, memory_s
+        self.free_failures, self.delay_s, self.max_delay_s, self.memory_s = (
+            free_failures,
+            delay_s,
+            max_delay_s,
+            memory_s,
+        )
         self.clock = clock
 
     @staticmethod

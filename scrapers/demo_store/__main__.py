@@ -1,4 +1,5 @@
 """``python -m scrapers.demo_store --site DIR --port N [--products N]``: build (if missing) and serve."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ searches for (``settings.search_query``), so search results act as weak labels. 
 products (:data:`NOISE_RATE`) has one attribute word wrong or missing, as in a real shop, so those
 weak labels are noisy while the ground truth stays exact.
 """
+
 from __future__ import annotations
 
 import random

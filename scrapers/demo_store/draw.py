@@ -9,6 +9,7 @@
 Each attribute is rendered by its own step from its own random draws, so they vary independently;
 position, scale, colours and pattern phase are jittered within a class against memorisation.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,14 @@ def _silhouette(shape: str, size: int, rng: random.Random) -> np.ndarray:
     draw = ImageDraw.Draw(img)
     top, hem, half_w = -0.30, 0.38, 0.19
     if shape == "sleeveless":
-        torso = [pt(-0.11, top), pt(0.11, top), pt(half_w, -0.10), pt(half_w + 0.01, hem), pt(-half_w - 0.01, hem), pt(-half_w, -0.10)]
+        torso = [
+            pt(-0.11, top),
+            pt(0.11, top),
+            pt(half_w, -0.10),
+            pt(half_w + 0.01, hem),
+            pt(-half_w - 0.01, hem),
+            pt(-half_w, -0.10),
+        ]
     else:
         torso = [pt(-half_w, top), pt(half_w, top), pt(half_w + 0.01, hem), pt(-half_w - 0.01, hem)]
     draw.polygon(torso, fill=255)
@@ -125,7 +133,13 @@ def _apply_fabric(
         noise = rng.normal(0, 9, (size, size)).astype(np.float32)
         return colors + noise[..., None], mask
     if fabric == "chiffon":
-        soft = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(size / 64)), dtype=np.float32) / 255
+        soft = (
+            np.asarray(
+                Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(size / 64)),
+                dtype=np.float32,
+            )
+            / 255
+        )
         flutter = 0.06 * np.sin(xx / size * rng.uniform(10, 16) + rng.uniform(0, 6.3))
         return colors * 0.75 + 255 * 0.25, soft * np.clip(rng.uniform(0.55, 0.65) + flutter, 0, 1)
     if fabric == "lace":
@@ -193,9 +207,12 @@ def draw_garment(pattern: str, fabric: str, style: str, shape: str, rng: random.
     colors, opacity = _apply_fabric(fabric, colors, mask, size, np_rng)
     colors = np.clip(colors, 0, 255)
     # A soft shadow under the garment separates light garments from the light background.
-    shadow = np.asarray(
-        Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(size / 40)), dtype=np.float32
-    ) / 255
+    shadow = (
+        np.asarray(
+            Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(size / 40)), dtype=np.float32
+        )
+        / 255
+    )
     canvas = np.broadcast_to(background, (size, size, 3)) * (1 - 0.18 * np.roll(shadow, (2, 2), (0, 1))[..., None])
     alpha = opacity[..., None]
     out = canvas * (1 - alpha) + colors * alpha

@@ -13,6 +13,7 @@ Incremental crawling (issue 11): a product page carries an ``ETag`` (a hash of i
 without a body when it has not changed (``If-None-Match`` wins when both are sent, as RFC 9110 says), and
 the sitemap gives every product's ``lastmod``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,7 @@ import math
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -57,7 +58,7 @@ def _page(title: str, body: str, head: str = "") -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_StoreHTTPServer"
+    server: _StoreHTTPServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
@@ -71,8 +72,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         try:
             if path == "/":
-                self._html(_page("FashionNet Demo Store", '<p><a href="/catalog">Browse all tops</a></p>'
-                                 '<form action="/search"><input name="q"><button>Search</button></form>'))
+                self._html(
+                    _page(
+                        "FashionNet Demo Store",
+                        '<p><a href="/catalog">Browse all tops</a></p>'
+                        '<form action="/search"><input name="q"><button>Search</button></form>',
+                    )
+                )
             elif path == "/catalog":
                 self._listing("All tops", "/catalog", {}, store.products, query)
             elif path == "/search":
@@ -80,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
                 hits = [p for p in store.products if search_matches(p, q)]
                 self._listing(f"Search: {q}", "/search", {"q": q}, hits, query)
             elif path.startswith("/product/"):
-                self._product(path[len("/product/"):])
+                self._product(path[len("/product/") :])
             elif path == "/sitemap.xml":
                 self._sitemap()
             elif path == "/robots.txt":
@@ -89,7 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path.startswith("/account"):
                 self._html(_page("My account", "<p>Orders, addresses and payment details.</p>"))
             elif path.startswith("/images/"):
-                self._image(path[len("/images/"):])
+                self._image(path[len("/images/") :])
             else:
                 self._not_found()
         except _NotFound:
@@ -170,8 +176,12 @@ class _Handler(BaseHTTPRequestHandler):
         ld = {
             "@context": "https://schema.org",
             "@graph": [
-                {"@type": "BreadcrumbList", "itemListElement": [
-                    {"@type": "ListItem", "position": 1, "name": "Tops", "item": f"{origin}/catalog"}]},
+                {
+                    "@type": "BreadcrumbList",
+                    "itemListElement": [
+                        {"@type": "ListItem", "position": 1, "name": "Tops", "item": f"{origin}/catalog"}
+                    ],
+                },
                 {
                     "@type": "Product",
                     "name": product["title"],
@@ -207,8 +217,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _sitemap(self) -> None:
         store = self.server.store
         origin = self._origin()
-        urls = "".join(f"<url><loc>{origin}/product/{quote(p['sku'])}</loc>"
-                       f"<lastmod>{w3c_datetime(store.modified_at(p['sku']))}</lastmod></url>" for p in store.products)
+        urls = "".join(
+            f"<url><loc>{origin}/product/{quote(p['sku'])}</loc>"
+            f"<lastmod>{w3c_datetime(store.modified_at(p['sku']))}</lastmod></url>"
+            for p in store.products
+        )
         body = f'<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'
         self._send(200, "application/xml", body.encode())
 
@@ -227,12 +240,12 @@ class _NotFound(Exception):
 
 def http_date(timestamp: float) -> str:
     """An HTTP date (``Last-Modified``), whole seconds."""
-    return format_datetime(datetime.fromtimestamp(int(timestamp), timezone.utc), usegmt=True)
+    return format_datetime(datetime.fromtimestamp(int(timestamp), UTC), usegmt=True)
 
 
 def w3c_datetime(timestamp: float) -> str:
     """A sitemap ``lastmod`` (W3C datetime in UTC), whole seconds."""
-    return datetime.fromtimestamp(int(timestamp), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
 def _page_number(query: dict[str, list[str]]) -> int:
@@ -244,7 +257,7 @@ def _page_number(query: dict[str, list[str]]) -> int:
 
 class _StoreHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    store: "DemoStoreServer"
+    store: DemoStoreServer
 
 
 class DemoStoreServer:
@@ -294,7 +307,7 @@ class DemoStoreServer:
         with self._lock:
             return [urlsplit(p).path for p in self.requests]
 
-    def start(self) -> "DemoStoreServer":
+    def start(self) -> DemoStoreServer:
         if self._httpd is not None:
             return self
         self._httpd = _StoreHTTPServer((self.host, self.port), _Handler)
@@ -324,8 +337,10 @@ class DemoStoreServer:
         finally:
             self.stop()
 
-    def __enter__(self) -> "DemoStoreServer":
+    def __enter__(self) -> DemoStoreServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -6,6 +6,7 @@ Layout of a site folder::
     images/<sku>.jpg    one picture per product (served)
     ground_truth.csv    sku + true labels (never served; for evaluating weak labels and models)
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,7 +38,9 @@ def build_site(out_dir: Path, n_products: int = 240, seed: int = 7) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     products = generate_catalog(n_products, seed)
     for product in products:
-        picture = draw_garment(product.pattern, product.fabric, product.style, product.shape, _image_rng(seed, product.sku))
+        picture = draw_garment(
+            product.pattern, product.fabric, product.style, product.shape, _image_rng(seed, product.sku)
+        )
         picture.save(images / product.image, "JPEG", quality=JPEG_QUALITY)
     _write_catalog(out_dir / CATALOG_FILE, products)
     _write_ground_truth(out_dir / GROUND_TRUTH_FILE, products)

@@ -17,12 +17,13 @@ Incremental crawls (:mod:`scrapers.seen`): a product page whose stored row carri
 does a sitemap entry whose ``lastmod`` is not newer than the stored one (no request at all). The night's
 products table stays whole either way.
 """
+
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,6 +63,7 @@ def validate_crawl_id(crawl_id: str | None) -> str:
 
 def same_site(url: str, other: str) -> bool:
     """Same host, ignoring a leading "www." (a shop's links to itself)."""
+
     def host(value: str) -> str:
         name = (urlsplit(value).hostname or "").lower()
         return name[4:] if name.startswith("www.") else name
@@ -98,7 +100,7 @@ class ShopSpider(scrapy.Spider):
     structured_weak_labels = False
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> "ShopSpider":
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> ShopSpider:
         """``images=false`` makes a metadata-only crawl: the media pipelines are switched off, so product
         rows keep their image URL but no image is downloaded (for evaluation, price monitoring)."""
         if not _flag(kwargs.get("images", "true")):
@@ -108,13 +110,17 @@ class ShopSpider(scrapy.Spider):
             crawler.settings.set("ITEM_PIPELINES_BASE", {}, priority="spider")
         return super().from_crawler(crawler, *args, **kwargs)
 
-    def __init__(self, retailer: str = "demo-store", crawl_id: str | None = None, start_url: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, retailer: str = "demo-store", crawl_id: str | None = None, start_url: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.retailer = retailer
         self.crawl_id = validate_crawl_id(crawl_id)
         self.retailer_config: dict[str, Any] = dict(get_settings().retailers.get(retailer) or {})
         if not self.retailer_config and not start_url:
-            raise ValueError(f"unknown retailer {retailer!r} and no start_url; known: {sorted(get_settings().retailers)}")
+            raise ValueError(
+                f"unknown retailer {retailer!r} and no start_url; known: {sorted(get_settings().retailers)}"
+            )
         self.start_url = start_url
         self.base_url = str(self.retailer_config.get("base_url") or _origin(start_url or "")).rstrip("/")
         self._labeller: WeakLabeller | None = None
@@ -207,7 +213,7 @@ class ShopSpider(scrapy.Spider):
         pipeline finds it up to date and downloads nothing)."""
         fields = {k: v for k, v in stored.items() if k in ProductItem.fields and k not in NOT_RESTORED}
         image_url = fields.get("image_url")
-        return ProductItem(**fields, image_urls=[image_url] if image_url else [], crawled_at=datetime.now(timezone.utc))
+        return ProductItem(**fields, image_urls=[image_url] if image_url else [], crawled_at=datetime.now(UTC))
 
     def restored(self, stored: dict[str, Any]) -> Iterator[ProductItem | WeakLabelItem]:
         """The restored item and, for spiders with ``structured_weak_labels``, its weak labels (the same
@@ -251,8 +257,12 @@ class ShopSpider(scrapy.Spider):
         for field in refused_fields(data.get("field_sources")):
             stats.inc_value(REFUSED_FIELD_STAT + field)
         if tracker is not None:
-            tracker.note_validators(item_id_for(url), etag=_header(response, b"ETag"),
-                                    last_modified=_header(response, b"Last-Modified"), lastmod=response.meta.get("lastmod"))
+            tracker.note_validators(
+                item_id_for(url),
+                etag=_header(response, b"ETag"),
+                last_modified=_header(response, b"Last-Modified"),
+                lastmod=response.meta.get("lastmod"),
+            )
         item = self.product_item(data, url)
         yield item
         if self.structured_weak_labels:
@@ -278,14 +288,16 @@ class ShopSpider(scrapy.Spider):
             material=data.get("material"),
             description=data.get("description"),
             field_sources=data.get("field_sources"),
-            crawled_at=datetime.now(timezone.utc),
+            crawled_at=datetime.now(UTC),
         )
 
     def weak_label_items(self, item: ProductItem) -> Iterator[WeakLabelItem]:
         """Weak labels from the product's material, name and description (sources name the field)."""
         for label in self.labeller.labels(dict(item)):
             self.crawler.stats.inc_value(WEAK_LABEL_STAT + label.source.split(":", 1)[0])
-            yield WeakLabelItem(item_id=item["item_id"], attribute=label.attribute, label=label.label, source=label.source)
+            yield WeakLabelItem(
+                item_id=item["item_id"], attribute=label.attribute, label=label.label, source=label.source
+            )
 
 
 def refused_fields(field_sources: str | dict[str, str] | None) -> list[str]:

@@ -3,9 +3,11 @@
 Listing pages (``rel=next`` and the retailer's ``listing_link_css`` links) are capped at
 ``crawl.catalog_max_listing_pages`` distinct pages per crawl (:meth:`ShopSpider.listing_request`).
 """
+
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import scrapy
 from scrapy.http import Response
@@ -33,7 +35,9 @@ class CatalogSpider(ShopSpider):
             if request is not None:
                 yield request
         else:
-            yield scrapy.Request(f"{self.base_url}/sitemap.xml", callback=self.parse_sitemap, errback=self.sitemap_failed)
+            yield scrapy.Request(
+                f"{self.base_url}/sitemap.xml", callback=self.parse_sitemap, errback=self.sitemap_failed
+            )
 
     def listing_start(self) -> list[scrapy.Request]:
         request = self.listing_request(f"{self.base_url}/", self.parse_listing)
@@ -52,7 +56,9 @@ class CatalogSpider(ShopSpider):
             yield self.product_request(url)
         next_url = self.next_page(response)
         css = self.retailer_config.get("listing_link_css", DEFAULT_LISTING_LINK_CSS)
-        listing_urls = ([next_url] if next_url else []) + [response.urljoin(href) for href in response.css(css).getall()]
+        listing_urls = ([next_url] if next_url else []) + [
+            response.urljoin(href) for href in response.css(css).getall()
+        ]
         for url in listing_urls:
             request = self.listing_request(url, self.parse_listing)
             if request is not None:

@@ -13,11 +13,13 @@ Arguments (``scrapy crawl product -a name=value`` or ``run_crawl(..., spider_arg
 Every product page yields a ProductItem and WeakLabelItems from its material, name and description;
 pages without a product are counted (``pages_without_product`` in the crawl summary).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import scrapy
 from scrapy.http import Response
@@ -54,7 +56,9 @@ class ProductSpider(ShopSpider):
             listing_url, start_url = start_url, None
         given = {k: v for k, v in zip(ENTRY_ARGUMENTS, (sitemap_url, listing_url, urls, urls_file)) if v}
         if len(given) != 1:
-            raise ValueError(f"the product spider needs exactly one of {', '.join(ENTRY_ARGUMENTS)}; got {sorted(given) or 'none'}")
+            raise ValueError(
+                f"the product spider needs exactly one of {', '.join(ENTRY_ARGUMENTS)}; got {sorted(given) or 'none'}"
+            )
         if not retailer:
             raise ValueError("the product spider needs a retailer name")
         self.product_urls = self._product_urls(urls, urls_file)

@@ -8,9 +8,11 @@ requests); with ``crawl.weak_labels.in_query_spider`` it also yields weak labels
 structured data (``material:...``, ``name:...``, ``description:...``), so review sees both kinds.
 Each query follows at most ``crawl.query_max_result_pages`` result pages (its first page included).
 """
+
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import quote_plus
 
 import scrapy
@@ -50,10 +52,16 @@ class QuerySpider(ShopSpider):
 
     def result_page_request(self, url: str, attribute: str, label: str, query: str) -> scrapy.Request | None:
         """A search result page of ``query`` for (attribute, label), within that search's page cap."""
-        return self.listing_request(url, self.parse_search, group=f"{attribute}/{label}/{query}",
-                                    cb_kwargs={"attribute": attribute, "label": label, "query": query})
+        return self.listing_request(
+            url,
+            self.parse_search,
+            group=f"{attribute}/{label}/{query}",
+            cb_kwargs={"attribute": attribute, "label": label, "query": query},
+        )
 
-    def parse_search(self, response: Response, attribute: str, label: str, query: str) -> Iterator[WeakLabelItem | scrapy.Request]:
+    def parse_search(
+        self, response: Response, attribute: str, label: str, query: str
+    ) -> Iterator[WeakLabelItem | scrapy.Request]:
         for url in self.product_links(response):
             yield WeakLabelItem(item_id=item_id_for(url), attribute=attribute, label=label, source=f"query:{query}")
             yield self.product_request(url)

@@ -18,11 +18,13 @@ summary). In an incremental crawl every product is still emitted (the night's sn
 :mod:`scrapers.seen`): the page already carries all its fields, and an unchanged image URL is found up to
 date in the store, not downloaded again; the shop's ``updated_at`` is recorded in the seen-set.
 """
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import scrapy
 from scrapy.http import Response
@@ -76,7 +78,11 @@ def option_value(product: dict[str, Any], *names: str) -> str | None:
 
 
 def image_sources(product: dict[str, Any]) -> list[str]:
-    return [img["src"] for img in product.get("images") or [] if isinstance(img, dict) and isinstance(img.get("src"), str) and img["src"]]
+    return [
+        img["src"]
+        for img in product.get("images") or []
+        if isinstance(img, dict) and isinstance(img.get("src"), str) and img["src"]
+    ]
 
 
 def text_or_none(value: Any) -> str | None:
@@ -125,7 +131,9 @@ class ShopifySpider(ShopSpider):
         self.logger.warning("shop meta unavailable (%s); products get currency null", failure.value)
         yield self.page_request(1)
 
-    def parse_page(self, response: Response, page: int, bad_in_a_row: int) -> Iterator[ProductItem | WeakLabelItem | scrapy.Request]:
+    def parse_page(
+        self, response: Response, page: int, bad_in_a_row: int
+    ) -> Iterator[ProductItem | WeakLabelItem | scrapy.Request]:
         products = self.page_products(response)
         if products is None:
             self.crawler.stats.inc_value(FAILED_STAT + "malformed_json")
@@ -193,5 +201,5 @@ class ShopifySpider(ShopSpider):
             material=option_value(product, "material", "fabric"),
             image_url=images[0] if images else None,
             image_urls=images[:1],
-            crawled_at=datetime.now(timezone.utc),
+            crawled_at=datetime.now(UTC),
         )

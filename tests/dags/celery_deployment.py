@@ -33,6 +33,7 @@ Teardown stops each component's process group (SIGTERM, then SIGKILL), then ever
 carries this deployment's ``AIRFLOW_HOME`` (tasks run in process groups of their own), then Redis,
 PostgreSQL and the demo shop.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import yaml
@@ -79,10 +81,21 @@ TEST_DOTENV = {
     "AIRFLOW_TASK_HEARTBEAT_TIMEOUT": "40",
 }
 #: Variables a component gets here that a container has from its image or its own network namespace.
-LOCAL_ONLY = {"AIRFLOW_HOME", "PYTHONPATH", "PATH", "AIRFLOW__API__HOST", "AIRFLOW__API__PORT", "AIRFLOW__API__WORKERS",
-              "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
-              "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT", "AIRFLOW__CORE__HOSTNAME_CALLABLE",
-              "FASHIONNET_WORKER_HOSTNAME", "PYTHONUNBUFFERED", "TF_ENABLE_ONEDNN_OPTS"}
+LOCAL_ONLY = {
+    "AIRFLOW_HOME",
+    "PYTHONPATH",
+    "PATH",
+    "AIRFLOW__API__HOST",
+    "AIRFLOW__API__PORT",
+    "AIRFLOW__API__WORKERS",
+    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
+    "AIRFLOW__CORE__HOSTNAME_CALLABLE",
+    "FASHIONNET_WORKER_HOSTNAME",
+    "PYTHONUNBUFFERED",
+    "TF_ENABLE_ONEDNN_OPTS",
+}
 START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 30
 
@@ -111,11 +124,11 @@ def interpolate(value: str, variables: dict[str, str]) -> str:
         name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", expression)
         if not name:
             raise ValueError(f"invalid interpolation ${{{expression}}}")
-        var, rest = name.group(0), expression[name.end():]
+        var, rest = name.group(0), expression[name.end() :]
         current = variables.get(var)
         for operator in (":-", "-", ":?", "?"):
             if rest.startswith(operator):
-                argument = interpolate(rest[len(operator):], variables)
+                argument = interpolate(rest[len(operator) :], variables)
                 unset = current is None or (operator.startswith(":") and current == "")
                 if operator.endswith("-"):
                     return argument if unset else current
@@ -136,8 +149,12 @@ def read_dotenv(path: Path) -> dict[str, str]:
 def make_dotenv(folder: Path, overrides: dict[str, str]) -> dict[str, str]:
     """An ``.env`` from ``.env.example`` by ``scripts/make-dotenv.py`` (fresh secrets), with ``overrides``."""
     path = folder / ".env"
-    made = subprocess.run([sys.executable, str(MAKE_DOTENV), "--example", str(REPO_ROOT / ".env.example"),
-                           "--output", str(path)], capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [sys.executable, str(MAKE_DOTENV), "--example", str(REPO_ROOT / ".env.example"), "--output", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if made.returncode != 0:
         raise DeploymentError(f"scripts/make-dotenv.py failed:\n{made.stderr}")
     return {**read_dotenv(path), **overrides}
@@ -164,6 +181,7 @@ def compose_services(dotenv: dict[str, str], compose: Path = COMPOSE) -> dict[st
 @dataclass
 class Endpoints:
     """Where the compose services' names point on this machine."""
+
     postgres: str  # host:port
     redis: str
     s3: str  # http://host:port
@@ -172,9 +190,14 @@ class Endpoints:
 
     def rewrites(self) -> list[tuple[str, str]]:
         """HOST_REWRITES: (what a compose value says, what it says here)."""
-        return [("@postgres:5432", f"@{self.postgres}"), ("@redis:6379", f"@{self.redis}"),
-                ("http://minio:9000", self.s3), ("http://airflow-apiserver:8080", self.api),
-                ("http://demo-store:8765", self.shop), ("/opt/fashionnet", str(REPO_ROOT))]
+        return [
+            ("@postgres:5432", f"@{self.postgres}"),
+            ("@redis:6379", f"@{self.redis}"),
+            ("http://minio:9000", self.s3),
+            ("http://airflow-apiserver:8080", self.api),
+            ("http://demo-store:8765", self.shop),
+            ("/opt/fashionnet", str(REPO_ROOT)),
+        ]
 
 
 COMPOSE_HOSTS = re.compile(r"(?<![\w.-])(postgres|redis|minio|airflow-apiserver|demo-store):\d+|/opt/fashionnet")
@@ -206,10 +229,11 @@ class Component:
     #: Killed or stopped on purpose: its exit no longer fails a wait.
     retired: bool = False
 
-    def start(self) -> "Component":
+    def start(self) -> Component:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.retired = False
         return self
 
@@ -303,8 +327,9 @@ class Api:
 
     def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
         suffix = f"/{map_index}" if map_index >= 0 else ""
-        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}/tries"
-                        )["task_instances"]
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}/tries")[
+            "task_instances"
+        ]
 
 
 class TaskSampler(threading.Thread):
@@ -360,8 +385,15 @@ def _get_status(url: str) -> int | None:
 class CeleryDeployment:
     """The compose topology as processes. ``with CeleryDeployment(root, s3_endpoint, shop_url) as d: d.api``."""
 
-    def __init__(self, root: Path, s3_endpoint: str, shop_url: str, *, default_workers: int = 1,
-                 dotenv: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        s3_endpoint: str,
+        shop_url: str,
+        *,
+        default_workers: int = 1,
+        dotenv: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.s3_endpoint = s3_endpoint
         self.shop_url = shop_url
@@ -389,13 +421,22 @@ class CeleryDeployment:
         print(f"[celery-deployment] {what}", flush=True)
 
     def tails(self, chars: int = 2500) -> str:
-        parts = [f"--- {name} ({'running' if c.alive() else f'exited {c.proc.returncode if c.proc else None}'})\n"
-                 f"{c.tail(chars)}" for name, c in self.components.items()]
+        parts = [
+            f"--- {name} ({'running' if c.alive() else f'exited {c.proc.returncode if c.proc else None}'})\n"
+            f"{c.tail(chars)}"
+            for name, c in self.components.items()
+        ]
         parts.append(f"--- redis\n{self.redis.log_tail(1000)}")
         return "\n".join(parts)
 
-    def wait(self, predicate: Callable[[], Any], timeout_s: float, what: str, every: float = 2.0,
-             watch: list[str] | None = None) -> Any:
+    def wait(
+        self,
+        predicate: Callable[[], Any],
+        timeout_s: float,
+        what: str,
+        every: float = 2.0,
+        watch: list[str] | None = None,
+    ) -> Any:
         """Poll ``predicate`` until it returns something true; a watched component exiting, or the time
         running out, raises DeploymentError with every component's log tail."""
         deadline = time.monotonic() + timeout_s
@@ -414,8 +455,13 @@ class CeleryDeployment:
     # -- environment ------------------------------------------------------------------------------------------
     @property
     def endpoints(self) -> Endpoints:
-        return Endpoints(postgres=f"127.0.0.1:{self.postgres.port}", redis=f"127.0.0.1:{self.redis.port}",
-                         s3=self.s3_endpoint, api=f"http://127.0.0.1:{self.api_port}", shop=self.shop_url)
+        return Endpoints(
+            postgres=f"127.0.0.1:{self.postgres.port}",
+            redis=f"127.0.0.1:{self.redis.port}",
+            s3=self.s3_endpoint,
+            api=f"http://127.0.0.1:{self.api_port}",
+            shop=self.shop_url,
+        )
 
     def local_environment(self, service: str, worker_name: str | None = None) -> dict[str, str]:
         """What a container has from its image and its own network namespace (LOCAL_ONLY)."""
@@ -439,8 +485,11 @@ class CeleryDeployment:
 
     def environment(self, service: str, worker_name: str | None = None) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER")}
-        return {**base, **compose_environment(self.services[service], self.endpoints),
-                **self.local_environment(service, worker_name)}
+        return {
+            **base,
+            **compose_environment(self.services[service], self.endpoints),
+            **self.local_environment(service, worker_name),
+        }
 
     def argv(self, service: str, worker_name: str | None = None) -> list[str]:
         """The service's compose command as the image's entrypoint runs it (``airflow <command>``)."""
@@ -451,20 +500,30 @@ class CeleryDeployment:
         return argv
 
     # -- lifecycle ------------------------------------------------------------------------------------------
-    def start(self) -> "CeleryDeployment":
+    def start(self) -> CeleryDeployment:
         began = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         self.postgres.start()
         self.redis.start()
-        self.dotenv = make_dotenv(self.root, {
-            **TEST_DOTENV, "POSTGRES_USER": self.postgres.user, "POSTGRES_PASSWORD": self.postgres.password,
-            "POSTGRES_DB": self.postgres.database, "REDIS_PASSWORD": self.redis.password, **self.extra_dotenv})
+        self.dotenv = make_dotenv(
+            self.root,
+            {
+                **TEST_DOTENV,
+                "POSTGRES_USER": self.postgres.user,
+                "POSTGRES_PASSWORD": self.postgres.password,
+                "POSTGRES_DB": self.postgres.database,
+                "REDIS_PASSWORD": self.redis.password,
+                **self.extra_dotenv,
+            },
+        )
         self.services = compose_services(self.dotenv)
         self._make_buckets()
-        self.note(f"postgres :{self.postgres.port}, redis :{self.redis.port}, s3 {self.s3_endpoint} up "
-                  f"in {time.monotonic() - began:.1f}s")
+        self.note(
+            f"postgres :{self.postgres.port}, redis :{self.redis.port}, s3 {self.s3_endpoint} up "
+            f"in {time.monotonic() - began:.1f}s"
+        )
         self._init()
         self.note(f"{INIT} done at {time.monotonic() - began:.1f}s")
         for service in SERVERS:
@@ -482,16 +541,21 @@ class CeleryDeployment:
         """What minio-init does, as far as moto goes: the store's bucket and the task logs' bucket."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
-                              aws_access_key_id=self.dotenv["MINIO_ROOT_USER"],
-                              aws_secret_access_key=self.dotenv["MINIO_ROOT_PASSWORD"])
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.dotenv["MINIO_ROOT_USER"],
+            aws_secret_access_key=self.dotenv["MINIO_ROOT_PASSWORD"],
+        )
         for bucket in (self.dotenv["FASHIONNET_BUCKET"], self.dotenv["AIRFLOW_LOGS_BUCKET"]):
             try:
                 client.create_bucket(Bucket=bucket)
             except client.exceptions.BucketAlreadyOwnedByYou:
                 pass
-        client.put_bucket_versioning(Bucket=self.dotenv["AIRFLOW_LOGS_BUCKET"],
-                                     VersioningConfiguration={"Status": "Enabled"})
+        client.put_bucket_versioning(
+            Bucket=self.dotenv["AIRFLOW_LOGS_BUCKET"], VersioningConfiguration={"Status": "Enabled"}
+        )
 
     def _init(self) -> None:
         """airflow-init's own script (``bash -c``), with its environment."""
@@ -520,8 +584,7 @@ class CeleryDeployment:
         name = f"{service}-{self._worker_counts[service]}"
         component = self._start_component(service, name, worker=True)
         if wait:
-            self.wait(lambda: self.worker_ready(name), START_TIMEOUT_S, f"{name} ready",
-                      watch=[name])
+            self.wait(lambda: self.worker_ready(name), START_TIMEOUT_S, f"{name} ready", watch=[name])
         self.note(f"{name} started (pid {component.proc.pid})")
         return component
 
@@ -567,7 +630,7 @@ class CeleryDeployment:
         self.postgres.stop()
         return [f"{p.pid} {' '.join(p.cmdline())}" for p in _with_home(str(self.home))]
 
-    def __enter__(self) -> "CeleryDeployment":
+    def __enter__(self) -> CeleryDeployment:
         try:
             return self.start()
         except BaseException:
@@ -580,14 +643,19 @@ class CeleryDeployment:
     # -- runs --------------------------------------------------------------------------------------------------
     def unpause(self, *dag_ids: str) -> None:
         for dag_id in dag_ids:
-            self.wait(lambda: self.api.call("GET", f"/api/v2/dags/{dag_id}")[0] == 200, START_TIMEOUT_S,
-                      f"{dag_id} parsed")
+            self.wait(
+                lambda dag_id=dag_id: self.api.call("GET", f"/api/v2/dags/{dag_id}")[0] == 200,
+                START_TIMEOUT_S,
+                f"{dag_id} parsed",
+            )
             status, body = self.api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
             if status != 200:
                 raise DeploymentError(f"unpausing {dag_id}: {status} {body}")
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        status, body = self.api.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        status, body = self.api.call(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}}
+        )
         if status != 200:
             raise DeploymentError(f"triggering {dag_id}: {status} {body}")
         self.note(f"triggered {dag_id}: {body['dag_run_id']}")
@@ -631,37 +699,63 @@ def measure_chain(default_workers: int, products: int, timeout_s: float = 1800) 
 
     root = Path(tempfile.mkdtemp(prefix="fashionnet-celery-"))
     s3_port = _free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     build_site(root / "site", n_products=products, seed=7)
     chain = ["fashionnet_ingest", "fashionnet_train", "fashionnet_repository_refresh", "fashionnet_recommend"]
     result: dict[str, Any] = {"default_workers": default_workers}
     began = time.monotonic()
     try:
         with DemoStoreServer(root / "site", host="127.0.0.1", port=0) as shop:
-            deployment = CeleryDeployment(root / "deployment", f"http://127.0.0.1:{s3_port}", shop.base_url,
-                                          default_workers=default_workers,
-                                          dotenv={"FASHIONNET_BUCKET": f"fn-{uuid.uuid4().hex[:10]}"})
+            deployment = CeleryDeployment(
+                root / "deployment",
+                f"http://127.0.0.1:{s3_port}",
+                shop.base_url,
+                default_workers=default_workers,
+                dotenv={"FASHIONNET_BUCKET": f"fn-{uuid.uuid4().hex[:10]}"},
+            )
             with deployment:
                 result["start_s"] = time.monotonic() - began
                 env = deployment.dotenv
-                os.environ.update({"AWS_ACCESS_KEY_ID": env["FASHIONNET_S3_ACCESS_KEY"], "AWS_DEFAULT_REGION": "us-east-1",
-                                   "AWS_SECRET_ACCESS_KEY": env["FASHIONNET_S3_SECRET_KEY"]})
+                os.environ.update(
+                    {
+                        "AWS_ACCESS_KEY_ID": env["FASHIONNET_S3_ACCESS_KEY"],
+                        "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_SECRET_ACCESS_KEY": env["FASHIONNET_S3_SECRET_KEY"],
+                    }
+                )
                 store = ObjectStore(f"s3://{env['FASHIONNET_BUCKET']}/store", endpoint_url=deployment.s3_endpoint)
                 upload_user_images(store, root / "site")
                 deployment.unpause(*chain)
                 triggered = time.monotonic()
                 deployment.trigger("fashionnet_ingest")
-                last = deployment.wait(lambda: (deployment.api.runs("fashionnet_recommend") or [None])[-1], timeout_s,
-                                       "a fashionnet_recommend run", every=5)
+                last = deployment.wait(
+                    lambda: (deployment.api.runs("fashionnet_recommend") or [None])[-1],
+                    timeout_s,
+                    "a fashionnet_recommend run",
+                    every=5,
+                )
                 result["state"] = deployment.wait_run("fashionnet_recommend", last["dag_run_id"], timeout_s)
                 result["chain_s"] = time.monotonic() - triggered
                 result["runs"] = {}
                 for dag_id in chain:
                     for run in deployment.api.runs(dag_id):
                         result["runs"][dag_id] = [
-                            (t["task_id"], t["map_index"], t["state"], t["queue"], t["hostname"], t["start_date"],
-                             t["end_date"]) for t in deployment.api.task_instances(dag_id, run["dag_run_id"])]
+                            (
+                                t["task_id"],
+                                t["map_index"],
+                                t["state"],
+                                t["queue"],
+                                t["hostname"],
+                                t["start_date"],
+                                t["end_date"],
+                            )
+                            for t in deployment.api.task_instances(dag_id, run["dag_run_id"])
+                        ]
     finally:
         os.killpg(moto.pid, signal.SIGTERM)
         moto.wait(timeout=10)

@@ -11,6 +11,7 @@
 After each run it prints one JSON line: the run's batch, its queue, decisions and approval, the dataset.
 Usage: python tests/dags/ingest_gate_run.py WORK_DIR STORE_URI
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,20 @@ def report(store, label: str, seen: set[str]) -> None:
     seen.update(new)
     batch = new[0] if len(new) == 1 else None
     items = store.read_parquet("dataset/items.parquet").num_rows if store.exists("dataset/items.parquet") else None
-    print(json.dumps({"run": label, "batches": new, "approved_batches": approved_batches(store),
-                      "approval": approval(store, batch) if batch else None, "dataset_items": items,
-                      "queue_rows": len(read_queue(store, batch)) if batch else 0,
-                      "decisions": len(read_decisions(store, batch)) if batch else 0}), flush=True)
+    print(
+        json.dumps(
+            {
+                "run": label,
+                "batches": new,
+                "approved_batches": approved_batches(store),
+                "approval": approval(store, batch) if batch else None,
+                "dataset_items": items,
+                "queue_rows": len(read_queue(store, batch)) if batch else 0,
+                "decisions": len(read_decisions(store, batch)) if batch else 0,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -46,18 +57,19 @@ def main() -> int:
     configure_environment(args)
     migrate_metadata_db()
 
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
-
     import os
 
     from pipeline.settings import get_settings
     from pipeline.storage import open_store
+    from scrapers.demo_store.server import DemoStoreServer
+    from scrapers.demo_store.site import build_site
 
     seen: set[str] = set()
     ingest = None
-    for label, seed, conf, mark in (("auto_accept", 3, {"review_policy": "auto_accept"}, None),
-                                    ("manual", 4, {"review_policy": "manual"}, "^approve_batch$")):
+    for label, seed, conf, mark in (
+        ("auto_accept", 3, {"review_policy": "auto_accept"}, None),
+        ("manual", 4, {"review_policy": "manual"}, "^approve_batch$"),
+    ):
         site_dir = cli.work_dir / f"demo-store-{seed}"
         build_site(site_dir, n_products=24, seed=seed)
         with DemoStoreServer(site_dir, host="127.0.0.1", port=0) as shop:
@@ -78,9 +90,19 @@ def main() -> int:
     before = store.version("dataset/items.parquet")
     run = ingest.test(run_conf={"review_policy": "auto_accept"})
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    print(json.dumps({"run": "shop_down", "host": down, "state": str(run.state), "tasks": states,
-                      "dataset_unchanged": store.version("dataset/items.parquet") == before,
-                      "new_batches": sorted(set(queue_batches(store)) - seen)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "run": "shop_down",
+                "host": down,
+                "state": str(run.state),
+                "tasks": states,
+                "dataset_unchanged": store.version("dataset/items.parquet") == before,
+                "new_batches": sorted(set(queue_batches(store)) - seen),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ to that user. ``fsync`` is off: the data is thrown away anyway.
 ``find_bindir()`` says where ``initdb`` is (``/usr/lib/postgresql/<version>/bin`` on Debian, which does not
 put it on PATH), or None; ``scripts/install-test-system-packages.sh`` installs ``postgresql`` when missing.
 """
+
 from __future__ import annotations
 
 import glob
@@ -28,8 +29,10 @@ START_TIMEOUT_S = 60
 
 def find_bindir() -> Path | None:
     """The folder of PostgreSQL's server programs (the newest installed version), or None."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if candidates:
         return Path(candidates[-1]).parent
     found = shutil.which("initdb")
@@ -39,8 +42,10 @@ def find_bindir() -> Path | None:
 def unavailable_reason() -> str | None:
     """Why a server cannot be started here, or None when it can."""
     if find_bindir() is None:
-        return ("PostgreSQL's server programs are not installed (scripts/install-test-system-packages.sh "
-                "installs Debian's postgresql as root; or: apt-get install --no-install-recommends postgresql)")
+        return (
+            "PostgreSQL's server programs are not installed (scripts/install-test-system-packages.sh "
+            "installs Debian's postgresql as root; or: apt-get install --no-install-recommends postgresql)"
+        )
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
@@ -79,13 +84,19 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return (f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}")
+        return f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
 
     def connect(self, database: str | None = None):
         import psycopg2
 
-        return psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
-                                dbname=database or self.database, connect_timeout=10)
+        return psycopg2.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=database or self.database,
+            connect_timeout=10,
+        )
 
     # -- running ------------------------------------------------------------------------------------------
     def _as_owner(self, args: list[str]) -> list[str]:
@@ -98,7 +109,7 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}\n{log}")
         return proc
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(reason)
@@ -112,15 +123,44 @@ class PostgresServer:
             if os.geteuid() == 0:
                 os.chown(pwfile, owner.pw_uid, owner.pw_gid)
             pwfile.chmod(0o600)
-            self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user, f"--pwfile={pwfile}",
-                       "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
-                       "--no-sync"])
+            self._run(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.user,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            )
             pwfile.unlink()
             self.port = _free_port()
-            options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-            self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                       "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start"], timeout=START_TIMEOUT_S + 30)
+            options = (
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            )
+            self._run(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                    "start",
+                ],
+                timeout=START_TIMEOUT_S + 30,
+            )
             self.postmaster_pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
             if self.database != "postgres":
                 conn = self.connect("postgres")
@@ -152,8 +192,11 @@ class PostgresServer:
             return []
         try:
             postmaster = psutil.Process(self.postmaster_pid)
-            return [p for p in [postmaster, *postmaster.children(recursive=True)]
-                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            return [
+                p
+                for p in [postmaster, *postmaster.children(recursive=True)]
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            ]
         except psutil.NoSuchProcess:
             return []
 
@@ -166,8 +209,10 @@ class PostgresServer:
         left = self.processes()
         if self.running():
             try:
-                self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30",
-                           "stop"], timeout=60)
+                self._run(
+                    [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop"],
+                    timeout=60,
+                )
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
         _, alive = psutil.wait_procs(left, timeout=10)
@@ -181,9 +226,8 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

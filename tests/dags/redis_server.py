@@ -8,6 +8,7 @@ again on the same port and folder, so what was queued survives, as it does in th
 (the redis image keeps ``/data`` across a container restart). ``scripts/install-test-system-packages.sh``
 installs ``redis-server`` when missing.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -24,15 +25,18 @@ REDIS_SERVER = "redis-server"
 
 
 def find_redis_server() -> str | None:
-    return shutil.which(REDIS_SERVER) or (f"/usr/bin/{REDIS_SERVER}" if Path(f"/usr/bin/{REDIS_SERVER}").exists()
-                                          else None)
+    return shutil.which(REDIS_SERVER) or (
+        f"/usr/bin/{REDIS_SERVER}" if Path(f"/usr/bin/{REDIS_SERVER}").exists() else None
+    )
 
 
 def unavailable_reason() -> str | None:
     """Why a server cannot be started here, or None when it can."""
     if find_redis_server() is None:
-        return ("redis-server is not installed (scripts/install-test-system-packages.sh installs Debian's "
-                "redis-server as root; or: apt-get install --no-install-recommends redis-server)")
+        return (
+            "redis-server is not installed (scripts/install-test-system-packages.sh installs Debian's "
+            "redis-server as root; or: apt-get install --no-install-recommends redis-server)"
+        )
     return None
 
 
@@ -70,13 +74,19 @@ class RedisServer:
     def _launch(self) -> None:
         # The password on the command line would show in `ps`: a config file, readable by us only.
         config = self.root / "redis.conf"
-        config.write_text(f"bind 127.0.0.1\nport {self.port}\nrequirepass {self.password}\n"
-                          f"dir {self.root}\ndbfilename dump.rdb\nlogfile {self.log_file}\n"
-                          "save 3600 1 300 100 60 10000\nappendonly no\nprotected-mode yes\n"
-                          "daemonize no\n")
+        config.write_text(
+            f"bind 127.0.0.1\nport {self.port}\nrequirepass {self.password}\n"
+            f"dir {self.root}\ndbfilename dump.rdb\nlogfile {self.log_file}\n"
+            "save 3600 1 300 100 60 10000\nappendonly no\nprotected-mode yes\n"
+            "daemonize no\n"
+        )
         config.chmod(0o600)
-        self.proc = subprocess.Popen([find_redis_server(), str(config)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [find_redis_server(), str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -87,10 +97,11 @@ class RedisServer:
             except Exception:  # noqa: BLE001 - not accepting yet (connection refused, loading the snapshot)
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"redis-server not answering on 127.0.0.1:{self.port} after {START_TIMEOUT_S}s:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"redis-server not answering on 127.0.0.1:{self.port} after {START_TIMEOUT_S}s:\n{self.log_tail()}"
+        )
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(reason)
@@ -133,7 +144,7 @@ class RedisServer:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

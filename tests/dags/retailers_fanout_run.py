@@ -11,6 +11,7 @@ After each run it prints one JSON line: the run's state, every task instance (ta
 label, state) and what the store holds.
 Usage: python tests/dags/retailers_fanout_run.py WORK_DIR STORE_URI
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import hashlib
 import json
 import sys
 import types
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -34,8 +35,13 @@ def task_states(run) -> list[dict]:
 
     with create_session() as session:
         rows = session.query(TaskInstance).filter(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
-        return sorted(({"task": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index,
-                        "state": str(ti.state)} for ti in rows), key=lambda t: (t["task"], t["map_index"]))
+        return sorted(
+            (
+                {"task": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index, "state": str(ti.state)}
+                for ti in rows
+            ),
+            key=lambda t: (t["task"], t["map_index"]),
+        )
 
 
 def fake_inference_module() -> types.ModuleType:
@@ -53,14 +59,22 @@ def fake_inference_module() -> types.ModuleType:
             picks = [int(hashlib.sha1(i.encode()).hexdigest(), 16) % len(classes) for i in ids]
             columns[attribute] = [classes[p] for p in picks]
             columns[f"{attribute}_prob"] = [0.9] * len(ids)
-            columns[f"{attribute}_probs"] = [[0.9 if c == p else 0.1 / (len(classes) - 1) for c in range(len(classes))]
-                                             for p in picks]
+            columns[f"{attribute}_probs"] = [
+                [0.9 if c == p else 0.1 / (len(classes) - 1) for c in range(len(classes))] for p in picks
+            ]
             columns[f"{attribute}_model_version"] = [info["versions"][attribute]] * len(ids)
         columns["embedding"] = [[0.6, 0.8] for _ in ids]
         columns["embedding_source"] = ["fake"] * len(ids)
-        columns["inferred_at"] = [datetime.now(timezone.utc)] * len(ids)
-        summary = {"commit_id": commit_id, "shard": shard, "items": len(ids), "vectorized": len(ids),
-                   "skipped_undecodable": 0, "skipped_item_ids": [], "versions": info["versions"]}
+        columns["inferred_at"] = [datetime.now(UTC)] * len(ids)
+        summary = {
+            "commit_id": commit_id,
+            "shard": shard,
+            "items": len(ids),
+            "vectorized": len(ids),
+            "skipped_undecodable": 0,
+            "skipped_item_ids": [],
+            "versions": info["versions"],
+        }
         repository.write_shard(store, commit_id, shard, pa.table(columns), summary)
         return summary
 
@@ -106,26 +120,46 @@ def main() -> int:
         ingest = dags["fashionnet_ingest"].test(run_conf={"review_policy": "auto_accept"})
         from pipeline.approval import approved_batches
 
-        print(json.dumps({"run": "ingest", "state": str(ingest.state), "tasks": task_states(ingest),
-                          "approved_batches": approved_batches(store),
-                          "dataset_items": store.read_parquet("dataset/items.parquet").num_rows
-                          if store.exists("dataset/items.parquet") else None}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "run": "ingest",
+                    "state": str(ingest.state),
+                    "tasks": task_states(ingest),
+                    "approved_batches": approved_batches(store),
+                    "dataset_items": store.read_parquet("dataset/items.parquet").num_rows
+                    if store.exists("dataset/items.parquet")
+                    else None,
+                }
+            ),
+            flush=True,
+        )
 
         for attribute in get_settings().taxonomy.names:
-            store.write_json(f"models/{attribute}/current.json",
-                             {"version": FAKE_VERSION, "classes": list(get_settings().taxonomy.classes(attribute))})
+            store.write_json(
+                f"models/{attribute}/current.json",
+                {"version": FAKE_VERSION, "classes": list(get_settings().taxonomy.classes(attribute))},
+            )
         sys.modules["models.inference"] = fake_inference_module()
         refresh = dags["fashionnet_repository_refresh"].test()
         from pipeline.repository import read_repository
 
         commits = [k for k in store.list("repository/commits") if k.endswith(".json")]
         table = read_repository(store, columns=["item_id", "retailer"])
-        print(json.dumps({"run": "refresh", "state": str(refresh.state), "tasks": task_states(refresh),
-                          "commits": {k: store.read_json(k) for k in commits},
-                          "repository_retailers": sorted(set(table["retailer"].to_pylist())),
-                          "repository_rows": table.num_rows,
-                          "curated": sorted(k for k in store.list("curation") if k.endswith("accepted.parquet"))}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "run": "refresh",
+                    "state": str(refresh.state),
+                    "tasks": task_states(refresh),
+                    "commits": {k: store.read_json(k) for k in commits},
+                    "repository_retailers": sorted(set(table["retailer"].to_pylist())),
+                    "repository_rows": table.num_rows,
+                    "curated": sorted(k for k in store.list("curation") if k.endswith("accepted.parquet")),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -24,25 +24,37 @@ state in PostgreSQL that a new scheduler reads. What FashionNet adds: every task
 (a shard's outputs are staged under one key per shard and rewritten whole by a retry; the commit merges
 by item_id and publishes atomically), so the retried run has every item exactly once and no staging left.
 """
+
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import os
-import shutil
-import subprocess
-
 import pytest
 import yaml
-
-from celery_deployment import (COMPOSE, COMPOSE_HOSTS, DEFAULT_WORKER, INIT, LOCAL_ONLY, REPO_ROOT, SERVERS,
-                               TENSORFLOW_WORKER, CeleryDeployment, Endpoints, compose_environment, compose_services,
-                               interpolate, make_dotenv)
+from celery_deployment import (
+    COMPOSE,
+    COMPOSE_HOSTS,
+    DEFAULT_WORKER,
+    INIT,
+    LOCAL_ONLY,
+    REPO_ROOT,
+    SERVERS,
+    TENSORFLOW_WORKER,
+    CeleryDeployment,
+    Endpoints,
+    compose_environment,
+    compose_services,
+    interpolate,
+    make_dotenv,
+)
 
 CHAIN = ["fashionnet_ingest", "fashionnet_train", "fashionnet_repository_refresh", "fashionnet_recommend"]
 PRODUCTS = 60  # -> ~60 catalog items: 3 shards of <= 25 (the test profile's shard_size)
@@ -73,9 +85,14 @@ def _running(deployment: CeleryDeployment, dag_id: str, task_id: str, min_second
     if run is None:
         return []
     now = datetime.now().astimezone()
-    return [t for t in deployment.api.task_instances(dag_id, run["dag_run_id"])
-            if t["task_id"] == task_id and t["state"] == "running" and t["start_date"]
-            and (now - _parse(t["start_date"])).total_seconds() >= min_seconds]
+    return [
+        t
+        for t in deployment.api.task_instances(dag_id, run["dag_run_id"])
+        if t["task_id"] == task_id
+        and t["state"] == "running"
+        and t["start_date"]
+        and (now - _parse(t["start_date"])).total_seconds() >= min_seconds
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +111,12 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     record: dict[str, Any] = {"faults": {}, "timings": {}}
     began = time.monotonic()
     with DemoStoreServer(root / "site", host="127.0.0.1", port=0) as shop, pytest.MonkeyPatch.context() as patch:
-        deployment = CeleryDeployment(root / "deployment", moto_endpoint, shop.base_url,
-                                      dotenv={"FASHIONNET_BUCKET": f"fn-{uuid.uuid4().hex[:10]}"})
+        deployment = CeleryDeployment(
+            root / "deployment",
+            moto_endpoint,
+            shop.base_url,
+            dotenv={"FASHIONNET_BUCKET": f"fn-{uuid.uuid4().hex[:10]}"},
+        )
         try:
             deployment.start()
             record["timings"]["start"] = time.monotonic() - began
@@ -111,73 +132,115 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
             record["ingest_run"] = deployment.trigger("fashionnet_ingest")
 
             # Fault (3): the scheduler is SIGKILLed while training runs on the tensorflow worker.
-            training = deployment.wait(lambda: _running(deployment, "fashionnet_train", "train", 2.0),
-                                       PHASE_TIMEOUT_S, "a running train task")
+            training = deployment.wait(
+                lambda: _running(deployment, "fashionnet_train", "train", 2.0), PHASE_TIMEOUT_S, "a running train task"
+            )
             old_pid = deployment.components["airflow-scheduler"].proc.pid
             gap = deployment.restart_component("airflow-scheduler", kill=True)
-            deployment.note(f"fault: scheduler {old_pid} SIGKILLed while {training[0]['task_id']}"
-                            f"[{training[0]['map_index']}] ran; new scheduler "
-                            f"{deployment.components['airflow-scheduler'].proc.pid} after {gap:.1f}s")
-            record["faults"]["scheduler"] = {"running": training, "old_pid": old_pid, "gap_s": gap,
-                                             "new_pid": deployment.components["airflow-scheduler"].proc.pid}
+            deployment.note(
+                f"fault: scheduler {old_pid} SIGKILLed while {training[0]['task_id']}"
+                f"[{training[0]['map_index']}] ran; new scheduler "
+                f"{deployment.components['airflow-scheduler'].proc.pid} after {gap:.1f}s"
+            )
+            record["faults"]["scheduler"] = {
+                "running": training,
+                "old_pid": old_pid,
+                "gap_s": gap,
+                "new_pid": deployment.components["airflow-scheduler"].proc.pid,
+            }
 
             # Fault (1): the tensorflow worker is SIGKILLed, with its task processes, while two shards run.
-            shards = deployment.wait(lambda: (lambda r: r if len(r) >= 2 else None)(
-                _running(deployment, "fashionnet_repository_refresh", "infer_shard", 3.0)),
-                PHASE_TIMEOUT_S, "two infer_shard tasks running", every=1.0)
+            shards = deployment.wait(
+                lambda: (lambda r: r if len(r) >= 2 else None)(
+                    _running(deployment, "fashionnet_repository_refresh", "infer_shard", 3.0)
+                ),
+                PHASE_TIMEOUT_S,
+                "two infer_shard tasks running",
+                every=1.0,
+            )
             refresh_run = _latest_run(deployment, "fashionnet_repository_refresh")["dag_run_id"]
             tf_worker = f"{TENSORFLOW_WORKER}-1"
             killed = deployment.components[tf_worker].kill()
             staged = [k for k in store.list("repository/_staging/")]
-            deployment.note(f"fault: {tf_worker} SIGKILLed ({len(killed)} processes) while infer_shard "
-                            f"{sorted(t['map_index'] for t in shards)} ran")
-            record["faults"]["worker"] = {"running": shards, "processes": len(killed), "staged_at_kill": staged,
-                                          "refresh_run": refresh_run, "at": time.monotonic()}
+            deployment.note(
+                f"fault: {tf_worker} SIGKILLed ({len(killed)} processes) while infer_shard "
+                f"{sorted(t['map_index'] for t in shards)} ran"
+            )
+            record["faults"]["worker"] = {
+                "running": shards,
+                "processes": len(killed),
+                "staged_at_kill": staged,
+                "refresh_run": refresh_run,
+                "at": time.monotonic(),
+            }
 
             # Fault (2): Redis restarted while a shard waits in the tensorflow queue (no worker serves it now).
-            waiting = deployment.wait(lambda: broker_queue_length(deployment, TF_QUEUE), 60,
-                                      "a message in the tensorflow queue", every=0.5,
-                                      watch=["airflow-scheduler", "airflow-apiserver", f"{DEFAULT_WORKER}-1"])
-            queued = [t for t in deployment.api.task_instances("fashionnet_repository_refresh", refresh_run)
-                      if t["state"] == "queued"]
+            waiting = deployment.wait(
+                lambda: broker_queue_length(deployment, TF_QUEUE),
+                60,
+                "a message in the tensorflow queue",
+                every=0.5,
+                watch=["airflow-scheduler", "airflow-apiserver", f"{DEFAULT_WORKER}-1"],
+            )
+            queued = [
+                t
+                for t in deployment.api.task_instances("fashionnet_repository_refresh", refresh_run)
+                if t["state"] == "queued"
+            ]
             down = deployment.redis.restart()
             after = broker_queue_length(deployment, TF_QUEUE)
-            deployment.note(f"fault: redis restarted ({down:.1f}s down) with {waiting} message(s) queued; "
-                            f"{after} after")
+            deployment.note(
+                f"fault: redis restarted ({down:.1f}s down) with {waiting} message(s) queued; {after} after"
+            )
             record["faults"]["redis"] = {"before": waiting, "after": after, "down_s": down, "queued": queued}
 
             replacement = deployment.start_worker(TENSORFLOW_WORKER)
             record["faults"]["worker"]["replacement"] = replacement.name
             record["faults"]["worker"]["replacement_after_s"] = time.monotonic() - record["faults"]["worker"]["at"]
 
-            recommend = deployment.wait(lambda: _latest_run(deployment, "fashionnet_recommend"), PHASE_TIMEOUT_S,
-                                        "a fashionnet_recommend run")
+            recommend = deployment.wait(
+                lambda: _latest_run(deployment, "fashionnet_recommend"), PHASE_TIMEOUT_S, "a fashionnet_recommend run"
+            )
             deployment.wait_run("fashionnet_recommend", recommend["dag_run_id"], PHASE_TIMEOUT_S)
             record["timings"]["chain"] = time.monotonic() - chain_began
             record["runs"] = {}
             for dag_id in CHAIN:
                 runs = deployment.api.runs(dag_id)
                 record["runs"][dag_id] = [
-                    {**run, "task_instances": deployment.api.task_instances(dag_id, run["dag_run_id"])} for run in runs]
-            record["tries"] = {t["map_index"]: deployment.api.tries("fashionnet_repository_refresh", refresh_run,
-                                                                     "infer_shard", t["map_index"])
-                               for t in record["runs"]["fashionnet_repository_refresh"][-1]["task_instances"]
-                               if t["task_id"] == "infer_shard"}
-            record["train_tries"] = {t["map_index"]: deployment.api.tries("fashionnet_train", t["dag_run_id"], "train",
-                                                                           t["map_index"])
-                                     for t in record["runs"]["fashionnet_train"][-1]["task_instances"]
-                                     if t["task_id"] == "train"}
+                    {**run, "task_instances": deployment.api.task_instances(dag_id, run["dag_run_id"])} for run in runs
+                ]
+            record["tries"] = {
+                t["map_index"]: deployment.api.tries(
+                    "fashionnet_repository_refresh", refresh_run, "infer_shard", t["map_index"]
+                )
+                for t in record["runs"]["fashionnet_repository_refresh"][-1]["task_instances"]
+                if t["task_id"] == "infer_shard"
+            }
+            record["train_tries"] = {
+                t["map_index"]: deployment.api.tries("fashionnet_train", t["dag_run_id"], "train", t["map_index"])
+                for t in record["runs"]["fashionnet_train"][-1]["task_instances"]
+                if t["task_id"] == "train"
+            }
             record["samples"] = dict(deployment.sampler.samples)
             record["component_memory"] = deployment.component_memory()
             import boto3  # the task logs the workers uploaded (remote logging, as on MinIO)
 
-            logs = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
-                                aws_access_key_id=env["AIRFLOW_LOGS_S3_ACCESS_KEY"],
-                                aws_secret_access_key=env["AIRFLOW_LOGS_S3_SECRET_KEY"])
+            logs = boto3.client(
+                "s3",
+                endpoint_url=moto_endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=env["AIRFLOW_LOGS_S3_ACCESS_KEY"],
+                aws_secret_access_key=env["AIRFLOW_LOGS_S3_SECRET_KEY"],
+            )
 
             def listed() -> list[str]:
-                return [o["Key"] for page in logs.get_paginator("list_objects_v2").paginate(
-                    Bucket=env["AIRFLOW_LOGS_BUCKET"], Prefix="logs/") for o in page.get("Contents", [])]
+                return [
+                    o["Key"]
+                    for page in logs.get_paginator("list_objects_v2").paginate(
+                        Bucket=env["AIRFLOW_LOGS_BUCKET"], Prefix="logs/"
+                    )
+                    for o in page.get("Contents", [])
+                ]
 
             # A task reports success before its supervisor uploads the log, so the last task's log can
             # arrive a moment after its run ends: wait for every successful task's log (or 90 s).
@@ -205,8 +268,12 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
 
 def _wanted_logs(runs: dict[str, list[dict]]) -> list[str]:
     """The log-key fragment of every successful task of each DAG's last run."""
-    return [f"dag_id={dag_id}/run_id={t['dag_run_id']}/task_id={t['task_id']}/"
-            for dag_id in CHAIN for t in runs[dag_id][-1]["task_instances"] if t["state"] == "success"]
+    return [
+        f"dag_id={dag_id}/run_id={t['dag_run_id']}/task_id={t['task_id']}/"
+        for dag_id in CHAIN
+        for t in runs[dag_id][-1]["task_instances"]
+        if t["state"] == "success"
+    ]
 
 
 def _missing_logs(wanted: list[str], keys: list[str]) -> list[str]:
@@ -214,9 +281,11 @@ def _missing_logs(wanted: list[str], keys: list[str]) -> list[str]:
 
 
 def _table(instances: list[dict]) -> str:
-    return "\n".join(f"{t['dag_id']:32} {t['task_id']:24} [{t['map_index']:>2}] {t['state']:8} try {t['try_number']} "
-                     f"{t['queue'] or '-':10} {t['hostname'] or '-':28} {t['start_date']} -> {t['end_date']}"
-                     for t in instances)
+    return "\n".join(
+        f"{t['dag_id']:32} {t['task_id']:24} [{t['map_index']:>2}] {t['state']:8} try {t['try_number']} "
+        f"{t['queue'] or '-':10} {t['hostname'] or '-':28} {t['start_date']} -> {t['end_date']}"
+        for t in instances
+    )
 
 
 def _all_instances(chain: dict) -> list[dict]:
@@ -249,8 +318,13 @@ def test_every_component_runs_with_its_compose_environment_and_command(compose_e
     _, dotenv = compose_env
     services = compose_services(dotenv)
     raw = yaml.safe_load(COMPOSE.read_text())["services"]
-    endpoints = Endpoints(postgres="127.0.0.1:5", redis="127.0.0.1:6", s3="http://127.0.0.1:7", api="http://127.0.0.1:8",
-                          shop="http://127.0.0.1:9")
+    endpoints = Endpoints(
+        postgres="127.0.0.1:5",
+        redis="127.0.0.1:6",
+        s3="http://127.0.0.1:7",
+        api="http://127.0.0.1:8",
+        shop="http://127.0.0.1:9",
+    )
     for name in [INIT, *SERVERS, DEFAULT_WORKER, TENSORFLOW_WORKER]:
         compose_values = services[name]["environment"]
         local = compose_environment(services[name], endpoints)
@@ -266,8 +340,14 @@ def test_every_component_runs_with_its_compose_environment_and_command(compose_e
         assert local["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO_ROOT / "dags")
     deployment = CeleryDeployment(compose_env[0], "http://127.0.0.1:7", "http://127.0.0.1:9")
     deployment.services = services
-    assert deployment.argv(DEFAULT_WORKER, "w-1")[1:] == ["celery", "worker", "--queues", "default",
-                                                         "--celery-hostname", "w-1@%h"]
+    assert deployment.argv(DEFAULT_WORKER, "w-1")[1:] == [
+        "celery",
+        "worker",
+        "--queues",
+        "default",
+        "--celery-hostname",
+        "w-1@%h",
+    ]
     assert deployment.argv(TENSORFLOW_WORKER, "t-1")[1:5] == ["celery", "worker", "--queues", "tensorflow"]
     assert deployment.argv("airflow-scheduler")[1:] == ["scheduler"]
     assert services[INIT]["command"][:2] == ["bash", "-c"] and "airflow db migrate" in services[INIT]["command"][2]
@@ -281,9 +361,14 @@ def test_compose_reads_the_file_as_docker_compose_does(compose_env):
     folder, dotenv = compose_env
     shutil.copy(COMPOSE, folder / "docker-compose.yml")
     (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
-    done = subprocess.run([compose, "-f", str(folder / "docker-compose.yml"), "config"], cwd=folder,
-                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder)},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [compose, "-f", str(folder / "docker-compose.yml"), "config"],
+        cwd=folder,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)["services"]
     ours = compose_services(dotenv)
@@ -305,8 +390,11 @@ def test_chain_runs_on_the_celery_workers_of_each_queue(chain):
     runs = chain["runs"]
     for dag_id in CHAIN:
         assert runs[dag_id], f"no {dag_id} run"
-        assert all(run["state"] == "success" for run in runs[dag_id]), \
-            (dag_id, [(r["dag_run_id"], r["state"]) for r in runs[dag_id]], _table(_all_instances(chain)))
+        assert all(run["state"] == "success" for run in runs[dag_id]), (
+            dag_id,
+            [(r["dag_run_id"], r["state"]) for r in runs[dag_id]],
+            _table(_all_instances(chain)),
+        )
     assert [run["run_type"] for run in runs["fashionnet_train"]] == ["asset_triggered"]
     instances = [t for t in _all_instances(chain) if t["state"] != "skipped"]
     table = _table(instances)
@@ -364,15 +452,18 @@ def test_worker_killed_mid_shard_the_shard_is_retried_and_every_item_is_in_the_r
     refresh = chain["runs"]["fashionnet_repository_refresh"][-1]
     commit = next(t for t in refresh["task_instances"] if t["task_id"] == "commit")
     assert commit["state"] == "success"
-    accepted_keys = [k for k in store.list("curation/") if k.startswith("curation/catalog-")
-                     and k.endswith("accepted.parquet")]
+    accepted_keys = [
+        k for k in store.list("curation/") if k.startswith("curation/catalog-") and k.endswith("accepted.parquet")
+    ]
     accepted = sorted(set().union(*(store.read_parquet(k).column("item_id").to_pylist() for k in accepted_keys)))
     items = read_repository(store, columns=["item_id"]).column("item_id").to_pylist()
     assert len(items) == len(set(items)), "an item is in the repository more than once"
     assert sorted(items) == accepted
     assert not store.list("repository/_staging/"), store.list("repository/_staging/")
-    print(f"\nworker fault: killed {fault['processes']} processes while shards {sorted(killed)} ran; "
-          f"{len(fault['staged_at_kill'])} staged object(s) then; {len(items)} items, each once, none staged after")
+    print(
+        f"\nworker fault: killed {fault['processes']} processes while shards {sorted(killed)} ran; "
+        f"{len(fault['staged_at_kill'])} staged object(s) then; {len(items)} items, each once, none staged after"
+    )
 
 
 @pytest.mark.slow
@@ -407,14 +498,20 @@ def test_report_resources_per_task_kind(chain):
         if ti_id in by_id:
             kinds.setdefault(f"{by_id[ti_id]['dag_id']}.{by_id[ti_id]['task_id']}", []).append(sample)
     assert any(kind.endswith(".infer_shard") for kind in kinds), sorted(kinds)
-    lines = [f"{kind:48} n={len(s):2} peak RSS {max(x['rss_mb'] for x in s):7.0f} MiB  peak USS "
-             f"{max(x['uss_mb'] for x in s):7.0f} MiB  CPU {max(x['cpu_s'] for x in s):6.1f} s (max)"
-             for kind, s in sorted(kinds.items())]
+    lines = [
+        f"{kind:48} n={len(s):2} peak RSS {max(x['rss_mb'] for x in s):7.0f} MiB  peak USS "
+        f"{max(x['uss_mb'] for x in s):7.0f} MiB  CPU {max(x['cpu_s'] for x in s):6.1f} s (max)"
+        for kind, s in sorted(kinds.items())
+    ]
     print("\n" + "\n".join(lines))
-    print("components (RSS, MiB, task processes excluded): " + ", ".join(
-        f"{name} {size:.0f}" for name, size in sorted(chain["component_memory"].items())))
+    print(
+        "components (RSS, MiB, task processes excluded): "
+        + ", ".join(f"{name} {size:.0f}" for name, size in sorted(chain["component_memory"].items()))
+    )
     for dag_id in CHAIN:
         for run in chain["runs"][dag_id]:
             took = (_parse(run["end_date"]) - _parse(run["start_date"])).total_seconds()
-            print(f"{dag_id:32} {run['run_type']:16} {run['state']:8} {took:6.1f}s  {run['start_date']} -> {run['end_date']}")
+            print(
+                f"{dag_id:32} {run['run_type']:16} {run['state']:8} {took:6.1f}s  {run['start_date']} -> {run['end_date']}"
+            )
     print(json.dumps({k: round(v, 1) for k, v in chain["timings"].items()}))

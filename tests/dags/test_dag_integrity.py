@@ -1,4 +1,5 @@
 """Every DAG file parses fast, without heavy imports, and wires the tasks the design card names."""
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,21 @@ def dagbag():
 
 def test_there_are_four_dag_files():
     assert [p.stem for p in DAG_FILES] == [
-        "fashionnet_ingest", "fashionnet_recommend", "fashionnet_repository_refresh", "fashionnet_train"]
+        "fashionnet_ingest",
+        "fashionnet_recommend",
+        "fashionnet_repository_refresh",
+        "fashionnet_train",
+    ]
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
 def test_dag_file_parses_fast_without_heavy_imports(path: Path):
-    out = subprocess.run([sys.executable, "-c", PROBE.format(dags=str(DAGS_DIR), path=str(path))],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(dags=str(DAGS_DIR), path=str(path))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["seconds"] < 2.0
@@ -61,15 +70,24 @@ def _edges(dag) -> set[tuple[str, str]]:
 def test_ingest_wiring(dagbag):
     dag = dagbag.dags["fashionnet_ingest"]
     assert _edges(dag) == {
-        ("retailers_to_crawl", "crawl"), ("crawl", "curate"), ("curate", "enqueue_for_review"),
-        ("enqueue_for_review", "predict_for_review"), ("predict_for_review", "queued_batches"),
+        ("retailers_to_crawl", "crawl"),
+        ("crawl", "curate"),
+        ("curate", "enqueue_for_review"),
+        ("enqueue_for_review", "predict_for_review"),
+        ("predict_for_review", "queued_batches"),
         ("queued_batches", "review_gate"),
-        ("queued_batches", "approval_request"), ("queued_batches", "record_human_approval"),
-        ("review_gate", "approval_request"), ("review_gate", "build_dataset"),
-        ("approval_request", "approve_batch"), ("approve_batch", "record_human_approval"),
-        ("record_human_approval", "build_dataset"), ("build_dataset", "record_rejection"),
+        ("queued_batches", "approval_request"),
+        ("queued_batches", "record_human_approval"),
+        ("review_gate", "approval_request"),
+        ("review_gate", "build_dataset"),
+        ("approval_request", "approve_batch"),
+        ("approve_batch", "record_human_approval"),
+        ("record_human_approval", "build_dataset"),
+        ("build_dataset", "record_rejection"),
         ("record_rejection", "check_retailers"),
-        ("retailers_to_crawl", "check_retailers"), ("queued_batches", "check_retailers")}
+        ("retailers_to_crawl", "check_retailers"),
+        ("queued_batches", "check_retailers"),
+    }
 
 
 def test_ingest_maps_one_crawl_per_retailer_and_reviews_what_succeeded(dagbag):
@@ -106,9 +124,15 @@ def test_train_maps_one_task_per_attribute(dagbag):
 
 def test_refresh_is_nightly_and_recommend_follows_the_repository(dagbag):
     refresh = dagbag.dags["fashionnet_repository_refresh"]
-    assert _edges(refresh) == {("retailers_to_crawl", "crawl_catalog"), ("retailers_to_crawl", "plan"),
-                               ("crawl_catalog", "curate"), ("curate", "plan"), ("plan", "infer_shard"),
-                               ("infer_shard", "commit"), ("commit", "check_retailers")}
+    assert _edges(refresh) == {
+        ("retailers_to_crawl", "crawl_catalog"),
+        ("retailers_to_crawl", "plan"),
+        ("crawl_catalog", "curate"),
+        ("curate", "plan"),
+        ("plan", "infer_shard"),
+        ("infer_shard", "commit"),
+        ("commit", "check_retailers"),
+    }
     for task_id in ("crawl_catalog", "curate"):
         assert refresh.get_task(task_id).get_closest_mapped_task_group().group_id == "retailer", task_id
     assert type(refresh.get_task("infer_shard")).__name__.endswith("MappedOperator")
@@ -146,12 +170,24 @@ def test_recommend_maps_one_task_per_batch_of_users(dagbag):
     assert {a.name for a in dag.get_task("recommend").outlets} == {"fashionnet_recommendations"}
 
 
-@pytest.mark.parametrize("conf", [
-    {},  # the Asset-triggered run: every user, the settings' defaults
-    {"user_id": "", "score": None, "k": None},
-    {"user_id": "ann", "image_keys": ["users/ann/a photo.jpg"], "k": 100, "score": "weighted", "mmr_lambda": 0,
-     "retailers": ["demo-store"], "categories": ["t-shirt"], "price_min": 0, "price_max": 49.9},
-])
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {},  # the Asset-triggered run: every user, the settings' defaults
+        {"user_id": "", "score": None, "k": None},
+        {
+            "user_id": "ann",
+            "image_keys": ["users/ann/a photo.jpg"],
+            "k": 100,
+            "score": "weighted",
+            "mmr_lambda": 0,
+            "retailers": ["demo-store"],
+            "categories": ["t-shirt"],
+            "price_min": 0,
+            "price_max": 49.9,
+        },
+    ],
+)
 def test_recommend_params_accept_good_input(dagbag, conf):
     from airflow.sdk.definitions.param import ParamsDict
 
@@ -160,31 +196,33 @@ def test_recommend_params_accept_good_input(dagbag, conf):
     params.validate()
 
 
-@pytest.mark.parametrize("conf, message", [
-    ({"k": 0}, "minimum"),
-    ({"k": 101}, "maximum"),
-    ({"k": 2.5}, "is not of type"),
-    ({"user_id": "../etc"}, "does not match"),
-    ({"user_id": "a" * 65}, "does not match"),
-    ({"image_keys": ["users/ann/../bob/x.jpg"]}, "does not match"),
-    ({"image_keys": ["users/ann/sub/x.jpg"]}, "does not match"),
-    ({"image_keys": ["users/ann/_shown/2026-11-01.parquet"]}, "does not match"),
-    ({"image_keys": ["https://example.com/users/ann/x.jpg"]}, "does not match"),
-    ({"image_keys": ["/users/ann/x.jpg"]}, "does not match"),
-    ({"image_keys": ["images/full/x.jpg"]}, "does not match"),
-    ({"image_keys": "users/ann/x.jpg"}, "is not of type"),
-    ({"score": "cosine"}, "is not one of"),
-    ({"mmr_lambda": 1.5}, "maximum"),
-    ({"mmr_lambda": -0.1}, "minimum"),
-    ({"retailers": ["../other"]}, "does not match"),
-    ({"categories": [""]}, "minLength"),
-    ({"price_min": -1}, "minimum"),
-    ({"price_max": "cheap"}, "is not of type"),
-])
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"k": 0}, "minimum"),
+        ({"k": 101}, "maximum"),
+        ({"k": 2.5}, "is not of type"),
+        ({"user_id": "../etc"}, "does not match"),
+        ({"user_id": "a" * 65}, "does not match"),
+        ({"image_keys": ["users/ann/../bob/x.jpg"]}, "does not match"),
+        ({"image_keys": ["users/ann/sub/x.jpg"]}, "does not match"),
+        ({"image_keys": ["users/ann/_shown/2026-11-01.parquet"]}, "does not match"),
+        ({"image_keys": ["https://example.com/users/ann/x.jpg"]}, "does not match"),
+        ({"image_keys": ["/users/ann/x.jpg"]}, "does not match"),
+        ({"image_keys": ["images/full/x.jpg"]}, "does not match"),
+        ({"image_keys": "users/ann/x.jpg"}, "is not of type"),
+        ({"score": "cosine"}, "is not one of"),
+        ({"mmr_lambda": 1.5}, "maximum"),
+        ({"mmr_lambda": -0.1}, "minimum"),
+        ({"retailers": ["../other"]}, "does not match"),
+        ({"categories": [""]}, "minLength"),
+        ({"price_min": -1}, "minimum"),
+        ({"price_max": "cheap"}, "is not of type"),
+    ],
+)
 def test_recommend_params_reject_bad_input_before_any_work(dagbag, conf, message):
-    from airflow.sdk.exceptions import ParamValidationError
-
     from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
 
     params = ParamsDict(dagbag.dags["fashionnet_recommend"].params)
     with pytest.raises(ParamValidationError, match=message):
@@ -193,12 +231,15 @@ def test_recommend_params_reject_bad_input_before_any_work(dagbag, conf, message
 
 
 @pytest.mark.parametrize("dag_id", ["fashionnet_ingest", "fashionnet_repository_refresh"])
-@pytest.mark.parametrize("conf, message", [
-    ({"start_url": "file:///etc/passwd"}, "does not match"),
-    ({"retailer": "../other"}, "does not match"),
-    ({"retailers": ["demo-store", "../other"]}, "does not match"),
-    ({"retailers": "demo-store"}, "is not of type 'null', 'array'"),
-])
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"start_url": "file:///etc/passwd"}, "does not match"),
+        ({"retailer": "../other"}, "does not match"),
+        ({"retailers": ["demo-store", "../other"]}, "does not match"),
+        ({"retailers": "demo-store"}, "is not of type 'null', 'array'"),
+    ],
+)
 def test_crawl_params_reject_urls_and_names_that_are_not_shops(dagbag, dag_id, conf, message):
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
@@ -221,21 +262,45 @@ def test_publish_logs_each_promotion_decision(dagbag, capsys, tmp_path):
 
     dag = dagbag.dags["fashionnet_train"]
     publish = dag.get_task("publish").python_callable
-    decisions = {"pattern": {"attribute": "pattern", "candidate": "v2", "current": "v1", "promoted": False,
-                             "reason": "test accuracy 0.4000 vs current 0.5000 (worse, tolerance 0.0)", "forced": False},
-                 "fabric": {"attribute": "fabric", "candidate": "v2", "current": None, "promoted": True,
-                            "reason": "first version", "forced": False}}
+    decisions = {
+        "pattern": {
+            "attribute": "pattern",
+            "candidate": "v2",
+            "current": "v1",
+            "promoted": False,
+            "reason": "test accuracy 0.4000 vs current 0.5000 (worse, tolerance 0.0)",
+            "forced": False,
+        },
+        "fabric": {
+            "attribute": "fabric",
+            "candidate": "v2",
+            "current": None,
+            "promoted": True,
+            "reason": "first version",
+            "forced": False,
+        },
+    }
     with pytest.MonkeyPatch.context() as patch:
         # A stand-in registry (the real one imports TensorFlow): the decisions are what publish logs.
         registry = types.ModuleType("models.registry")
         registry.promote = lambda store, attribute, version, **kw: decisions[attribute]
         patch.setitem(sys.modules, "models.registry", registry)
-        patch.setattr("pipeline.settings.get_settings", lambda: types.SimpleNamespace(
-            training={}, taxonomy=types.SimpleNamespace(names=["pattern", "fabric"]),
-            store_uri=f"file://{tmp_path}", s3_endpoint_url=None))
-        publish([{"attribute": "pattern", "version": "v2"}, {"attribute": "fabric", "version": "v2"}],
-                {"force_promotion": False})
+        patch.setattr(
+            "pipeline.settings.get_settings",
+            lambda: types.SimpleNamespace(
+                training={},
+                taxonomy=types.SimpleNamespace(names=["pattern", "fabric"]),
+                store_uri=f"file://{tmp_path}",
+                s3_endpoint_url=None,
+            ),
+        )
+        publish(
+            [{"attribute": "pattern", "version": "v2"}, {"attribute": "fabric", "version": "v2"}],
+            {"force_promotion": False},
+        )
     out = capsys.readouterr().out
-    assert ("train.publish: pattern v2: not promoted, v1 stays current (current was v1; test accuracy 0.4000 vs "
-            "current 0.5000 (worse, tolerance 0.0))") in out
+    assert (
+        "train.publish: pattern v2: not promoted, v1 stays current (current was v1; test accuracy 0.4000 vs "
+        "current 0.5000 (worse, tolerance 0.0))"
+    ) in out
     assert "train.publish: fabric v2: promoted (current was None; first version)" in out

@@ -5,6 +5,7 @@ configuration and the settings are those of a fresh process, then asserts on the
 The run's credentials are distinctive random values (moto accepts any), so the same run also proves that
 no credential ends up in its output, its Airflow metadata (XComs, logs) or the objects it wrote.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,8 +52,12 @@ def distinctive_secrets() -> dict[str, str]:
 def pipeline_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
     given = distinctive_secrets()
-    aws = {"AWS_ACCESS_KEY_ID": given["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": given["AWS_SECRET_ACCESS_KEY"],
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}
+    aws = {
+        "AWS_ACCESS_KEY_ID": given["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": given["AWS_SECRET_ACCESS_KEY"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }
     env = {**os.environ, **given, **aws}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in aws.items():
@@ -60,24 +65,59 @@ def pipeline_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
         boto3.client("s3").create_bucket(Bucket=bucket)
         work_dir: Path = tmp_path_factory.mktemp("e2e")
         proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.demo", "--store", f"s3://{bucket}/fashionnet", "--work-dir",
-             str(work_dir), "--products", "80", "--profile", "test", "--k", "5", "--port", "0"],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.demo",
+                "--store",
+                f"s3://{bucket}/fashionnet",
+                "--work-dir",
+                str(work_dir),
+                "--products",
+                "80",
+                "--profile",
+                "test",
+                "--k",
+                "5",
+                "--port",
+                "0",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
         )
         assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
 
         from pipeline.storage import ObjectStore
 
-        yield DemoRun(ObjectStore(f"s3://{bucket}/fashionnet", endpoint_url=moto_endpoint), proc.stdout, proc.stderr,
-                      work_dir, given)
+        yield DemoRun(
+            ObjectStore(f"s3://{bucket}/fashionnet", endpoint_url=moto_endpoint),
+            proc.stdout,
+            proc.stderr,
+            work_dir,
+            given,
+        )
 
 
 def test_every_stage_wrote_its_objects(pipeline_run):
     store = pipeline_run.store
     keys = store.list()
-    for prefix in ["images/full/", "crawls/", "curation/", "review/queue/", "review/decisions/",
-                   "dataset/items.parquet", "dataset/split.parquet", "repository/fashion_vectors/crawl_date=",
-                   "recommendations/date=", "profiles/date=", "recommendations_html/", "users/demo-user/_shown/"]:
+    for prefix in [
+        "images/full/",
+        "crawls/",
+        "curation/",
+        "review/queue/",
+        "review/decisions/",
+        "dataset/items.parquet",
+        "dataset/split.parquet",
+        "repository/fashion_vectors/crawl_date=",
+        "recommendations/date=",
+        "profiles/date=",
+        "recommendations_html/",
+        "users/demo-user/_shown/",
+    ]:
         assert any(k.startswith(prefix) for k in keys), f"nothing under {prefix}"
     for attribute in ATTRIBUTES:
         assert store.exists(f"models/{attribute}/current.json")
@@ -88,8 +128,9 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
 
     store = pipeline_run.store
     repository = read_repository(store)
-    catalog_batches = [k for k in store.list("curation") if k.startswith("curation/catalog-")
-                       and k.endswith("accepted.parquet")]
+    catalog_batches = [
+        k for k in store.list("curation") if k.startswith("curation/catalog-") and k.endswith("accepted.parquet")
+    ]
     assert len(catalog_batches) == 1
     accepted = store.read_parquet(catalog_batches[0])
     assert repository.num_rows == accepted.num_rows > 0
@@ -101,7 +142,9 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
     assert commit["schema_version"] == SCHEMA_VERSION and commit["inferred"] == repository.num_rows
     assert commit["actions"]["new"] == accepted.num_rows
     for attribute in ATTRIBUTES:
-        assert {attribute, f"{attribute}_prob", f"{attribute}_probs", f"{attribute}_model_version"} <= set(repository.column_names)
+        assert {attribute, f"{attribute}_prob", f"{attribute}_probs", f"{attribute}_model_version"} <= set(
+            repository.column_names
+        )
         record = store.read_json(f"models/{attribute}/current.json")
         assert set(repository.column(attribute).to_pylist()) <= set(record["classes"])
         assert set(repository.column(f"{attribute}_model_version").to_pylist()) == {record["version"]}
@@ -125,8 +168,9 @@ def test_recommendations_share_attributes_with_the_profile(pipeline_run):
     profile = store.read_parquet(profile_key("demo-user", run_date, run)).to_pylist()
     assert len(recs) == 5 and [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
     assert {r["score_kind"] for r in recs} == {get_settings().recommend["score"]}
-    embeddings = {row["item_id"]: row["embedding"] for row in read_repository(
-        store, columns=["item_id", "embedding"]).to_pylist()}
+    embeddings = {
+        row["item_id"]: row["embedding"] for row in read_repository(store, columns=["item_id", "embedding"]).to_pylist()
+    }
     profile_images = {p["image_key"] for p in profile}
     for rec in recs:
         matches = sum(rec[a] == row[a] for row in profile for a in ATTRIBUTES)
@@ -138,8 +182,9 @@ def test_recommendations_share_attributes_with_the_profile(pipeline_run):
         assert 0.0 <= rec["score_weighted"] <= 1.0
     assert recs[0]["score"] == max(r["score"] for r in recs)  # MMR's first pick is the most relevant
     assert [r["mmr_score"] for r in recs] == sorted((r["mmr_score"] for r in recs), reverse=True)
-    assert sorted(store.read_parquet(shown_key("demo-user", run_date, run)).column("item_id").to_pylist()) == \
-        sorted(r["item_id"] for r in recs)
+    assert sorted(store.read_parquet(shown_key("demo-user", run_date, run)).column("item_id").to_pylist()) == sorted(
+        r["item_id"] for r in recs
+    )
     assert store.exists(html_key("demo-user", run_date, run))
     assert "Top recommendations for demo-user" in stdout
 
@@ -162,15 +207,21 @@ def test_no_credential_in_the_output_the_logs_or_the_airflow_metadata(pipeline_r
     files = [p for p in pipeline_run.work_dir.rglob("*") if p.is_file()]
     database = pipeline_run.work_dir / "airflow" / "airflow.db"
     assert database in files
-    leaked = {str(p.relative_to(pipeline_run.work_dir)): found for p in files if (found := leaks(p.read_bytes(), given))}
+    leaked = {
+        str(p.relative_to(pipeline_run.work_dir)): found for p in files if (found := leaks(p.read_bytes(), given))
+    }
     assert leaked == {}
 
     # XComs, one by one (the DB file search above covers them too, this shows there were some to search).
     with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         xcoms = db.execute("SELECT dag_id, task_id, key, value FROM xcom").fetchall()
         conf = db.execute("SELECT dag_id, conf FROM dag_run").fetchall()
-    assert {row[0] for row in xcoms} >= {"fashionnet_ingest", "fashionnet_train", "fashionnet_repository_refresh",
-                                         "fashionnet_recommend"}
+    assert {row[0] for row in xcoms} >= {
+        "fashionnet_ingest",
+        "fashionnet_train",
+        "fashionnet_repository_refresh",
+        "fashionnet_recommend",
+    }
     assert [row[:3] for row in xcoms if leaks(str(row[3]), given)] == []
     assert [row for row in conf if leaks(str(row[1]), given)] == []
 

@@ -1,5 +1,6 @@
 """The ingest DAG's review gate, run for real with dag.test() (see ingest_gate_run.py for how the
 Human-in-the-loop approval is marked, since dag.test() never resolves one)."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,16 @@ pytestmark = pytest.mark.slow
 def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     work_dir: Path = tmp_path_factory.mktemp("gate")
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tests" / "dags" / "ingest_gate_run.py"), str(work_dir),
-         f"file://{work_dir / 'store'}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "dags" / "ingest_gate_run.py"),
+            str(work_dir),
+            f"file://{work_dir / 'store'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, f"ingest runs failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     runs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"run"')]

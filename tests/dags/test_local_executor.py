@@ -18,6 +18,7 @@ and that the repository holds a vector per curated catalog item. The same server
 form test (a real headless Chromium: what a user types, what the form shows, which run is created), and the
 last test stops Airflow and PostgreSQL and checks that no process of either, nor the demo shop, is left.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,8 @@ from typing import Any
 
 import psutil
 import pytest
-
 from postgres_server import PostgresServer, unavailable_reason
+
 from tests.conftest import REPO_ROOT, free_port, processes_with_airflow_home
 
 pytestmark = pytest.mark.slow
@@ -73,68 +74,6 @@ class Api:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")
-
-
-def _get_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
-
-
-def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen, log: Path, every: float = 2.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"the launcher exited {proc.returncode} while waiting for {what}:\n{log.read_text()[-6000:]}")
-        time.sleep(every)
-    pytest.fail(f"no {what} after {timeout_s:.0f}s:\n{log.read_text()[-6000:]}")
-
-
-def failed_task_logs(home: Path, instances: list[dict]) -> str:
-    """The ends of the task logs of the instances that did not succeed (AIRFLOW_HOME/logs/dag_id=.../*.log)."""
-    tails = []
-    for instance in instances:
-        if instance["state"] == "success":
-            continue
-        for log in sorted((home / "logs").glob(f"dag_id={DAG_ID}/**/task_id={instance['task_id']}/**/*.log")):
-            tails.append(f"--- {log.relative_to(home)}\n{log.read_text(errors='replace')[-3000:]}")
-    return "\n".join(tails)
-
-
-def overlaps(intervals: list[tuple[datetime, datetime]]) -> list[tuple[int, int, float]]:
-    """(i, j, seconds) for every pair of intervals that ran at the same time."""
-    found = []
-    for i, (start_i, end_i) in enumerate(intervals):
-        for j in range(i + 1, len(intervals)):
-            start_j, end_j = intervals[j]
-            shared = (min(end_i, end_j) - max(start_i, start_j)).total_seconds()
-            if shared > 0:
-                found.append((i, j, shared))
-    return found
-
-
-def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
-
-
-def test_overlaps_and_most_at_once():
-    t = [datetime(2026, 1, 1, 0, 0, s) for s in range(10)]
-    assert overlaps([(t[0], t[3]), (t[2], t[5]), (t[5], t[6])]) == [(0, 1, 1.0)]  # touching is not overlapping
-    assert most_at_once([(t[0], t[3]), (t[2], t[5]), (t[5], t[6])]) == 2
-    assert most_at_once([(t[0], t[9]), (t[1], t[8]), (t[2], t[7])]) == 3
-
 
 
 def _get_status(url: str) -> int | None:
@@ -211,16 +150,21 @@ def task_instances(postgres: PostgresServer, dag_id: str, run_id: str) -> list[d
         with conn.cursor() as cursor:
             cursor.execute(
                 "SELECT task_id, map_index, state, start_date, end_date, pid, hostname, queue "
-                "FROM task_instance WHERE dag_id = %s AND run_id = %s ORDER BY start_date", (dag_id, run_id))
-            return [dict(zip(["task_id", "map_index", "state", "start", "end", "pid", "hostname", "queue"], row))
-                    for row in cursor.fetchall()]
+                "FROM task_instance WHERE dag_id = %s AND run_id = %s ORDER BY start_date",
+                (dag_id, run_id),
+            )
+            return [
+                dict(zip(["task_id", "map_index", "state", "start", "end", "pid", "hostname", "queue"], row))
+                for row in cursor.fetchall()
+            ]
     finally:
         conn.close()
 
 
 def table_of(instances: list[dict]) -> str:
-    return "\n".join(f"{t['task_id']}[{t['map_index']}] {t['state']} {t['start']} -> {t['end']} pid {t['pid']}"
-                     for t in instances)
+    return "\n".join(
+        f"{t['task_id']}[{t['map_index']}] {t['state']} {t['start']} -> {t['end']} pid {t['pid']}" for t in instances
+    )
 
 
 # -- the Airflow of `make airflow`, shared by the tests of this module ----------------------------------------
@@ -238,20 +182,59 @@ def airflow(tmp_path_factory: pytest.TempPathFactory):
         # The database URL (with its password) in Airflow's own variable, as docs/operations.md advises: not
         # on a command line, where `ps` shows it.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url}
-        for name in ("FASHIONNET_REVIEW_SECRET", "FASHIONNET_TENSORFLOW_QUEUE", "FASHIONNET_SHOP_URL",
-                     "FASHIONNET_REVIEW_URL", "FASHIONNET_DEMO_STORE"):
+        for name in (
+            "FASHIONNET_REVIEW_SECRET",
+            "FASHIONNET_TENSORFLOW_QUEUE",
+            "FASHIONNET_SHOP_URL",
+            "FASHIONNET_REVIEW_URL",
+            "FASHIONNET_DEMO_STORE",
+        ):
             env.pop(name, None)
         began = time.monotonic()
         with open(log_path, "w") as log:
             launcher = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.airflow_local", "--port", str(port), "--home", str(home),
-                 "--parallelism", str(PARALLELISM), "--profile", "test", "--store", f"file://{tmp_path / 'store'}",
-                 "--stop-timeout", "30", "--demo-store-port", "0", "--demo-site", str(tmp_path / "site"),
-                 "--demo-products", str(PRODUCTS)],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        state = types.SimpleNamespace(postgres=postgres, launcher=launcher, home=home, log=log_path, began=began,
-                                      base=f"http://127.0.0.1:{port}", store_uri=f"file://{tmp_path / 'store'}",
-                                      tmp=tmp_path, timings={}, seen=[], api=None, chain={})
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.airflow_local",
+                    "--port",
+                    str(port),
+                    "--home",
+                    str(home),
+                    "--parallelism",
+                    str(PARALLELISM),
+                    "--profile",
+                    "test",
+                    "--store",
+                    f"file://{tmp_path / 'store'}",
+                    "--stop-timeout",
+                    "30",
+                    "--demo-store-port",
+                    "0",
+                    "--demo-site",
+                    str(tmp_path / "site"),
+                    "--demo-products",
+                    str(PRODUCTS),
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        state = types.SimpleNamespace(
+            postgres=postgres,
+            launcher=launcher,
+            home=home,
+            log=log_path,
+            began=began,
+            base=f"http://127.0.0.1:{port}",
+            store_uri=f"file://{tmp_path / 'store'}",
+            tmp=tmp_path,
+            timings={},
+            seen=[],
+            api=None,
+            chain={},
+        )
         try:
             yield state
         finally:
@@ -271,15 +254,27 @@ def test_one_ingest_trigger_runs_the_chain_to_a_recommendations_page(airflow):
     only re-scored an empty repository, and there was no user); the DAGs started paused; the demo shop was
     not started."""
     began, home, log_path, launcher = airflow.began, airflow.home, airflow.log, airflow.launcher
-    _wait(lambda: _get_status(f"{airflow.base}/api/v2/version") == 200, START_TIMEOUT_S, "api-server", launcher,
-          log_path)
+    _wait(
+        lambda: _get_status(f"{airflow.base}/api/v2/version") == 200, START_TIMEOUT_S, "api-server", launcher, log_path
+    )
     password_file = home / "simple_auth_manager_passwords.json.generated"
-    _wait(lambda: password_file.exists() and password_file.stat().st_size > 0, 30, "password file", launcher,
-          log_path, every=0.5)
+    _wait(
+        lambda: password_file.exists() and password_file.stat().st_size > 0,
+        30,
+        "password file",
+        launcher,
+        log_path,
+        every=0.5,
+    )
     assert password_file.stat().st_mode & 0o077 == 0  # not 0644
     airflow.api = api = Api(airflow.base, password_file)
-    _wait(lambda: all(api.call("GET", f"/api/v2/dags/{d}")[0] == 200 for d in CHAIN), START_TIMEOUT_S,
-          "parsed DAGs", launcher, log_path)
+    _wait(
+        lambda: all(api.call("GET", f"/api/v2/dags/{d}")[0] == 200 for d in CHAIN),
+        START_TIMEOUT_S,
+        "parsed DAGs",
+        launcher,
+        log_path,
+    )
     airflow.timings["airflow_ready"] = time.monotonic() - began
     output = log_path.read_text()
     assert "metadata database: postgresql+psycopg2://airflow:***@127.0.0.1" in output
@@ -293,8 +288,13 @@ def test_one_ingest_trigger_runs_the_chain_to_a_recommendations_page(airflow):
     assert names.count("LocalExecutor") == PARALLELISM, names  # worker processes
     # No log server on every address (the UI itself is on 127.0.0.1): every listening socket of Airflow's
     # processes is on the loopback address.
-    listening = [c.laddr for p in airflow.seen if p.is_running() for c in p.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        c.laddr
+        for p in airflow.seen
+        if p.is_running()
+        for c in p.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
     assert listening and all(addr.ip in ("127.0.0.1", "::1") for addr in listening), listening
     for dag_id in CHAIN:  # nobody unpaused anything
         assert api.call("GET", f"/api/v2/dags/{dag_id}")[1]["is_paused"] is False
@@ -319,12 +319,18 @@ def test_one_ingest_trigger_runs_the_chain_to_a_recommendations_page(airflow):
         for run in runs[dag_id]:
             if run["state"] != "success":
                 instances = task_instances(airflow.postgres, dag_id, run["dag_run_id"])
-                problems.append(f"{dag_id} {run['dag_run_id']} {run['state']}:\n{table_of(instances)}\n"
-                                f"{failed_task_logs(home, dag_id, instances)}")
+                problems.append(
+                    f"{dag_id} {run['dag_run_id']} {run['state']}:\n{table_of(instances)}\n"
+                    f"{failed_task_logs(home, dag_id, instances)}"
+                )
     assert not problems, "\n".join(problems) + f"\n{log_path.read_text()[-3000:]}"
     assert [len(runs[d]) for d in CHAIN] == [1, 1, 1, 1], {d: [r["run_type"] for r in runs[d]] for d in CHAIN}
-    assert [runs[d][0]["run_type"] for d in CHAIN] == ["manual", "asset_triggered", "asset_triggered",
-                                                       "asset_triggered"]
+    assert [runs[d][0]["run_type"] for d in CHAIN] == [
+        "manual",
+        "asset_triggered",
+        "asset_triggered",
+        "asset_triggered",
+    ]
     airflow.chain = {d: runs[d][0] for d in CHAIN}
 
     # The demo user's page of recommendations, with items of the repository.
@@ -344,8 +350,15 @@ def test_one_ingest_trigger_runs_the_chain_to_a_recommendations_page(airflow):
     refresh = airflow.chain[REFRESH]
     instances = task_instances(airflow.postgres, REFRESH, refresh["dag_run_id"])
     table = table_of(instances)
-    assert {t["task_id"] for t in instances} == {"retailers_to_crawl", "crawl_catalog", "curate", "plan",
-                                                 "infer_shard", "commit", "check_retailers"}, table
+    assert {t["task_id"] for t in instances} == {
+        "retailers_to_crawl",
+        "crawl_catalog",
+        "curate",
+        "plan",
+        "infer_shard",
+        "commit",
+        "check_retailers",
+    }, table
     shards = sorted((t for t in instances if t["task_id"] == "infer_shard"), key=lambda t: t["map_index"])
     assert [t["map_index"] for t in shards] == list(range(len(shards))) and len(shards) >= 3, table
     intervals = [(t["start"], t["end"]) for t in shards]
@@ -358,24 +371,38 @@ def test_one_ingest_trigger_runs_the_chain_to_a_recommendations_page(airflow):
     assert min(s for s, _ in intervals) >= plan_end and max(e for _, e in intervals) <= commit_start
 
     # Every curated catalog item has its fashion vector, from the networks the chain trained.
-    accepted_keys = [k for k in store.list("curation/") if k.startswith("curation/catalog-")
-                     and k.endswith("accepted.parquet")]
+    accepted_keys = [
+        k for k in store.list("curation/") if k.startswith("curation/catalog-") and k.endswith("accepted.parquet")
+    ]
     assert len(accepted_keys) == 1
     accepted = store.read_parquet(accepted_keys[0])
-    commit_id = accepted_keys[0].split("/")[1][:len("catalog-YYYYMMDD")]  # batch catalog-<night>-<retailer>
+    commit_id = accepted_keys[0].split("/")[1][: len("catalog-YYYYMMDD")]  # batch catalog-<night>-<retailer>
     record = store.read_json(f"repository/commits/{commit_id}.json")
     assert repository.num_rows == accepted.num_rows == record["inferred"] == record["repository_rows"] > 0
     assert record["versions"] == {a: current(store, a)["version"] for a in record["versions"]}
     assert len(shards) == -(-accepted.num_rows // 25)  # the test profile's shard_size
-    summaries = [api.call("GET", f"/api/v2/dags/{REFRESH}/dagRuns/{refresh['dag_run_id']}/taskInstances/"
-                                 f"infer_shard/xcomEntries/return_value?map_index={t['map_index']}") for t in shards]
+    summaries = [
+        api.call(
+            "GET",
+            f"/api/v2/dags/{REFRESH}/dagRuns/{refresh['dag_run_id']}/taskInstances/"
+            f"infer_shard/xcomEntries/return_value?map_index={t['map_index']}",
+        )
+        for t in shards
+    ]
     assert all(status == 200 for status, _ in summaries), summaries
     assert sum(body["value"]["vectorized"] for _, body in summaries) == accepted.num_rows
-    wall = {d: (datetime.fromisoformat(r["end_date"].replace("Z", "+00:00"))
-                - datetime.fromisoformat(r["start_date"].replace("Z", "+00:00"))).total_seconds()
-            for d, r in airflow.chain.items()}
-    print(f"\n{table}\nDAG run wall times: " + ", ".join(f"{d} {s:.0f}s" for d, s in wall.items())
-          + f"; {len(shards)} shards, at most {most_at_once(intervals)} at once")
+    wall = {
+        d: (
+            datetime.fromisoformat(r["end_date"].replace("Z", "+00:00"))
+            - datetime.fromisoformat(r["start_date"].replace("Z", "+00:00"))
+        ).total_seconds()
+        for d, r in airflow.chain.items()
+    }
+    print(
+        f"\n{table}\nDAG run wall times: "
+        + ", ".join(f"{d} {s:.0f}s" for d, s in wall.items())
+        + f"; {len(shards)} shards, at most {most_at_once(intervals)} at once"
+    )
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in airflow.timings.items()))
 
 
@@ -390,22 +417,33 @@ def test_the_recommend_trigger_form_in_a_real_browser(airflow):
     sync_playwright = trigger_form_browser()
     before = len(dag_runs(airflow.api, "fashionnet_recommend"))
     password = json.loads((airflow.home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-    with sync_playwright() as playwright:
-        with open_trigger_form(playwright, airflow.base, "admin", password, "fashionnet_recommend") as form:
-            assert form.required_fields() == []
-            assert {"User", "Photos", "How many", "Score", "Relevance vs. diversity", "Retailers", "Categories",
-                    "Lowest price", "Highest price"} <= set(form.labels())
-            assert form.dropdown_text("Score") == "as configured (recommend.score: hybrid)"  # not "null"
-            form.fill("User", DEMO_USER)
-            form.fill("How many", "0")
-            assert form.value("How many") == "0"  # not clamped to 1
-            status, shown = submit(form)
-            assert status == 400 and "Invalid input for param k: 0 is less than the minimum of 1" in shown, shown
-            assert len(dag_runs(airflow.api, "fashionnet_recommend")) == before  # no run
+    with (
+        sync_playwright() as playwright,
+        open_trigger_form(playwright, airflow.base, "admin", password, "fashionnet_recommend") as form,
+    ):
+        assert form.required_fields() == []
+        assert {
+            "User",
+            "Photos",
+            "How many",
+            "Score",
+            "Relevance vs. diversity",
+            "Retailers",
+            "Categories",
+            "Lowest price",
+            "Highest price",
+        } <= set(form.labels())
+        assert form.dropdown_text("Score") == "as configured (recommend.score: hybrid)"  # not "null"
+        form.fill("User", DEMO_USER)
+        form.fill("How many", "0")
+        assert form.value("How many") == "0"  # not clamped to 1
+        status, shown = submit(form)
+        assert status == 400 and "Invalid input for param k: 0 is less than the minimum of 1" in shown, shown
+        assert len(dag_runs(airflow.api, "fashionnet_recommend")) == before  # no run
 
-            form.fill("How many", "3")
-            status, shown = submit(form)
-            assert status == 200, shown
+        form.fill("How many", "3")
+        status, shown = submit(form)
+        assert status == 200, shown
     runs = dag_runs(airflow.api, "fashionnet_recommend")
     assert len(runs) == before + 1
     conf = runs[-1]["conf"]

@@ -12,12 +12,13 @@ Two layers, each tested with a table:
 
 Each refusal must name what is wrong, and the store must be byte-for-byte what it was.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 import types
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,13 @@ def snapshot(store: ObjectStore) -> dict[str, tuple[int, int]]:
 @pytest.fixture
 def users_store(file_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
     """Two users with photos, a shown-list under ann's prefix and another object type, as the DAGs see it."""
-    for key in ("users/ann/a.jpg", "users/ann/b.png", "users/bob/c.jpg", "users/ann/_shown/2026-11-01.parquet",
-                "images/full/x.jpg"):
+    for key in (
+        "users/ann/a.jpg",
+        "users/ann/b.png",
+        "users/bob/c.jpg",
+        "users/ann/_shown/2026-11-01.parquet",
+        "images/full/x.jpg",
+    ):
         file_store.put_bytes(key, JPEG)
     monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
     get_settings.cache_clear()
@@ -72,12 +78,25 @@ def users_store(file_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> Obj
 GOOD_CONFS = [
     ("fashionnet_recommend", {}),
     ("fashionnet_recommend", {"user_id": "", "k": None, "score": None}),
-    ("fashionnet_recommend", {"user_id": "ann", "image_keys": ["users/ann/a photo.jpg", "users/ann/b.png"], "k": 1,
-                              "score": "embedding", "mmr_lambda": 1, "retailers": ["demo-store"],
-                              "categories": ["t-shirt"], "price_min": 0, "price_max": 49.9}),
+    (
+        "fashionnet_recommend",
+        {
+            "user_id": "ann",
+            "image_keys": ["users/ann/a photo.jpg", "users/ann/b.png"],
+            "k": 1,
+            "score": "embedding",
+            "mmr_lambda": 1,
+            "retailers": ["demo-store"],
+            "categories": ["t-shirt"],
+            "price_min": 0,
+            "price_max": 49.9,
+        },
+    ),
     ("fashionnet_recommend", {"k": 100, "mmr_lambda": 0.0}),
-    ("fashionnet_ingest", {"retailer": "demo-store", "start_url": "http://127.0.0.1:8765/catalog",
-                           "review_policy": "manual"}),
+    (
+        "fashionnet_ingest",
+        {"retailer": "demo-store", "start_url": "http://127.0.0.1:8765/catalog", "review_policy": "manual"},
+    ),
     ("fashionnet_repository_refresh", {"retailer": "acme", "start_url": "https://shop.example/collections/all"}),
     ("fashionnet_train", {"force_promotion": True}),
 ]
@@ -103,12 +122,22 @@ BAD_CONFS = [  # dag, conf, what the message must say
     ("fashionnet_recommend", {"image_keys": ["users/ann/a.jpg\n"]}, "does not match"),
     ("fashionnet_recommend", {"image_keys": ["/users/ann/a.jpg"]}, "'/users/ann/a.jpg' does not match"),
     ("fashionnet_recommend", {"image_keys": ["images/full/x.jpg"]}, "'images/full/x.jpg' does not match"),
-    ("fashionnet_recommend", {"image_keys": ["s3://other-bucket/users/ann/a.jpg"]},
-     "'s3://other-bucket/users/ann/a.jpg' does not match"),
-    ("fashionnet_recommend", {"image_keys": ["http://evil.example/users/ann/a.jpg"]},
-     "'http://evil.example/users/ann/a.jpg' does not match"),
+    (
+        "fashionnet_recommend",
+        {"image_keys": ["s3://other-bucket/users/ann/a.jpg"]},
+        "'s3://other-bucket/users/ann/a.jpg' does not match",
+    ),
+    (
+        "fashionnet_recommend",
+        {"image_keys": ["http://evil.example/users/ann/a.jpg"]},
+        "'http://evil.example/users/ann/a.jpg' does not match",
+    ),
     ("fashionnet_recommend", {"image_keys": ["file:///etc/passwd"]}, "'file:///etc/passwd' does not match"),
-    ("fashionnet_recommend", {"image_keys": "users/ann/a.jpg"}, "image_keys: 'users/ann/a.jpg' is not of type 'null', 'array'"),
+    (
+        "fashionnet_recommend",
+        {"image_keys": "users/ann/a.jpg"},
+        "image_keys: 'users/ann/a.jpg' is not of type 'null', 'array'",
+    ),
     ("fashionnet_recommend", {"image_keys": ["users/ann/a.jpg"] * 51}, "is too long"),
     ("fashionnet_recommend", {"score": "cosine"}, "score: 'cosine' is not one of"),
     ("fashionnet_recommend", {"mmr_lambda": 1.5}, "mmr_lambda: 1.5 is greater than the maximum of 1"),
@@ -165,10 +194,16 @@ def task_params(dag, conf: dict, *, schema: bool) -> dict:
 
 BAD_RECOMMEND_REQUESTS = [  # conf, passes the schema?, what the message must say
     ({"user_id": "nobody"}, True, "user 'nobody' has no images under users/nobody/ (unknown user?)"),
-    ({"user_id": "ann", "image_keys": ["users/ann/missing.jpg"]}, True,
-     "image key 'users/ann/missing.jpg' does not exist"),
-    ({"user_id": "ann", "image_keys": ["users/bob/c.jpg"]}, True,
-     "image key 'users/bob/c.jpg' is not one of user 'ann''s images (under users/ann/)"),
+    (
+        {"user_id": "ann", "image_keys": ["users/ann/missing.jpg"]},
+        True,
+        "image key 'users/ann/missing.jpg' does not exist",
+    ),
+    (
+        {"user_id": "ann", "image_keys": ["users/bob/c.jpg"]},
+        True,
+        "image key 'users/bob/c.jpg' is not one of user 'ann''s images (under users/ann/)",
+    ),
     ({"image_keys": ["users/ann/a.jpg"]}, True, "image_keys need a user_id"),
     ({"user_id": "ann", "price_min": 50, "price_max": 10}, True, "price_min (50) is above price_max (10)"),
     ({"user_id": "ann", "categories": ["   "]}, True, "categories has an invalid value '   '"),
@@ -177,14 +212,27 @@ BAD_RECOMMEND_REQUESTS = [  # conf, passes the schema?, what the message must sa
     # What the schema refuses, refused again by the task (a caller that bypasses the trigger):
     ({"user_id": "ann", "image_keys": ["users/ann/../bob/c.jpg"]}, False, "may not contain '..'"),
     ({"user_id": "ann", "image_keys": ["users/ann/../../etc/passwd"]}, False, "may not contain '..'"),
-    ({"user_id": "ann", "image_keys": ["s3://other-bucket/users/ann/a.jpg"]}, False,
-     "'s3://other-bucket/users/ann/a.jpg' is not a key inside the store"),
-    ({"user_id": "ann", "image_keys": ["http://evil.example/users/ann/a.jpg"]}, False,
-     "'http://evil.example/users/ann/a.jpg' is not a key inside the store"),
+    (
+        {"user_id": "ann", "image_keys": ["s3://other-bucket/users/ann/a.jpg"]},
+        False,
+        "'s3://other-bucket/users/ann/a.jpg' is not a key inside the store",
+    ),
+    (
+        {"user_id": "ann", "image_keys": ["http://evil.example/users/ann/a.jpg"]},
+        False,
+        "'http://evil.example/users/ann/a.jpg' is not a key inside the store",
+    ),
     ({"user_id": "ann", "image_keys": ["/users/ann/a.jpg"]}, False, "'/users/ann/a.jpg' is not a key inside the store"),
-    ({"user_id": "ann", "image_keys": ["images/full/x.jpg"]}, False,
-     "image key 'images/full/x.jpg' is not one of user 'ann''s images"),
-    ({"user_id": "ann", "image_keys": ["users/ann/_shown/2026-11-01.parquet"]}, False, "is not directly under users/ann/"),
+    (
+        {"user_id": "ann", "image_keys": ["images/full/x.jpg"]},
+        False,
+        "image key 'images/full/x.jpg' is not one of user 'ann''s images",
+    ),
+    (
+        {"user_id": "ann", "image_keys": ["users/ann/_shown/2026-11-01.parquet"]},
+        False,
+        "is not directly under users/ann/",
+    ),
     ({"user_id": "ann", "image_keys": "users/ann/a.jpg"}, False, "image_keys must be a list of keys"),
     ({"user_id": "../bob"}, False, "user_id must be 1-64 characters"),
     ({"user_id": "ann\n"}, False, "user_id must be 1-64 characters"),
@@ -214,43 +262,83 @@ def test_recommend_validate_plans_good_requests(dagbag, users_store):
     validate = dag.get_task("validate").python_callable
     before = snapshot(users_store)
     everyone = validate(params=task_params(dag, {}, schema=True))
-    assert everyone == [[{"user_id": "ann", "image_keys": ["users/ann/a.jpg", "users/ann/b.png"]},
-                         {"user_id": "bob", "image_keys": ["users/bob/c.jpg"]}]]
-    chosen = validate(params=task_params(dag, {"user_id": "ann", "image_keys": ["users/ann/b.png", "users/ann//b.png"],
-                                               "k": 3}, schema=False))
+    assert everyone == [
+        [
+            {"user_id": "ann", "image_keys": ["users/ann/a.jpg", "users/ann/b.png"]},
+            {"user_id": "bob", "image_keys": ["users/bob/c.jpg"]},
+        ]
+    ]
+    chosen = validate(
+        params=task_params(
+            dag, {"user_id": "ann", "image_keys": ["users/ann/b.png", "users/ann//b.png"], "k": 3}, schema=False
+        )
+    )
     assert chosen == [[{"user_id": "ann", "image_keys": ["users/ann/b.png"]}]]
     assert snapshot(users_store) == before
 
 
 BAD_CRAWLS = [  # dag, conf, passes the schema?, what the message must say
     # A start URL without a retailer name belongs to the configured retailer whose site it is on: none here.
-    ("fashionnet_ingest", {"start_url": "http://evil.example/list"}, True,
-     "start_url 'http://evil.example/list' is not on the site of any configured retailer (['demo-store'])"),
-    ("fashionnet_repository_refresh", {"start_url": "http://169.254.169.254/latest/meta-data/"}, True,
-     "is not on the site of any configured retailer"),
-    ("fashionnet_repository_refresh", {"start_url": "http://127.0.0.1:5432/"}, True,
-     "is not on the site of any configured retailer"),  # the shop's host, another port: another service
-    ("fashionnet_repository_refresh", {"retailer": "demo-store", "start_url": "http://169.254.169.254/"}, True,
-     "is not on the site of retailer 'demo-store'"),
-    ("fashionnet_repository_refresh", {"retailers": ["demo-store", "acme"]}, True,
-     "retailers ['acme'] are not configured for this crawl (configured: ['demo-store'])"),
-    ("fashionnet_ingest", {"retailers": ["demo-store"], "start_url": "http://127.0.0.1:8765/"}, True,
-     "give either retailers"),
+    (
+        "fashionnet_ingest",
+        {"start_url": "http://evil.example/list"},
+        True,
+        "start_url 'http://evil.example/list' is not on the site of any configured retailer (['demo-store'])",
+    ),
+    (
+        "fashionnet_repository_refresh",
+        {"start_url": "http://169.254.169.254/latest/meta-data/"},
+        True,
+        "is not on the site of any configured retailer",
+    ),
+    (
+        "fashionnet_repository_refresh",
+        {"start_url": "http://127.0.0.1:5432/"},
+        True,
+        "is not on the site of any configured retailer",
+    ),  # the shop's host, another port: another service
+    (
+        "fashionnet_repository_refresh",
+        {"retailer": "demo-store", "start_url": "http://169.254.169.254/"},
+        True,
+        "is not on the site of retailer 'demo-store'",
+    ),
+    (
+        "fashionnet_repository_refresh",
+        {"retailers": ["demo-store", "acme"]},
+        True,
+        "retailers ['acme'] are not configured for this crawl (configured: ['demo-store'])",
+    ),
+    (
+        "fashionnet_ingest",
+        {"retailers": ["demo-store"], "start_url": "http://127.0.0.1:8765/"},
+        True,
+        "give either retailers",
+    ),
     ("fashionnet_ingest", {"retailer": "acme"}, True, "retailer 'acme' is not configured for this crawl"),
-    ("fashionnet_repository_refresh", {"retailer": "acme", "start_url": "http://user:secret@shop.example/"}, True,
-     "carries credentials"),
+    (
+        "fashionnet_repository_refresh",
+        {"retailer": "acme", "start_url": "http://user:secret@shop.example/"},
+        True,
+        "carries credentials",
+    ),
     ("fashionnet_ingest", {"retailr": "acme"}, True, "unknown Params ['retailr']"),
     ("fashionnet_repository_refresh", {"start_ur": "http://127.0.0.1:8765/"}, True, "unknown Params ['start_ur']"),
     ("fashionnet_ingest", {"start_url": "file:///etc/passwd"}, False, "must be an http:// or https:// URL"),
-    ("fashionnet_repository_refresh", {"start_url": "http://127.0.0.1:8765/\n"}, False,
-     "must be an http:// or https:// URL without spaces"),
+    (
+        "fashionnet_repository_refresh",
+        {"start_url": "http://127.0.0.1:8765/\n"},
+        False,
+        "must be an http:// or https:// URL without spaces",
+    ),
     ("fashionnet_repository_refresh", {"retailer": "acme", "start_url": "http:///list"}, False, "names no host"),
 ]
 
 
 @pytest.mark.parametrize("dag_id, conf, passes_schema, message", BAD_CRAWLS)
 def test_crawl_tasks_refuse_urls_off_the_retailers_site_before_any_request(
-        dagbag, file_store, monkeypatch, dag_id, conf, passes_schema, message):
+    dagbag, file_store, monkeypatch, dag_id, conf, passes_schema, message
+):
     import scrapers.crawl
 
     monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
@@ -264,7 +352,7 @@ def test_crawl_tasks_refuse_urls_off_the_retailers_site_before_any_request(
     dag = dagbag.dags[dag_id]
     task = dag.get_task(dag.task_ids[0])
     assert task.task_id == "retailers_to_crawl"
-    run = types.SimpleNamespace(run_after=datetime(2026, 11, 1, 2, tzinfo=timezone.utc), run_type="scheduled")
+    run = types.SimpleNamespace(run_after=datetime(2026, 11, 1, 2, tzinfo=UTC), run_type="scheduled")
     before = snapshot(file_store)
     with pytest.raises(ValueError) as refused:
         task.python_callable(params=task_params(dag, conf, schema=passes_schema), dag_run=run)
@@ -276,9 +364,13 @@ def test_the_crawl_check_passes_the_retailers_own_pages_and_any_shop_by_name():
     from scrapers.crawl import check_start_url
 
     retailers = {"demo-store": {"base_url": "http://127.0.0.1:8765"}, "acme": {"base_url": "https://www.acme.example"}}
-    for retailer, url in [("demo-store", None), ("demo-store", "http://127.0.0.1:8765/catalog?page=2"),
-                          ("acme", "https://acme.example/collections/all"), ("acme", "https://www.acme.example:443/"),
-                          ("some-shop", "https://shop.example/list")]:
+    for retailer, url in [
+        ("demo-store", None),
+        ("demo-store", "http://127.0.0.1:8765/catalog?page=2"),
+        ("acme", "https://acme.example/collections/all"),
+        ("acme", "https://www.acme.example:443/"),
+        ("some-shop", "https://shop.example/list"),
+    ]:
         check_start_url(retailer, url, retailers)
     with pytest.raises(ValueError, match="not on the site of retailer 'acme'"):
         check_start_url("acme", "https://acme.example.evil.test/", retailers)
@@ -295,29 +387,35 @@ def test_train_refuses_a_misspelt_param_before_splitting(dagbag, file_store, mon
 
 
 @pytest.mark.parametrize("dag_id", ["fashionnet_ingest", "fashionnet_repository_refresh"])
-def test_the_crawl_fans_out_over_every_configured_retailer_or_the_named_ones(dagbag, file_store, monkeypatch, tmp_path,
-                                                                             dag_id):
+def test_the_crawl_fans_out_over_every_configured_retailer_or_the_named_ones(
+    dagbag, file_store, monkeypatch, tmp_path, dag_id
+):
     import scrapers.crawl
 
     profile = tmp_path / "shops.yaml"
-    profile.write_text("retailers:\n  acme:\n    kind: shopify\n    base_url: https://acme.example\n"
-                       "  zed:\n    kind: urls\n    base_url: https://zed.example\n    entry_points: [https://zed.example/p/1]\n"
-                       "    search_url: 'https://zed.example/s?q={query}'\n")
+    profile.write_text(
+        "retailers:\n  acme:\n    kind: shopify\n    base_url: https://acme.example\n"
+        "  zed:\n    kind: urls\n    base_url: https://zed.example\n    entry_points: [https://zed.example/p/1]\n"
+        "    search_url: 'https://zed.example/s?q={query}'\n"
+    )
     monkeypatch.setenv("FASHIONNET_PROFILE", str(profile))
     monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
     get_settings.cache_clear()
     monkeypatch.setattr(scrapers.crawl.subprocess, "Popen", lambda *a, **k: pytest.fail("a crawl was started"))
     dag = dagbag.dags[dag_id]
     choose = dag.get_task("retailers_to_crawl").python_callable
-    run = types.SimpleNamespace(run_after=datetime(2026, 11, 1, 2, tzinfo=timezone.utc), run_type="scheduled")
+    run = types.SimpleNamespace(run_after=datetime(2026, 11, 1, 2, tzinfo=UTC), run_type="scheduled")
     kind = "ingest" if dag_id == "fashionnet_ingest" else "catalog"
     every = ["demo-store", "zed"] if kind == "ingest" else ["acme", "demo-store", "zed"]  # ingest: a search_url
     # An ingest batch per run (its time to the second: two runs on one day are two batches); a catalog crawl
     # per night.
     stamp = "ingest-20261101-020000" if kind == "ingest" else "catalog-20261101"
     assert choose(params=task_params(dag, {}, schema=True), dag_run=run) == [
-        {"retailer": name, "start_url": None, "crawl_id": f"{stamp}-{name}"} for name in every]
-    assert [t["retailer"] for t in choose(params=task_params(dag, {"retailers": ["zed"]}, schema=True), dag_run=run)] == ["zed"]
+        {"retailer": name, "start_url": None, "crawl_id": f"{stamp}-{name}"} for name in every
+    ]
+    assert [
+        t["retailer"] for t in choose(params=task_params(dag, {"retailers": ["zed"]}, schema=True), dag_run=run)
+    ] == ["zed"]
     one = choose(params=task_params(dag, {"start_url": "https://zed.example/list"}, schema=True), dag_run=run)
     assert one == [{"retailer": "zed", "start_url": "https://zed.example/list", "crawl_id": f"{stamp}-zed"}]
     any_shop = {"retailer": "new-shop", "start_url": "https://new.example/"}
@@ -325,12 +423,15 @@ def test_the_crawl_fans_out_over_every_configured_retailer_or_the_named_ones(dag
         with pytest.raises(ValueError, match="retailer 'new-shop' is not in the settings: the ingest crawl searches"):
             choose(params=task_params(dag, any_shop, schema=True), dag_run=run)
     else:
-        assert [t["retailer"] for t in choose(params=task_params(dag, any_shop, schema=True), dag_run=run)] == ["new-shop"]
+        assert [t["retailer"] for t in choose(params=task_params(dag, any_shop, schema=True), dag_run=run)] == [
+            "new-shop"
+        ]
     if kind == "catalog":
         models = types.SimpleNamespace(run_after=run.run_after, run_type="asset_triggered")
         # New models and an empty repository (the first training): crawl, so the chain ends with items.
         assert [t["retailer"] for t in choose(params=task_params(dag, {}, schema=True), dag_run=models)] == every
         # New models and a repository with vectors: re-score only.
-        file_store.put_bytes("repository/fashion_vectors/crawl_date=2026-10-31/retailer=acme/part-00000-of-00001.parquet",
-                             b"PAR1")
+        file_store.put_bytes(
+            "repository/fashion_vectors/crawl_date=2026-10-31/retailer=acme/part-00000-of-00001.parquet", b"PAR1"
+        )
         assert choose(params=task_params(dag, {}, schema=True), dag_run=models) == []

@@ -1,5 +1,6 @@
 """The nightly fan-out, run for real with dag.test(): two retailers, one of which fails (see
 retailers_fanout_run.py: the demo store, and ``broken-shop`` whose crawl times out)."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,16 @@ pytestmark = pytest.mark.slow
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     work_dir: Path = tmp_path_factory.mktemp("fanout")
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tests" / "dags" / "retailers_fanout_run.py"), str(work_dir),
-         f"file://{work_dir / 'store'}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "dags" / "retailers_fanout_run.py"),
+            str(work_dir),
+            f"file://{work_dir / 'store'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, f"runs failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     found = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"run"')]
@@ -43,8 +51,12 @@ def test_refresh_commits_the_retailer_that_succeeded_and_fails_the_run(runs):
     assert states(refresh, "curate") == {0: "upstream_failed", 1: "success"}  # its own index only
     assert states(refresh, "plan") == states(refresh, "commit") == {-1: "success"}
     assert refresh["repository_retailers"] == ["demo-store"] and refresh["repository_rows"] == 12
-    record = refresh["commits"]["repository/commits/catalog-" + refresh["curated"][0].split("catalog-")[1][:8] + ".json"]
-    assert record["batch_ids"] == [refresh["curated"][0].split("/")[1]] and record["failed_retailers"] == ["broken-shop"]
+    record = refresh["commits"][
+        "repository/commits/catalog-" + refresh["curated"][0].split("catalog-")[1][:8] + ".json"
+    ]
+    assert record["batch_ids"] == [refresh["curated"][0].split("/")[1]] and record["failed_retailers"] == [
+        "broken-shop"
+    ]
     assert record["actions"]["new"] == 12
     # ...and the run ends failed, by its last task, after the commit.
     assert states(refresh, "check_retailers") == {-1: "failed"} and refresh["state"] == "failed"

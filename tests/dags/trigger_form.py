@@ -4,6 +4,7 @@ Used by test_local_executor.py on the api-server it starts. The browser is Debia
 tests/pipeline/test_review_web_browser.py); Playwright's own browser download is not used. Fields are found by
 their label (the Param's ``title``), as a user finds them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -25,14 +26,18 @@ class TriggerForm:
     page: object  # playwright Page, the trigger dialog open
 
     def labels(self) -> list[str]:
-        return [t.strip() for t in self.page.eval_on_selector_all("div[role=dialog] label", "ls => ls.map(l => l.innerText)")]
+        return [
+            t.strip()
+            for t in self.page.eval_on_selector_all("div[role=dialog] label", "ls => ls.map(l => l.innerText)")
+        ]
 
     def required_fields(self) -> list[str]:
         """Labels of the run parameters the form marks required (an asterisk, ``required``/``aria-required``)."""
         return self.page.eval_on_selector_all(
             "div[role=dialog] [data-part=required-indicator], div[role=dialog] [required], "
             "div[role=dialog] [aria-required=true]",
-            "els => els.map(e => (e.closest('[data-part=root]') || e).innerText || e.id)")
+            "els => els.map(e => (e.closest('[data-part=root]') || e).innerText || e.id)",
+        )
 
     def _input(self, label: str):
         return _row(self.page, label).locator("input:not([type=hidden]), textarea").first
@@ -64,7 +69,9 @@ def open_trigger_form(playwright, base: str, user: str, password: str, dag_id: s
         page.wait_for_url(f"{base}/")
         page.goto(f"{base}/dags/{dag_id}")
         page.get_by_role("button", name="Trigger").first.click()
-        page.wait_for_selector("div[role=dialog] label:text-is('Run Parameters'), div[role=dialog] >> text=Run Parameters")
+        page.wait_for_selector(
+            "div[role=dialog] label:text-is('Run Parameters'), div[role=dialog] >> text=Run Parameters"
+        )
         yield TriggerForm(page)
     finally:
         browser.close()

@@ -1,9 +1,10 @@
 """Synthetic, learnable fashion data for the model tests: PIL-drawn stripes, checks and solids."""
+
 from __future__ import annotations
 
 import hashlib
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -79,14 +80,18 @@ def write_dataset(
             key = f"images/full/{iid}.jpg"
             store.put_bytes(key, pattern_image(kind, rng, size))
             rows.append({"item_id": iid, "image_key": key, attribute: kind, "fabric": None})
-            splits.append({"item_id": iid, "split": "train" if i < n_train else "validation" if i < n_train + n_val else "test"})
+            splits.append(
+                {"item_id": iid, "split": "train" if i < n_train else "validation" if i < n_train + n_val else "test"}
+            )
             n += 1
     store.write_parquet("dataset/items.parquet", pa.Table.from_pylist(rows))
     store.write_parquet("dataset/split.parquet", pa.Table.from_pylist(splits))
     return [r["item_id"] for r in rows]
 
 
-def write_accepted(store, batch_id: str, kinds: list[str], *, start: int = 1000, seed: int = 7, broken: int = 0) -> list[str]:
+def write_accepted(
+    store, batch_id: str, kinds: list[str], *, start: int = 1000, seed: int = 7, broken: int = 0
+) -> list[str]:
     """``curation/<batch_id>/accepted.parquet`` with one item per entry of ``kinds``, plus ``broken``
     items whose image bytes are not an image."""
     rng = np.random.default_rng(seed)
@@ -97,17 +102,34 @@ def write_accepted(store, batch_id: str, kinds: list[str], *, start: int = 1000,
         key = f"images/full/{iid}.jpg"
         data = b"not an image" if kind == "broken" else pattern_image(kind, rng)
         store.put_bytes(key, data)
-        rows.append({
-            "item_id": iid, "retailer": "demo-store", "product_url": f"https://shop.example/p/{n}",
-            "sku": f"SKU{n}", "title": f"{kind} shirt {n}", "price": 10.0 + offset, "currency": "EUR",
-            "category": "shirts", "image_url": f"https://shop.example/img/{n}.jpg", "image_key": key,
-            "crawled_at": datetime(2026, 11, 1, tzinfo=timezone.utc), "phash": np.uint64(2**63 + n),
-            "dhash": np.uint64(n), "content_sha256": hashlib.sha256(data).hexdigest(), "width": 48,
-            "height": 48, "cluster_id": n,
-        })
+        rows.append(
+            {
+                "item_id": iid,
+                "retailer": "demo-store",
+                "product_url": f"https://shop.example/p/{n}",
+                "sku": f"SKU{n}",
+                "title": f"{kind} shirt {n}",
+                "price": 10.0 + offset,
+                "currency": "EUR",
+                "category": "shirts",
+                "image_url": f"https://shop.example/img/{n}.jpg",
+                "image_key": key,
+                "crawled_at": datetime(2026, 11, 1, tzinfo=UTC),
+                "phash": np.uint64(2**63 + n),
+                "dhash": np.uint64(n),
+                "content_sha256": hashlib.sha256(data).hexdigest(),
+                "width": 48,
+                "height": 48,
+                "cluster_id": n,
+            }
+        )
     table = pa.Table.from_pylist(rows)
-    table = table.set_column(table.schema.get_field_index("phash"), "phash", pa.array([r["phash"] for r in rows], pa.uint64()))
-    table = table.set_column(table.schema.get_field_index("dhash"), "dhash", pa.array([r["dhash"] for r in rows], pa.uint64()))
+    table = table.set_column(
+        table.schema.get_field_index("phash"), "phash", pa.array([r["phash"] for r in rows], pa.uint64())
+    )
+    table = table.set_column(
+        table.schema.get_field_index("dhash"), "dhash", pa.array([r["dhash"] for r in rows], pa.uint64())
+    )
     store.write_parquet(f"curation/{batch_id}/accepted.parquet", table)
     return [r["item_id"] for r in rows]
 
@@ -122,9 +144,15 @@ def write_version(store, attribute: str, version: str, seed: int = 0):
     keras.utils.set_random_seed(seed)
     model = build_attribute_network(len(SHAPES), image_size=32, dense_units=8)
     save_model(store, model_key(attribute, version), model)
-    store.write_json(metrics_key(attribute, version), {
-        "classes": list(SHAPES), "image_size": 32, "val_accuracy": 0.5, "test": {"accuracy": 0.25},
-    })
+    store.write_json(
+        metrics_key(attribute, version),
+        {
+            "classes": list(SHAPES),
+            "image_size": 32,
+            "val_accuracy": 0.5,
+            "test": {"accuracy": 0.25},
+        },
+    )
     return model
 
 

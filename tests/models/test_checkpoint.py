@@ -1,4 +1,5 @@
 """Resumable training: a process killed mid-epoch resumes from its last checkpoint, not from scratch."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 from fashion_synthetic import write_dataset
+
 from models.checkpoint import checkpoint_prefix
 from models.train import PatienceStop, train_attribute
 from tests.conftest import REPO_ROOT
@@ -49,12 +50,22 @@ def config(tiny_training) -> dict:
 def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, config, capsys, tmp_path):
     write_dataset(file_store, per_class=10, kinds=("striped", "solid"))
     marker = tmp_path / "mid-epoch"
-    script = TRAINING_RUN.format(repo=str(REPO_ROOT), store=file_store.uri, config=json.dumps(config),
-                                 classes=json.dumps(CLASSES), marker=str(marker))
+    script = TRAINING_RUN.format(
+        repo=str(REPO_ROOT),
+        store=file_store.uri,
+        config=json.dumps(config),
+        classes=json.dumps(CLASSES),
+        marker=str(marker),
+    )
     log = tmp_path / "training.log"
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=REPO_ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
     try:
         deadline = time.monotonic() + 240
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -72,7 +83,9 @@ def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, con
     prefix = checkpoint_prefix("pattern", "v1")
     state = file_store.read_json(f"{prefix}/state.json")
     assert (state["phase"], state["epochs_done"]) == ("unfrozen", 1)  # the last complete epoch, nothing after
-    assert not file_store.exists("models/pattern/v1/metrics.json") and not file_store.exists("models/pattern/v1/model.keras")
+    assert not file_store.exists("models/pattern/v1/metrics.json") and not file_store.exists(
+        "models/pattern/v1/model.keras"
+    )
 
     metrics = train_attribute(file_store, "pattern", "v1", config, CLASSES)
     out = capsys.readouterr().out
@@ -80,7 +93,13 @@ def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, con
     assert "frozen epoch 1/3" not in out and "unfrozen epoch 1/3" not in out  # nothing done twice
     assert "unfrozen epoch 2/3" in out and "unfrozen epoch 3/3" in out
     assert [(r["phase"], r["epoch"]) for r in metrics["history"]] == [
-        ("frozen", 1), ("frozen", 2), ("frozen", 3), ("unfrozen", 1), ("unfrozen", 2), ("unfrozen", 3)]
+        ("frozen", 1),
+        ("frozen", 2),
+        ("frozen", 3),
+        ("unfrozen", 1),
+        ("unfrozen", 2),
+        ("unfrozen", 3),
+    ]
     assert metrics["history"][:4] == state["history"]  # the killed run's epochs, kept exactly as they were
     assert file_store.list(prefix) == []  # the checkpoint goes once the model is saved
     assert file_store.exists("models/pattern/v1/model.keras")
@@ -101,10 +120,19 @@ def test_a_checkpoint_of_another_config_is_not_resumed(file_store, config, capsy
     assert len(metrics["history"]) == 4
 
 
-@pytest.mark.parametrize("accuracies, patience, exhausted", [
-    ([], 2, False), ([0.5], 1, False), ([0.5, 0.4], 1, True), ([0.5, 0.6, 0.6], 2, False),
-    ([0.5, 0.6, 0.6, 0.55], 2, True), ([0.7, 0.7, 0.7], 3, False),
-])
+@pytest.mark.parametrize(
+    "accuracies, patience, exhausted",
+    [
+        ([], 2, False),
+        ([0.5], 1, False),
+        ([0.5, 0.4], 1, True),
+        ([0.5, 0.6, 0.6], 2, False),
+        ([0.5, 0.6, 0.6, 0.55], 2, True),
+        ([0.7, 0.7, 0.7], 3, False),
+    ],
+)
 def test_patience_is_counted_from_the_history(accuracies, patience, exhausted):
-    history = [{"phase": "frozen", "val_accuracy": 0.9}] + [{"phase": "unfrozen", "val_accuracy": a} for a in accuracies]
+    history = [{"phase": "frozen", "val_accuracy": 0.9}] + [
+        {"phase": "unfrozen", "val_accuracy": a} for a in accuracies
+    ]
     assert PatienceStop.exhausted(history, "unfrozen", patience) is exhausted

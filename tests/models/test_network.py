@@ -1,4 +1,5 @@
 """The attribute network: shape, softmax, preprocessing inside the graph, frozen vs trainable base."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,7 +68,10 @@ def test_head_model_shares_the_network_layers():
     features = feature_extractor(model)
     images = np.random.default_rng(3).integers(0, 256, size=(3, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(
-        head.predict(features.predict(images, verbose=0), verbose=0), model.predict(images, verbose=0), rtol=1e-4, atol=1e-6
+        head.predict(features.predict(images, verbose=0), verbose=0),
+        model.predict(images, verbose=0),
+        rtol=1e-4,
+        atol=1e-6,
     )
     kernel = model.get_layer("predictions").kernel
     assert any(w is kernel for w in head.weights)

@@ -1,4 +1,5 @@
 """The linear-probe baseline and the selection rule (issue 13): one validation image cannot flip a choice."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,7 @@ def test_softmax_regression_gradient_matches_finite_differences():
     onehot = np.eye(k)[y]
 
     def loss(theta):
-        w, b = theta[: d * k].reshape(d, k), theta[d * k:]
+        w, b = theta[: d * k].reshape(d, k), theta[d * k :]
         z = x @ w + b
         z = z - z.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -33,7 +34,7 @@ def test_softmax_regression_gradient_matches_finite_differences():
     from models import evaluation
 
     def grad(t):
-        w, b = t[: d * k].reshape(d, k), t[d * k:]
+        w, b = t[: d * k].reshape(d, k), t[d * k :]
         z = x @ w + b
         p = evaluation.softmax(z)
         r = (p - onehot) / len(x)
@@ -45,9 +46,11 @@ def test_softmax_regression_gradient_matches_finite_differences():
 def test_linear_probe_picks_l2_on_validation_loss_and_predicts():
     rng = np.random.default_rng(1)
     centres = rng.normal(scale=3.0, size=(3, 8))
+
     def sample(n):
         y = rng.integers(0, 3, n)
         return centres[y] + rng.normal(size=(n, 8)) + 50.0, y  # an offset: the probe standardises
+
     (tx, ty), (vx, vy) = sample(120), sample(60)
     probe = linear_probe(tx, ty, vx, vy, 3, grid=(1e-3, 1.0, 1000.0))
     assert [row["l2"] for row in probe["grid"]] == [1e-3, 1.0, 1000.0]
@@ -59,12 +62,15 @@ def test_linear_probe_picks_l2_on_validation_loss_and_predicts():
     assert float((p.argmax(axis=1) == vy).mean()) == pytest.approx(probe["val_accuracy"])
 
 
-@pytest.mark.parametrize("candidate, reference, images, margin, expected", [
-    (0.92, 0.91, 100, 1, False),   # one image better: not enough
-    (0.93, 0.91, 100, 1, True),    # two images better
-    (0.91, 0.91, 100, 0, False),   # a tie never prefers the later / more complex one
-    (0.92, 0.91, 100, 0, True),
-])
+@pytest.mark.parametrize(
+    "candidate, reference, images, margin, expected",
+    [
+        (0.92, 0.91, 100, 1, False),  # one image better: not enough
+        (0.93, 0.91, 100, 1, True),  # two images better
+        (0.91, 0.91, 100, 0, False),  # a tie never prefers the later / more complex one
+        (0.92, 0.91, 100, 0, True),
+    ],
+)
 def test_beats_needs_more_than_the_margin(candidate, reference, images, margin, expected):
     assert beats(candidate, reference, images, margin) is expected
 

@@ -1,10 +1,12 @@
 """The model registry on a folder store and on S3 (moto): publish, current, load."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from fashion_synthetic import SHAPES as CLASSES
+from fashion_synthetic import write_version
 
-from fashion_synthetic import SHAPES as CLASSES, write_version
 from models.registry import current, load_model, publish
 
 
@@ -49,9 +51,16 @@ def write_scored(store, version: str, accuracy: float, fingerprint: str = "split
     from models.train import metrics_key
 
     write_version(store, "shape", version)
-    store.write_json(metrics_key("shape", version), {
-        "classes": list(classes), "image_size": 32, "val_accuracy": accuracy, "test": {"accuracy": accuracy},
-        "test_split": {"images": 30, "fingerprint": fingerprint}})
+    store.write_json(
+        metrics_key("shape", version),
+        {
+            "classes": list(classes),
+            "image_size": 32,
+            "val_accuracy": accuracy,
+            "test": {"accuracy": accuracy},
+            "test_split": {"images": 30, "fingerprint": fingerprint},
+        },
+    )
 
 
 def promotion_log(store) -> list[dict]:
@@ -72,7 +81,10 @@ def test_a_worse_version_never_replaces_the_current_one(file_store):
     assert promote(file_store, "shape", "v3")["promoted"] is True
     assert current(file_store, "shape")["version"] == "v3"
     assert [(d["candidate"], d["promoted"]) for d in promotion_log(file_store)] == [
-        ("v1", True), ("v2", False), ("v3", True)]
+        ("v1", True),
+        ("v2", False),
+        ("v3", True),
+    ]
 
 
 def test_force_tolerance_and_changed_classes(file_store):
@@ -93,6 +105,7 @@ def test_force_tolerance_and_changed_classes(file_store):
 
 def test_versions_evaluated_on_different_splits_are_compared_on_todays_split(file_store):
     from fashion_synthetic import PATTERNS, write_dataset
+
     from models.registry import accuracy_on_test_split, promote
 
     write_dataset(file_store, per_class=10, attribute="shape", kinds=PATTERNS)  # any 3 classes will do
@@ -115,9 +128,15 @@ def test_a_network_that_does_not_beat_its_own_probe_is_not_promoted(file_store):
     def with_probe(version: str, network: float, probe: float, published: str = "network") -> None:
         write_scored(file_store, version, 0.80)
         metrics = file_store.read_json(f"models/shape/{version}/metrics.json")
-        metrics.update({"published": published, "network": {"val_accuracy": network},
-                        "probe": {"val_accuracy": probe}, "counts": {"validation": {"images": 100}},
-                        "config": {"selection_margin": 1}})
+        metrics.update(
+            {
+                "published": published,
+                "network": {"val_accuracy": network},
+                "probe": {"val_accuracy": probe},
+                "counts": {"validation": {"images": 100}},
+                "config": {"selection_margin": 1},
+            }
+        )
         file_store.write_json(f"models/shape/{version}/metrics.json", metrics)
 
     with_probe("v1", network=0.91, probe=0.90)  # one image better: not enough, even as the first version

@@ -1,9 +1,10 @@
 """Issue 13: every image a training run cannot use is listed by key and reason (not only counted)."""
+
 from __future__ import annotations
 
 import numpy as np
-
 from fashion_synthetic import write_dataset
+
 from models.data import MISSING, labelled_items, load_arrays
 
 CLASSES = ("checkered", "striped", "floral", "graphic", "solid")
@@ -22,8 +23,12 @@ def test_undecodable_and_missing_images_are_listed_with_their_reason(file_store)
     by_item = {r["item_id"]: r for r in arrays.rejected}
     assert by_item[garbage.item_id]["image_key"] == garbage.image_key
     assert by_item[garbage.item_id]["reason"] == "not_an_image" and by_item[garbage.item_id]["detail"]
-    assert by_item[missing.item_id] == {"item_id": missing.item_id, "image_key": missing.image_key,
-                                        "reason": MISSING, "detail": f"no {missing.image_key} in the store"}
+    assert by_item[missing.item_id] == {
+        "item_id": missing.item_id,
+        "image_key": missing.image_key,
+        "reason": MISSING,
+        "detail": f"no {missing.image_key} in the store",
+    }
     # the images kept are in frame order, with their own labels
     kept = train[~train["item_id"].isin([garbage.item_id, missing.item_id])]
     assert arrays.item_ids == list(kept["item_id"])

@@ -1,11 +1,17 @@
 """Issue 13: a linear head, the backbone cut for top-blocks fine-tuning, and the head started as the probe."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from models.network import (
-    BACKBONE_LAYER, backbone_cut, build_attribute_network, embedding_layer, head_layer_names, set_tail_trainable,
+    BACKBONE_LAYER,
+    backbone_cut,
+    build_attribute_network,
+    embedding_layer,
+    head_layer_names,
+    set_tail_trainable,
     split_at,
 )
 
@@ -25,7 +31,9 @@ def test_the_tail_computes_what_the_whole_network_does_and_shares_its_weights():
     frozen, tail, tail_features = split_at(model, cut)
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     activations = frozen.predict(images, verbose=0)
-    np.testing.assert_allclose(tail.predict(activations, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tail.predict(activations, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-6
+    )
     assert tail_features.output.shape[-1] == 512
     model_weights = {id(w) for w in model.weights}
     assert all(id(w) in model_weights for w in tail.weights)  # training the tail trains the network
@@ -52,14 +60,26 @@ def test_an_unknown_cut_is_a_clear_error():
 def test_top_blocks_fine_tuning_from_the_probe_changes_only_the_tail(file_store, tiny_training):
     """The production path end to end on tiny data: the head starts as the probe (so phase 1 starts at the
     probe's predictions), phase 2 trains only block5 (VGG16) on cached activations and mirrors."""
-    import models.train as train_module
     from fashion_synthetic import write_dataset
+
+    import models.train as train_module
     from models.registry import load_model, publish
 
     write_dataset(file_store, per_class=12, kinds=("striped", "solid"))
-    config = {**tiny_training, "dense_units": 0, "dropout": 0.0, "head_init": "probe", "frozen_epochs": 0,
-              "unfrozen_epochs": 2, "unfreeze_from": {"vgg16": "block5"}, "mirror_augment": True,
-              "lr_schedule": "cosine", "warmup_epochs": 1, "selection_margin": 0, "patience": 2}
+    config = {
+        **tiny_training,
+        "dense_units": 0,
+        "dropout": 0.0,
+        "head_init": "probe",
+        "frozen_epochs": 0,
+        "unfrozen_epochs": 2,
+        "unfreeze_from": {"vgg16": "block5"},
+        "mirror_augment": True,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 1,
+        "selection_margin": 0,
+        "patience": 2,
+    }
     seen = {}
     original = train_module.fine_tune_tail
 
@@ -77,8 +97,11 @@ def test_top_blocks_fine_tuning_from_the_probe_changes_only_the_tail(file_store,
     finally:
         train_module.fine_tune_tail = original
     assert seen["cut"] == "block5_conv1" and seen["mirrored"] == seen["train_inputs"]
-    moved = {name for name in seen["before"]
-             if any(not np.array_equal(b, a) for b, a in zip(seen["before"][name], seen["after"][name]))}
+    moved = {
+        name
+        for name in seen["before"]
+        if any(not np.array_equal(b, a) for b, a in zip(seen["before"][name], seen["after"][name]))
+    }
     assert moved and moved <= {"block5_conv1", "block5_conv2", "block5_conv3"}
     assert [r["phase"] for r in metrics["history"]] == ["unfrozen", "unfrozen"]
     assert metrics["probe"]["val_accuracy"] >= 0 and metrics["published"] in ("network", "probe")
@@ -91,9 +114,15 @@ def test_top_blocks_fine_tuning_from_the_probe_changes_only_the_tail(file_store,
 
 def test_head_init_probe_needs_a_linear_head(file_store, tiny_training):
     from fashion_synthetic import write_dataset
+
     from models.train import train_attribute
 
     write_dataset(file_store, per_class=4, kinds=("striped", "solid"))
     with pytest.raises(ValueError, match="linear head"):
-        train_attribute(file_store, "pattern", "v1", {**tiny_training, "head_init": "probe", "frozen_epochs": 1,
-                                                      "unfrozen_epochs": 0}, ("striped", "solid"))
+        train_attribute(
+            file_store,
+            "pattern",
+            "v1",
+            {**tiny_training, "head_init": "probe", "frozen_epochs": 1, "unfrozen_epochs": 0},
+            ("striped", "solid"),
+        )

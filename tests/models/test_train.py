@@ -1,13 +1,15 @@
 """Two-phase training: data checks, metrics arithmetic, best-weights bookkeeping, a real tiny run."""
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from fashion_synthetic import PATTERNS, write_dataset
+
 from models.data import decode_image, load_split
 from models.evaluation import classification_metrics
+from models.network import BACKBONE_LAYER, build_attribute_network
 from models.train import (
     BestWeights,
     TrainingConfig,
@@ -16,7 +18,6 @@ from models.train import (
     train_attribute,
     train_head_on_features,
 )
-from models.network import BACKBONE_LAYER, build_attribute_network
 
 CLASSES = ("checkered", "striped", "floral", "graphic", "solid")  # the taxonomy's pattern classes
 
@@ -109,7 +110,9 @@ def test_phase_one_trains_only_the_head_and_phase_two_the_base(file_store, tiny_
     classes = ("striped", "solid")
     train = load_split(file_store, "pattern", "train", classes, 32)
     validation = load_split(file_store, "pattern", "validation", classes, 32)
-    config = TrainingConfig.from_dict({**tiny_training, "frozen_epochs": 2, "unfrozen_epochs": 1, "finetune_learning_rate": 1e-3})
+    config = TrainingConfig.from_dict(
+        {**tiny_training, "frozen_epochs": 2, "unfrozen_epochs": 1, "finetune_learning_rate": 1e-3}
+    )
     model = build_attribute_network(2, image_size=32, dense_units=8)
     base = model.get_layer(BACKBONE_LAYER)
     base_before = [w.copy() for w in base.get_weights()]
@@ -150,14 +153,19 @@ def test_a_tiny_network_learns_patterns_and_keeps_its_best_weights(file_store, t
         rows = [r for r in history if r["phase"] == phase]
         assert candidate["epoch"] == rows[int(np.argmin([r["val_loss"] for r in rows]))]["epoch"]
     kept = best["candidates"][best["phase"]]
-    assert kept["val_accuracy"] == pytest.approx(best["val_accuracy"]) == pytest.approx(metrics["network"]["val_accuracy"])
+    assert (
+        kept["val_accuracy"] == pytest.approx(best["val_accuracy"]) == pytest.approx(metrics["network"]["val_accuracy"])
+    )
     if best["phase"] == "unfrozen":  # phase 2 only when it beats phase 1 by more than the margin
         assert kept["val_accuracy"] > best["candidates"]["frozen"]["val_accuracy"]
     # ... the published model is the network unless its probe is at least as good on validation ...
     probe = metrics["probe"]
-    assert metrics["published"] == ("network" if metrics["network"]["val_accuracy"] > probe["val_accuracy"] else "probe")
-    assert metrics["val_accuracy"] == (metrics["network"]["val_accuracy"] if metrics["published"] == "network"
-                                       else probe["val_accuracy"])
+    assert metrics["published"] == (
+        "network" if metrics["network"]["val_accuracy"] > probe["val_accuracy"] else "probe"
+    )
+    assert metrics["val_accuracy"] == (
+        metrics["network"]["val_accuracy"] if metrics["published"] == "network" else probe["val_accuracy"]
+    )
     assert metrics["test"] == (metrics["network"]["test"] if metrics["published"] == "network" else probe["test"])
     # ... and it is what was saved: the saved model scores that accuracy on validation.
     publish(file_store, "pattern", "20260101-000000")
@@ -204,8 +212,15 @@ def test_a_phase_two_that_only_hurts_falls_back_to_the_phase_one_weights(file_st
     config = {**tiny_training, "frozen_epochs": 3, "unfrozen_epochs": 1, "probe": False}
     metrics = train_attribute(file_store, "pattern", "v1", config, CLASSES)
     assert metrics["best"]["phase"] == "frozen" and metrics["published"] == "network"
-    assert metrics["history"][-1] == {"phase": "unfrozen", "epoch": 1, "seconds": metrics["history"][-1]["seconds"],
-                                      "loss": 9.9, "accuracy": 0.0, "val_loss": 9.9, "val_accuracy": 0.0}
+    assert metrics["history"][-1] == {
+        "phase": "unfrozen",
+        "epoch": 1,
+        "seconds": metrics["history"][-1]["seconds"],
+        "loss": 9.9,
+        "accuracy": 0.0,
+        "val_loss": 9.9,
+        "val_accuracy": 0.0,
+    }
     publish(file_store, "pattern", "v1")
     model = load_model(file_store, "pattern").model
     assert np.abs(model.get_layer("predictions").get_weights()[0]).sum() > 0  # not the wrecked head
@@ -219,15 +234,22 @@ def test_augmentation_keeps_shape_and_pixel_range_and_only_flips_when_told():
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(8, 32, 32, 3)).astype("float32")
-    full = augmentation(TrainingConfig(augment_translation=0.1, augment_zoom=0.2, augment_brightness=0.2,
-                                       augment_contrast=0.2))
+    full = augmentation(
+        TrainingConfig(augment_translation=0.1, augment_zoom=0.2, augment_brightness=0.2, augment_contrast=0.2)
+    )
     out = np.asarray(full(images, training=True))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
     assert not np.allclose(out, images)
     assert [layer.__class__.__name__ for layer in full.layers] == [
-        "RandomFlip", "RandomTranslation", "RandomZoom", "RandomBrightness", "RandomContrast"]
-    flip_only = augmentation(TrainingConfig(augment_translation=0, augment_zoom=0, augment_brightness=0,
-                                            augment_contrast=0))
+        "RandomFlip",
+        "RandomTranslation",
+        "RandomZoom",
+        "RandomBrightness",
+        "RandomContrast",
+    ]
+    flip_only = augmentation(
+        TrainingConfig(augment_translation=0, augment_zoom=0, augment_brightness=0, augment_contrast=0)
+    )
     flipped = np.asarray(flip_only(images, training=True))
     for original, augmented in zip(images, flipped):
         assert np.array_equal(augmented, original) or np.array_equal(augmented, original[:, ::-1])

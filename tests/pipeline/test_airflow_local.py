@@ -1,4 +1,5 @@
 """`make airflow` (pipeline.airflow_local): Airflow standalone with the project's DAGs, stopped cleanly on Ctrl-C."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,17 @@ import psutil
 import pytest
 
 from pipeline.airflow_local import (
-    PASSWORD_FILE, airflow_environment, database_label, demo_store_base, demo_store_command, embedded_default,
-    ensure_demo_user, parse_args,
-    private_password_file, start_demo_store, write_airflow_wrapper,
+    PASSWORD_FILE,
+    airflow_environment,
+    database_label,
+    demo_store_base,
+    demo_store_command,
+    embedded_default,
+    ensure_demo_user,
+    parse_args,
+    private_password_file,
+    start_demo_store,
+    write_airflow_wrapper,
 )
 from pipeline.settings import REPO_ROOT
 from tests.conftest import free_port, processes_with_airflow_home
@@ -82,14 +91,28 @@ def test_the_airflow_wrapper_starts_no_log_server(tmp_path: Path):
     folder = write_airflow_wrapper(tmp_path, python="/venv/bin/python")
     script = (folder / "airflow").read_text().splitlines()
     assert os.access(folder / "airflow", os.X_OK) and script[0] == "#!/bin/sh"
-    assert 'case "$1" in scheduler|triggerer) exec "/venv/bin/python" -m airflow "$@" --skip-serve-logs ;; esac' in script
+    assert (
+        'case "$1" in scheduler|triggerer) exec "/venv/bin/python" -m airflow "$@" --skip-serve-logs ;; esac' in script
+    )
     assert script[-1] == 'exec "/venv/bin/python" -m airflow "$@"'  # every other command as it is
     # standalone runs `airflow <command>` from PATH: the wrapper comes first (checked for real by the slow test)
 
 
 def test_the_embedded_default_gets_its_shop_a_demo_user_and_unpaused_dags(tmp_path: Path):
-    args = parse_args(["--home", str(tmp_path / "home"), "--store", f"file://{tmp_path / 'store'}",
-                       "--demo-store-port", "0", "--demo-site", str(tmp_path / "site"), "--demo-products", "6"])
+    args = parse_args(
+        [
+            "--home",
+            str(tmp_path / "home"),
+            "--store",
+            f"file://{tmp_path / 'store'}",
+            "--demo-store-port",
+            "0",
+            "--demo-site",
+            str(tmp_path / "site"),
+            "--demo-products",
+            "6",
+        ]
+    )
     env = airflow_environment(args, base={"PATH": "/usr/bin"})
     assert env["FASHIONNET_REVIEW_URL"] == "http://127.0.0.1:8080/fashionnet-review/"  # the approval's link
     assert demo_store_base(env) == "http://127.0.0.1:8765"  # the settings' demo-store: on this machine
@@ -136,10 +159,31 @@ def test_make_airflow_serves_the_project_and_stops_cleanly(tmp_path: Path, stop_
     env.pop("FASHIONNET_REVIEW_SECRET", None)
     with open(log_path, "w") as log:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.airflow_local", "--port", str(port), "--home", str(home),
-             "--parallelism", "2", "--stop-timeout", "20", "--demo-store-port", "0",
-             "--demo-site", str(tmp_path / "site"), "--demo-products", "6"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_ignore_sigint)
+            [
+                sys.executable,
+                "-m",
+                "pipeline.airflow_local",
+                "--port",
+                str(port),
+                "--home",
+                str(home),
+                "--parallelism",
+                "2",
+                "--stop-timeout",
+                "20",
+                "--demo-store-port",
+                "0",
+                "--demo-site",
+                str(tmp_path / "site"),
+                "--demo-products",
+                "6",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_ignore_sigint,
+        )
     base = f"http://127.0.0.1:{port}"
     seen: list[psutil.Process] = []
     try:
@@ -178,8 +222,9 @@ def test_make_airflow_serves_the_project_and_stops_cleanly(tmp_path: Path, stop_
             assert component in names, f"{component} not running: {names}"
         assert names.count("LocalExecutor") == 2  # --parallelism 2, not 32 workers
         # Nothing of Airflow listens beyond 127.0.0.1 (no log server on 0.0.0.0: serve-logs is not started).
-        listening = [c.laddr for p in seen if p.is_running() for c in p.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN]
+        listening = [
+            c.laddr for p in seen if p.is_running() for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN
+        ]
         assert listening and all(a.ip in ("127.0.0.1", "::1") for a in listening), listening
         assert "airflow serve-logs" not in names and "--skip-serve-logs" in names  # the wrapper was used
         seen += processes_with_airflow_home(str(home.resolve()))

@@ -1,10 +1,18 @@
+from datetime import UTC, datetime
+
 import pytest
 
-from datetime import datetime, timezone
-
 from pipeline.approval import (
-    approval, approval_body, approved_batches, batch_review_summary, hitl_outcome, ingest_batch_id, record_approval,
-    record_rejection, rejection_key, withdraw_approval,
+    approval,
+    approval_body,
+    approved_batches,
+    batch_review_summary,
+    hitl_outcome,
+    ingest_batch_id,
+    record_approval,
+    record_rejection,
+    rejection_key,
+    withdraw_approval,
 )
 from pipeline.curate import batch_kind, hash_index_key
 from pipeline.review import Decision, build_dataset, enqueue, record_decisions
@@ -20,9 +28,14 @@ def test_record_and_list_approvals(file_store):
     assert record["approved_by"] == "alice" and record["how"] == "human" and record["summary"] == {"queued": 5}
 
 
-@pytest.mark.parametrize("approver, how, message", [
-    ("", "human", "needs an approver"), ("  ", "human", "needs an approver"), ("alice", "email", "approval route"),
-])
+@pytest.mark.parametrize(
+    "approver, how, message",
+    [
+        ("", "human", "needs an approver"),
+        ("  ", "human", "needs an approver"),
+        ("alice", "email", "approval route"),
+    ],
+)
 def test_record_approval_rejects_bad_input(file_store, approver, how, message):
     with pytest.raises(ValueError, match=message):
         record_approval(file_store, "b1", approver, how)
@@ -34,11 +47,26 @@ def test_batch_review_summary_counts_the_queue_by_status(file_store):
     summary = file_store.read_json("curation/b1/summary.json")
     file_store.write_json("curation/b1/summary.json", {**summary, "rejected": 3, "duplicates": 2})
     enqueue(file_store, "b1")
-    record_decisions(file_store, "b1", [Decision("i1", "accept"), Decision("i2", "reject"),
-                                        Decision("i3", "relabel", "pattern", "checkered"), Decision("i4", "skip")],
-                     reviewer="alice")
+    record_decisions(
+        file_store,
+        "b1",
+        [
+            Decision("i1", "accept"),
+            Decision("i2", "reject"),
+            Decision("i3", "relabel", "pattern", "checkered"),
+            Decision("i4", "skip"),
+        ],
+        reviewer="alice",
+    )
     assert batch_review_summary(file_store, "b1") == {
-        "batch_id": "b1", "queued": 5, "accepted": 2, "rejected": 1, "pending": 2, "invalid": 3, "duplicates": 2}
+        "batch_id": "b1",
+        "queued": 5,
+        "accepted": 2,
+        "rejected": 1,
+        "pending": 2,
+        "invalid": 3,
+        "duplicates": 2,
+    }
 
 
 def test_only_approved_batches_enter_the_dataset(file_store):
@@ -54,9 +82,16 @@ def test_only_approved_batches_enter_the_dataset(file_store):
 
 
 def test_approval_body_states_the_counts_and_links_the_review_page():
-    summary = {"batch_id": "ingest-20261128", "queued": 10, "accepted": 6, "rejected": 1, "pending": 3,
-               "invalid": 2, "duplicates": 4}
-    body = approval_body(summary, "http://review.example/", datetime(2026, 11, 28, 9, 30, 5, tzinfo=timezone.utc))
+    summary = {
+        "batch_id": "ingest-20261128",
+        "queued": 10,
+        "accepted": 6,
+        "rejected": 1,
+        "pending": 3,
+        "invalid": 2,
+        "duplicates": 4,
+    }
+    body = approval_body(summary, "http://review.example/", datetime(2026, 11, 28, 9, 30, 5, tzinfo=UTC))
     assert "| still pending | 3 |" in body and "| dropped as duplicates | 4 |" in body
     assert "http://review.example/?batch=ingest-20261128" in body
     assert "Counts as of 2026-11-28 09:30:05 UTC, when this approval was requested" in body
@@ -67,19 +102,28 @@ def test_the_link_opens_the_batch_on_the_review_page_itself():
     """Issue 12: the link went to Airflow's root (review.page_url was http://127.0.0.1:8080)."""
     from pipeline.settings import load_settings
 
-    summary = {"batch_id": "ingest-20261128-093005-demo-store", "queued": 1, "accepted": 0, "rejected": 0,
-               "pending": 1, "invalid": 0, "duplicates": 0}
+    summary = {
+        "batch_id": "ingest-20261128-093005-demo-store",
+        "queued": 1,
+        "accepted": 0,
+        "rejected": 0,
+        "pending": 1,
+        "invalid": 0,
+        "duplicates": 0,
+    }
     page = load_settings({}).review["page_url"]
     assert page.rstrip("/").endswith("/fashionnet-review")
     assert f"{page.rstrip('/')}/?batch=ingest-20261128-093005-demo-store" in approval_body(summary, page)
     # make airflow points it at its own api-server (another port).
-    assert load_settings({"FASHIONNET_REVIEW_URL": "http://127.0.0.1:18080/fashionnet-review/"}).review["page_url"] \
+    assert (
+        load_settings({"FASHIONNET_REVIEW_URL": "http://127.0.0.1:18080/fashionnet-review/"}).review["page_url"]
         == "http://127.0.0.1:18080/fashionnet-review/"
+    )
 
 
 def test_two_ingest_runs_on_one_day_are_two_batches_of_the_ingest_kind():
-    morning = ingest_batch_id(datetime(2026, 11, 28, 2, 0, 0, tzinfo=timezone.utc), "demo-store")
-    rerun = ingest_batch_id(datetime(2026, 11, 28, 15, 42, 7, 123456, tzinfo=timezone.utc), "demo-store")
+    morning = ingest_batch_id(datetime(2026, 11, 28, 2, 0, 0, tzinfo=UTC), "demo-store")
+    rerun = ingest_batch_id(datetime(2026, 11, 28, 15, 42, 7, 123456, tzinfo=UTC), "demo-store")
     assert morning == "ingest-20261128-020000-demo-store" and rerun == "ingest-20261128-154207-demo-store"
     assert batch_kind(morning) == batch_kind(rerun) == "ingest"  # still deduplicated across runs
 
@@ -87,8 +131,9 @@ def test_two_ingest_runs_on_one_day_are_two_batches_of_the_ingest_kind():
 def test_a_rejected_batch_leaves_the_dataset_and_the_duplicate_index(file_store):
     write_batch(file_store, "ingest-20261128-020000-s", "c1", {"i1": "sha1", "i2": "sha2"}, [])
     enqueue(file_store, "ingest-20261128-020000-s")
-    record_decisions(file_store, "ingest-20261128-020000-s", [Decision("i1", "accept"), Decision("i2", "accept")],
-                     reviewer="alice")
+    record_decisions(
+        file_store, "ingest-20261128-020000-s", [Decision("i1", "accept"), Decision("i2", "accept")], reviewer="alice"
+    )
     record_approval(file_store, "ingest-20261128-020000-s", "policy:auto_accept", "policy")
     index = hash_index_key("ingest", "ingest-20261128-020000-s")
     file_store.put_bytes(index, b"index")
@@ -106,12 +151,15 @@ def test_asking_again_withdraws_an_earlier_approval(file_store):
     assert not withdraw_approval(file_store, "b1")
 
 
-@pytest.mark.parametrize("response, outcome", [
-    ({"chosen_options": ["Approve"], "responded_by_user": {"id": "1", "name": "alice"}}, ("approved", "alice")),
-    ({"chosen_options": ["Reject"], "responded_by_user": {"id": "2", "name": "bob"}}, ("rejected", "bob")),
-    # The timeout takes the default option (Approve, the primary button) with nobody responding: no approval.
-    ({"chosen_options": ["Approve"], "responded_by_user": None}, ("timeout", None)),
-    (None, ("approved", None)),  # the task marked successful by hand
-])
+@pytest.mark.parametrize(
+    "response, outcome",
+    [
+        ({"chosen_options": ["Approve"], "responded_by_user": {"id": "1", "name": "alice"}}, ("approved", "alice")),
+        ({"chosen_options": ["Reject"], "responded_by_user": {"id": "2", "name": "bob"}}, ("rejected", "bob")),
+        # The timeout takes the default option (Approve, the primary button) with nobody responding: no approval.
+        ({"chosen_options": ["Approve"], "responded_by_user": None}, ("timeout", None)),
+        (None, ("approved", None)),  # the task marked successful by hand
+    ],
+)
 def test_hitl_outcome(response, outcome):
     assert hitl_outcome(response) == outcome

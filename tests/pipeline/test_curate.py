@@ -1,6 +1,6 @@
 import hashlib
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,7 @@ def item_id(url: str) -> str:
 
 def write_crawl(store, crawl_id: str, images: dict[str, bytes | None]) -> dict[str, str]:
     """Products named by ``images`` (name -> bytes; None = image never stored); returns name -> item_id."""
-    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
     rows, ids = [], {}
     for n, (name, data) in enumerate(images.items()):
         url = f"http://shop.test/p/{name}"
@@ -36,12 +36,21 @@ def write_crawl(store, crawl_id: str, images: dict[str, bytes | None]) -> dict[s
         key = f"images/full/{hashlib.sha1(name.encode()).hexdigest()}.jpg"
         if data is not None:
             store.put_bytes(key, data)
-        rows.append({
-            "item_id": ids[name], "retailer": "demo-store", "product_url": url, "sku": f"SKU{n}",
-            "title": f"Product {name}", "price": 10.0 + n, "currency": "EUR", "category": "tops",
-            "image_url": f"http://shop.test/img/{name}.jpg", "image_key": key,
-            "crawled_at": start + timedelta(minutes=n),
-        })
+        rows.append(
+            {
+                "item_id": ids[name],
+                "retailer": "demo-store",
+                "product_url": url,
+                "sku": f"SKU{n}",
+                "title": f"Product {name}",
+                "price": 10.0 + n,
+                "currency": "EUR",
+                "category": "tops",
+                "image_url": f"http://shop.test/img/{name}.jpg",
+                "image_key": key,
+                "crawled_at": start + timedelta(minutes=n),
+            }
+        )
     store.write_parquet(f"crawls/{crawl_id}/products.parquet", pa.Table.from_pylist(rows))
     return ids
 
@@ -71,8 +80,19 @@ def test_curate_writes_accepted_rejections_duplicates_and_summary(any_store):
     assert kept == {"original", "distinct", "another"}
     assert accepted.column("item_id").to_pylist() == sorted(accepted.column("item_id").to_pylist())
     assert accepted.schema.field("phash").type == pa.uint64() and accepted.schema.field("dhash").type == pa.uint64()
-    for column in ("retailer", "product_url", "sku", "title", "price", "image_key", "crawled_at",
-                   "content_sha256", "width", "height", "cluster_id"):
+    for column in (
+        "retailer",
+        "product_url",
+        "sku",
+        "title",
+        "price",
+        "image_key",
+        "crawled_at",
+        "content_sha256",
+        "width",
+        "height",
+        "cluster_id",
+    ):
         assert column in accepted.column_names
     row = accepted.to_pandas().set_index("item_id").loc[ids["original"]]
     assert (row["width"], row["height"]) == (256, 256)
@@ -80,8 +100,13 @@ def test_curate_writes_accepted_rejections_duplicates_and_summary(any_store):
 
     rejections = any_store.read_parquet("curation/crawl-20261101/rejections.parquet").to_pandas()
     by_item = dict(zip(rejections["item_id"], rejections["reason"]))
-    assert by_item == {ids["truncated"]: "undecodable", ids["random-bytes"]: "not_an_image",
-                       ids["tiny"]: "too_small", ids["blank"]: "blank", ids["absent"]: "missing"}
+    assert by_item == {
+        ids["truncated"]: "undecodable",
+        ids["random-bytes"]: "not_an_image",
+        ids["tiny"]: "too_small",
+        ids["blank"]: "blank",
+        ids["absent"]: "missing",
+    }
 
     duplicates = any_store.read_parquet("curation/crawl-20261101/duplicates.parquet").to_pandas().set_index("item_id")
     assert duplicates.loc[ids["exact-copy"], "kind"] == "exact"
@@ -90,8 +115,13 @@ def test_curate_writes_accepted_rejections_duplicates_and_summary(any_store):
 
     assert summary == any_store.read_json("curation/crawl-20261101/summary.json")
     assert summary["accepted"] == 3 and summary["rejected"] == 5 and summary["duplicates"] == 2
-    assert summary["rejections_by_reason"] == {"blank": 1, "missing": 1, "not_an_image": 1, "too_small": 1,
-                                               "undecodable": 1}
+    assert summary["rejections_by_reason"] == {
+        "blank": 1,
+        "missing": 1,
+        "not_an_image": 1,
+        "too_small": 1,
+        "undecodable": 1,
+    }
     assert summary["duplicates_by_kind"] == {"exact": 1, "near": 1}
 
 
@@ -101,8 +131,10 @@ def test_rerun_writes_identical_outputs(file_store):
     first = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
     curate_batch(file_store, "c1", "batch-a")
     second = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
-    assert sorted(first) == [f"curation/batch-a/{n}" for n in
-                             ("accepted.parquet", "duplicates.parquet", "rejections.parquet", "summary.json")]
+    assert sorted(first) == [
+        f"curation/batch-a/{n}"
+        for n in ("accepted.parquet", "duplicates.parquet", "rejections.parquet", "summary.json")
+    ]
     assert first == second
 
 
@@ -125,8 +157,11 @@ def test_different_products_with_one_silhouette_are_not_near_duplicates(file_sto
     brown, green = garment((120, 60, 30), (245, 235, 225)), garment((90, 140, 60), (235, 240, 235))
     (p1, d1), (p2, d2) = perceptual_hashes(brown), perceptual_hashes(green)
     assert int(hamming(p1, p2)) <= 6 and int(hamming(d1, d2)) <= 10  # both hashes are fooled
-    ids = write_crawl(file_store, "same-shape", {
-        "brown": jpeg(brown), "green": jpeg(green), "brown-small": jpeg(brown.resize((100, 100)), quality=70)})
+    ids = write_crawl(
+        file_store,
+        "same-shape",
+        {"brown": jpeg(brown), "green": jpeg(green), "brown-small": jpeg(brown.resize((100, 100)), quality=70)},
+    )
     summary = curate_batch(file_store, "same-shape")
     accepted = file_store.read_parquet("curation/same-shape/accepted.parquet").column("item_id").to_pylist()
     assert sorted(accepted) == sorted([ids["brown"], ids["green"]])
@@ -145,8 +180,12 @@ def accepted_ids(store, batch_id: str) -> list[str]:
 def two_nights():
     original = blocks(11, 200)
     night1 = {"original": jpeg(original), "distinct": jpeg(blocks(12))}
-    night2 = {"bigger-copy": jpeg(original.resize((320, 320))), "same-bytes": jpeg(original),
-              "new": jpeg(blocks(13)), "new-copy": jpeg(blocks(13).resize((120, 120)), quality=70)}
+    night2 = {
+        "bigger-copy": jpeg(original.resize((320, 320))),
+        "same-bytes": jpeg(original),
+        "new": jpeg(blocks(13)),
+        "new-copy": jpeg(blocks(13).resize((120, 120)), quality=70),
+    }
     return night1, night2
 
 
@@ -191,10 +230,14 @@ def test_reruns_replace_their_own_index_rows_and_never_match_themselves(file_sto
     curate_batch(file_store, "ingest-20261101")
     after = {k: file_store.get_bytes(k) for k in file_store.list("curation")}
     day1_summary = "curation/ingest-20261101/summary.json"
-    assert {k: v for k, v in after.items() if k != day1_summary} == {k: v for k, v in second.items() if k != day1_summary}
+    assert {k: v for k, v in after.items() if k != day1_summary} == {
+        k: v for k, v in second.items() if k != day1_summary
+    }
     assert file_store.read_json(day1_summary)["index_items_before"] == 1
     assert sorted(file_store.list("curation/hash_index/")) == [
-        "curation/hash_index/ingest/ingest-20261101.parquet", "curation/hash_index/ingest/ingest-20261102.parquet"]
+        "curation/hash_index/ingest/ingest-20261101.parquet",
+        "curation/hash_index/ingest/ingest-20261102.parquet",
+    ]
 
 
 def test_catalog_snapshots_are_not_deduplicated_across_nights(file_store):
@@ -226,15 +269,24 @@ def dim_blocks(seed: int, size: int = 200) -> Image.Image:
 
 def test_mirrored_and_brightened_copies_are_near_duplicates(file_store):
     original = dim_blocks(21)
-    ids = write_crawl(file_store, "copies", {
-        "original": jpeg(original), "mirrored": jpeg(mirrored(original).resize((150, 150))),
-        "brighter": jpeg(brightened(original)), "distinct": jpeg(blocks(22)),
-        "distinct-mirrored": jpeg(mirrored(blocks(23)))})
+    ids = write_crawl(
+        file_store,
+        "copies",
+        {
+            "original": jpeg(original),
+            "mirrored": jpeg(mirrored(original).resize((150, 150))),
+            "brighter": jpeg(brightened(original)),
+            "distinct": jpeg(blocks(22)),
+            "distinct-mirrored": jpeg(mirrored(blocks(23))),
+        },
+    )
     summary = curate_batch(file_store, "copies")
     assert accepted_ids(file_store, "copies") == sorted([ids["original"], ids["distinct"], ids["distinct-mirrored"]])
     dups = duplicates_by_item(file_store, "copies")
     assert {name: dups[ids[name]]["kind"] for name in ("mirrored", "brighter")} == {
-        "mirrored": "near_mirror", "brighter": "near"}
+        "mirrored": "near_mirror",
+        "brighter": "near",
+    }
     assert {dups[ids[name]]["kept_item_id"] for name in ("mirrored", "brighter")} == {ids["original"]}
     assert summary["duplicates_by_kind"] == {"near": 1, "near_mirror": 1}
     accepted = file_store.read_parquet("curation/copies/accepted.parquet")
@@ -252,15 +304,21 @@ def test_index_files_written_before_mirror_hashes_still_work(any_store):
     assert index.schema.field("phash_mirror").type == pa.uint64() and index.column("phash_mirror").null_count == 0
     any_store.write_parquet(key, index.drop_columns(["phash_mirror", "dhash_mirror"]))
 
-    ids2 = write_crawl(any_store, "ingest-20261102", {
-        "mirrored": jpeg(mirrored(original)), "brighter": jpeg(brightened(original)), "new": jpeg(blocks(33))})
+    ids2 = write_crawl(
+        any_store,
+        "ingest-20261102",
+        {"mirrored": jpeg(mirrored(original)), "brighter": jpeg(brightened(original)), "new": jpeg(blocks(33))},
+    )
     summary = curate_batch(any_store, "ingest-20261102")
     assert accepted_ids(any_store, "ingest-20261102") == [ids2["new"]]
     dups = duplicates_by_item(any_store, "ingest-20261102")
-    assert {name: (dups[ids2[name]]["kind"], dups[ids2[name]]["kept_item_id"], dups[ids2[name]]["kept_batch_id"])
-            for name in ("mirrored", "brighter")} == {
+    assert {
+        name: (dups[ids2[name]]["kind"], dups[ids2[name]]["kept_item_id"], dups[ids2[name]]["kept_batch_id"])
+        for name in ("mirrored", "brighter")
+    } == {
         "mirrored": ("near_mirror", ids1["original"], "ingest-20261101"),
-        "brighter": ("near", ids1["original"], "ingest-20261101")}
+        "brighter": ("near", ids1["original"], "ingest-20261101"),
+    }
     assert summary["duplicates_of_earlier_batches"] == 2 and summary["index_items_before"] == 2
 
     from pipeline.curate import read_prior_index
@@ -278,8 +336,10 @@ def demo_catalog_images(n: int = 240, seed: int = 7) -> dict[str, bytes]:
     from scrapers.demo_store.draw import draw_garment
     from scrapers.demo_store.site import JPEG_QUALITY
 
-    return {p.sku: jpeg(draw_garment(p.pattern, p.fabric, p.style, p.shape, random.Random(f"{seed}:{p.sku}")),
-                        JPEG_QUALITY) for p in generate_catalog(n, seed)}
+    return {
+        p.sku: jpeg(draw_garment(p.pattern, p.fabric, p.style, p.shape, random.Random(f"{seed}:{p.sku}")), JPEG_QUALITY)
+        for p in generate_catalog(n, seed)
+    }
 
 
 def test_a_demo_crawl_keeps_every_one_of_its_distinct_products(file_store):
@@ -305,9 +365,16 @@ def test_curation_decodes_by_the_shared_rules(file_store):
     exif[0x0112] = 6  # "turn 90 degrees clockwise to view": the stored pixels are sideways
     phone = io.BytesIO()
     upright.transpose(Image.Transpose.ROTATE_90).save(phone, "JPEG", quality=92, exif=exif.tobytes())
-    ids = write_crawl(file_store, "modes", {"grey16": buffer.getvalue(), "phone": phone.getvalue(),
-                                            "flat-red": jpeg(Image.new("RGB", (100, 100), (255, 0, 0))),
-                                            "flat-navy": jpeg(Image.new("RGB", (100, 100), (0, 0, 128)))})
+    ids = write_crawl(
+        file_store,
+        "modes",
+        {
+            "grey16": buffer.getvalue(),
+            "phone": phone.getvalue(),
+            "flat-red": jpeg(Image.new("RGB", (100, 100), (255, 0, 0))),
+            "flat-navy": jpeg(Image.new("RGB", (100, 100), (0, 0, 128))),
+        },
+    )
     curate_batch(file_store, "modes")
     accepted = file_store.read_parquet("curation/modes/accepted.parquet").to_pandas().set_index("item_id")
     phash, _ = perceptual_hashes(grey8)
@@ -316,4 +383,7 @@ def test_curation_decodes_by_the_shared_rules(file_store):
     assert (row["width"], row["height"]) == (120, 200)
     assert int(hamming(int(row["phash"]), perceptual_hashes(upright)[0])) <= 4
     rejections = file_store.read_parquet("curation/modes/rejections.parquet").to_pandas()
-    assert dict(zip(rejections["item_id"], rejections["reason"])) == {ids["flat-red"]: "blank", ids["flat-navy"]: "blank"}
+    assert dict(zip(rejections["item_id"], rejections["reason"])) == {
+        ids["flat-red"]: "blank",
+        ids["flat-navy"]: "blank",
+    }

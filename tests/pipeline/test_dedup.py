@@ -6,8 +6,16 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from pipeline.dedup import (NearDuplicateIndex, UnionFind, colour_thumbnail, deduplicate, find_prior_matches,
-                            mirror_thumbnail, thumbnail_distance, thumbnail_mad)
+from pipeline.dedup import (
+    NearDuplicateIndex,
+    UnionFind,
+    colour_thumbnail,
+    deduplicate,
+    find_prior_matches,
+    mirror_thumbnail,
+    thumbnail_distance,
+    thumbnail_mad,
+)
 from pipeline.hashing import hamming, image_hashes
 
 
@@ -39,7 +47,9 @@ def test_index_matches_a_plain_all_pairs_scan():
     i, j, d = index.pairs_within(3)
     found = set(zip(i.tolist(), j.tolist(), d.tolist()))
     full = hamming(hashes[:, None], hashes[None, :])
-    expected = {(a, b, int(full[a, b])) for a in range(len(hashes)) for b in range(a + 1, len(hashes)) if full[a, b] <= 3}
+    expected = {
+        (a, b, int(full[a, b])) for a in range(len(hashes)) for b in range(a + 1, len(hashes)) if full[a, b] <= 3
+    }
     assert found == expected and len(found) >= 45
 
 
@@ -64,12 +74,14 @@ def test_union_find_joins_chains():
 
 
 def test_exact_and_near_duplicates_collapse_to_the_largest_image():
-    df = frame([
-        ("a-small", "sha-a", BASE_P, BASE_D, 64, 64, "2026-01-01"),
-        ("b-big", "sha-b", flip(BASE_P, [1, 9]), flip(BASE_D, [4]), 256, 256, "2026-01-03"),
-        ("c-copy", "sha-b", flip(BASE_P, [1, 9]), flip(BASE_D, [4]), 256, 256, "2026-01-02"),
-        ("d-other", "sha-d", OTHER_P, OTHER_D, 128, 128, "2026-01-01"),
-    ])
+    df = frame(
+        [
+            ("a-small", "sha-a", BASE_P, BASE_D, 64, 64, "2026-01-01"),
+            ("b-big", "sha-b", flip(BASE_P, [1, 9]), flip(BASE_D, [4]), 256, 256, "2026-01-03"),
+            ("c-copy", "sha-b", flip(BASE_P, [1, 9]), flip(BASE_D, [4]), 256, 256, "2026-01-02"),
+            ("d-other", "sha-d", OTHER_P, OTHER_D, 128, 128, "2026-01-01"),
+        ]
+    )
     result = deduplicate(df, phash_max_distance=6, dhash_max_distance=10)
     # b and c are the same bytes and the same size: the earlier crawled (c) is kept.
     assert result.kept["item_id"].tolist() == ["c-copy", "d-other"]
@@ -78,32 +90,42 @@ def test_exact_and_near_duplicates_collapse_to_the_largest_image():
     assert dups.loc["a-small"].tolist() == ["c-copy", "near", 2]
     assert dups.loc["b-big"].tolist() == ["c-copy", "exact", 0]
     assert dict(zip(result.clusters["item_id"], result.clusters["cluster_id"])) == {
-        "a-small": "sha-b", "b-big": "sha-b", "c-copy": "sha-b", "d-other": "sha-d"}
+        "a-small": "sha-b",
+        "b-big": "sha-b",
+        "c-copy": "sha-b",
+        "d-other": "sha-d",
+    }
 
 
 def test_ties_fall_back_to_item_id():
-    df = frame([
-        ("y", "sha-y", BASE_P, BASE_D, 100, 100, "2026-01-01"),
-        ("x", "sha-x", flip(BASE_P, [0]), BASE_D, 100, 100, "2026-01-01"),
-    ])
+    df = frame(
+        [
+            ("y", "sha-y", BASE_P, BASE_D, 100, 100, "2026-01-01"),
+            ("x", "sha-x", flip(BASE_P, [0]), BASE_D, 100, 100, "2026-01-01"),
+        ]
+    )
     assert deduplicate(df, 6, 10).kept["item_id"].tolist() == ["x"]
 
 
 def test_phash_match_without_dhash_confirmation_is_not_a_duplicate():
-    df = frame([
-        ("a", "sha-a", BASE_P, BASE_D, 100, 100, "2026-01-01"),
-        ("b", "sha-b", flip(BASE_P, [3]), flip(BASE_D, list(range(20))), 100, 100, "2026-01-01"),
-    ])
+    df = frame(
+        [
+            ("a", "sha-a", BASE_P, BASE_D, 100, 100, "2026-01-01"),
+            ("b", "sha-b", flip(BASE_P, [3]), flip(BASE_D, list(range(20))), 100, 100, "2026-01-01"),
+        ]
+    )
     result = deduplicate(df, 6, 10)
     assert result.kept["item_id"].tolist() == ["a", "b"] and result.duplicates.empty
 
 
 def test_chains_join_one_cluster():
-    df = frame([
-        ("a", "sha-a", BASE_P, BASE_D, 100, 100, "2026-01-01"),
-        ("b", "sha-b", flip(BASE_P, [0, 1, 2, 3, 4]), BASE_D, 100, 100, "2026-01-01"),
-        ("c", "sha-c", flip(BASE_P, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), BASE_D, 120, 120, "2026-01-01"),
-    ])
+    df = frame(
+        [
+            ("a", "sha-a", BASE_P, BASE_D, 100, 100, "2026-01-01"),
+            ("b", "sha-b", flip(BASE_P, [0, 1, 2, 3, 4]), BASE_D, 100, 100, "2026-01-01"),
+            ("c", "sha-c", flip(BASE_P, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), BASE_D, 120, 120, "2026-01-01"),
+        ]
+    )
     result = deduplicate(df, 6, 10)
     assert result.kept["item_id"].tolist() == ["c"]
     assert result.duplicates.set_index("item_id")["distance"].to_dict() == {"a": 10, "b": 5}
@@ -124,11 +146,13 @@ def test_thumbnails_veto_hash_matches_of_different_colours():
     blue = colour_thumbnail(Image.new("RGB", (64, 64), (30, 30, 200)))
     assert red.shape == (16, 16, 3) and red.dtype == np.uint8
     assert thumbnail_mad(red, red_copy) < 1.5 and thumbnail_mad(red, blue) > 50
-    df = frame([
-        ("a", "sha-a", BASE_P, BASE_D, 64, 64, "2026-01-01"),
-        ("b", "sha-b", BASE_P, BASE_D, 48, 48, "2026-01-01"),
-        ("c", "sha-c", BASE_P, BASE_D, 64, 64, "2026-01-02"),
-    ])
+    df = frame(
+        [
+            ("a", "sha-a", BASE_P, BASE_D, 64, 64, "2026-01-01"),
+            ("b", "sha-b", BASE_P, BASE_D, 48, 48, "2026-01-01"),
+            ("c", "sha-c", BASE_P, BASE_D, 64, 64, "2026-01-02"),
+        ]
+    )
     df["thumbnail"] = [red, red_copy, blue]
     result = deduplicate(df, 6, 10, thumbnail_max_mad=4.0)
     assert result.kept["item_id"].tolist() == ["a", "c"]
@@ -146,24 +170,35 @@ def prior_frame(rows):
 
 
 def test_an_earlier_kept_item_stays_the_representative_even_when_smaller():
-    prior = prior_frame([
-        ("old", "sha-old", BASE_P, BASE_D, 64, 64, "2026-01-01", "cluster-old", "ingest-20260101"),
-        ("old-other", "sha-oo", OTHER_P, OTHER_D, 64, 64, "2026-01-01", "cluster-oo", "ingest-20260101"),
-    ])
-    df = frame([
-        ("new-big", "sha-nb", flip(BASE_P, [2, 5]), flip(BASE_D, [1]), 512, 512, "2026-02-01"),
-        ("new-exact", "sha-old", BASE_P, BASE_D, 64, 64, "2026-02-01"),
-        ("new-alone", "sha-na", flip(OTHER_P, list(range(0, 64, 2))), BASE_D, 64, 64, "2026-02-01"),
-    ])
+    prior = prior_frame(
+        [
+            ("old", "sha-old", BASE_P, BASE_D, 64, 64, "2026-01-01", "cluster-old", "ingest-20260101"),
+            ("old-other", "sha-oo", OTHER_P, OTHER_D, 64, 64, "2026-01-01", "cluster-oo", "ingest-20260101"),
+        ]
+    )
+    df = frame(
+        [
+            ("new-big", "sha-nb", flip(BASE_P, [2, 5]), flip(BASE_D, [1]), 512, 512, "2026-02-01"),
+            ("new-exact", "sha-old", BASE_P, BASE_D, 64, 64, "2026-02-01"),
+            ("new-alone", "sha-na", flip(OTHER_P, list(range(0, 64, 2))), BASE_D, 64, 64, "2026-02-01"),
+        ]
+    )
     result = deduplicate(df, 6, 10, prior=prior)
     assert result.kept["item_id"].tolist() == ["new-alone"]
     assert result.kept["cluster_id"].tolist() == ["sha-na"]
     dups = result.duplicates.set_index("item_id")
     assert dups.loc["new-big", ["kept_item_id", "kind", "distance", "kept_batch_id"]].tolist() == [
-        "old", "near", 2, "ingest-20260101"]
+        "old",
+        "near",
+        2,
+        "ingest-20260101",
+    ]
     assert dups.loc["new-exact", ["kept_item_id", "kind"]].tolist() == ["old", "exact"]
     assert dict(zip(result.clusters["item_id"], result.clusters["cluster_id"])) == {
-        "new-alone": "sha-na", "new-big": "cluster-old", "new-exact": "cluster-old"}
+        "new-alone": "sha-na",
+        "new-big": "cluster-old",
+        "new-exact": "cluster-old",
+    }
     # Without the earlier batch the larger new image is its own representative.
     alone = deduplicate(df, 6, 10)
     assert sorted(alone.kept["item_id"]) == ["new-alone", "new-big"] and alone.duplicates["kept_batch_id"].isna().all()
@@ -184,10 +219,12 @@ def test_prior_matches_need_the_thumbnail_confirmation_too():
 
 
 def test_a_bridge_between_two_earlier_clusters_joins_the_one_that_wins_the_rule():
-    prior = prior_frame([
-        ("p-small", "sha-ps", BASE_P, BASE_D, 64, 64, "2026-01-01", "c-small", "b1"),
-        ("p-large", "sha-pl", flip(BASE_P, list(range(10))), BASE_D, 128, 128, "2026-01-02", "c-large", "b1"),
-    ])
+    prior = prior_frame(
+        [
+            ("p-small", "sha-ps", BASE_P, BASE_D, 64, 64, "2026-01-01", "c-small", "b1"),
+            ("p-large", "sha-pl", flip(BASE_P, list(range(10))), BASE_D, 128, 128, "2026-01-02", "c-large", "b1"),
+        ]
+    )
     df = frame([("bridge", "sha-br", flip(BASE_P, list(range(5))), BASE_D, 64, 64, "2026-02-01")])
     result = deduplicate(df, 6, 10, prior=prior)
     assert result.kept.empty
@@ -221,8 +258,11 @@ def shipped_thresholds() -> tuple[int, int, float]:
     from pipeline.settings import get_settings
 
     curation = get_settings().curation
-    return (int(curation["phash_max_distance"]), int(curation["dhash_max_distance"]),
-            float(curation["thumbnail_max_mad"]))
+    return (
+        int(curation["phash_max_distance"]),
+        int(curation["dhash_max_distance"]),
+        float(curation["thumbnail_max_mad"]),
+    )
 
 
 def reencoded(image: Image.Image, quality: int = 90) -> Image.Image:
@@ -251,8 +291,16 @@ def image_rows(images: dict[str, Image.Image], mirror: bool = True) -> pd.DataFr
     rows = []
     for name, image in images.items():
         hashes = image_hashes(image)
-        row = {"item_id": name, "content_sha256": f"sha-{name}", "phash": hashes.phash, "dhash": hashes.dhash,
-               "width": 100, "height": 100, "crawled_at": "2026-01-01", "thumbnail": colour_thumbnail(image)}
+        row = {
+            "item_id": name,
+            "content_sha256": f"sha-{name}",
+            "phash": hashes.phash,
+            "dhash": hashes.dhash,
+            "width": 100,
+            "height": 100,
+            "crawled_at": "2026-01-01",
+            "thumbnail": colour_thumbnail(image),
+        }
         if mirror:
             row.update(phash_mirror=hashes.phash_mirror, dhash_mirror=hashes.dhash_mirror)
         rows.append(row)
@@ -313,9 +361,22 @@ def demo_pictures(seed: int = 7, n: int = 240) -> list[tuple[object, Image.Image
     from scrapers.demo_store.draw import draw_garment
     from scrapers.demo_store.site import JPEG_QUALITY
 
-    return [(product, reencoded(draw_garment(product.pattern, product.fabric, product.style, product.shape,
-                                             random.Random(f"{seed}:{product.sku}")), JPEG_QUALITY))
-            for product in generate_catalog(n, seed)]
+    return [
+        (
+            product,
+            reencoded(
+                draw_garment(
+                    product.pattern,
+                    product.fabric,
+                    product.style,
+                    product.shape,
+                    random.Random(f"{seed}:{product.sku}"),
+                ),
+                JPEG_QUALITY,
+            ),
+        )
+        for product in generate_catalog(n, seed)
+    ]
 
 
 def test_no_two_products_of_the_demo_store_are_merged_and_copies_of_them_are():
@@ -349,17 +410,23 @@ def test_a_colour_variant_of_a_demo_silhouette_is_not_merged_even_mirrored():
 
     p, d, mad = shipped_thresholds()
     for k in range(8):
-        variants = {style: reencoded(draw_garment("solid", "cotton", style, "half-sleeve", random.Random(k)), 92)
-                    for style in ("casual", "formal", "winter")}
-        variants.update({f"{style}-flipped": reencoded(ImageOps.mirror(image), 92)
-                         for style, image in list(variants.items())})
+        variants = {
+            style: reencoded(draw_garment("solid", "cotton", style, "half-sleeve", random.Random(k)), 92)
+            for style in ("casual", "formal", "winter")
+        }
+        variants.update(
+            {f"{style}-flipped": reencoded(ImageOps.mirror(image), 92) for style, image in list(variants.items())}
+        )
         df = image_rows(variants)
         assert len(deduplicate(df, p, d, None).kept) < 3  # the hashes alone merge colour variants
         result = deduplicate(df, p, d, mad)
         # Only each style's own mirrored copy merges with it.
         assert result.kept["item_id"].tolist() == ["casual", "formal", "winter"]
         assert dict(zip(result.duplicates["item_id"], result.duplicates["kept_item_id"])) == {
-            "casual-flipped": "casual", "formal-flipped": "formal", "winter-flipped": "winter"}
+            "casual-flipped": "casual",
+            "formal-flipped": "formal",
+            "winter-flipped": "winter",
+        }
 
 
 def test_prior_rows_without_mirror_hashes_still_match_mirrored_copies():
@@ -373,7 +440,8 @@ def test_prior_rows_without_mirror_hashes_still_match_mirrored_copies():
     result = deduplicate(new, p, d, mad, prior=prior)
     assert result.kept["item_id"].tolist() == ["new-other"]
     assert result.duplicates[["item_id", "kept_item_id", "kind", "kept_batch_id"]].values.tolist() == [
-        ["new-flipped", "old", "near_mirror", "ingest-20260101"]]
+        ["new-flipped", "old", "near_mirror", "ingest-20260101"]
+    ]
     # Nullable mirror columns with nulls read the same; a new row without mirror hashes still finds the
     # flipped copy through the prior row's mirror hashes.
     prior["phash_mirror"] = pd.array([None, None], dtype="UInt64")
@@ -382,7 +450,17 @@ def test_prior_rows_without_mirror_hashes_still_match_mirrored_copies():
     prior = image_rows({"old": old}).assign(cluster_id="c-old", batch_id="b1")
     bare = image_rows({"new-flipped": reencoded(ImageOps.mirror(old))}, mirror=False)
     assert deduplicate(bare, p, d, mad, prior=prior).kept.empty
-    matches = find_prior_matches(bare["phash"], bare["dhash"], prior["phash"], prior["dhash"], p, d,
-                                 bare["thumbnail"].tolist(), prior["thumbnail"].tolist(), mad,
-                                 prior_phash_mirror=prior["phash_mirror"], prior_dhash_mirror=prior["dhash_mirror"])
+    matches = find_prior_matches(
+        bare["phash"],
+        bare["dhash"],
+        prior["phash"],
+        prior["dhash"],
+        p,
+        d,
+        bare["thumbnail"].tolist(),
+        prior["thumbnail"].tolist(),
+        mad,
+        prior_phash_mirror=prior["phash_mirror"],
+        prior_dhash_mirror=prior["dhash_mirror"],
+    )
     assert matches == [(0, 0)]

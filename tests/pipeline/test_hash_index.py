@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from pipeline.hash_index import (HashIndex, MultiIndexHashing, choose_substrings, flip_masks, query_with_mirrors,
-                                 substring_radii, substring_widths)
+from pipeline.hash_index import (
+    HashIndex,
+    MultiIndexHashing,
+    choose_substrings,
+    flip_masks,
+    query_with_mirrors,
+    substring_radii,
+    substring_widths,
+)
 
 
 def planted(n: int, radius: int, seed: int) -> np.ndarray:

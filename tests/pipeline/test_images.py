@@ -1,5 +1,6 @@
 """The one image decoder (pipeline.images): orientation, pixel limit, draft mode, 16-bit scaling, alpha,
 CMYK, palette, blank images, the network fits; and the users' photo path that uses it."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,19 @@ from PIL import Image, ImageDraw
 
 from pipeline.hashing import hamming, image_hashes
 from pipeline.images import (
-    BLANK, DECOMPRESSION_BOMB, NOT_AN_IMAGE, UNDECODABLE, ImageRules, UndecodableImage, channel_std,
-    check_not_blank, declared_size, decode_image, open_image, rules_from_settings, to_network_array,
+    BLANK,
+    DECOMPRESSION_BOMB,
+    NOT_AN_IMAGE,
+    UNDECODABLE,
+    ImageRules,
+    UndecodableImage,
+    channel_std,
+    check_not_blank,
+    declared_size,
+    decode_image,
+    open_image,
+    rules_from_settings,
+    to_network_array,
 )
 
 LIMIT = 40_000_000
@@ -40,8 +52,11 @@ def as_phone_jpeg(upright: Image.Image, orientation: int = 6) -> bytes:
 
     Tag 6 says "rotate 90 degrees clockwise to view", so the stored pixels are the upright ones turned
     90 degrees counter-clockwise."""
-    stored = {6: upright.transpose(Image.Transpose.ROTATE_90), 8: upright.transpose(Image.Transpose.ROTATE_270),
-              3: upright.transpose(Image.Transpose.ROTATE_180)}[orientation]
+    stored = {
+        6: upright.transpose(Image.Transpose.ROTATE_90),
+        8: upright.transpose(Image.Transpose.ROTATE_270),
+        3: upright.transpose(Image.Transpose.ROTATE_180),
+    }[orientation]
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
     return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
@@ -49,10 +64,17 @@ def as_phone_jpeg(upright: Image.Image, orientation: int = 6) -> bytes:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose IHDR declares ``width`` x ``height`` RGB pixels (none of them allocated here)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def grey16_png(width: int = 64, height: int = 48) -> tuple[bytes, np.ndarray]:
@@ -131,7 +153,7 @@ def test_a_16_bit_image_hashes_like_its_8_bit_version():
     eight_bit = Image.fromarray(np.rint(values / 257).astype(np.uint8), "L")
     with Image.open(io.BytesIO(data)) as raw:
         clipped = image_hashes(raw.convert("RGB"))
-    assert clipped.phash in (0, 2 ** 64 - 1) or int(hamming(clipped.phash, image_hashes(eight_bit).phash)) > 10
+    assert clipped.phash in (0, 2**64 - 1) or int(hamming(clipped.phash, image_hashes(eight_bit).phash)) > 10
     assert int(hamming(image_hashes(open_image(data, max_pixels=LIMIT)).phash, image_hashes(eight_bit).phash)) <= 2
 
 
@@ -177,8 +199,11 @@ def test_an_image_with_content_is_not_blank():
 
 # -- errors ------------------------------------------------------------------------------------------
 def test_errors_carry_a_machine_readable_reason():
-    cases = {b"": NOT_AN_IMAGE, b"<html>404</html>": NOT_AN_IMAGE,
-             encode(upright_photo(256, 256), "JPEG")[:1500]: UNDECODABLE}
+    cases = {
+        b"": NOT_AN_IMAGE,
+        b"<html>404</html>": NOT_AN_IMAGE,
+        encode(upright_photo(256, 256), "JPEG")[:1500]: UNDECODABLE,
+    }
     for data, reason in cases.items():
         with pytest.raises(UndecodableImage) as caught:
             open_image(data, max_pixels=LIMIT)
@@ -235,18 +260,30 @@ def test_a_rotated_user_photo_is_recognised_as_the_users_own_item(file_store):
         sideways = image_hashes(raw.convert("RGB")).phash
     assert int(hamming(sideways, item_hashes.phash)) > 10
     assert int(hamming(own, item_hashes.phash)) <= 4
-    repository = pa.table({"phash": pa.array([item_hashes.phash, item_hashes.phash ^ (2 ** 40 - 1)], pa.uint64()),
-                           "content_sha256": [content_sha256(shop), "other"]})
-    profile = pa.table({"phash": pa.array([own], pa.uint64()), "phash_mirror": pa.array([mirror], pa.uint64()),
-                        "content_sha256": [content_sha256(phone)]})
+    repository = pa.table(
+        {
+            "phash": pa.array([item_hashes.phash, item_hashes.phash ^ (2**40 - 1)], pa.uint64()),
+            "content_sha256": [content_sha256(shop), "other"],
+        }
+    )
+    profile = pa.table(
+        {
+            "phash": pa.array([own], pa.uint64()),
+            "phash_mirror": pa.array([mirror], pa.uint64()),
+            "content_sha256": [content_sha256(phone)],
+        }
+    )
     assert own_image_mask(profile, repository, phash_max_distance=6).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("data, reason", [
-    (png_declaring(12_000, 12_000), DECOMPRESSION_BOMB),
-    (encode(Image.new("RGB", (80, 80), (200, 0, 0)), "PNG"), BLANK),
-    (b"GIF89a not really", NOT_AN_IMAGE),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (png_declaring(12_000, 12_000), DECOMPRESSION_BOMB),
+        (encode(Image.new("RGB", (80, 80), (200, 0, 0)), "PNG"), BLANK),
+        (b"GIF89a not really", NOT_AN_IMAGE),
+    ],
+)
 def test_a_refused_user_photo_names_its_key_and_reason(file_store, data, reason):
     from pipeline.recommend import build_profile
 

@@ -17,6 +17,7 @@ from pipeline.recommend import (
     InvalidRequest,
     build_profile,
     html_key,
+    latest_run,
     list_users,
     options_from_params,
     own_image_mask,
@@ -25,7 +26,6 @@ from pipeline.recommend import (
     rank,
     recommend_for_user,
     recommend_for_users,
-    latest_run,
     recommendations_key,
     run_partition,
     shown_before,
@@ -93,8 +93,9 @@ def profile_table(rows: list[dict[str, Any]]) -> pa.Table:
     for a in ATTRS:
         columns[a] = pa.array([r["classes"][a] for r in rows], pa.string())
         columns[f"{a}_prob"] = pa.array([r.get("prob", 0.9) for r in rows], pa.float64())
-        columns[f"{a}_probs"] = pa.array([probs_for(a, r["classes"][a], r.get("prob", 0.9)) for r in rows],
-                                         pa.list_(pa.float32()))
+        columns[f"{a}_probs"] = pa.array(
+            [probs_for(a, r["classes"][a], r.get("prob", 0.9)) for r in rows], pa.list_(pa.float32())
+        )
         columns[f"{a}_model_version"] = ["v1"] * len(rows)
     columns["embedding"] = pa.array([r.get("emb", embedding_for(r["classes"])) for r in rows], pa.list_(pa.float32()))
     return pa.table(columns)
@@ -116,20 +117,21 @@ def repository_table(items: list[dict[str, Any]]) -> pa.Table:
         "phash_mirror": pa.array([None] * n, pa.uint64()),
         "dhash": pa.array([i + 1 for i in range(n)], pa.uint64()),
         "content_sha256": [it.get("sha", f"item-sha-{i}") for i, it in enumerate(items)],
-        "crawled_at": pa.array([dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)] * n, pa.timestamp("us", "UTC")),
+        "crawled_at": pa.array([dt.datetime(2026, 11, 27, tzinfo=dt.UTC)] * n, pa.timestamp("us", "UTC")),
         "crawl_date": pa.array([dt.date(2026, 11, 1)] * n, pa.date32()),
     }
     for a in ATTRS:
         columns[a] = pa.array([it["classes"][a] for it in items], pa.string())
         columns[f"{a}_prob"] = pa.array([it.get("prob", 0.8) for it in items], pa.float32())
-        columns[f"{a}_probs"] = pa.array([probs_for(a, it["classes"][a], it.get("prob", 0.8)) for it in items],
-                                         pa.list_(pa.float32()))
+        columns[f"{a}_probs"] = pa.array(
+            [probs_for(a, it["classes"][a], it.get("prob", 0.8)) for it in items], pa.list_(pa.float32())
+        )
         columns[f"{a}_model_version"] = ["v1"] * n
-    columns["embedding"] = pa.array([it.get("emb", embedding_for(it["classes"])) for it in items],
-                                    pa.list_(pa.float32()))
+    columns["embedding"] = pa.array(
+        [it.get("emb", embedding_for(it["classes"])) for it in items], pa.list_(pa.float32())
+    )
     columns["embedding_source"] = ["fake"] * n
-    columns["inferred_at"] = pa.array([dt.datetime(2026, 11, 27, 1, tzinfo=dt.timezone.utc)] * n,
-                                      pa.timestamp("us", "UTC"))
+    columns["inferred_at"] = pa.array([dt.datetime(2026, 11, 27, 1, tzinfo=dt.UTC)] * n, pa.timestamp("us", "UTC"))
     return pa.table(columns)
 
 
@@ -171,8 +173,14 @@ class FakeVectorizer:
 # -- validation -----------------------------------------------------------------------------------------
 @pytest.fixture
 def user_store(any_store):
-    for key in ("users/alice/a.jpg", "users/alice/b.PNG", "users/alice/sub/c.jpg", "users/alice2/c.jpg",
-                "users/bob/x.jpg", "users/bad.name/x.jpg"):
+    for key in (
+        "users/alice/a.jpg",
+        "users/alice/b.PNG",
+        "users/alice/sub/c.jpg",
+        "users/alice2/c.jpg",
+        "users/bob/x.jpg",
+        "users/bad.name/x.jpg",
+    ):
         any_store.put_bytes(key, noise_jpeg(1))
     any_store.put_bytes("users/alice/notes.txt", b"not an image")
     any_store.put_bytes("users/carol/_shown/2026-11-01.parquet", b"history only")
@@ -204,21 +212,24 @@ def test_validate_rejects_bad_k(file_store, k):
         validate_request(file_store, "alice", None, k)
 
 
-@pytest.mark.parametrize(("key", "message"), [
-    ("../users/alice/a.jpg", "not a key inside the store"),
-    ("users/alice/../bob/x.jpg", "not a key inside the store"),
-    ("/users/alice/a.jpg", "not a key inside the store"),
-    ("s3://bucket/users/alice/a.jpg", "not a key inside the store"),
-    ("https://example.com/users/alice/a.jpg", "not a key inside the store"),
-    ("users\\alice\\a.jpg", "not a key inside the store"),
-    ("users/bob/x.jpg", "not one of user 'alice'"),
-    ("users/alice2/c.jpg", "not one of user 'alice'"),
-    ("images/full/abc.jpg", "not one of user 'alice'"),
-    ("users/alice/sub/c.jpg", "not directly under users/alice/"),
-    ("users/alice/missing.jpg", "does not exist"),
-    ("users/alice/notes.txt", "not an image file"),
-    (42, "must be strings"),
-])
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("../users/alice/a.jpg", "not a key inside the store"),
+        ("users/alice/../bob/x.jpg", "not a key inside the store"),
+        ("/users/alice/a.jpg", "not a key inside the store"),
+        ("s3://bucket/users/alice/a.jpg", "not a key inside the store"),
+        ("https://example.com/users/alice/a.jpg", "not a key inside the store"),
+        ("users\\alice\\a.jpg", "not a key inside the store"),
+        ("users/bob/x.jpg", "not one of user 'alice'"),
+        ("users/alice2/c.jpg", "not one of user 'alice'"),
+        ("images/full/abc.jpg", "not one of user 'alice'"),
+        ("users/alice/sub/c.jpg", "not directly under users/alice/"),
+        ("users/alice/missing.jpg", "does not exist"),
+        ("users/alice/notes.txt", "not an image file"),
+        (42, "must be strings"),
+    ],
+)
 def test_validate_rejects_bad_image_keys(user_store, key, message):
     with pytest.raises(InvalidRequest, match=re.escape(message)):
         validate_request(user_store, "alice", ["users/alice/a.jpg", key], 10)
@@ -239,9 +250,13 @@ def test_list_users_and_plan_every_user_in_batches(user_store):
     assert list_users(user_store) == ["alice", "alice2", "bob"]  # not bad.name, not carol (no images)
     options = validate_options()
     batches = plan_requests(user_store, None, [], options, users_per_batch=2)
-    assert batches == [[{"user_id": "alice", "image_keys": ["users/alice/a.jpg", "users/alice/b.PNG"]},
-                        {"user_id": "alice2", "image_keys": ["users/alice2/c.jpg"]}],
-                       [{"user_id": "bob", "image_keys": ["users/bob/x.jpg"]}]]
+    assert batches == [
+        [
+            {"user_id": "alice", "image_keys": ["users/alice/a.jpg", "users/alice/b.PNG"]},
+            {"user_id": "alice2", "image_keys": ["users/alice2/c.jpg"]},
+        ],
+        [{"user_id": "bob", "image_keys": ["users/bob/x.jpg"]}],
+    ]
     assert plan_requests(user_store, "", None, options) == [batches[0] + batches[1]]  # settings: 25 per task
     assert plan_requests(user_store, "bob", ["users/bob/x.jpg"], options) == [batches[1]]
     with pytest.raises(InvalidRequest, match="image_keys need a user_id"):
@@ -255,16 +270,29 @@ def test_options_default_to_settings_and_reject_bad_values():
     config = get_settings().recommend
     assert (options.k, options.score_kind, options.mmr_lambda) == (config["k"], config["score"], config["mmr_lambda"])
     assert options.filters == Filters()
-    options = options_from_params({"k": 3, "score": "weighted", "mmr_lambda": 0, "retailers": ["demo-store"],
-                                   "categories": ["dress", "dress"], "price_min": 5, "price_max": 5})
+    options = options_from_params(
+        {
+            "k": 3,
+            "score": "weighted",
+            "mmr_lambda": 0,
+            "retailers": ["demo-store"],
+            "categories": ["dress", "dress"],
+            "price_min": 5,
+            "price_max": 5,
+        }
+    )
     assert (options.k, options.score_kind, options.mmr_lambda) == (3, "weighted", 0.0)
     assert options.filters == Filters(("demo-store",), ("dress",), 5.0, 5.0)
     for bad, message in [
-        ({"score": "cosine"}, "score must be one of"), ({"mmr_lambda": 1.5}, "mmr_lambda must be"),
-        ({"mmr_lambda": float("nan")}, "mmr_lambda must be"), ({"k": 0}, "k must be"),
+        ({"score": "cosine"}, "score must be one of"),
+        ({"mmr_lambda": 1.5}, "mmr_lambda must be"),
+        ({"mmr_lambda": float("nan")}, "mmr_lambda must be"),
+        ({"k": 0}, "k must be"),
         ({"price_min": 10, "price_max": 5}, "price_min (10) is above price_max (5)"),
-        ({"price_min": -1}, "price_min must be"), ({"retailers": ["../x"]}, "retailers has an invalid value"),
-        ({"retailers": "demo-store"}, "retailers must be a list"), ({"categories": [""]}, "invalid value"),
+        ({"price_min": -1}, "price_min must be"),
+        ({"retailers": ["../x"]}, "retailers has an invalid value"),
+        ({"retailers": "demo-store"}, "retailers must be a list"),
+        ({"categories": [""]}, "invalid value"),
         ({"categories": ["x"] * 51}, "at most 50"),
     ]:
         with pytest.raises(InvalidRequest, match=re.escape(message)):
@@ -280,21 +308,28 @@ PROFILE_2 = [
 ]
 ITEMS_6 = [
     {"item_id": "a", "classes": classes("striped", "cotton", "casual", "full-sleeve")},  # 4 + 1
-    {"item_id": "b", "classes": classes("striped", "silk", "formal", "sleeveless")},    # 1 + 4
+    {"item_id": "b", "classes": classes("striped", "silk", "formal", "sleeveless")},  # 1 + 4
     {"item_id": "c", "classes": classes("striped", "cotton", "formal", "half-sleeve")},  # 2 + 2
-    {"item_id": "d", "classes": classes("floral", "wool", "winter", "half-sleeve")},     # 0
-    {"item_id": "e", "classes": classes(None, "cotton", "casual", None)},                # 2 + 0
-    {"item_id": "f", "classes": classes("striped", "lace", "party", "half-sleeve")},     # 1 + 1
+    {"item_id": "d", "classes": classes("floral", "wool", "winter", "half-sleeve")},  # 0
+    {"item_id": "e", "classes": classes(None, "cotton", "casual", None)},  # 2 + 0
+    {"item_id": "f", "classes": classes("striped", "lace", "party", "half-sleeve")},  # 1 + 1
 ]
 
 
 def test_the_seed_matches_score_exact_numbers():
-    parts = scoring.components(scoring.fashion_matrix(repository_table(ITEMS_6), TAXONOMY),
-                               scoring.fashion_matrix(profile_table(PROFILE_2), TAXONOMY))
+    parts = scoring.components(
+        scoring.fashion_matrix(repository_table(ITEMS_6), TAXONOMY),
+        scoring.fashion_matrix(profile_table(PROFILE_2), TAXONOMY),
+    )
     assert parts.matches.tolist() == [5, 5, 4, 0, 2, 2]
     assert parts.best_row.tolist() == [4, 4, 2, 0, 2, 1]
     assert parts.attribute_hits.tolist() == [
-        [2, 1, 1, 1], [2, 1, 1, 1], [2, 1, 1, 0], [0, 0, 0, 0], [0, 1, 1, 0], [2, 0, 0, 0],
+        [2, 1, 1, 1],
+        [2, 1, 1, 1],
+        [2, 1, 1, 0],
+        [0, 0, 0, 0],
+        [0, 1, 1, 0],
+        [2, 0, 0, 0],
     ]
 
 
@@ -307,15 +342,43 @@ def test_rank_matches_order_and_columns():
     assert set(ranked.column("score_kind").to_pylist()) == {"matches"}
     assert ranked.column("best_row_matches").to_pylist() == [4, 4, 2, 2, 1]
     assert ranked.column("matched_attributes").to_pylist() == [
-        "pattern,fabric,style,shape", "pattern,fabric,style,shape", "pattern,fabric,style", "fabric,style", "pattern",
+        "pattern,fabric,style,shape",
+        "pattern,fabric,style,shape",
+        "pattern,fabric,style",
+        "fabric,style",
+        "pattern",
     ]
     assert ranked.column("nearest_profile_image").to_pylist()[:2] == ["users/u/0.jpg", "users/u/1.jpg"]
     assert ranked.column_names[:13] == [
-        "rank", "item_id", "score", "score_kind", "mmr_score", "score_matches", "best_row_matches",
-        "matched_attributes", "match_probability", "score_weighted", "score_embedding", "nearest_profile_image",
-        "pattern"]
-    for name in ("pattern", "pattern_prob", "shape_model_version", "retailer", "category", "product_url", "title",
-                 "price", "currency", "image_key", "crawl_date", "crawled_at", "inferred_at"):
+        "rank",
+        "item_id",
+        "score",
+        "score_kind",
+        "mmr_score",
+        "score_matches",
+        "best_row_matches",
+        "matched_attributes",
+        "match_probability",
+        "score_weighted",
+        "score_embedding",
+        "nearest_profile_image",
+        "pattern",
+    ]
+    for name in (
+        "pattern",
+        "pattern_prob",
+        "shape_model_version",
+        "retailer",
+        "category",
+        "product_url",
+        "title",
+        "price",
+        "currency",
+        "image_key",
+        "crawl_date",
+        "crawled_at",
+        "inferred_at",
+    ):
         assert name in ranked.column_names
     for name in ("embedding", "pattern_probs", "phash", "content_sha256"):
         assert name not in ranked.column_names  # the output stays small
@@ -327,8 +390,8 @@ def test_rank_matches_tie_breaks_are_deterministic():
     cls = classes("striped", "cotton", "casual", "full-sleeve")
     items = [
         {"item_id": "m", "classes": cls, "prob": 0.5},
-        {"item_id": "z", "classes": cls, "prob": 0.9},   # same score and best row: probability first
-        {"item_id": "b", "classes": cls, "prob": 0.5},   # equal to m in everything: item_id asc
+        {"item_id": "z", "classes": cls, "prob": 0.9},  # same score and best row: probability first
+        {"item_id": "b", "classes": cls, "prob": 0.5},  # equal to m in everything: item_id asc
         {"item_id": "a", "classes": classes("striped", "cotton", "casual", None), "prob": 0.99},  # lower score
     ]
     profile = profile_table([{"classes": cls}])
@@ -338,16 +401,20 @@ def test_rank_matches_tie_breaks_are_deterministic():
         shuffled = [items[i] for i in np.random.RandomState(seed).permutation(len(items))]
         for i, item in enumerate(shuffled):
             item["phash"] = 100 + i  # keep hashes far apart regardless of order
-        assert rank(profile, repository_table(shuffled), ATTRS, 10, 6, **MATCHES).column("item_id").to_pylist() == expected
+        assert (
+            rank(profile, repository_table(shuffled), ATTRS, 10, 6, **MATCHES).column("item_id").to_pylist() == expected
+        )
     assert rank(profile, repository_table(items), ATTRS, 2, 6, **MATCHES).column("item_id").to_pylist() == ["z", "b"]
 
 
 def test_probability_only_counts_matching_attributes():
     profile = profile_table([{"classes": classes("striped", "cotton", "casual", "full-sleeve")}])
-    repo = repository_table([
-        {"item_id": "p", "classes": classes("striped", "cotton", "x", "y"), "prob": 0.6},
-        {"item_id": "q", "classes": classes("striped", "x", "casual", "y"), "prob": 0.7},
-    ])
+    repo = repository_table(
+        [
+            {"item_id": "p", "classes": classes("striped", "cotton", "x", "y"), "prob": 0.6},
+            {"item_id": "q", "classes": classes("striped", "x", "casual", "y"), "prob": 0.7},
+        ]
+    )
     ranked = rank(profile, repo, ATTRS, 10, 6, **MATCHES)
     assert ranked.column("item_id").to_pylist() == ["q", "p"]
     assert ranked.column("match_probability").to_pylist() == pytest.approx([0.7, 0.6])
@@ -363,24 +430,34 @@ def test_every_score_puts_the_closest_items_first_and_ties_by_item_id(kind):
     assert scores == sorted(scores, reverse=True)
     assert set(ranked.column("score_kind").to_pylist()) == {kind}
     assert ranked.column("mmr_score").to_pylist() == pytest.approx(
-        [(s - min(scores)) / (max(scores) - min(scores)) for s in scores])
+        [(s - min(scores)) / (max(scores) - min(scores)) for s in scores]
+    )
 
 
 def test_weighted_prefers_confident_predictions_that_matches_cannot_tell_apart():
     cls = classes("striped", "cotton", "casual", "full-sleeve")
-    repo = repository_table([{"item_id": "sure", "classes": cls, "prob": 0.95},
-                             {"item_id": "unsure", "classes": cls, "prob": 0.4}])
+    repo = repository_table(
+        [{"item_id": "sure", "classes": cls, "prob": 0.95}, {"item_id": "unsure", "classes": cls, "prob": 0.4}]
+    )
     profile = profile_table([{"classes": cls}])
-    assert rank(profile, repo, ATTRS, 2, 6, score_kind="weighted", mmr_lambda=1.0).column(
-        "item_id").to_pylist() == ["sure", "unsure"]
+    assert rank(profile, repo, ATTRS, 2, 6, score_kind="weighted", mmr_lambda=1.0).column("item_id").to_pylist() == [
+        "sure",
+        "unsure",
+    ]
     ranked = rank(profile, repo, ATTRS, 2, 6, **MATCHES)
     assert ranked.column("score").to_pylist() == [4, 4]
 
 
 def test_mmr_lambda_diversifies_the_list():
     profile = profile_table([{"classes": classes("striped", "cotton", "casual", "full-sleeve")}])
-    items = [{"item_id": f"same-{n}", "classes": classes("striped", "cotton", "casual", "half-sleeve"), "prob": 0.9 - n / 100}
-             for n in range(3)]
+    items = [
+        {
+            "item_id": f"same-{n}",
+            "classes": classes("striped", "cotton", "casual", "half-sleeve"),
+            "prob": 0.9 - n / 100,
+        }
+        for n in range(3)
+    ]
     items.append({"item_id": "other", "classes": classes("striped", "silk", "formal", "full-sleeve")})
     repo = repository_table(items)
     plain = rank(profile, repo, ATTRS, 3, 6, score_kind="hybrid", mmr_lambda=1.0).column("item_id").to_pylist()
@@ -408,9 +485,13 @@ def test_embeddings_of_other_networks_are_not_compared():
     ids = ranked.column("item_id").to_pylist()
     assert ids[0] == "b" and ids.index("a") > 1
     assert ranked.column("score_embedding").to_pylist()[ids.index("a")] is None
-    assert rank(profile, repo, ATTRS, 2, 6, score_kind="hybrid", mmr_lambda=1.0).column("item_id").to_pylist() == ["b", "a"]
-    everything_old = repo.set_column(repo.schema.get_field_index("embedding_source"), "embedding_source",
-                                     pa.array(["old"] * 6))
+    assert rank(profile, repo, ATTRS, 2, 6, score_kind="hybrid", mmr_lambda=1.0).column("item_id").to_pylist() == [
+        "b",
+        "a",
+    ]
+    everything_old = repo.set_column(
+        repo.schema.get_field_index("embedding_source"), "embedding_source", pa.array(["old"] * 6)
+    )
     with pytest.raises(scoring.MissingVectors, match="next repository refresh"):
         rank(profile, everything_old, ATTRS, 2, 6, score_kind="embedding")
     assert rank(profile, everything_old, ATTRS, 2, 6, score_kind="hybrid").num_rows == 2
@@ -420,33 +501,41 @@ def test_own_images_and_near_duplicates_are_excluded():
     cls = classes("striped", "cotton", "casual", "full-sleeve")
     base = 0xF0F0_F0F0_F0F0_F0F0
     profile = profile_table([{"classes": cls, "phash": base, "sha": "mine"}])
-    repo = repository_table([
-        {"item_id": "same-bytes", "classes": cls, "sha": "mine", "phash": base ^ 0xFFFF_FFFF},  # far hash
-        {"item_id": "near-3", "classes": cls, "phash": base ^ 0b111},
-        {"item_id": "near-6", "classes": cls, "phash": base ^ 0b111111},
-        {"item_id": "far-7", "classes": cls, "phash": base ^ 0b1111111},
-        {"item_id": "other", "classes": cls, "phash": base ^ (2**64 - 1)},
-    ])
+    repo = repository_table(
+        [
+            {"item_id": "same-bytes", "classes": cls, "sha": "mine", "phash": base ^ 0xFFFF_FFFF},  # far hash
+            {"item_id": "near-3", "classes": cls, "phash": base ^ 0b111},
+            {"item_id": "near-6", "classes": cls, "phash": base ^ 0b111111},
+            {"item_id": "far-7", "classes": cls, "phash": base ^ 0b1111111},
+            {"item_id": "other", "classes": cls, "phash": base ^ (2**64 - 1)},
+        ]
+    )
     assert own_image_mask(profile, repo, 6).tolist() == [True, True, True, False, False]
     for kind in scoring.SCORE_KINDS:
         assert rank(profile, repo, ATTRS, 10, 6, score_kind=kind).column("item_id").to_pylist() == ["far-7", "other"]
     assert rank(profile, repo, ATTRS, 10, 2, **MATCHES).column("item_id").to_pylist() == [
-        "far-7", "near-3", "near-6", "other"]
+        "far-7",
+        "near-3",
+        "near-6",
+        "other",
+    ]
 
 
 def test_rank_takes_the_phash_threshold_and_defaults_from_settings():
     cls = classes("striped", "cotton", "casual", "full-sleeve")
     profile = profile_table([{"classes": cls, "phash": 0}])
-    repo = repository_table([{"item_id": "n", "classes": cls, "phash": 0b11}, {"item_id": "o", "classes": cls,
-                                                                              "phash": 2**64 - 1}])
+    repo = repository_table(
+        [{"item_id": "n", "classes": cls, "phash": 0b11}, {"item_id": "o", "classes": cls, "phash": 2**64 - 1}]
+    )
     ranked = rank(profile, repo, ATTRS, 10)
     assert ranked.column("item_id").to_pylist() == ["o"]  # settings: 6
     assert ranked.column("score_kind").to_pylist() == [get_settings().recommend["score"]]
 
 
 def test_rank_excludes_given_item_ids():
-    ranked = rank(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, exclude_item_ids=["a", "c"],
-                  **MATCHES)
+    ranked = rank(
+        profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, exclude_item_ids=["a", "c"], **MATCHES
+    )
     assert ranked.column("item_id").to_pylist() == ["b", "e", "f"]
 
 
@@ -472,13 +561,23 @@ def scene(any_store):
     items = [
         {"item_id": "own", "classes": U1_CLASSES, "data": u1, "prob": 0.99},
         {"item_id": "near", "classes": U1_CLASSES, "data": near, "prob": 0.99},
-        {"item_id": "i1", "classes": U1_CLASSES, "data": noise_jpeg(1), "prob": 0.8, "price": 10.0},     # 4, best 4
-        {"item_id": "i2", "classes": classes("striped", "silk", "party", "sleeveless"), "data": noise_jpeg(2),
-         "retailer": "other-shop", "category": "dresses"},                                               # 4, best 3
-        {"item_id": "i3", "classes": classes("striped", "cotton", "formal", "half-sleeve"), "data": noise_jpeg(3),
-         "title": 'Tee <b>"bold"</b> & co', "price": None},                                               # 2
+        {"item_id": "i1", "classes": U1_CLASSES, "data": noise_jpeg(1), "prob": 0.8, "price": 10.0},  # 4, best 4
+        {
+            "item_id": "i2",
+            "classes": classes("striped", "silk", "party", "sleeveless"),
+            "data": noise_jpeg(2),
+            "retailer": "other-shop",
+            "category": "dresses",
+        },  # 4, best 3
+        {
+            "item_id": "i3",
+            "classes": classes("striped", "cotton", "formal", "half-sleeve"),
+            "data": noise_jpeg(3),
+            "title": 'Tee <b>"bold"</b> & co',
+            "price": None,
+        },  # 2
         {"item_id": "i4", "classes": classes("checkered", "wool", "winter", "half-sleeve"), "data": noise_jpeg(4)},  # 0
-        {"item_id": "i5", "classes": U2_CLASSES, "data": None, "prob": 0.95, "price": 99.0},             # 4, best 4
+        {"item_id": "i5", "classes": U2_CLASSES, "data": None, "prob": 0.95, "price": 99.0},  # 4, best 4
     ]
     for it in items:
         data = it["data"] if it["data"] is not None else noise_jpeg(5)
@@ -494,14 +593,20 @@ def test_recommend_for_user_end_to_end(scene):
     store, vectorizer = scene
     summary = recommend_for_user(store, "ann", None, 4, DAY, vectorizer=vectorizer, run_id="scheduled__1", **MATCHES)
 
-    expected_keys = {"recommendations": f"recommendations/date={DAY}/run=scheduled__1/user_id=ann/recommendations.parquet",
-                     "profile": f"profiles/date={DAY}/run=scheduled__1/user_id=ann/profile.parquet",
-                     "html": f"recommendations_html/{DAY}/run=scheduled__1/ann.html",
-                     "shown": f"users/ann/_shown/{DAY}/run=scheduled__1.parquet"}
+    expected_keys = {
+        "recommendations": f"recommendations/date={DAY}/run=scheduled__1/user_id=ann/recommendations.parquet",
+        "profile": f"profiles/date={DAY}/run=scheduled__1/user_id=ann/profile.parquet",
+        "html": f"recommendations_html/{DAY}/run=scheduled__1/ann.html",
+        "shown": f"users/ann/_shown/{DAY}/run=scheduled__1.parquet",
+    }
     assert summary["keys"] == expected_keys and summary["run"] == "scheduled__1"
     run = "scheduled__1"
-    assert expected_keys == {"recommendations": recommendations_key("ann", DAY, run), "html": html_key("ann", DAY, run),
-                             "profile": profile_key("ann", DAY, run), "shown": shown_key("ann", DAY, run)}
+    assert expected_keys == {
+        "recommendations": recommendations_key("ann", DAY, run),
+        "html": html_key("ann", DAY, run),
+        "profile": profile_key("ann", DAY, run),
+        "shown": shown_key("ann", DAY, run),
+    }
     for key in expected_keys.values():
         assert store.exists(key)
     assert summary["n_items_scored"] == 7 and summary["n_recommended"] == 4
@@ -526,7 +631,7 @@ def test_recommend_for_user_end_to_end(scene):
     page = store.get_bytes(expected_keys["html"]).decode()
     assert page.count("<img ") == 2 + 3  # i5's image is missing: a placeholder instead
     assert page.count('class="placeholder"') == 1
-    assert "Tee &lt;b&gt;&quot;bold&quot;&lt;/b&gt; &amp; co" in page and "<b>\"bold\"" not in page
+    assert "Tee &lt;b&gt;&quot;bold&quot;&lt;/b&gt; &amp; co" in page and '<b>"bold"' not in page
     assert "score matches" in page
 
     shown = store.read_parquet(expected_keys["shown"])
@@ -540,8 +645,9 @@ def test_outputs_are_hive_datasets_that_readers_can_open(scene):
         recommend_for_user(store, "ann", None, 3, user_day, vectorizer=vectorizer)
     partitioning = ds.partitioning(pa.schema([("date", pa.string()), ("user_id", pa.string())]), flavor="hive")
     for prefix in ("recommendations/", "profiles/"):
-        table = ds.dataset(store.path(prefix), filesystem=store.fs, format="parquet",
-                           partitioning=partitioning).to_table()
+        table = ds.dataset(
+            store.path(prefix), filesystem=store.fs, format="parquet", partitioning=partitioning
+        ).to_table()
         assert set(table.column("date").to_pylist()) == {DAY, "2026-11-29"}
         assert set(table.column("user_id").to_pylist()) == {"ann"}
     assert not any(key.endswith(".html") for key in store.list("recommendations/") + store.list("profiles/"))
@@ -562,9 +668,11 @@ def test_every_score_kind_end_to_end(scene, kind):
 
 def test_filters(scene):
     store, vectorizer = scene
+
     def ids(**filters):
-        summary = recommend_for_user(store, "ann", None, 10, DAY, vectorizer=vectorizer, filters=filters, run_id="r",
-                                     **MATCHES)
+        summary = recommend_for_user(
+            store, "ann", None, 10, DAY, vectorizer=vectorizer, filters=filters, run_id="r", **MATCHES
+        )
         return [row["item_id"] for row in summary["top_k"]]
 
     assert ids() == ["i5", "i1", "i2", "i3"]
@@ -596,11 +704,15 @@ def test_items_shown_on_earlier_days_are_not_recommended_again(scene):
 
 def test_a_retry_of_the_same_run_overwrites_its_keys(scene):
     store, vectorizer = scene
-    first = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00")
+    first = recommend_for_user(
+        store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00"
+    )
     keys = store.list()
     blobs = {name: store.get_bytes(key) for name, key in first["keys"].items() if name != "recommendations"}
     recs = store.read_parquet(first["keys"]["recommendations"])
-    second = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00")
+    second = recommend_for_user(
+        store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00"
+    )
     assert second == first
     assert store.list() == keys
     again = store.read_parquet(second["keys"]["recommendations"])
@@ -615,10 +727,12 @@ def test_two_runs_on_one_date_keep_both_outputs(scene):
     store, vectorizer = scene
     store.write_parquet("users/ann/_shown/2026-11-27.parquet", pa.table({"item_id": ["legacy"]}))  # before runs
     assert shown_before(store, "ann", DAY) == ["legacy"]
-    scheduled = recommend_for_user(store, "ann", None, 3, DAY, vectorizer=vectorizer,
-                                   run_id="scheduled__2026-11-28T00:00:00+00:00")
-    manual = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer,
-                                run_id="manual__2026-11-28T09:30:00+00:00")
+    scheduled = recommend_for_user(
+        store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="scheduled__2026-11-28T00:00:00+00:00"
+    )
+    manual = recommend_for_user(
+        store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T09:30:00+00:00"
+    )
     for name in ("recommendations", "profile", "html", "shown"):
         assert scheduled["keys"][name] != manual["keys"][name] and store.exists(scheduled["keys"][name])
     assert store.read_parquet(scheduled["keys"]["recommendations"]).num_rows == 3
@@ -707,8 +821,13 @@ def test_build_profile_rejects_undecodable_images_and_bad_vectorizers(file_store
 def test_a_vectorizer_without_probabilities_or_embeddings_still_serves_matches(file_store):
     data = noise_jpeg(9)
     file_store.put_bytes("users/ann/ok.jpg", data)
-    profile = build_profile(file_store, "ann", ["users/ann/ok.jpg"],
-                            FakeVectorizer({content_sha256(data): U1_CLASSES}, embeddings=False), ATTRS)
+    profile = build_profile(
+        file_store,
+        "ann",
+        ["users/ann/ok.jpg"],
+        FakeVectorizer({content_sha256(data): U1_CLASSES}, embeddings=False),
+        ATTRS,
+    )
     assert profile.column("embedding").null_count == 1 and "embedding_source" not in profile.column_names
     repo = repository_table(ITEMS_6)
     assert rank(profile, repo, ATTRS, 2, 6, **MATCHES).column("item_id").to_pylist() == ["a", "c"]
@@ -721,15 +840,18 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
     import io as _io
 
     import pyarrow as _pa
-    from PIL import Image as _Image, ImageDraw as _ImageDraw
+    from PIL import Image as _Image
+    from PIL import ImageDraw as _ImageDraw
 
-    from pipeline.hashing import content_sha256 as _sha, perceptual_hashes as _hashes
+    from pipeline.hashing import content_sha256 as _sha
+    from pipeline.hashing import perceptual_hashes as _hashes
     from pipeline.recommend import own_image_mask, thumbnail_check
 
     def garment(colour: str) -> bytes:
         image = _Image.new("RGB", (96, 96), "white")
-        _ImageDraw.Draw(image).polygon([(20, 10), (76, 10), (90, 40), (70, 40), (70, 90), (26, 90), (26, 40), (6, 40)],
-                                      fill=colour)
+        _ImageDraw.Draw(image).polygon(
+            [(20, 10), (76, 10), (90, 40), (70, 40), (70, 90), (26, 90), (26, 40), (6, 40)], fill=colour
+        )
         buffer = _io.BytesIO()
         image.save(buffer, "JPEG", quality=95)
         return buffer.getvalue()
@@ -741,8 +863,13 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
 
     def table(keys, blobs):
         phashes = [_hashes(_Image.open(_io.BytesIO(b)))[0] for b in blobs]
-        return _pa.table({"image_key": keys, "phash": _pa.array(phashes, _pa.uint64()),
-                          "content_sha256": [_sha(b) + "-other" for b in blobs]})
+        return _pa.table(
+            {
+                "image_key": keys,
+                "phash": _pa.array(phashes, _pa.uint64()),
+                "content_sha256": [_sha(b) + "-other" for b in blobs],
+            }
+        )
 
     profile = table(["users/u/mine.jpg"], [mine])
     repository = table(["images/red.jpg", "images/blue.jpg"], [red_copy, blue])
@@ -761,18 +888,22 @@ def test_a_mirrored_upload_of_a_shop_photo_is_still_the_users_own(file_store):
     Image.open(io.BytesIO(shop)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(upload, "JPEG", quality=85)
     upload = upload.getvalue()
     file_store.put_bytes("users/ann/flipped.jpg", upload)
-    items = [{"item_id": "shop", "classes": U1_CLASSES, "data": shop}, {"item_id": "other", "classes": U1_CLASSES,
-                                                                        "data": noise_jpeg(8)}]
+    items = [
+        {"item_id": "shop", "classes": U1_CLASSES, "data": shop},
+        {"item_id": "other", "classes": U1_CLASSES, "data": noise_jpeg(8)},
+    ]
     for it in items:
         it["phash"], it["sha"] = phash_of(it["data"]), content_sha256(it["data"])
         file_store.put_bytes(f"images/full/{it['item_id']}.jpg", it["data"])
     repository = repository_table(items)
-    profile = build_profile(file_store, "ann", ["users/ann/flipped.jpg"],
-                            FakeVectorizer({content_sha256(upload): U1_CLASSES}), ATTRS)
+    profile = build_profile(
+        file_store, "ann", ["users/ann/flipped.jpg"], FakeVectorizer({content_sha256(upload): U1_CLASSES}), ATTRS
+    )
     assert profile.schema.field("phash_mirror").type == pa.uint64()
     check = thumbnail_check(file_store, profile, repository, max_mad=3.0)
     assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
-    assert rank(profile, repository, ATTRS, k=5, phash_max_distance=6,
-                confirm_near_copy=check).column("item_id").to_pylist() == ["other"]
+    assert rank(profile, repository, ATTRS, k=5, phash_max_distance=6, confirm_near_copy=check).column(
+        "item_id"
+    ).to_pylist() == ["other"]
     # A profile without the mirror hash (as built before) would have shown the user their own photo.
     assert own_image_mask(profile.drop_columns(["phash_mirror"]), repository, 6, check).tolist() == [False, False]

@@ -1,5 +1,6 @@
 """The batch path (pipeline.recommend.recommend_for_users: many users in one streamed pass) gives
 exactly the one-user path's lists (recommend_for_user), item for item and in order."""
+
 import datetime as dt
 import hashlib
 import io
@@ -51,8 +52,9 @@ def vector(seed: int, source: str = "fake", null_embedding: bool = False) -> dic
     for a in ATTRS:
         probs = rng.dirichlet(np.full(len(TAXONOMY[a]), 0.5)).astype(np.float32)
         best = int(np.argmax(probs))
-        out.update({a: TAXONOMY[a][best], f"{a}_prob": float(probs[best]), f"{a}_probs": probs,
-                    f"{a}_model_version": "v1"})
+        out.update(
+            {a: TAXONOMY[a][best], f"{a}_prob": float(probs[best]), f"{a}_probs": probs, f"{a}_model_version": "v1"}
+        )
     embedding = rng.normal(size=DIMS).astype(np.float32)
     out["embedding"] = None if null_embedding else embedding / np.linalg.norm(embedding)
     out["embedding_source"] = source
@@ -84,18 +86,19 @@ def repository(items: list[dict[str, Any]]) -> pa.Table:
         "phash": pa.array([it["phash"] for it in items], pa.uint64()),
         "phash_mirror": pa.array([None] * n, pa.uint64()),
         "content_sha256": [it["sha"] for it in items],
-        "crawled_at": pa.array([dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)] * n, pa.timestamp("us", "UTC")),
+        "crawled_at": pa.array([dt.datetime(2026, 11, 27, tzinfo=dt.UTC)] * n, pa.timestamp("us", "UTC")),
     }
     for a in ATTRS:
         columns[a] = pa.array([it["v"][a] for it in items], pa.string())
         columns[f"{a}_prob"] = pa.array([it["v"][f"{a}_prob"] for it in items], pa.float32())
         columns[f"{a}_probs"] = pa.array([it["v"][f"{a}_probs"].tolist() for it in items], pa.list_(pa.float32()))
         columns[f"{a}_model_version"] = ["v1"] * n
-    columns["embedding"] = pa.array([None if it["v"]["embedding"] is None else it["v"]["embedding"].tolist()
-                                     for it in items], pa.list_(pa.float32()))
+    columns["embedding"] = pa.array(
+        [None if it["v"]["embedding"] is None else it["v"]["embedding"].tolist() for it in items],
+        pa.list_(pa.float32()),
+    )
     columns["embedding_source"] = [it["v"]["embedding_source"] for it in items]
-    columns["inferred_at"] = pa.array([dt.datetime(2026, 11, 27, 1, tzinfo=dt.timezone.utc)] * n,
-                                      pa.timestamp("us", "UTC"))
+    columns["inferred_at"] = pa.array([dt.datetime(2026, 11, 27, 1, tzinfo=dt.UTC)] * n, pa.timestamp("us", "UTC"))
     return pa.table(columns)
 
 
@@ -131,16 +134,25 @@ def shop(tmp_path_factory):
         v = vector(seed, source="other" if i % 23 == 5 else "fake", null_embedding=i % 31 == 3)
         item_id = hashlib.sha1(f"item{i}".encode()).hexdigest()[:10]
         store.put_bytes(f"images/full/{item_id}.jpg", data)
-        items.append({"item_id": item_id, "retailer": ("shop-a", "shop-b", "shop-c")[i % 3],
-                      "category": ("tops", "dresses")[int(rng.integers(2))],
-                      "price": None if i % 17 == 0 else float(rng.uniform(5, 200)),
-                      "phash": perceptual_hashes(Image.open(io.BytesIO(data)))[0], "sha": content_sha256(data), "v": v})
+        items.append(
+            {
+                "item_id": item_id,
+                "retailer": ("shop-a", "shop-b", "shop-c")[i % 3],
+                "category": ("tops", "dresses")[int(rng.integers(2))],
+                "price": None if i % 17 == 0 else float(rng.uniform(5, 200)),
+                "phash": perceptual_hashes(Image.open(io.BytesIO(data)))[0],
+                "sha": content_sha256(data),
+                "v": v,
+            }
+        )
     table = repository(items)
     for retailer in ("shop-a", "shop-b", "shop-c"):
         part = table.filter(pc.equal(table["retailer"], retailer)).drop_columns(["retailer"])
         for half, rows in enumerate((slice(0, 120), slice(120, None))):
-            store.write_parquet(f"{REPOSITORY_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-{half}.parquet",
-                                part.slice(rows.start, (rows.stop or part.num_rows) - rows.start))
+            store.write_parquet(
+                f"{REPOSITORY_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-{half}.parquet",
+                part.slice(rows.start, (rows.stop or part.num_rows) - rows.start),
+            )
     for u in range(0, USERS, 3):  # shown yesterday: 15 items each
         shown = [items[(u * 11 + j) % 700]["item_id"] for j in range(15)]
         store.write_parquet(shown_key(f"user{u:02d}", "2026-11-30", "before"), pa.table({"item_id": shown}))
@@ -160,8 +172,9 @@ def assert_same_tables(batch: pa.Table, single: pa.Table, user: str, kind: str) 
         if name in FLOATS:
             assert [v is None for v in left] == [v is None for v in right], (user, name)
             cosine = name == "score_embedding" or (kind in ("embedding", "hybrid") and name in ("score", "mmr_score"))
-            assert np.allclose([v or 0.0 for v in left], [v or 0.0 for v in right], rtol=0,
-                               atol=COSINE_TOLERANCE if cosine else 1e-9), (user, name)
+            assert np.allclose(
+                [v or 0.0 for v in left], [v or 0.0 for v in right], rtol=0, atol=COSINE_TOLERANCE if cosine else 1e-9
+            ), (user, name)
         else:
             assert left == right, (user, name)
 
@@ -190,8 +203,9 @@ def test_batch_lists_equal_the_one_user_path(shop, kind, lam, k, filters):
         user = request["user_id"]
         single = recommend_for_user(store, user, None, None, DAY, vectorizer, options=options, run_id="single")
         assert_same_tables(batch[user], store.read_parquet(recommendations_key(user, DAY, "single")), user, kind)
-        assert {key: v for key, v in summary.items() if key not in ("top_k", "keys", "run")} == \
-            {key: v for key, v in single.items() if key not in ("top_k", "keys", "run")}
+        assert {key: v for key, v in summary.items() if key not in ("top_k", "keys", "run")} == {
+            key: v for key, v in single.items() if key not in ("top_k", "keys", "run")
+        }
         assert batch[user].num_rows == min(k, batch[user].num_rows) and batch[user].num_rows > 0
         excluded_somewhere += single["n_excluded_shown"]
     assert excluded_somewhere > 0

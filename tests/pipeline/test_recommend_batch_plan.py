@@ -1,4 +1,5 @@
 """Planning a scheduled run's mapped recommend tasks: within Airflow's mapping limit at 100,000 users."""
+
 import math
 
 import pytest
@@ -32,8 +33,10 @@ def test_100000_users_fit_in_airflows_map_length():
     assert batches[0][0]["image_keys"] == ["users/u000000/p0.jpg", "users/u000000/p1.jpg", "users/u000000/p2.jpg"]
 
 
-@pytest.mark.parametrize("users,expected", [(0, 100), (1, 100), (99_999, 100), (100_000, 100), (100_001, 101),
-                                            (250_000, 250), (1_000_000, 1000)])
+@pytest.mark.parametrize(
+    "users,expected",
+    [(0, 100), (1, 100), (99_999, 100), (100_000, 100), (100_001, 101), (250_000, 250), (1_000_000, 1000)],
+)
 def test_batch_size_grows_only_past_the_task_limit(users, expected):
     size = batch_size(users, users_per_task=100, max_tasks=1000, max_users_per_task=1000)
     assert size == expected

@@ -23,9 +23,14 @@ def png(size=(50, 80)) -> bytes:
     return buffer.getvalue()
 
 
-IMAGES = {"users/u/a.jpg": jpeg(), "users/u/b.png": png(), "images/full/1.jpg": jpeg(color="red"),
-          "images/full/2.jpg": jpeg((120, 900)), "images/full/3.jpg": jpeg(color="green"),
-          "images/full/garbage.jpg": b"\xff\xd8 definitely not a jpeg"}
+IMAGES = {
+    "users/u/a.jpg": jpeg(),
+    "users/u/b.png": png(),
+    "images/full/1.jpg": jpeg(color="red"),
+    "images/full/2.jpg": jpeg((120, 900)),
+    "images/full/3.jpg": jpeg(color="green"),
+    "images/full/garbage.jpg": b"\xff\xd8 definitely not a jpeg",
+}
 
 
 def loader(key: str) -> bytes:
@@ -49,10 +54,20 @@ PROFILE = [
 
 
 def rec(rank, title, image_key, matched="pattern", url="https://shop.test/p/1"):
-    return {"rank": rank, "item_id": f"id{rank}", "title": title, "price": 19.5, "currency": "EUR",
-            "retailer": "demo-store", "product_url": url, "image_key": image_key, "score": 5,
-            "best_row_matches": 3, "matched_attributes": matched,
-            **attrs("striped", "wool", "casual", "half-sleeve", 0.7)}
+    return {
+        "rank": rank,
+        "item_id": f"id{rank}",
+        "title": title,
+        "price": 19.5,
+        "currency": "EUR",
+        "retailer": "demo-store",
+        "product_url": url,
+        "image_key": image_key,
+        "score": 5,
+        "best_row_matches": 3,
+        "matched_attributes": matched,
+        **attrs("striped", "wool", "casual", "half-sleeve", 0.7),
+    }
 
 
 RECS = [
@@ -85,12 +100,19 @@ def test_thumbnails_are_small_jpegs():
         uri = thumbnail_data_uri(data)
         image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
         assert image.format == "JPEG" and max(image.size) <= 160
-    assert Image.open(io.BytesIO(base64.b64decode(thumbnail_data_uri(jpeg((400, 300))).split(",")[1]))).size == (160, 120)
+    assert Image.open(io.BytesIO(base64.b64decode(thumbnail_data_uri(jpeg((400, 300))).split(",")[1]))).size == (
+        160,
+        120,
+    )
 
 
 def test_broken_or_missing_images_become_placeholders():
-    recs = [rec(1, "Missing", "images/full/nope.jpg"), rec(2, "Garbage", "images/full/garbage.jpg"),
-            rec(3, "No key", None), rec(4, "Fine", "images/full/3.jpg")]
+    recs = [
+        rec(1, "Missing", "images/full/nope.jpg"),
+        rec(2, "Garbage", "images/full/garbage.jpg"),
+        rec(3, "No key", None),
+        rec(4, "Fine", "images/full/3.jpg"),
+    ]
     page = render_recommendations_html("ann", PROFILE, recs, loader, ATTRS)
     assert page.count('class="placeholder"') == 3
     assert page.count("<img ") == len(PROFILE) + 1
@@ -126,9 +148,18 @@ def test_user_id_is_escaped():
 
 
 def test_scores_components_and_the_closest_profile_photo_are_shown():
-    row = {**rec(1, "Tee", "images/full/1.jpg"), "score": 1.23456, "score_kind": "hybrid", "mmr_score": 0.9,
-           "score_matches": 6, "best_row_matches": 3, "score_weighted": 0.4321, "score_embedding": 0.87654,
-           "nearest_profile_image": "users/u/<b>.jpg", "category": "t-shirt"}
+    row = {
+        **rec(1, "Tee", "images/full/1.jpg"),
+        "score": 1.23456,
+        "score_kind": "hybrid",
+        "mmr_score": 0.9,
+        "score_matches": 6,
+        "best_row_matches": 3,
+        "score_weighted": 0.4321,
+        "score_embedding": 0.87654,
+        "nearest_profile_image": "users/u/<b>.jpg",
+        "category": "t-shirt",
+    }
     page = render_recommendations_html("ann", PROFILE, [row], loader, ATTRS)
     assert "hybrid 1.235 &middot; MMR 0.900" in page
     assert "matches 6 (best photo 3/4) &middot; weighted 0.432 &middot; embedding 0.877</div>" in page
@@ -143,11 +174,16 @@ def test_missing_components_are_left_out():
 
 
 def test_the_run_context_is_in_the_header_and_escaped():
-    context = {"run_date": "2026-11-28", "score_kind": "weighted", "mmr_lambda": 0.7, "n_items_scored": 1200,
-               "n_excluded_shown": 4, "filters": {"retailers": ["<shop>"], "categories": [], "price_min": 10,
-                                                  "price_max": None}}
+    context = {
+        "run_date": "2026-11-28",
+        "score_kind": "weighted",
+        "mmr_lambda": 0.7,
+        "n_items_scored": 1200,
+        "n_excluded_shown": 4,
+        "filters": {"retailers": ["<shop>"], "categories": [], "price_min": 10, "price_max": None},
+    }
     page = render_recommendations_html("ann", PROFILE, RECS, loader, ATTRS, context=context)
-    header = page[page.index("<header>"):page.index("</header>")]
+    header = page[page.index("<header>") : page.index("</header>")]
     assert "date 2026-11-28; score weighted; MMR lambda 0.70" in header
     assert "filters: retailers=[&#x27;&lt;shop&gt;&#x27;], price_min=10; 1200 items scored; 4 shown before" in header
     assert "<shop>" not in page
@@ -172,8 +208,13 @@ def test_thumbnails_are_upright_and_bombs_are_refused_unread():
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(UndecodableImage) as caught:
         thumbnail_data_uri(bomb)
     assert caught.value.reason == DECOMPRESSION_BOMB

@@ -3,12 +3,13 @@
 Inference is replaced by a deterministic fake (``fake_infer``) that stages vectors the way
 ``models.inference.infer_shard`` does; tests/models/test_inference.py runs the real networks.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,8 +22,8 @@ from tests.conftest import REPO_ROOT
 ATTRIBUTES = ["pattern", "shape"]
 CLASSES = {"pattern": ["checkered", "striped", "solid"], "shape": ["full-sleeve", "half-sleeve", "sleeveless"]}
 NIGHT1, NIGHT2 = date(2026, 11, 1), date(2026, 11, 2)
-T1 = datetime(2026, 11, 1, 2, 5, tzinfo=timezone.utc)
-T2 = datetime(2026, 11, 2, 2, 5, tzinfo=timezone.utc)
+T1 = datetime(2026, 11, 1, 2, 5, tzinfo=UTC)
+T2 = datetime(2026, 11, 2, 2, 5, tzinfo=UTC)
 
 
 def item_id(n: int) -> str:
@@ -34,18 +35,34 @@ def publish(store, version: str, attributes=ATTRIBUTES, classes=CLASSES) -> None
         store.write_json(f"models/{attribute}/current.json", {"version": version, "classes": list(classes[attribute])})
 
 
-def write_batch(store, batch_id: str, numbers, *, crawled_at=T1, retailer="demo-store", price=None, image=None) -> list[str]:
+def write_batch(
+    store, batch_id: str, numbers, *, crawled_at=T1, retailer="demo-store", price=None, image=None
+) -> list[str]:
     """``curation/<batch_id>/accepted.parquet`` with items ``numbers`` (no image bytes: inference is faked).
     ``price`` / ``image``: {n: value} overrides of the price and of the image content."""
     rows = []
     for n in numbers:
-        rows.append({
-            "item_id": item_id(n), "retailer": retailer, "product_url": f"https://shop.example/p/{n}", "sku": f"S{n}",
-            "title": f"shirt {n}", "price": (price or {}).get(n, 10.0 + n), "currency": "EUR", "category": "shirts",
-            "image_url": f"https://shop.example/i/{n}.jpg", "image_key": f"images/full/{n}.jpg", "crawled_at": crawled_at,
-            "content_sha256": hashlib.sha256(f"{n}:{(image or {}).get(n, 0)}".encode()).hexdigest(),
-            "phash": 2**63 + n, "dhash": n, "phash_mirror": None, "width": 48, "height": 48,
-        })
+        rows.append(
+            {
+                "item_id": item_id(n),
+                "retailer": retailer,
+                "product_url": f"https://shop.example/p/{n}",
+                "sku": f"S{n}",
+                "title": f"shirt {n}",
+                "price": (price or {}).get(n, 10.0 + n),
+                "currency": "EUR",
+                "category": "shirts",
+                "image_url": f"https://shop.example/i/{n}.jpg",
+                "image_key": f"images/full/{n}.jpg",
+                "crawled_at": crawled_at,
+                "content_sha256": hashlib.sha256(f"{n}:{(image or {}).get(n, 0)}".encode()).hexdigest(),
+                "phash": 2**63 + n,
+                "dhash": n,
+                "phash_mirror": None,
+                "width": 48,
+                "height": 48,
+            }
+        )
     types = {"phash": pa.uint64(), "dhash": pa.uint64(), "phash_mirror": pa.uint64()}
     table = pa.table({k: pa.array([r[k] for r in rows], types.get(k)) for k in rows[0]})
     store.write_parquet(f"curation/{batch_id}/accepted.parquet", table)
@@ -65,21 +82,36 @@ def fake_infer(store, commit_id: str, inferred_at: datetime, skip=()) -> int:
             picks = [int(hashlib.sha1(f"{i}{version}".encode()).hexdigest(), 16) % len(classes) for i in ids]
             columns[attribute] = [classes[p] for p in picks]
             columns[f"{attribute}_prob"] = [0.8] * len(ids)
-            columns[f"{attribute}_probs"] = [[0.8 if c == p else 0.2 / (len(classes) - 1) for c in range(len(classes))] for p in picks]
+            columns[f"{attribute}_probs"] = [
+                [0.8 if c == p else 0.2 / (len(classes) - 1) for c in range(len(classes))] for p in picks
+            ]
             columns[f"{attribute}_model_version"] = [version] * len(ids)
         columns["embedding"] = [[0.6, 0.8, 0.0] for _ in ids]
         columns["embedding_source"] = ["fake"] * len(ids)
         columns["inferred_at"] = [inferred_at] * len(ids)
         skipped = [i for i in items["item_id"].to_pylist() if i in skip]
-        R.write_shard(store, commit_id, shard, pa.table(columns),
-                      {"versions": info["versions"], "skipped_item_ids": skipped})
+        R.write_shard(
+            store, commit_id, shard, pa.table(columns), {"versions": info["versions"], "skipped_item_ids": skipped}
+        )
         total += len(ids)
     return total
 
 
-def refresh(store, commit_id: str, batch_id: str | None, inferred_at: datetime, *, config=None, skip=(), crawl_date=None,
-            on_publish=None, attributes=ATTRIBUTES) -> tuple[dict, dict]:
-    plan = R.plan_refresh(store, commit_id, batch_id=batch_id, attributes=attributes, config=config, crawl_date=crawl_date)
+def refresh(
+    store,
+    commit_id: str,
+    batch_id: str | None,
+    inferred_at: datetime,
+    *,
+    config=None,
+    skip=(),
+    crawl_date=None,
+    on_publish=None,
+    attributes=ATTRIBUTES,
+) -> tuple[dict, dict]:
+    plan = R.plan_refresh(
+        store, commit_id, batch_id=batch_id, attributes=attributes, config=config, crawl_date=crawl_date
+    )
     fake_infer(store, commit_id, inferred_at, skip)
     return plan, R.commit_refresh(store, commit_id, config=config, on_publish=on_publish)
 
@@ -92,10 +124,32 @@ def file_bytes(store) -> dict[str, bytes]:
 def test_the_schema_file_defines_the_columns_in_documented_order():
     schema = R.repository_schema(ATTRIBUTES)
     assert schema.names == [
-        "item_id", "retailer", "product_url", "title", "price", "currency", "category", "image_key", "phash",
-        "phash_mirror", "dhash", "content_sha256", "crawled_at", "crawl_date",
-        "pattern", "pattern_prob", "pattern_probs", "pattern_model_version",
-        "shape", "shape_prob", "shape_probs", "shape_model_version", "embedding", "embedding_source", "inferred_at"]
+        "item_id",
+        "retailer",
+        "product_url",
+        "title",
+        "price",
+        "currency",
+        "category",
+        "image_key",
+        "phash",
+        "phash_mirror",
+        "dhash",
+        "content_sha256",
+        "crawled_at",
+        "crawl_date",
+        "pattern",
+        "pattern_prob",
+        "pattern_probs",
+        "pattern_model_version",
+        "shape",
+        "shape_prob",
+        "shape_probs",
+        "shape_model_version",
+        "embedding",
+        "embedding_source",
+        "inferred_at",
+    ]
     types = {f.name: f.type for f in schema}
     assert types["price"] == pa.float64() and types["phash"] == types["dhash"] == types["phash_mirror"] == pa.uint64()
     assert types["crawled_at"] == types["inferred_at"] == pa.timestamp("us", tz="UTC")
@@ -128,7 +182,8 @@ def test_a_first_night_writes_one_partition_with_one_row_per_item(any_store):
     plan, record = refresh(any_store, "catalog-20261101", "catalog-20261101", T1)
     assert plan["actions"] == {"new": 6, "image": 0, "model": 0, "catalog": 0} and plan["shards"] == 1
     assert R.data_keys(any_store) == [
-        "repository/fashion_vectors/crawl_date=2026-11-01/retailer=demo-store/part-00000-of-00001.parquet"]
+        "repository/fashion_vectors/crawl_date=2026-11-01/retailer=demo-store/part-00000-of-00001.parquet"
+    ]
     table = R.read_repository(any_store)
     assert table.column_names == R.repository_schema(ATTRIBUTES).names
     assert table["item_id"].to_pylist() == sorted(ids)
@@ -161,16 +216,25 @@ def test_a_night_run_twice_leaves_every_repository_object_identical(any_store):
     refresh(any_store, "catalog-20261101", "catalog-20261101", T1, config={"max_file_rows": 2})
     publish(any_store, "v2", ["shape"])
     write_batch(any_store, "catalog-20261102", range(8), crawled_at=T2, price={1: 42.0})
-    _, first = refresh(any_store, "catalog-20261102", "catalog-20261102", T2, config={"max_file_rows": 2, "shard_size": 3})
+    _, first = refresh(
+        any_store, "catalog-20261102", "catalog-20261102", T2, config={"max_file_rows": 2, "shard_size": 3}
+    )
 
     def objects() -> dict[str, tuple[bytes, int | None]]:
-        return {k: (any_store.get_bytes(k), any_store.read_parquet(k).num_rows if k.endswith(".parquet") else None)
-                for k in any_store.list("repository")}
+        return {
+            k: (any_store.get_bytes(k), any_store.read_parquet(k).num_rows if k.endswith(".parquet") else None)
+            for k in any_store.list("repository")
+        }
 
     before = objects()
     assert len(R.data_keys(any_store)) == 5 and sum(n or 0 for _, n in before.values()) == 8
-    plan, again = refresh(any_store, "catalog-20261102", "catalog-20261102", T2 + timedelta(hours=3),
-                          config={"max_file_rows": 2, "shard_size": 3})
+    plan, again = refresh(
+        any_store,
+        "catalog-20261102",
+        "catalog-20261102",
+        T2 + timedelta(hours=3),
+        config={"max_file_rows": 2, "shard_size": 3},
+    )
     assert plan["to_infer"] == 0 and again["files_written"] == [] and again["repository_rows"] == 8
     assert objects() == before
     assert any_store.read_json("repository/commits/catalog-20261102.json") == first
@@ -231,7 +295,10 @@ def test_a_second_night_adds_new_items_and_updates_changed_ones_in_place(file_st
     assert rows[first[3]]["crawled_at"] == T2
     assert rows[first[4]]["inferred_at"] == T2 and rows[first[0]]["inferred_at"] == T1
     assert rows[first[0]]["crawled_at"] == T1  # an unchanged row is not rewritten
-    assert sorted(k.split("/")[2] for k in R.data_keys(file_store)) == ["crawl_date=2026-11-01", "crawl_date=2026-11-02"]
+    assert sorted(k.split("/")[2] for k in R.data_keys(file_store)) == [
+        "crawl_date=2026-11-01",
+        "crawl_date=2026-11-02",
+    ]
     night2 = R.read_repository(file_store, columns=["item_id"], filter=[("crawl_date", "=", NIGHT2)])
     assert night2["item_id"].to_pylist() == sorted(second[5:])
 
@@ -260,10 +327,14 @@ def test_new_models_rescore_every_row_where_it_is(any_store):
     assert plan["actions"] == {"new": 0, "image": 0, "model": 7, "catalog": 0} and plan["batch_items"] == 0
     table = R.read_repository(any_store)
     assert table.num_rows == 7 and pc.count_distinct(table["item_id"]).as_py() == 7
-    assert set(table["shape_model_version"].to_pylist()) == {"v2"} and set(table["pattern_model_version"].to_pylist()) == {"v1"}
+    assert set(table["shape_model_version"].to_pylist()) == {"v2"} and set(
+        table["pattern_model_version"].to_pylist()
+    ) == {"v1"}
     assert R.data_keys(any_store) == keys_before  # the same files, rewritten: no row moved
     assert sorted(set(zip(table["retailer"].to_pylist(), table["crawl_date"].to_pylist()))) == [
-        ("demo-store", NIGHT1), ("other-shop", NIGHT2)]
+        ("demo-store", NIGHT1),
+        ("other-shop", NIGHT2),
+    ]
     # Once re-scored, nothing is left to do.
     again, _ = refresh(any_store, "rescore-20261102T130000", None, T2)
     assert again["to_infer"] == 0 and record["inferred"] == 7
@@ -296,14 +367,24 @@ def test_items_whose_image_cannot_be_read_are_left_out_or_kept_as_they_were(file
 def test_shards_are_sized_from_the_settings_and_capped(file_store):
     publish(file_store, "v1")
     write_batch(file_store, "catalog-20261101", range(10))
-    plan = R.plan_refresh(file_store, "catalog-20261101", batch_id="catalog-20261101", attributes=ATTRIBUTES,
-                          config={"shard_size": 3, "max_shards": 256})
+    plan = R.plan_refresh(
+        file_store,
+        "catalog-20261101",
+        batch_id="catalog-20261101",
+        attributes=ATTRIBUTES,
+        config={"shard_size": 3, "max_shards": 256},
+    )
     assert plan["shards"] == 4
     _, rows = R.read_plan(file_store, "catalog-20261101")
     sizes = [pc.sum(pc.equal(rows["shard"], s)).as_py() for s in range(4)]
     assert sum(sizes) == 10 and max(sizes) - min(sizes) <= 1
-    capped = R.plan_refresh(file_store, "catalog-20261101", batch_id="catalog-20261101", attributes=ATTRIBUTES,
-                            config={"shard_size": 1, "max_shards": 3})
+    capped = R.plan_refresh(
+        file_store,
+        "catalog-20261101",
+        batch_id="catalog-20261101",
+        attributes=ATTRIBUTES,
+        config={"shard_size": 1, "max_shards": 3},
+    )
     assert capped["shards"] == 3
     with pytest.raises(R.RepositoryError, match="shard 0 has no output"):
         R.commit_refresh(file_store, "catalog-20261101")
@@ -323,7 +404,7 @@ def test_large_partitions_spread_over_files_by_item_hash(file_store):
     config = {"max_file_rows": 3, "row_group_rows": 2}
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1, config=config)
     keys = R.data_keys(file_store)
-    assert [k.rsplit("/", 1)[1] for k in keys] == [f"part-{i:05d}-of-00003.parquet" for i in range(3)][:len(keys)]
+    assert [k.rsplit("/", 1)[1] for k in keys] == [f"part-{i:05d}-of-00003.parquet" for i in range(3)][: len(keys)]
     for key in keys:
         parquet = pq.ParquetFile(file_store.local_path(key))
         ids = parquet.read(columns=["item_id"])["item_id"].to_pylist()
@@ -410,8 +491,10 @@ def test_a_reader_without_fashionnet_reads_the_same_dataset(file_store):
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1)
     plain = ds.dataset(file_store.local_path(R.PREFIX), format="parquet", partitioning="hive")
     assert plain.count_rows() == 3
-    assert sorted(plain.to_table(columns=["item_id"])["item_id"].to_pylist()) == \
-        R.read_repository(file_store, columns=["item_id"])["item_id"].to_pylist()
+    assert (
+        sorted(plain.to_table(columns=["item_id"])["item_id"].to_pylist())
+        == R.read_repository(file_store, columns=["item_id"])["item_id"].to_pylist()
+    )
 
 
 def test_read_repository_rereads_when_a_file_changed_under_it(file_store, monkeypatch):
@@ -446,7 +529,9 @@ def test_a_commit_leaves_no_staging_folder(file_store):
 
 
 # -- several retailers in one night (issue 11) ---------------------------------------------------------
-def refresh_batches(store, commit_id: str, batch_ids: list[str], inferred_at: datetime, failed=None) -> tuple[dict, dict]:
+def refresh_batches(
+    store, commit_id: str, batch_ids: list[str], inferred_at: datetime, failed=None
+) -> tuple[dict, dict]:
     plan = R.plan_refresh(store, commit_id, batch_ids=batch_ids, failed_retailers=failed, attributes=ATTRIBUTES)
     fake_infer(store, commit_id, inferred_at)
     return plan, R.commit_refresh(store, commit_id)
@@ -456,15 +541,22 @@ def test_one_night_commits_the_batch_of_every_retailer_and_records_the_failed_on
     publish(any_store, "v1")
     acme = write_batch(any_store, "catalog-20261101-acme", range(0, 4), retailer="acme")
     demo = write_batch(any_store, "catalog-20261101-demo-store", range(10, 13), retailer="demo-store")
-    plan, record = refresh_batches(any_store, "catalog-20261101",
-                                   ["catalog-20261101-demo-store", "catalog-20261101-acme"], T1, failed=["broken-shop"])
+    plan, record = refresh_batches(
+        any_store,
+        "catalog-20261101",
+        ["catalog-20261101-demo-store", "catalog-20261101-acme"],
+        T1,
+        failed=["broken-shop"],
+    )
     assert plan["crawl_date"] == "2026-11-01" and plan["actions"]["new"] == 7 and plan["batch_items"] == 7
     assert record["batch_ids"] == ["catalog-20261101-acme", "catalog-20261101-demo-store"]
     assert record["failed_retailers"] == ["broken-shop"] and record["batch_id"] is None
     assert any_store.read_json("repository/commits/catalog-20261101.json")["failed_retailers"] == ["broken-shop"]
     table = R.read_repository(any_store, columns=["item_id", "retailer"])
-    assert dict(zip(table["item_id"].to_pylist(), table["retailer"].to_pylist())) == \
-        {**dict.fromkeys(acme, "acme"), **dict.fromkeys(demo, "demo-store")}
+    assert dict(zip(table["item_id"].to_pylist(), table["retailer"].to_pylist())) == {
+        **dict.fromkeys(acme, "acme"),
+        **dict.fromkeys(demo, "demo-store"),
+    }
     assert {k.split("/")[3] for k in R.data_keys(any_store)} == {"retailer=acme", "retailer=demo-store"}
 
 
@@ -492,11 +584,19 @@ def test_the_same_item_in_two_batches_keeps_the_row_crawled_last(file_store):
 
 def test_a_night_where_every_retailer_failed_only_rescores_and_says_so(file_store):
     publish(file_store, "v1")
-    plan = R.plan_refresh(file_store, "catalog-20261101", batch_ids=[], failed_retailers=["acme"],
-                          crawl_date=NIGHT1, attributes=ATTRIBUTES)
+    plan = R.plan_refresh(
+        file_store,
+        "catalog-20261101",
+        batch_ids=[],
+        failed_retailers=["acme"],
+        crawl_date=NIGHT1,
+        attributes=ATTRIBUTES,
+    )
     assert plan["batch_ids"] == [] and plan["failed_retailers"] == ["acme"] and plan["to_infer"] == 0
     with pytest.raises(ValueError, match="batch_id or batch_ids"):
-        R.plan_refresh(file_store, "x", batch_id="catalog-20261101", batch_ids=["catalog-20261101"], attributes=ATTRIBUTES)
+        R.plan_refresh(
+            file_store, "x", batch_id="catalog-20261101", batch_ids=["catalog-20261101"], attributes=ATTRIBUTES
+        )
 
 
 def test_the_night_of_a_retailer_batch_is_its_date():

@@ -10,16 +10,17 @@ run again; the repository must equal a clean run's on a fresh bucket, row for ro
 Inference is the deterministic fake of test_repository.py (the failure is in storage, not in Keras),
 except in the last test, which runs the DAG's own ``models.inference.infer_shard`` on tiny networks.
 """
+
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -78,8 +79,13 @@ class LocalS3:
         if self._silent is not None:
             self._silent.close()
             self._silent = None
-        self._server = make_server("127.0.0.1", self.port, DomainDispatcherApplication(create_backend_app),
-                                   threaded=True, request_handler=Handler)
+        self._server = make_server(
+            "127.0.0.1",
+            self.port,
+            DomainDispatcherApplication(create_backend_app),
+            threaded=True,
+            request_handler=Handler,
+        )
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -160,7 +166,7 @@ def snapshot(store: ObjectStore) -> dict[str, Any]:
     """What a reader of the repository sees: the table, every data file's rows, the commit records."""
     return {
         "table": R.read_repository(store),
-        "files": {k[len(R.PREFIX):]: store.read_parquet(k) for k in R.data_keys(store)},
+        "files": {k[len(R.PREFIX) :]: store.read_parquet(k) for k in R.data_keys(store)},
         "common_metadata": store.get_bytes(R.COMMON_METADATA_KEY) if store.exists(R.COMMON_METADATA_KEY) else None,
         "commits": {k.rsplit("/", 1)[1]: store.read_json(k) for k in store.list(R.COMMITS_PREFIX)},
     }
@@ -183,8 +189,14 @@ def clean_run(endpoint: LocalS3) -> dict[str, Any]:
 
 def plain_reader_table(store: ObjectStore, endpoint: LocalS3) -> pa.Table:
     """The dataset as an analyst reads it: pyarrow's own S3 client over the prefix, Hive partitions."""
-    s3 = pafs.S3FileSystem(endpoint_override=endpoint.url, access_key="testing", secret_key="testing",
-                           region="us-east-1", request_timeout=10, connect_timeout=5)
+    s3 = pafs.S3FileSystem(
+        endpoint_override=endpoint.url,
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        request_timeout=10,
+        connect_timeout=5,
+    )
     dataset = ds.dataset(store.path(R.PREFIX), filesystem=s3, format="parquet", partitioning="hive")
     table = dataset.to_table()
     return table.select([n for n in table.column_names if n not in R.PARTITION_COLUMNS]).sort_by("item_id")
@@ -200,7 +212,9 @@ class Outage:
     ``pattern``: ``put`` (put_bytes, which write_parquet and write_json use), ``move`` (the commit's
     publish of a staged file) or ``delete`` (one object of the staging's clean-up)."""
 
-    def __init__(self, store: ObjectStore, endpoint: LocalS3, kinds: tuple[str, ...], pattern: str, silent: bool) -> None:
+    def __init__(
+        self, store: ObjectStore, endpoint: LocalS3, kinds: tuple[str, ...], pattern: str, silent: bool
+    ) -> None:
         self.store, self.endpoint, self.pattern, self.silent = store, endpoint, re.compile(pattern), silent
         self.fired_on: str | None = None
         self.fired_at = 0.0
@@ -211,7 +225,7 @@ class Outage:
         if "move" in kinds and hasattr(store, "move"):
             self._wrap(store, "move", lambda args: args[1])
         if "delete" in kinds:
-            self._wrap(store.fs, "rm_file", lambda args: args[0][len(root):])
+            self._wrap(store.fs, "rm_file", lambda args: args[0][len(root) :])
 
     def _wrap(self, owner: Any, name: str, key_of: Callable[[tuple], str]) -> None:
         real = getattr(owner, name)
@@ -236,30 +250,35 @@ class Outage:
 
 @dataclass
 class Fault:
-    stage: str          # the task that fails
+    stage: str  # the task that fails
     kinds: tuple[str, ...]
-    pattern: str        # the key after whose write the endpoint goes away
-    readers_see: str    # "old": exactly night 1; "rows": each item once, its row old or new; "new": night 2
+    pattern: str  # the key after whose write the endpoint goes away
+    readers_see: str  # "old": exactly night 1; "rows": each item once, its row old or new; "new": night 2
 
 
 FAULTS = {
     "during plan": Fault("plan", ("put",), rf"_staging/{NIGHT2}/plan\.parquet$", "old"),
     "during infer_shard": Fault("infer_shard", ("put",), rf"_staging/{NIGHT2}/shard-00000\.parquet$", "old"),
     # The first Parquet file of the commit has been uploaded (wherever the commit puts it).
-    "commit: first file uploaded": Fault("commit", ("put",), r"(/publish/.*|^repository/fashion_vectors/crawl_date=.*)\.parquet$", "old"),
+    "commit: first file uploaded": Fault(
+        "commit", ("put",), r"(/publish/.*|^repository/fashion_vectors/crawl_date=.*)\.parquet$", "old"
+    ),
     # The first file is in place in the dataset (a rename on S3 is a copy; the window is those copies).
-    "commit: first file published": Fault("commit", ("put", "move"), r"^repository/fashion_vectors/crawl_date=", "rows"),
+    "commit: first file published": Fault(
+        "commit", ("put", "move"), r"^repository/fashion_vectors/crawl_date=", "rows"
+    ),
     "commit: record written": Fault("commit", ("put",), rf"^repository/commits/{NIGHT2}\.json$", "new"),
     "commit: staging clean-up": Fault("commit", ("delete",), rf"_staging/{NIGHT2}/(plan|shard)", "new"),
 }
 
 
-def run_with_outage(store: ObjectStore, endpoint: LocalS3, fault: Fault, *, silent: bool = False
-                    ) -> tuple[int, BaseException, float, Outage]:
+def run_with_outage(
+    store: ObjectStore, endpoint: LocalS3, fault: Fault, *, silent: bool = False
+) -> tuple[int, BaseException, float, Outage]:
     """The refresh until the stage the outage fails: (its index, the error, seconds from outage to error)."""
     outage = Outage(store, endpoint, fault.kinds, fault.pattern, silent)
     try:
-        for index, (name, run) in enumerate(STAGES):
+        for index, (_name, run) in enumerate(STAGES):
             try:
                 run(store)
             except Exception as error:  # noqa: BLE001 - the test inspects it
@@ -308,8 +327,9 @@ def assert_equals_clean_run(store: ObjectStore, clean: dict[str, Any]) -> None:
     assert all(got["files"][k].equals(want["files"][k]) for k in want["files"])
     assert got["common_metadata"] == want["common_metadata"]
     ignore = {"committed_at"}
-    assert {k: {f: v for f, v in c.items() if f not in ignore} for k, c in got["commits"].items()} == \
-           {k: {f: v for f, v in c.items() if f not in ignore} for k, c in want["commits"].items()}
+    assert {k: {f: v for f, v in c.items() if f not in ignore} for k, c in got["commits"].items()} == {
+        k: {f: v for f, v in c.items() if f not in ignore} for k, c in want["commits"].items()
+    }
     assert store.list(R.STAGING_PREFIX) == []
 
 
@@ -385,8 +405,10 @@ def test_the_nightly_refresh_rerun_with_the_real_networks_writes_identical_objec
         return plan, R.commit_refresh(store, NIGHT1)
 
     def objects() -> dict[str, tuple[bytes, int | None]]:
-        return {k: (store.get_bytes(k), store.read_parquet(k).num_rows if k.endswith(".parquet") else None)
-                for k in store.list("repository")}
+        return {
+            k: (store.get_bytes(k), store.read_parquet(k).num_rows if k.endswith(".parquet") else None)
+            for k in store.list("repository")
+        }
 
     plan, record = night()
     assert plan["shards"] == 3 and record["repository_rows"] == 5 and record["skipped_item_ids"] == [ids[-1]]

@@ -1,43 +1,80 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from pipeline.review import (
-    Decision, apply_policy, build_dataset, enqueue, pending, read_decisions, record_decisions,
+    Decision,
+    apply_policy,
+    build_dataset,
+    enqueue,
+    pending,
+    read_decisions,
+    record_decisions,
 )
 
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def write_batch(store, batch_id: str, crawl_id: str, items: dict[str, str], weak: list[tuple[str, str, str, str]],
-                day: int = 0) -> None:
+def write_batch(
+    store, batch_id: str, crawl_id: str, items: dict[str, str], weak: list[tuple[str, str, str, str]], day: int = 0
+) -> None:
     """A curated batch as curate_batch leaves it: items maps item_id -> content_sha256."""
     rows = []
     for n, (item_id, sha) in enumerate(sorted(items.items())):
-        rows.append({
-            "item_id": item_id, "retailer": "demo-store", "product_url": f"http://shop.test/p/{item_id}",
-            "sku": item_id.upper(), "title": f"Title {item_id}", "price": 9.5, "currency": "EUR",
-            "category": "tops", "image_url": f"http://shop.test/i/{item_id}.jpg",
-            "image_key": f"images/full/{item_id}.jpg", "crawled_at": START + timedelta(days=day, minutes=n),
-            "phash": 2**63 + n, "dhash": n, "content_sha256": sha, "width": 100, "height": 120,
-            "cluster_id": sha,
-        })
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        *(pa.field(name, pa.string()) for name in ("item_id", "retailer", "product_url", "sku", "title")),
-        pa.field("price", pa.float64()), pa.field("currency", pa.string()), pa.field("category", pa.string()),
-        pa.field("image_url", pa.string()), pa.field("image_key", pa.string()),
-        pa.field("crawled_at", pa.timestamp("us", tz="UTC")), pa.field("phash", pa.uint64()),
-        pa.field("dhash", pa.uint64()), pa.field("content_sha256", pa.string()), pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()), pa.field("cluster_id", pa.string()),
-    ]))
+        rows.append(
+            {
+                "item_id": item_id,
+                "retailer": "demo-store",
+                "product_url": f"http://shop.test/p/{item_id}",
+                "sku": item_id.upper(),
+                "title": f"Title {item_id}",
+                "price": 9.5,
+                "currency": "EUR",
+                "category": "tops",
+                "image_url": f"http://shop.test/i/{item_id}.jpg",
+                "image_key": f"images/full/{item_id}.jpg",
+                "crawled_at": START + timedelta(days=day, minutes=n),
+                "phash": 2**63 + n,
+                "dhash": n,
+                "content_sha256": sha,
+                "width": 100,
+                "height": 120,
+                "cluster_id": sha,
+            }
+        )
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                *(pa.field(name, pa.string()) for name in ("item_id", "retailer", "product_url", "sku", "title")),
+                pa.field("price", pa.float64()),
+                pa.field("currency", pa.string()),
+                pa.field("category", pa.string()),
+                pa.field("image_url", pa.string()),
+                pa.field("image_key", pa.string()),
+                pa.field("crawled_at", pa.timestamp("us", tz="UTC")),
+                pa.field("phash", pa.uint64()),
+                pa.field("dhash", pa.uint64()),
+                pa.field("content_sha256", pa.string()),
+                pa.field("width", pa.int32()),
+                pa.field("height", pa.int32()),
+                pa.field("cluster_id", pa.string()),
+            ]
+        ),
+    )
     store.write_parquet(f"curation/{batch_id}/accepted.parquet", table)
     store.write_json(f"curation/{batch_id}/summary.json", {"crawl_id": crawl_id, "batch_id": batch_id})
-    store.write_parquet(f"crawls/{crawl_id}/weak_labels.parquet", pa.Table.from_pylist(
-        [{"item_id": i, "attribute": a, "label": lab, "source": s} for i, a, lab, s in weak],
-        schema=pa.schema([("item_id", pa.string()), ("attribute", pa.string()), ("label", pa.string()),
-                          ("source", pa.string())])))
+    store.write_parquet(
+        f"crawls/{crawl_id}/weak_labels.parquet",
+        pa.Table.from_pylist(
+            [{"item_id": i, "attribute": a, "label": lab, "source": s} for i, a, lab, s in weak],
+            schema=pa.schema(
+                [("item_id", pa.string()), ("attribute", pa.string()), ("label", pa.string()), ("source", pa.string())]
+            ),
+        ),
+    )
 
 
 ITEMS = {"i1": "sha1", "i2": "sha2", "i3": "sha3", "i4": "sha4", "i5": "sha5"}
@@ -74,11 +111,16 @@ def test_review_flow_builds_the_right_labels(any_store):
     enqueue(any_store, "b1")
     assert pending(any_store, "b1") == ["i1", "i2", "i3", "i4", "i5"]
 
-    first = record_decisions(any_store, "b1", [
-        Decision("i3", "relabel", "pattern", "checkered", reason="it is a check"),
-        Decision("i4", "reject", reason="not clothing"),
-        Decision("i5", "skip"),
-    ], reviewer="alice")
+    first = record_decisions(
+        any_store,
+        "b1",
+        [
+            Decision("i3", "relabel", "pattern", "checkered", reason="it is a check"),
+            Decision("i4", "reject", reason="not clothing"),
+            Decision("i5", "skip"),
+        ],
+        reviewer="alice",
+    )
     second = record_decisions(any_store, "b1", [Decision("i1", "relabel", "pattern", "graphic")], reviewer="bob")
     third = record_decisions(any_store, "b1", [Decision("i1", "relabel", "pattern", "solid")], reviewer="carol")
     assert len({first, second, third}) == 3
@@ -104,8 +146,18 @@ def test_review_flow_builds_the_right_labels(any_store):
     assert items.loc["i1", "shape_label_source"] == "weak:query:long sleeve"
     assert pd.isna(items.loc["i2", "pattern"]) and items.loc["i2", "pattern_label_source"].startswith("conflict:")
     assert items.loc["i3", "pattern"] == "checkered" and pd.isna(items.loc["i3", "fabric"])
-    for column in ("image_key", "title", "product_url", "retailer", "cluster_id", "phash", "content_sha256",
-                   "batch_id", "style", "style_label_source"):
+    for column in (
+        "image_key",
+        "title",
+        "product_url",
+        "retailer",
+        "cluster_id",
+        "phash",
+        "content_sha256",
+        "batch_id",
+        "style",
+        "style_label_source",
+    ):
         assert column in items.columns
     assert items["phash"].dtype == "uint64" and set(items["batch_id"]) == {"b1"}
 
@@ -124,13 +176,16 @@ def test_the_audit_log_is_append_only(file_store):
     assert file_store.read_parquet("dataset/items.parquet").num_rows == 0  # the later reject wins
 
 
-@pytest.mark.parametrize("decision, message", [
-    (Decision("nope", "accept"), "unknown item 'nope'"),
-    (Decision("i1", "relabel", "colour", "red"), "unknown attribute 'colour'"),
-    (Decision("i1", "relabel", "pattern", "polka"), "unknown class 'polka'"),
-    (Decision("i1", "approve"), "unknown decision 'approve'"),
-    (Decision("i1", "accept", "pattern"), "item-level decision"),
-])
+@pytest.mark.parametrize(
+    "decision, message",
+    [
+        (Decision("nope", "accept"), "unknown item 'nope'"),
+        (Decision("i1", "relabel", "colour", "red"), "unknown attribute 'colour'"),
+        (Decision("i1", "relabel", "pattern", "polka"), "unknown class 'polka'"),
+        (Decision("i1", "approve"), "unknown decision 'approve'"),
+        (Decision("i1", "accept", "pattern"), "item-level decision"),
+    ],
+)
 def test_invalid_decisions_are_refused_and_nothing_is_written(file_store, decision, message):
     write_batch(file_store, "b1", "c1", ITEMS, WEAK)
     enqueue(file_store, "b1")
@@ -149,10 +204,21 @@ def test_unknown_policy_and_unknown_batch_are_errors(file_store):
 
 
 def test_dataset_dedupes_across_batches_and_is_idempotent(file_store):
-    write_batch(file_store, "b1", "c1", {"i1": "sha1", "i2": "sha2", "i3": "sha3"}, [
-        ("i1", "pattern", "striped", "query:striped")])
-    write_batch(file_store, "b2", "c2", {"i1": "sha1-new", "i3": "sha3-new", "i9": "sha2"}, [
-        ("i1", "pattern", "floral", "query:floral")], day=7)
+    write_batch(
+        file_store,
+        "b1",
+        "c1",
+        {"i1": "sha1", "i2": "sha2", "i3": "sha3"},
+        [("i1", "pattern", "striped", "query:striped")],
+    )
+    write_batch(
+        file_store,
+        "b2",
+        "c2",
+        {"i1": "sha1-new", "i3": "sha3-new", "i9": "sha2"},
+        [("i1", "pattern", "floral", "query:floral")],
+        day=7,
+    )
     for batch in ("b1", "b2"):
         enqueue(file_store, batch)
         apply_policy(file_store, batch, "auto_accept")
@@ -172,10 +238,15 @@ def test_dataset_dedupes_across_batches_and_is_idempotent(file_store):
 def test_relabel_from_null_and_clearing_a_label(file_store):
     write_batch(file_store, "b1", "c1", ITEMS, WEAK)
     enqueue(file_store, "b1")
-    record_decisions(file_store, "b1", [
-        Decision("i5", "relabel", "pattern", "floral"),
-        Decision("i1", "relabel", "shape", None, reason="sleeves not visible"),
-    ], reviewer="erin")
+    record_decisions(
+        file_store,
+        "b1",
+        [
+            Decision("i5", "relabel", "pattern", "floral"),
+            Decision("i1", "relabel", "shape", None, reason="sleeves not visible"),
+        ],
+        reviewer="erin",
+    )
     log = read_decisions(file_store, "b1").set_index("item_id")
     assert pd.isna(log.loc["i5", "old_label"]) and log.loc["i5", "new_label"] == "floral"
     assert log.loc["i1", "old_label"] == "full-sleeve" and pd.isna(log.loc["i1", "new_label"])
@@ -197,15 +268,24 @@ def _state(store, batch_id="b1"):
 def test_undo_pops_the_latest_decision_and_restores_labels(any_store):
     write_batch(any_store, "b1", "c1", ITEMS, WEAK)
     enqueue(any_store, "b1")
-    record_decisions(any_store, "b1", [
-        Decision("i1", "relabel", "pattern", "graphic"),
-        Decision("i1", "relabel", "pattern", "solid"),
-        Decision("i2", "reject"),
-        Decision("i3", "skip"),
-    ], reviewer="alice")
+    record_decisions(
+        any_store,
+        "b1",
+        [
+            Decision("i1", "relabel", "pattern", "graphic"),
+            Decision("i1", "relabel", "pattern", "solid"),
+            Decision("i2", "reject"),
+            Decision("i3", "skip"),
+        ],
+        reviewer="alice",
+    )
     before = {name: any_store.get_bytes(name) for name in any_store.list("review/decisions/b1")}
-    record_decisions(any_store, "b1", [Decision("i1", "undo", reason="misclick"), Decision("i2", "undo"),
-                                       Decision("i3", "undo")], reviewer="bob")
+    record_decisions(
+        any_store,
+        "b1",
+        [Decision("i1", "undo", reason="misclick"), Decision("i2", "undo"), Decision("i3", "undo")],
+        reviewer="bob",
+    )
 
     state = _state(any_store)
     assert state.labels["i1"]["pattern"] == ("graphic", "review:alice")  # the earlier relabel is back
@@ -218,7 +298,10 @@ def test_undo_pops_the_latest_decision_and_restores_labels(any_store):
     undo = log[log["decision"] == "undo"].set_index("item_id")
     assert list(undo.index) == ["i1", "i2", "i3"] and set(undo["reviewer"]) == {"bob"}
     assert (undo.loc["i1", "attribute"], undo.loc["i1", "old_label"], undo.loc["i1", "new_label"]) == (
-        "pattern", "solid", "graphic")
+        "pattern",
+        "solid",
+        "graphic",
+    )
     assert undo.loc["i1", "reason"] == "misclick"
     assert pd.isna(undo.loc["i2", "attribute"]) and pd.isna(undo.loc["i2", "old_label"])
 
@@ -233,11 +316,20 @@ def test_undo_pops_the_latest_decision_and_restores_labels(any_store):
 def test_undo_within_one_call_and_a_decision_after_an_undo(file_store):
     write_batch(file_store, "b1", "c1", ITEMS, WEAK)
     enqueue(file_store, "b1")
-    record_decisions(file_store, "b1", [
-        Decision("i4", "accept"), Decision("i4", "relabel", "style", "formal"), Decision("i4", "undo"),
-        Decision("i4", "reject"), Decision("i5", "relabel", "shape", "sleeveless"), Decision("i5", "undo"),
-        Decision("i5", "relabel", "shape", "half-sleeve"),
-    ], reviewer="carol")
+    record_decisions(
+        file_store,
+        "b1",
+        [
+            Decision("i4", "accept"),
+            Decision("i4", "relabel", "style", "formal"),
+            Decision("i4", "undo"),
+            Decision("i4", "reject"),
+            Decision("i5", "relabel", "shape", "sleeveless"),
+            Decision("i5", "undo"),
+            Decision("i5", "relabel", "shape", "half-sleeve"),
+        ],
+        reviewer="carol",
+    )
     state = _state(file_store)
     assert state.status == {"i4": "reject", "i5": "accept"}
     assert state.labels["i4"]["style"] == (None, None)
@@ -247,11 +339,14 @@ def test_undo_within_one_call_and_a_decision_after_an_undo(file_store):
     assert pd.isna(last["old_label"])  # the undone sleeveless never counted
 
 
-@pytest.mark.parametrize("decisions", [
-    [Decision("i1", "undo")],
-    [Decision("i1", "accept"), Decision("i1", "undo"), Decision("i1", "undo")],
-    [Decision("i2", "skip"), Decision("i1", "undo")],
-])
+@pytest.mark.parametrize(
+    "decisions",
+    [
+        [Decision("i1", "undo")],
+        [Decision("i1", "accept"), Decision("i1", "undo"), Decision("i1", "undo")],
+        [Decision("i2", "skip"), Decision("i1", "undo")],
+    ],
+)
 def test_undo_with_nothing_to_undo_is_refused_and_nothing_is_written(file_store, decisions):
     write_batch(file_store, "b1", "c1", ITEMS, WEAK)
     enqueue(file_store, "b1")
@@ -285,8 +380,12 @@ def test_predictions_contract():
 
     assert predictions_key("ingest-20261101") == "review/predictions/ingest-20261101.parquet"
     assert [(f.name, str(f.type)) for f in PREDICTIONS_SCHEMA] == [
-        ("item_id", "string"), ("attribute", "string"), ("predicted_label", "string"),
-        ("confidence", "double"), ("model_version", "string")]
+        ("item_id", "string"),
+        ("attribute", "string"),
+        ("predicted_label", "string"),
+        ("confidence", "double"),
+        ("model_version", "string"),
+    ]
 
 
 def test_decisions_in_the_same_microsecond_never_overwrite_each_other(file_store, monkeypatch):
@@ -299,7 +398,7 @@ def test_decisions_in_the_same_microsecond_never_overwrite_each_other(file_store
 
     write_batch(file_store, "b1", "c1", ITEMS, WEAK)
     enqueue(file_store, "b1")
-    instant = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    instant = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
     class FrozenClock(datetime):
         @classmethod
@@ -317,8 +416,12 @@ def test_decisions_in_the_same_microsecond_never_overwrite_each_other(file_store
 
     monkeypatch.setattr(review, "read_decisions", read_then_wait)
     with ThreadPoolExecutor(max_workers=5) as pool:
-        keys = list(pool.map(lambda item: record_decisions(file_store, "b1", [Decision(item, "accept")],
-                                                           reviewer="alice"), sorted(ITEMS)))
+        keys = list(
+            pool.map(
+                lambda item: record_decisions(file_store, "b1", [Decision(item, "accept")], reviewer="alice"),
+                sorted(ITEMS),
+            )
+        )
     monkeypatch.setattr(review, "read_decisions", real_read_decisions)
     assert len(set(keys)) == 5 and sorted(file_store.list("review/decisions/b1")) == sorted(keys)
     log = read_decisions(file_store, "b1")

@@ -1,5 +1,6 @@
 """The small version of bench/review_load.py: a few reviewers deciding one queue at once against a real
 server process; every decision a client saw recorded is in the store, once (issue 17)."""
+
 from bench.review_load import run
 
 

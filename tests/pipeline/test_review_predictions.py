@@ -1,15 +1,16 @@
 """The published networks' predictions for a review queue (the review page sorts by them)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.models.fashion_synthetic import SHAPES, pattern_image, write_version
 from models.registry import publish
 from pipeline.review import PREDICTIONS_SCHEMA, predictions_key, queue_key, queue_schema
 from pipeline.review_predictions import predict_review_queue
 from pipeline.settings import get_settings
+from tests.models.fashion_synthetic import SHAPES, pattern_image, write_version
 
 BATCH = "ingest-20261101"
 
@@ -20,7 +21,9 @@ def write_queue(store, n_good: int, n_broken: int) -> list[str]:
     for n in range(n_good + n_broken):
         item_id = f"item-{n:03d}"
         data = pattern_image("striped", rng) if n < n_good else b"not an image"
-        rows.append({"item_id": item_id, "batch_id": BATCH, "image_key": store.put_bytes(f"images/full/{item_id}.jpg", data)})
+        rows.append(
+            {"item_id": item_id, "batch_id": BATCH, "image_key": store.put_bytes(f"images/full/{item_id}.jpg", data)}
+        )
     store.write_parquet(queue_key(BATCH), pa.Table.from_pylist(rows, schema=queue_schema(get_settings().taxonomy)))
     return [r["item_id"] for r in rows]
 

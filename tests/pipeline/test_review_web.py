@@ -141,34 +141,45 @@ def test_expired_sessions_and_changed_passwords_end_sessions(client, store, monk
 
 def test_decisions_are_recorded_under_the_authenticated_reviewer(client, store):
     login(client, "bob")
-    response = decide(client, {"item_id": "i1", "decision": "accept"},
-                      {"item_id": "i3", "decision": "relabel", "attribute": "pattern", "new_label": "checkered",
-                       "reason": "a check"},
-                      {"item_id": "i4", "decision": "reject"})
+    response = decide(
+        client,
+        {"item_id": "i1", "decision": "accept"},
+        {"item_id": "i3", "decision": "relabel", "attribute": "pattern", "new_label": "checkered", "reason": "a check"},
+        {"item_id": "i4", "decision": "reject"},
+    )
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["recorded"] == 3 and data["counts"] == {"items": 5, "pending": 2, "accept": 2, "reject": 1}
-    assert {item["item_id"]: item["status"] for item in data["items"]} == {"i1": "accept", "i3": "accept",
-                                                                          "i4": "reject"}
+    assert {item["item_id"]: item["status"] for item in data["items"]} == {
+        "i1": "accept",
+        "i3": "accept",
+        "i4": "reject",
+    }
     log = read_decisions(store, "b1")
     assert set(log["reviewer"]) == {"bob"} and log["decision"].tolist() == ["accept", "relabel", "reject"]
     assert log.iloc[1]["reason"] == "a check" and log.iloc[1]["old_label"] == "floral"
     assert state(store).labels["i3"]["pattern"] == ("checkered", "review:bob")
 
 
-@pytest.mark.parametrize("body, headers, status", [
-    ({"decisions": [{"item_id": "i1", "decision": "accept", "reviewer": "mallory"}]}, CSRF, 422),
-    ({"decisions": [{"item_id": "i1", "decision": "accept"}], "reviewer": "mallory"}, CSRF, 422),
-    ({"decisions": [{"item_id": "i1", "decision": "accept"}]}, {}, 403),
-    ({"decisions": [{"item_id": "i1", "decision": "accept"}]}, {**CSRF, "Origin": "https://evil.test"}, 403),
-    ({"decisions": [{"item_id": "i1", "decision": "accept"}]}, {**CSRF, "Sec-Fetch-Site": "cross-site"}, 403),
-    ({"decisions": [{"item_id": "i1", "decision": "relabel", "attribute": "pattern", "new_label": "polka"}]},
-     CSRF, 400),
-    ({"decisions": [{"item_id": "i1", "decision": "undo"}]}, CSRF, 400),
-    ({"decisions": [{"item_id": "zz", "decision": "accept"}]}, CSRF, 400),
-    ({"decisions": [{"item_id": "i1", "decision": "approve"}]}, CSRF, 422),
-    ({"decisions": []}, CSRF, 422),
-])
+@pytest.mark.parametrize(
+    "body, headers, status",
+    [
+        ({"decisions": [{"item_id": "i1", "decision": "accept", "reviewer": "mallory"}]}, CSRF, 422),
+        ({"decisions": [{"item_id": "i1", "decision": "accept"}], "reviewer": "mallory"}, CSRF, 422),
+        ({"decisions": [{"item_id": "i1", "decision": "accept"}]}, {}, 403),
+        ({"decisions": [{"item_id": "i1", "decision": "accept"}]}, {**CSRF, "Origin": "https://evil.test"}, 403),
+        ({"decisions": [{"item_id": "i1", "decision": "accept"}]}, {**CSRF, "Sec-Fetch-Site": "cross-site"}, 403),
+        (
+            {"decisions": [{"item_id": "i1", "decision": "relabel", "attribute": "pattern", "new_label": "polka"}]},
+            CSRF,
+            400,
+        ),
+        ({"decisions": [{"item_id": "i1", "decision": "undo"}]}, CSRF, 400),
+        ({"decisions": [{"item_id": "zz", "decision": "accept"}]}, CSRF, 400),
+        ({"decisions": [{"item_id": "i1", "decision": "approve"}]}, CSRF, 422),
+        ({"decisions": []}, CSRF, 422),
+    ],
+)
 def test_refused_decisions_write_nothing(client, store, body, headers, status):
     login(client)
     response = client.post("/api/batches/b1/decisions", json=body, headers=headers)
@@ -180,8 +191,12 @@ def test_same_origin_requests_pass_the_csrf_check(client, store):
     login(client)
     headers = {**CSRF, "Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
     assert decide(client, {"item_id": "i1", "decision": "skip"}, headers=headers).status_code == 200
-    cross = client.post("/login", data={"username": "alice", "password": PASSWORD},
-                        headers={"Origin": "https://evil.test"}, follow_redirects=False)
+    cross = client.post(
+        "/login",
+        data={"username": "alice", "password": PASSWORD},
+        headers={"Origin": "https://evil.test"},
+        follow_redirects=False,
+    )
     assert cross.status_code == 403
 
 
@@ -215,12 +230,17 @@ def test_images_are_served_only_for_the_batch_items_and_clusters(client, store):
 def test_batches_items_sorting_and_the_audit_log(client, store):
     login(client)
     assert client.get("/api/batches").json()["batches"] == [
-        {"batch_id": "b1", "items": 5, "pending": 5, "accept": 0, "reject": 0}]
+        {"batch_id": "b1", "items": 5, "pending": 5, "accept": 0, "reject": 0}
+    ]
     data = client.get("/api/batches/b1/items", params={"sort": "confidence"}).json()
     assert [item["item_id"] for item in data["items"]] == ["i4", "i2", "i1", "i3", "i5"]
     assert data["attributes"]["pattern"][0] == "checkered" and data["has_predictions"]
-    assert data["items"][2]["members"][0] == {"item_id": "d1", "image_key": "images/full/d1.jpg", "kind": "exact",
-                                              "distance": 0}
+    assert data["items"][2]["members"][0] == {
+        "item_id": "d1",
+        "image_key": "images/full/d1.jpg",
+        "kind": "exact",
+        "distance": 0,
+    }
     assert client.get("/api/batches/b1/items", params={"sort": "random"}).status_code == 422
     assert client.get("/api/batches/nope/items").status_code == 404
     decide(client, {"item_id": "i2", "decision": "reject"})
@@ -235,8 +255,9 @@ def test_batches_items_sorting_and_the_audit_log(client, store):
 def test_accept_page_accepts_only_pending_items_and_undo_reverts_it(client, store):
     login(client)
     decide(client, {"item_id": "i2", "decision": "reject"}, {"item_id": "i5", "decision": "skip"})
-    response = client.post("/api/batches/b1/accept-page", json={"item_ids": ["i1", "i2", "i3", "i4", "i5"]},
-                           headers=CSRF)
+    response = client.post(
+        "/api/batches/b1/accept-page", json={"item_ids": ["i1", "i2", "i3", "i4", "i5"]}, headers=CSRF
+    )
     assert response.status_code == 200, response.text
     assert response.json()["accepted"] == ["i1", "i3", "i4", "i5"]  # skipped counts as pending; i2 stays rejected
     assert state(store).status == {"i1": "accept", "i2": "reject", "i3": "accept", "i4": "accept", "i5": "accept"}
@@ -248,8 +269,7 @@ def test_accept_page_accepts_only_pending_items_and_undo_reverts_it(client, stor
     undo = decide(client, *({"item_id": i, "decision": "undo"} for i in ("i1", "i3", "i4", "i5")))
     assert undo.status_code == 200
     assert state(store).status == {"i2": "reject"} and state(store).last["i5"] == "skip"
-    assert client.post("/api/batches/b1/accept-page", json={"item_ids": ["i1", "zz"]},
-                       headers=CSRF).status_code == 400
+    assert client.post("/api/batches/b1/accept-page", json={"item_ids": ["i1", "zz"]}, headers=CSRF).status_code == 400
     assert client.post("/api/batches/b1/accept-page", json={"item_ids": ["i1"]}).status_code == 403
 
 
@@ -322,15 +342,25 @@ print(json.dumps({"prefixes": [a["url_prefix"] for a in apps], "pandas_at_import
                   "login": client.get("/fashionnet-review/login").status_code,
                   "api": client.get("/fashionnet-review/api/batches").status_code}))
 """
-    env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-           "PYTHONPATH": str(REPO_ROOT), "FASHIONNET_STORE": f"file://{tmp_path / 'store'}",
-           "FASHIONNET_REVIEW_SECRET": SECRET}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180,
-                            cwd=tmp_path)
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "PYTHONPATH": str(REPO_ROOT),
+        "FASHIONNET_STORE": f"file://{tmp_path / 'store'}",
+        "FASHIONNET_REVIEW_SECRET": SECRET,
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"prefixes": ["/fashionnet-review"], "pandas_at_import": False, "page": [303, "login"],
-                      "login": 200, "api": 401}
+    assert report == {
+        "prefixes": ["/fashionnet-review"],
+        "pandas_at_import": False,
+        "page": [303, "login"],
+        "login": 200,
+        "api": 401,
+    }
 
 
 def test_a_link_to_a_batch_opens_that_batch_after_the_login(client):
@@ -340,8 +370,9 @@ def test_a_link_to_a_batch_opens_that_batch_after_the_login(client):
     assert to_login.status_code == 303 and to_login.headers["location"] == f"login?batch={batch}"
     form = client.get(f"/login?batch={batch}")
     assert '<form method="post" action="">' in form.text  # posts back to login?batch=...
-    back = client.post(f"/login?batch={batch}", data={"username": "alice", "password": PASSWORD},
-                       follow_redirects=False)
+    back = client.post(
+        f"/login?batch={batch}", data={"username": "alice", "password": PASSWORD}, follow_redirects=False
+    )
     assert back.status_code == 303 and back.headers["location"] == f"./?batch={batch}"
     again = client.get(f"/login?batch={batch}", follow_redirects=False)  # already logged in
     assert again.headers["location"] == f"./?batch={batch}"

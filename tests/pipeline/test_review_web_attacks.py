@@ -1,6 +1,7 @@
 """Issue 17: the review page under attack and concurrency. Each test is a row of the issue's table and
 failed before its fix: sessions that outlive a logout, lockouts anyone can force, unbounded password
 hashing, bodies read whole before any check, lost updates of the reviewers file."""
+
 from __future__ import annotations
 
 import asyncio
@@ -85,8 +86,7 @@ class Clock:
 
 
 def throttled_app(store, clock):
-    app = new_app(store, free_login_failures=3, login_delay_s=1.0, login_max_delay_s=60,
-                  login_failure_memory_s=3600)
+    app = new_app(store, free_login_failures=3, login_delay_s=1.0, login_max_delay_s=60, login_failure_memory_s=3600)
     app.state.review.throttle.clock = clock
     return app
 
@@ -214,9 +214,20 @@ def raw_call(app, method, path, headers, chunks, cookie=None):
     header_list = [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     if cookie:
         header_list.append((b"cookie", f"{COOKIE_NAME}={cookie}".encode()))
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": header_list,
-             "client": ("127.0.0.1", 5), "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": header_list,
+        "client": ("127.0.0.1", 5),
+        "server": ("testserver", 80),
+    }
     sent = []
 
     async def receive():
@@ -257,16 +268,32 @@ def test_a_streamed_body_is_counted_and_stopped_at_the_limit(store):
     app = new_app(store, max_body_bytes=100_000, max_login_body_bytes=4096)
     _, cookie = session_of(store, app=app)
     chunk = b"x" * 1024
-    status, pulled = raw_call(app, "POST", "/login", {"content-type": "multipart/form-data; boundary=b"},
-                              [b'--b\r\nContent-Disposition: form-data; name="password"\r\n\r\n']
-                              + [chunk] * 600_000)  # a 600 MB multipart body, no Content-Length
+    status, pulled = raw_call(
+        app,
+        "POST",
+        "/login",
+        {"content-type": "multipart/form-data; boundary=b"},
+        [b'--b\r\nContent-Disposition: form-data; name="password"\r\n\r\n'] + [chunk] * 600_000,
+    )  # a 600 MB multipart body, no Content-Length
     assert status == 413 and pulled <= 4096 + 2 * len(chunk)
-    status, pulled = raw_call(app, "POST", "/api/batches/b1/decisions", {"content-type": "application/json", **CSRF},
-                              [chunk] * 100_000, cookie)  # 100 MB of JSON from a logged-in reviewer
+    status, pulled = raw_call(
+        app,
+        "POST",
+        "/api/batches/b1/decisions",
+        {"content-type": "application/json", **CSRF},
+        [chunk] * 100_000,
+        cookie,
+    )  # 100 MB of JSON from a logged-in reviewer
     assert status == 413 and pulled <= 100_000 + len(chunk)
     small = b'{"decisions": [{"item_id": "i1", "decision": "accept"}]}'
-    status, _ = raw_call(app, "POST", "/api/batches/b1/decisions",
-                         {"content-type": "application/json", "content-length": str(len(small)), **CSRF}, [small], cookie)
+    status, _ = raw_call(
+        app,
+        "POST",
+        "/api/batches/b1/decisions",
+        {"content-type": "application/json", "content-length": str(len(small)), **CSRF},
+        [small],
+        cookie,
+    )
     assert status == 200  # a real decision still passes
 
 

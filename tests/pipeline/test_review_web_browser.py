@@ -3,6 +3,7 @@
 Needs the ``playwright`` package (requirements-browser.txt) and a Chromium binary (Debian's
 ``/usr/bin/chromium`` or ``chromium`` on PATH; Playwright's own browser download is not used).
 """
+
 import os
 import shutil
 import threading
@@ -17,8 +18,16 @@ from tests.conftest import free_port, wait_for_port
 from tests.pipeline.test_review_view import make_review_batch
 
 PASSWORD = "correct horse battery"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT_ENV = "FASHIONNET_REVIEW_SCREENSHOT"
 
 
@@ -68,8 +77,9 @@ def press(page, *keys: str) -> None:
 
 
 def statuses(page) -> dict[str, str]:
-    return page.eval_on_selector_all("#grid .cell", "cells => Object.fromEntries(cells.map(c => "
-                                                    "[c.dataset.itemId, c.dataset.status]))")
+    return page.eval_on_selector_all(
+        "#grid .cell", "cells => Object.fromEntries(cells.map(c => [c.dataset.itemId, c.dataset.status]))"
+    )
 
 
 def selected(page) -> str:
@@ -124,8 +134,10 @@ def test_keyboard_review_in_a_real_browser(sync_playwright, server, file_store, 
             assert selected(page) == "i1"
             assert page.text_content("#counts") == "5 items · 0 pending · 3 accepted · 2 rejected"
             assert page.eval_on_selector("#preview figure.main img", "img => img.naturalWidth") > 0
-            assert page.eval_on_selector_all("#preview figure.member img", "imgs => imgs.map(i => i.naturalWidth)") \
-                == [96, 96]
+            assert page.eval_on_selector_all("#preview figure.member img", "imgs => imgs.map(i => i.naturalWidth)") == [
+                96,
+                96,
+            ]
 
             screenshot = tmp_path / "review-page.png"
             page.screenshot(path=str(screenshot), full_page=True)
@@ -138,12 +150,19 @@ def test_keyboard_review_in_a_real_browser(sync_playwright, server, file_store, 
     assert errors == []
 
     expected = [
-        ("i1", "accept", None, None, ""), ("i2", "reject", None, None, ""),
-        ("i3", "relabel", "pattern", "checkered", ""), ("i3", "relabel", "fabric", "chiffon", ""),
-        ("i4", "skip", None, None, ""), ("i4", "undo", None, None, ""), ("i3", "undo", "fabric", None, ""),
-        ("i4", "accept", None, None, "accept page"), ("i5", "accept", None, None, "accept page"),
-        ("i4", "undo", None, None, ""), ("i5", "undo", None, None, ""),
-        ("i4", "reject", None, None, ""), ("i5", "accept", None, None, "accept page"),
+        ("i1", "accept", None, None, ""),
+        ("i2", "reject", None, None, ""),
+        ("i3", "relabel", "pattern", "checkered", ""),
+        ("i3", "relabel", "fabric", "chiffon", ""),
+        ("i4", "skip", None, None, ""),
+        ("i4", "undo", None, None, ""),
+        ("i3", "undo", "fabric", None, ""),
+        ("i4", "accept", None, None, "accept page"),
+        ("i5", "accept", None, None, "accept page"),
+        ("i4", "undo", None, None, ""),
+        ("i5", "undo", None, None, ""),
+        ("i4", "reject", None, None, ""),
+        ("i5", "accept", None, None, "accept page"),
     ]
     log = read_decisions(file_store, "b1")
     log = log.astype(object).where(log.notna(), None)

@@ -1,4 +1,5 @@
 """The scores, top-k selection and MMR of pipeline.scoring, on small hand-made fashion vectors."""
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -37,8 +38,9 @@ def table(rows: list[dict], embeddings: bool = True, probs: bool = True) -> pa.T
         columns[attribute] = [r[attribute] for r in rows]
         columns[f"{attribute}_prob"] = [r.get("conf", 1.0) for r in rows]
         if probs:
-            columns[f"{attribute}_probs"] = pa.array([one_hot(attribute, r[attribute], r.get("conf", 1.0)) for r in rows],
-                                                     type=pa.list_(pa.float32()))
+            columns[f"{attribute}_probs"] = pa.array(
+                [one_hot(attribute, r[attribute], r.get("conf", 1.0)) for r in rows], type=pa.list_(pa.float32())
+            )
     if embeddings:
         columns["embedding"] = pa.array([r.get("emb") for r in rows], type=pa.list_(pa.float32()))
     return pa.table(columns)
@@ -51,9 +53,11 @@ def unit(*values: float) -> list[float]:
 
 # -- conversion -----------------------------------------------------------------------------------------
 def test_fashion_matrix_codes_probs_and_embeddings():
-    rows = [{"pattern": "floral", "shape": "half-sleeve", "conf": 0.8, "emb": unit(3, 4)},
-            {"pattern": None, "shape": "full-sleeve", "emb": None},
-            {"pattern": "polka", "shape": None, "emb": [0.0, 2.0]}]  # unknown class; unnormalised embedding
+    rows = [
+        {"pattern": "floral", "shape": "half-sleeve", "conf": 0.8, "emb": unit(3, 4)},
+        {"pattern": None, "shape": "full-sleeve", "emb": None},
+        {"pattern": "polka", "shape": None, "emb": [0.0, 2.0]},
+    ]  # unknown class; unnormalised embedding
     matrix = fashion_matrix(table(rows), TAXONOMY, trust_unit_embeddings=False)
     assert matrix.codes.tolist() == [[2, 1], [-1, 0], [-1, -1]]
     assert matrix.probs[0][0] == pytest.approx([0.1, 0.1, 0.8])
@@ -70,8 +74,12 @@ def test_fashion_matrix_without_optional_columns():
 
 
 def test_list_matrix_over_chunks_slices_and_bad_lengths():
-    column = pa.chunked_array([pa.array([[1, 2], None], pa.list_(pa.float32())),
-                               pa.array([[0, 0], [3, 4], [5, 6]], pa.list_(pa.float32())).slice(1)])
+    column = pa.chunked_array(
+        [
+            pa.array([[1, 2], None], pa.list_(pa.float32())),
+            pa.array([[0, 0], [3, 4], [5, 6]], pa.list_(pa.float32())).slice(1),
+        ]
+    )
     assert list_matrix(column, None, "e").tolist() == [[1, 2], [0, 0], [3, 4], [5, 6]]
     assert list_matrix(pa.chunked_array([pa.array([None], pa.list_(pa.float32()))]), None, "e") is None
     with pytest.raises(ValueError, match="row 1 has 3 values, expected 2"):
@@ -81,15 +89,19 @@ def test_list_matrix_over_chunks_slices_and_bad_lengths():
 
 
 # -- components -----------------------------------------------------------------------------------------
-PROFILE = [{"pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},
-           {"pattern": "striped", "shape": "full-sleeve", "emb": unit(0, 1, 0)}]
+PROFILE = [
+    {"pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},
+    {"pattern": "striped", "shape": "full-sleeve", "emb": unit(0, 1, 0)},
+]
 
 
 def test_matches_weighted_and_embedding_exact_numbers():
-    items = [{"pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},          # 2+1, best 2
-             {"pattern": "floral", "shape": "full-sleeve", "emb": unit(1, 1, 0)},           # 0+1, best 1
-             {"pattern": "striped", "shape": "half-sleeve", "conf": 0.5, "emb": unit(0, 0, 1)},
-             {"pattern": None, "shape": None, "emb": None}]
+    items = [
+        {"pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},  # 2+1, best 2
+        {"pattern": "floral", "shape": "full-sleeve", "emb": unit(1, 1, 0)},  # 0+1, best 1
+        {"pattern": "striped", "shape": "half-sleeve", "conf": 0.5, "emb": unit(0, 0, 1)},
+        {"pattern": None, "shape": None, "emb": None},
+    ]
     profile, repository = fashion_matrix(table(PROFILE), TAXONOMY), fashion_matrix(table(items), TAXONOMY)
     parts = components(repository, profile, {"pattern": 3, "shape": 1})
     assert parts.matches.tolist() == [3, 1, 3, 0]
@@ -97,8 +109,9 @@ def test_matches_weighted_and_embedding_exact_numbers():
     assert parts.attribute_hits.tolist() == [[2, 1], [0, 1], [2, 1], [0, 0]]
     assert parts.matches_share.tolist() == pytest.approx([0.75, 0.25, 0.75, 0])
     # weighted = sum_a w_a <p_item, mean_j p_profile>; w = (0.75, 0.25); profile shape mean = (0.5, 0.5)
-    assert parts.weighted.tolist() == pytest.approx([
-        0.75 * 1 + 0.25 * 0.5, 0.75 * 0 + 0.25 * 0.5, 0.75 * 0.5 + 0.25 * 0.5, 0.0])
+    assert parts.weighted.tolist() == pytest.approx(
+        [0.75 * 1 + 0.25 * 0.5, 0.75 * 0 + 0.25 * 0.5, 0.75 * 0.5 + 0.25 * 0.5, 0.0]
+    )
     assert parts.embedding.tolist() == pytest.approx([1.0, np.sqrt(0.5), 0.0, 0.0], abs=1e-6)
     assert parts.match_probability.tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0])
 
@@ -115,8 +128,15 @@ def test_weighted_is_expected_agreement():
 
 def test_embedding_is_the_nearest_profile_image_not_the_mean():
     profile = fashion_matrix(table(PROFILE), TAXONOMY)  # two "styles": x and y
-    items = fashion_matrix(table([{"pattern": None, "shape": None, "emb": unit(0, 1, 0)},
-                                  {"pattern": None, "shape": None, "emb": unit(1, 1, 0.3)}]), TAXONOMY)
+    items = fashion_matrix(
+        table(
+            [
+                {"pattern": None, "shape": None, "emb": unit(0, 1, 0)},
+                {"pattern": None, "shape": None, "emb": unit(1, 1, 0.3)},
+            ]
+        ),
+        TAXONOMY,
+    )
     scores = components(items, profile, need=["embedding"]).embedding
     assert scores[0] == pytest.approx(1.0) and scores[0] > scores[1]
 
@@ -136,7 +156,11 @@ def test_missing_vectors_are_reported_only_when_needed():
 
 def test_weights_are_validated_and_normalised():
     assert normalised_weights(["pattern", "shape"], {"pattern": 3}).tolist() == [0.75, 0.25]
-    assert normalised_hybrid_weights({"embedding": 2, "weighted": 2}) == {"embedding": 0.5, "weighted": 0.5, "matches": 0}
+    assert normalised_hybrid_weights({"embedding": 2, "weighted": 2}) == {
+        "embedding": 0.5,
+        "weighted": 0.5,
+        "matches": 0,
+    }
     assert sum(normalised_hybrid_weights(None).values()) == pytest.approx(1.0)
     for bad in ({"pattern": -1}, {"colour": 1}, {"pattern": 0, "shape": 0}):
         with pytest.raises(ValueError):
@@ -146,19 +170,24 @@ def test_weights_are_validated_and_normalised():
 
 
 def test_hybrid_is_a_convex_combination_of_standardised_components():
-    items = [{"pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},
-             {"pattern": "floral", "shape": "full-sleeve", "emb": unit(1, 1, 0)},
-             {"pattern": "striped", "shape": "full-sleeve", "conf": 0.5, "emb": unit(0, 0, 1)},
-             {"pattern": "checkered", "shape": "half-sleeve", "emb": unit(0, 1, 1)}]
+    items = [
+        {"pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},
+        {"pattern": "floral", "shape": "full-sleeve", "emb": unit(1, 1, 0)},
+        {"pattern": "striped", "shape": "full-sleeve", "conf": 0.5, "emb": unit(0, 0, 1)},
+        {"pattern": "checkered", "shape": "half-sleeve", "emb": unit(0, 1, 1)},
+    ]
     parts = components(fashion_matrix(table(items), TAXONOMY), fashion_matrix(table(PROFILE), TAXONOMY))
     everything = np.ones(4, dtype=bool)
     weights = {"embedding": 0.5, "weighted": 0.3, "matches": 0.2}
-    expected = sum(w * (v - v.mean()) / v.std() for w, v in [
-        (0.5, parts.embedding.astype(float)), (0.3, parts.weighted), (0.2, parts.matches_share)])
+    expected = sum(
+        w * (v - v.mean()) / v.std()
+        for w, v in [(0.5, parts.embedding.astype(float)), (0.3, parts.weighted), (0.2, parts.matches_share)]
+    )
     assert hybrid_scores(parts, weights, everything) == pytest.approx(expected)
     # standardised over the candidates only; a constant component adds nothing
-    assert standardised(np.array([1.0, 2.0, 3.0, 100.0]), np.array([True, True, True, False]))[:3] == \
-        pytest.approx([-1.2247449, 0, 1.2247449])
+    assert standardised(np.array([1.0, 2.0, 3.0, 100.0]), np.array([True, True, True, False]))[:3] == pytest.approx(
+        [-1.2247449, 0, 1.2247449]
+    )
     assert standardised(np.array([2.0, 2.0]), np.array([True, True])).tolist() == [0, 0]
     only_matches = hybrid_scores(parts, {"matches": 1}, everything)
     assert np.argsort(-only_matches, kind="stable").tolist() == np.argsort(-parts.matches, kind="stable").tolist()
@@ -185,9 +214,16 @@ def test_float_noise_does_not_reorder_equal_scores():
 
 def test_selection_is_the_same_for_any_row_order():
     rng = np.random.default_rng(3)
-    rows = [{"id": f"item-{n:03d}", "pattern": str(rng.choice(TAXONOMY["pattern"])),
-             "shape": str(rng.choice(TAXONOMY["shape"])), "conf": float(rng.choice([0.6, 0.9])),
-             "emb": unit(*rng.integers(0, 3, 3).astype(float) + 0.01)} for n in range(60)]
+    rows = [
+        {
+            "id": f"item-{n:03d}",
+            "pattern": str(rng.choice(TAXONOMY["pattern"])),
+            "shape": str(rng.choice(TAXONOMY["shape"])),
+            "conf": float(rng.choice([0.6, 0.9])),
+            "emb": unit(*rng.integers(0, 3, 3).astype(float) + 0.01),
+        }
+        for n in range(60)
+    ]
     profile = fashion_matrix(table(PROFILE), TAXONOMY)
     results = {}
     for seed in range(3):
@@ -216,16 +252,26 @@ def test_mmr_trades_relevance_for_diversity():
 
 
 def test_mmr_without_embeddings_uses_attribute_agreement():
-    items = fashion_matrix(table([{"pattern": "striped", "shape": "half-sleeve"},
-                                  {"pattern": "striped", "shape": "full-sleeve"},
-                                  {"pattern": "floral", "shape": "full-sleeve"}], embeddings=False), TAXONOMY)
+    items = fashion_matrix(
+        table(
+            [
+                {"pattern": "striped", "shape": "half-sleeve"},
+                {"pattern": "striped", "shape": "full-sleeve"},
+                {"pattern": "floral", "shape": "full-sleeve"},
+            ],
+            embeddings=False,
+        ),
+        TAXONOMY,
+    )
     assert scoring.similarity_matrix(items).tolist() == [[1, 0.5, 0], [0.5, 1, 0.5], [0, 0.5, 1]]
 
 
 def test_select_diversifies_within_the_pool_and_reports_scores():
-    items_rows = [{"id": "a", "pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},
-                  {"id": "b", "pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0.01, 0)},
-                  {"id": "c", "pattern": "striped", "shape": "full-sleeve", "emb": unit(0, 1, 0)}]
+    items_rows = [
+        {"id": "a", "pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0, 0)},
+        {"id": "b", "pattern": "striped", "shape": "half-sleeve", "emb": unit(1, 0.01, 0)},
+        {"id": "c", "pattern": "striped", "shape": "full-sleeve", "emb": unit(0, 1, 0)},
+    ]
     items, profile = fashion_matrix(table(items_rows), TAXONOMY), fashion_matrix(table(PROFILE), TAXONOMY)
     parts = components(items, profile)
     everyone = np.ones(3, dtype=bool)
@@ -249,9 +295,11 @@ def test_empty_inputs():
 def test_bit_packed_best_row_equals_the_plain_comparison(profile_size):
     rng = np.random.default_rng(profile_size)
     attributes = ("a", "b", "c", "d")
+
     def matrix(n):
         codes = rng.integers(-1, 4, (n, len(attributes))).astype(np.int16)
         return FashionMatrix(attributes, codes, np.ones(codes.shape, np.float32), None, None)
+
     items, profile = matrix(500), matrix(profile_size)
     plain = ((items.codes[:, None, :] == profile.codes[None, :, :]) & (items.codes[:, None, :] >= 0)).sum(2).max(1)
     assert scoring.best_row_matches(items, profile).tolist() == plain.tolist()
@@ -263,18 +311,22 @@ def test_a_single_chunk_becomes_a_view_and_other_layouts_a_copy():
     column = pa.chunked_array([pa.array([[1, 2], [3, 4]], pa.list_(pa.float32()))])
     view = list_matrix(column, None, "e")
     assert view.tolist() == [[1, 2], [3, 4]] and not view.flags.owndata
-    assert list_matrix(pa.chunked_array([pa.array([[1, 2], [3, None]], pa.list_(pa.float32()))]), 2, "e").tolist() == \
-        [[1, 2], [3, 0]]
+    assert list_matrix(pa.chunked_array([pa.array([[1, 2], [3, None]], pa.list_(pa.float32()))]), 2, "e").tolist() == [
+        [1, 2],
+        [3, 0],
+    ]
     with pytest.raises(ValueError, match="expected 2"):
         list_matrix(pa.chunked_array([pa.array([[1, 2], [3]], pa.list_(pa.float32()))]), None, "e")
 
 
 def test_blocked_embedding_scores_equal_the_full_product(monkeypatch):
     rng = np.random.default_rng(0)
+
     def matrix(n):
         emb = rng.standard_normal((n, 8)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         return FashionMatrix(("a",), np.zeros((n, 1), np.int16), np.ones((n, 1), np.float32), None, emb)
+
     items, profile = matrix(1000), matrix(3)
     monkeypatch.setattr(scoring, "EMBEDDING_BLOCK_ROWS", 64)  # 15 full blocks and a partial one
     expected = np.round((items.embedding @ profile.embedding.T).max(axis=1).astype(np.float64), 6)

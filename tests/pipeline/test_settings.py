@@ -48,15 +48,22 @@ def test_search_query_defaults_to_class_name():
 # -- retailer entries (issue 11) ---------------------------------------------------------------------------
 from pipeline.settings import RetailerConfigError, url_allowed, validate_retailer  # noqa: E402
 
-SITEMAP_SHOP = {"kind": "sitemap", "base_url": "https://www.shop.example/", "entry_points": ["https://shop.example/sitemap.xml"],
-                "allowed_hosts": ["cdn.shop.example", "img.shop.example:8443"], "crawl": {"download_delay_s": 1.5}}
+SITEMAP_SHOP = {
+    "kind": "sitemap",
+    "base_url": "https://www.shop.example/",
+    "entry_points": ["https://shop.example/sitemap.xml"],
+    "allowed_hosts": ["cdn.shop.example", "img.shop.example:8443"],
+    "crawl": {"download_delay_s": 1.5},
+}
 
 
 def test_the_configured_demo_store_is_a_valid_demo_entry():
     entry = load_settings({}).retailers["demo-store"]
     assert entry["kind"] == "demo" and entry["entry_points"] == [] and entry["crawl"] == {}
-    assert load_settings({"FASHIONNET_SHOP_URL": "http://127.0.0.1:9999/"}).retailers["demo-store"]["base_url"] \
+    assert (
+        load_settings({"FASHIONNET_SHOP_URL": "http://127.0.0.1:9999/"}).retailers["demo-store"]["base_url"]
         == "http://127.0.0.1:9999"
+    )
 
 
 def test_a_valid_entry_is_completed_with_the_absent_keys():
@@ -66,35 +73,46 @@ def test_a_valid_entry_is_completed_with_the_absent_keys():
     assert entry["crawl"] == {"download_delay_s": 1.5}
 
 
-@pytest.mark.parametrize("change, field, message", [
-    ({"colour": "red"}, "colour", "unknown key"),
-    ({"kind": "magento"}, "kind", "must be one of demo, sitemap, listing, urls, shopify"),
-    ({"kind": None}, "kind", "must be one of"),
-    ({"base_url": None}, "base_url", "absolute http:// or https:// URL"),
-    ({"base_url": "shop.example"}, "base_url", "absolute http:// or https:// URL"),
-    ({"base_url": "ftp://shop.example"}, "base_url", "absolute http"),
-    ({"base_url": "https://user:pw@shop.example"}, "base_url", "credentials"),
-    ({"base_url": "https://shop.example:99999"}, "base_url", "not a valid URL"),
-    ({"entry_points": []}, "entry_points", "kind sitemap needs exactly one sitemap URL"),
-    ({"entry_points": ["https://shop.example/a.xml", "https://shop.example/b.xml"]}, "entry_points", "got 2"),
-    ({"entry_points": "https://shop.example/sitemap.xml"}, "entry_points", "needs a list"),
-    ({"entry_points": ["https://evil.example/sitemap.xml"]}, "entry_points[0]", "neither on the retailer's site"),
-    ({"entry_points": ["https://shop.example:8443/sitemap.xml"]}, "entry_points[0]", "neither on the retailer's site"),
-    ({"entry_points": ["https://shop.example.evil.test/s.xml"]}, "entry_points[0]", "neither on the retailer's site"),
-    ({"url_pattern": "/products/(["}, "url_pattern", "not a regular expression"),
-    ({"urls_file": "urls.txt"}, "urls_file", "kind urls only"),
-    ({"allowed_hosts": ["cdn.shop.example/images"]}, "allowed_hosts", "not a host or host:port"),
-    ({"allowed_hosts": "cdn.shop.example"}, "allowed_hosts", "needs a list"),
-    ({"crawl": {"download_delay": 2}}, "crawl.download_delay", "not a crawl setting a retailer may override"),
-    ({"crawl": {"download_delay_s": "slow"}}, "crawl.download_delay_s", "non-negative"),
-    ({"crawl": {"concurrent_requests_per_domain": -1}}, "crawl.concurrent_requests_per_domain", "non-negative"),
-    ({"crawl": {"obey_robots_txt": 0}}, "crawl.obey_robots_txt", "non-negative bool"),
-    ({"crawl": ["download_delay_s"]}, "crawl", "needs a mapping"),
-    ({"search_url": "https://shop.example/search"}, "search_url", "{query}"),
-    ({"search_url": "{base_url}/search?q={query}&s={sort}"}, "search_url", "only {base_url} and {query}"),
-    ({"search_url": "https://evil.example/?q={query}"}, "search_url", "off the retailer's site"),
-    ({"product_link_css": ""}, "product_link_css", "non-empty string"),
-])
+@pytest.mark.parametrize(
+    "change, field, message",
+    [
+        ({"colour": "red"}, "colour", "unknown key"),
+        ({"kind": "magento"}, "kind", "must be one of demo, sitemap, listing, urls, shopify"),
+        ({"kind": None}, "kind", "must be one of"),
+        ({"base_url": None}, "base_url", "absolute http:// or https:// URL"),
+        ({"base_url": "shop.example"}, "base_url", "absolute http:// or https:// URL"),
+        ({"base_url": "ftp://shop.example"}, "base_url", "absolute http"),
+        ({"base_url": "https://user:pw@shop.example"}, "base_url", "credentials"),
+        ({"base_url": "https://shop.example:99999"}, "base_url", "not a valid URL"),
+        ({"entry_points": []}, "entry_points", "kind sitemap needs exactly one sitemap URL"),
+        ({"entry_points": ["https://shop.example/a.xml", "https://shop.example/b.xml"]}, "entry_points", "got 2"),
+        ({"entry_points": "https://shop.example/sitemap.xml"}, "entry_points", "needs a list"),
+        ({"entry_points": ["https://evil.example/sitemap.xml"]}, "entry_points[0]", "neither on the retailer's site"),
+        (
+            {"entry_points": ["https://shop.example:8443/sitemap.xml"]},
+            "entry_points[0]",
+            "neither on the retailer's site",
+        ),
+        (
+            {"entry_points": ["https://shop.example.evil.test/s.xml"]},
+            "entry_points[0]",
+            "neither on the retailer's site",
+        ),
+        ({"url_pattern": "/products/(["}, "url_pattern", "not a regular expression"),
+        ({"urls_file": "urls.txt"}, "urls_file", "kind urls only"),
+        ({"allowed_hosts": ["cdn.shop.example/images"]}, "allowed_hosts", "not a host or host:port"),
+        ({"allowed_hosts": "cdn.shop.example"}, "allowed_hosts", "needs a list"),
+        ({"crawl": {"download_delay": 2}}, "crawl.download_delay", "not a crawl setting a retailer may override"),
+        ({"crawl": {"download_delay_s": "slow"}}, "crawl.download_delay_s", "non-negative"),
+        ({"crawl": {"concurrent_requests_per_domain": -1}}, "crawl.concurrent_requests_per_domain", "non-negative"),
+        ({"crawl": {"obey_robots_txt": 0}}, "crawl.obey_robots_txt", "non-negative bool"),
+        ({"crawl": ["download_delay_s"]}, "crawl", "needs a mapping"),
+        ({"search_url": "https://shop.example/search"}, "search_url", "{query}"),
+        ({"search_url": "{base_url}/search?q={query}&s={sort}"}, "search_url", "only {base_url} and {query}"),
+        ({"search_url": "https://evil.example/?q={query}"}, "search_url", "off the retailer's site"),
+        ({"product_link_css": ""}, "product_link_css", "non-empty string"),
+    ],
+)
 def test_a_bad_entry_names_the_retailer_and_the_field(change, field, message):
     with pytest.raises(RetailerConfigError) as error:
         validate_retailer("acme", {**SITEMAP_SHOP, **change})
@@ -102,18 +120,43 @@ def test_a_bad_entry_names_the_retailer_and_the_field(change, field, message):
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("entry, field, message", [
-    ({"kind": "listing", "base_url": "https://shop.example"}, "entry_points", "kind listing needs exactly one"),
-    ({"kind": "urls", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1,2"]},
-     "entry_points", "urls_file"),
-    ({"kind": "urls", "base_url": "https://shop.example"}, "entry_points", "exactly one of them"),
-    ({"kind": "urls", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1"],
-      "urls_file": "u.txt"}, "entry_points", "exactly one of them"),
-    ({"kind": "shopify", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1"]},
-     "entry_points", "takes no entry points"),
-    ({"kind": "urls", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1"],
-      "url_pattern": "/p/"}, "url_pattern", "kind sitemap only"),
-])
+@pytest.mark.parametrize(
+    "entry, field, message",
+    [
+        ({"kind": "listing", "base_url": "https://shop.example"}, "entry_points", "kind listing needs exactly one"),
+        (
+            {"kind": "urls", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1,2"]},
+            "entry_points",
+            "urls_file",
+        ),
+        ({"kind": "urls", "base_url": "https://shop.example"}, "entry_points", "exactly one of them"),
+        (
+            {
+                "kind": "urls",
+                "base_url": "https://shop.example",
+                "entry_points": ["https://shop.example/p/1"],
+                "urls_file": "u.txt",
+            },
+            "entry_points",
+            "exactly one of them",
+        ),
+        (
+            {"kind": "shopify", "base_url": "https://shop.example", "entry_points": ["https://shop.example/p/1"]},
+            "entry_points",
+            "takes no entry points",
+        ),
+        (
+            {
+                "kind": "urls",
+                "base_url": "https://shop.example",
+                "entry_points": ["https://shop.example/p/1"],
+                "url_pattern": "/p/",
+            },
+            "url_pattern",
+            "kind sitemap only",
+        ),
+    ],
+)
 def test_entry_points_follow_the_kind(entry, field, message):
     with pytest.raises(RetailerConfigError) as error:
         validate_retailer("acme", entry)
@@ -129,10 +172,22 @@ def test_a_bad_retailer_name_or_entry_is_refused():
 
 def test_allowed_urls_are_the_site_and_the_allowed_hosts():
     entry = validate_retailer("shop", SITEMAP_SHOP)
-    allowed = ["https://shop.example/p/1", "https://www.shop.example/p/1", "https://cdn.shop.example/i.jpg",
-               "http://cdn.shop.example/i.jpg", "https://img.shop.example:8443/i.jpg"]
-    refused = ["https://shop.example:8443/p/1", "https://cdn.shop.example:8443/i.jpg", "https://img.shop.example/i.jpg",
-               "http://169.254.169.254/latest/meta-data/", "https://evil.example/", "not a url", "https://[::1/"]
+    allowed = [
+        "https://shop.example/p/1",
+        "https://www.shop.example/p/1",
+        "https://cdn.shop.example/i.jpg",
+        "http://cdn.shop.example/i.jpg",
+        "https://img.shop.example:8443/i.jpg",
+    ]
+    refused = [
+        "https://shop.example:8443/p/1",
+        "https://cdn.shop.example:8443/i.jpg",
+        "https://img.shop.example/i.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "https://evil.example/",
+        "not a url",
+        "https://[::1/",
+    ]
     assert [url for url in allowed if not url_allowed(entry, url)] == []
     assert [url for url in refused if url_allowed(entry, url)] == []
 
@@ -146,7 +201,8 @@ def test_settings_refuse_to_load_with_a_bad_retailer(tmp_path: Path):
 
 def test_a_profile_file_adds_retailers_beside_the_demo_store(tmp_path: Path):
     profile = tmp_path / "shops.yaml"
-    profile.write_text("retailers:\n  acme:\n    kind: shopify\n    base_url: https://acme.example\n"
-                       "    crawl: {download_delay_s: 2}\n")
+    profile.write_text(
+        "retailers:\n  acme:\n    kind: shopify\n    base_url: https://acme.example\n    crawl: {download_delay_s: 2}\n"
+    )
     retailers = load_settings({"FASHIONNET_PROFILE": str(profile)}).retailers
     assert sorted(retailers) == ["acme", "demo-store"] and retailers["acme"]["crawl"] == {"download_delay_s": 2}

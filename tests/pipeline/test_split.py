@@ -28,11 +28,14 @@ def test_degenerate_ratios():
     assert {split_of(f"k{n}", {"train": 1.0, "validation": 0.0, "test": 0.0}, SALT) for n in range(100)} == {"train"}
 
 
-@pytest.mark.parametrize("ratios, message", [
-    ({"train": 0.7, "validation": 0.2, "test": 0.2}, "sum to 1"),
-    ({"train": 1.2, "validation": -0.2, "test": 0.0}, "non-negative"),
-    ({}, "empty"),
-])
+@pytest.mark.parametrize(
+    "ratios, message",
+    [
+        ({"train": 0.7, "validation": 0.2, "test": 0.2}, "sum to 1"),
+        ({"train": 1.2, "validation": -0.2, "test": 0.0}, "non-negative"),
+        ({}, "empty"),
+    ],
+)
 def test_bad_ratios_are_refused(ratios, message):
     with pytest.raises(ValueError, match=message):
         validate_ratios(ratios)
@@ -43,8 +46,10 @@ def test_bad_ratios_are_refused(ratios, message):
 def items_table(rows):
     return pa.Table.from_pylist(
         [{"item_id": i, "cluster_id": c, "phash": p, "dhash": d} for i, c, p, d in rows],
-        schema=pa.schema([("item_id", pa.string()), ("cluster_id", pa.string()), ("phash", pa.uint64()),
-                          ("dhash", pa.uint64())]))
+        schema=pa.schema(
+            [("item_id", pa.string()), ("cluster_id", pa.string()), ("phash", pa.uint64()), ("dhash", pa.uint64())]
+        ),
+    )
 
 
 def random_items(n_clusters: int, per_cluster: int, seed: int, prefix: str):
@@ -120,9 +125,12 @@ def labelled_items(n: int, seed: int, prefix: str = "s") -> pa.Table:
     rng = np.random.default_rng(seed)
     patterns = rng.choice(["solid", "striped", "floral", None], size=n, p=[0.6, 0.25, 0.1, 0.05])
     shapes = rng.choice(["sleeveless", "half-sleeve", "full-sleeve"], size=n, p=[0.5, 0.3, 0.2])
-    return pa.Table.from_pylist([
-        {"item_id": f"{prefix}{k:05d}", "cluster_id": f"{prefix}cluster-{k}", "pattern": p, "shape": s}
-        for k, (p, s) in enumerate(zip(patterns.tolist(), shapes.tolist()))])
+    return pa.Table.from_pylist(
+        [
+            {"item_id": f"{prefix}{k:05d}", "cluster_id": f"{prefix}cluster-{k}", "pattern": p, "shape": s}
+            for k, (p, s) in enumerate(zip(patterns.tolist(), shapes.tolist()))
+        ]
+    )
 
 
 def test_every_class_of_every_attribute_gets_the_ratios(file_store):
@@ -157,5 +165,7 @@ def test_an_items_split_depends_on_its_cluster_only_not_on_labels_or_the_rest(fi
     write_split(fresh)
     again = read_split(fresh)
     assert {k: again[k] for k in first} == first
-    assert all(first[i] == split_of(c, RATIOS, SALT) for i, c in zip(table.column("item_id").to_pylist(),
-                                                                      table.column("cluster_id").to_pylist()))
+    assert all(
+        first[i] == split_of(c, RATIOS, SALT)
+        for i, c in zip(table.column("item_id").to_pylist(), table.column("cluster_id").to_pylist())
+    )

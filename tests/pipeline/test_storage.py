@@ -81,7 +81,10 @@ def test_the_s3_client_has_bounded_timeouts_and_attempts(s3_store):
     from pipeline.storage import S3_CLIENT
 
     options = s3_store.storage_options["config_kwargs"]
-    assert (options["connect_timeout"], options["read_timeout"]) == (S3_CLIENT["connect_timeout"], S3_CLIENT["read_timeout"])
+    assert (options["connect_timeout"], options["read_timeout"]) == (
+        S3_CLIENT["connect_timeout"],
+        S3_CLIENT["read_timeout"],
+    )
     assert options["retries"] == {"total_max_attempts": S3_CLIENT["max_attempts"], "mode": "standard"}
     assert s3_store.fs.retries == S3_CLIENT["retries"] <= 3
     config = s3_store.fs.connect().meta.config  # what the botocore client really got
@@ -108,9 +111,11 @@ def test_a_silent_s3_endpoint_fails_a_call_within_the_bound(s3_env, call):
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        store = ObjectStore("s3://fn-silent/p", endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
-                            s3_client={"connect_timeout": 1, "read_timeout": 1, "max_attempts": 2, "retries": 1,
-                                       "min_upload_mb_s": 64})
+        store = ObjectStore(
+            "s3://fn-silent/p",
+            endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            s3_client={"connect_timeout": 1, "read_timeout": 1, "max_attempts": 2, "retries": 1, "min_upload_mb_s": 64},
+        )
         bound = store.s3_upload_deadline_s(len(data)) if data else store.s3_call_bound_s()
 
         def run() -> None:

@@ -28,10 +28,17 @@ def striped(width: int = 128, height: int = 128) -> Image.Image:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares ``width`` x ``height`` (a decompression bomb's calling card)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def check(data):
@@ -51,18 +58,21 @@ def test_a_png_with_real_content_passes():
     assert check(buffer.getvalue()).ok
 
 
-@pytest.mark.parametrize("name, data, reason", [
-    ("absent object", None, "missing"),
-    ("random bytes", np.random.default_rng(0).bytes(4096), "not_an_image"),
-    ("text file", b"<html><body>404 Not Found</body></html>", "not_an_image"),
-    ("empty object", b"", "not_an_image"),
-    ("truncated jpeg", jpeg(striped(256, 256))[:1500], "undecodable"),
-    ("10x10 image", jpeg(striped(10, 10)), "too_small"),
-    ("1000x20 strip", jpeg(striped(1000, 20)), "extreme_aspect_ratio"),
-    ("blank image", jpeg(Image.new("RGB", (200, 200), (240, 240, 240))), "blank"),
-    ("bomb over our limit", png_declaring(10_000, 10_000), "decompression_bomb"),
-    ("bomb over PIL's own limit", png_declaring(60_000, 60_000), "decompression_bomb"),
-])
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("absent object", None, "missing"),
+        ("random bytes", np.random.default_rng(0).bytes(4096), "not_an_image"),
+        ("text file", b"<html><body>404 Not Found</body></html>", "not_an_image"),
+        ("empty object", b"", "not_an_image"),
+        ("truncated jpeg", jpeg(striped(256, 256))[:1500], "undecodable"),
+        ("10x10 image", jpeg(striped(10, 10)), "too_small"),
+        ("1000x20 strip", jpeg(striped(1000, 20)), "extreme_aspect_ratio"),
+        ("blank image", jpeg(Image.new("RGB", (200, 200), (240, 240, 240))), "blank"),
+        ("bomb over our limit", png_declaring(10_000, 10_000), "decompression_bomb"),
+        ("bomb over PIL's own limit", png_declaring(60_000, 60_000), "decompression_bomb"),
+    ],
+)
 def test_every_rejection_reason(name, data, reason):
     result = check(data)
     assert not result.ok, name

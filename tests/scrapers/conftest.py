@@ -1,4 +1,5 @@
 """A small built demo site and its server, shared by the scraper tests of a module."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,5 +1,6 @@
 """A crawl over a shop where about a third of the responses are errors or garbage: every good product is
 kept (with its image, byte for byte) and every product that is not is counted once, by reason."""
+
 from __future__ import annotations
 
 import io
@@ -18,10 +19,29 @@ HTML = {"Content-Type": "text/html"}
 JPEG_TYPE = {"Content-Type": "image/jpeg"}
 GOOD = [f"good-{i:02d}" for i in range(1, 25)] + ["flaky-page", "flaky-image"]  # the flaky ones fail once, then work
 # Products that cannot be kept, by where they fail: the product page, robots.txt, or the product's image.
-BAD_PAGES = ["e404", "e500", "slow", "dropped", "cut-page", "loop", "chain", "bad-json-ld", "not-a-product",
-             "half-html", "garbage-page"]
-BAD_IMAGES = ["html-image", "empty-image", "truncated-image", "tiny-image", "corrupt-image", "garbage-image",
-              "image-404", "image-dropped"]
+BAD_PAGES = [
+    "e404",
+    "e500",
+    "slow",
+    "dropped",
+    "cut-page",
+    "loop",
+    "chain",
+    "bad-json-ld",
+    "not-a-product",
+    "half-html",
+    "garbage-page",
+]
+BAD_IMAGES = [
+    "html-image",
+    "empty-image",
+    "truncated-image",
+    "tiny-image",
+    "corrupt-image",
+    "garbage-image",
+    "image-404",
+    "image-dropped",
+]
 LISTED = GOOD + BAD_PAGES + ["../private/p1"] + BAD_IMAGES
 
 
@@ -55,6 +75,7 @@ def sleepy(seconds: float, sku: str):
     def reply(n: int):
         time.sleep(seconds)
         return 200, HTML, product_page(sku)
+
     return reply
 
 
@@ -87,13 +108,19 @@ def test_bad_input_is_counted_and_good_products_are_kept(store: ObjectStore):
             "/product/e500": lambda n: (500, HTML, html("oops")),
             "/product/slow": sleepy(2.5, "slow"),  # past the 1 s download timeout
             "/product/dropped": drop_connection,  # connection closed, no response
-            "/product/cut-page": lambda n: (200, {**HTML, "Content-Length": "4000", "Connection": "close"},
-                                            product_page("cut-page")[:150]),  # the body stops short of its length
+            "/product/cut-page": lambda n: (
+                200,
+                {**HTML, "Content-Length": "4000", "Connection": "close"},
+                product_page("cut-page")[:150],
+            ),  # the body stops short of its length
             "/product/loop": lambda n: (302, {"Location": "/product/loop-b"}, b""),
             "/product/loop-b": lambda n: (301, {"Location": "/product/loop"}, b""),
             "/product/chain": lambda n: (302, {"Location": f"/product/chain?hop={n}"}, b""),
-            "/product/bad-json-ld": lambda n: (200, HTML, html("", '<script type="application/ld+json">{"@type": '
-                                                                   '"Product", "name": </script>')),
+            "/product/bad-json-ld": lambda n: (
+                200,
+                HTML,
+                html("", '<script type="application/ld+json">{"@type": "Product", "name": </script>'),
+            ),
             "/product/not-a-product": lambda n: (200, HTML, html("<h1>About us</h1>")),
             "/product/half-html": lambda n: (200, HTML, product_page("half-html")[:90]),  # cut inside the JSON-LD
             "/product/garbage-page": lambda n: (200, HTML, garbage(3000, 1)),
@@ -115,7 +142,12 @@ def test_bad_input_is_counted_and_good_products_are_kept(store: ObjectStore):
         # A good product whose stated price is negative: kept without a price, the refusal counted.
         routes["/product/good-24"] = lambda n: (200, HTML, product_page("good-24").replace(b'"12.50"', b'"-49.99"'))
         summary = crawl_listing(
-            shop, "bad-1", DOWNLOAD_TIMEOUT="1.0", RETRY_TIMES="1", FASHIONNET_RETRY_BACKOFF_BASE="0.05", REDIRECT_MAX_TIMES="4",
+            shop,
+            "bad-1",
+            DOWNLOAD_TIMEOUT="1.0",
+            RETRY_TIMES="1",
+            FASHIONNET_RETRY_BACKOFF_BASE="0.05",
+            REDIRECT_MAX_TIMES="4",
         )
         hits = [path for path, _, _ in shop.hits]
         counts = dict(shop.counts)
@@ -135,23 +167,37 @@ def test_bad_input_is_counted_and_good_products_are_kept(store: ObjectStore):
     assert set(store.list("images/full/")) == {row["image_key"] for row in products.values()}  # no bad image stored
 
     # Every other product is counted once, by reason.
-    assert summary["drops"] == {"image_download_failed": 1, "image_empty": 1, "image_http_error": 1,
-                                "image_invalid": 3, "image_too_small": 1, "image_truncated": 1}
+    assert summary["drops"] == {
+        "image_download_failed": 1,
+        "image_empty": 1,
+        "image_http_error": 1,
+        "image_invalid": 3,
+        "image_too_small": 1,
+        "image_truncated": 1,
+    }
     assert summary["http_errors"] == {"404": 1, "500": 1}
     # Lost connections: the page closed without an answer, the page cut short, the image closed without one.
     assert summary["failed_requests"] == {"connection_lost": 3, "redirect_loop": 2, "timeout": 1}
     assert summary["pages_without_product"] == 4  # malformed JSON-LD, no product, cut inside the JSON-LD, garbage
     assert summary["robots_forbidden"] == 1 and "/private/p1" not in counts
     image_transfer_failures = 1  # image-dropped: in failed_requests and, as its product's drop, in drops
-    accounted = (len(products) + sum(summary["drops"].values()) + sum(summary["http_errors"].values())
-                 + sum(summary["failed_requests"].values()) - image_transfer_failures
-                 + summary["pages_without_product"] + summary["robots_forbidden"])
+    accounted = (
+        len(products)
+        + sum(summary["drops"].values())
+        + sum(summary["http_errors"].values())
+        + sum(summary["failed_requests"].values())
+        - image_transfer_failures
+        + summary["pages_without_product"]
+        + summary["robots_forbidden"]
+    )
     assert accounted == len(LISTED)
 
     # 5xx, timeouts and lost connections were retried once (and the flaky ones recovered); 4xx never.
     assert summary["retries_by_reason"] == {"connection_lost": 3, "http_500": 2, "http_503": 1, "timeout": 1}
-    assert [counts[p] for p in ("/product/e500", "/product/slow", "/product/cut-page", "/product/e404",
-                                "/img/image-404.jpg")] == [2, 2, 2, 1, 1]
+    assert [
+        counts[p]
+        for p in ("/product/e500", "/product/slow", "/product/cut-page", "/product/e404", "/img/image-404.jpg")
+    ] == [2, 2, 2, 1, 1]
     # (Twisted itself also retries a request once when a reused keep-alive connection closes unanswered.)
     assert counts["/product/dropped"] >= 2 and counts["/img/image-dropped.jpg"] >= 2
     assert counts["/product/flaky-page"] == counts["/img/flaky-image.jpg"] == 2
@@ -191,8 +237,9 @@ def stored_image(body: bytes) -> tuple[Image.Image, bytes]:
 
     from scrapers.pipelines import StoreImagesPipeline
 
-    crawler = get_crawler(settings_dict={"IMAGES_STORE": "memory-unused", "IMAGES_MIN_WIDTH": 32,
-                                         "IMAGES_MIN_HEIGHT": 32})
+    crawler = get_crawler(
+        settings_dict={"IMAGES_STORE": "memory-unused", "IMAGES_MIN_WIDTH": 32, "IMAGES_MIN_HEIGHT": 32}
+    )
     pipeline = StoreImagesPipeline.from_crawler(crawler)
     pipeline.max_image_pixels = get_settings().curation["max_image_pixels"]
     request = Request("http://shop.test/img/a")
@@ -231,8 +278,13 @@ def test_crawled_images_are_stored_as_the_shared_decoder_sees_them():
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageException) as caught:
         stored_image(bomb)
     assert image_failure_reason(caught.value) == "image_too_many_pixels"

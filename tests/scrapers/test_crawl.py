@@ -1,4 +1,5 @@
 """Real crawls of a small generated shop through run_crawl (a scrapy subprocess), into folder and S3 stores."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,7 +43,9 @@ def read_crawl(store: ObjectStore, crawl_id: str):
     return products, weak
 
 
-def test_query_crawl_into_store_and_rerun(any_store: ObjectStore, demo_server: DemoStoreServer, demo_site: Path, monkeypatch):
+def test_query_crawl_into_store_and_rerun(
+    any_store: ObjectStore, demo_server: DemoStoreServer, demo_site: Path, monkeypatch
+):
     point_at(monkeypatch, any_store, demo_server)
     before = len(demo_server.requests)
     summary = run_crawl("query", "query-20260101", timeout_s=120)
@@ -52,7 +55,9 @@ def test_query_crawl_into_store_and_rerun(any_store: ObjectStore, demo_server: D
     assert products.schema.equals(PRODUCTS_SCHEMA) and weak.schema.equals(WEAK_LABELS_SCHEMA)
     assert products.num_rows == summary["products"] == N_PRODUCTS
     assert sorted(products.column("sku").to_pylist()) == sorted(p["sku"] for p in load_catalog(demo_site))
-    assert products.column("item_id").to_pylist() == [item_id_for(u) for u in products.column("product_url").to_pylist()]
+    assert products.column("item_id").to_pylist() == [
+        item_id_for(u) for u in products.column("product_url").to_pylist()
+    ]
     assert set(products.column("currency").to_pylist()) == {"EUR"}
     keys = products.column("image_key").to_pylist()
     assert all(k.startswith("images/full/") and k.endswith(".jpg") for k in keys)
@@ -62,7 +67,9 @@ def test_query_crawl_into_store_and_rerun(any_store: ObjectStore, demo_server: D
     found = {tuple(row.values()) for row in weak.to_pylist()}
     assert weak.num_rows == len(found) == summary["weak_labels"]
     # The search's labels exactly; the product's own structured data adds others (scrapers.weak_labels).
-    assert {row for row in found if row[3].startswith("query:")} == expected_weak_labels(demo_site, demo_server.base_url)
+    assert {row for row in found if row[3].startswith("query:")} == expected_weak_labels(
+        demo_site, demo_server.base_url
+    )
     assert any_store.read_json("crawls/query-20260101/summary.json") == summary
 
     # Robots obeyed: robots.txt fetched first, /account/ never.
@@ -78,7 +85,9 @@ def test_query_crawl_into_store_and_rerun(any_store: ObjectStore, demo_server: D
     assert {tuple(r.values()) for r in weak2.to_pylist()} == found
     assert rerun["run_token"] != summary["run_token"]
     assert len(any_store.list("images/")) == N_PRODUCTS
-    assert any_store.list("crawls/") == [f"crawls/query-20260101/{n}" for n in ("products.parquet", "summary.json", "weak_labels.parquet")]
+    assert any_store.list("crawls/") == [
+        f"crawls/query-20260101/{n}" for n in ("products.parquet", "summary.json", "weak_labels.parquet")
+    ]
 
 
 def test_catalog_crawl_from_sitemap(file_store: ObjectStore, demo_server: DemoStoreServer, monkeypatch):
@@ -112,7 +121,9 @@ def test_robots_txt_forbids_the_account_page(file_store: ObjectStore, demo_serve
     assert file_store.read_parquet("crawls/robots-1/products.parquet").num_rows == 0
 
 
-def test_products_whose_image_fails_are_dropped_with_their_weak_labels(tmp_path: Path, file_store: ObjectStore, monkeypatch):
+def test_products_whose_image_fails_are_dropped_with_their_weak_labels(
+    tmp_path: Path, file_store: ObjectStore, monkeypatch
+):
     site = build_site(tmp_path / "site", n_products=8, seed=4)
     broken = load_catalog(site)[0]
     (site / "images" / broken["image"]).unlink()
@@ -128,7 +139,9 @@ def test_products_whose_image_fails_are_dropped_with_their_weak_labels(tmp_path:
     assert summary["weak_labels_without_product"] >= 1
 
 
-def test_failures_raise_crawl_error_with_the_log_tail(file_store: ObjectStore, demo_server: DemoStoreServer, monkeypatch):
+def test_failures_raise_crawl_error_with_the_log_tail(
+    file_store: ObjectStore, demo_server: DemoStoreServer, monkeypatch
+):
     point_at(monkeypatch, file_store, demo_server)
     with pytest.raises(CrawlError, match="Spider not found"):
         run_crawl("no-such-spider", "bad-1", timeout_s=120)

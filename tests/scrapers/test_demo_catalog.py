@@ -1,4 +1,5 @@
 """The demo catalog: deterministic, uniform and independent labels, shop text that names them (mostly)."""
+
 from __future__ import annotations
 
 import itertools

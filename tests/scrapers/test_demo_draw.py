@@ -1,4 +1,5 @@
 """Procedural garments: deterministic, each attribute changes the picture, and all four are learnable."""
+
 from __future__ import annotations
 
 import random
@@ -85,7 +86,12 @@ def _features(img: Image.Image) -> np.ndarray:
 def test_each_attribute_is_learnable_at_64px():
     """A ridge classifier on cheap features beats chance by far for every attribute (a CNN does better)."""
     products = generate_catalog(500, seed=21)
-    x = np.stack([_features(draw_garment(p.pattern, p.fabric, p.style, p.shape, random.Random(i))) for i, p in enumerate(products)])
+    x = np.stack(
+        [
+            _features(draw_garment(p.pattern, p.fabric, p.style, p.shape, random.Random(i)))
+            for i, p in enumerate(products)
+        ]
+    )
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     x = np.hstack([x, np.ones((len(x), 1))])
     n_train = 380

@@ -1,4 +1,5 @@
 """The built site (files, public catalog, kept-aside truth) and the served routes."""
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,9 @@ def test_build_is_deterministic(tmp_path: Path, demo_site: Path):
 
 
 def test_user_images_are_one_consistent_style(tmp_path: Path):
-    paths = make_user_images(tmp_path / "user", n=3, seed=2, pattern="floral", fabric="silk", style="summer", shape="sleeveless")
+    paths = make_user_images(
+        tmp_path / "user", n=3, seed=2, pattern="floral", fabric="silk", style="summer", shape="sleeveless"
+    )
     assert [p.name for p in paths] == ["user-00.jpg", "user-01.jpg", "user-02.jpg"]
     pictures = [Image.open(p).convert("RGB").tobytes() for p in paths]
     assert len(set(pictures)) == 3
@@ -126,8 +129,15 @@ def test_search_paginates(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "path",
-    ["/ground_truth.csv", "/catalog.json", "/images/../ground_truth.csv", "/images/%2e%2e/ground_truth.csv",
-     "/product/NOPE", "/nothing", "/images/missing.jpg"],
+    [
+        "/ground_truth.csv",
+        "/catalog.json",
+        "/images/../ground_truth.csv",
+        "/images/%2e%2e/ground_truth.csv",
+        "/product/NOPE",
+        "/nothing",
+        "/images/missing.jpg",
+    ],
 )
 def test_unknown_paths_and_the_ground_truth_are_404(demo_server: DemoStoreServer, path: str):
     assert get(demo_server.base_url + path)[0] == 404
@@ -136,7 +146,9 @@ def test_unknown_paths_and_the_ground_truth_are_404(demo_server: DemoStoreServer
 def test_ground_truth_labels_are_never_served(demo_server: DemoStoreServer, demo_site: Path):
     truth = load_ground_truth(demo_site).to_pylist()
     sku = truth[0]["sku"]
-    pages = [text(demo_server.base_url + p) for p in ("/", "/catalog", "/sitemap.xml", f"/product/{sku}", "/search?q=top")]
+    pages = [
+        text(demo_server.base_url + p) for p in ("/", "/catalog", "/sitemap.xml", f"/product/{sku}", "/search?q=top")
+    ]
     assert all("ground_truth" not in page and "text_noise" not in page for page in pages)
 
 

@@ -1,4 +1,5 @@
 """The demo store's incremental-crawl support: ETag / Last-Modified, 304 answers, sitemap lastmod."""
+
 from __future__ import annotations
 
 import urllib.request

@@ -1,4 +1,5 @@
 """extract_product on JSON-LD, microdata and OpenGraph pages: good, oddly shaped, broken and missing."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,12 @@ import pytest
 from scrapy.http import HtmlResponse, Response
 
 from scrapers.extract import (
-    FIELDS, currency_in_text, extract_product, normalize_availability, normalize_currency, parse_price,
+    FIELDS,
+    currency_in_text,
+    extract_product,
+    normalize_availability,
+    normalize_currency,
+    parse_price,
 )
 
 URL = "https://shop.example/p/1"
@@ -15,7 +21,9 @@ URL = "https://shop.example/p/1"
 
 def page(*blocks: str, url: str = URL, head: str = "", body: str = "x") -> HtmlResponse:
     scripts = "".join(f'<script type="application/ld+json">{b}</script>' for b in blocks)
-    return HtmlResponse(url, body=f"<html><head>{head}{scripts}</head><body>{body}</body></html>".encode(), encoding="utf-8")
+    return HtmlResponse(
+        url, body=f"<html><head>{head}{scripts}</head><body>{body}</body></html>".encode(), encoding="utf-8"
+    )
 
 
 PRODUCT = {
@@ -26,7 +34,12 @@ PRODUCT = {
     "sku": "A-1",
     "description": "A top.",
     "category": "Tops",
-    "offers": {"@type": "Offer", "price": "19.90", "priceCurrency": "EUR", "availability": "https://schema.org/InStock"},
+    "offers": {
+        "@type": "Offer",
+        "price": "19.90",
+        "priceCurrency": "EUR",
+        "availability": "https://schema.org/InStock",
+    },
 }
 
 MICRODATA = """
@@ -72,8 +85,13 @@ def test_plain_product():
         "availability": "InStock",
         "color": None,
         "material": None,
-        "field_sources": json.dumps({f: "jsonld" for f in (
-            "availability", "category", "currency", "description", "image_url", "price", "sku", "title")}, sort_keys=True),
+        "field_sources": json.dumps(
+            {
+                f: "jsonld"
+                for f in ("availability", "category", "currency", "description", "image_url", "price", "sku", "title")
+            },
+            sort_keys=True,
+        ),
     }
 
 
@@ -91,8 +109,12 @@ def test_list_of_nodes_type_list_image_objects_offer_list_and_brand_object():
     node = {
         **PRODUCT,
         "@type": ["Thing", "Product"],
-        "image": [{"@type": "ImageObject", "url": "https://cdn.example/a.jpg"}, "//cdn.example/b.jpg",
-                  {"contentUrl": "https://cdn.example/a.jpg"}, None],
+        "image": [
+            {"@type": "ImageObject", "url": "https://cdn.example/a.jpg"},
+            "//cdn.example/b.jpg",
+            {"contentUrl": "https://cdn.example/a.jpg"},
+            None,
+        ],
         "offers": [{"@type": "Offer", "price": 12, "priceCurrency": "usd"}],
         "category": {"@type": "Thing", "name": "Shirts"},
         "brand": {"@type": "Brand", "name": "Acme &amp; Sons"},
@@ -106,18 +128,28 @@ def test_list_of_nodes_type_list_image_objects_offer_list_and_brand_object():
 
 
 def test_aggregate_offer_uses_low_price():
-    node = {**PRODUCT, "offers": {"@type": "AggregateOffer", "lowPrice": "9,99", "highPrice": "19,99", "priceCurrency": "EUR"}}
+    node = {
+        **PRODUCT,
+        "offers": {"@type": "AggregateOffer", "lowPrice": "9,99", "highPrice": "19,99", "priceCurrency": "EUR"},
+    }
     assert extract_product(page(json.dumps(node)))["price"] == 9.99
 
 
 def test_nested_shop_price_object_and_lowercase_keys():
-    offers = {"@type": "AggregateOffer", "lowprice": {"sales": {"value": 3499, "currency": "ARS"}}, "availability": "InStock"}
+    offers = {
+        "@type": "AggregateOffer",
+        "lowprice": {"sales": {"value": 3499, "currency": "ARS"}},
+        "availability": "InStock",
+    }
     data = extract_product(page(json.dumps({**PRODUCT, "offers": offers})))
     assert (data["price"], data["currency"], data["availability"]) == (3499.0, "ARS", "InStock")
 
 
 def test_price_specification():
-    offers = {"@type": "Offer", "priceSpecification": {"@type": "UnitPriceSpecification", "price": 45, "priceCurrency": "GBP"}}
+    offers = {
+        "@type": "Offer",
+        "priceSpecification": {"@type": "UnitPriceSpecification", "price": 45, "priceCurrency": "GBP"},
+    }
     data = extract_product(page(json.dumps({**PRODUCT, "offers": offers})))
     assert (data["price"], data["currency"]) == (45.0, "GBP")
 
@@ -141,10 +173,19 @@ def test_product_group_with_variants():
         "productGroupID": "G-1",
         "brand": "Linea",
         "hasVariant": [
-            {"@type": "Product", "sku": "G-1-S", "image": "/s.jpg", "color": "White",
-             "offers": {"@type": "Offer", "price": "39.00", "priceCurrency": "EUR", "availability": "OutOfStock"}},
-            {"@type": "Product", "sku": "G-1-M", "image": "/m.jpg",
-             "offers": {"@type": "Offer", "price": "39.00", "priceCurrency": "EUR", "availability": "InStock"}},
+            {
+                "@type": "Product",
+                "sku": "G-1-S",
+                "image": "/s.jpg",
+                "color": "White",
+                "offers": {"@type": "Offer", "price": "39.00", "priceCurrency": "EUR", "availability": "OutOfStock"},
+            },
+            {
+                "@type": "Product",
+                "sku": "G-1-M",
+                "image": "/m.jpg",
+                "offers": {"@type": "Offer", "price": "39.00", "priceCurrency": "EUR", "availability": "InStock"},
+            },
         ],
     }
     data = extract_product(page(json.dumps(group)))
@@ -156,8 +197,10 @@ def test_product_group_with_variants():
 
 
 def test_one_product_per_size_siblings_are_variants_and_the_page_product_wins():
-    sizes = [{**PRODUCT, "sku": f"A-1-{s}", "offers": {**PRODUCT["offers"], "availability": a}}
-             for s, a in (("S", "OutOfStock"), ("M", "InStock"))]
+    sizes = [
+        {**PRODUCT, "sku": f"A-1-{s}", "offers": {**PRODUCT["offers"], "availability": a}}
+        for s, a in (("S", "OutOfStock"), ("M", "InStock"))
+    ]
     related = {**PRODUCT, "name": "Other", "sku": "B", "url": "https://shop.example/p/9"}
     data = extract_product(page(json.dumps(related), *(json.dumps(s) for s in sizes), url="https://shop.example/p/1"))
     assert data["sku"] == "B"  # no node names the page: the first product
@@ -204,7 +247,11 @@ def test_sources_merge_field_by_field_json_ld_first():
     assert data["price"] == 1299.0  # not in JSON-LD: microdata beats OpenGraph
     assert data["brand"] == "Maison"
     # Images: all sources, JSON-LD's (none here) first, then microdata's, then og:image.
-    assert data["image_urls"] == ["https://shop.example/img/blouse.jpg", "https://cdn.example/scarf.jpg", "https://cdn.example/scarf-2.jpg"]
+    assert data["image_urls"] == [
+        "https://shop.example/img/blouse.jpg",
+        "https://cdn.example/scarf.jpg",
+        "https://cdn.example/scarf-2.jpg",
+    ]
 
 
 def test_og_image_is_the_fallback_image():
@@ -228,9 +275,16 @@ def test_missing_fields_are_none():
 
 @pytest.mark.parametrize(
     ("blocks", "head"),
-    [((), ""), (("not json at all",), ""), ((json.dumps({"@type": "Organization", "name": "Shop"}),), ""), (("[]",), ""),
-     (("null",), ""), (('"Product"',), ""), ((json.dumps({"@type": "Product"}),), ""),
-     ((), '<meta property="og:type" content="website"><meta property="og:image" content="/logo.png">')],
+    [
+        ((), ""),
+        (("not json at all",), ""),
+        ((json.dumps({"@type": "Organization", "name": "Shop"}),), ""),
+        (("[]",), ""),
+        (("null",), ""),
+        (('"Product"',), ""),
+        ((json.dumps({"@type": "Product"}),), ""),
+        ((), '<meta property="og:type" content="website"><meta property="og:image" content="/logo.png">'),
+    ],
 )
 def test_pages_without_a_product_give_none(blocks, head):
     assert extract_product(page(*blocks, head=head)) is None
@@ -242,10 +296,27 @@ def test_non_text_response_gives_none():
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("19.90", 19.9), (5, 5.0), ("1.299,00", 1299.0), ("1,299.00", 1299.0), ("€ 12,50", 12.5), ("1,299", 1299.0),
-     ("26,00 €", 26.0), ("€ 26", 26.0), ("1 299,00", 1299.0), ("2.449", 2449.0), ("0.999", 0.999), ("1.299.000", 1299000.0),
-     ("10 - 20", 10.0), ("EUR110.00", 110.0), ("2449.00", 2449.0),
-     ("free", None), (None, None), (True, None), ({"x": 1}, None)],
+    [
+        ("19.90", 19.9),
+        (5, 5.0),
+        ("1.299,00", 1299.0),
+        ("1,299.00", 1299.0),
+        ("€ 12,50", 12.5),
+        ("1,299", 1299.0),
+        ("26,00 €", 26.0),
+        ("€ 26", 26.0),
+        ("1 299,00", 1299.0),
+        ("2.449", 2449.0),
+        ("0.999", 0.999),
+        ("1.299.000", 1299000.0),
+        ("10 - 20", 10.0),
+        ("EUR110.00", 110.0),
+        ("2449.00", 2449.0),
+        ("free", None),
+        (None, None),
+        (True, None),
+        ({"x": 1}, None),
+    ],
 )
 def test_parse_price(raw, expected):
     assert parse_price(raw) == expected
@@ -253,8 +324,18 @@ def test_parse_price(raw, expected):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("EUR", "EUR"), ("eur", "EUR"), ("€", "EUR"), ("£", "GBP"), ("US$", "USD"), ("ر.س", "SAR"), ("$", None), ("¥", None),
-     (None, None), ("euros", None)],
+    [
+        ("EUR", "EUR"),
+        ("eur", "EUR"),
+        ("€", "EUR"),
+        ("£", "GBP"),
+        ("US$", "USD"),
+        ("ر.س", "SAR"),
+        ("$", None),
+        ("¥", None),
+        (None, None),
+        ("euros", None),
+    ],
 )
 def test_normalize_currency(raw, expected):
     assert normalize_currency(raw) == expected
@@ -268,8 +349,16 @@ def test_currency_in_text_only_when_unambiguous():
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("https://schema.org/InStock", "InStock"), ("http://schema.org/OutOfStock", "OutOfStock"), ("instock", "InStock"),
-     ("in stock", "InStock"), ("out_of_stock", "OutOfStock"), ("PreOrder", "PreOrder"), ("schema:SoldOut", "SoldOut"), (None, None)],
+    [
+        ("https://schema.org/InStock", "InStock"),
+        ("http://schema.org/OutOfStock", "OutOfStock"),
+        ("instock", "InStock"),
+        ("in stock", "InStock"),
+        ("out_of_stock", "OutOfStock"),
+        ("PreOrder", "PreOrder"),
+        ("schema:SoldOut", "SoldOut"),
+        (None, None),
+    ],
 )
 def test_normalize_availability(raw, expected):
     assert normalize_availability(raw) == expected
@@ -294,7 +383,11 @@ def test_variant_offers_are_deduplicated_without_comparing_offers_pairwise():
 
     def comparisons(n: int) -> int:
         variants = [
-            {"@type": "Product", "sku": f"V-{i}", "offers": CountingOffer({"@type": "Offer", "price": "10", "sku": f"V-{i}"})}
+            {
+                "@type": "Product",
+                "sku": f"V-{i}",
+                "offers": CountingOffer({"@type": "Offer", "price": "10", "sku": f"V-{i}"}),
+            }
             for i in range(n)
         ]
         CountingOffer.comparisons = 0
@@ -315,7 +408,9 @@ def test_a_deeply_nested_block_is_skipped_alone():
 
 def test_a_400_digit_number_is_refused_and_the_other_fields_stay():
     huge = "9" * 400
-    block = json.dumps({**PRODUCT, "offers": {"@type": "Offer", "priceCurrency": "EUR"}})[:-2] + f', "price": {huge}}}}}'
+    block = (
+        json.dumps({**PRODUCT, "offers": {"@type": "Offer", "priceCurrency": "EUR"}})[:-2] + f', "price": {huge}}}}}'
+    )
     data = extract_product(page(block))
     assert data is not None and data["sku"] == "A-1" and data["title"] == "Striped Cotton Top"
     assert data["price"] is None
@@ -324,11 +419,20 @@ def test_a_400_digit_number_is_refused_and_the_other_fields_stay():
 
 @pytest.mark.parametrize(
     ("price", "reason"),
-    [('"-49.99"', "negative"), ("-49.99", "negative"), ('"1e309"', "exponent notation"), ("1e309", "not finite"),
-     ('"NaN"', "not a number"), ("NaN", None), ('"− 12,00 €"', "negative")],
+    [
+        ('"-49.99"', "negative"),
+        ("-49.99", "negative"),
+        ('"1e309"', "exponent notation"),
+        ("1e309", "not finite"),
+        ('"NaN"', "not a number"),
+        ("NaN", None),
+        ('"− 12,00 €"', "negative"),
+    ],
 )
 def test_a_price_keeps_its_sign_or_is_refused_with_the_reason(price, reason):
-    block = json.dumps({**PRODUCT, "offers": {"@type": "Offer", "priceCurrency": "EUR", "price": "P"}}).replace('"P"', price)
+    block = json.dumps({**PRODUCT, "offers": {"@type": "Offer", "priceCurrency": "EUR", "price": "P"}}).replace(
+        '"P"', price
+    )
     data = extract_product(page(block))
     assert data["price"] is None  # never 49.99, 1.0, inf or nan
     sources = json.loads(data["field_sources"])
@@ -336,16 +440,22 @@ def test_a_price_keeps_its_sign_or_is_refused_with_the_reason(price, reason):
 
 
 def test_a_refused_og_price_is_recorded():
-    head = '<meta property="og:type" content="product"><meta property="og:title" content="Hat">' \
-           '<meta property="product:price:amount" content="-5.00">'
+    head = (
+        '<meta property="og:type" content="product"><meta property="og:title" content="Hat">'
+        '<meta property="product:price:amount" content="-5.00">'
+    )
     data = extract_product(page(head=head))
     assert data["price"] is None and json.loads(data["field_sources"])["price"] == "og: refused (negative)"
 
 
 @pytest.mark.parametrize(
     "name",
-    ["&lt;img src=x onerror=alert(1)&gt;Shirt", "&amp;lt;img src=x onerror=alert(1)&amp;gt;Shirt",
-     "<b>&lt;script&gt;alert(1)&lt;/script&gt;</b>Shirt", "Shirt &lt;img src=x onerror=alert(1)"],
+    [
+        "&lt;img src=x onerror=alert(1)&gt;Shirt",
+        "&amp;lt;img src=x onerror=alert(1)&amp;gt;Shirt",
+        "<b>&lt;script&gt;alert(1)&lt;/script&gt;</b>Shirt",
+        "Shirt &lt;img src=x onerror=alert(1)",
+    ],
 )
 def test_text_fields_are_stored_as_plain_text_never_markup(name):
     data = extract_product(page(json.dumps({**PRODUCT, "name": name, "description": name})))

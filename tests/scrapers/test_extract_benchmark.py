@@ -3,6 +3,7 @@
 matching. Floors sit a little under what round 2 measured (2026-12-02: price 0.926, sku 0.958,
 availability 0.953, a product on 75 of 75), so a regression fails; bench/product_pages.py prints the
 full table beside the published systems."""
+
 from __future__ import annotations
 
 import gzip

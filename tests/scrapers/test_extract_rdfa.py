@@ -1,5 +1,6 @@
 """schema.org RDFa (scrapers/extract.py from_rdfa): a product stated only in RDFa is read, merged
 after JSON-LD and microdata, and a page whose RDFa names no product costs no RDFa parse."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Hostile pages at the crawl-process level, through real crawls (run_crawl's scrapy subprocess) on 127.0.0.1:
 bodies over the size limits, a decompression-bomb PNG, a crawl that runs out of time, and the child's
 environment (no Airflow secrets in the process that parses the shop's HTML)."""
+
 from __future__ import annotations
 
 import json
@@ -65,11 +66,20 @@ def test_oversized_bodies_and_a_pixel_bomb_are_dropped_without_being_decoded(sto
         bomb = bomb_png()
         shop.routes["/img/bomb.png"] = lambda n: (200, PNG_TYPE, bomb)
         # The limits' settings (from crawl.max_page_bytes / max_image_bytes, test_network_policy.py), made small.
-        overrides = {"AUTOTHROTTLE_ENABLED": "False", "DOWNLOAD_MAXSIZE": "1000000", "FASHIONNET_MAX_IMAGE_BYTES": "500000"}
+        overrides = {
+            "AUTOTHROTTLE_ENABLED": "False",
+            "DOWNLOAD_MAXSIZE": "1000000",
+            "FASHIONNET_MAX_IMAGE_BYTES": "500000",
+        }
         # A fresh Python process runs the crawl, so that its RUSAGE_CHILDREN peak is the scrapy child's alone.
-        done = subprocess.run([sys.executable, "-c", CRAWL_AND_MEASURE, shop.base_url + "/list", json.dumps(overrides)],
-                              cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
-                              text=True, timeout=180)
+        done = subprocess.run(
+            [sys.executable, "-c", CRAWL_AND_MEASURE, shop.base_url + "/list", json.dumps(overrides)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     summary = result["summary"]
@@ -79,8 +89,8 @@ def test_oversized_bodies_and_a_pixel_bomb_are_dropped_without_being_decoded(sto
     assert summary["drops"] == {"image_too_large": 1, "image_too_many_pixels": 1}
     # Decoding the bomb takes 432 MB for its pixels alone (and a JPEG re-encode on top); refused from its
     # header, the crawl process stays far below that.
-    print("crawl child peak RSS:", result["child_peak_rss_bytes"] // 2 ** 20, "MiB")
-    assert result["child_peak_rss_bytes"] < 300 * 1024 ** 2, result["child_peak_rss_bytes"]
+    print("crawl child peak RSS:", result["child_peak_rss_bytes"] // 2**20, "MiB")
+    assert result["child_peak_rss_bytes"] < 300 * 1024**2, result["child_peak_rss_bytes"]
 
 
 def child_environ(parent_pid: int) -> dict[str, str]:
@@ -108,7 +118,9 @@ SECRETS = {
 }
 
 
-def test_a_crawl_that_times_out_keeps_what_it_extracted_and_gets_no_secrets(store: ObjectStore, monkeypatch: pytest.MonkeyPatch):
+def test_a_crawl_that_times_out_keeps_what_it_extracted_and_gets_no_secrets(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+):
     """A shop whose last page never answers: at the deadline the child writes its three products; it is still
     waiting on that page when the grace period ends, and is killed; the products stay, the task fails."""
     for name, value in SECRETS.items():
@@ -127,8 +139,15 @@ def test_a_crawl_that_times_out_keeps_what_it_extracted_and_gets_no_secrets(stor
         try:
             # 8 s: time for the child to start and fetch the three good pages even on a loaded machine.
             with pytest.raises(CrawlTimeout, match="timed out after 8s: kept 3 products") as raised:
-                run_crawl("catalog", "late-1", retailer="tiny", start_url=shop.base_url + "/list", timeout_s=8,
-                          timeout_grace_s=2, setting_overrides={"AUTOTHROTTLE_ENABLED": "False", "DOWNLOAD_TIMEOUT": "60"})
+                run_crawl(
+                    "catalog",
+                    "late-1",
+                    retailer="tiny",
+                    start_url=shop.base_url + "/list",
+                    timeout_s=8,
+                    timeout_grace_s=2,
+                    setting_overrides={"AUTOTHROTTLE_ENABLED": "False", "DOWNLOAD_TIMEOUT": "60"},
+                )
         finally:
             release.set()
     summary = raised.value.summary
@@ -155,7 +174,14 @@ def test_a_crawl_whose_deadline_passes_during_a_slow_page_adds_it_before_stoppin
     with TinyShop(["p1", "slow"]) as shop:
         shop.routes["/product/slow"] = answers_after_the_deadline
         with pytest.raises(CrawlTimeout, match="kept 2 products") as raised:
-            run_crawl("catalog", "late-2", retailer="tiny", start_url=shop.base_url + "/list", timeout_s=timeout_s,
-                      timeout_grace_s=20, setting_overrides={"AUTOTHROTTLE_ENABLED": "False"})
+            run_crawl(
+                "catalog",
+                "late-2",
+                retailer="tiny",
+                start_url=shop.base_url + "/list",
+                timeout_s=timeout_s,
+                timeout_grace_s=20,
+                setting_overrides={"AUTOTHROTTLE_ENABLED": "False"},
+            )
     assert raised.value.summary["finish_reason"] == "crawl_timeout"
     assert sorted(store.read_parquet("crawls/late-2/products.parquet").column("sku").to_pylist()) == ["p1", "slow"]

@@ -1,6 +1,7 @@
 """Incremental crawls: every product is in the night's table, an unchanged one costs little (sitemap
 lastmod: no request; ETag / Last-Modified: a 304), the seen-set is kept in the store, and a rerun of the
 same crawl id reproduces its output."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,12 +50,17 @@ def test_seen_set_rules(file_store: ObjectStore):
     first = SeenTracker(SeenSet.load(file_store, "shop", "c1"), file_store)
     assert first.should_emit("a", product) and first.should_emit("b", product)
     first.note_validators("a", etag='"v1"', last_modified="Tue, 01 Dec 2026 10:00:00 GMT", lastmod="2026-12-01")
-    first.commit(["a"], [{"item_id": "a", **product, "image_key": "images/full/1.jpg"}])  # "b" not exported: not recorded
+    first.commit(
+        ["a"], [{"item_id": "a", **product, "image_key": "images/full/1.jpg"}]
+    )  # "b" not exported: not recorded
     table = file_store.read_parquet(seen_key("shop"))
     assert table.schema.equals(SEEN_SCHEMA) and table.column("item_id").to_pylist() == ["a"]
 
     second = SeenTracker(SeenSet.load(file_store, "shop", "c2"), file_store)
-    assert second.conditional_headers("a") == {"If-None-Match": '"v1"', "If-Modified-Since": "Tue, 01 Dec 2026 10:00:00 GMT"}
+    assert second.conditional_headers("a") == {
+        "If-None-Match": '"v1"',
+        "If-Modified-Since": "Tue, 01 Dec 2026 10:00:00 GMT",
+    }
     assert second.conditional_headers("b") == {}
     assert second.stored_product("a")["image_key"] == "images/full/1.jpg"
     assert second.unchanged_by_lastmod("a", "2026-12-01")["title"] == "Top"
@@ -64,12 +70,21 @@ def test_seen_set_rules(file_store: ObjectStore):
     assert second.should_emit("a", product) and second.should_emit("b", product)
     second.commit(["a"], [{"item_id": "a", **product, "image_key": "images/full/1.jpg"}])  # a 304: no new validators
     row = file_store.read_parquet(seen_key("shop")).to_pylist()[0]
-    assert (row["etag"], row["lastmod"], row["emitted_crawl"], row["last_seen_crawl"]) == ('"v1"', "2026-12-01", "c1", "c2")
+    assert (row["etag"], row["lastmod"], row["emitted_crawl"], row["last_seen_crawl"]) == (
+        '"v1"',
+        "2026-12-01",
+        "c1",
+        "c2",
+    )
 
 
 def test_old_seen_set_without_validators_still_loads(file_store: ObjectStore):
-    old = pa.table({name: pa.array(["x"]) for name in ("item_id", "fingerprint", "updated_at", "first_seen_crawl",
-                                                          "last_seen_crawl", "emitted_crawl")})
+    old = pa.table(
+        {
+            name: pa.array(["x"])
+            for name in ("item_id", "fingerprint", "updated_at", "first_seen_crawl", "last_seen_crawl", "emitted_crawl")
+        }
+    )
     file_store.write_parquet(seen_key("shop"), old)
     tracker = SeenTracker(SeenSet.load(file_store, "shop", "c2"), file_store)
     assert tracker.conditional_headers("x") == {} and tracker.stored_product("x") is None
@@ -78,8 +93,11 @@ def test_old_seen_set_without_validators_still_loads(file_store: ObjectStore):
 def test_shopify_incremental_crawls(store: ObjectStore):
     products = [shopify_product(n) for n in range(6)]
     with ShopifyShop(products) as shop:
+
         def crawl(crawl_id: str) -> dict:
-            return run_crawl("shopify", crawl_id, retailer="acme", start_url=shop.base_url, incremental=True, timeout_s=120)
+            return run_crawl(
+                "shopify", crawl_id, retailer="acme", start_url=shop.base_url, incremental=True, timeout_s=120
+            )
 
         first = crawl("nightly-1")
         assert first["products"] == 6 and first["incremental"] is True and first["unchanged"] == 0
@@ -91,14 +109,22 @@ def test_shopify_incremental_crawls(store: ObjectStore):
         # The whole catalogue again, from the JSON pages alone: no image is downloaded again.
         assert second["products"] == 6 and second["unchanged"] == 6 and second["images_downloaded"] == 0
         assert not any("/cdn/" in p for p in shop.requests[before:])
-        assert without_time(store.read_parquet("crawls/nightly-2/products.parquet")) == \
-            without_time(store.read_parquet("crawls/nightly-1/products.parquet"))
+        assert without_time(store.read_parquet("crawls/nightly-2/products.parquet")) == without_time(
+            store.read_parquet("crawls/nightly-1/products.parquet")
+        )
 
         shop.products += [shopify_product(n) for n in (6, 7, 8)]
         shop.products[2] = shopify_product(2, price="9.90", updated_at="2026-02-01T08:00:00+01:00")
         third = crawl("nightly-3")
         assert third["products"] == 9 and third["unchanged"] == 5 and third["images_downloaded"] == 3
-        prices = dict(zip(*store.read_parquet("crawls/nightly-3/products.parquet").select(["product_url", "price"]).to_pydict().values()))
+        prices = dict(
+            zip(
+                *store.read_parquet("crawls/nightly-3/products.parquet")
+                .select(["product_url", "price"])
+                .to_pydict()
+                .values()
+            )
+        )
         assert prices[f"{shop.base_url}/products/top-2"] == 9.9
 
         output = without_time(store.read_parquet("crawls/nightly-3/products.parquet"))
@@ -142,8 +168,9 @@ def test_catalog_nights_by_sitemap_lastmod(tmp_path: Path, store: ObjectStore, m
     assert first["products"] == 6 and first["lastmod_unchanged"] == 0
     assert (second["products"], second["lastmod_unchanged"], second["images_downloaded"]) == (6, 6, 0)
     assert not [p for p in fetched if p.startswith(("/product/", "/images/"))]
-    assert without_time(store.read_parquet("crawls/cat-2/products.parquet")) == \
-        without_time(store.read_parquet("crawls/cat-1/products.parquet"))
+    assert without_time(store.read_parquet("crawls/cat-2/products.parquet")) == without_time(
+        store.read_parquet("crawls/cat-1/products.parquet")
+    )
     assert (third["products"], third["lastmod_unchanged"]) == (6, 5)
     assert [p for p in third_fetched if p.startswith("/product/")] == [urlsplit(changed_url).path]
     assert {r["product_url"]: r["price"] for r in output}[changed_url] == changed["price"]
@@ -155,21 +182,31 @@ def test_product_pages_by_etag_304(tmp_path: Path, store: ObjectStore, monkeypat
     site = build_site(tmp_path / "site", n_products=4, seed=6)
     with DemoStoreServer(site) as server:
         profile = tmp_path / "shop.yaml"
-        profile.write_text(f"retailers:\n  etag-shop:\n    kind: urls\n    base_url: {server.base_url}\n"
-                           f"    entry_points: [{server.base_url}/product/x]\n")
+        profile.write_text(
+            f"retailers:\n  etag-shop:\n    kind: urls\n    base_url: {server.base_url}\n"
+            f"    entry_points: [{server.base_url}/product/x]\n"
+        )
         monkeypatch.setenv("FASHIONNET_PROFILE", str(profile))
         get_settings.cache_clear()
         product_urls = ",".join(f"{server.base_url}/product/{p['sku']}" for p in server.products)
 
         def crawl(crawl_id: str) -> dict:
-            return run_crawl("product", crawl_id, retailer="etag-shop", incremental=True, timeout_s=120,
-                             spider_args={"urls": product_urls})
+            return run_crawl(
+                "product",
+                crawl_id,
+                retailer="etag-shop",
+                incremental=True,
+                timeout_s=120,
+                spider_args={"urls": product_urls},
+            )
 
         first = crawl("etag-1")
         server.update_product(server.products[1]["sku"], title="Renamed top")
         before = len(server.responses)
         second = crawl("etag-2")
-        answers = [(path, status, size) for path, status, size in server.responses[before:] if path.startswith("/product/")]
+        answers = [
+            (path, status, size) for path, status, size in server.responses[before:] if path.startswith("/product/")
+        ]
     assert first["products"] == 4 and first["not_modified"] == 0
     assert second["products"] == 4 and second["not_modified"] == 3 and second["images_downloaded"] == 0
     assert sorted(status for _, status, _ in answers) == [200, 304, 304, 304]

@@ -6,6 +6,7 @@ answers every page with one more product. Before the caps were counted at reques
 spider fetched every link scheduled before its cap (981 pages under a cap of 50 on such a shop), and the
 catalog, query and Shopify spiders had no cap in the summary (catalog and query none at all).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,15 +44,24 @@ class EndlessShop:
                 if parts.path == "/robots.txt":
                     self.send(b"User-agent: *\n", "text/plain")
                 elif parts.path == "/products.json":
-                    product = {"handle": f"p{page}", "title": f"Top {page}", "updated_at": "2026-01-01T00:00:00Z",
-                               "variants": [{"price": "10.00", "available": True, "sku": f"S{page}"}], "images": []}
+                    product = {
+                        "handle": f"p{page}",
+                        "title": f"Top {page}",
+                        "updated_at": "2026-01-01T00:00:00Z",
+                        "variants": [{"price": "10.00", "available": True, "sku": f"S{page}"}],
+                        "images": [],
+                    }
                     self.send(json.dumps({"products": [product]}).encode(), "application/json")
                 elif parts.path in ("/", "/catalog", "/list", "/search"):
                     route = "/catalog" if parts.path == "/" else parts.path
                     query = f"q={parse_qs(parts.query)['q'][0]}&" if "q" in parse_qs(parts.query) else ""
-                    fresh = "".join(f'<a href="{route}?{query}page={page + 1}&v={page}-{k}">{k}</a>' for k in range(FRESH_LINKS))
-                    body = (f'<html><head><link rel="next" href="{route}?{query}page={page + 1}"></head><body>'
-                            f'<a rel="next" href="{route}?{query}page={page + 1}">next</a>{fresh}</body></html>')
+                    fresh = "".join(
+                        f'<a href="{route}?{query}page={page + 1}&v={page}-{k}">{k}</a>' for k in range(FRESH_LINKS)
+                    )
+                    body = (
+                        f'<html><head><link rel="next" href="{route}?{query}page={page + 1}"></head><body>'
+                        f'<a rel="next" href="{route}?{query}page={page + 1}">next</a>{fresh}</body></html>'
+                    )
                     self.send(body.encode(), "text/html")
                 else:
                     self.send_response(404)
@@ -72,7 +82,7 @@ class EndlessShop:
     def listing_fetches(self, *routes: str) -> int:
         return sum(urlsplit(p).path in routes for p in self.paths)
 
-    def __enter__(self) -> "EndlessShop":
+    def __enter__(self) -> EndlessShop:
         self.thread.start()
         return self
 
@@ -88,13 +98,26 @@ def shop() -> Iterator[EndlessShop]:
 
 
 @pytest.fixture
-def configured(shop: EndlessShop, file_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
+def configured(
+    shop: EndlessShop, file_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ObjectStore:
     product_spider = dict(get_settings().crawl["product_spider"], max_listing_pages=CAPS["product"])
     profile = {
-        "retailers": {"endless": {"kind": "listing", "base_url": shop.base_url, "entry_points": [f"{shop.base_url}/list"],
-                                  "search_url": "{base_url}/search?q={query}", "currency": "EUR"}},
-        "crawl": {"product_spider": product_spider, "catalog_max_listing_pages": CAPS["catalog"],
-                  "query_max_result_pages": CAPS["query"], "shopify_max_pages": CAPS["shopify"]},
+        "retailers": {
+            "endless": {
+                "kind": "listing",
+                "base_url": shop.base_url,
+                "entry_points": [f"{shop.base_url}/list"],
+                "search_url": "{base_url}/search?q={query}",
+                "currency": "EUR",
+            }
+        },
+        "crawl": {
+            "product_spider": product_spider,
+            "catalog_max_listing_pages": CAPS["catalog"],
+            "query_max_result_pages": CAPS["query"],
+            "shopify_max_pages": CAPS["shopify"],
+        },
     }
     path = tmp_path / "endless.yaml"
     path.write_text(json.dumps(profile))  # JSON is YAML

@@ -3,6 +3,7 @@
 ``TinyShop`` (shared with test_bad_input) serves a listing, JSON-LD product pages and JPEG images, and
 routes whose behaviour a test scripts; every request is recorded with its time and User-Agent.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,10 +34,18 @@ def jpeg(size: int = 64, shade: int = 90) -> bytes:
 
 
 def product_page(sku: str, image: str = "/img/{sku}.jpg") -> bytes:
-    ld = {"@context": "https://schema.org", "@type": "Product", "name": f"Top {sku}", "sku": sku,
-          "image": image.format(sku=sku), "offers": {"@type": "Offer", "price": "12.50", "priceCurrency": "EUR"}}
-    return (f'<html><head><script type="application/ld+json">{json.dumps(ld)}</script></head>'
-            f"<body><h1>Top {sku}</h1></body></html>").encode()
+    ld = {
+        "@context": "https://schema.org",
+        "@type": "Product",
+        "name": f"Top {sku}",
+        "sku": sku,
+        "image": image.format(sku=sku),
+        "offers": {"@type": "Offer", "price": "12.50", "priceCurrency": "EUR"},
+    }
+    return (
+        f'<html><head><script type="application/ld+json">{json.dumps(ld)}</script></head>'
+        f"<body><h1>Top {sku}</h1></body></html>"
+    ).encode()
 
 
 class BackloggedServer(ThreadingHTTPServer):
@@ -58,7 +67,9 @@ class TinyShop:
             "/list": lambda n: self.listing(products),
         }
         for sku in products:
-            self.routes.setdefault(f"/product/{sku}", lambda n, sku=sku: (200, {"Content-Type": "text/html"}, product_page(sku)))
+            self.routes.setdefault(
+                f"/product/{sku}", lambda n, sku=sku: (200, {"Content-Type": "text/html"}, product_page(sku))
+            )
             self.routes.setdefault(f"/img/{sku}.jpg", lambda n: (200, {"Content-Type": "image/jpeg"}, jpeg()))
         shop = self
 
@@ -75,7 +86,9 @@ class TinyShop:
                     shop.hits.append((path, time.monotonic(), self.headers.get("User-Agent", "")))
                     hit = shop.counts[path] = shop.counts.get(path, 0) + 1
                 route = shop.routes.get(path)
-                status, headers, body = route(hit) if route else (404, {"Content-Type": "text/html"}, b"<p>not found</p>")
+                status, headers, body = (
+                    route(hit) if route else (404, {"Content-Type": "text/html"}, b"<p>not found</p>")
+                )
                 try:
                     self.send_response(status)
                     for name, value in {"Content-Length": str(len(body)), **headers}.items():
@@ -97,7 +110,7 @@ class TinyShop:
     def times(self, path: str) -> list[float]:
         return [t for p, t, _ in self.hits if p == path]
 
-    def __enter__(self) -> "TinyShop":
+    def __enter__(self) -> TinyShop:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -107,8 +120,14 @@ class TinyShop:
 
 
 def crawl_listing(shop: TinyShop, crawl_id: str, **overrides: Any) -> dict[str, Any]:
-    return run_crawl("catalog", crawl_id, retailer="tiny", start_url=shop.base_url + "/list", timeout_s=120,
-                     setting_overrides={"AUTOTHROTTLE_ENABLED": "False", **overrides})
+    return run_crawl(
+        "catalog",
+        crawl_id,
+        retailer="tiny",
+        start_url=shop.base_url + "/list",
+        timeout_s=120,
+        setting_overrides={"AUTOTHROTTLE_ENABLED": "False", **overrides},
+    )
 
 
 @pytest.fixture
@@ -145,10 +164,15 @@ def test_politeness_settings_follow_the_configuration():
 def test_retries_back_off_and_4xx_is_final(store: ObjectStore):
     base = 0.3
     with TinyShop(["ok", "flaky", "missing", "busy"]) as shop:
-        shop.routes["/product/flaky"] = lambda n: (503, {}, b"busy") if n <= 2 else (200, {"Content-Type": "text/html"}, product_page("flaky"))
+        shop.routes["/product/flaky"] = lambda n: (
+            (503, {}, b"busy") if n <= 2 else (200, {"Content-Type": "text/html"}, product_page("flaky"))
+        )
         shop.routes["/product/missing"] = lambda n: (404, {}, b"gone")
-        shop.routes["/product/busy"] = lambda n: (429, {"Retry-After": "1"}, b"slow down") if n == 1 else (
-            200, {"Content-Type": "text/html"}, product_page("busy"))
+        shop.routes["/product/busy"] = lambda n: (
+            (429, {"Retry-After": "1"}, b"slow down")
+            if n == 1
+            else (200, {"Content-Type": "text/html"}, product_page("busy"))
+        )
         summary = crawl_listing(shop, "polite-1", FASHIONNET_RETRY_BACKOFF_BASE=base)
         flaky, busy = shop.times("/product/flaky"), shop.times("/product/busy")
         agents = {ua for _, _, ua in shop.hits}

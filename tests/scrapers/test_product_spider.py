@@ -3,6 +3,7 @@
 Real crawls through run_crawl (a scrapy subprocess) into a folder store: from a sitemap index, from a
 paginated listing, from a URL list and a URL file.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,7 +38,7 @@ class StaticServer:
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "StaticServer":
+    def __enter__(self) -> StaticServer:
         self.thread.start()
         return self
 
@@ -62,12 +63,25 @@ def json_ld(node: dict) -> str:
 
 P1 = {  # JSON-LD in an @graph
     "@context": "https://schema.org",
-    "@graph": [{"@type": "BreadcrumbList"}, {
-        "@type": "Product", "name": "Striped Long Sleeve Shirt", "sku": "P1", "image": "/img/p1.jpg",
-        "brand": {"@type": "Brand", "name": "Acme"}, "color": "Navy", "material": "100% Cotton",
-        "description": "A shirt.",
-        "offers": {"@type": "Offer", "price": "1.299,00", "priceCurrency": "EUR", "availability": "https://schema.org/InStock"},
-    }],
+    "@graph": [
+        {"@type": "BreadcrumbList"},
+        {
+            "@type": "Product",
+            "name": "Striped Long Sleeve Shirt",
+            "sku": "P1",
+            "image": "/img/p1.jpg",
+            "brand": {"@type": "Brand", "name": "Acme"},
+            "color": "Navy",
+            "material": "100% Cotton",
+            "description": "A shirt.",
+            "offers": {
+                "@type": "Offer",
+                "price": "1.299,00",
+                "priceCurrency": "EUR",
+                "availability": "https://schema.org/InStock",
+            },
+        },
+    ],
 }
 P2_MICRODATA = """<div itemscope itemtype="https://schema.org/Product">
 <h1 itemprop="name">Floral Sleeveless Dress</h1><img itemprop="image" src="/img/p2.jpg"><meta itemprop="sku" content="P2">
@@ -78,7 +92,8 @@ P3_OG = """<meta property="og:type" content="product"><meta property="og:title" 
 <meta property="og:image" content="/img/p3.jpg"><meta property="product:price:amount" content="9.99">
 <meta property="product:price:currency" content="GBP">"""
 P4_BROKEN = '<script type="application/ld+json">{"@type": "Product", "name": "Bro</script>' + P2_MICRODATA.replace(
-    "Floral Sleeveless Dress", "Check Wool Coat").replace("P2", "P4").replace("p2.jpg", "p4.jpg").replace("Seide", "Wolle")
+    "Floral Sleeveless Dress", "Check Wool Coat"
+).replace("P2", "P4").replace("p2.jpg", "p4.jpg").replace("Seide", "Wolle")
 
 EXPECTED = {  # page -> (title, price, currency, availability, brand, color, material)
     "P1": ("Striped Long Sleeve Shirt", 1299.0, "EUR", "InStock", "Acme", "Navy", "100% Cotton"),
@@ -87,9 +102,16 @@ EXPECTED = {  # page -> (title, price, currency, availability, brand, color, mat
     "P4": ("Check Wool Coat", 26.0, "EUR", "OutOfStock", None, None, "Wolle"),
 }
 EXPECTED_WEAK = {  # page -> {(attribute, label, source)}
-    "P1": {("fabric", "cotton", "material:100% Cotton"), ("pattern", "striped", "name:striped"),
-           ("shape", "full-sleeve", "name:long sleeve")},
-    "P2": {("fabric", "silk", "material:Seide"), ("pattern", "floral", "name:floral"), ("shape", "sleeveless", "name:sleeveless")},
+    "P1": {
+        ("fabric", "cotton", "material:100% Cotton"),
+        ("pattern", "striped", "name:striped"),
+        ("shape", "full-sleeve", "name:long sleeve"),
+    },
+    "P2": {
+        ("fabric", "silk", "material:Seide"),
+        ("pattern", "floral", "name:floral"),
+        ("shape", "sleeveless", "name:sleeveless"),
+    },
     "P3": {("pattern", "solid", "name:plain"), ("shape", "half-sleeve", "name:tee")},
     "P4": {("fabric", "wool", "material:Wolle"), ("pattern", "checkered", "name:check")},
 }
@@ -111,17 +133,27 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticServer]:
         base = server.base_url
         (root / "sitemap.xml").write_text(
             '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
-            f"<sitemap><loc>{base}/sitemap-products.xml</loc></sitemap></sitemapindex>")
-        locs = "".join(f"<url><loc>{base}/{p}</loc></url>" for p in ("products/p1.html", "products/p2.html",
-                                                                     "products/p3.html", "products/p4.html", "about.html"))
+            f"<sitemap><loc>{base}/sitemap-products.xml</loc></sitemap></sitemapindex>"
+        )
+        locs = "".join(
+            f"<url><loc>{base}/{p}</loc></url>"
+            for p in ("products/p1.html", "products/p2.html", "products/p3.html", "products/p4.html", "about.html")
+        )
         (root / "sitemap-products.xml").write_text(
-            f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{locs}</urlset>')
-        (root / "shop" / "list.html").write_text(html(
-            '<link rel="next" href="/shop/page/2/">',
-            '<a href="/products/p1.html">1</a> <a href="/products/p2.html#reviews">2</a> <a href="/about.html">about</a>'
-            ' <a href="http://other.example/products/x.html">elsewhere</a>'))
-        (root / "shop" / "page" / "2" / "index.html").write_text(html(
-            body='<a href="/products/p3.html">3</a><a href="../../../products/p4.html">4</a><a href="/shop/list.html">back</a>'))
+            f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{locs}</urlset>'
+        )
+        (root / "shop" / "list.html").write_text(
+            html(
+                '<link rel="next" href="/shop/page/2/">',
+                '<a href="/products/p1.html">1</a> <a href="/products/p2.html#reviews">2</a> <a href="/about.html">about</a>'
+                ' <a href="http://other.example/products/x.html">elsewhere</a>',
+            )
+        )
+        (root / "shop" / "page" / "2" / "index.html").write_text(
+            html(
+                body='<a href="/products/p3.html">3</a><a href="../../../products/p4.html">4</a><a href="/shop/list.html">back</a>'
+            )
+        )
         yield server
 
 
@@ -145,7 +177,12 @@ def check_crawl(store: ObjectStore, crawl_id: str, base_url: str, skus: set[str]
     assert {r["sku"] for r in rows.values()} == {s if s != "P3" else None for s in skus}  # og-only P3 names no sku
     for sku, row in rows.items():
         title, price, currency, availability, brand, color, material = EXPECTED[sku]
-        assert (row["title"], row["price"], row["currency"], row["availability"]) == (title, price, currency, availability)
+        assert (row["title"], row["price"], row["currency"], row["availability"]) == (
+            title,
+            price,
+            currency,
+            availability,
+        )
         assert (row["brand"], row["color"], row["material"]) == (brand, color, material)
         assert row["product_url"] == f"{base_url}/products/{sku.lower()}.html"
         assert row["item_id"] == item_id_for(row["product_url"]) and row["retailer"] == "local-shop"
@@ -161,7 +198,9 @@ def test_from_a_sitemap_index(store, shop):
     summary = crawl("product-sitemap", sitemap_url=f"{shop.base_url}/sitemap.xml")
     check_crawl(store, "product-sitemap", shop.base_url, {"P1", "P2", "P3", "P4"})
     assert summary["products"] == 4 and summary["pages_without_product"] == 1  # about.html
-    assert summary["pages_without_product_list"] == [{"url": f"{shop.base_url}/about.html", "reason": "no_product_data"}]
+    assert summary["pages_without_product_list"] == [
+        {"url": f"{shop.base_url}/about.html", "reason": "no_product_data"}
+    ]
     assert summary["weak_labels"] == sum(len(v) for v in EXPECTED_WEAK.values())
     assert summary["drops"] == {} and summary["errors"] == 0
 
@@ -183,7 +222,9 @@ def test_from_a_url_list_and_a_url_file(store, shop, tmp_path: Path):
     assert summary["pages"] == 3 and summary["pages_without_product"] == 1
 
     url_file = tmp_path / "urls.txt"
-    url_file.write_text(f"# product pages\n{shop.base_url}/products/p2.html\n\n{shop.base_url}/products/p4.html  # microdata\n")
+    url_file.write_text(
+        f"# product pages\n{shop.base_url}/products/p2.html\n\n{shop.base_url}/products/p4.html  # microdata\n"
+    )
     summary = crawl("product-file", urls_file=str(url_file))
     check_crawl(store, "product-file", shop.base_url, {"P2", "P4"})
 

@@ -18,6 +18,7 @@ Comparison rules (a page whose ground-truth cell is empty does not count for tha
 - name: whitespace-collapsed, case-insensitive equality; image: the extracted main image's URL path
   equals (or ends with) the ground truth's (hosts and resize parameters differ between copies).
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,7 +41,9 @@ PRICE_F1_FLOOR = 0.9
 # Measured 2026-11 on the 30 pages; floors a little under, so a regression fails.
 ACCURACY_FLOORS = {"currency": 0.95, "sku": 0.65, "brand": 0.85, "availability": 0.9, "name": 0.95, "image": 0.95}
 SYMBOL_CURRENCIES = {
-    "€": {"EUR"}, "£": {"GBP"}, "ر.س": {"SAR"},
+    "€": {"EUR"},
+    "£": {"GBP"},
+    "ر.س": {"SAR"},
     "$": {"USD", "ARS", "AUD", "CAD", "NZD", "MXN", "CLP", "COP", "SGD", "HKD", "UYU"},
 }
 
@@ -107,8 +110,13 @@ def test_retail_pages_field_accuracy(retail_root, retail_server, file_store: Obj
     url_file = tmp_path / "urls.txt"
     url_file.write_text("\n".join(local) + "\n")
 
-    summary = run_crawl("product", "retail-pages", retailer="retail-pages", timeout_s=240,
-                        spider_args={"urls_file": str(url_file), "images": "false"})
+    summary = run_crawl(
+        "product",
+        "retail-pages",
+        retailer="retail-pages",
+        timeout_s=240,
+        spider_args={"urls_file": str(url_file), "images": "false"},
+    )
     rows = {r["product_url"]: r for r in file_store.read_parquet("crawls/retail-pages/products.parquet").to_pylist()}
     assert summary["pages"] == len(truth) and summary["images_downloaded"] == 0
 
@@ -116,8 +124,11 @@ def test_retail_pages_field_accuracy(retail_root, retail_server, file_store: Obj
         "currency": ("gt_currency", "currency", same_currency),
         "sku": ("gt_sku", "sku", same_text),
         "brand": ("gt_brand", "brand", same_text),
-        "availability": ("gt_availability", "availability",
-                         lambda got, gt: got is not None and normalize_availability(got) == normalize_availability(gt)),
+        "availability": (
+            "gt_availability",
+            "availability",
+            lambda got, gt: got is not None and normalize_availability(got) == normalize_availability(gt),
+        ),
         "name": ("product_name", "title", same_text),
         "image": ("product_image", "image_url", same_image),
     }
@@ -146,15 +157,21 @@ def test_retail_pages_field_accuracy(retail_root, retail_server, file_store: Obj
     precision = price_right / price_found if price_found else 0.0
     recall = price_right / price_true if price_true else 0.0
     accuracy = {field: right[field] / counted[field] for field in checks if counted[field]}
-    print(f"\nretail pages: {len(truth)} pages, {len(rows)} products, {summary['pages_without_product']} without a product")
-    print(f"price: precision {precision:.3f} ({price_right}/{price_found}), recall {recall:.3f} ({price_right}/{price_true}), "
-          f"F1 {f1(precision, recall):.3f}")
+    print(
+        f"\nretail pages: {len(truth)} pages, {len(rows)} products, {summary['pages_without_product']} without a product"
+    )
+    print(
+        f"price: precision {precision:.3f} ({price_right}/{price_found}), recall {recall:.3f} ({price_right}/{price_true}), "
+        f"F1 {f1(precision, recall):.3f}"
+    )
     for field in checks:
         print(f"{field:>12}: {accuracy.get(field, 0):.3f} ({right[field]}/{counted[field]} pages with ground truth)")
     print("misses:\n  " + "\n  ".join(misses))
     weak = file_store.read_parquet("crawls/retail-pages/weak_labels.parquet").to_pylist()
-    print(f"weak labels: {len(weak)} on {len({w['item_id'] for w in weak})} products: "
-          + ", ".join(sorted(f"{w['attribute']}={w['label']} ({w['source']})" for w in weak)))
+    print(
+        f"weak labels: {len(weak)} on {len({w['item_id'] for w in weak})} products: "
+        + ", ".join(sorted(f"{w['attribute']}={w['label']} ({w['source']})" for w in weak))
+    )
 
     assert f1(precision, recall) >= PRICE_F1_FLOOR
     for field, floor in ACCURACY_FLOORS.items():

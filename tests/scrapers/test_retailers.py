@@ -1,9 +1,11 @@
 """A retailer entry becomes its crawl (scrapers.retailers), and `scrapy crawl` works from the repository root."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,9 @@ def test_each_kind_gets_its_spider_and_arguments(shops):
     assert sitemap.spider == "product"
     assert sitemap.spider_args == {"sitemap_url": "https://sm.example/sitemap_index.xml", "url_pattern": "/products/"}
     assert catalog_crawl("lister", settings=shops).spider_args == {"listing_url": "https://list.example/women?page=1"}
-    assert catalog_crawl("url-list", settings=shops).spider_args == {"urls": "https://ul.example/p/1,https://ul.example/p/2"}
+    assert catalog_crawl("url-list", settings=shops).spider_args == {
+        "urls": "https://ul.example/p/1,https://ul.example/p/2"
+    }
     assert catalog_crawl("url-file", settings=shops).spider_args == {"urls_file": str(REPO_ROOT / "shops/uf.txt")}
     shopify = catalog_crawl("shop", settings=shops)
     assert (shopify.spider, shopify.spider_args) == ("shopify", {})
@@ -72,8 +76,11 @@ def test_a_start_url_replaces_the_entry_points_and_names_any_shop(shops):
 
 def test_politeness_overrides_become_scrapy_settings_of_that_retailer_only(shops):
     sitemap = catalog_crawl("site-map", settings=shops)
-    assert sitemap.setting_overrides == {"DOWNLOAD_DELAY": 2.5, "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
-                                         "AUTOTHROTTLE_TARGET_CONCURRENCY": 1.0}
+    assert sitemap.setting_overrides == {
+        "DOWNLOAD_DELAY": 2.5,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": 1.0,
+    }
     assert (sitemap.timeout_s, sitemap.incremental) == (900.0, True)
     shop = catalog_crawl("shop", settings=shops)
     assert shop.setting_overrides == {"USER_AGENT": "ShopBot/1.0 (+https://example.org)", "ROBOTSTXT_OBEY": False}
@@ -102,11 +109,11 @@ def test_the_ingest_crawl_searches_retailers_with_a_search_page(shops):
 
 def test_retailer_batch_ids_keep_their_kind_for_curation():
     """Cross-run deduplication of ingest batches reads the kind from the id (pipeline.curate.batch_kind)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pipeline.curate import batch_kind
 
-    night = datetime(2026, 11, 28, 2, tzinfo=timezone.utc)
+    night = datetime(2026, 11, 28, 2, tzinfo=UTC)
     assert retailer_batch_id("ingest", night, "demo-store") == "ingest-20261128-demo-store"
     assert batch_kind(retailer_batch_id("ingest", night, "demo-store")) == "ingest"
     assert batch_kind("ingest-20261128") == "ingest" and batch_kind("ingest") is None
@@ -122,8 +129,9 @@ def test_targets_refuse_lists_with_start_urls_and_unknown_names(shops):
         crawl_targets([], None, None, [], shops)
     with pytest.raises(ValueError, match="not on the site of retailer 'shop'"):
         crawl_targets([], "shop", "https://evil.example/", configured, shops)
-    assert crawl_targets([], None, "https://www.sm.example/new", configured, shops) == \
-        [{"retailer": "site-map", "start_url": "https://www.sm.example/new"}]
+    assert crawl_targets([], None, "https://www.sm.example/new", configured, shops) == [
+        {"retailer": "site-map", "start_url": "https://www.sm.example/new"}
+    ]
 
 
 # -- `scrapy crawl` from the repository root, as the README documents it -------------------------------------
@@ -142,8 +150,10 @@ def my_shop(demo_server, tmp_path: Path) -> Path:
     """The README's settings file for a shop of one's own, here on 127.0.0.1 (a loopback address is
     fetched only for a retailer configured on it)."""
     profile = tmp_path / "my-shops.yaml"
-    profile.write_text(f"retailers:\n  my-shop:\n    kind: sitemap\n    base_url: {demo_server.base_url}\n"
-                       f"    entry_points: [{demo_server.base_url}/sitemap.xml]\n")
+    profile.write_text(
+        f"retailers:\n  my-shop:\n    kind: sitemap\n    base_url: {demo_server.base_url}\n"
+        f"    entry_points: [{demo_server.base_url}/sitemap.xml]\n"
+    )
     return profile
 
 
@@ -152,14 +162,18 @@ def scrapy_from_root(args: list[str], store: str, profile: Path) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if k not in ("SCRAPY_SETTINGS_MODULE", "PYTHONPATH")}
     env.update({"FASHIONNET_STORE": store, "FASHIONNET_PROFILE": str(profile)})
     scrapy = Path(sys.executable).parent / "scrapy"
-    return subprocess.run([str(scrapy), "crawl", "product", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [str(scrapy), "crawl", "product", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_url_list(demo_server, file_store, my_shop):
     urls = product_urls(demo_server.base_url, 2)
-    done = scrapy_from_root(["-a", "retailer=my-shop", "-a", "crawl_id=my-shop-20261202", "-a", f"urls={','.join(urls)}"],
-                            file_store.uri, my_shop)
+    done = scrapy_from_root(
+        ["-a", "retailer=my-shop", "-a", "crawl_id=my-shop-20261202", "-a", f"urls={','.join(urls)}"],
+        file_store.uri,
+        my_shop,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = file_store.read_json("crawls/my-shop-20261202/summary.json")
     assert summary["products"] == 2 and summary["retailer"] == "my-shop"
@@ -168,8 +182,18 @@ def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_url_list(demo_s
 
 
 def test_scrapy_crawl_product_runs_from_the_repository_root_on_a_sitemap(demo_server, file_store, my_shop):
-    done = scrapy_from_root(["-a", "retailer=my-shop", "-a", "crawl_id=my-shop-sitemap",
-                             "-a", f"sitemap_url={demo_server.base_url}/sitemap.xml"], file_store.uri, my_shop)
+    done = scrapy_from_root(
+        [
+            "-a",
+            "retailer=my-shop",
+            "-a",
+            "crawl_id=my-shop-sitemap",
+            "-a",
+            f"sitemap_url={demo_server.base_url}/sitemap.xml",
+        ],
+        file_store.uri,
+        my_shop,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert file_store.read_json("crawls/my-shop-sitemap/summary.json")["products"] > 2
 
@@ -181,8 +205,10 @@ def test_a_configured_retailer_is_crawled_with_its_entry(demo_server, file_store
     urls = product_urls(demo_server.base_url, 3)
     (tmp_path / "urls.txt").write_text("# three products\n" + "\n".join(urls) + "\n")
     profile = tmp_path / "shop.yaml"
-    profile.write_text(f"retailers:\n  local-shop:\n    kind: urls\n    base_url: {demo_server.base_url}\n"
-                       f"    urls_file: {tmp_path / 'urls.txt'}\n    crawl: {{download_timeout_s: 5}}\n")
+    profile.write_text(
+        f"retailers:\n  local-shop:\n    kind: urls\n    base_url: {demo_server.base_url}\n"
+        f"    urls_file: {tmp_path / 'urls.txt'}\n    crawl: {{download_timeout_s: 5}}\n"
+    )
     monkeypatch.setenv("FASHIONNET_PROFILE", str(profile))
     monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
     get_settings.cache_clear()

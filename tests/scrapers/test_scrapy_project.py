@@ -1,4 +1,5 @@
 """Scrapy settings from the FashionNet configuration, small pipeline helpers, the demo store's command line."""
+
 from __future__ import annotations
 
 import signal
@@ -53,7 +54,9 @@ def test_demo_store_command_builds_and_serves(tmp_path: Path):
     site = tmp_path / "site"
     proc = subprocess.Popen(
         [sys.executable, "-m", "scrapers.demo_store", "--site", str(site), "--port", str(port), "--products", "5"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port)
@@ -81,7 +84,9 @@ def test_crawl_command_passes_spider_arguments_and_setting_overrides():
 
     from scrapers.crawl import crawl_command
 
-    cmd = crawl_command("shopify", "c-1", "acme", "http://127.0.0.1:1/", "tok", {"incremental": "true"}, {"DOWNLOAD_TIMEOUT": 2})
+    cmd = crawl_command(
+        "shopify", "c-1", "acme", "http://127.0.0.1:1/", "tok", {"incremental": "true"}, {"DOWNLOAD_TIMEOUT": 2}
+    )
     assert cmd[-6:] == ["-a", "start_url=http://127.0.0.1:1/", "-a", "incremental=true", "-s", "DOWNLOAD_TIMEOUT=2"]
     with pytest.raises(ValueError):
         crawl_command("shopify", "c-1", "acme", None, "tok", {"crawl_id": "other"})

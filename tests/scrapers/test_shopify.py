@@ -1,5 +1,6 @@
 """The ``shopify`` spider against a local /products.json store: pagination, variants, missing images,
 a malformed page, the shop currency from /meta.json. ``ShopifyShop`` is shared with test_incremental."""
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,9 @@ def jpeg(seed: int, size: int = 96) -> bytes:
     return buffer.getvalue()
 
 
-def shopify_product(n: int, *, price: str = "19.90", images: bool = True, updated_at: str = "2026-01-01T10:00:00+01:00") -> dict[str, Any]:
+def shopify_product(
+    n: int, *, price: str = "19.90", images: bool = True, updated_at: str = "2026-01-01T10:00:00+01:00"
+) -> dict[str, Any]:
     return {
         "id": 1000 + n,
         "handle": f"top-{n}",
@@ -58,7 +61,9 @@ class BackloggedServer(ThreadingHTTPServer):
 class ShopifyShop:
     """A Shopify-like store on 127.0.0.1: ``products`` is mutable between crawls; paths are recorded."""
 
-    def __init__(self, products: list[dict[str, Any]], currency: str = "USD", malformed_pages: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self, products: list[dict[str, Any]], currency: str = "USD", malformed_pages: frozenset[int] = frozenset()
+    ) -> None:
         self.products = products
         self.currency = currency
         self.malformed_pages = set(malformed_pages)
@@ -82,7 +87,9 @@ class ShopifyShop:
                     chunk = shop.products[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
                     return self.send(200, "application/json", json.dumps({"products": chunk}).encode())
                 if parts.path == "/meta.json":
-                    return self.send(200, "application/json", json.dumps({"name": "Shop", "currency": shop.currency}).encode())
+                    return self.send(
+                        200, "application/json", json.dumps({"name": "Shop", "currency": shop.currency}).encode()
+                    )
                 if parts.path == "/robots.txt":
                     return self.send(200, "text/plain", b"User-agent: *\nDisallow: /checkout\n")
                 if parts.path.startswith("/cdn/") and parts.path.endswith(".jpg"):
@@ -101,7 +108,7 @@ class ShopifyShop:
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "ShopifyShop":
+    def __enter__(self) -> ShopifyShop:
         self.thread.start()
         return self
 
@@ -129,9 +136,13 @@ def shop() -> Iterator[ShopifyShop]:
 
 
 def test_price_and_description_helpers():
-    assert pick_price([{"price": "30", "available": False}, {"price": "12.5", "available": True}, {"price": "20", "available": True}]) == (
-        12.5, "https://schema.org/InStock")
-    assert pick_price([{"price": "30", "available": False}, {"price": "40", "available": False}]) == (30.0, "https://schema.org/OutOfStock")
+    assert pick_price(
+        [{"price": "30", "available": False}, {"price": "12.5", "available": True}, {"price": "20", "available": True}]
+    ) == (12.5, "https://schema.org/InStock")
+    assert pick_price([{"price": "30", "available": False}, {"price": "40", "available": False}]) == (
+        30.0,
+        "https://schema.org/OutOfStock",
+    )
     assert pick_price([]) == (None, None)
     assert html_text("<p>A &amp; <b>B</b>\n\n c</p>") == "A & B c"
     assert html_text(None) is None and html_text("<br>") is None
@@ -161,7 +172,9 @@ def test_shopify_crawl_paginates_and_maps_fields(shop: ShopifyShop, shop_env: Ob
     # Weak labels from the product's own text (scrapers.weak_labels), for kept products only.
     weak = shop_env.read_parquet("crawls/shopify-1/weak_labels.parquet").to_pylist()
     assert {(w["attribute"], w["label"], w["source"]) for w in weak if w["item_id"] == row["item_id"]} == {
-        ("fabric", "cotton", "name:cotton"), ("pattern", "striped", "name:striped")}
+        ("fabric", "cotton", "name:cotton"),
+        ("pattern", "striped", "name:striped"),
+    }
     assert {w["item_id"] for w in weak} == set(products.column("item_id").to_pylist())
     pages = sorted(int(parse_qs(urlsplit(p).query)["page"][0]) for p in shop.paths("/products.json"))
     assert pages == [1, 2, 3, 4]
@@ -193,7 +206,9 @@ def test_a_variant_price_keeps_its_sign_or_is_refused(bad):
     """float() read "-49.99", "inf" and "nan" as prices; they are refused like in every other source."""
     assert variant_price({"price": bad}) is None
     assert pick_price([{"price": bad, "available": True}, {"price": "20.00", "available": True}]) == (
-        20.0, "https://schema.org/InStock")
+        20.0,
+        "https://schema.org/InStock",
+    )
 
 
 def test_body_html_with_entity_encoded_markup_stays_plain_text():

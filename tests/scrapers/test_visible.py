@@ -1,5 +1,6 @@
 """The visible page (scrapers/visible.py) through extract_product: product pages without structured
 data give a product with ``dom`` sources; listings, search results, events and articles give none."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ def test_a_product_page_without_structured_data_is_read_from_the_visible_page():
 
 
 def test_sold_out_without_a_buy_button_is_out_of_stock():
-    body = '<h1>Silk Scarf</h1><span class="price">$12.00 USD</span><p>SKU: SC-9</p><p>Sold out</p>' \
-           '<button type="submit" disabled>Add to cart</button>'
+    body = (
+        '<h1>Silk Scarf</h1><span class="price">$12.00 USD</span><p>SKU: SC-9</p><p>Sold out</p>'
+        '<button type="submit" disabled>Add to cart</button>'
+    )
     data = extract_product(page(body))
     assert data["availability"] == "OutOfStock" and data["sku"] == "SC-9" and data["price"] == 12.0
 
@@ -63,8 +66,10 @@ def test_a_negative_visible_price_is_refused():
 
 
 def _cards(n: int, button: str = "<button>Add to cart</button>") -> str:
-    return "".join(f'<div class="card"><a href="/p/{i}">Shirt {i}</a><span class="price">€ {i},99</span>{button}</div>'
-                   for i in range(1, n + 1))
+    return "".join(
+        f'<div class="card"><a href="/p/{i}">Shirt {i}</a><span class="price">€ {i},99</span>{button}</div>'
+        for i in range(1, n + 1)
+    )
 
 
 def test_a_listing_is_not_a_product():
@@ -76,8 +81,10 @@ def test_a_search_result_is_not_a_product():
 
 
 def test_an_event_is_not_a_product():
-    body = '<h1>Summer Fashion Show 2026</h1><p>Tickets from</p><span class="price">€ 25,00</span>' \
-           '<a class="button" href="/tickets">Get tickets</a><p>12 June, Berlin</p>'
+    body = (
+        '<h1>Summer Fashion Show 2026</h1><p>Tickets from</p><span class="price">€ 25,00</span>'
+        '<a class="button" href="/tickets">Get tickets</a><p>12 June, Berlin</p>'
+    )
     assert extract_product(page(body)) is None
 
 

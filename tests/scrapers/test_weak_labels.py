@@ -1,4 +1,5 @@
 """Weak labels from material, name and description: the configured table and the matching rules."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,21 @@ def labels(labeller: WeakLabeller, **product: str) -> set[tuple[str, str, str]]:
 
 @pytest.mark.parametrize(
     ("material", "label"),
-    [("100% Cotton", "cotton"), ("95% Baumwolle, 5% Elasthan", "cotton"), ("coton biologique", "cotton"),
-     ("Algodón 100%", "cotton"), ("algodão", "cotton"), ("Chiffon", "chiffon"), ("Lace", "lace"), ("Dentelle", "lace"),
-     ("Merino wool", "wool"), ("Wolle", "wool"), ("Silk", "silk"), ("Seide", "silk"), ("Soie", "silk")],
+    [
+        ("100% Cotton", "cotton"),
+        ("95% Baumwolle, 5% Elasthan", "cotton"),
+        ("coton biologique", "cotton"),
+        ("Algodón 100%", "cotton"),
+        ("algodão", "cotton"),
+        ("Chiffon", "chiffon"),
+        ("Lace", "lace"),
+        ("Dentelle", "lace"),
+        ("Merino wool", "wool"),
+        ("Wolle", "wool"),
+        ("Silk", "silk"),
+        ("Seide", "silk"),
+        ("Soie", "silk"),
+    ],
 )
 def test_material_to_fabric_with_the_material_as_source(labeller, material, label):
     assert labels(labeller, material=material) == {("fabric", label, f"material:{material}")}
@@ -38,11 +51,21 @@ def test_material_wins_over_the_name(labeller):
 
 @pytest.mark.parametrize(
     ("title", "label", "keyword"),
-    [("Striped Shirt", "striped", "striped"), ("Camisa de rayas", "striped", "rayas"), ("Pinstripe blazer", "striped", "pinstripe"),
-     ("Gingham dress", "checkered", "gingham"), ("Plaid flannel shirt", "checkered", "plaid"), ("Check shirt", "checkered", "check"),
-     ("Floral midi dress", "floral", "floral"), ("Flower print blouse", "floral", "flower"), ("Logo hoodie", "graphic", "logo"),
-     ("Graphic tee", "graphic", "graphic"), ("Printed top", "graphic", "printed"), ("Plain crew neck", "solid", "plain"),
-     ("T-SHIRT CÔTELÉ UNI", "solid", "uni")],
+    [
+        ("Striped Shirt", "striped", "striped"),
+        ("Camisa de rayas", "striped", "rayas"),
+        ("Pinstripe blazer", "striped", "pinstripe"),
+        ("Gingham dress", "checkered", "gingham"),
+        ("Plaid flannel shirt", "checkered", "plaid"),
+        ("Check shirt", "checkered", "check"),
+        ("Floral midi dress", "floral", "floral"),
+        ("Flower print blouse", "floral", "flower"),
+        ("Logo hoodie", "graphic", "logo"),
+        ("Graphic tee", "graphic", "graphic"),
+        ("Printed top", "graphic", "printed"),
+        ("Plain crew neck", "solid", "plain"),
+        ("T-SHIRT CÔTELÉ UNI", "solid", "uni"),
+    ],
 )
 def test_name_to_pattern(labeller, title, label, keyword):
     assert ("pattern", label, f"name:{keyword}") in labels(labeller, title=title)
@@ -50,11 +73,18 @@ def test_name_to_pattern(labeller, title, label, keyword):
 
 @pytest.mark.parametrize(
     ("title", "label", "keyword"),
-    [("Long sleeve top", "full-sleeve", "long sleeve"), ("Long-sleeved shirt", "full-sleeve", "long sleeved"),
-     ("LONGSLEEVE", "full-sleeve", "long sleeve"), ("Short sleeve shirt", "half-sleeve", "short sleeve"),
-     ("Basic T-shirt", "half-sleeve", "t-shirt"), ("Sleeveless top", "sleeveless", "sleeveless"),
-     ("Tank top", "sleeveless", "tank"), ("Strappy dress", "sleeveless", "strappy"),
-     ("Robe sans manches", "sleeveless", "sans manches"), ("Langarm-Shirt", "full-sleeve", "langarm")],
+    [
+        ("Long sleeve top", "full-sleeve", "long sleeve"),
+        ("Long-sleeved shirt", "full-sleeve", "long sleeved"),
+        ("LONGSLEEVE", "full-sleeve", "long sleeve"),
+        ("Short sleeve shirt", "half-sleeve", "short sleeve"),
+        ("Basic T-shirt", "half-sleeve", "t-shirt"),
+        ("Sleeveless top", "sleeveless", "sleeveless"),
+        ("Tank top", "sleeveless", "tank"),
+        ("Strappy dress", "sleeveless", "strappy"),
+        ("Robe sans manches", "sleeveless", "sans manches"),
+        ("Langarm-Shirt", "full-sleeve", "langarm"),
+    ],
 )
 def test_name_to_shape(labeller, title, label, keyword):
     assert ("shape", label, f"name:{keyword}") in labels(labeller, title=title)
@@ -86,14 +116,19 @@ def test_conflicting_hits_give_no_label_and_the_name_decides_before_the_descript
     # The name has a conflict: the description is not consulted for that attribute.
     assert labels(labeller, title="Striped check shirt", description="A floral shirt") == set()
     # The name has no pattern word: the description decides.
-    assert labels(labeller, title="Shirt", description="A floral shirt.") == {("pattern", "floral", "description:floral")}
+    assert labels(labeller, title="Shirt", description="A floral shirt.") == {
+        ("pattern", "floral", "description:floral")
+    }
 
 
 def test_labels_are_taxonomy_classes_with_sources(labeller):
     taxonomy = get_settings().taxonomy
     found = labeller.labels({"title": "Striped long sleeve cotton shirt", "material": "silk"})
-    assert found == [WeakLabel("fabric", "silk", "material:silk"), WeakLabel("pattern", "striped", "name:striped"),
-                     WeakLabel("shape", "full-sleeve", "name:long sleeve")]
+    assert found == [
+        WeakLabel("fabric", "silk", "material:silk"),
+        WeakLabel("pattern", "striped", "name:striped"),
+        WeakLabel("shape", "full-sleeve", "name:long sleeve"),
+    ]
     assert all(w.label in taxonomy.classes(w.attribute) for w in found)
 
 
@@ -110,7 +145,12 @@ def test_table_is_validated_against_the_taxonomy():
 
 
 def test_search_queries_string_list_or_default():
-    crawl = {"search_queries": {"striped": ["striped shirt", "striped dress", "striped shirt", " "], "full-sleeve": "long sleeve"}}
+    crawl = {
+        "search_queries": {
+            "striped": ["striped shirt", "striped dress", "striped shirt", " "],
+            "full-sleeve": "long sleeve",
+        }
+    }
     assert search_queries(crawl, "striped") == ["striped shirt", "striped dress"]
     assert search_queries(crawl, "full-sleeve") == ["long sleeve"]
     assert search_queries(crawl, "half-sleeve") == ["half sleeve"]
