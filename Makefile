@@ -20,21 +20,27 @@ $(VENV)/.test-installed: requirements-test.txt requirements-deploy.txt requireme
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
-venv: $(VENV)/.test-installed
+# The project itself, editable (the packages import from any directory; the `fashionnet` command), after
+# the pinned requirements: nothing is resolved or fetched (--no-deps, and setuptools from requirements.txt).
+$(VENV)/.project-installed: pyproject.toml $(VENV)/.runtime-installed
+	$(BIN)/pip install --quiet -e . --no-deps --no-build-isolation
+	touch $@
 
-demo: $(VENV)/.runtime-installed
-	$(BIN)/python -m pipeline.demo
+venv: $(VENV)/.test-installed $(VENV)/.project-installed
+
+demo: $(VENV)/.runtime-installed $(VENV)/.project-installed
+	$(BIN)/fashionnet demo
 
 # Airflow (standalone: scheduler, dag-processor, triggerer, api-server) with the project's DAGs and plugins on
 # the embedded default, in var/airflow-local/, until Ctrl-C (FASHIONNET_AIRFLOW_PORT=8081 make airflow: another
-# port; options: .venv/bin/python -m pipeline.airflow_local --help).
-airflow: $(VENV)/.runtime-installed
-	$(BIN)/python -m pipeline.airflow_local
+# port; options: .venv/bin/fashionnet airflow --help).
+airflow: $(VENV)/.runtime-installed $(VENV)/.project-installed
+	$(BIN)/fashionnet airflow
 
 # The suite on TEST_WORKERS processes (pytest-xdist), a test module per process at a time (its module
 # fixtures, such as a whole Airflow deployment, start once): 13 minutes on 2 cores against 19 serially.
 TEST_WORKERS ?= 2
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed $(VENV)/.project-installed
 	scripts/install-test-system-packages.sh
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10
 

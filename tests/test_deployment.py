@@ -278,7 +278,7 @@ def test_healthchecks_and_restart_policies(services: dict):
         assert services[name].get("restart") == "always", f"{name}: restart {services[name].get('restart')!r}"
     for name in ONE_SHOT:
         assert services[name].get("restart") == "no", f"{name} is a one-shot job"
-    # The api-server healthcheck URL is served without authentication (tests/pipeline/test_airflow_local.py
+    # The api-server healthcheck URL is served without authentication (tests/fashionnet_tools/test_airflow_local.py
     # fetches it from a live api-server) on the port the service publishes.
     api_health = " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
     assert "http://localhost:8080/api/v2/version" in api_health

@@ -6,8 +6,8 @@ Floors, bottom up:
   both spiders and networks need; it imports no other project module;
 * ``scrapers/`` and ``models/``: the ground floor only, never a pipeline stage;
 * the pipeline stages (the rest of ``pipeline/``): anything below;
-* DAG files and the tools (the demo driver, the Airflow launcher): on top, imported by nothing in the
-  library.
+* DAG files and the tools (:data:`TOOLS`, the package ``fashionnet_tools/``: the ``fashionnet`` command,
+  the demo driver, the Airflow launcher): on top, imported by nothing in the library.
 
 :data:`KNOWN_UPWARD` lists the one import that still goes up (issue 14 is open for it): the repository's
 infer step lives in ``models.inference`` and calls the repository stage's plan and shard helpers.
@@ -20,9 +20,9 @@ import ast
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "models", "scrapers", "dags")
+PACKAGES = ("pipeline", "models", "scrapers", "dags", "fashionnet_tools")
 GROUND = frozenset({"pipeline.settings", "pipeline.storage", "pipeline.runs", "pipeline.hashing", "pipeline.images"})
-TOOLS = frozenset({"pipeline.demo", "pipeline.airflow_local"})
+TOOLS = "fashionnet_tools"
 KNOWN_UPWARD = frozenset({("models.inference", "pipeline.repository")})
 
 
@@ -53,7 +53,7 @@ def floor(module: str) -> int:
     """0 ground, 1 spiders and networks, 2 pipeline stages, 3 DAG files and tools."""
     if module in GROUND:
         return 0
-    if module.startswith("dags") or module in TOOLS:
+    if module.split(".")[0] in ("dags", TOOLS):
         return 3
     if module.split(".")[0] in ("scrapers", "models"):
         return 1
@@ -95,10 +95,13 @@ def test_an_upward_import_is_found():
     graph = {
         "models.train": {"pipeline.storage", "pipeline.recommend"},
         "pipeline.storage": {"pipeline.settings"},
-        "pipeline.recommend": {"models.inference", "pipeline.demo"},
+        "pipeline.recommend": {"models.inference", "fashionnet_tools.demo"},
         "dags.x": {"pipeline.recommend"},
     }
-    assert upward_imports(graph) == [("models.train", "pipeline.recommend"), ("pipeline.recommend", "pipeline.demo")]
+    assert upward_imports(graph) == [
+        ("models.train", "pipeline.recommend"),
+        ("pipeline.recommend", "fashionnet_tools.demo"),
+    ]
 
 
 def test_from_package_import_module_counts_as_the_module(tmp_path):
@@ -106,3 +109,15 @@ def test_from_package_import_module_counts_as_the_module(tmp_path):
     source.write_text("def f():\n    from pipeline import repository, storage\n    import scrapers.crawl\n")
     known = {"pipeline.repository", "pipeline.storage"}
     assert imported_modules(source, known) == {"pipeline", "pipeline.repository", "pipeline.storage", "scrapers.crawl"}
+
+
+def test_the_tools_are_the_top_floor_and_nothing_in_the_library_imports_them():
+    graph = import_graph()
+    tools = {name for name in graph if name.split(".")[0] == TOOLS}
+    assert {"fashionnet_tools.cli", "fashionnet_tools.demo", "fashionnet_tools.airflow_local"} <= tools
+    assert all(floor(name) == 3 for name in tools)
+    assert (
+        not (REPO_ROOT / "pipeline" / "demo.py").exists() and not (REPO_ROOT / "pipeline" / "airflow_local.py").exists()
+    )
+    importers = sorted(name for name, names in graph.items() if name not in tools and names & tools)
+    assert importers == [], "the library imports a tool"

@@ -599,7 +599,7 @@ def test_the_demo_and_local_airflow_metadata_databases_are_0600(tmp_path, monkey
     import stat
     import sys
 
-    from pipeline import airflow_local, demo
+    from fashionnet_tools import airflow_local, demo
 
     monkeypatch.setattr(os, "environ", dict(os.environ))  # configure_environment sets variables
     monkeypatch.setattr(sys, "path", list(sys.path))

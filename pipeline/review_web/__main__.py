@@ -34,10 +34,11 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.review_web", description="Manage reviewers and serve the review page."
-    )
+DESCRIPTION = "Manage reviewers and serve the review page."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The CLI's options and subcommands on ``parser`` (this module's own, or ``fashionnet review``'s)."""
     parser.add_argument("--store", help="store URI (default: FASHIONNET_STORE or config/settings.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add-reviewer", help="add a reviewer (or, with --replace, set a new password)")
@@ -47,17 +48,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remove = commands.add_parser("remove-reviewer", help="remove a reviewer (ends their sessions)")
     remove.add_argument("name")
     listing = commands.add_parser("list-reviewers", help="list reviewer names")
-    serve = commands.add_parser("serve", help="serve the review page")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the review page",
+        description="Serve the reviewers' keyboard-driven review page, with its own login, until Ctrl-C "
+        "(docs/review.md).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.add_argument("--root-path", default="", help="the URL prefix a reverse proxy serves the app under")
     for sub in (add, remove, listing, serve):
         sub.add_argument("--store", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.review_web", description=DESCRIPTION)
+    return add_arguments(parser).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand of ``args`` (:func:`add_arguments`); 0, or 2 with the reason on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "add-reviewer":

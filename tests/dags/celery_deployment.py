@@ -692,7 +692,7 @@ def measure_chain(default_workers: int, products: int, timeout_s: float = 1800) 
     import uuid
 
     sys.path.insert(0, str(REPO_ROOT))
-    from pipeline.demo import upload_user_images
+    from fashionnet_tools.demo import upload_user_images
     from pipeline.storage import ObjectStore
     from scrapers.demo_store.server import DemoStoreServer
     from scrapers.demo_store.site import build_site

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.demo import configure_environment, load_dags, migrate_metadata_db  # noqa: E402
+from fashionnet_tools.demo import configure_environment, load_dags, migrate_metadata_db  # noqa: E402
 
 FAKE_VERSION = "v-fake"
 

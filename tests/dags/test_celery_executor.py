@@ -101,7 +101,7 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     reason = CeleryDeployment.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from pipeline.demo import upload_user_images
+    from fashionnet_tools.demo import upload_user_images
     from pipeline.storage import ObjectStore
     from scrapers.demo_store.server import DemoStoreServer
     from scrapers.demo_store.site import build_site

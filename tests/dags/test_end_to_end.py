@@ -68,7 +68,7 @@ def pipeline_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
             [
                 sys.executable,
                 "-m",
-                "pipeline.demo",
+                "fashionnet_tools.demo",
                 "--store",
                 f"s3://{bucket}/fashionnet",
                 "--work-dir",

@@ -1,7 +1,7 @@
 """The whole Asset chain on a real multi-process Airflow, from one trigger: `make airflow` on a fresh
 embedded default, with PostgreSQL as the metadata database.
 
-``pipeline.airflow_local`` (``make airflow``) starts ``airflow standalone`` (scheduler, dag-processor,
+``fashionnet_tools.airflow_local`` (``make airflow``) starts ``airflow standalone`` (scheduler, dag-processor,
 triggerer, api-server, 4 LocalExecutor worker processes) with its metadata database on a throwaway
 PostgreSQL cluster from Debian's packages (``postgres_server.py``), the project's ``dags/`` and a fresh
 folder store; the launcher itself serves the demo shop, gives the store the demo user's photos and lets the
@@ -196,7 +196,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory):
                 [
                     sys.executable,
                     "-m",
-                    "pipeline.airflow_local",
+                    "fashionnet_tools.airflow_local",
                     "--port",
                     str(port),
                     "--home",

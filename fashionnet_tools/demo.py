@@ -26,8 +26,11 @@ DEMO_USER = "demo-user"
 DEMO_USER_STYLE = {"pattern": "striped", "fabric": "cotton", "style": "casual", "shape": "half-sleeve"}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+DESCRIPTION = __doc__.splitlines()[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The demo's options on ``parser`` (this module's own, or ``fashionnet demo``'s)."""
     parser.add_argument("--store", help="store URI (default: settings, i.e. file://var/store)")
     parser.add_argument(
         "--work-dir", type=Path, default=REPO_ROOT / "var", help="where the demo site and the Airflow metadata DB live"
@@ -42,7 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="demo store port; item ids derive from product URLs, so keep it fixed across runs "
         "(0 = any free port, for throwaway stores)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return add_arguments(argparse.ArgumentParser(description=DESCRIPTION)).parse_args(argv)
 
 
 def configure_environment(args: argparse.Namespace) -> None:
@@ -193,7 +200,11 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole pipeline with ``args`` (:func:`add_arguments`); 0 when it finished."""
     started = time.perf_counter()
     configure_environment(args)
     migrate_metadata_db()

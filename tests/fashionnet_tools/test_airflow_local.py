@@ -1,4 +1,4 @@
-"""`make airflow` (pipeline.airflow_local): Airflow standalone with the project's DAGs, stopped cleanly on Ctrl-C."""
+"""`make airflow` (fashionnet_tools.airflow_local): Airflow standalone with the project's DAGs, stopped cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.airflow_local import (
+from fashionnet_tools.airflow_local import (
     PASSWORD_FILE,
     airflow_environment,
     database_label,
@@ -162,7 +162,7 @@ def test_make_airflow_serves_the_project_and_stops_cleanly(tmp_path: Path, stop_
             [
                 sys.executable,
                 "-m",
-                "pipeline.airflow_local",
+                "fashionnet_tools.airflow_local",
                 "--port",
                 str(port),
                 "--home",

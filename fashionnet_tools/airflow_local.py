@@ -46,8 +46,11 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 LOG_SERVING_COMMANDS = ("scheduler", "triggerer")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+DESCRIPTION = __doc__.splitlines()[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The launcher's options on ``parser`` (this module's own, or ``fashionnet airflow``'s)."""
     parser.add_argument(
         "--port",
         type=int,
@@ -116,7 +119,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave new DAGs paused (Airflow's default); with the demo shop they start unpaused",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return add_arguments(argparse.ArgumentParser(description=DESCRIPTION)).parse_args(argv)
 
 
 def airflow_environment(args: argparse.Namespace, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -217,7 +224,7 @@ def demo_store_command(args: argparse.Namespace, env: dict[str, str]) -> str:
 def ensure_demo_user(env: dict[str, str], site: Path) -> list[str]:
     """Photos for the demo user (``users/demo-user/``) when the store has none, so the recommend DAG at the
     end of the chain has someone to serve. Returns the keys written (none when the user had photos)."""
-    from pipeline.demo import DEMO_USER, upload_user_images
+    from fashionnet_tools.demo import DEMO_USER, upload_user_images
     from pipeline.settings import load_settings
     from pipeline.storage import ObjectStore
 
@@ -254,7 +261,7 @@ def write_airflow_wrapper(home: Path, python: str = sys.executable) -> Path:
     script = folder / "airflow"
     script.write_text(
         "#!/bin/sh\n"
-        "# Written by pipeline.airflow_local: no log server on 0.0.0.0 (logs are read from their files).\n"
+        "# Written by fashionnet_tools.airflow_local: no log server on 0.0.0.0 (logs are read from their files).\n"
         f'case "$1" in {commands}) exec "{python}" -m airflow "$@" --skip-serve-logs ;; esac\n'
         f'exec "{python}" -m airflow "$@"\n'
     )
@@ -440,7 +447,11 @@ def announce_when_ready(url: str, password_file: Path, done: threading.Event) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Airflow standalone with ``args`` (:func:`add_arguments`) until Ctrl-C or SIGTERM; its exit status."""
     stop_requested: list[int] = []
 
     def request_stop(signum: int, _frame: object) -> None:
