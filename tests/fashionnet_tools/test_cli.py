@@ -302,3 +302,37 @@ def test_recommend_refuses_a_bad_request_with_the_reason(monkeypatch, clean_env,
     assert cli.main(["recommend", "u", "--k", "500", "--store", f"file://{tmp_path}"]) == 2
     assert "k must be an integer from 1 to 100" in capsys.readouterr().err
     assert calls == []
+
+
+def test_crawl_runs_for_real_from_another_directory_on_a_relative_url_file(tmp_path, monkeypatch):
+    """README "Crawl your own shop" with `fashionnet crawl`: a shop of one's own (the demo store on
+    127.0.0.1, configured in a profile file as the README says), two product URLs in a file named
+    relative to a directory outside the repository."""
+    import urllib.request
+
+    from scrapers.demo_store.server import DemoStoreServer
+    from scrapers.demo_store.site import build_site
+    from scrapers.spiders.base import sitemap_entries
+
+    with DemoStoreServer(build_site(tmp_path / "site", n_products=4, seed=3)) as shop:
+        with urllib.request.urlopen(f"{shop.base_url}/sitemap.xml", timeout=5) as response:
+            urls = sitemap_entries(response.read())[1][:2]
+        (tmp_path / "my-shop-urls.txt").write_text("# two products\n" + "\n".join(urls) + "\n")
+        profile = tmp_path / "my-shops.yaml"
+        profile.write_text(
+            f"retailers:\n  my-shop:\n    kind: sitemap\n    base_url: {shop.base_url}\n"
+            f"    entry_points: [{shop.base_url}/sitemap.xml]\n"
+        )
+        store = tmp_path / "store"
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCRAPY_SETTINGS_MODULE")}
+        argv = ["crawl", "--retailer", "my-shop", "--crawl-id", "my-shop-1", "--urls-file", "my-shop-urls.txt"]
+        argv += ["--no-images", "--store", f"file://{store}", "--profile", str(profile)]
+        proc = subprocess.run(
+            [str(FASHIONNET), *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+        )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "crawl my-shop-1 of my-shop: 2 products" in proc.stdout
+    import pyarrow.parquet as pq
+
+    products = pq.read_table(store / "crawls" / "my-shop-1" / "products.parquet")
+    assert sorted(products.column("product_url").to_pylist()) == sorted(urls)
