@@ -93,7 +93,8 @@ def label_with_retailer(target: Mapping[str, Any]) -> None:
     """Name the running mapped task instance after its retailer (rendered into :data:`RETAILER_LABEL`)."""
     from airflow.sdk import get_current_context
 
-    get_current_context()["fashionnet_retailer"] = str(target["retailer"])
+    # Airflow's documented way to feed map_index_template, though its Context TypedDict lists no extra keys.
+    get_current_context()["fashionnet_retailer"] = str(target["retailer"])  # type: ignore[typeddict-unknown-key]
 
 
 def reject_unknown_params(params: Mapping[str, Any], known: Iterable[str]) -> None:

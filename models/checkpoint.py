@@ -88,7 +88,8 @@ def restore_optimizer(optimizer: keras.optimizers.Optimizer, trainable: list, ar
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    # allow_pickle is numpy's default, named so the type checker knows no key of arrays fills it
+    np.savez(buffer, allow_pickle=True, **arrays)
     return buffer.getvalue()
 
 

@@ -148,7 +148,7 @@ def EfficientNetLite0(
     include_top: bool = True,
     weights: str | os.PathLike | None = "imagenet",
     input_tensor=None,
-    input_shape: tuple[int, int, int] | None = None,
+    input_shape: tuple[int | None, int | None, int] | None = None,
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",

@@ -130,6 +130,8 @@ def linear_probe(
         tried.append(row)
         if best is None or row["val_loss"] < best[0]["val_loss"]:
             best = (row, w, b)
+    if best is None:
+        raise ValueError("the linear probe needs at least one L2 strength in grid")
     row, w, b = best
     return {
         "mean": mean,

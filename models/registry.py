@@ -185,6 +185,7 @@ def promote(
             f"test accuracy {comparison['candidate']:.4f} vs current {comparison['current']:.4f}"
             f" ({'not worse' if promoted else 'worse'}, tolerance {tolerance})"
         )
+    decided_at = datetime.now(UTC).isoformat()
     decision = {
         "attribute": attribute,
         "candidate": version,
@@ -193,9 +194,9 @@ def promote(
         "reason": reason,
         "comparison": comparison,
         "forced": force,
-        "decided_at": datetime.now(UTC).isoformat(),
+        "decided_at": decided_at,
     }
-    stamp = decision["decided_at"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    stamp = decided_at.replace(":", "").replace("-", "").replace("+0000", "Z")
     store.write_json(f"{promotions_prefix(attribute)}/{stamp}-{version}.json", decision)
     if promoted and (record is None or record["version"] != version):
         decision["published"] = publish(store, attribute, version)

@@ -345,6 +345,12 @@ class FrozenPass:
     seconds: float = 0.0
     images: int = 0
 
+    def pooled_features(self) -> np.ndarray:
+        """``features``, which every frozen pass computes; raises ValueError when they are missing."""
+        if self.features is None:
+            raise ValueError("this frozen pass has no pooled features")
+        return self.features
+
 
 def frozen_pass(
     model: keras.Model, arrays: SplitArrays, config: TrainingConfig, cut: str | None, mirror: bool
@@ -419,9 +425,10 @@ def train_head_on_features(
         train = frozen_pass(model, train, config, None, config.mirror_augment)
     if isinstance(validation, SplitArrays):
         validation = frozen_pass(model, validation, config, None, False)
-    train_x = train.features if train.mirrored is None else np.concatenate([train.features, train.mirrored_features])
+    features = train.pooled_features()
+    train_x = features if train.mirrored is None else np.concatenate([features, train.mirrored_features])
     train_y = train.labels if train.mirrored is None else np.concatenate([train.labels, train.labels])
-    model.get_layer("feature_norm").adapt_to(train.features)
+    model.get_layer("feature_norm").adapt_to(features)
     head = head_model(model)
     num_classes = int(model.output.shape[-1])
     compile_for(head, config.head_learning_rate, config, config.frozen_epochs, len(train_x))
@@ -430,7 +437,7 @@ def train_head_on_features(
     head.fit(
         train_x,
         one_hot(train_y, num_classes),
-        validation_data=(validation.features, one_hot(validation.labels, num_classes)),
+        validation_data=(validation.pooled_features(), one_hot(validation.labels, num_classes)),
         initial_epoch=initial_epoch,
         epochs=config.frozen_epochs,
         batch_size=config.batch_size,
@@ -712,7 +719,9 @@ def _train(
     probe, probe_model = None, None
     if config.probe:
         probe_started = time.perf_counter()
-        probe = linear_probe(train_pass.features, train.labels, val_pass.features, validation.labels, len(classes))
+        probe = linear_probe(
+            train_pass.pooled_features(), train.labels, val_pass.pooled_features(), validation.labels, len(classes)
+        )
         probe_model = probe_network(
             model, probe, config, classes, model.get_layer(BACKBONE_LAYER).get_weights(), name=f"{attribute}_probe"
         )
@@ -749,7 +758,7 @@ def _train(
             optimizer_state=saved if resumed_phase == FROZEN else None,
         )
     elif config.head_init != "probe" and (not resumed or resumed_phase == FROZEN):
-        model.get_layer("feature_norm").adapt_to(train_pass.features)
+        model.get_layer("feature_norm").adapt_to(train_pass.pooled_features())
     timing["phase1_seconds"] = round(time.perf_counter() - phase_started, 2)
     if config.unfrozen_epochs > 0:
         if resumed_phase != UNFROZEN:
@@ -757,14 +766,19 @@ def _train(
             checkpoints.save_frozen_best(best, model)
         best.phase = UNFROZEN
         phase_started = time.perf_counter()
-        kwargs = dict(
-            initial_epoch=state.epochs_done if resumed_phase == UNFROZEN else 0,
-            optimizer_state=saved if resumed_phase == UNFROZEN else None,
-            history=history,
-        )
+        initial_epoch = state.epochs_done if resumed_phase == UNFROZEN else 0
+        optimizer_state = saved if resumed_phase == UNFROZEN else None
         if cut is None:
             fine_tune(
-                model, train, validation, config, class_weight, callbacks(UNFROZEN, config.unfrozen_epochs), **kwargs
+                model,
+                train,
+                validation,
+                config,
+                class_weight,
+                callbacks(UNFROZEN, config.unfrozen_epochs),
+                initial_epoch=initial_epoch,
+                optimizer_state=optimizer_state,
+                history=history,
             )
             per_epoch = len(train)
         else:
@@ -776,7 +790,9 @@ def _train(
                 config,
                 class_weight,
                 callbacks(UNFROZEN, config.unfrozen_epochs),
-                **kwargs,
+                initial_epoch=initial_epoch,
+                optimizer_state=optimizer_state,
+                history=history,
             )
             per_epoch = len(train) * (2 if config.mirror_augment else 1)
         timing["phase2_seconds"] = round(time.perf_counter() - phase_started, 2)
@@ -810,7 +826,7 @@ def _train(
         f"test acc {network_test['accuracy']:.3f}"
         + (
             f"; probe: val_acc {probe['val_accuracy']:.3f}, test acc {probe_record['test']['accuracy']:.3f}"
-            if probe
+            if probe and probe_record is not None  # the record exists whenever the probe does
             else ""
         )
         + f"; published: {published}; {train_seconds}s",
@@ -834,7 +850,8 @@ def _train(
         "history": history,
         "best": best.record(),
         "published": published,
-        "val_accuracy": best.best_accuracy if published == "network" else probe["val_accuracy"],
+        # published is "probe" only when there is a probe
+        "val_accuracy": best.best_accuracy if published == "network" or probe is None else probe["val_accuracy"],
         "test": test_metrics,
         "network": {"val_accuracy": best.best_accuracy, "test": network_test},
         "probe": probe_record,

@@ -89,9 +89,10 @@ def record_rejection(
     withdraw_approval(store, batch_id)
     kind = batch_kind(batch_id)
     index = hash_index_key(kind, batch_id) if kind else None
-    dropped_index = bool(index and store.exists(index))
-    if dropped_index:
+    dropped_index = False
+    if index and store.exists(index):
         store.delete(index)
+        dropped_index = True
     record = {
         "batch_id": batch_id,
         "rejected_by": rejected_by,

@@ -59,7 +59,8 @@ def _empty() -> Triplet:
 def _concat(parts: list[Triplet]) -> Triplet:
     if not parts:
         return _empty()
-    return tuple(np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(3))  # type: ignore[return-value]
+    rows, cols, dist = (np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(3))
+    return rows, cols, dist
 
 
 def _sorted_triplet(rows: np.ndarray, cols: np.ndarray, dist: np.ndarray) -> Triplet:
@@ -226,11 +227,15 @@ class MultiIndexHashing(HashIndex):
             for (_, bits, keys, order), radius in zip(self._substrings(m), substring_radii(max_distance, m))
             if radius >= 0
         ]
+
+        def join(job: tuple[int, np.ndarray, np.ndarray, int]) -> Triplet:
+            return self._join_substring(*job, max_distance)
+
         if self.workers > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                parts = list(pool.map(lambda job: self._join_substring(*job, max_distance), jobs))
+                parts = list(pool.map(join, jobs))
         else:
-            parts = [self._join_substring(*job, max_distance) for job in jobs]
+            parts = [join(job) for job in jobs]
         return _sorted_triplet(*_concat(parts))
 
     def _join_substring(

@@ -653,6 +653,8 @@ def rank(
             )
         parts.embedding[foreign] = float(parts.embedding[comparable].mean()) if comparable.any() else 0.0
     if kind == "matches":
+        if parts.matches is None:  # components(need=["matches"]) computes them
+            raise ValueError("the matches ordering needs the match counts")
         eligible &= parts.matches > 0
     chosen = scoring.select(
         kind, items, parts, repository["item_id"], eligible, k, lam, options.mmr_pool, options.hybrid_weights
@@ -693,6 +695,8 @@ def ranked_table(
         by_attributes = scoring.nearest_profile_rows(dataclasses.replace(picked, embedding=None), mine)
         nearest = np.where(foreign, by_attributes, nearest)
     profile_keys = profile["image_key"].to_pylist()
+    if shown_parts.attribute_hits is None:  # available_components always computes the matches
+        raise ValueError("the output columns need the attribute hits")
     matched = [",".join(a for a, hit in zip(attributes, hits) if hit) for hits in shown_parts.attribute_hits]
     table = pa.table(
         {
@@ -1084,6 +1088,14 @@ def _foreign_matrix(chunk: pa.Table, users: Sequence[_User]) -> np.ndarray | Non
     return foreign if foreign.any() else None
 
 
+def _computed(values: np.ndarray | None, component: str) -> np.ndarray:
+    """A component :func:`scoring.batch_components` computed for the score kind; raises ValueError when
+    it was not (the kind does not use it)."""
+    if values is None:
+        raise ValueError(f"the {component!r} component was not computed for this score kind")
+    return values
+
+
 class _Moments:
     """Per-user count, mean and sum of squared deviations of a value, merged block by block (Chan et
     al.), for the hybrid score's standardisation over each user's candidates."""
@@ -1121,12 +1133,14 @@ class _Moments:
 
 def _concat_matrices(parts: Sequence[scoring.FashionMatrix]) -> scoring.FashionMatrix:
     first = parts[0]
+    all_probs = [p.probs for p in parts if p.probs is not None]
     probs = (
         None
-        if any(p.probs is None for p in parts)
-        else tuple(np.concatenate([p.probs[a] for p in parts]) for a in range(len(first.attributes)))
+        if len(all_probs) < len(parts)
+        else tuple(np.concatenate([part_probs[a] for part_probs in all_probs]) for a in range(len(first.attributes)))
     )
-    embedding = None if any(p.embedding is None for p in parts) else np.concatenate([p.embedding for p in parts])
+    embeddings = [p.embedding for p in parts if p.embedding is not None]
+    embedding = None if len(embeddings) < len(parts) else np.concatenate(embeddings)
     return scoring.FashionMatrix(
         first.attributes,
         np.concatenate([p.codes for p in parts]),
@@ -1290,15 +1304,16 @@ class _BatchScorer:
             self._keep(chunk, matrix, np.unique(np.concatenate(taken)), offset)
 
     def _embedding_values(self, parts: scoring.BatchComponents, foreign: np.ndarray | None) -> np.ndarray:
+        embedding = _computed(parts.embedding, "embedding")
         if foreign is None:
-            return parts.embedding
-        return np.where(foreign, self.foreign_value[None, :], parts.embedding)
+            return embedding
+        return np.where(foreign, self.foreign_value[None, :], embedding)
 
     def _add_moments(self, parts: scoring.BatchComponents, ok: np.ndarray, foreign: np.ndarray | None) -> None:
-        self.comparable.add(parts.embedding, ok if foreign is None else ok & ~foreign)
+        self.comparable.add(_computed(parts.embedding, "embedding"), ok if foreign is None else ok & ~foreign)
         if foreign is not None:
             self.foreign_eligible += (ok & foreign).sum(axis=0)
-        self.moments["weighted"].add(parts.weighted, ok)
+        self.moments["weighted"].add(_computed(parts.weighted, "weighted"), ok)
         self.moments["matches"].add(parts.matches_share(len(self.attributes)), ok)
 
     def _finish_moments(self) -> None:
@@ -1319,22 +1334,28 @@ class _BatchScorer:
         """The kind's ordering keys for the block, the eligible pairs ranked by them, and (embedding
         score) the eligible pairs of other networks, ranked by item_id once their value is known."""
         if self.kind == "matches":
+            matches = _computed(parts.matches, "matches")
             return (
-                [parts.matches.astype(np.float64), parts.best_row.astype(np.float64), parts.match_probability],
-                ok & (parts.matches > 0),
+                [
+                    matches.astype(np.float64),
+                    _computed(parts.best_row, "best_row").astype(np.float64),
+                    _computed(parts.match_probability, "match_probability"),
+                ],
+                ok & (matches > 0),
                 None,
             )
         if self.kind == "weighted":
-            return [parts.weighted], ok, None
+            return [_computed(parts.weighted, "weighted")], ok, None
         if self.kind == "embedding":
-            self.comparable.add(parts.embedding, ok if foreign is None else ok & ~foreign)
+            embedding = _computed(parts.embedding, "embedding")
+            self.comparable.add(embedding, ok if foreign is None else ok & ~foreign)
             if foreign is None:
-                return [parts.embedding.astype(np.float64)], ok, None
-            return [parts.embedding.astype(np.float64)], ok & ~foreign, ok & foreign
+                return [embedding.astype(np.float64)], ok, None
+            return [embedding.astype(np.float64)], ok & ~foreign, ok & foreign
         weights = scoring.normalised_hybrid_weights(self.options.hybrid_weights)
         values = {
             "embedding": self._embedding_values(parts, foreign),
-            "weighted": parts.weighted,
+            "weighted": _computed(parts.weighted, "weighted"),
             "matches": parts.matches_share(len(self.attributes)),
         }
         total = np.zeros(ok.shape, dtype=np.float64)
@@ -1422,10 +1443,11 @@ class _BatchScorer:
                 if not len(mine):
                     continue
                 all_rows = np.concatenate([user.rows, rows[mine]])
-                all_keys = [
-                    np.concatenate([old, new[mine]]) if user.keys else new[mine]
-                    for old, new in zip(user.keys or [None] * len(keys), keys)
-                ]
+                all_keys = (
+                    [np.concatenate([old, new[mine]]) for old, new in zip(user.keys, keys)]
+                    if user.keys
+                    else [new[mine] for new in keys]
+                )
                 best = scoring.top_candidates(
                     all_keys, self._ids(all_rows), np.ones(len(all_rows), dtype=bool), self.pool
                 )

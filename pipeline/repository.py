@@ -764,8 +764,9 @@ def _delete_staging(store: ObjectStore, commit_id: str) -> None:
             store.delete(key)
     if store.exists(done_key):
         store.delete(done_key)
-    if store.protocol == "file":  # the emptied folders
-        shutil.rmtree(store.local_path(prefix), ignore_errors=True)
+    folder = store.local_path(prefix)
+    if folder is not None:  # a file:// store: the emptied folders
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _merge_columns(meta: pa.Table, vectors: pa.Table, vector_names: list[str], schema: pa.Schema) -> pa.Table:

@@ -415,6 +415,8 @@ def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision
                 row.update(attribute=attribute, old_label=before[attribute][0], new_label=after[attribute][0])
         else:
             if d.decision == RELABEL:
+                if d.attribute is None:  # _validate refused it
+                    raise ValueError(f"a relabel of item {d.item_id!r} needs an attribute")
                 row["old_label"] = before[d.attribute][0]
             stack.append(row)
         rows.append(row)

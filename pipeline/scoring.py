@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
+from typing import overload
 
 import numpy as np
 import pyarrow as pa
@@ -87,7 +88,7 @@ class FashionMatrix:
     def n(self) -> int:
         return int(self.codes.shape[0])
 
-    def take(self, rows: np.ndarray) -> FashionMatrix:
+    def take(self, rows: np.ndarray | slice) -> FashionMatrix:
         return FashionMatrix(
             self.attributes,
             self.codes[rows],
@@ -97,6 +98,10 @@ class FashionMatrix:
         )
 
 
+@overload
+def list_matrix(column: pa.ChunkedArray | pa.Array, width: int, name: str) -> np.ndarray: ...
+@overload
+def list_matrix(column: pa.ChunkedArray | pa.Array, width: None, name: str) -> np.ndarray | None: ...
 def list_matrix(column: pa.ChunkedArray | pa.Array, width: int | None, name: str) -> np.ndarray | None:
     """A list<float> column as an (n, width) float32 matrix, filled chunk by chunk (one copy).
 
@@ -319,7 +324,9 @@ def weighted_scores(items: FashionMatrix, profile: FashionMatrix, weights: np.nd
     return total
 
 
-def _check_embeddings(items: FashionMatrix, profile: FashionMatrix) -> None:
+def _check_embeddings(items: FashionMatrix, profile: FashionMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """The items' and the profile's embeddings; raises :class:`MissingVectors` when either is missing
+    or their dimensions differ."""
     if items.embedding is None or profile.embedding is None:
         raise MissingVectors("the embedding score needs an embedding column in the repository and the profile")
     if items.embedding.shape[1] != profile.embedding.shape[1]:
@@ -327,6 +334,7 @@ def _check_embeddings(items: FashionMatrix, profile: FashionMatrix) -> None:
             f"repository embeddings have {items.embedding.shape[1]} dimensions, the profile's "
             f"{profile.embedding.shape[1]}: they come from different networks (embedding_source)"
         )
+    return items.embedding, profile.embedding
 
 
 def embedding_scores(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray:
@@ -336,16 +344,16 @@ def embedding_scores(items: FashionMatrix, profile: FashionMatrix) -> np.ndarray
         return np.zeros(items.n, dtype=np.float64)
     if not items.n:
         return np.zeros(0, dtype=np.float64)
-    _check_embeddings(items, profile)
+    item_embedding, profile_embedding = _check_embeddings(items, profile)
     # Blocks of rows: each block's (rows, m) product stays in cache and is reduced at once (a million
     # rows' full product would be a fresh 40 MB array); the pass is bound by reading the embeddings.
-    profile_t = np.ascontiguousarray(profile.embedding.T)
+    profile_t = np.ascontiguousarray(profile_embedding.T)
     best = np.empty(items.n, dtype=np.float32)
     block = np.empty((EMBEDDING_BLOCK_ROWS, profile.n), dtype=np.float32)
     for start in range(0, items.n, EMBEDDING_BLOCK_ROWS):
         stop = min(items.n, start + EMBEDDING_BLOCK_ROWS)
         product = block[: stop - start]
-        np.matmul(items.embedding[start:stop], profile_t, out=product)
+        np.matmul(item_embedding[start:stop], profile_t, out=product)
         best[start:stop] = _row_max(product)
     return np.round(best.astype(np.float64), EMBEDDING_DECIMALS)
 
@@ -359,23 +367,23 @@ def components(
     """The components the score kinds in ``need`` use, over every item; raises
     :class:`MissingVectors` when one cannot be computed. (``matches`` uses the counts, best row and
     match probability; ``hybrid`` the counts, weighted and embedding.)"""
-    need = set(need)
-    unknown = need - set(SCORE_KINDS)
+    wanted = set(need)
+    unknown = wanted - set(SCORE_KINDS)
     if unknown:
         raise ValueError(f"unknown score kinds {sorted(unknown)}; known: {SCORE_KINDS}")
-    counts = bool(need & {"matches", "hybrid"})
+    counts = bool(wanted & {"matches", "hybrid"})
     hits = attribute_hits(items, profile) if counts else None
-    seed = "matches" in need
+    seed = "matches" in wanted  # implies counts, so hits is not None
     weighted = embedding = None
-    if need & {"weighted", "hybrid"}:
+    if wanted & {"weighted", "hybrid"}:
         weighted = weighted_scores(items, profile, normalised_weights(items.attributes, attribute_weights))
-    if need & {"embedding", "hybrid"}:
+    if wanted & {"embedding", "hybrid"}:
         embedding = embedding_scores(items, profile)
     return Components(
-        matches=hits.sum(axis=1) if counts else None,
+        matches=hits.sum(axis=1) if hits is not None else None,
         best_row=best_row_matches(items, profile) if seed else None,
         attribute_hits=hits,
-        match_probability=matching_probability(items, hits) if seed else None,
+        match_probability=matching_probability(items, hits) if seed and hits is not None else None,
         weighted=weighted,
         embedding=embedding,
         profile_rows=profile.n,
@@ -431,9 +439,10 @@ def hybrid_scores(parts: Components, weights: Mapping[str, float], candidates: n
     for component, weight in weights.items():
         if not weight:
             continue
-        if values[component] is None:
+        value = values[component]
+        if value is None:
             raise MissingVectors(f"the hybrid score's {component!r} component cannot be computed")
-        total += weight * standardised(values[component], candidates)
+        total += weight * standardised(value, candidates)
     return total
 
 
@@ -484,7 +493,7 @@ def top_candidates(
     ids = (
         item_ids.take(pa.array(rows))
         if isinstance(item_ids, (pa.Array, pa.ChunkedArray))
-        else [item_ids[i] for i in rows]
+        else [item_ids[int(i)] for i in rows]
     )
     order = np.lexsort((_string_ranks(ids), *[-key for key in reversed(rounded)]))
     return rows[order][:n]
@@ -621,12 +630,14 @@ def profile_batch(profiles: Sequence[FashionMatrix], taxonomy: Mapping[str, Sequ
     offsets = np.concatenate([[0], np.cumsum([p.n for p in profiles])]).astype(np.int64)
     codes = np.concatenate([p.codes for p in profiles])
     embedding_t = None
-    if all(p.embedding is not None for p in profiles) and len({p.embedding.shape[1] for p in profiles}) == 1:
-        embedding_t = np.ascontiguousarray(np.concatenate([p.embedding for p in profiles]).T)
+    embeddings = [p.embedding for p in profiles if p.embedding is not None]
+    if len(embeddings) == len(profiles) and len({e.shape[1] for e in embeddings}) == 1:
+        embedding_t = np.ascontiguousarray(np.concatenate(embeddings).T)
     mean_probs = None
-    if all(p.probs is not None for p in profiles):
+    probs = [p.probs for p in profiles if p.probs is not None]
+    if len(probs) == len(profiles):
         mean_probs = tuple(
-            np.stack([p.probs[a].mean(axis=0, dtype=np.float64) for p in profiles], axis=1)
+            np.stack([profile_probs[a].mean(axis=0, dtype=np.float64) for profile_probs in probs], axis=1)
             for a in range(len(attributes))
         )
     counts = []
@@ -677,10 +688,10 @@ def batch_components(
     """The components ``need`` (score kinds) uses, for every (item, user) pair; ``attribute_weights``
     as from :func:`normalised_weights`. Keep ``items.n x M`` small (a block of rows): the embedding
     product is that big."""
-    need = set(need)
+    wanted = set(need)
     n, users = items.n, batch.users
-    counts = bool(need & {"matches", "hybrid"})
-    seed = "matches" in need
+    counts = bool(wanted & {"matches", "hybrid"})
+    seed = "matches" in wanted
     matches = best_row = match_probability = weighted = embedding = None
     if counts:
         matches = np.zeros((n, users), dtype=np.int64)
@@ -690,24 +701,24 @@ def batch_components(
             item_codes = items.codes[:, a]  # -1 (null) reads the last, zero column
             hits = batch.class_counts[a][:, item_codes].T
             matches += hits
-            if seed:
+            if matched_count is not None and matched_total is not None:  # seed
                 matched = hits > 0
                 matched_count += matched
                 matched_total += items.top_prob[:, a].astype(np.float64)[:, None] * matched
-        if seed:
+        if matched_count is not None and matched_total is not None:  # seed
             match_probability = np.where(matched_count > 0, matched_total / np.maximum(matched_count, 1), 0.0)
     if seed:
         per_row = np.zeros((n, len(batch.codes)), dtype=np.int8)
         for a in range(len(batch.attributes)):
             per_row += (items.codes[:, a, None] == batch.codes[None, :, a]) & (items.codes[:, a, None] >= 0)
         best_row = np.maximum.reduceat(per_row, batch.offsets[:-1], axis=1).astype(np.int64)
-    if need & {"weighted", "hybrid"}:
+    if wanted & {"weighted", "hybrid"}:
         if items.probs is None or batch.mean_probs is None:
             raise MissingVectors("the weighted score needs <attr>_probs columns in the repository and the profile")
         weighted = np.zeros((n, users), dtype=np.float64)
         for weight, item_probs, mean in zip(attribute_weights, items.probs, batch.mean_probs):
             if weight:
                 weighted += weight * (item_probs.astype(np.float64) @ mean)
-    if need & {"embedding", "hybrid"}:
+    if wanted & {"embedding", "hybrid"}:
         embedding = batch_embedding_scores(items, batch)
     return BatchComponents(matches, best_row, match_probability, weighted, embedding, batch.sizes)

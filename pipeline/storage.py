@@ -27,6 +27,7 @@ answers; a few seconds for one that refuses them), plus, for an upload, its size
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import os
@@ -193,7 +194,7 @@ class ObjectStore:
             keys = [k for k in keys if self._inside_root(root + k)]
         return sorted(keys)
 
-    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
+    def read_parquet(self, key: str, columns: builtins.list[str] | None = None) -> pa.Table:
         import pyarrow.parquet as pq
 
         return pq.read_table(io.BytesIO(self.get_bytes(key)), columns=columns)
@@ -334,7 +335,7 @@ class ObjectStore:
             self.delete(key)
         return len(keys)
 
-    def iter_bytes(self, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+    def iter_bytes(self, keys: builtins.list[str]) -> Iterator[tuple[str, bytes]]:
         for key in keys:
             yield key, self.get_bytes(key)
 
@@ -371,7 +372,7 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, indent=2, sort_keys=True, default=str).encode()
 
 
-def _precondition_failed(error: BaseException) -> bool:
+def _precondition_failed(error: BaseException | None) -> bool:
     """Whether an S3 error (as botocore or s3fs raises it) is a failed ``If-Match``/``If-None-Match``
     (412 PreconditionFailed; 409 ConditionalRequestConflict when a concurrent conditional write won)."""
     while error is not None:

@@ -12,7 +12,7 @@ users' photos see: upright, 16-bit scaled, transparency on white.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from PIL import Image
 
@@ -52,6 +52,12 @@ class ImageCheck:
     image: Image.Image | None = field(default=None, compare=False, repr=False)
 
 
+class _Size(TypedDict):
+    width: int
+    height: int
+    format: str | None
+
+
 def _reject(reason: str, detail: str, **size: Any) -> ImageCheck:
     return ImageCheck(ok=False, reason=reason, detail=detail, **size)
 
@@ -80,7 +86,7 @@ def validate_image(
         width, height, image_format = declared_size(data, max_pixels=max_pixels)
     except UndecodableImage as exc:
         return _reject(exc.reason, exc.detail)
-    size = {"width": width, "height": height, "format": image_format}
+    size: _Size = {"width": width, "height": height, "format": image_format}
     aspect = max(width, height) / min(width, height)
     if aspect > max_aspect_ratio:
         return _reject(
@@ -90,7 +96,7 @@ def validate_image(
         return _reject(TOO_SMALL, f"{width}x{height} has a side under {min_side_px}px", **size)
     try:
         image = open_image(data, max_pixels=max_pixels)
-        size.update(width=image.width, height=image.height)
+        size.update({"width": image.width, "height": image.height})
         check_not_blank(image, blank_std)
     except UndecodableImage as exc:
         return _reject(exc.reason, exc.detail, **size)

@@ -33,7 +33,7 @@ from extruct.w3cmicrodata import MicrodataExtractor
 from lxml.html import HtmlElement
 from price_parser import Price
 from price_parser import _currencies as _price_currencies
-from scrapy.http import TextResponse
+from scrapy.http import Response, TextResponse
 from w3lib.html import remove_tags
 
 logger = logging.getLogger(__name__)
@@ -454,7 +454,9 @@ def _pick_offer(offers: list[dict[str, Any]], page_url: str, sku: str | None) ->
         url = _text(_get(offer, "url"))
         if url and _same_page(url, page_url):
             return offer
-    return (priced or offers or [None])[0]
+    if priced:
+        return priced[0]
+    return offers[0] if offers else None
 
 
 def _same_page(a: str, b: str) -> bool:
@@ -867,8 +869,9 @@ def merge_sources(found: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def extract_product(response: TextResponse) -> dict[str, Any] | None:
-    """The page's product as a flat dict of :data:`FIELDS` (missing fields None), or None."""
+def extract_product(response: Response) -> dict[str, Any] | None:
+    """The page's product as a flat dict of :data:`FIELDS` (missing fields None), or None (also for a
+    page that is not text)."""
     if not isinstance(response, TextResponse):
         return None
     found = extract_sources(response)

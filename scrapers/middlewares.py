@@ -142,7 +142,8 @@ class BackoffRetryMiddleware(RetryMiddleware):
             delay = max(delay, min(hint_s, self.backoff_max_s))
         if delay > 0:
             assert self.crawler.stats is not None
-            self.crawler.stats.inc_value(BACKOFF_STAT, round(delay, 3))
+            # Scrapy annotates count as int, but the collector adds any number: this stat sums seconds.
+            self.crawler.stats.inc_value(BACKOFF_STAT, round(delay, 3))  # type: ignore[arg-type]
             logger.debug("backing off %.2fs before retry %s of %s", delay, retry.meta.get("retry_times"), retry.url)
             await sleep(delay)
 

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from itemadapter import ItemAdapter
@@ -58,6 +58,10 @@ from pipeline.images import DECOMPRESSION_BOMB, UndecodableImage, open_image, ru
 from pipeline.storage import open_store
 from scrapers.items import PRODUCTS_SCHEMA, WEAK_LABELS_SCHEMA, ProductItem, WeakLabelItem
 from scrapers.middlewares import BACKOFF_STAT, FAILED_STAT
+
+if TYPE_CHECKING:
+    from scrapy import Spider
+    from scrapy.pipelines.media import FileInfoOrError
 from scrapers.network import REFUSED_STAT, RefusedRequest
 from scrapers.seen import SKIPPED_STAT, SeenTracker, seen_tracker
 
@@ -150,7 +154,8 @@ class StoreImagesPipeline(ImagesPipeline):
     # Failures are counted and logged as drops (warnings), not as errors.
     LOG_FAILED_RESULTS = False
 
-    def open_spider(self) -> None:
+    def open_spider(self, spider: Spider | None = None) -> None:
+        """``spider``: the supertype's deprecated argument; Scrapy passes none (optional, so it never will)."""
         super().open_spider()
         self.failure_reasons: dict[str, str] = {}
         self.max_image_bytes = self.crawler.settings.getint("FASHIONNET_MAX_IMAGE_BYTES", 0)
@@ -165,7 +170,8 @@ class StoreImagesPipeline(ImagesPipeline):
                 request.meta["download_warnsize"] = 0
         return requests
 
-    async def process_item(self, item: Any) -> Any:
+    async def process_item(self, item: Any, spider: Spider | None = None) -> Any:
+        """``spider``: as in :meth:`open_spider`, unused."""
         if not isinstance(item, ProductItem):
             return item
         if not item.get("image_urls"):
@@ -219,9 +225,9 @@ class StoreImagesPipeline(ImagesPipeline):
             thumb_image, thumb_buf = self.convert_image(image, size, response_body=buffer)
             yield thumb_path, thumb_image, thumb_buf
 
-    def item_completed(self, results: list[tuple[bool, Any]], item: Any, info: ImagesPipeline.SpiderInfo) -> Any:
+    def item_completed(self, results: list[FileInfoOrError], item: Any, info: ImagesPipeline.SpiderInfo) -> Any:
         item = super().item_completed(results, item, info)
-        stored = [value for ok, value in results if ok]
+        stored = [result[1] for result in results if result[0]]
         if not stored:
             url = item["image_urls"][0]
             reason = self.failure_reasons.get(url, "image_download_failed")
@@ -259,7 +265,12 @@ class StoreExportPipeline:
         if self.deadline:
             from twisted.internet import reactor
 
-            self._deadline_call = reactor.callLater(max(0.0, self.deadline - time.time()), self._deadline_reached)
+            # Twisted's zope interfaces declare methods without self, so mypy (lacking the mypy-zope plugin)
+            # reads the delay as self and the callable as the delay.
+            self._deadline_call = reactor.callLater(
+                max(0.0, self.deadline - time.time()),  # type: ignore[arg-type]
+                self._deadline_reached,
+            )
 
     def _deadline_reached(self) -> None:
         """Write what was extracted so far, then close the spider (requests in flight may still finish)."""
@@ -310,7 +321,7 @@ class StoreExportPipeline:
         logger.info("seen-set of %s updated: %d products", tracker.seen.retailer, size)
 
     def summary(self, crawl_id: str, n_weak_labels: int, reason: str = "finished") -> dict[str, Any]:
-        stats = self.crawler.stats.get_stats()  # type: ignore[union-attr]
+        stats = self.crawler.stats.get_stats()
         spider = self.crawler.spider
         drops = {k[len(DROP_STAT) :]: v for k, v in sorted(stats.items()) if k.startswith(DROP_STAT)}
         exceptions = {

@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pipeline.settings import REPO_ROOT, Settings, get_settings, site_of
 
@@ -159,13 +159,20 @@ def retailer_batch_id(kind: str, run_after: datetime, retailer: str) -> str:
     return f"{kind}-{run_after:%Y%m%d}-{retailer}"
 
 
+class CrawlTarget(TypedDict):
+    """One retailer's crawl in a DAG run (:func:`crawl_targets`)."""
+
+    retailer: str
+    start_url: str | None
+
+
 def crawl_targets(
     requested: list[str] | None,
     retailer: str | None,
     start_url: str | None,
     configured: list[str],
     settings: Settings | None = None,
-) -> list[dict[str, str | None]]:
+) -> list[CrawlTarget]:
     """The retailers one DAG run crawls, as ``{"retailer", "start_url"}`` dicts (one mapped task each).
 
     ``requested`` (the ``retailers`` Param): those names, each of which must be in ``configured``;

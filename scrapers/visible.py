@@ -121,7 +121,9 @@ def _text_of(element: HtmlElement) -> str:
 
     def add(raw: str | None) -> None:
         nonlocal prev
-        text = " ".join(raw.split()) if raw else ""
+        if not raw:
+            return
+        text = " ".join(raw.split())
         if text:
             if prev and (prev[-1:].isspace() or (not _PUNCT_AFTER.match(text) and not prev.endswith("("))):
                 chunks.append(" ")
@@ -515,7 +517,7 @@ def _too_small(img: HtmlElement, src: str) -> bool:
     if width.isdigit() and int(width) < _MIN_SIDE:  # (a height alone: a slider shows a photo 100 px high)
         return True
     size = _URL_SIZE.search(src)  # "thumbnail_135x85.png"
-    return bool(size) and max(int(size.group(1)), int(size.group(2))) < _MIN_SIDE
+    return size is not None and max(int(size.group(1)), int(size.group(2))) < _MIN_SIDE
 
 
 def _image(

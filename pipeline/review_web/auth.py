@@ -253,7 +253,7 @@ class LoginThrottle:
         store = self._store()
         record = store.read_json(key) if store.exists(key) else None
         failures = self._failures(record, now)
-        if not failures:
+        if not failures or record is None:  # no record counts no failures
             return 0.0
         return max(0.0, float(record["last_failure_at"]) + self.delay_after(failures) - now)
 

@@ -74,7 +74,7 @@ def _silhouette(shape: str, size: int, rng: random.Random) -> np.ndarray:
     nx, ny = pt(0, top)
     r = 0.065 * s * scale
     draw.ellipse([nx - r, ny - r, nx + r, ny + r * 0.9], fill=0)
-    return np.asarray(img.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
 
 
 # -- pattern ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import csv
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -61,8 +62,8 @@ def _write_ground_truth(path: Path, products: list[DemoProduct]) -> None:
             writer.writerow([p.sku, *(getattr(p, a) for a in ATTRIBUTES), p.noise])
 
 
-def load_catalog(site_dir: Path) -> list[dict[str, object]]:
-    """The public catalog of a built site."""
+def load_catalog(site_dir: Path) -> list[dict[str, Any]]:
+    """The public catalog of a built site (DemoProduct.public's JSON: strings and a float price)."""
     return json.loads((Path(site_dir) / CATALOG_FILE).read_text())
 
 

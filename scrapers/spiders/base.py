@@ -167,7 +167,9 @@ class ShopSpider(scrapy.Spider):
     #: Only sitemap URLs matching this pattern are requested (None: all).
     sitemap_url_filter: re.Pattern[str] | None = None
 
-    def parse_sitemap(self, response: Response, child: bool = False) -> Iterator[scrapy.Request]:
+    def parse_sitemap(
+        self, response: Response, child: bool = False
+    ) -> Iterator[scrapy.Request | ProductItem | WeakLabelItem]:
         """Product requests for a sitemap's URLs (a sitemap index is followed); the spider's
         :meth:`sitemap_fallback` when a top-level sitemap lists nothing."""
         kind, entries = sitemap_entries(response.body)
