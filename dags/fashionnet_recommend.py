@@ -14,6 +14,8 @@ user is ``demo-user``.
 
 from __future__ import annotations
 
+import re
+
 from airflow.sdk import Param, dag, task
 from fashionnet_common import (
     OPTIONAL_LIST,
@@ -27,9 +29,11 @@ from fashionnet_common import (
     whole,
 )
 
+from pipeline.store_layout import USERS_PREFIX
+
 # An image directly under users/<user_id>/: no subfolder, no "..", no scheme, no leading "/", no control
 # characters.
-IMAGE_KEY_PATTERN = whole(r"users/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9][^/\\\x00-\x1f\x7f]*")
+IMAGE_KEY_PATTERN = whole(re.escape(USERS_PREFIX) + r"/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9][^/\\\x00-\x1f\x7f]*")
 SCORES = ["matches", "weighted", "embedding", "hybrid"]
 
 # Declared for Airflow's trigger form (see fashionnet_common): optional fields have "null" in their type,

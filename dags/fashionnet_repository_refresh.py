@@ -41,10 +41,10 @@ def _models_triggered(dag_run) -> bool:
 
 def _repository_empty() -> bool:
     """No fashion vector stored yet (the repository's Parquet files: pipeline.repository)."""
-    from pipeline.repository import PREFIX
     from pipeline.storage import open_store
+    from pipeline.store_layout import FASHION_VECTORS_PREFIX
 
-    return not any(key.endswith(".parquet") for key in open_store().list(PREFIX + "/"))
+    return not any(key.endswith(".parquet") for key in open_store().list(FASHION_VECTORS_PREFIX))
 
 
 @dag(

@@ -227,14 +227,12 @@ def ensure_demo_user(env: dict[str, str], site: Path) -> list[str]:
     from fashionnet_tools.demo import DEMO_USER, upload_user_images
     from pipeline.settings import load_settings
     from pipeline.storage import ObjectStore
+    from pipeline.store_layout import user_prefix
 
     settings = load_settings(env)
     store = ObjectStore(settings.store_uri, endpoint_url=settings.s3_endpoint_url)
-    if any(
-        k.lower().endswith((".jpg", ".jpeg", ".png"))
-        for k in store.list(f"users/{DEMO_USER}/")
-        if "/" not in k[len(f"users/{DEMO_USER}/") :]
-    ):
+    folder = f"{user_prefix(DEMO_USER)}/"
+    if any(k.lower().endswith((".jpg", ".jpeg", ".png")) for k in store.list(folder) if "/" not in k[len(folder) :]):
         return []
     return upload_user_images(store, site)
 

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pipeline import store_layout
 from pipeline.settings import REPO_ROOT
 
 DAG_ORDER = ["fashionnet_ingest", "fashionnet_train", "fashionnet_repository_refresh", "fashionnet_recommend"]
@@ -118,7 +119,7 @@ def upload_user_images(store: Any, site_dir: Path) -> list[str]:
     from scrapers.demo_store.site import make_user_images
 
     paths = make_user_images(site_dir / "user-photos", n=4, seed=11, **DEMO_USER_STYLE)
-    return [store.put_bytes(f"users/{DEMO_USER}/{path.name}", path.read_bytes()) for path in paths]
+    return [store.put_bytes(store_layout.user_image_key(DEMO_USER, path.name), path.read_bytes()) for path in paths]
 
 
 def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
@@ -130,7 +131,7 @@ def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
 
     attributes = get_settings().taxonomy.names
     repository = read_repository(store, columns=["item_id", "product_url", *attributes]).to_pandas()
-    split = store.read_parquet("dataset/split.parquet").to_pandas()
+    split = store.read_parquet(store_layout.DATASET_SPLIT_KEY).to_pandas()
     test_items = repository[repository["item_id"].isin(split.loc[split["split"] == "test", "item_id"])].copy()
     truth = load_ground_truth(site_dir).to_pandas()
     test_items["sku"] = test_items["product_url"].str.rsplit("/", n=1).str[-1]
@@ -172,7 +173,7 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
     # recommendations/date=<YYYY-MM-DD>/run=<run>/user_id=<user>/recommendations.parquet: the latest run
     latest = latest_run(store, DEMO_USER)
     if latest is None:
-        raise RuntimeError(f"no recommendations for {DEMO_USER} under {store.url('recommendations/')}")
+        raise RuntimeError(f"no recommendations for {DEMO_USER} under {store.url(store_layout.RECOMMENDATIONS_PREFIX)}")
     run_date, run = latest
     recs = store.read_parquet(recommendations_key(DEMO_USER, run_date, run)).to_pandas()
     columns = ["rank", "title", "price", "score_kind", "score", "score_matches", *attributes]
@@ -182,16 +183,16 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
     html_key = recommendations_page_key(DEMO_USER, run_date, run)
     print("\n=== Outputs ===")
     for label, prefix in [
-        ("product images", "images/"),
-        ("crawls", "crawls/"),
-        ("curation", "curation/"),
-        ("review queue + audit log", "review/"),
-        ("dataset + split", "dataset/"),
-        ("models", "models/"),
-        ("fashion-vector repository", "repository/"),
-        ("recommendations (Parquet)", "recommendations/"),
-        ("style profiles", "profiles/"),
-        ("recommendation pages", "recommendations_html/"),
+        ("product images", store_layout.IMAGES_PREFIX),
+        ("crawls", store_layout.CRAWLS_PREFIX),
+        ("curation", store_layout.CURATION_PREFIX),
+        ("review queue + audit log", store_layout.REVIEW_PREFIX),
+        ("dataset + split", store_layout.DATASET_PREFIX),
+        ("models", store_layout.MODELS_PREFIX),
+        ("fashion-vector repository", store_layout.REPOSITORY_PREFIX),
+        ("recommendations (Parquet)", store_layout.RECOMMENDATIONS_PREFIX),
+        ("style profiles", store_layout.PROFILES_PREFIX),
+        ("recommendation pages", store_layout.RECOMMENDATION_PAGES_PREFIX),
     ]:
         print(f"{label:28s} {store.url(prefix)}  ({len(store.list(prefix))} objects)")
     page = store.local_path(html_key)

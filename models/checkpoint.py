@@ -28,12 +28,9 @@ import numpy as np
 
 from models.network import head_layer_names
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import model_checkpoint_prefix as checkpoint_prefix
 
 FROZEN, UNFROZEN = "frozen", "unfrozen"
-
-
-def checkpoint_prefix(attribute: str, version: str) -> str:
-    return f"models/{attribute}/{version}/checkpoint"
 
 
 @dataclass

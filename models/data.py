@@ -12,9 +12,8 @@ import pandas as pd
 from pipeline.images import UndecodableImage
 from pipeline.images import decode_image as shared_decode_image
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import DATASET_ITEMS_KEY, DATASET_SPLIT_KEY
 
-ITEMS_KEY = "dataset/items.parquet"
-SPLIT_KEY = "dataset/split.parquet"
 SPLITS = ("train", "validation", "test")
 
 
@@ -50,10 +49,10 @@ class SplitArrays:
 
 def labelled_items(store: ObjectStore, attribute: str, classes: tuple[str, ...]) -> pd.DataFrame:
     """Items labelled for ``attribute`` with their split: item_id, image_key, label, label_index, split."""
-    items = store.read_parquet(ITEMS_KEY).to_pandas()
+    items = store.read_parquet(DATASET_ITEMS_KEY).to_pandas()
     if attribute not in items.columns:
-        raise ValueError(f"{ITEMS_KEY} has no column for attribute {attribute!r}")
-    split = store.read_parquet(SPLIT_KEY, columns=["item_id", "split"]).to_pandas()
+        raise ValueError(f"{DATASET_ITEMS_KEY} has no column for attribute {attribute!r}")
+    split = store.read_parquet(DATASET_SPLIT_KEY, columns=["item_id", "split"]).to_pandas()
     frame = items.loc[items[attribute].notna(), ["item_id", "image_key", attribute]]
     frame = frame.rename(columns={attribute: "label"}).merge(split, on="item_id", how="inner")
     unknown = sorted(set(frame["label"]) - set(classes))

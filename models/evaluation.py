@@ -20,10 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.storage import ObjectStore
-
-
-def artifact_key(attribute: str, version: str, name: str) -> str:
-    return f"models/{attribute}/{version}/{name}"
+from pipeline.store_layout import model_artifact_key
 
 
 # -- metrics --------------------------------------------------------------------------------------------
@@ -349,4 +346,6 @@ def write_evaluation(store: ObjectStore, metrics: dict[str, Any]) -> dict[str, s
         ),
         "model_card.md": model_card(metrics).encode(),
     }
-    return {name: store.put_bytes(artifact_key(attribute, version, name), data) for name, data in artifacts.items()}
+    return {
+        name: store.put_bytes(model_artifact_key(attribute, version, name), data) for name, data in artifacts.items()
+    }

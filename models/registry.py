@@ -23,10 +23,8 @@ from models.data import load_split
 from models.evaluation import beats
 from models.train import metrics_key, model_key, predict_classes, split_fingerprint
 from pipeline.storage import ObjectStore
-
-
-def current_key(attribute: str) -> str:
-    return f"models/{attribute}/current.json"
+from pipeline.store_layout import model_pointer_key as current_key
+from pipeline.store_layout import model_promotion_key
 
 
 @dataclass
@@ -91,10 +89,6 @@ def load_model(store: ObjectStore, attribute: str, version: str | None = None) -
 
 
 # -- promotion ------------------------------------------------------------------------------------------
-def promotions_prefix(attribute: str) -> str:
-    return f"models/{attribute}/promotions"
-
-
 def accuracy_on_test_split(store: ObjectStore, attribute: str, version: str) -> tuple[float, str]:
     """(accuracy, split fingerprint) of ``version`` on the dataset's test split as it is now."""
     loaded = load_model(store, attribute, version)
@@ -197,7 +191,7 @@ def promote(
         "decided_at": decided_at,
     }
     stamp = decided_at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    store.write_json(f"{promotions_prefix(attribute)}/{stamp}-{version}.json", decision)
+    store.write_json(model_promotion_key(attribute, stamp, version), decision)
     if promoted and (record is None or record["version"] != version):
         decision["published"] = publish(store, attribute, version)
     return decision

@@ -61,14 +61,8 @@ from models.network import (
     split_at,
 )
 from pipeline.storage import ObjectStore
-
-
-def model_key(attribute: str, version: str) -> str:
-    return f"models/{attribute}/{version}/model.keras"
-
-
-def metrics_key(attribute: str, version: str) -> str:
-    return f"models/{attribute}/{version}/metrics.json"
+from pipeline.store_layout import model_file_key as model_key
+from pipeline.store_layout import model_metrics_key as metrics_key
 
 
 @dataclass(frozen=True)

@@ -25,18 +25,9 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import APPROVALS_PREFIX, approval_key, curation_summary_key, hash_index_key, rejection_key
 
-APPROVALS_PREFIX = "review/approvals"
-REJECTIONS_PREFIX = "review/rejections"
 INGEST_KIND = "ingest"
-
-
-def approval_key(batch_id: str) -> str:
-    return f"{APPROVALS_PREFIX}/{batch_id}.json"
-
-
-def rejection_key(batch_id: str) -> str:
-    return f"{REJECTIONS_PREFIX}/{batch_id}.json"
 
 
 def ingest_batch_id(run_after: datetime, retailer: str) -> str:
@@ -84,7 +75,7 @@ def record_rejection(
     """Keep ``batch_id`` out of the dataset for good: its approval (if any) is withdrawn, the rejection is
     recorded (who, why, when, the counts), and its items leave the cross-run duplicate index
     (``curation/hash_index/<kind>/<batch_id>.parquet``), so they do not make later copies "duplicates"."""
-    from pipeline.curate import batch_kind, hash_index_key
+    from pipeline.curate import batch_kind
 
     withdraw_approval(store, batch_id)
     kind = batch_kind(batch_id)
@@ -140,7 +131,7 @@ def batch_review_summary(store: ObjectStore, batch_id: str) -> dict[str, Any]:
     queue = read_queue(store, batch_id)
     state = replay(queue, read_decisions(store, batch_id), get_settings().taxonomy)
     statuses = list(state.status.values())
-    curation = store.read_json(f"curation/{batch_id}/summary.json")
+    curation = store.read_json(curation_summary_key(batch_id))
     return {
         "batch_id": batch_id,
         "queued": len(queue),

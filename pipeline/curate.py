@@ -42,6 +42,15 @@ from pipeline.dedup import MIRROR_COLUMNS, THUMBNAIL_COLUMN, THUMBNAIL_SIDE, col
 from pipeline.hashing import content_sha256, image_hashes
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import (
+    crawl_products_key,
+    curation_accepted_key,
+    curation_duplicates_key,
+    curation_rejections_key,
+    curation_summary_key,
+    hash_index_key,
+    hash_index_prefix,
+)
 from pipeline.validate import MISSING, ImageCheck, validate_with_settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +79,6 @@ DUPLICATES_SCHEMA = pa.schema(
         ("kept_batch_id", pa.string()),
     ]
 )
-HASH_INDEX_PREFIX = "curation/hash_index/"
 HASH_INDEX_SCHEMA = pa.schema(
     [
         ("item_id", pa.string()),
@@ -101,14 +109,6 @@ IMAGE_COLUMNS = pa.schema(
 )
 
 
-def crawl_key(crawl_id: str, name: str) -> str:
-    return f"crawls/{crawl_id}/{name}"
-
-
-def batch_key(batch_id: str, name: str) -> str:
-    return f"curation/{batch_id}/{name}"
-
-
 def batch_kind(batch_id: str) -> str | None:
     """``ingest`` for ``ingest-20261128`` and for a retailer's ``ingest-20261128-demo-store``
     (scrapers.retailers.retailer_batch_id); None for an id not of the form ``<kind>-<YYYYMMDD>[-<retailer>]``."""
@@ -120,10 +120,6 @@ def cross_run_kind(batch_id: str, curation: dict[str, Any]) -> str | None:
     """The batch's kind when that kind is deduplicated across runs, else None."""
     kind = batch_kind(batch_id)
     return kind if kind is not None and kind in curation.get("cross_run_kinds", []) else None
-
-
-def hash_index_key(kind: str, batch_id: str) -> str:
-    return f"{HASH_INDEX_PREFIX}{kind}/{batch_id}.parquet"
 
 
 def conform_to_index_schema(table: pa.Table) -> pa.Table:
@@ -142,7 +138,7 @@ def read_prior_index(store: ObjectStore, kind: str | None, batch_id: str) -> pd.
     ``phash``/``dhash`` are numpy uint64; the mirror hashes are pandas ``UInt64`` (null for rows from
     index files without them)."""
     own = hash_index_key(kind or "", batch_id)
-    keys = store.list(f"{HASH_INDEX_PREFIX}{kind}/") if kind else []
+    keys = store.list(f"{hash_index_prefix(kind)}/") if kind else []
     tables = [store.read_parquet(key) for key in keys if key.endswith(".parquet") and key != own]
     table = (
         pa.concat_tables([conform_to_index_schema(t) for t in tables]) if tables else HASH_INDEX_SCHEMA.empty_table()
@@ -182,7 +178,7 @@ def write_hash_index(
 
 def read_products(store: ObjectStore, crawl_id: str) -> pa.Table:
     """The crawl's products sorted by item_id, one row per item_id (the earliest crawled is kept)."""
-    table = store.read_parquet(crawl_key(crawl_id, "products.parquet"))
+    table = store.read_parquet(crawl_products_key(crawl_id))
     order = pc.sort_indices(table, sort_keys=[("item_id", "ascending"), ("crawled_at", "ascending")])
     return table.take(order)
 
@@ -291,13 +287,13 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
     duplicates = result.duplicates.assign(kept_batch_id=result.duplicates["kept_batch_id"].fillna(batch_id))
 
     accepted = accepted_table(products, result.kept)
-    store.write_parquet(batch_key(batch_id, "accepted.parquet"), accepted)
+    store.write_parquet(curation_accepted_key(batch_id), accepted)
     store.write_parquet(
-        batch_key(batch_id, "rejections.parquet"),
+        curation_rejections_key(batch_id),
         pa.Table.from_pylist(sorted(rejections, key=lambda r: r["item_id"]), schema=REJECTIONS_SCHEMA),
     )
     store.write_parquet(
-        batch_key(batch_id, "duplicates.parquet"),
+        curation_duplicates_key(batch_id),
         pa.Table.from_pandas(duplicates, schema=DUPLICATES_SCHEMA, preserve_index=False),
     )
     if kind is not None:
@@ -319,7 +315,7 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
         "index_items_before": len(prior),
         "clusters": int(result.kept["cluster_id"].nunique()),
     }
-    store.write_json(batch_key(batch_id, "summary.json"), summary)
+    store.write_json(curation_summary_key(batch_id), summary)
     log.info(
         "curation %s: %d accepted, %d rejected %s, %d duplicates %s",
         batch_id,

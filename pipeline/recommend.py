@@ -36,13 +36,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import scoring
+from pipeline import scoring, store_layout
 from pipeline.dedup import colour_thumbnail, mirror_thumbnail, thumbnail_distance
 from pipeline.hashing import content_sha256, image_hashes
 from pipeline.images import UndecodableImage, check_not_blank, open_image, rules_from_settings
 from pipeline.report import render_recommendations_html
 from pipeline.settings import get_settings
 from pipeline.storage import StoreKeyError, normalize_key
+from pipeline.store_layout import (
+    RECOMMENDATIONS_KEY_RE,
+    RECOMMENDATIONS_PREFIX,
+    SHOWN_NAME,
+    USERS_PREFIX,
+    profile_key,
+    recommendations_key,
+    shown_key,
+    shown_prefix,
+)
+from pipeline.store_layout import recommendation_page_key as html_key
 
 if TYPE_CHECKING:
     from pipeline.storage import ObjectStore
@@ -234,7 +245,8 @@ def options_from_params(params: Mapping[str, Any]) -> Options:
 
 # -- users and their images ---------------------------------------------------------------------------
 def user_prefix(user_id: str) -> str:
-    return f"users/{user_id}/"
+    """``users/<user_id>/``, with the slash: a key that starts with it is the user's."""
+    return f"{store_layout.user_prefix(user_id)}/"
 
 
 def _is_image_key(key: str) -> bool:
@@ -280,7 +292,7 @@ def user_images(store: ObjectStore, user_id: str) -> list[str]:
 def list_users(store: ObjectStore) -> list[str]:
     """Every user with at least one image directly under ``users/<user_id>/`` (valid ids only), sorted."""
     users = set()
-    for key in store.list("users/"):
+    for key in store.list(USERS_PREFIX):
         parts = key.split("/")
         if len(parts) == 3 and USER_ID_PATTERN.fullmatch(parts[1]) and _is_image_key(parts[2]):
             users.add(parts[1])
@@ -543,19 +555,14 @@ def thumbnail_check(store: ObjectStore, profile: pa.Table, repository: pa.Table,
     return same_picture
 
 
-def shown_key(user_id: str, run_date: str, run: str) -> str:
-    """What run ``run`` (a :func:`run_partition` value) showed the user on ``run_date``."""
-    return f"users/{user_id}/_shown/{run_date}/run={run}.parquet"
-
-
 def shown_before(store: ObjectStore, user_id: str, run_date: str) -> list[str]:
     """Item ids the user was shown on dates before ``run_date``, by any run (never the date's own
     runs); ``<date>.parquet`` files of the layout before runs count too."""
-    prefix = f"users/{user_id}/_shown/"
+    prefix = f"{shown_prefix(user_id)}/"
     tables = []
     for key in store.list(prefix):
         name = key[len(prefix) :]
-        match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?:\.parquet|/run=[A-Za-z0-9_.-]+\.parquet)", name)
+        match = SHOWN_NAME.fullmatch(name)
         if match and match.group(1) < run_date:
             tables.append(store.read_parquet(key, columns=["item_id"]))
     if not tables:
@@ -725,31 +732,12 @@ def ranked_table(
 
 
 # -- the whole request ------------------------------------------------------------------------------
-def recommendations_key(user_id: str, run_date: str, run: str) -> str:
-    """``run``: a :func:`run_partition` value (a Hive partition between the date and the user)."""
-    return f"recommendations/date={run_date}/run={run}/user_id={user_id}/recommendations.parquet"
-
-
-def profile_key(user_id: str, run_date: str, run: str) -> str:
-    return f"profiles/date={run_date}/run={run}/user_id={user_id}/profile.parquet"
-
-
-def html_key(user_id: str, run_date: str, run: str) -> str:
-    return f"recommendations_html/{run_date}/run={run}/{user_id}.html"
-
-
-RECOMMENDATIONS_KEY = re.compile(
-    r"recommendations/date=(\d{4}-\d{2}-\d{2})/run=([A-Za-z0-9_.-]+)/user_id=([^/]+)/"
-    r"recommendations\.parquet"
-)
-
-
 def latest_run(store: ObjectStore, user_id: str) -> tuple[str, str] | None:
     """``(run_date, run)`` of the user's latest recommendations: the latest date, and of that date's
     runs the one written last (its ``generated_at``); None when the user has none."""
     runs: dict[str, list[str]] = {}
-    for key in store.list("recommendations/"):
-        match = RECOMMENDATIONS_KEY.fullmatch(key)
+    for key in store.list(RECOMMENDATIONS_PREFIX):
+        match = RECOMMENDATIONS_KEY_RE.fullmatch(key)
         if match and match.group(3) == user_id:
             runs.setdefault(match.group(1), []).append(match.group(2))
     if not runs:

@@ -37,7 +37,6 @@ import math
 import re
 import shutil
 import time
-import urllib.parse
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -49,12 +48,13 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline import store_layout
 from pipeline.storage import ObjectStore
 
-PREFIX = "repository/fashion_vectors"
-STAGING_PREFIX = "repository/_staging"
-COMMITS_PREFIX = "repository/commits"
-COMMON_METADATA_KEY = f"{PREFIX}/_common_metadata"
+PREFIX = store_layout.FASHION_VECTORS_PREFIX
+STAGING_PREFIX = store_layout.REPOSITORY_STAGING_PREFIX
+COMMITS_PREFIX = store_layout.REPOSITORY_COMMITS_PREFIX
+COMMON_METADATA_KEY = store_layout.REPOSITORY_COMMON_METADATA_KEY
 SCHEMA_FILE = Path(__file__).with_name("repository_schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
 READ_ATTEMPTS = 3
@@ -159,12 +159,8 @@ def partitioning() -> ds.Partitioning:
     return ds.partitioning(pa.schema([("crawl_date", pa.date32()), ("retailer", pa.string())]), flavor="hive")
 
 
-def partition_prefix(crawl_date: date, retailer: str) -> str:
-    return f"{PREFIX}/crawl_date={crawl_date:%Y-%m-%d}/retailer={urllib.parse.quote(retailer, safe='')}"
-
-
-def file_key(crawl_date: date, retailer: str, index: int, count: int) -> str:
-    return f"{partition_prefix(crawl_date, retailer)}/part-{index:05d}-of-{count:05d}.parquet"
+partition_prefix = store_layout.repository_partition_prefix
+file_key = store_layout.repository_file_key
 
 
 def bucket(item_id: str, count: int) -> int:
@@ -279,7 +275,7 @@ def published_models(store: ObjectStore, attributes: list[str]) -> dict[str, dic
     """attribute -> {"version", "classes"} of the published (current) networks, read without Keras."""
     records = {}
     for attribute in attributes:
-        key = f"models/{attribute}/current.json"
+        key = store_layout.model_pointer_key(attribute)
         if store.exists(key):
             record = store.read_json(key)
             records[attribute] = {"version": record["version"], "classes": list(record["classes"])}
@@ -290,20 +286,20 @@ def published_models(store: ObjectStore, attributes: list[str]) -> dict[str, dic
 
 
 # -- planning -----------------------------------------------------------------------------------------
-def staging_prefix(commit_id: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", commit_id):
-        raise ValueError(f"commit id {commit_id!r}: letters, digits, '_', '.', '-' only")
-    return f"{STAGING_PREFIX}/{commit_id}"
+staging_prefix = store_layout.repository_staging_prefix
 
 
 def plan_keys(commit_id: str) -> tuple[str, str]:
-    prefix = staging_prefix(commit_id)
-    return f"{prefix}/plan.json", f"{prefix}/plan.parquet"
+    """(plan record, plan per item) of refresh ``commit_id``."""
+    return store_layout.repository_plan_key(commit_id), store_layout.repository_plan_items_key(commit_id)
 
 
 def shard_keys(commit_id: str, shard: int) -> tuple[str, str]:
-    prefix = staging_prefix(commit_id)
-    return f"{prefix}/shard-{shard:05d}.json", f"{prefix}/shard-{shard:05d}.parquet"
+    """(summary, vectors) of one shard of refresh ``commit_id``."""
+    return (
+        store_layout.repository_shard_summary_key(commit_id, shard),
+        store_layout.repository_shard_vectors_key(commit_id, shard),
+    )
 
 
 def _night_of(batch_id: str | None, batch: pa.Table | None) -> date:
@@ -334,7 +330,7 @@ def _first_per_item(table: pa.Table) -> pa.Table:
 
 def _batch_items(store: ObjectStore, batch_id: str) -> pa.Table:
     """The accepted items of a curated batch, with the repository's item columns and retailer."""
-    accepted = store.read_parquet(f"curation/{batch_id}/accepted.parquet")
+    accepted = store.read_parquet(store_layout.curation_accepted_key(batch_id))
     schema = pa.schema([pa.field("retailer", pa.string())] + [f for f in file_schema([]) if f.name in ITEM_COLUMNS])
     table = _first_per_item(_conform(accepted, schema).filter(pc.is_valid(pc.field("item_id"))))
     retailer = pc.fill_null(table["retailer"], "unknown")
@@ -604,11 +600,7 @@ def _parquet_bytes(table: pa.Table, row_group_rows: int) -> bytes:
     return buffer.getvalue()
 
 
-def staged_file_key(commit_id: str, key: str) -> str:
-    """Where the commit of ``commit_id`` stages the new version of data file ``key`` (outside the
-    dataset prefix; one name per file, so a retried commit replaces what an earlier attempt staged)."""
-    relative = key[len(PREFIX) + 1 :] if key.startswith(PREFIX + "/") else key
-    return f"{staging_prefix(commit_id)}/publish/{relative}"
+staged_file_key = store_layout.repository_staged_file_key
 
 
 def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> tuple[pa.Table, list[str]]:
@@ -657,7 +649,7 @@ def commit_refresh(
     that did the work.
     """
     config = repository_config(config)
-    record_key = f"{COMMITS_PREFIX}/{commit_id}.json"
+    record_key = store_layout.repository_commit_key(commit_id)
     info_key, _ = plan_keys(commit_id)
     done_key = committed_key(commit_id)
     if store.exists(done_key):  # committed; the clean-up of the staging was cut short
@@ -749,9 +741,7 @@ def commit_refresh(
     return record
 
 
-def committed_key(commit_id: str) -> str:
-    """Written into the staging once refresh ``commit_id`` is committed (its record), deleted last."""
-    return f"{staging_prefix(commit_id)}/committed.json"
+committed_key = store_layout.repository_committed_key
 
 
 def _delete_staging(store: ObjectStore, commit_id: str) -> None:

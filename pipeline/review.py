@@ -42,6 +42,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from pipeline import store_layout
 from pipeline.settings import Taxonomy, get_settings
 from pipeline.storage import ObjectStore
 
@@ -52,7 +53,6 @@ DECISIONS = (ACCEPT, REJECT, RELABEL, SKIP, UNDO)
 POLICIES = ("auto_accept", "manual")
 POLICY_REVIEWER = "policy:auto_accept"
 CONFLICT_PREFIX = "conflict:"
-DATASET_KEY = "dataset/items.parquet"
 
 QUEUE_ITEM_COLUMNS = [
     ("item_id", pa.string()),
@@ -108,16 +108,9 @@ class Decision:
 
 
 # -- keys and schemas ------------------------------------------------------------------------------
-def queue_key(batch_id: str) -> str:
-    return f"review/queue/{batch_id}.parquet"
-
-
-def decisions_prefix(batch_id: str) -> str:
-    return f"review/decisions/{batch_id}"
-
-
-def predictions_key(batch_id: str) -> str:
-    return f"review/predictions/{batch_id}.parquet"
+queue_key = store_layout.review_queue_key
+decisions_prefix = store_layout.review_decisions_prefix
+predictions_key = store_layout.review_predictions_key
 
 
 def weak_column(attribute: str) -> str:
@@ -176,7 +169,7 @@ def pivot_weak_labels(weak: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
 
 
 def _batch_crawl_id(store: ObjectStore, batch_id: str) -> str:
-    summary_key = f"curation/{batch_id}/summary.json"
+    summary_key = store_layout.curation_summary_key(batch_id)
     if not store.exists(summary_key):
         raise ValueError(f"batch {batch_id!r} is not curated: no {summary_key} (run curate_batch first)")
     return str(store.read_json(summary_key)["crawl_id"])
@@ -186,8 +179,8 @@ def enqueue(store: ObjectStore, batch_id: str) -> int:
     """(Re)build the review queue of ``batch_id`` from its accepted items; returns the queue length."""
     taxonomy = get_settings().taxonomy
     crawl_id = _batch_crawl_id(store, batch_id)
-    accepted = store.read_parquet(f"curation/{batch_id}/accepted.parquet").to_pandas()
-    weak_key = f"crawls/{crawl_id}/weak_labels.parquet"
+    accepted = store.read_parquet(store_layout.curation_accepted_key(batch_id)).to_pandas()
+    weak_key = store_layout.crawl_weak_labels_key(crawl_id)
     weak = (
         store.read_parquet(weak_key).to_pandas()
         if store.exists(weak_key)
@@ -369,7 +362,7 @@ def _log_key(batch_id: str, decided_at: datetime, reviewer: str) -> str:
     replace an earlier decision."""
     stamp = decided_at.strftime("%Y%m%dT%H%M%S%fZ")
     safe_reviewer = re.sub(r"[^A-Za-z0-9_.@-]", "_", reviewer)
-    return f"{decisions_prefix(batch_id)}/{stamp}-{safe_reviewer}-{uuid.uuid4().hex}.parquet"
+    return store_layout.review_decision_key(batch_id, stamp, safe_reviewer, uuid.uuid4().hex)
 
 
 def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision], reviewer: str) -> str:
@@ -470,8 +463,8 @@ def apply_policy(store: ObjectStore, batch_id: str, policy: str) -> int:
 
 # -- the dataset -----------------------------------------------------------------------------------
 def queue_batches(store: ObjectStore) -> list[str]:
-    prefix = "review/queue/"
-    return [k[len(prefix) : -len(".parquet")] for k in store.list("review/queue") if k.endswith(".parquet")]
+    prefix = f"{store_layout.REVIEW_QUEUE_PREFIX}/"
+    return [k[len(prefix) : -len(".parquet")] for k in store.list(prefix) if k.endswith(".parquet")]
 
 
 def _reviewed_rows(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tuple[pd.DataFrame, int]:
@@ -524,7 +517,7 @@ def build_dataset(store: ObjectStore, batches: list[str] | None = None) -> dict[
         "content_sha256", keep="first"
     )
     items = unique.sort_values("item_id", kind="mergesort").reset_index(drop=True)
-    store.write_parquet(DATASET_KEY, _to_table(items, schema))
+    store.write_parquet(store_layout.DATASET_ITEMS_KEY, _to_table(items, schema))
     summary = {
         "items": len(items),
         "batches": len(batches),

@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import store_layout
 from pipeline.review import (
     ACCEPT,
     REJECT,
@@ -164,14 +165,16 @@ def predictions_by_item(predictions: pd.DataFrame | None, taxonomy: Taxonomy) ->
 
 
 def _crawl_id(store: ObjectStore, batch_id: str) -> str | None:
-    key = f"curation/{batch_id}/summary.json"
+    key = store_layout.curation_summary_key(batch_id)
     return str(store.read_json(key).get("crawl_id")) if store.exists(key) else None
 
 
 def _product_image_keys(store: ObjectStore, crawl_id: str | None, item_ids: set[str]) -> dict[str, str]:
     """Image keys of ``item_ids`` in the crawl's products (the earliest crawled row of an item)."""
-    key = f"crawls/{crawl_id}/products.parquet"
-    if crawl_id is None or not item_ids or not store.exists(key):
+    if crawl_id is None:
+        return {}
+    key = store_layout.crawl_products_key(crawl_id)
+    if not item_ids or not store.exists(key):
         return {}
     products = store.read_parquet(key, columns=["item_id", "image_key", "crawled_at"]).to_pandas()
     products = products[products["item_id"].isin(item_ids)]
@@ -185,7 +188,7 @@ def cluster_members(store: ObjectStore, batch_id: str) -> dict[str, list[Cluster
     Only duplicates of items kept by this batch: a duplicate of an earlier batch's item belongs to
     that item, which is not in this queue.
     """
-    key = f"curation/{batch_id}/duplicates.parquet"
+    key = store_layout.curation_duplicates_key(batch_id)
     if not store.exists(key):
         return {}
     duplicates = store.read_parquet(key).to_pandas()

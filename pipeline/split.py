@@ -41,16 +41,17 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from pipeline import store_layout
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-ITEMS_KEY = "dataset/items.parquet"
-SPLIT_KEY = "dataset/split.parquet"
+ITEMS_KEY = store_layout.DATASET_ITEMS_KEY
+SPLIT_KEY = store_layout.DATASET_SPLIT_KEY
 SPLIT_SCHEMA = pa.schema([("item_id", pa.string()), ("split", pa.string())])
-REPORT_KEY = "dataset/split_report.json"
+REPORT_KEY = store_layout.DATASET_SPLIT_REPORT_KEY
 
 
 def validate_ratios(ratios: Mapping[str, float]) -> dict[str, float]:

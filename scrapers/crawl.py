@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from pipeline.settings import REPO_ROOT, get_settings
 from pipeline.storage import open_store
+from pipeline.store_layout import crawl_summary_key
 from scrapers.spiders.base import validate_crawl_id
 
 logger = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ def run_crawl(
         _stop(proc)
         raise
     reader.join(timeout=10)
-    key = f"crawls/{crawl_id}/summary.json"
+    key = crawl_summary_key(crawl_id)
     store = open_store()
     summary = store.read_json(key) if store.exists(key) else {}
     written = summary.get("run_token") == run_token

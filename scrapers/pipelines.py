@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 
 from pipeline.images import DECOMPRESSION_BOMB, UndecodableImage, open_image, rules_from_settings
 from pipeline.storage import open_store
+from pipeline.store_layout import crawl_products_key, crawl_summary_key, crawl_weak_labels_key, image_key
 from scrapers.items import PRODUCTS_SCHEMA, WEAK_LABELS_SCHEMA, ProductItem, WeakLabelItem
 from scrapers.middlewares import BACKOFF_STAT, FAILED_STAT
 
@@ -67,17 +68,12 @@ from scrapers.seen import SKIPPED_STAT, SeenTracker, seen_tracker
 
 logger = logging.getLogger(__name__)
 
-IMAGES_PREFIX = "images/"
 DROP_STAT = "fashionnet/dropped/"
 #: The finish reason of a crawl stopped at its deadline (StoreExportPipeline).
 DEADLINE_REASON = "crawl_timeout"
 #: Finish reasons of a crawl that ran out of time: its deadline, Scrapy's CLOSESPIDER_TIMEOUT, and the
 #: graceful stop on SIGTERM (run_crawl's escalation when the deadline did not stop it).
 TIMED_OUT_REASONS = frozenset({DEADLINE_REASON, "closespider_timeout", "shutdown"})
-
-
-def crawl_key(crawl_id: str, name: str) -> str:
-    return f"crawls/{crawl_id}/{name}"
 
 
 def drop(crawler: Crawler, reason: str, message: str) -> DropItem:
@@ -232,7 +228,7 @@ class StoreImagesPipeline(ImagesPipeline):
             url = item["image_urls"][0]
             reason = self.failure_reasons.get(url, "image_download_failed")
             raise drop(self.crawler, reason, f"image {url} of {item.get('product_url')} not stored")
-        ItemAdapter(item)["image_key"] = IMAGES_PREFIX + stored[0]["path"]
+        ItemAdapter(item)["image_key"] = image_key(stored[0]["path"])
         return item
 
 
@@ -300,9 +296,9 @@ class StoreExportPipeline:
         weak_labels = pa.Table.from_pylist(kept, schema=WEAK_LABELS_SCHEMA)
         summary = self.summary(crawl_id, len(kept), reason)
         store = open_store(self.store_uri)
-        store.write_parquet(crawl_key(crawl_id, "products.parquet"), products)
-        store.write_parquet(crawl_key(crawl_id, "weak_labels.parquet"), weak_labels)
-        store.write_json(crawl_key(crawl_id, "summary.json"), summary)
+        store.write_parquet(crawl_products_key(crawl_id), products)
+        store.write_parquet(crawl_weak_labels_key(crawl_id), weak_labels)
+        store.write_json(crawl_summary_key(crawl_id), summary)
         logger.info("crawl %s summary: %s", crawl_id, summary)
 
     def _spider_closed(self, reason: str, **_: Any) -> None:

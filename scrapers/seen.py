@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -46,10 +45,10 @@ import pyarrow as pa
 from scrapy.crawler import Crawler
 
 from pipeline.storage import ObjectStore, open_store
+from pipeline.store_layout import crawl_products_key, seen_key
 
 logger = logging.getLogger(__name__)
 
-SEEN_PREFIX = "crawls/_seen/"
 SKIPPED_STAT = "fashionnet/skipped_unchanged"
 UNCHANGED_STAT = "fashionnet/unchanged"
 NOT_MODIFIED_STAT = "fashionnet/not_modified"
@@ -82,15 +81,8 @@ SEEN_SCHEMA = pa.schema(
     ]
 )
 VALIDATOR_FIELDS = ("etag", "last_modified", "lastmod")
-_RETAILER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-def seen_key(retailer: str) -> str:
-    if not _RETAILER.match(retailer or ""):
-        raise ValueError(f"retailer must match {_RETAILER.pattern} to name a seen-set, got {retailer!r}")
-    return f"{SEEN_PREFIX}{retailer}.parquet"
 
 
 def fingerprint(product: Mapping[str, Any]) -> str:
@@ -263,7 +255,7 @@ class SeenTracker:
         ``products``: the exported rows (default: read back from ``crawls/<crawl_id>/products.parquet``,
         which the export pipeline writes before it commits)."""
         if products is None:
-            key = f"crawls/{self.seen.crawl_id}/products.parquet"
+            key = crawl_products_key(self.seen.crawl_id)
             products = self.store.read_parquet(key).to_pylist() if self.store.exists(key) else []
         rows = {row["item_id"]: row for row in products}
         for item_id in exported_ids:

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from pipeline.settings import Settings, get_settings
+from pipeline.store_layout import IMAGES_PREFIX
 
 BOT_NAME = "fashionnet"
 SPIDER_MODULES = ["scrapers.spiders"]
@@ -57,8 +58,8 @@ def images_store(store_uri: str) -> str:
     Scrapy's S3 store joins its prefix and the file path without a separator, hence the trailing slash.
     """
     if store_uri.startswith("file://"):
-        return store_uri[len("file://") :].rstrip("/") + "/images"
-    return store_uri.rstrip("/") + "/images/"
+        return store_uri[len("file://") :].rstrip("/") + "/" + IMAGES_PREFIX
+    return store_uri.rstrip("/") + "/" + IMAGES_PREFIX + "/"
 
 
 def fashionnet_settings(settings: Settings) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Floors, bottom up:
 
-* the ground floor (:data:`GROUND`): settings, the object store, run records and the image/hash helpers
-  both spiders and networks need; it imports no other project module;
+* the ground floor (:data:`GROUND`): settings, the object store, its layout (every key and prefix),
+  run records and the image/hash helpers both spiders and networks need; it imports no other project
+  module;
 * ``scrapers/`` and ``models/``: the ground floor only, never a pipeline stage;
 * the pipeline stages (the rest of ``pipeline/``): anything below;
 * DAG files and the tools (:data:`TOOLS`, the package ``fashionnet_tools/``: the ``fashionnet`` command,
@@ -21,7 +22,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "models", "scrapers", "dags", "fashionnet_tools")
-GROUND = frozenset({"pipeline.settings", "pipeline.storage", "pipeline.runs", "pipeline.hashing", "pipeline.images"})
+GROUND = frozenset(
+    {
+        "pipeline.settings",
+        "pipeline.storage",
+        "pipeline.store_layout",
+        "pipeline.runs",
+        "pipeline.hashing",
+        "pipeline.images",
+    }
+)
 TOOLS = "fashionnet_tools"
 KNOWN_UPWARD = frozenset({("models.inference", "pipeline.repository")})
 

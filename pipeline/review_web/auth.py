@@ -33,10 +33,10 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import LOGIN_THROTTLE_PREFIX, REVIEWERS_KEY, login_throttle_key
 
 log = logging.getLogger(__name__)
 
-REVIEWERS_KEY = "review/reviewers.json"
 SECRET_ENV = "FASHIONNET_REVIEW_SECRET"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 MIN_PASSWORD_LENGTH = 8
@@ -199,7 +199,7 @@ class SessionSigner:
 
 
 # -- login throttling, shared through the store ----------------------------------------------------
-THROTTLE_PREFIX = "review/login-throttle"
+THROTTLE_PREFIX = LOGIN_THROTTLE_PREFIX
 
 
 class LoginThrottle:
@@ -234,7 +234,7 @@ class LoginThrottle:
     @staticmethod
     def key(client: str, name: str) -> str:
         digest = hashlib.sha256(f"{client}\0{name}".encode()).hexdigest()[:40]
-        return f"{THROTTLE_PREFIX}/{digest}.json"
+        return login_throttle_key(digest)
 
     def _failures(self, record: dict[str, Any] | None, now: float) -> int:
         if not record or now - float(record.get("last_failure_at", 0)) > self.memory_s:
