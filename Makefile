@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test venv clean airflow
+.PHONY: demo test lint venv clean airflow
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ TEST_WORKERS ?= 2
 test: $(VENV)/.test-installed $(VENV)/.project-installed
 	scripts/install-test-system-packages.sh
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10
+
+# The lint, format and type checks CI runs beside the tests (settings in pyproject.toml).
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf var/

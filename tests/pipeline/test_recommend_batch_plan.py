@@ -16,7 +16,7 @@ class ListingStore:
         self.by_user_shown = {user: f"users/{user}/_shown/2026-11-30.parquet" for user in self.by_user}
 
     def list(self, prefix: str) -> list[str]:
-        if prefix == "users/":
+        if prefix.rstrip("/") == "users":  # a folder, with or without its slash (as ObjectStore.list takes it)
             return [key for user, keys in self.by_user.items() for key in (*keys, self.by_user_shown[user])]
         user = prefix.split("/")[1]
         return [*self.by_user.get(user, []), self.by_user_shown[user]] if user in self.by_user else []
