@@ -1216,6 +1216,8 @@ class _BatchScorer:
             offset += chunk.num_rows
             self.n_items = offset
             del chunk, record_batch
+            if self.pending_size > self.pool * len(self.users) // 2:
+                self._merge()  # after the chunk is released: the merge's copies do not stack on it
         if collect:
             self._merge()
         self._check_vectors()
@@ -1240,8 +1242,6 @@ class _BatchScorer:
             for column, count in enumerate(foreign.sum(axis=0)):
                 self.users[column].n_foreign += int(count)
         self._chunk_exact(chunk, matrix, eligible, foreign, offset, collect)
-        if self.pending_size > self.pool * len(self.users) // 2:
-            self._merge()
 
     def _chunk_exact(
         self,
@@ -1460,15 +1460,19 @@ class _BatchScorer:
             np.concatenate([self.kept_rows[:0]] + [u.rows for u in self.users] + [u.foreign_rows for u in self.users])
         )
         if len(needed) < len(self.kept_rows):
-            pieces = []
-            for rows, table, matrix in self.pieces:
+            # In place, a piece at a time: each old piece is released as soon as its copy exists (a
+            # new list beside the old one held every kept row twice at the merge's peak).
+            for index, (rows, table, matrix) in enumerate(self.pieces):
                 keep = np.isin(rows, needed)
-                if keep.all():
-                    pieces.append((rows, table, matrix))
-                elif keep.any():
+                if not keep.all():
                     local = np.flatnonzero(keep)
-                    pieces.append((rows[local], table.take(pa.array(local, type=pa.int64())), matrix.take(local)))
-            self.pieces = pieces
+                    self.pieces[index] = (
+                        rows[local],
+                        table.take(pa.array(local, type=pa.int64())),
+                        matrix.take(local),
+                    )
+                del rows, table, matrix
+            self.pieces = [piece for piece in self.pieces if len(piece[0])]
             self._index_kept()
 
     # -- the end --
