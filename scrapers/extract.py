@@ -83,6 +83,8 @@ AVAILABILITY = {
     "unavailable": "OutOfStock",
 }
 IN_STOCK = frozenset({"InStock", "LimitedAvailability", "OnlineOnly", "InStoreOnly"})
+#: Not buyable now (a pre-order or back-order is: its buy control says nothing against the markup).
+SOLD_OUT = frozenset({"OutOfStock", "SoldOut", "Discontinued"})
 
 # Only symbols that name one currency. A bare "$" (USD, ARS, CAD, NZD, MXN...) or "¥" (JPY, CNY) does not.
 CURRENCY_SYMBOLS = {
@@ -772,6 +774,8 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     if dom is not None and not dom.pop("is_product") and not set(found) - {"dom"}:
         del found["dom"]  # the visible page alone names a product only when it looks like one
     elif dom is not None and set(found) - {"dom"}:
+        if _stated_out_of_stock_but_buyable(found):
+            dom["_prefer"] = (*dom.get("_prefer", ()), "availability")
         if _stated_price_is_the_old_one(found):
             dom["_prefer"] = (*dom.get("_prefer", ()), "price")
         else:
@@ -782,7 +786,20 @@ def extract_sources(response: TextResponse) -> dict[str, dict[str, Any]]:
     if dom is not None:
         dom.pop("_shown_prices", None)
         dom.pop("_old_prices", None)
+        dom.pop("_buy_controls", None)
     return found
+
+
+def _stated_out_of_stock_but_buyable(found: dict[str, dict[str, Any]]) -> bool:
+    """Whether the structured data state the product sold out (:data:`SOLD_OUT`) while the
+    page itself offers an enabled buy control of its own (not a related product card's): the markup
+    often states one variant's stock (the default size, sold out) while the page sells the others."""
+    dom = found["dom"]
+    stated = next(
+        (found[n]["availability"] for n in SOURCES if n != "dom" and n in found and found[n].get("availability")),
+        None,
+    )
+    return stated in SOLD_OUT and dom.get("_buy_controls", 0) > 0
 
 
 def _stated_price_is_the_old_one(found: dict[str, dict[str, Any]]) -> bool:

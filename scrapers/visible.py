@@ -13,7 +13,9 @@ General rules only, no shop's markup:
   "Артикул", "Cod produs", ...) in the visible text (html-text), or in an element named for one
   (``class="product-code"``, ``data-qa="product-reference"``); which one is the product's is settled with
   the structured data in scrapers/extract.py (``_choose_sku``);
-- availability: an enabled buy control (InStock) or a stock phrase in one of many languages;
+- availability: an enabled buy control (InStock) or a stock phrase in one of many languages; beside
+  structured data that state the product out of stock, the page's own enabled buy control wins (the
+  markup often states one variant's stock, a sold-out default size, while the page sells the others);
 - brand: an element named brand (zyte-parsers); image: the first large-looking ``img`` after the title.
 
 False positives are the risk: a listing, a search result, an event or an article also has a heading and
@@ -587,6 +589,7 @@ def visible_product(tree: HtmlElement, response: TextResponse) -> dict[str, Any]
         "color": None,
         "material": None,
         "_rejected": {"price": refused} if refused else {},
+        "_buy_controls": buttons,
         "is_product": looks_like_product,
         # The visible text, for the merge's "is the stated sku shown on the page?" (not a field).
         "_text": text,
