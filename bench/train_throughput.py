@@ -39,13 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from models.data import SplitArrays
-    from models.network import backbone_cut, build_attribute_network
+    from models.network import backbone_cut, build_attribute_network, predict_classes
     from models.train import (
         TrainingConfig,
         fine_tune,
         fine_tune_tail,
         frozen_pass,
-        predict_classes,
         train_head_on_features,
         use_mixed_precision,
     )

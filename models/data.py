@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,12 @@ class SplitArrays:
     def skipped(self) -> int:
         """How many images were left out (the count the model card shows)."""
         return len(self.rejected)
+
+
+def split_fingerprint(arrays: SplitArrays) -> str:
+    """sha256 of the split's (item_id, label) pairs: two evaluations are comparable when these agree."""
+    pairs = sorted(f"{item}\t{int(label)}" for item, label in zip(arrays.item_ids, arrays.labels))
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
 
 
 def labelled_items(store: ObjectStore, attribute: str, classes: tuple[str, ...]) -> pd.DataFrame:

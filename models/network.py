@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from models import efficientnet_lite
 
@@ -255,3 +256,20 @@ def split_at(model: keras.Model, cut: str) -> tuple[keras.Model, keras.Model, ke
     for layer_name in head_layer_names(model):
         x = model.get_layer(layer_name)(x)
     return frozen, keras.Model(activations, x, name="tail"), keras.Model(activations, pooled, name="tail_features")
+
+
+# -- prediction -----------------------------------------------------------------------------------------
+def input_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """uint8 images -> float32 batches, converted and prefetched on the input pipeline's threads so the
+    device (a GPU above all) is not left waiting for the host."""
+    return (
+        tf.data.Dataset.from_tensor_slices(images)
+        .batch(batch_size)
+        .map(lambda x: tf.cast(x, "float32"), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The class index ``model`` gives each image (uint8 or float), predicted in batches."""
+    return np.argmax(model.predict(input_batches(images, batch_size), verbose=0), axis=1)

@@ -6,6 +6,9 @@
 :func:`promote` guards ``current.json``: a new version replaces the current one only when it is not
 worse on the same test split (or when forced), so a bad nightly model never replaces a good one.
 Every promotion decision, taken or refused, is appended to ``models/<attribute>/promotions/``.
+
+Importing this module imports no Keras and nothing of the trainer: Keras comes in only inside the
+functions that load a network, so a reader of ``current.json`` (:func:`current`) stays light.
 """
 
 from __future__ import annotations
@@ -14,17 +17,18 @@ import os
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-
-import models.network  # noqa: F401  (registers the custom layers that saved models refer to)
-from models.data import load_split
+from models.data import load_split, split_fingerprint
 from models.evaluation import beats
-from models.train import metrics_key, model_key, predict_classes, split_fingerprint
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import model_file_key as model_key
+from pipeline.store_layout import model_metrics_key as metrics_key
 from pipeline.store_layout import model_pointer_key as current_key
 from pipeline.store_layout import model_promotion_key
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -76,6 +80,10 @@ def load_model(store: ObjectStore, attribute: str, version: str | None = None) -
     if not store.exists(key):
         raise FileNotFoundError(f"no model {key} in {store.uri}")
     metrics = store.read_json(metrics_key(attribute, version))
+    import keras
+
+    import models.network  # noqa: F401  (registers the custom layers that saved models refer to)
+
     local = store.local_path(key)
     if local is not None:
         model = keras.saving.load_model(local, compile=False)
@@ -95,6 +103,8 @@ def accuracy_on_test_split(store: ObjectStore, attribute: str, version: str) -> 
     test = load_split(store, attribute, "test", loaded.classes, loaded.image_size)
     if not len(test):
         raise ValueError(f"attribute {attribute!r}: the test split has no labelled images to compare on")
+    from models.network import predict_classes
+
     predicted = predict_classes(loaded.model, test.images, batch_size=64)
     return float((predicted == test.labels).mean()), split_fingerprint(test)
 

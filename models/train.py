@@ -27,7 +27,6 @@ The test split is read once for each of the two final candidates (network and pr
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import tempfile
@@ -48,7 +47,7 @@ from models.checkpoint import (
     apply_layer_weights,
     restore_optimizer,
 )
-from models.data import SPLITS, SplitArrays, labelled_items, load_arrays
+from models.data import SPLITS, SplitArrays, labelled_items, load_arrays, split_fingerprint
 from models.evaluation import beats, classification_metrics, linear_probe, write_evaluation
 from models.network import (
     BACKBONE_LAYER,
@@ -56,6 +55,8 @@ from models.network import (
     build_attribute_network,
     feature_extractor,
     head_model,
+    input_batches,
+    predict_classes,
     set_backbone_trainable,
     set_tail_trainable,
     split_at,
@@ -134,12 +135,6 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     counts = np.bincount(labels, minlength=num_classes)
     present = int((counts > 0).sum())
     return {c: (len(labels) / (present * counts[c]) if counts[c] else 1.0) for c in range(num_classes)}
-
-
-def split_fingerprint(arrays: SplitArrays) -> str:
-    """sha256 of the split's (item_id, label) pairs: two evaluations are comparable when these agree."""
-    pairs = sorted(f"{item}\t{int(label)}" for item, label in zip(arrays.item_ids, arrays.labels))
-    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
 
 
 def class_counts(arrays: SplitArrays, classes: tuple[str, ...]) -> dict[str, int]:
@@ -378,17 +373,6 @@ def frozen_pass(
     return result
 
 
-def input_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """uint8 images -> float32 batches, converted and prefetched on the input pipeline's threads so the
-    device (a GPU above all) is not left waiting for the host."""
-    return (
-        tf.data.Dataset.from_tensor_slices(images)
-        .batch(batch_size)
-        .map(lambda x: tf.cast(x, "float32"), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
 def labelled_batches(images: np.ndarray, targets: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """(float32 image batch, target batch) pairs, converted on parallel threads and prefetched."""
     return (
@@ -550,11 +534,6 @@ def fine_tune_tail(
         callbacks=[*callbacks, stop],
         verbose=0,
     )
-
-
-# -- evaluation ---------------------------------------------------------------------------------------
-def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.argmax(model.predict(input_batches(images, batch_size), verbose=0), axis=1)
 
 
 # -- artifacts ----------------------------------------------------------------------------------------

@@ -149,3 +149,20 @@ def test_a_network_that_does_not_beat_its_own_probe_is_not_promoted(file_store):
     assert promote(file_store, "shape", "v3")["promoted"] is True
     with_probe("v4", network=0.80, probe=0.90)
     assert promote(file_store, "shape", "v4", force=True)["reason"] == "forced"
+
+
+def test_importing_the_registry_imports_neither_keras_nor_the_trainer():
+    """Issue 14: reading which version is current needs no Keras; the registry imports Keras only inside
+    the functions that load a network, and nothing of the trainer."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, models.registry\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'models.train', 'models.network') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"importing models.registry imported {done.stdout.strip()}"
