@@ -12,11 +12,11 @@ catalog pictures of ``--demo-seeds`` (240 products each, drawn and JPEG-encoded 
 seed 7 is the site ``make demo`` crawls), whose flagged pairs are all false: every product is distinct,
 and many share a silhouette.
 
-A pair is flagged as pipeline.dedup flags it: pHash <= p and dHash <= d, either directly or with one
+A pair is flagged as pipeline.curation.dedup flags it: pHash <= p and dHash <= d, either directly or with one
 image's mirror hashes against the other's hashes (``mirror``), and the thumbnail rule: ``gain`` is
-:func:`pipeline.dedup.thumbnail_distance` (mean absolute difference after a global gain correction)
+:func:`pipeline.curation.dedup.thumbnail_distance` (mean absolute difference after a global gain correction)
 <= t, ``raw`` the plain mean absolute difference <= t (the rule before issue 4), ``-`` no thumbnail
-check. The shipped configuration is also run through pipeline.dedup itself (find_near_pairs and
+check. The shipped configuration is also run through pipeline.curation.dedup itself (find_near_pairs and
 find_prior_matches), which must flag exactly the same pairs.
 
 ``--crop-variant`` adds the experiment of issue 4 that was not shipped: each original also hashed as
@@ -43,8 +43,14 @@ from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.dedup import colour_thumbnail, find_near_pairs, find_prior_matches, mirror_thumbnail, thumbnail_distance  # noqa: E402
-from pipeline.hash_index import MultiIndexHashing  # noqa: E402
+from pipeline.curation.dedup import (  # noqa: E402
+    colour_thumbnail,
+    find_near_pairs,
+    find_prior_matches,
+    mirror_thumbnail,
+    thumbnail_distance,
+)
+from pipeline.curation.hash_index import MultiIndexHashing  # noqa: E402
 from pipeline.hashing import hamming, image_hashes  # noqa: E402
 from pipeline.settings import REPO_ROOT, get_settings  # noqa: E402
 
@@ -259,7 +265,7 @@ def pipeline_agrees(
     demo_cands: dict[int, Candidates],
     config: Config,
 ) -> bool:
-    """pipeline.dedup's own search flags exactly the pairs the grid computation flags for ``config``."""
+    """pipeline.curation.dedup's own search flags exactly the pairs the grid computation flags for ``config``."""
     p, d, rule, t, _ = config
     assert rule == "gain", "the pipeline's thumbnail rule is the gain-corrected one"
 
@@ -311,7 +317,7 @@ def evaluate(
     demo_seeds: tuple[int, ...] = (7,),
     check: Config | None = None,
 ) -> tuple[list[tuple[Config, Quality]], bool | None]:
-    """Quality of every configuration in ``rows``; with ``check``, whether pipeline.dedup agrees on it."""
+    """Quality of every configuration in ``rows``; with ``check``, whether pipeline.curation.dedup agrees on it."""
     hashed = hash_photos(paths, ("original", *TRANSFORMS), processes)
     demo = {seed: demo_pictures(seed) for seed in demo_seeds}
     radius = max(c[0] for c in rows)
@@ -442,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = "  ".join(f"{q.recall[t]:.3f}({q.precision[t]:.2f})" for t in TRANSFORMS)
         demo = "  ".join(f"{q.demo_false_positives[s]:>{len(f'demo{s}')}d}" for s in seeds)
         print(f"{mark}{_describe(config)}  {cells}  {q.false_positive_pairs:9d}  {demo}")
-    print(f"pipeline.dedup flags the same pairs at the shipped configuration: {agrees}")
+    print(f"pipeline.curation.dedup flags the same pairs at the shipped configuration: {agrees}")
     if args.crop_variant:
         crop_variant(paths, shipped, args.processes, seeds)
     print(f"({time.perf_counter() - start:.0f} s)")

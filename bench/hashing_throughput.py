@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.dedup import colour_thumbnail  # noqa: E402
+from pipeline.curation.dedup import colour_thumbnail  # noqa: E402
 from pipeline.hashing import content_sha256, image_hashes  # noqa: E402
 from pipeline.settings import REPO_ROOT  # noqa: E402
 

@@ -1,9 +1,9 @@
 """Issue 13: the one image decoder, before and after, on each nasty input through each path.
 
 "Before" is the code at commit ``BEFORE`` (the last commit before pipeline/images.py), loaded from git
-(``git show BEFORE:<file>``) for curation (pipeline/validate.py), training/inference (models/data.py),
-review thumbnails (pipeline/report.py) and the crawl (scrapers/pipelines.py); the two user-photo
-functions of pipeline/recommend.py are five lines each and copied below. "After" is the working tree.
+(``git show BEFORE:<file>``) for curation (pipeline/curation/validate.py), training/inference (models/data.py),
+review thumbnails (pipeline/recommend/report.py) and the crawl (scrapers/pipelines.py); the two user-photo
+functions of pipeline/recommend/recommendations.py are five lines each and copied below. "After" is the working tree.
 
 Inputs (generated, except that the photos are a real one from shared/data/clothing-dataset-small):
 a phone JPEG stored sideways with EXIF orientation 6, a PNG of 12000x12000 real pixels, a 5184x3456
@@ -61,7 +61,7 @@ def old_module(path: str, name: str) -> types.ModuleType:
 
 
 def old_user_phash_image(data: bytes) -> Image.Image:
-    """pipeline.recommend._image_phashes before: Image.open + load, hashed as is (no other check)."""
+    """pipeline.recommend.recommendations._image_phashes before: Image.open + load, hashed as is (no other check)."""
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         image_hashes(image)
@@ -69,8 +69,8 @@ def old_user_phash_image(data: bytes) -> Image.Image:
 
 
 def old_user_thumbnail(data: bytes) -> Image.Image:
-    """pipeline.recommend.thumbnail_check's loader before: colour_thumbnail(Image.open(...))."""
-    from pipeline.dedup import colour_thumbnail
+    """pipeline.recommend.recommendations.thumbnail_check's loader before: colour_thumbnail(Image.open(...))."""
+    from pipeline.curation.dedup import colour_thumbnail
 
     with Image.open(io.BytesIO(data)) as image:
         return Image.fromarray(colour_thumbnail(image))
@@ -97,9 +97,9 @@ def paths(version: str, speed: bool = False) -> dict[str, Callable[[bytes], Imag
     """Path name -> bytes -> the image as that path sees it (raises when the path refuses the image).
     ``speed``: only what the path itself does (the user photo hashes path returns nothing)."""
     if version == "before":
-        validate = old_module("pipeline/validate.py", "old_validate")
+        validate = old_module("pipeline/curation/validate.py", "old_validate")
         data_module = old_module("models/data.py", "old_data")
-        report = old_module("pipeline/report.py", "old_report")
+        report = old_module("pipeline/recommend/report.py", "old_report")
         crawl = old_module("scrapers/pipelines.py", "old_pipelines")
 
         def curation(data: bytes) -> Image.Image:
@@ -115,10 +115,11 @@ def paths(version: str, speed: bool = False) -> dict[str, Callable[[bytes], Imag
         crawl_class = crawl.StoreImagesPipeline
     else:
         from models import data as data_module
-        from pipeline import images, report
-        from pipeline.dedup import colour_thumbnail
-        from pipeline.recommend import _image_phashes
-        from pipeline.validate import validate_image
+        from pipeline import images
+        from pipeline.curation.dedup import colour_thumbnail
+        from pipeline.curation.validate import validate_image
+        from pipeline.recommend import report
+        from pipeline.recommend.recommendations import _image_phashes
         from scrapers.pipelines import StoreImagesPipeline as crawl_class
 
         def curation(data: bytes) -> Image.Image:

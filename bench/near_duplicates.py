@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.hash_index import HashIndex, MultiIndexHashing, choose_substrings, query_with_mirrors  # noqa: E402
+from pipeline.curation.hash_index import HashIndex, MultiIndexHashing, choose_substrings, query_with_mirrors  # noqa: E402
 
 FULL_BRUTE_FORCE_UP_TO = 200_000
 SAMPLE_ROWS = 2_000

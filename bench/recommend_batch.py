@@ -1,6 +1,6 @@
 """Recommendations for a whole customer base: users per pass, seconds and peak memory.
 
-The batch scorer of ``pipeline.recommend.recommend_for_users`` (``_BatchScorer``: every user's profile
+The batch scorer of ``pipeline.recommend.recommendations.recommend_for_users`` (``_BatchScorer``: every user's profile
 photos against a chunk of items as one matrix product, running top candidates per user) over a
 synthetic repository with the real columns, streamed chunk by chunk from a generator (chunk ``i`` is
 the same rows whoever asks), so a 5M-item run never holds the catalogue. In the same run:
@@ -110,7 +110,8 @@ def _profiles(users: int, photos: int, dims: int):
     import numpy as np
     import pyarrow as pa
 
-    from pipeline import recommend, scoring
+    from pipeline.recommend import recommendations as recommend
+    from pipeline.recommend import scoring
     from pipeline.settings import get_settings
 
     taxonomy = get_settings().taxonomy
@@ -150,7 +151,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_child(config: dict[str, Any]) -> dict[str, Any]:
-    from pipeline import recommend
+    from pipeline.recommend import recommendations as recommend
     from pipeline.settings import get_settings
 
     attributes = get_settings().taxonomy.names
@@ -202,7 +203,7 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
         import faiss
         import numpy as np
 
-        from pipeline import scoring
+        from pipeline.recommend import scoring
 
         faiss.omp_set_num_threads(config["threads"])
         users = _profiles(config["users"], config["photos"], dims)

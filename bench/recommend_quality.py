@@ -10,7 +10,7 @@ each of the user's styles, ``--profile`` random items are the user's photos (the
 half as many of each style, the profile rounded up: 3 + 3 photos, 5 + 5 held out). The repository the
 user is scored against is the held-out items plus every item of *other* styles (the remaining items of
 the user's own styles are left out, so the held-out items are exactly the relevant ones). Each score
-ranks it with the production code (``pipeline.scoring.components`` and ``select``, the settings'
+ranks it with the production code (``pipeline.recommend.scoring.components`` and ``select``, the settings'
 weights, ``matches`` dropping items that share no attribute, MMR over a pool of 200), and over the top
 ``k``:
 
@@ -173,7 +173,7 @@ def vectors(pool: Pool, store_uri: str, cache_dir: Path) -> dict[str, np.ndarray
 
 
 def fashion_matrix(vecs: dict[str, np.ndarray], embedding: str):
-    from pipeline.scoring import FashionMatrix
+    from pipeline.recommend.scoring import FashionMatrix
     from pipeline.settings import get_settings
 
     attributes = tuple(get_settings().taxonomy.names)
@@ -230,7 +230,7 @@ def intra_list_diversity(embedding: np.ndarray) -> float:
 def evaluate(
     items, labels: list[str], users: list[User], kind: str, k: int, lam: float, settings
 ) -> dict[str, np.ndarray]:
-    from pipeline import scoring
+    from pipeline.recommend import scoring
 
     ids = [f"{i:06d}" for i in range(items.n)]
     config = settings.recommend
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write every number as JSON here")
     args = parser.parse_args(argv)
 
-    from pipeline import scoring
+    from pipeline.recommend import scoring
     from pipeline.settings import get_settings
 
     settings = get_settings()

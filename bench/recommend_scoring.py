@@ -3,7 +3,7 @@ next to a plain Python loop over 10k items in the same run.
 
 Synthetic fashion vectors (the taxonomy's 4 attributes: random classes with softmax vectors that agree
 with them; random L2-normalised float32 embeddings of ``--dims`` dimensions) go straight into
-``pipeline.scoring.FashionMatrix``; what is timed is what ``pipeline.recommend.rank`` does per user
+``pipeline.recommend.scoring.FashionMatrix``; what is timed is what ``pipeline.recommend.recommendations.rank`` does per user
 after the repository is in memory:
 
 - ``score+select``: the components the kind needs (``scoring.components``) and the top 100 of the
@@ -44,7 +44,7 @@ def make_repository(n: int, dims: int, seed: int = 0):
     """A FashionMatrix of n synthetic items plus ids and pHashes."""
     import numpy as np
 
-    from pipeline.scoring import FashionMatrix
+    from pipeline.recommend.scoring import FashionMatrix
     from pipeline.settings import get_settings
 
     taxonomy = get_settings().taxonomy
@@ -137,7 +137,7 @@ def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline import scoring
+    from pipeline.recommend import scoring
 
     started = time.perf_counter()
     items, ids, phash = make_repository(n, dims)

@@ -3,7 +3,7 @@
 Synthetic rows with the repository's real columns (item and catalog fields, image hashes, per taxonomy
 attribute class, probability, softmax vector and model version, a float32 embedding of ``--dim``
 values, timestamps) are written through the real refresh path into a local folder store: for each of
-``--nights`` nights a curated batch is planned (``pipeline.repository.plan_refresh``), its vectors are
+``--nights`` nights a curated batch is planned (``pipeline.repository.plan.plan_refresh``), its vectors are
 staged as the inference shards would stage them, and ``commit_refresh`` writes the partitions. Then:
 
 - write: rows/s and MB/s (bytes of the Parquet files written) of the commits, and of the Parquet
@@ -36,7 +36,10 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from pipeline import repository as R  # noqa: E402
+from pipeline.repository import commit as RC  # noqa: E402
+from pipeline.repository import dataset as R
+from pipeline.repository import infer as RI
+from pipeline.repository import plan as RP
 from pipeline.settings import get_settings  # noqa: E402
 from pipeline.storage import ObjectStore  # noqa: E402
 
@@ -75,9 +78,9 @@ def stage_vectors(
     store: ObjectStore, commit_id: str, rng: np.random.Generator, dim: int, inferred_at: datetime
 ) -> None:
     """What infer_shard would stage: softmax outputs and embeddings, random but shaped like real ones."""
-    info, _ = R.read_plan(store, commit_id)
+    info, _ = RP.read_plan(store, commit_id)
     for shard in range(info["shards"]):
-        _, items = R.shard_items(store, commit_id, shard)
+        _, items = RP.shard_items(store, commit_id, shard)
         n = items.num_rows
         columns: dict[str, pa.Array] = {"item_id": items["item_id"]}
         for attribute in info["attributes"]:
@@ -93,7 +96,7 @@ def stage_vectors(
         columns["embedding"] = list_array(embedding / np.linalg.norm(embedding, axis=1, keepdims=True))
         columns["embedding_source"] = pa.array([f"pool(vgg16:{','.join(info['attributes'])})"] * n)
         columns["inferred_at"] = pa.array([inferred_at] * n, pa.timestamp("us", tz="UTC"))
-        R.write_shard(
+        RI.write_shard(
             store, commit_id, shard, pa.table(columns), {"versions": info["versions"], "skipped_item_ids": []}
         )
 
@@ -147,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"curation/{batch_id}/accepted.parquet", batch_table(rng, night * per_night, n, retailers, crawled_at)
             )
             started = time.perf_counter()
-            R.plan_refresh(store, batch_id, batch_id=batch_id, attributes=taxonomy.names, config=config)
+            RP.plan_refresh(store, batch_id, batch_id=batch_id, attributes=taxonomy.names, config=config)
             plan_s += time.perf_counter() - started
             stage_vectors(store, batch_id, rng, args.dim, crawled_at + timedelta(minutes=30))
             started = time.perf_counter()
-            R.commit_refresh(store, batch_id, config=config)
+            RC.commit_refresh(store, batch_id, config=config)
             commit_s += time.perf_counter() - started
 
         keys = R.data_keys(store)
@@ -159,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         size = files_bytes(paths)
 
         # The writer's Parquet encoding + atomic publish alone, on the very tables now in the files.
-        tables = [(k, R._conform(store.read_parquet(k), R.file_schema(taxonomy.names))) for k in keys]
+        tables = [(k, R.conform(store.read_parquet(k), R.file_schema(taxonomy.names))) for k in keys]
         arrow_bytes = sum(t.nbytes for _, t in tables)
         started = time.perf_counter()
         for key, table in tables:
             copy_key = key.replace("fashion_vectors/", "fashion_vectors_copy/")  # staged, then moved, as a commit does
             staged = store.put_bytes(
-                R.staged_file_key("bench", copy_key), R._parquet_bytes(table, config["row_group_rows"])
+                RC.staged_file_key("bench", copy_key), RC._parquet_bytes(table, config["row_group_rows"])
             )
             store.move(staged, copy_key)
         encode_s = time.perf_counter() - started

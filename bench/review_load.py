@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.review_load --reviewers 5 --duration 10 --items 100
 
 Everything runs on 127.0.0.1 in a temporary folder: a ``file://`` store with one queued batch (tiny
-JPEGs), one reviewer account per client, and the review page served by ``python -m pipeline.review_web
+JPEGs), one reviewer account per client, and the review page served by ``python -m pipeline.review.web
 serve`` in a child process (uvicorn, one worker, as deployed standalone). Each client thread logs in
 (retrying when the login is answered 429/503, as the page tells a person to), loads the batch, and then
 until the time is up: picks a pending item of the shared queue (several reviewers may pick the same
@@ -63,7 +63,7 @@ def tiny_jpeg() -> bytes:
 
 def make_queue(store: Any, items: int) -> list[str]:
     """A curated, queued batch of ``items`` items as curation leaves it; returns the item ids."""
-    from pipeline.review import enqueue
+    from pipeline.review.queue import enqueue
 
     start = datetime(2026, 12, 1, tzinfo=UTC)
     ids = [f"item{n:05d}" for n in range(items)]
@@ -203,8 +203,8 @@ def run(
     reviewers: int = 20, duration_s: float = 60.0, items: int = 600, seed: int = 17, think_s: float = 0.0
 ) -> dict[str, Any]:
     """Run the load test; returns its figures (see the module docstring)."""
-    from pipeline.review import read_decisions
-    from pipeline.review_web import auth
+    from pipeline.review.queue import read_decisions
+    from pipeline.review.web import auth
     from pipeline.settings import get_settings
     from pipeline.storage import ObjectStore
 
@@ -229,7 +229,7 @@ def run(
             [
                 sys.executable,
                 "-m",
-                "pipeline.review_web",
+                "pipeline.review.web",
                 "--store",
                 store.uri,
                 "serve",

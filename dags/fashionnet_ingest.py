@@ -63,7 +63,7 @@ def fashionnet_ingest():
     @task
     def retailers_to_crawl(params: dict, dag_run=None) -> list[dict]:
         """One crawl per retailer with a search page; names and URLs are checked here, before any request."""
-        from pipeline.approval import ingest_batch_id
+        from pipeline.review.approval import ingest_batch_id
         from scrapers.retailers import crawl_targets, ingest_crawl, searchable_retailers
 
         reject_unknown_params(params, PARAMS)
@@ -84,7 +84,7 @@ def fashionnet_ingest():
 
     @task
     def curate(crawl_id: str) -> str:
-        from pipeline.curate import curate_batch
+        from pipeline.curation.curate import curate_batch
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
@@ -94,7 +94,7 @@ def fashionnet_ingest():
 
     @task
     def enqueue_for_review(batch: str) -> str:
-        from pipeline.review import enqueue
+        from pipeline.review.queue import enqueue
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
@@ -106,7 +106,7 @@ def fashionnet_ingest():
     def predict_for_review(batch: str) -> dict:
         """The published networks' guesses, so reviewers can sort by doubt (nothing before a first training).
         Its result names the batch: the batches whose predictions are done go on to the review gate."""
-        from pipeline.review_predictions import predict_review_queue
+        from pipeline.review.predictions import predict_review_queue
         from pipeline.runs import plain, stage
         from pipeline.settings import get_settings
         from pipeline.storage import open_store
@@ -125,8 +125,8 @@ def fashionnet_ingest():
     @task.branch
     def review_gate(batches: list[str], params: dict) -> str:
         """auto_accept: the policy decides the undecided items and approves each batch; manual: ask a person."""
-        from pipeline.approval import batch_review_summary, record_approval
-        from pipeline.review import POLICY_REVIEWER, apply_policy
+        from pipeline.review.approval import batch_review_summary, record_approval
+        from pipeline.review.queue import POLICY_REVIEWER, apply_policy
         from pipeline.runs import stage
         from pipeline.settings import get_settings
         from pipeline.storage import open_store
@@ -146,7 +146,7 @@ def fashionnet_ingest():
     def approval_request(batches: list[str]) -> str:
         """The text the approver reads: each batch's counts (and when they were taken) and a link that opens it
         on the review page. Any earlier approval of these batches is withdrawn: they wait for this answer."""
-        from pipeline.approval import approval_body, batch_review_summary, withdraw_approval
+        from pipeline.review.approval import approval_body, batch_review_summary, withdraw_approval
         from pipeline.settings import get_settings
         from pipeline.storage import open_store
 
@@ -160,7 +160,7 @@ def fashionnet_ingest():
         """Runs after "Approve" (a rejection or the auto_accept branch skips it); approves every batch shown,
         with the counts of this moment. The timeout also takes "Approve" (the default option, so that it is the
         primary button) but with nobody responding: that fails here, and the batches stay out."""
-        from pipeline.approval import batch_review_summary, hitl_outcome, record_approval
+        from pipeline.review.approval import batch_review_summary, hitl_outcome, record_approval
         from pipeline.storage import open_store
 
         outcome, approver = hitl_outcome(ti.xcom_pull(task_ids="approve_batch"))
@@ -180,8 +180,8 @@ def fashionnet_ingest():
 
     @task(outlets=[DATASET], trigger_rule="none_failed_min_one_success")
     def build_dataset() -> dict:
-        from pipeline.approval import approved_batches
-        from pipeline.review import build_dataset as rebuild
+        from pipeline.review.approval import approved_batches
+        from pipeline.review.queue import build_dataset as rebuild
         from pipeline.runs import plain, stage
         from pipeline.storage import open_store
 
@@ -194,8 +194,8 @@ def fashionnet_ingest():
     def record_rejection(ti=None) -> list[dict]:
         """After a person's "Reject" (or no answer within the timeout): the batches are recorded as rejected
         and leave the duplicate index. Nothing to do after an approval or on the auto_accept branch."""
-        from pipeline.approval import batch_review_summary, hitl_outcome
-        from pipeline.approval import record_rejection as reject
+        from pipeline.review.approval import batch_review_summary, hitl_outcome
+        from pipeline.review.approval import record_rejection as reject
         from pipeline.storage import open_store
 
         response = ti.xcom_pull(task_ids="approve_batch")

@@ -75,7 +75,7 @@ PARAMS = {
             "embedding": "embedding",
             "hybrid": "hybrid",
         },
-        description="How items are ranked: matches, weighted, embedding or hybrid (pipeline/scoring.py)",
+        description="How items are ranked: matches, weighted, embedding or hybrid (pipeline/recommend/scoring.py)",
     ),
     "mmr_lambda": Param(
         None,
@@ -135,7 +135,7 @@ def with_lists(params: dict) -> dict:
 def fashionnet_recommend():
     @task
     def validate(params: dict) -> list[list[dict]]:
-        from pipeline.recommend import options_from_params, plan_requests
+        from pipeline.recommend.recommendations import options_from_params, plan_requests
         from pipeline.storage import open_store
 
         reject_unknown_params(params, PARAMS)
@@ -147,7 +147,7 @@ def fashionnet_recommend():
 
     @task(outlets=[RECOMMENDATIONS], queue=TENSORFLOW_QUEUE)
     def recommend(batch: list[dict], params: dict, dag_run=None) -> list[dict]:
-        from pipeline.recommend import options_from_params, recommend_for_users
+        from pipeline.recommend.recommendations import options_from_params, recommend_for_users
         from pipeline.runs import plain, stage
         from pipeline.storage import open_store
 

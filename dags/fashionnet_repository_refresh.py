@@ -90,7 +90,7 @@ def fashionnet_repository_refresh():
 
     @task(map_index_template=RETAILER_LABEL)
     def curate(target: dict) -> dict:
-        from pipeline.curate import curate_batch
+        from pipeline.curation.curate import curate_batch
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
@@ -102,7 +102,7 @@ def fashionnet_repository_refresh():
     @task(trigger_rule="all_done_min_one_success")
     def plan(targets: list[dict], dag_run=None, ti=None) -> list[dict]:
         """Runs when every retailer's tasks are done, over those that succeeded."""
-        from pipeline.repository import plan_refresh
+        from pipeline.repository.plan import plan_refresh
         from pipeline.runs import stage
         from pipeline.storage import open_store
 
@@ -125,7 +125,7 @@ def fashionnet_repository_refresh():
 
     @task(queue=TENSORFLOW_QUEUE)
     def infer_shard(work: dict) -> dict:
-        from models.inference import infer_shard as run_shard
+        from pipeline.repository.infer import infer_shard as run_shard
         from pipeline.runs import plain, stage
         from pipeline.storage import open_store
 
@@ -137,7 +137,7 @@ def fashionnet_repository_refresh():
 
     @task(outlets=[REPOSITORY])
     def commit(shards: list[dict]) -> dict:
-        from pipeline.repository import commit_refresh
+        from pipeline.repository.commit import commit_refresh
         from pipeline.runs import plain, stage
         from pipeline.storage import open_store
 

@@ -38,9 +38,9 @@ def promotion_line(decision: dict) -> str:
 def fashionnet_train():
     @task
     def split(params: dict) -> list[str]:
+        from pipeline.dataset.split import write_split
         from pipeline.runs import stage
         from pipeline.settings import get_settings
-        from pipeline.split import write_split
         from pipeline.storage import open_store
 
         reject_unknown_params(params, PARAMS)

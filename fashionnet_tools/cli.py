@@ -8,8 +8,8 @@
 
 Every subcommand delegates to the code that did the job before this command existed, with the same
 options: :mod:`fashionnet_tools.demo`, :func:`scrapers.crawl.run_crawl` (``scrapy crawl product`` as a
-subprocess, as the DAGs run it), :mod:`pipeline.review_web.__main__`,
-:func:`pipeline.recommend.recommend_for_user` (what the ``fashionnet_recommend`` DAG does for one user,
+subprocess, as the DAGs run it), :mod:`pipeline.review.web.__main__`,
+:func:`pipeline.recommend.recommendations.recommend_for_user` (what the ``fashionnet_recommend`` DAG does for one user,
 without Airflow) and :mod:`fashionnet_tools.airflow_local`. ``fashionnet COMMAND --help`` lists each one's
 options.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionnet_tools import airflow_local, demo
-from pipeline.review_web import __main__ as review_cli
+from pipeline.review.web import __main__ as review_cli
 
 SCORES = ("matches", "weighted", "embedding", "hybrid")
 
@@ -132,7 +132,7 @@ def recommend_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_recommend(args: argparse.Namespace) -> int:
     use_settings(args.store, args.profile)
-    from pipeline import recommend
+    from pipeline.recommend import recommendations as recommend
     from pipeline.storage import open_store
 
     params = recommend_params(args)

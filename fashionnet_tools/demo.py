@@ -125,7 +125,7 @@ def upload_user_images(store: Any, site_dir: Path) -> list[str]:
 def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
     """Accuracy of the repository's fashion vectors against the demo store's hidden true labels,
     on the items of the dataset's test split (never seen in training)."""
-    from pipeline.repository import read_repository
+    from pipeline.repository.dataset import read_repository
     from pipeline.settings import get_settings
     from scrapers.demo_store.site import load_ground_truth
 
@@ -167,8 +167,8 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
         )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-    from pipeline.recommend import html_key as recommendations_page_key
-    from pipeline.recommend import latest_run, recommendations_key
+    from pipeline.recommend.recommendations import html_key as recommendations_page_key
+    from pipeline.recommend.recommendations import latest_run, recommendations_key
 
     # recommendations/date=<YYYY-MM-DD>/run=<run>/user_id=<user>/recommendations.parquet: the latest run
     latest = latest_run(store, DEMO_USER)

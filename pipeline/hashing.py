@@ -8,7 +8,7 @@ one greyscale conversion so that the *mirror* hashes come almost for free: the p
 horizontally mirrored image are the same computation on the mirrored 32x32 and 9x8 greyscale
 thumbnails. Pillow's Lanczos resampling is symmetric, so those are exactly the hashes of
 ``ImageOps.mirror(image)`` (a test checks both equalities). A mirrored copy of an image has (nearly) the
-original's hashes as its mirror hashes, which is how :mod:`pipeline.dedup` finds flipped copies.
+original's hashes as its mirror hashes, which is how :mod:`pipeline.curation.dedup` finds flipped copies.
 """
 
 from __future__ import annotations

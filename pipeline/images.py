@@ -1,8 +1,8 @@
 """The one image decoder: every path that turns image bytes into pixels goes through here.
 
-Crawled images (``scrapers.pipelines``), curation (``pipeline.validate``: hashes, thumbnails), training
-and batch inference (``models.data.decode_image``), review thumbnails (``pipeline.report``) and users'
-own photos (``pipeline.recommend``) all call :func:`open_image`, so an image means the same pixels
+Crawled images (``scrapers.pipelines``), curation (``pipeline.curation.validate``: hashes, thumbnails), training
+and batch inference (``models.data.decode_image``), review thumbnails (``pipeline.recommend.report``) and users'
+own photos (``pipeline.recommend.recommendations``) all call :func:`open_image`, so an image means the same pixels
 everywhere. The rules, in order:
 
 1. the *declared* pixel count (header only, nothing decoded yet) must not exceed ``max_pixels``

@@ -25,23 +25,23 @@ IMAGES_PREFIX = "images"
 CRAWLS_PREFIX = "crawls"
 """One folder per crawl (the spider export pipeline) and the incremental crawls' seen-sets."""
 CURATION_PREFIX = "curation"
-"""One folder per curated batch (``pipeline.curate``) and the cross-run hash index."""
+"""One folder per curated batch (``pipeline.curation.curate``) and the cross-run hash index."""
 REVIEW_PREFIX = "review"
 """The review queue, its audit log, predictions, batch approvals and rejections, reviewers."""
 DATASET_PREFIX = "dataset"
-"""The labelled dataset (``pipeline.review.build_dataset``) and its split (``pipeline.split``)."""
+"""The labelled dataset (``pipeline.review.queue.build_dataset``) and its split (``pipeline.dataset.split``)."""
 MODELS_PREFIX = "models"
 """The attribute networks: one folder per attribute, one per trained version (``models.train``)."""
 REPOSITORY_PREFIX = "repository"
 """The fashion-vector repository, its commit records and the staging of refreshes in progress."""
 USERS_PREFIX = "users"
-"""Users' own photos (uploaded, or the demo driver's) and what each was shown (``pipeline.recommend``)."""
+"""Users' own photos (uploaded, or the demo driver's) and what each was shown (``pipeline.recommend.recommendations``)."""
 PROFILES_PREFIX = "profiles"
-"""The style profiles (``pipeline.recommend``), a Hive-partitioned Parquet dataset."""
+"""The style profiles (``pipeline.recommend.recommendations``), a Hive-partitioned Parquet dataset."""
 RECOMMENDATIONS_PREFIX = "recommendations"
-"""The recommendations (``pipeline.recommend``), a Hive-partitioned Parquet dataset."""
+"""The recommendations (``pipeline.recommend.recommendations``), a Hive-partitioned Parquet dataset."""
 RECOMMENDATION_PAGES_PREFIX = "recommendations_html"
-"""The recommendation pages (``pipeline.report``), outside the Parquet datasets' folders."""
+"""The recommendation pages (``pipeline.recommend.report``), outside the Parquet datasets' folders."""
 
 #: Every top-level folder of the store, in pipeline order.
 AREAS = (
@@ -100,117 +100,117 @@ def seen_key(retailer: str) -> str:
 
 # -- curation -----------------------------------------------------------------------------------------
 def curation_prefix(batch_id: str) -> str:
-    """One curated batch's outputs, written by ``pipeline.curate``."""
+    """One curated batch's outputs, written by ``pipeline.curation.curate``."""
     return f"{CURATION_PREFIX}/{batch_id}"
 
 
 def curation_accepted_key(batch_id: str) -> str:
-    """The batch's valid, deduplicated items with their hashes and clusters; ``pipeline.curate``."""
+    """The batch's valid, deduplicated items with their hashes and clusters; ``pipeline.curation.curate``."""
     return f"{curation_prefix(batch_id)}/accepted.parquet"
 
 
 def curation_rejections_key(batch_id: str) -> str:
-    """The batch's items dropped as invalid, with the reason; ``pipeline.curate``."""
+    """The batch's items dropped as invalid, with the reason; ``pipeline.curation.curate``."""
     return f"{curation_prefix(batch_id)}/rejections.parquet"
 
 
 def curation_duplicates_key(batch_id: str) -> str:
-    """The batch's items dropped as duplicates, with the item each duplicates; ``pipeline.curate``."""
+    """The batch's items dropped as duplicates, with the item each duplicates; ``pipeline.curation.curate``."""
     return f"{curation_prefix(batch_id)}/duplicates.parquet"
 
 
 def curation_summary_key(batch_id: str) -> str:
-    """The batch's curation counts and the crawl it came from; ``pipeline.curate``."""
+    """The batch's curation counts and the crawl it came from; ``pipeline.curation.curate``."""
     return f"{curation_prefix(batch_id)}/summary.json"
 
 
 HASH_INDEX_PREFIX = f"{CURATION_PREFIX}/hash_index"
-"""The cross-run hash index (``pipeline.curate``), one folder per batch kind."""
+"""The cross-run hash index (``pipeline.curation.curate``), one folder per batch kind."""
 
 
 def hash_index_prefix(kind: str) -> str:
-    """The hash index of one batch kind (``ingest``): one file per batch; ``pipeline.curate``."""
+    """The hash index of one batch kind (``ingest``): one file per batch; ``pipeline.curation.curate``."""
     return f"{HASH_INDEX_PREFIX}/{kind}"
 
 
 def hash_index_key(kind: str, batch_id: str) -> str:
-    """The items one batch kept, their hashes and thumbnails; written by ``pipeline.curate``, deleted when
-    the batch is rejected (``pipeline.approval``)."""
+    """The items one batch kept, their hashes and thumbnails; written by ``pipeline.curation.curate``, deleted when
+    the batch is rejected (``pipeline.review.approval``)."""
     return f"{hash_index_prefix(kind)}/{batch_id}.parquet"
 
 
 # -- review -------------------------------------------------------------------------------------------
 REVIEW_QUEUE_PREFIX = f"{REVIEW_PREFIX}/queue"
-"""The review queues, one file per batch (``pipeline.review.enqueue``)."""
+"""The review queues, one file per batch (``pipeline.review.queue.enqueue``)."""
 
 
 def review_queue_key(batch_id: str) -> str:
-    """The batch's items waiting for review, with weak labels and cluster; ``pipeline.review``."""
+    """The batch's items waiting for review, with weak labels and cluster; ``pipeline.review.queue``."""
     return f"{REVIEW_QUEUE_PREFIX}/{batch_id}.parquet"
 
 
 REVIEW_DECISIONS_PREFIX = f"{REVIEW_PREFIX}/decisions"
-"""The review audit logs, one folder per batch (``pipeline.review``)."""
+"""The review audit logs, one folder per batch (``pipeline.review.queue``)."""
 
 
 def review_decisions_prefix(batch_id: str) -> str:
-    """The batch's append-only audit log of review decisions; ``pipeline.review``."""
+    """The batch's append-only audit log of review decisions; ``pipeline.review.queue``."""
     return f"{REVIEW_DECISIONS_PREFIX}/{batch_id}"
 
 
 def review_decision_key(batch_id: str, stamp: str, reviewer: str, unique: str) -> str:
-    """One call's review decisions, written create-only by ``pipeline.review.record_decisions``; ``unique``
+    """One call's review decisions, written create-only by ``pipeline.review.queue.record_decisions``; ``unique``
     keeps two calls of the same reviewer and microsecond apart."""
     return f"{review_decisions_prefix(batch_id)}/{stamp}-{reviewer}-{unique}.parquet"
 
 
 REVIEW_PREDICTIONS_PREFIX = f"{REVIEW_PREFIX}/predictions"
-"""The published networks' guesses for the review queues (``pipeline.review_predictions``)."""
+"""The published networks' guesses for the review queues (``pipeline.review.predictions``)."""
 
 
 def review_predictions_key(batch_id: str) -> str:
-    """The published networks' guesses for the batch's queue; ``pipeline.review_predictions``."""
+    """The published networks' guesses for the batch's queue; ``pipeline.review.predictions``."""
     return f"{REVIEW_PREDICTIONS_PREFIX}/{batch_id}.parquet"
 
 
 APPROVALS_PREFIX = f"{REVIEW_PREFIX}/approvals"
-"""The batch gate's approvals, one record per approved batch (``pipeline.approval``)."""
+"""The batch gate's approvals, one record per approved batch (``pipeline.review.approval``)."""
 
 
 def approval_key(batch_id: str) -> str:
-    """Who approved the batch for the dataset, when, and the counts they saw; ``pipeline.approval``."""
+    """Who approved the batch for the dataset, when, and the counts they saw; ``pipeline.review.approval``."""
     return f"{APPROVALS_PREFIX}/{batch_id}.json"
 
 
 REJECTIONS_PREFIX = f"{REVIEW_PREFIX}/rejections"
-"""The batch gate's rejections, one record per rejected batch (``pipeline.approval``)."""
+"""The batch gate's rejections, one record per rejected batch (``pipeline.review.approval``)."""
 
 
 def rejection_key(batch_id: str) -> str:
-    """Who kept the batch out of the dataset for good, why and when; ``pipeline.approval``."""
+    """Who kept the batch out of the dataset for good, why and when; ``pipeline.review.approval``."""
     return f"{REJECTIONS_PREFIX}/{batch_id}.json"
 
 
 REVIEWERS_KEY = f"{REVIEW_PREFIX}/reviewers.json"
-"""The review page's reviewers and their scrypt hashes (``python -m pipeline.review_web add-reviewer``)."""
+"""The review page's reviewers and their scrypt hashes (``python -m pipeline.review.web add-reviewer``)."""
 
 LOGIN_THROTTLE_PREFIX = f"{REVIEW_PREFIX}/login-throttle"
-"""The review page's failed-login counters (``pipeline.review_web.auth.LoginThrottle``)."""
+"""The review page's failed-login counters (``pipeline.review.web.auth.LoginThrottle``)."""
 
 
 def login_throttle_key(digest: str) -> str:
     """The failed logins of one client address and reviewer name (``digest`` hashes both);
-    ``pipeline.review_web.auth``."""
+    ``pipeline.review.web.auth``."""
     return f"{LOGIN_THROTTLE_PREFIX}/{digest}.json"
 
 
 # -- the dataset --------------------------------------------------------------------------------------
 DATASET_ITEMS_KEY = f"{DATASET_PREFIX}/items.parquet"
-"""Accepted items of approved batches with their final labels (``pipeline.review.build_dataset``)."""
+"""Accepted items of approved batches with their final labels (``pipeline.review.queue.build_dataset``)."""
 DATASET_SPLIT_KEY = f"{DATASET_PREFIX}/split.parquet"
-"""Each dataset item's split: train, validation or test (``pipeline.split``)."""
+"""Each dataset item's split: train, validation or test (``pipeline.dataset.split``)."""
 DATASET_SPLIT_REPORT_KEY = f"{DATASET_PREFIX}/split_report.json"
-"""The split's realised shares per attribute class (``pipeline.split``)."""
+"""The split's realised shares per attribute class (``pipeline.dataset.split``)."""
 
 
 # -- the networks -------------------------------------------------------------------------------------
@@ -259,9 +259,9 @@ def model_promotion_key(attribute: str, stamp: str, version: str) -> str:
 FASHION_VECTORS_PREFIX = f"{REPOSITORY_PREFIX}/fashion_vectors"
 """The fashion-vector repository, a Hive-partitioned Parquet dataset (``pipeline.repository``)."""
 REPOSITORY_COMMON_METADATA_KEY = f"{FASHION_VECTORS_PREFIX}/_common_metadata"
-"""The repository's file schema (Parquet convention); ``pipeline.repository.commit_refresh``."""
+"""The repository's file schema (Parquet convention); ``pipeline.repository.commit.commit_refresh``."""
 REPOSITORY_COMMITS_PREFIX = f"{REPOSITORY_PREFIX}/commits"
-"""One record per repository refresh (``pipeline.repository.commit_refresh``)."""
+"""One record per repository refresh (``pipeline.repository.commit.commit_refresh``)."""
 REPOSITORY_STAGING_PREFIX = f"{REPOSITORY_PREFIX}/_staging"
 """The repository refreshes in progress, one folder per refresh (``pipeline.repository``)."""
 COMMIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -274,7 +274,7 @@ def repository_partition_prefix(crawl_date: date, retailer: str) -> str:
 
 
 def repository_file_key(crawl_date: date, retailer: str, index: int, count: int) -> str:
-    """File ``index`` of the ``count`` files of a partition; ``pipeline.repository.commit_refresh``."""
+    """File ``index`` of the ``count`` files of a partition; ``pipeline.repository.commit.commit_refresh``."""
     return f"{repository_partition_prefix(crawl_date, retailer)}/part-{index:05d}-of-{count:05d}.parquet"
 
 
@@ -285,48 +285,48 @@ def _checked_commit_id(commit_id: str) -> str:
 
 
 def repository_commit_key(commit_id: str) -> str:
-    """What refresh ``commit_id`` changed; ``pipeline.repository.commit_refresh`` (a malformed id:
+    """What refresh ``commit_id`` changed; ``pipeline.repository.commit.commit_refresh`` (a malformed id:
     ValueError)."""
     return f"{REPOSITORY_COMMITS_PREFIX}/{_checked_commit_id(commit_id)}.json"
 
 
 def repository_staging_prefix(commit_id: str) -> str:
     """Refresh ``commit_id`` in progress, deleted by its commit; ``pipeline.repository`` and
-    ``models.inference.infer_shard`` (a malformed id: ValueError)."""
+    ``pipeline.repository.infer.infer_shard`` (a malformed id: ValueError)."""
     return f"{REPOSITORY_STAGING_PREFIX}/{_checked_commit_id(commit_id)}"
 
 
 def repository_plan_key(commit_id: str) -> str:
-    """The refresh's plan: batch, counts, shards, model versions; ``pipeline.repository.plan_refresh``."""
+    """The refresh's plan: batch, counts, shards, model versions; ``pipeline.repository.plan.plan_refresh``."""
     return f"{repository_staging_prefix(commit_id)}/plan.json"
 
 
 def repository_plan_items_key(commit_id: str) -> str:
-    """The refresh's plan per item: action, target file, shard; ``pipeline.repository.plan_refresh``."""
+    """The refresh's plan per item: action, target file, shard; ``pipeline.repository.plan.plan_refresh``."""
     return f"{repository_staging_prefix(commit_id)}/plan.parquet"
 
 
 def repository_shard_summary_key(commit_id: str, shard: int) -> str:
-    """What the inference of one shard of the refresh did; ``models.inference.infer_shard``."""
+    """What the inference of one shard of the refresh did; ``pipeline.repository.infer.infer_shard``."""
     return f"{repository_staging_prefix(commit_id)}/shard-{shard:05d}.json"
 
 
 def repository_shard_vectors_key(commit_id: str, shard: int) -> str:
-    """The fashion vectors of one shard of the refresh; ``models.inference.infer_shard``."""
+    """The fashion vectors of one shard of the refresh; ``pipeline.repository.infer.infer_shard``."""
     return f"{repository_staging_prefix(commit_id)}/shard-{shard:05d}.parquet"
 
 
 def repository_staged_file_key(commit_id: str, key: str) -> str:
     """The new version of repository file ``key`` before it is moved into place (outside the dataset
     prefix; one name per file, so a retried commit replaces what an earlier attempt staged);
-    ``pipeline.repository.commit_refresh``."""
+    ``pipeline.repository.commit.commit_refresh``."""
     relative = key[len(FASHION_VECTORS_PREFIX) + 1 :] if key.startswith(FASHION_VECTORS_PREFIX + "/") else key
     return f"{repository_staging_prefix(commit_id)}/publish/{relative}"
 
 
 def repository_committed_key(commit_id: str) -> str:
     """The refresh's commit record, written once it is committed and deleted last of the staging (so a
-    retried commit only finishes the clean-up); ``pipeline.repository.commit_refresh``."""
+    retried commit only finishes the clean-up); ``pipeline.repository.commit.commit_refresh``."""
     return f"{repository_staging_prefix(commit_id)}/committed.json"
 
 
@@ -342,13 +342,13 @@ def user_image_key(user_id: str, file_name: str) -> str:
 
 
 def shown_prefix(user_id: str) -> str:
-    """Everything the user was shown, one folder per day; ``pipeline.recommend``."""
+    """Everything the user was shown, one folder per day; ``pipeline.recommend.recommendations``."""
     return f"{user_prefix(user_id)}/_shown"
 
 
 def shown_key(user_id: str, run_date: str, run: str) -> str:
-    """What run ``run`` (``pipeline.recommend.run_partition``) showed the user on ``run_date``;
-    ``pipeline.recommend``."""
+    """What run ``run`` (``pipeline.recommend.recommendations.run_partition``) showed the user on ``run_date``;
+    ``pipeline.recommend.recommendations``."""
     return f"{shown_prefix(user_id)}/{run_date}/run={run}.parquet"
 
 
@@ -358,13 +358,13 @@ SHOWN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.parquet|/run=[A-Za-z0-9_.-]+\.
 
 
 def profile_key(user_id: str, run_date: str, run: str) -> str:
-    """The user's style profile as run ``run`` built it on ``run_date``; ``pipeline.recommend``."""
+    """The user's style profile as run ``run`` built it on ``run_date``; ``pipeline.recommend.recommendations``."""
     return f"{PROFILES_PREFIX}/date={run_date}/run={run}/user_id={user_id}/profile.parquet"
 
 
 def recommendations_key(user_id: str, run_date: str, run: str) -> str:
     """The user's top-k items from run ``run`` on ``run_date`` (a Hive partition between the date and the
-    user); ``pipeline.recommend``."""
+    user); ``pipeline.recommend.recommendations``."""
     return f"{RECOMMENDATIONS_PREFIX}/date={run_date}/run={run}/user_id={user_id}/recommendations.parquet"
 
 
@@ -376,8 +376,8 @@ RECOMMENDATIONS_KEY_RE = re.compile(
 
 
 def recommendation_page_key(user_id: str, run_date: str, run: str) -> str:
-    """The standalone HTML page of the user's recommendations from run ``run``; ``pipeline.report`` (through
-    ``pipeline.recommend``)."""
+    """The standalone HTML page of the user's recommendations from run ``run``; ``pipeline.recommend.report`` (through
+    ``pipeline.recommend.recommendations``)."""
     return f"{RECOMMENDATION_PAGES_PREFIX}/{run_date}/run={run}/{user_id}.html"
 
 

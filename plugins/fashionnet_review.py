@@ -1,7 +1,7 @@
 """Airflow 3 plugin: the FashionNet review page in Airflow's api-server, under ``/fashionnet-review/``.
 
 Airflow serves plugin FastAPI apps without its own authentication, so the app keeps its own reviewer
-login (reviewers from ``python -m pipeline.review_web add-reviewer``; sessions signed with
+login (reviewers from ``python -m pipeline.review.web add-reviewer``; sessions signed with
 ``FASHIONNET_REVIEW_SECRET``, which every api-server worker must share). The ``pipeline`` package must
 be importable by the api-server (the Docker image puts the project on ``PYTHONPATH``) and this folder
 must be Airflow's plugins folder (``AIRFLOW__CORE__PLUGINS_FOLDER``) or copied into it.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from pipeline.review_web import create_app
+from pipeline.review.web import create_app
 
 URL_PREFIX = "/fashionnet-review"
 

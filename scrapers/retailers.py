@@ -155,7 +155,7 @@ def searchable_retailers(settings: Settings | None = None) -> list[str]:
 
 def retailer_batch_id(kind: str, run_after: datetime, retailer: str) -> str:
     """``<kind>-<YYYYMMDD>-<retailer>``: one crawl and curated batch per kind, night and retailer (a same-day
-    rerun replaces it); :func:`pipeline.curate.batch_kind` still reads the kind."""
+    rerun replaces it); :func:`pipeline.curation.curate.batch_kind` still reads the kind."""
     return f"{kind}-{run_after:%Y%m%d}-{retailer}"
 
 

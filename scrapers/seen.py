@@ -16,7 +16,7 @@ pipeline finds a stored file younger than ``IMAGES_EXPIRES`` (90 days) up to dat
 
 Why every product, changed or not, is still emitted into the night's ``products.parquet`` (the decision
 of issue 11; before, an incremental crawl emitted only new or changed products): the night's catalog
-snapshot is what curation deduplicates within (``pipeline.curate``: the catalog batch "must stay whole")
+snapshot is what curation deduplicates within (``pipeline.curation.curate``: the catalog batch "must stay whole")
 and what the repository refresh plans from. ``plan_refresh`` would keep an absent item's stored row, but
 curation would no longer see an unchanged item beside a changed near-duplicate of it, and a night whose
 products are all unchanged would produce an empty batch that looks like a broken crawl. A whole snapshot

@@ -1,7 +1,7 @@
 """docs/analysts.md works: its Python blocks run, in order, as one script against a moto S3 server.
 
 The store holds a repository written by the real plan/commit code (vectors from a deterministic fake,
-see tests/pipeline/test_repository.py) and a small recommendations dataset in the documented layout.
+see tests/pipeline/repository/test_repository.py) and a small recommendations dataset in the documented layout.
 The guide's placeholders (endpoint, bucket) are replaced by the test's.
 """
 
@@ -15,9 +15,9 @@ import boto3
 import pyarrow as pa
 import pytest
 
-from pipeline import repository as R
+from pipeline.repository import dataset as R
 from tests.conftest import REPO_ROOT
-from tests.pipeline.test_repository import publish, refresh, write_batch
+from tests.pipeline.repository.test_repository import publish, refresh, write_batch
 
 GUIDE = REPO_ROOT / "docs" / "analysts.md"
 T1 = datetime(2026, 11, 1, 2, 5, tzinfo=UTC)

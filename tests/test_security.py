@@ -3,7 +3,7 @@ changes need the CSRF header, and no credential is committed.
 
 HTTP servers of the project (found by :func:`test_every_http_server_in_the_project_is_known`):
 
-* the review page (``pipeline/review_web``), standalone (``python -m pipeline.review_web serve``) and inside
+* the review page (``pipeline/review/web``), standalone (``python -m pipeline.review.web serve``) and inside
   Airflow's api-server (``plugins/fashionnet_review.py``, which Airflow serves without its own login): every
   route, enumerated from the app's router, is tried with every method;
 * the demo store (``scrapers/demo_store``): a fake retailer's public web shop, the crawlers' target. It is
@@ -26,12 +26,12 @@ import pytest
 import yaml
 from itsdangerous import URLSafeTimedSerializer
 
-from pipeline.review_web import auth, create_app
-from pipeline.review_web.app import COOKIE_NAME, CSRF_VALUE, STATIC_DIR
+from pipeline.review.web import auth, create_app
+from pipeline.review.web.app import COOKIE_NAME, CSRF_VALUE, STATIC_DIR
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 from tests.conftest import REPO_ROOT
-from tests.pipeline.test_review_view import make_review_batch
+from tests.pipeline.review.test_review_view import make_review_batch
 
 SECRET = "security-test-secret-" + "x" * 32
 PASSWORD = "a long test password"
@@ -165,7 +165,7 @@ def session_cookies(store: ObjectStore) -> dict[str, str | None]:
 
 def login_bodies() -> set[bytes]:
     """What the public login route may answer: its static form, with or without an error (never any data)."""
-    from pipeline.review_web.app import login_page
+    from pipeline.review.web.app import login_page
 
     pages = {
         login_page(error).body
@@ -216,9 +216,9 @@ SERVER_PATTERN = re.compile(
     r"|fastapi_apps|flask_blueprints|appbuilder_views|socketserver\.|aiohttp\.web|serve_forever"
 )
 KNOWN_SERVERS = {
-    "pipeline/review_web/app.py": "the review page (FastAPI), tested below",
-    "pipeline/review_web/api.py": "the review page's JSON API (a router of the same app), tested below",
-    "pipeline/review_web/__main__.py": "serves the review page standalone (uvicorn), tested below",
+    "pipeline/review/web/app.py": "the review page (FastAPI), tested below",
+    "pipeline/review/web/api.py": "the review page's JSON API (a router of the same app), tested below",
+    "pipeline/review/web/__main__.py": "serves the review page standalone (uvicorn), tested below",
     "plugins/fashionnet_review.py": "mounts the review page in Airflow's api-server, tested below",
     "scrapers/demo_store/server.py": "the demo store: a fake retailer's public shop, public by design",
     "scrapers/demo_store/__main__.py": "serves the demo store (its CLI), public by design",
@@ -264,7 +264,7 @@ def test_the_review_app_refuses_every_route_and_method_without_a_valid_session(a
 def test_the_enumeration_catches_a_route_left_open(store, monkeypatch):
     """The check above fails for a route someone opens (here: /api/batches made public) and for a new route whose
     parameters it cannot fill, so a future route cannot slip through it."""
-    import pipeline.review_web.app as review_app
+    import pipeline.review.web.app as review_app
 
     monkeypatch.setattr(review_app, "PUBLIC_PATHS", {"/login", "/api/batches"})
     leaky = create_app(lambda: store, secret=SECRET, cache_ttl_s=0)

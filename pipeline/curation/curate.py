@@ -15,7 +15,7 @@ two columns; they are read with nulls there, and their items are still matched a
 mirrored copies through the new rows' mirror hashes. A batch is deduplicated against itself and against
 the index files of every *other* batch of its kind, so tonight's crawl is checked against everything
 kept before; an item that duplicates an earlier kept item is recorded in ``duplicates.parquet`` with ``kept_batch_id`` naming that batch,
-and the earlier item stays the representative (see :mod:`pipeline.dedup`). The batch then replaces
+and the earlier item stays the representative (see :mod:`pipeline.curation.dedup`). The batch then replaces
 its own index file, so a rerun never matches against its own previous run. Caveat: rerunning an old
 batch after later batches were curated checks it against those later ones too; their kept items
 were already checked against the old batch's, so only chains through the old batch's dropped items
@@ -38,7 +38,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.dedup import MIRROR_COLUMNS, THUMBNAIL_COLUMN, THUMBNAIL_SIDE, colour_thumbnail, deduplicate
+from pipeline.curation.dedup import MIRROR_COLUMNS, THUMBNAIL_COLUMN, THUMBNAIL_SIDE, colour_thumbnail, deduplicate
+from pipeline.curation.validate import MISSING, ImageCheck, validate_with_settings
 from pipeline.hashing import content_sha256, image_hashes
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
@@ -51,12 +52,11 @@ from pipeline.store_layout import (
     hash_index_key,
     hash_index_prefix,
 )
-from pipeline.validate import MISSING, ImageCheck, validate_with_settings
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 500
-# Used when config/settings.yaml has no ``curation.thumbnail_max_mad`` (see pipeline.dedup).
+# Used when config/settings.yaml has no ``curation.thumbnail_max_mad`` (see pipeline.curation.dedup).
 DEFAULT_THUMBNAIL_MAX_MAD = 3.0
 DUPLICATE_ITEM = "duplicate_item_id"
 
@@ -68,7 +68,7 @@ REJECTIONS_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
-# kind: exact, near or near_mirror (pipeline.dedup). kept_batch_id: the batch that kept kept_item_id
+# kind: exact, near or near_mirror (pipeline.curation.dedup). kept_batch_id: the batch that kept kept_item_id
 # (this batch, or an earlier one: a cross-run duplicate).
 DUPLICATES_SCHEMA = pa.schema(
     [

@@ -31,13 +31,13 @@ after a global gain correction: the darker thumbnail is brightened by the least-
 is not: a hue change is no single gain, and a darker garment on an unchanged background is not either.
 The numbers behind the threshold are in bench/README.md (``bench/dedup_quality.py``).
 
-The search is :class:`pipeline.hash_index.MultiIndexHashing` (exported here as
+The search is :class:`pipeline.curation.hash_index.MultiIndexHashing` (exported here as
 ``NearDuplicateIndex``): an exact Hamming-radius search that is sub-quadratic (1M hashes in seconds,
 see ``bench/near_duplicates.py``), with the same answers as brute force. Mirror matches are one more
 exact query of the same index with the mirror hashes.
 
 Across batches (``prior``): the new rows are also matched against the items kept by earlier batches
-(the persistent hash index, see :mod:`pipeline.curate`). A cluster that contains an earlier kept item
+(the persistent hash index, see :mod:`pipeline.curation.curate`). A cluster that contains an earlier kept item
 keeps that earlier item, even when a new row would win the representative rule (larger, say): the
 earlier item may already be reviewed, labelled, split and trained on, and swapping it would move the
 dataset under everyone's feet. The new rows then become duplicates of it and take its ``cluster_id``.
@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.hash_index import HashIndex, MultiIndexHashing, query_with_mirrors
+from pipeline.curation.hash_index import HashIndex, MultiIndexHashing, query_with_mirrors
 from pipeline.hashing import hamming
 
 EXACT = "exact"

@@ -23,9 +23,9 @@ when an item comes back in a later batch under another cluster id. A new item wh
 already assigned takes that cluster's existing split.
 
 Near duplicates across batches: curation deduplicates each ingest batch against everything earlier
-batches kept (:mod:`pipeline.curate`), so a later near copy of a dataset item is dropped as a duplicate
+batches kept (:mod:`pipeline.curation.curate`), so a later near copy of a dataset item is dropped as a duplicate
 before review and never reaches the dataset. Why not also match near duplicates here by pHash/dHash
-alone: on catalog images those hashes pass many different products (see :mod:`pipeline.dedup`), and
+alone: on catalog images those hashes pass many different products (see :mod:`pipeline.curation.dedup`), and
 joining such matches transitively merges the dataset into a few giant groups, which would wreck the
 ratios.
 """

@@ -3,8 +3,8 @@
 Each of the user's images (``users/<user_id>/<image>`` in the store, directly under that prefix) is
 vectorised by the published attribute networks into one row of the *style profile*: per attribute the
 predicted class, its probability and the whole probability vector, plus the image's embedding. The
-repository (``pipeline.repository.read_repository``) is scored against the profile with one of the
-scores of :mod:`pipeline.scoring` (``matches``, ``weighted``, ``embedding`` or the default ``hybrid``),
+repository (``pipeline.repository.dataset.read_repository``) is scored against the profile with one of the
+scores of :mod:`pipeline.recommend.scoring` (``matches``, ``weighted``, ``embedding`` or the default ``hybrid``),
 diversified by maximal marginal relevance, and written per date, run and user (``<run>``: the
 Airflow run id made path-safe by :func:`run_partition`):
 
@@ -36,11 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import scoring, store_layout
-from pipeline.dedup import colour_thumbnail, mirror_thumbnail, thumbnail_distance
+from pipeline import store_layout
+from pipeline.curation.dedup import colour_thumbnail, mirror_thumbnail, thumbnail_distance
 from pipeline.hashing import content_sha256, image_hashes
 from pipeline.images import UndecodableImage, check_not_blank, open_image, rules_from_settings
-from pipeline.report import render_recommendations_html
+from pipeline.recommend import scoring
+from pipeline.recommend.report import render_recommendations_html
 from pipeline.settings import get_settings
 from pipeline.storage import StoreKeyError, normalize_key
 from pipeline.store_layout import (
@@ -532,7 +533,7 @@ def own_image_mask(
 
 
 def thumbnail_check(store: ObjectStore, profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
-    """Curation's colour-thumbnail rule (:func:`pipeline.dedup.thumbnail_distance`, tolerant of a
+    """Curation's colour-thumbnail rule (:func:`pipeline.curation.dedup.thumbnail_distance`, tolerant of a
     brightness change) as a :data:`NearCopyCheck`, against the profile image or its mirror image;
     images load once, on demand, decoded as curation decodes them (:func:`pipeline.images.open_image`)."""
     max_pixels = rules_from_settings().max_pixels
@@ -617,7 +618,7 @@ def rank(
 ) -> pa.Table:
     """The top ``k`` repository items for ``profile``, in recommendation order.
 
-    ``score_kind`` and ``mmr_lambda`` default to ``options`` or settings (see :mod:`pipeline.scoring`
+    ``score_kind`` and ``mmr_lambda`` default to ``options`` or settings (see :mod:`pipeline.recommend.scoring`
     for the scores and tie-breaks). Left out: the user's own images (:func:`own_image_mask`), the
     ``exclude_item_ids`` (items already shown) and, for ``matches``, items sharing no attribute.
     Columns: rank (from 1), item_id, score (the kind's: for hybrid the combined z-scores), score_kind,
@@ -770,7 +771,7 @@ def repository_columns(attributes: Sequence[str]) -> list[str]:
 def load_repository(store: ObjectStore, filters: Filters, attributes: Sequence[str]) -> pa.Table:
     """The current repository (one row per item), filtered at read time. Unsorted (file order): the
     ranking does not depend on row order (ties go by item_id), and the sort would copy the embeddings."""
-    from pipeline.repository import read_repository
+    from pipeline.repository.dataset import read_repository
 
     return read_repository(store, columns=repository_columns(attributes), filter=filters.expression(), sort=False)
 
@@ -982,7 +983,7 @@ def _repository_chunks(
     """A scanner over the current repository files: the recommendation columns only, the run's filters
     pushed down to partitions and row groups, at most ``chunk_rows`` rows per batch and one batch read
     ahead (so memory is set by the chunk, not the catalogue)."""
-    from pipeline.repository import repository_dataset
+    from pipeline.repository.dataset import repository_dataset
 
     dataset = repository_dataset(store, list(attributes))
     columns = [name for name in repository_columns(attributes) if name in dataset.schema.names]
@@ -998,7 +999,7 @@ class _Exclusions:
     One hash index over every user's profile hashes and one set lookup per chunk serve the batch."""
 
     def __init__(self, store: ObjectStore, users: Sequence[_User], phash_max_distance: int, max_mad: float):
-        from pipeline.hash_index import MIN_INDEXED_FOR_MIH, HashIndex, MultiIndexHashing
+        from pipeline.curation.hash_index import MIN_INDEXED_FOR_MIH, HashIndex, MultiIndexHashing
 
         self.store, self.users, self.distance, self.max_mad = store, users, phash_max_distance, max_mad
         self.sha_users = self._index(lambda u: pc.drop_null(u.profile["content_sha256"].cast(pa.string())).to_pylist())

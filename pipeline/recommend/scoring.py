@@ -2,7 +2,7 @@
 
 Pure numpy on numeric *fashion matrices* (:class:`FashionMatrix`), one row per image: the repository's
 items on one side, the user's profile images (rows ``j = 1..m``) on the other. Nothing here reads the
-store; :mod:`pipeline.recommend` turns Arrow tables into matrices and rankings into tables.
+store; :mod:`pipeline.recommend.recommendations` turns Arrow tables into matrices and rankings into tables.
 
 The scores of item ``i`` (``A`` taxonomy attributes, ``c_ia`` its predicted class of attribute ``a``,
 ``p_ia`` its softmax vector over the attribute's classes in taxonomy order, ``e_i`` its L2-normalised

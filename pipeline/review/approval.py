@@ -1,7 +1,7 @@
 """Batch approval: which curated batches may enter the dataset, and who let them in.
 
-Item-level review lives in :mod:`pipeline.review` (accept / reject / relabel per item, in an audit
-log). On top of it each ingest batch passes one gate before :func:`pipeline.review.build_dataset`
+Item-level review lives in :mod:`pipeline.review.queue` (accept / reject / relabel per item, in an audit
+log). On top of it each ingest batch passes one gate before :func:`pipeline.review.queue.build_dataset`
 uses it: a person approves the cleaned batch as a whole (an Airflow Human-in-the-loop approval in the
 ``fashionnet_ingest`` DAG), or the configured review policy approves it automatically (the demo).
 
@@ -33,7 +33,7 @@ INGEST_KIND = "ingest"
 def ingest_batch_id(run_after: datetime, retailer: str) -> str:
     """``ingest-<YYYYMMDD>-<HHMMSS>-<retailer>``: one batch per ingest run and retailer (the run's time, UTC,
     to the second), so a second run on the same day is a batch of its own. It keeps the ``<kind>-<YYYYMMDD>``
-    head that :func:`pipeline.curate.batch_kind` reads (cross-run deduplication of the ``ingest`` kind)."""
+    head that :func:`pipeline.curation.curate.batch_kind` reads (cross-run deduplication of the ``ingest`` kind)."""
     when = run_after.astimezone(UTC) if run_after.tzinfo else run_after
     return f"{INGEST_KIND}-{when:%Y%m%d}-{when:%H%M%S}-{retailer}"
 
@@ -75,7 +75,7 @@ def record_rejection(
     """Keep ``batch_id`` out of the dataset for good: its approval (if any) is withdrawn, the rejection is
     recorded (who, why, when, the counts), and its items leave the cross-run duplicate index
     (``curation/hash_index/<kind>/<batch_id>.parquet``), so they do not make later copies "duplicates"."""
-    from pipeline.curate import batch_kind
+    from pipeline.curation.curate import batch_kind
 
     withdraw_approval(store, batch_id)
     kind = batch_kind(batch_id)
@@ -125,7 +125,7 @@ def approved_batches(store: ObjectStore) -> list[str]:
 
 def batch_review_summary(store: ObjectStore, batch_id: str) -> dict[str, Any]:
     """Counts an approver needs: the batch's queue by review status, and what curation dropped."""
-    from pipeline.review import read_decisions, read_queue, replay  # pandas: only when a task runs
+    from pipeline.review.queue import read_decisions, read_queue, replay  # pandas: only when a task runs
     from pipeline.settings import get_settings
 
     queue = read_queue(store, batch_id)

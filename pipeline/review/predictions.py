@@ -1,6 +1,6 @@
 """The current networks' predictions for a review queue, so reviewers can start where a model doubts.
 
-Writes ``review/predictions/<batch_id>.parquet`` (:data:`pipeline.review.PREDICTIONS_SCHEMA`: one
+Writes ``review/predictions/<batch_id>.parquet`` (:data:`pipeline.review.queue.PREDICTIONS_SCHEMA`: one
 row per item and attribute with the predicted class, its probability and the model version). The
 review page sorts by lowest confidence or by disagreement with the weak label from it. Before any
 network is published there is nothing to predict with, and nothing is written.
@@ -16,7 +16,7 @@ import pyarrow as pa
 from models.data import UndecodableImage
 from models.inference import FashionVectorizer
 from models.registry import current, load_model
-from pipeline.review import PREDICTIONS_SCHEMA, predictions_key, read_queue
+from pipeline.review.queue import PREDICTIONS_SCHEMA, predictions_key, read_queue
 from pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)

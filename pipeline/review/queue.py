@@ -23,8 +23,8 @@ Decision semantics, replayed in ``decided_at`` order (the latest wins):
 * An item is *pending* until it has an accept, reject or relabel.
 
 ``review/predictions/<batch_id>.parquet`` (:data:`PREDICTIONS_SCHEMA`, written by
-``pipeline.review_predictions``) holds the current networks' predictions for a queue, one row per item
-and attribute; no file means no model yet. The review page (:mod:`pipeline.review_view`) sorts by it.
+``pipeline.review.predictions``) holds the current networks' predictions for a queue, one row per item
+and attribute; no file means no model yet. The review page (:mod:`pipeline.review.view`) sorts by it.
 """
 
 from __future__ import annotations
@@ -487,7 +487,7 @@ def _reviewed_rows(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tup
 
 def build_dataset(store: ObjectStore, batches: list[str] | None = None) -> dict[str, Any]:
     """Rebuild ``dataset/items.parquet`` from the queues and decisions of ``batches`` (default: every
-    queued batch; the ingest DAG passes the approved ones, see :mod:`pipeline.approval`); returns counts.
+    queued batch; the ingest DAG passes the approved ones, see :mod:`pipeline.review.approval`); returns counts.
 
     The same item_id in several batches: the latest reviewed copy (``crawled_at``, then batch id)
     wins, and its decision too (a later reject removes an earlier accept). The same image bytes under

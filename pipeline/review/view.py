@@ -3,7 +3,7 @@
 Everything is read from the store on each call and assembled into plain, JSON-ready values:
 
 * the queue item (image key, title, shop link, size), its weak labels with their sources and its
-  current labels and status after replaying the audit log (:func:`pipeline.review.replay`);
+  current labels and status after replaying the audit log (:func:`pipeline.review.queue.replay`);
 * its duplicate cluster: the items curation dropped as duplicates of it in this batch
   (``curation/<batch_id>/duplicates.parquet``), with their image keys from the crawl's products;
 * the model's predicted label and confidence per attribute when ``review/predictions/<batch_id>.parquet``
@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import store_layout
-from pipeline.review import (
+from pipeline.review.queue import (
     ACCEPT,
     REJECT,
     decision_stacks,
@@ -143,7 +143,7 @@ class BatchView:
 
 # -- reading ---------------------------------------------------------------------------------------
 def read_predictions(store: ObjectStore, batch_id: str) -> pd.DataFrame | None:
-    """The batch's predictions (:data:`pipeline.review.PREDICTIONS_SCHEMA`), or None before any model."""
+    """The batch's predictions (:data:`pipeline.review.queue.PREDICTIONS_SCHEMA`), or None before any model."""
     key = predictions_key(batch_id)
     return store.read_parquet(key).to_pandas() if store.exists(key) else None
 

@@ -25,8 +25,8 @@ from fashionnet_tools.demo import configure_environment, load_dags, migrate_meta
 
 
 def report(store, label: str, seen: set[str]) -> None:
-    from pipeline.approval import approval, approved_batches
-    from pipeline.review import queue_batches, read_decisions, read_queue
+    from pipeline.review.approval import approval, approved_batches
+    from pipeline.review.queue import queue_batches, read_decisions, read_queue
 
     new = sorted(set(queue_batches(store)) - seen)  # the batch this run queued
     seen.update(new)
@@ -80,7 +80,7 @@ def main() -> int:
             run_dag(ingest, conf, mark_success_pattern=mark)
             report(store, label, seen)
 
-    from pipeline.review import queue_batches
+    from pipeline.review.queue import queue_batches
     from tests.conftest import free_port
 
     down = f"127.0.0.1:{free_port()}"  # nothing listens there

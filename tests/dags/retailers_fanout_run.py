@@ -4,7 +4,7 @@ of which fails, as test_retailer_fanout needs it.
 Retailers: the demo store (a small built site on 127.0.0.1) and ``broken-shop``, a configured retailer
 on the same host whose crawls cannot finish (its ``crawl.timeout_s`` override is shorter than a Scrapy
 start-up, so its crawl task raises CrawlError). Inference is replaced by a deterministic fake in this
-process (a stand-in ``models.inference`` module, as tests/pipeline/test_repository.py does): this run
+process (a stand-in ``pipeline.repository.infer`` module, as tests/pipeline/repository/test_repository.py does): this run
 checks the fan-out and the partial failure, the networks are exercised by test_end_to_end.
 
 After each run it prints one JSON line: the run's state, every task instance (task, map index, its
@@ -45,13 +45,13 @@ def task_states(run) -> list[dict]:
 
 
 def fake_inference_module() -> types.ModuleType:
-    """``models.inference`` with an ``infer_shard`` that stages deterministic vectors for the planned items."""
+    """``pipeline.repository.infer`` with an ``infer_shard`` that stages deterministic vectors for the planned items."""
     import pyarrow as pa
 
-    from pipeline import repository
+    from pipeline.repository import infer, plan
 
     def infer_shard(store, commit_id: str, shard: int, batch_size: int | None = None) -> dict:
-        info, items = repository.shard_items(store, commit_id, shard)
+        info, items = plan.shard_items(store, commit_id, shard)
         ids = items["item_id"].to_pylist()
         columns: dict[str, list] = {"item_id": ids}
         for attribute in info["attributes"]:
@@ -75,10 +75,10 @@ def fake_inference_module() -> types.ModuleType:
             "skipped_item_ids": [],
             "versions": info["versions"],
         }
-        repository.write_shard(store, commit_id, shard, pa.table(columns), summary)
+        infer.write_shard(store, commit_id, shard, pa.table(columns), summary)
         return summary
 
-    module = types.ModuleType("models.inference")
+    module = types.ModuleType("pipeline.repository.infer")
     module.infer_shard = infer_shard  # type: ignore[attr-defined]
     return module
 
@@ -118,7 +118,7 @@ def main() -> int:
         dags = load_dags()
 
         ingest = dags["fashionnet_ingest"].test(run_conf={"review_policy": "auto_accept"})
-        from pipeline.approval import approved_batches
+        from pipeline.review.approval import approved_batches
 
         print(
             json.dumps(
@@ -140,9 +140,9 @@ def main() -> int:
                 f"models/{attribute}/current.json",
                 {"version": FAKE_VERSION, "classes": list(get_settings().taxonomy.classes(attribute))},
             )
-        sys.modules["models.inference"] = fake_inference_module()
+        sys.modules["pipeline.repository.infer"] = fake_inference_module()
         refresh = dags["fashionnet_repository_refresh"].test()
-        from pipeline.repository import read_repository
+        from pipeline.repository.dataset import read_repository
 
         commits = [k for k in store.list("repository/commits") if k.endswith(".json")]
         table = read_repository(store, columns=["item_id", "retailer"])

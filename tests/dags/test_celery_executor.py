@@ -437,7 +437,7 @@ def test_shards_ran_at_the_same_time_on_the_tensorflow_worker(chain):
 
 @pytest.mark.slow
 def test_worker_killed_mid_shard_the_shard_is_retried_and_every_item_is_in_the_repository_once(chain):
-    from pipeline.repository import read_repository
+    from pipeline.repository.dataset import read_repository
 
     fault = chain["faults"]["worker"]
     killed = {t["map_index"] for t in fault["running"]}

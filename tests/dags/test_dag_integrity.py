@@ -108,7 +108,7 @@ def test_ingest_gates_the_dataset_on_a_human_approval(dagbag):
     approve = dag.get_task("approve_batch")
     assert isinstance(approve, ApprovalOperator)
     # Approve is the default: the form's primary button. The timeout takes it too, with nobody responding:
-    # record_human_approval refuses that, record_rejection records it (pipeline.approval.hitl_outcome).
+    # record_human_approval refuses that, record_rejection records it (pipeline.review.approval.hitl_outcome).
     assert approve.defaults == [ApprovalOperator.APPROVE] and approve.response_timeout.total_seconds() > 0
     assert dag.get_task("record_rejection").trigger_rule == "all_done"
     assert dag.get_task("build_dataset").trigger_rule == "none_failed_min_one_success"

@@ -124,7 +124,7 @@ def test_every_stage_wrote_its_objects(pipeline_run):
 
 
 def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
-    from pipeline.repository import PREFIX, SCHEMA_VERSION, data_keys, read_repository
+    from pipeline.repository.dataset import PREFIX, SCHEMA_VERSION, data_keys, read_repository
 
     store = pipeline_run.store
     repository = read_repository(store)
@@ -155,8 +155,8 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
 
 
 def test_recommendations_share_attributes_with_the_profile(pipeline_run):
-    from pipeline.recommend import html_key, latest_run, profile_key, recommendations_key, shown_key
-    from pipeline.repository import read_repository
+    from pipeline.recommend.recommendations import html_key, latest_run, profile_key, recommendations_key, shown_key
+    from pipeline.repository.dataset import read_repository
     from pipeline.settings import get_settings
 
     store, stdout = pipeline_run.store, pipeline_run.stdout

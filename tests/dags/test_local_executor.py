@@ -335,7 +335,7 @@ def test_one_ingest_trigger_runs_the_chain_to_a_recommendations_page(airflow):
 
     # The demo user's page of recommendations, with items of the repository.
     from models.registry import current
-    from pipeline.repository import read_repository
+    from pipeline.repository.dataset import read_repository
     from pipeline.storage import ObjectStore
 
     store = ObjectStore(airflow.store_uri)
@@ -463,7 +463,7 @@ def trigger_form_browser():
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("the playwright package is not installed (pip install -r requirements-browser.txt)")
-    from tests.pipeline.test_review_web_browser import chromium_path
+    from tests.pipeline.review.web.test_review_web_browser import chromium_path
 
     if chromium_path() is None:
         pytest.skip("no Chromium: neither /usr/bin/chromium nor `chromium` on PATH")

@@ -1,7 +1,7 @@
 """Airflow's trigger form in a real headless Chromium (Playwright), as a user fills it in.
 
 Used by test_local_executor.py on the api-server it starts. The browser is Debian's Chromium (see
-tests/pipeline/test_review_web_browser.py); Playwright's own browser download is not used. Fields are found by
+tests/pipeline/review/web/test_review_web_browser.py); Playwright's own browser download is not used. Fields are found by
 their label (the Param's ``title``), as a user finds them.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tests.pipeline.test_review_web_browser import CHROMIUM_ARGS, chromium_path
+from tests.pipeline.review.web.test_review_web_browser import CHROMIUM_ARGS, chromium_path
 
 TIMEOUT_MS = 60_000
 

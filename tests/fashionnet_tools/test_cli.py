@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fashionnet_tools import airflow_local, cli, demo
-from pipeline.review_web import __main__ as review_cli
+from pipeline.review.web import __main__ as review_cli
 
 COMMANDS = ("demo", "crawl", "review", "recommend", "airflow")
 FASHIONNET = Path(sys.executable).parent / "fashionnet"
@@ -247,7 +247,7 @@ def test_crawl_reports_a_failed_crawl_in_one_line(monkeypatch, clean_env, capsys
 
 
 def test_recommend_passes_the_dags_params_to_recommend_for_user(monkeypatch, clean_env, tmp_path, capsys):
-    from pipeline import recommend
+    from pipeline.recommend import recommendations as recommend
 
     summary = {
         "user_id": "demo-user",
@@ -281,7 +281,7 @@ def test_recommend_passes_the_dags_params_to_recommend_for_user(monkeypatch, cle
 
 
 def test_recommend_defaults_are_the_dags_empty_fields(monkeypatch, clean_env, tmp_path):
-    from pipeline import recommend
+    from pipeline.recommend import recommendations as recommend
 
     calls = captured(
         monkeypatch,
@@ -296,7 +296,7 @@ def test_recommend_defaults_are_the_dags_empty_fields(monkeypatch, clean_env, tm
 
 
 def test_recommend_refuses_a_bad_request_with_the_reason(monkeypatch, clean_env, tmp_path, capsys):
-    from pipeline import recommend
+    from pipeline.recommend import recommendations as recommend
 
     calls = captured(monkeypatch, recommend, "recommend_for_user")
     assert cli.main(["recommend", "u", "--k", "500", "--store", f"file://{tmp_path}"]) == 2

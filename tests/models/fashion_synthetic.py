@@ -156,6 +156,16 @@ def write_version(store, attribute: str, version: str, seed: int = 0):
     return model
 
 
+def publish_untrained(store, attributes=("shape", "pattern")):
+    """``write_version`` v1 of each attribute (seeds 0, 1, ...), published."""
+    from models.registry import publish
+
+    for seed, attribute in enumerate(attributes):
+        write_version(store, attribute, "v1", seed=seed)
+        publish(store, attribute, "v1")
+    return store
+
+
 TINY_TRAINING = {
     "backbone": "vgg16",
     "weights": None,

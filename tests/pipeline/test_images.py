@@ -239,14 +239,14 @@ def test_squash_keeps_the_whole_image_and_crop_keeps_the_aspect():
     assert (decode_image(data, 30, fit="crop", max_pixels=LIMIT) == crop).all()
 
 
-# -- users' own photos (pipeline.recommend) ------------------------------------------------------------
+# -- users' own photos (pipeline.recommend.recommendations) ------------------------------------------------------------
 def test_a_rotated_user_photo_is_recognised_as_the_users_own_item(file_store):
     """The shop's upright photo is in the repository; the user uploads the phone's sideways-stored copy."""
     import pyarrow as pa
 
+    from pipeline.curation.validate import validate_image
     from pipeline.hashing import content_sha256
-    from pipeline.recommend import _image_phashes, own_image_mask
-    from pipeline.validate import validate_image
+    from pipeline.recommend.recommendations import _image_phashes, own_image_mask
 
     rng = np.random.default_rng(3)
     cells = rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)
@@ -285,7 +285,7 @@ def test_a_rotated_user_photo_is_recognised_as_the_users_own_item(file_store):
     ],
 )
 def test_a_refused_user_photo_names_its_key_and_reason(file_store, data, reason):
-    from pipeline.recommend import build_profile
+    from pipeline.recommend.recommendations import build_profile
 
     class NeverCalled:
         def vectorize(self, images):

@@ -108,10 +108,10 @@ def test_the_ingest_crawl_searches_retailers_with_a_search_page(shops):
 
 
 def test_retailer_batch_ids_keep_their_kind_for_curation():
-    """Cross-run deduplication of ingest batches reads the kind from the id (pipeline.curate.batch_kind)."""
+    """Cross-run deduplication of ingest batches reads the kind from the id (pipeline.curation.curate.batch_kind)."""
     from datetime import datetime
 
-    from pipeline.curate import batch_kind
+    from pipeline.curation.curate import batch_kind
 
     night = datetime(2026, 11, 28, 2, tzinfo=UTC)
     assert retailer_batch_id("ingest", night, "demo-store") == "ingest-20261128-demo-store"

@@ -1,10 +1,10 @@
-"""``python -m pipeline.review_web``: manage reviewers and serve the review page.
+"""``python -m pipeline.review.web``: manage reviewers and serve the review page.
 
-    python -m pipeline.review_web add-reviewer alice              # asks for the password twice
-    echo "$PW" | python -m pipeline.review_web add-reviewer alice --password-stdin [--replace]
-    python -m pipeline.review_web remove-reviewer alice
-    python -m pipeline.review_web list-reviewers
-    python -m pipeline.review_web serve --host 127.0.0.1 --port 8080
+    python -m pipeline.review.web add-reviewer alice              # asks for the password twice
+    echo "$PW" | python -m pipeline.review.web add-reviewer alice --password-stdin [--replace]
+    python -m pipeline.review.web remove-reviewer alice
+    python -m pipeline.review.web list-reviewers
+    python -m pipeline.review.web serve --host 127.0.0.1 --port 8080
 
 ``--store URI`` (any subcommand) overrides the configured store (``FASHIONNET_STORE``).
 """
@@ -16,7 +16,7 @@ import getpass
 import logging
 import sys
 
-from pipeline.review_web import auth
+from pipeline.review.web import auth
 
 
 def _store(uri: str | None):
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.review_web", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.review.web", description=DESCRIPTION)
     return add_arguments(parser).parse_args(argv)
 
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             import uvicorn
 
-            from pipeline.review_web import create_app
+            from pipeline.review.web import create_app
 
             app = create_app(lambda: _store(args.store))
             uvicorn.run(app, host=args.host, port=args.port, root_path=args.root_path, log_level="info")

@@ -2,7 +2,7 @@
 
 * ``GET batches``: every batch with a queue and its counts.
 * ``GET batches/{batch}/items?sort=queue|confidence|disagreement&pending_first=``: the batch as the
-  page shows it (:mod:`pipeline.review_view`).
+  page shows it (:mod:`pipeline.review.view`).
 * ``GET batches/{batch}/images/{item}``: the image of a queue item or of a dropped duplicate in its
   cluster. The client names an item, never a store key: anything else is 404.
 * ``POST batches/{batch}/decisions``: ``{"decisions": [{item_id, decision, attribute?, new_label?,
@@ -23,7 +23,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.review_web.app import context, reviewer
+from pipeline.review.web.app import context, reviewer
 
 router = APIRouter()
 
@@ -56,7 +56,7 @@ class AcceptPageIn(BaseModel):
 
 def checked_batch(request: Request, batch_id: str) -> str:
     """``batch_id`` when it names a batch with a review queue, else 404."""
-    from pipeline.review import queue_key
+    from pipeline.review.queue import queue_key
 
     if not ID_PATTERN.fullmatch(batch_id) or ".." in batch_id or not context(request).store.exists(queue_key(batch_id)):
         raise HTTPException(404, f"no review queue for batch {batch_id!r}")
@@ -74,7 +74,7 @@ def image_type(data: bytes) -> str:
 
 def _state_update(request: Request, batch_id: str, item_ids: set[str]) -> dict[str, Any]:
     """The changed items and the batch's new counts, for the page to update in place."""
-    from pipeline.review_view import BatchView, item_views
+    from pipeline.review.view import BatchView, item_views
 
     items = item_views(context(request).store, batch_id)
     counts = BatchView(batch_id=batch_id, attributes={}, has_predictions=False, items=items).counts()
@@ -88,7 +88,7 @@ def me(request: Request) -> dict[str, str]:
 
 @router.get("/batches")
 def batches(request: Request) -> dict[str, Any]:
-    from pipeline.review_view import batch_summaries
+    from pipeline.review.view import batch_summaries
 
     return {"batches": batch_summaries(context(request).store)}
 
@@ -100,7 +100,7 @@ def items(
     sort: Literal["queue", "confidence", "disagreement"] = "queue",
     pending_first: bool = False,
 ) -> dict[str, Any]:
-    from pipeline.review_view import batch_view
+    from pipeline.review.view import batch_view
 
     batch_id = checked_batch(request, batch_id)
     return batch_view(context(request).store, batch_id, sort, pending_first).to_json()
@@ -108,7 +108,7 @@ def items(
 
 @router.get("/batches/{batch_id}/images/{item_id}")
 def image(request: Request, batch_id: str, item_id: str) -> Response:
-    from pipeline.review_view import image_keys
+    from pipeline.review.view import image_keys
 
     ctx = context(request)
     batch_id = checked_batch(request, batch_id)
@@ -124,7 +124,7 @@ def image(request: Request, batch_id: str, item_id: str) -> Response:
 
 @router.post("/batches/{batch_id}/decisions")
 def decisions(request: Request, batch_id: str, body: DecisionsIn) -> dict[str, Any]:
-    from pipeline.review import Decision, record_decisions
+    from pipeline.review.queue import Decision, record_decisions
 
     batch_id = checked_batch(request, batch_id)
     wanted = [Decision(d.item_id, d.decision, d.attribute, d.new_label, d.reason) for d in body.decisions]
@@ -138,8 +138,8 @@ def decisions(request: Request, batch_id: str, body: DecisionsIn) -> dict[str, A
 @router.post("/batches/{batch_id}/accept-page")
 def accept_page(request: Request, batch_id: str, body: AcceptPageIn) -> dict[str, Any]:
     """Accept every item of ``item_ids`` that is still pending (skipped ones included)."""
-    from pipeline.review import ACCEPT, Decision, record_decisions
-    from pipeline.review_view import PENDING, item_views
+    from pipeline.review.queue import ACCEPT, Decision, record_decisions
+    from pipeline.review.view import PENDING, item_views
 
     store = context(request).store
     batch_id = checked_batch(request, batch_id)
@@ -166,7 +166,7 @@ def accept_page(request: Request, batch_id: str, body: AcceptPageIn) -> dict[str
 
 @router.get("/batches/{batch_id}/log")
 def audit_log(request: Request, batch_id: str, limit: int = Query(200, ge=1, le=10000)) -> dict[str, Any]:
-    from pipeline.review import read_decisions
+    from pipeline.review.queue import read_decisions
 
     batch_id = checked_batch(request, batch_id)
     log = read_decisions(context(request).store, batch_id)

@@ -30,7 +30,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from pipeline.review_web import auth
+from pipeline.review.web import auth
 
 if TYPE_CHECKING:
     from pipeline.storage import ObjectStore
@@ -406,7 +406,7 @@ def create_app(
     ``cache_ttl_s`` is how long a batch's image keys are reused; ``review_settings``: overrides of
     the ``review:`` section of ``config/settings.yaml`` (body limits, login throttling, password checks).
     """
-    from pipeline.review_web.api import router  # the API pulls in pandas; still nothing at factory time
+    from pipeline.review.web.api import router  # the API pulls in pandas; still nothing at factory time
 
     if store_factory is None:
         from pipeline.storage import open_store

@@ -1,7 +1,7 @@
 """Reviewers, their passwords and their sessions.
 
 ``review/reviewers.json`` in the store holds every reviewer's scrypt password hash with its own random
-salt (never a password). It is managed with ``python -m pipeline.review_web add-reviewer``. Every change
+salt (never a password). It is managed with ``python -m pipeline.review.web add-reviewer``. Every change
 of it is one :meth:`ObjectStore.update_json` (a lock file locally, a compare-and-swap on S3), so two
 admins changing it at once never lose each other's change; a local file is 0600.
 

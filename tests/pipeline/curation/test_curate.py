@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from pipeline.curate import curate_batch
+from pipeline.curation.curate import curate_batch
 from pipeline.hashing import hamming, perceptual_hashes
 
 
@@ -321,7 +321,7 @@ def test_index_files_written_before_mirror_hashes_still_work(any_store):
     }
     assert summary["duplicates_of_earlier_batches"] == 2 and summary["index_items_before"] == 2
 
-    from pipeline.curate import read_prior_index
+    from pipeline.curation.curate import read_prior_index
 
     prior = read_prior_index(any_store, "ingest", "ingest-20261103")
     assert len(prior) == 3 and int(prior["phash_mirror"].isna().sum()) == 2  # the old file's rows

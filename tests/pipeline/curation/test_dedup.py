@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from pipeline.dedup import (
+from pipeline.curation.dedup import (
     NearDuplicateIndex,
     UnionFind,
     colour_thumbnail,
@@ -58,7 +58,7 @@ def test_index_blocks_give_the_same_answer(monkeypatch):
     hashes = rng.integers(0, 2**63, size=50, dtype=np.uint64)
     hashes[30] = hashes[3]
     whole = NearDuplicateIndex(hashes).pairs_within(0)
-    monkeypatch.setattr("pipeline.hash_index._BLOCK_CELLS", 7)
+    monkeypatch.setattr("pipeline.curation.hash_index._BLOCK_CELLS", 7)
     blocked = NearDuplicateIndex(hashes).pairs_within(0)
     assert [a.tolist() for a in whole] == [a.tolist() for a in blocked] == [[3], [30], [0]]
     q, r, _ = NearDuplicateIndex(hashes).query(hashes[[3]], 0)
@@ -235,7 +235,7 @@ def test_a_bridge_between_two_earlier_clusters_joins_the_one_that_wins_the_rule(
 def test_shipped_configuration_on_real_photos_finds_resized_recompressed_flipped_and_brightened_copies():
     """A 40-photo slice of bench/dedup_quality.py: the shipped configuration catches resized,
     recompressed and mirrored copies and most +25% brightness copies, flags no pair of distinct photos
-    or of distinct demo products, and pipeline.dedup flags the very pairs the benchmark counts."""
+    or of distinct demo products, and pipeline.curation.dedup flags the very pairs the benchmark counts."""
     from tests.conftest import require_shared
 
     require_shared("clothing-dataset-small")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.hash_index import (
+from pipeline.curation.hash_index import (
     HashIndex,
     MultiIndexHashing,
     choose_substrings,
@@ -30,7 +30,7 @@ def as_list(triplet):
 @pytest.mark.parametrize("radius", [0, 1, 3, 6, 8, 10])
 @pytest.mark.parametrize("substrings", [3, 4, 5])
 def test_mih_pairs_equal_brute_force(radius, substrings, monkeypatch):
-    monkeypatch.setattr("pipeline.hash_index.MIN_INDEXED_FOR_MIH", 0)
+    monkeypatch.setattr("pipeline.curation.hash_index.MIN_INDEXED_FOR_MIH", 0)
     hashes = planted(3_000, radius, seed=radius * 10 + substrings)
     hashes[7] = hashes[8] = hashes[9]  # a bucket shared by three rows
     expected = as_list(HashIndex(hashes).pairs_within(radius))
@@ -40,7 +40,7 @@ def test_mih_pairs_equal_brute_force(radius, substrings, monkeypatch):
 
 @pytest.mark.parametrize("radius", [0, 2, 8])
 def test_mih_queries_equal_brute_force(radius, monkeypatch):
-    monkeypatch.setattr("pipeline.hash_index.MIN_INDEXED_FOR_MIH", 0)
+    monkeypatch.setattr("pipeline.curation.hash_index.MIN_INDEXED_FOR_MIH", 0)
     hashes = planted(4_000, radius, seed=radius)
     rng = np.random.default_rng(radius + 100)
     flips = (np.uint64(1) << rng.integers(0, 64, size=300).astype(np.uint64)) * (np.arange(300) % 2 == 1)
@@ -53,7 +53,7 @@ def test_mih_queries_equal_brute_force(radius, monkeypatch):
 
 def test_a_pair_at_exactly_the_radius_spread_over_all_substrings_is_found(monkeypatch):
     """The pigeonhole worst case: 8 differing bits split 3/3/2 over three substrings."""
-    monkeypatch.setattr("pipeline.hash_index.MIN_INDEXED_FOR_MIH", 0)
+    monkeypatch.setattr("pipeline.curation.hash_index.MIN_INDEXED_FOR_MIH", 0)
     rng = np.random.default_rng(3)
     hashes = rng.integers(0, np.iinfo(np.uint64).max, size=500, dtype=np.uint64, endpoint=True)
     mask = sum(1 << b for b in (63, 60, 50, 40, 35, 30, 10, 3))
@@ -65,7 +65,7 @@ def test_a_pair_at_exactly_the_radius_spread_over_all_substrings_is_found(monkey
 
 
 def test_workers_give_the_same_answer(monkeypatch):
-    monkeypatch.setattr("pipeline.hash_index.MIN_INDEXED_FOR_MIH", 0)
+    monkeypatch.setattr("pipeline.curation.hash_index.MIN_INDEXED_FOR_MIH", 0)
     hashes = planted(2_000, 6, seed=9)
     assert as_list(MultiIndexHashing(hashes, workers=2).pairs_within(6)) == as_list(HashIndex(hashes).pairs_within(6))
 
@@ -90,7 +90,7 @@ def test_empty_inputs():
 @pytest.mark.parametrize("mih", [False, True])
 def test_query_with_mirrors_answers_both_query_sets_exactly(mih, monkeypatch):
     """Own and mirror hashes in one search: each set's answer equals a brute-force query of it alone."""
-    monkeypatch.setattr("pipeline.hash_index.MIN_INDEXED_FOR_MIH", 0 if mih else 10**9)
+    monkeypatch.setattr("pipeline.curation.hash_index.MIN_INDEXED_FOR_MIH", 0 if mih else 10**9)
     hashes = planted(3_000, 6, seed=21)
     rng = np.random.default_rng(22)
     own = hashes[rng.integers(0, len(hashes), size=200)] ^ np.uint64(0b1011)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from pipeline.curation.validate import REASONS, validate_image, validate_with_settings
 from pipeline.settings import get_settings
-from pipeline.validate import REASONS, validate_image, validate_with_settings
 
 MIN_SIDE, MAX_ASPECT = 32, 4.0
 

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.split import split_of, validate_ratios, write_split
+from pipeline.dataset.split import split_of, validate_ratios, write_split
 
 RATIOS = {"train": 0.70, "validation": 0.15, "test": 0.15}
 SALT = "fashionnet-split-v1"

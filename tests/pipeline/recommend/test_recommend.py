@@ -10,9 +10,9 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-from pipeline import scoring
 from pipeline.hashing import content_sha256, perceptual_hashes
-from pipeline.recommend import (
+from pipeline.recommend import scoring
+from pipeline.recommend.recommendations import (
     Filters,
     InvalidRequest,
     build_profile,
@@ -33,7 +33,7 @@ from pipeline.recommend import (
     validate_options,
     validate_request,
 )
-from pipeline.repository import PREFIX as REPOSITORY_PREFIX
+from pipeline.repository.dataset import PREFIX as REPOSITORY_PREFIX
 from pipeline.settings import get_settings
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
@@ -102,7 +102,7 @@ def profile_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def repository_table(items: list[dict[str, Any]]) -> pa.Table:
-    """A fashion-vector repository with the contract's columns (pipeline/repository_schema.json)."""
+    """A fashion-vector repository with the contract's columns (pipeline/repository/schema.json)."""
     n = len(items)
     columns: dict[str, Any] = {
         "item_id": [it["item_id"] for it in items],
@@ -137,7 +137,7 @@ def repository_table(items: list[dict[str, Any]]) -> pa.Table:
 
 def write_repository(store, table: pa.Table) -> None:
     """The repository as pipeline.repository lays it out: crawl_date=<date>/retailer=<retailer>/ folders
-    (read back through pipeline.repository.read_repository)."""
+    (read back through pipeline.repository.dataset.read_repository)."""
     store.delete_prefix(f"{REPOSITORY_PREFIX}/")
     for retailer in sorted(set(table["retailer"].to_pylist())):
         part = table.filter(pc.equal(table["retailer"], retailer)).drop_columns(["crawl_date", "retailer"])
@@ -845,7 +845,7 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
 
     from pipeline.hashing import content_sha256 as _sha
     from pipeline.hashing import perceptual_hashes as _hashes
-    from pipeline.recommend import own_image_mask, thumbnail_check
+    from pipeline.recommend.recommendations import own_image_mask, thumbnail_check
 
     def garment(colour: str) -> bytes:
         image = _Image.new("RGB", (96, 96), "white")
@@ -881,7 +881,7 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
 def test_a_mirrored_upload_of_a_shop_photo_is_still_the_users_own(file_store):
     """The profile keeps the pHash of each image's mirror image: a user's photo that is a shop photo
     flipped left to right is never recommended back to them (and other items still are)."""
-    from pipeline.recommend import thumbnail_check
+    from pipeline.recommend.recommendations import thumbnail_check
 
     shop = noise_jpeg(7)
     upload = io.BytesIO()

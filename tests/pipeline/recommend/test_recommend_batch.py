@@ -1,4 +1,4 @@
-"""The batch path (pipeline.recommend.recommend_for_users: many users in one streamed pass) gives
+"""The batch path (pipeline.recommend.recommendations.recommend_for_users: many users in one streamed pass) gives
 exactly the one-user path's lists (recommend_for_user), item for item and in order."""
 
 import datetime as dt
@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from pipeline.hashing import content_sha256, perceptual_hashes
-from pipeline.recommend import (
+from pipeline.recommend.recommendations import (
     recommend_for_user,
     recommend_for_users,
     recommendations_key,
     shown_key,
     validate_options,
 )
-from pipeline.repository import PREFIX as REPOSITORY_PREFIX
+from pipeline.repository.dataset import PREFIX as REPOSITORY_PREFIX
 from pipeline.settings import get_settings
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
@@ -234,7 +234,8 @@ def test_dropping_unneeded_kept_rows_copies_one_piece_at_a_time():
     import tracemalloc
     from types import SimpleNamespace
 
-    from pipeline import recommend, scoring
+    from pipeline.recommend import recommendations as recommend
+    from pipeline.recommend import scoring
 
     pieces, rows_per_piece, dims = 8, 1000, 1280
     tracemalloc.start()

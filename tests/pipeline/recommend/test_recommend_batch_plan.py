@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline.recommend import batch_size, plan_requests, validate_options
+from pipeline.recommend.recommendations import batch_size, plan_requests, validate_options
 from pipeline.settings import get_settings
 
 

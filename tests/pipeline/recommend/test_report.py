@@ -6,7 +6,7 @@ import re
 import pytest
 from PIL import Image
 
-from pipeline.report import render_recommendations_html, thumbnail_data_uri
+from pipeline.recommend.report import render_recommendations_html, thumbnail_data_uri
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
 

@@ -1,11 +1,11 @@
-"""The scores, top-k selection and MMR of pipeline.scoring, on small hand-made fashion vectors."""
+"""The scores, top-k selection and MMR of pipeline.recommend.scoring, on small hand-made fashion vectors."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import scoring
-from pipeline.scoring import (
+from pipeline.recommend import scoring
+from pipeline.recommend.scoring import (
     FashionMatrix,
     MissingVectors,
     components,

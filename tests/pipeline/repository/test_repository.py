@@ -1,7 +1,7 @@
 """The fashion-vector repository without the networks: schema, plan, shards, atomic commit, reads.
 
 Inference is replaced by a deterministic fake (``fake_infer``) that stages vectors the way
-``models.inference.infer_shard`` does; tests/models/test_inference.py runs the real networks.
+``pipeline.repository.infer.infer_shard`` does; tests/models/test_inference.py runs the real networks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import repository as R
+from pipeline.repository import commit as RC
+from pipeline.repository import dataset as R
+from pipeline.repository import infer as RI
+from pipeline.repository import plan as RP
 from tests.conftest import REPO_ROOT
 
 ATTRIBUTES = ["pattern", "shape"]
@@ -71,10 +74,10 @@ def write_batch(
 
 def fake_infer(store, commit_id: str, inferred_at: datetime, skip=()) -> int:
     """Stage every shard's vectors: classes and embeddings derived from item id and model version."""
-    info, _ = R.read_plan(store, commit_id)
+    info, _ = RP.read_plan(store, commit_id)
     total = 0
     for shard in range(info["shards"]):
-        _, items = R.shard_items(store, commit_id, shard)
+        _, items = RP.shard_items(store, commit_id, shard)
         ids = [i for i in items["item_id"].to_pylist() if i not in skip]
         columns: dict[str, list] = {"item_id": ids}
         for attribute in info["attributes"]:
@@ -90,7 +93,7 @@ def fake_infer(store, commit_id: str, inferred_at: datetime, skip=()) -> int:
         columns["embedding_source"] = ["fake"] * len(ids)
         columns["inferred_at"] = [inferred_at] * len(ids)
         skipped = [i for i in items["item_id"].to_pylist() if i in skip]
-        R.write_shard(
+        RI.write_shard(
             store, commit_id, shard, pa.table(columns), {"versions": info["versions"], "skipped_item_ids": skipped}
         )
         total += len(ids)
@@ -109,11 +112,11 @@ def refresh(
     on_publish=None,
     attributes=ATTRIBUTES,
 ) -> tuple[dict, dict]:
-    plan = R.plan_refresh(
+    plan = RP.plan_refresh(
         store, commit_id, batch_id=batch_id, attributes=attributes, config=config, crawl_date=crawl_date
     )
     fake_infer(store, commit_id, inferred_at, skip)
-    return plan, R.commit_refresh(store, commit_id, config=config, on_publish=on_publish)
+    return plan, RC.commit_refresh(store, commit_id, config=config, on_publish=on_publish)
 
 
 def file_bytes(store) -> dict[str, bytes]:
@@ -163,7 +166,7 @@ def test_the_readme_documents_the_repository_and_its_schema_version():
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## The fashion-vector repository", 1)[1].split("\n## ", 1)[0]
     assert f"schema version {R.SCHEMA_VERSION}" in section
-    assert "pipeline/repository_schema.json" in section and "docs/analysts.md" in section
+    assert "pipeline/repository/schema.json" in section and "docs/analysts.md" in section
     spec = json.loads(R.SCHEMA_FILE.read_text())
     for column in [c["name"] for c in spec["columns"]] + ["<attr>_probs", "<attr>_model_version"]:
         assert f"`{column}`" in section, column
@@ -246,7 +249,7 @@ def test_a_commit_retried_after_it_completed_returns_its_record_and_changes_noth
     write_batch(any_store, "catalog-20261101", range(3))
     _, record = refresh(any_store, "catalog-20261101", "catalog-20261101", T1)
     before = file_bytes(any_store)
-    assert R.commit_refresh(any_store, "catalog-20261101") == record
+    assert RC.commit_refresh(any_store, "catalog-20261101") == record
     assert file_bytes(any_store) == before and any_store.list(R.STAGING_PREFIX) == []
 
 
@@ -259,7 +262,7 @@ def test_a_commit_that_fails_before_its_moves_changes_nothing_readers_see(file_s
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1, config=config)
     before, table = file_bytes(file_store), R.read_repository(file_store)
     publish(file_store, "v2")
-    R.plan_refresh(file_store, "rescore-b", attributes=ATTRIBUTES, config=config)
+    RP.plan_refresh(file_store, "rescore-b", attributes=ATTRIBUTES, config=config)
     fake_infer(file_store, "rescore-b", T2)
     real_put, uploads = file_store.put_bytes, []
 
@@ -272,10 +275,10 @@ def test_a_commit_that_fails_before_its_moves_changes_nothing_readers_see(file_s
 
     monkeypatch.setattr(file_store, "put_bytes", put_bytes)
     with pytest.raises(OSError, match="No space"):
-        R.commit_refresh(file_store, "rescore-b", config=config)
+        RC.commit_refresh(file_store, "rescore-b", config=config)
     assert file_bytes(file_store) == before and R.read_repository(file_store).equals(table)
     monkeypatch.undo()
-    R.commit_refresh(file_store, "rescore-b", config=config)  # the retry
+    RC.commit_refresh(file_store, "rescore-b", config=config)  # the retry
     assert set(R.read_repository(file_store)["pattern_model_version"].to_pylist()) == {"v2"}
 
 
@@ -367,7 +370,7 @@ def test_items_whose_image_cannot_be_read_are_left_out_or_kept_as_they_were(file
 def test_shards_are_sized_from_the_settings_and_capped(file_store):
     publish(file_store, "v1")
     write_batch(file_store, "catalog-20261101", range(10))
-    plan = R.plan_refresh(
+    plan = RP.plan_refresh(
         file_store,
         "catalog-20261101",
         batch_id="catalog-20261101",
@@ -375,10 +378,10 @@ def test_shards_are_sized_from_the_settings_and_capped(file_store):
         config={"shard_size": 3, "max_shards": 256},
     )
     assert plan["shards"] == 4
-    _, rows = R.read_plan(file_store, "catalog-20261101")
+    _, rows = RP.read_plan(file_store, "catalog-20261101")
     sizes = [pc.sum(pc.equal(rows["shard"], s)).as_py() for s in range(4)]
     assert sum(sizes) == 10 and max(sizes) - min(sizes) <= 1
-    capped = R.plan_refresh(
+    capped = RP.plan_refresh(
         file_store,
         "catalog-20261101",
         batch_id="catalog-20261101",
@@ -387,7 +390,7 @@ def test_shards_are_sized_from_the_settings_and_capped(file_store):
     )
     assert capped["shards"] == 3
     with pytest.raises(R.RepositoryError, match="shard 0 has no output"):
-        R.commit_refresh(file_store, "catalog-20261101")
+        RC.commit_refresh(file_store, "catalog-20261101")
 
 
 def test_nothing_to_infer_still_plans_one_shard(file_store):
@@ -454,17 +457,17 @@ def test_a_commit_that_fails_midway_completes_when_rerun(file_store):
     config = {"max_file_rows": 2}
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1, config=config)
     publish(file_store, "v2")
-    R.plan_refresh(file_store, "rescore-a", attributes=ATTRIBUTES, config=config)
+    RP.plan_refresh(file_store, "rescore-a", attributes=ATTRIBUTES, config=config)
     fake_infer(file_store, "rescore-a", T2)
 
     def crash(key: str) -> None:
         raise OSError("killed")
 
     with pytest.raises(OSError):
-        R.commit_refresh(file_store, "rescore-a", config=config, on_publish=crash)
+        RC.commit_refresh(file_store, "rescore-a", config=config, on_publish=crash)
     partial = R.read_repository(file_store)
     assert partial.num_rows == 8 and set(partial["pattern_model_version"].to_pylist()) == {"v1", "v2"}
-    R.commit_refresh(file_store, "rescore-a", config=config)  # the task retried
+    RC.commit_refresh(file_store, "rescore-a", config=config)  # the task retried
     done = R.read_repository(file_store)
     assert done.num_rows == 8 and set(done["pattern_model_version"].to_pylist()) == {"v2"}
 
@@ -532,9 +535,9 @@ def test_a_commit_leaves_no_staging_folder(file_store):
 def refresh_batches(
     store, commit_id: str, batch_ids: list[str], inferred_at: datetime, failed=None
 ) -> tuple[dict, dict]:
-    plan = R.plan_refresh(store, commit_id, batch_ids=batch_ids, failed_retailers=failed, attributes=ATTRIBUTES)
+    plan = RP.plan_refresh(store, commit_id, batch_ids=batch_ids, failed_retailers=failed, attributes=ATTRIBUTES)
     fake_infer(store, commit_id, inferred_at)
-    return plan, R.commit_refresh(store, commit_id)
+    return plan, RC.commit_refresh(store, commit_id)
 
 
 def test_one_night_commits_the_batch_of_every_retailer_and_records_the_failed_ones(any_store):
@@ -576,15 +579,15 @@ def test_the_same_item_in_two_batches_keeps_the_row_crawled_last(file_store):
     write_batch(file_store, "catalog-20261101-a", [1, 2], crawled_at=T2, price={1: 99.0})
     write_batch(file_store, "catalog-20261101-b", [1], crawled_at=T1, price={1: 5.0})
     for order in (["catalog-20261101-a", "catalog-20261101-b"], ["catalog-20261101-b", "catalog-20261101-a"]):
-        plan = R.plan_refresh(file_store, "c", batch_ids=order, attributes=ATTRIBUTES)
-        _, rows = R.read_plan(file_store, "c")
+        plan = RP.plan_refresh(file_store, "c", batch_ids=order, attributes=ATTRIBUTES)
+        _, rows = RP.read_plan(file_store, "c")
         assert plan["batch_items"] == 2 and rows.num_rows == 2
         assert dict(zip(rows["item_id"].to_pylist(), rows["price"].to_pylist()))[item_id(1)] == 99.0
 
 
 def test_a_night_where_every_retailer_failed_only_rescores_and_says_so(file_store):
     publish(file_store, "v1")
-    plan = R.plan_refresh(
+    plan = RP.plan_refresh(
         file_store,
         "catalog-20261101",
         batch_ids=[],
@@ -594,11 +597,11 @@ def test_a_night_where_every_retailer_failed_only_rescores_and_says_so(file_stor
     )
     assert plan["batch_ids"] == [] and plan["failed_retailers"] == ["acme"] and plan["to_infer"] == 0
     with pytest.raises(ValueError, match="batch_id or batch_ids"):
-        R.plan_refresh(
+        RP.plan_refresh(
             file_store, "x", batch_id="catalog-20261101", batch_ids=["catalog-20261101"], attributes=ATTRIBUTES
         )
 
 
 def test_the_night_of_a_retailer_batch_is_its_date():
-    assert R._night_of("catalog-20261101-demo-store", None) == NIGHT1
-    assert R._night_of("catalog-20261102", None) == NIGHT2
+    assert RP._night_of("catalog-20261101-demo-store", None) == NIGHT1
+    assert RP._night_of("catalog-20261102", None) == NIGHT2

@@ -8,7 +8,7 @@ server). moto keeps its buckets in this process's memory, so the endpoint comes 
 the way MinIO restarts from its disk. Then, as Airflow would, the failed task and the ones after it
 run again; the repository must equal a clean run's on a fresh bucket, row for row and file for file.
 Inference is the deterministic fake of test_repository.py (the failure is in storage, not in Keras),
-except in the last test, which runs the DAG's own ``models.inference.infer_shard`` on tiny networks.
+except in the last test, which runs the DAG's own ``pipeline.repository.infer.infer_shard`` on tiny networks.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import BotoCoreError, EndpointConnectionError
 
-from pipeline import repository as R
+from pipeline.repository import commit as RC
+from pipeline.repository import dataset as R
+from pipeline.repository import plan as RP
 from pipeline.storage import ObjectStore
-from tests.pipeline.test_repository import ATTRIBUTES, T1, T2, fake_infer, publish, write_batch
+from tests.pipeline.repository.test_repository import ATTRIBUTES, T1, T2, fake_infer, publish, write_batch
 
 NIGHT1, NIGHT2 = "catalog-20261101", "catalog-20261102"
 CONFIG = {"max_file_rows": 3, "shard_size": 5}  # night 2: 4 files written, 12 items inferred in 3 shards
@@ -147,18 +149,18 @@ def night_one(store: ObjectStore) -> None:
     """The state before the fault: 9 items of night 1 committed in 3 files, v1 networks."""
     publish(store, "v1")
     write_batch(store, NIGHT1, range(9))
-    R.plan_refresh(store, NIGHT1, batch_id=NIGHT1, attributes=ATTRIBUTES, config=CONFIG)
+    RP.plan_refresh(store, NIGHT1, batch_id=NIGHT1, attributes=ATTRIBUTES, config=CONFIG)
     fake_infer(store, NIGHT1, T1)
-    R.commit_refresh(store, NIGHT1, config=CONFIG)
+    RC.commit_refresh(store, NIGHT1, config=CONFIG)
     # Night 2 re-scores all 9 (a new pattern network), changes one price and adds 3 items in a new partition.
     publish(store, "v2", ["pattern"])
     write_batch(store, NIGHT2, range(12), crawled_at=T2, price={2: 99.0})
 
 
 STAGES: list[tuple[str, Callable[[ObjectStore], Any]]] = [
-    ("plan", lambda store: R.plan_refresh(store, NIGHT2, batch_id=NIGHT2, attributes=ATTRIBUTES, config=CONFIG)),
+    ("plan", lambda store: RP.plan_refresh(store, NIGHT2, batch_id=NIGHT2, attributes=ATTRIBUTES, config=CONFIG)),
     ("infer_shard", lambda store: fake_infer(store, NIGHT2, T2)),
-    ("commit", lambda store: R.commit_refresh(store, NIGHT2, config=CONFIG)),
+    ("commit", lambda store: RC.commit_refresh(store, NIGHT2, config=CONFIG)),
 ]
 
 
@@ -388,8 +390,8 @@ def test_the_nightly_refresh_rerun_with_the_real_networks_writes_identical_objec
     ``infer_shard`` for every shard (inferred_at is the clock), commit; then the same night again.
     Every object under ``repository/`` keeps its bytes and row count, the broken image is tried again
     and skipped again, nothing is added."""
-    from models.inference import infer_shard
     from models.registry import publish as publish_model
+    from pipeline.repository.infer import infer_shard
     from tests.models.fashion_synthetic import write_accepted, write_version
 
     store = local_s3.store()
@@ -399,10 +401,10 @@ def test_the_nightly_refresh_rerun_with_the_real_networks_writes_identical_objec
     ids = write_accepted(store, NIGHT1, ["striped", "solid", "checkered", "striped", "solid"], broken=1)
 
     def night() -> tuple[dict, dict]:
-        plan = R.plan_refresh(store, NIGHT1, batch_id=NIGHT1, attributes=ATTRIBUTES, config={"shard_size": 2})
+        plan = RP.plan_refresh(store, NIGHT1, batch_id=NIGHT1, attributes=ATTRIBUTES, config={"shard_size": 2})
         summaries = [infer_shard(store, NIGHT1, shard) for shard in range(plan["shards"])]
         assert sum(s["skipped_undecodable"] for s in summaries) == 1
-        return plan, R.commit_refresh(store, NIGHT1)
+        return plan, RC.commit_refresh(store, NIGHT1)
 
     def objects() -> dict[str, tuple[bytes, int | None]]:
         return {

@@ -2,7 +2,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.approval import (
+from pipeline.curation.curate import batch_kind, hash_index_key
+from pipeline.review.approval import (
     approval,
     approval_body,
     approved_batches,
@@ -14,9 +15,8 @@ from pipeline.approval import (
     rejection_key,
     withdraw_approval,
 )
-from pipeline.curate import batch_kind, hash_index_key
-from pipeline.review import Decision, build_dataset, enqueue, record_decisions
-from tests.pipeline.test_review import ITEMS, WEAK, write_batch
+from pipeline.review.queue import Decision, build_dataset, enqueue, record_decisions
+from tests.pipeline.review.test_review import ITEMS, WEAK, write_batch
 
 
 def test_record_and_list_approvals(file_store):

@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.review import (
+from pipeline.review.queue import (
     Decision,
     apply_policy,
     build_dataset,
@@ -259,7 +259,7 @@ def test_relabel_from_null_and_clearing_a_label(file_store):
 
 
 def _state(store, batch_id="b1"):
-    from pipeline.review import read_queue, replay
+    from pipeline.review.queue import read_queue, replay
     from pipeline.settings import get_settings
 
     return replay(read_queue(store, batch_id), read_decisions(store, batch_id), get_settings().taxonomy)
@@ -376,7 +376,7 @@ def test_undo_is_item_level(file_store):
 
 
 def test_predictions_contract():
-    from pipeline.review import PREDICTIONS_SCHEMA, predictions_key
+    from pipeline.review.queue import PREDICTIONS_SCHEMA, predictions_key
 
     assert predictions_key("ingest-20261101") == "review/predictions/ingest-20261101.parquet"
     assert [(f.name, str(f.type)) for f in PREDICTIONS_SCHEMA] == [
@@ -394,7 +394,7 @@ def test_decisions_in_the_same_microsecond_never_overwrite_each_other(file_store
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import pipeline.review as review
+    import pipeline.review.queue as review
 
     write_batch(file_store, "b1", "c1", ITEMS, WEAK)
     enqueue(file_store, "b1")
@@ -429,7 +429,7 @@ def test_decisions_in_the_same_microsecond_never_overwrite_each_other(file_store
 
 
 def test_a_decision_log_object_is_never_replaced(file_store, monkeypatch):
-    import pipeline.review as review
+    import pipeline.review.queue as review
     from pipeline.storage import StoreConflict
 
     write_batch(file_store, "b1", "c1", ITEMS, WEAK)

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from models.registry import publish
-from pipeline.review import PREDICTIONS_SCHEMA, predictions_key, queue_key, queue_schema
-from pipeline.review_predictions import predict_review_queue
+from pipeline.review.predictions import predict_review_queue
+from pipeline.review.queue import PREDICTIONS_SCHEMA, predictions_key, queue_key, queue_schema
 from pipeline.settings import get_settings
 from tests.models.fashion_synthetic import SHAPES, pattern_image, write_version
 

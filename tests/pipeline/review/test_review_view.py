@@ -4,10 +4,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.curate import DUPLICATES_SCHEMA
-from pipeline.review import PREDICTIONS_SCHEMA, Decision, enqueue, predictions_key, record_decisions
-from pipeline.review_view import batch_summaries, batch_view, image_keys, sort_items
-from tests.pipeline.test_review import ITEMS, START, WEAK, write_batch
+from pipeline.curation.curate import DUPLICATES_SCHEMA
+from pipeline.review.queue import PREDICTIONS_SCHEMA, Decision, enqueue, predictions_key, record_decisions
+from pipeline.review.view import batch_summaries, batch_view, image_keys, sort_items
+from tests.pipeline.review.test_review import ITEMS, START, WEAK, write_batch
 
 COLOURS = {
     "i1": (200, 40, 40),

@@ -10,12 +10,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from itsdangerous import URLSafeTimedSerializer
 
-from pipeline.review import read_decisions, read_queue, replay
-from pipeline.review_web import auth, create_app
-from pipeline.review_web.__main__ import main as cli
+from pipeline.review.queue import read_decisions, read_queue, replay
+from pipeline.review.web import auth, create_app
+from pipeline.review.web.__main__ import main as cli
 from pipeline.settings import get_settings
 from tests.conftest import REPO_ROOT
-from tests.pipeline.test_review_view import make_review_batch
+from tests.pipeline.review.test_review_view import make_review_batch
 
 PASSWORD = "correct horse battery"
 SECRET = "s" * 40

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.review_web import auth, create_app
-from pipeline.review_web.app import COOKIE_NAME
-from tests.pipeline.test_review_view import make_review_batch
+from pipeline.review.web import auth, create_app
+from pipeline.review.web.app import COOKIE_NAME
+from tests.pipeline.review.test_review_view import make_review_batch
 
 PASSWORD = "correct horse battery"
 SECRET = "s" * 40

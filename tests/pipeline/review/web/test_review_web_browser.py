@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.review import read_decisions, read_queue, replay
-from pipeline.review_web import auth, create_app
+from pipeline.review.queue import read_decisions, read_queue, replay
+from pipeline.review.web import auth, create_app
 from pipeline.settings import get_settings
 from tests.conftest import free_port, wait_for_port
-from tests.pipeline.test_review_view import make_review_batch
+from tests.pipeline.review.test_review_view import make_review_batch
 
 PASSWORD = "correct horse battery"
 CHROMIUM_ARGS = [

@@ -1,0 +1,1 @@
+"""The dataset: the train / validation / test split of the labelled items (:mod:`.split`)."""
