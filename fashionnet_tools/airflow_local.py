@@ -27,6 +27,7 @@ whatever the api-server's host), and on one machine the api-server reads the tas
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -36,7 +37,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fashionnet_tools import console
 from pipeline.settings import REPO_ROOT
+
+logger = logging.getLogger(__name__)
 
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
@@ -199,7 +203,7 @@ def start_demo_store(args: argparse.Namespace, env: dict[str, str]):
     port = args.demo_store_port if args.demo_store_port is not None else (urlsplit(base or "").port or 8765)
     site = args.demo_site.resolve()
     if not site_exists(site):
-        print(f"[airflow-local] building the demo shop ({args.demo_products} products) in {site} ...", flush=True)
+        logger.info(f"[airflow-local] building the demo shop ({args.demo_products} products) in {site} ...")
         build_site(site, n_products=args.demo_products, seed=7)
     try:
         server = DemoStoreServer(site, host="127.0.0.1", port=port).start()
@@ -426,10 +430,10 @@ def stop_group(proc: subprocess.Popen, timeout: float) -> None:
             proc.send_signal(sig)
         if _wait_group(proc, pgid, wait_s):
             break
-        print(f"[airflow-local] processes left {wait_s:.0f}s after {signal.Signals(sig).name}", flush=True)
+        logger.warning(f"[airflow-local] processes left {wait_s:.0f}s after {signal.Signals(sig).name}")
     left = stop_stragglers(known + [p for p in descendants() if p not in known])
     if left:
-        print(f"[airflow-local] could not stop: {[p.pid for p in left]}", flush=True)
+        logger.warning(f"[airflow-local] could not stop: {[p.pid for p in left]}")
 
 
 def announce_when_ready(url: str, password_file: Path, done: threading.Event) -> None:
@@ -438,14 +442,16 @@ def announce_when_ready(url: str, password_file: Path, done: threading.Event) ->
         try:
             with urllib.request.urlopen(f"{url}/api/v2/version", timeout=2) as response:
                 if response.status == 200:
-                    print(f"[airflow-local] ready: {url}/  login admin, password in {password_file}", flush=True)
+                    logger.info(f"[airflow-local] ready: {url}/  login admin, password in {password_file}")
                     return
         except OSError:
             pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    console.configure_logging()  # the [airflow-local] lines, bare on stdout (warnings on stderr)
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -466,34 +472,30 @@ def run(args: argparse.Namespace) -> int:
     password_file = private_password_file(home)
     env["PATH"] = os.pathsep.join([str(write_airflow_wrapper(home)), env["PATH"]])
     shop, written = embedded_default(args, env)
-    print(
+    logger.info(
         f"[airflow-local] AIRFLOW_HOME={home}  DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}  "
-        f"plugins: {env['AIRFLOW__CORE__PLUGINS_FOLDER']}  parallelism: {args.parallelism}",
-        flush=True,
+        f"plugins: {env['AIRFLOW__CORE__PLUGINS_FOLDER']}  parallelism: {args.parallelism}"
     )
-    print(f"[airflow-local] metadata database: {database_label(env)}", flush=True)
-    print(f"[airflow-local] Airflow UI: {url}/  (review page: {url}/fashionnet-review/)", flush=True)
-    print(f"[airflow-local] login: admin, password in {password_file} (generated on the first start)", flush=True)
+    logger.info(f"[airflow-local] metadata database: {database_label(env)}")
+    logger.info(f"[airflow-local] Airflow UI: {url}/  (review page: {url}/fashionnet-review/)")
+    logger.info(f"[airflow-local] login: admin, password in {password_file} (generated on the first start)")
     if shop is not None:
-        print(
+        logger.info(
             f"[airflow-local] demo shop: {shop.base_url}/ (served by this launcher from {args.demo_site}; "
             f"stops with it); demo user: users/demo-user/ in the store"
-            f"{f' ({len(written)} photos added)' if written else ''}",
-            flush=True,
+            f"{f' ({len(written)} photos added)' if written else ''}"
         )
         if not args.paused:
-            print(
+            logger.info(
                 "[airflow-local] new DAGs start unpaused: trigger fashionnet_ingest once and the chain runs to "
-                "fashionnet_recommend's page (README: Running Airflow)",
-                flush=True,
+                "fashionnet_recommend's page (README: Running Airflow)"
             )
     elif demo_store_base(env) is not None:
-        print(
+        logger.info(
             f"[airflow-local] demo shop not started (--demo-store off); serve it in another terminal with: "
-            f"{demo_store_command(args, env)}",
-            flush=True,
+            f"{demo_store_command(args, env)}"
         )
-    print("[airflow-local] Ctrl-C stops every Airflow process.", flush=True)
+    logger.info("[airflow-local] Ctrl-C stops every Airflow process.")
 
     become_subreaper()
     proc = start_standalone(env)
@@ -509,12 +511,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         done.set()
         if stop_requested:
-            print(f"\n[airflow-local] {signal.Signals(stop_requested[0]).name}: stopping Airflow ...", flush=True)
+            logger.info(f"\n[airflow-local] {signal.Signals(stop_requested[0]).name}: stopping Airflow ...")
         stop_group(proc, args.stop_timeout)
         if shop is not None:
             shop.stop()
     code = proc.returncode
-    print(f"[airflow-local] stopped (airflow standalone exited {code})", flush=True)
+    logger.info(f"[airflow-local] stopped (airflow standalone exited {code})")
     return 0 if stop_requested else (code or 0)
 
 

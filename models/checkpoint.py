@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ import numpy as np
 from models.network import head_layer_names
 from pipeline.storage import ObjectStore
 from pipeline.store_layout import model_checkpoint_prefix as checkpoint_prefix
+
+logger = logging.getLogger(__name__)
 
 FROZEN, UNFROZEN = "frozen", "unfrozen"
 
@@ -110,7 +113,7 @@ class Checkpoints:
             return None
         state = TrainingState(**self.store.read_json(self.key("state.json")))
         if json.dumps(state.config, sort_keys=True) != json.dumps(config, sort_keys=True):
-            print(f"[checkpoint] {self.prefix} was made with another training config; starting afresh", flush=True)
+            logger.info(f"[checkpoint] {self.prefix} was made with another training config; starting afresh")
             return None
         best = _arrays(self.store.get_bytes(self.key("best.npz"))) if self.store.exists(self.key("best.npz")) else {}
         return state, _arrays(self.store.get_bytes(self.key("current.npz"))), best

@@ -27,6 +27,7 @@ The test split is read once for each of the two final candidates (network and pr
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tempfile
@@ -64,6 +65,8 @@ from models.network import (
 from pipeline.storage import ObjectStore
 from pipeline.store_layout import model_file_key as model_key
 from pipeline.store_layout import model_metrics_key as metrics_key
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -245,11 +248,10 @@ class EpochLog(keras.callbacks.Callback):
         row = {"phase": self.phase, "epoch": epoch + 1, "seconds": round(time.perf_counter() - self._started, 2)}
         row.update({k: round(float(logs[k]), 4) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs})
         self.history.append(row)
-        print(
+        logger.info(
             f"[{self.label}] {self.phase} epoch {epoch + 1}/{self.epochs}: loss {row.get('loss', float('nan')):.3f} "
             f"acc {row.get('accuracy', float('nan')):.3f} val_acc {row.get('val_accuracy', float('nan')):.3f} "
-            f"({row['seconds']:.1f}s)",
-            flush=True,
+            f"({row['seconds']:.1f}s)"
         )
 
 
@@ -613,7 +615,7 @@ def train_attribute(
     trained again (its metrics are returned).
     """
     if store.exists(model_key(attribute, version)) and store.exists(metrics_key(attribute, version)):
-        print(f"[{attribute} {version}] already trained; keeping {model_key(attribute, version)}", flush=True)
+        logger.info(f"[{attribute} {version}] already trained; keeping {model_key(attribute, version)}")
         return store.read_json(metrics_key(attribute, version))
     config = TrainingConfig.from_dict(training)
     if config.frozen_epochs + config.unfrozen_epochs < 1:
@@ -648,17 +650,15 @@ def _train(
     timing["decode_seconds"] = round(time.perf_counter() - started, 2)
     check_trainable(attribute, splits, classes)
     train, validation, test = splits["train"], splits["validation"], splits["test"]
-    print(
+    logger.info(
         f"[{label}] images train/validation/test: {len(train)}/{len(validation)}/{len(test)}"
-        f"{' (mixed_float16)' if mixed else ''}",
-        flush=True,
+        f"{' (mixed_float16)' if mixed else ''}"
     )
     for name, arrays in splits.items():
         for rejected in arrays.rejected:
-            print(
+            logger.info(
                 f"[{label}] {name}: left out {rejected['item_id']} ({rejected['image_key']}): {rejected['reason']}"
-                f" ({rejected.get('detail', '')})",
-                flush=True,
+                f" ({rejected.get('detail', '')})"
             )
 
     model = build_attribute_network(
@@ -699,7 +699,7 @@ def _train(
             model, probe, config, classes, model.get_layer(BACKBONE_LAYER).get_weights(), name=f"{attribute}_probe"
         )
         timing["probe_seconds"] = round(time.perf_counter() - probe_started, 2)
-        print(f"[{label}] linear probe: L2 {probe['l2']}, val_acc {probe['val_accuracy']:.3f}", flush=True)
+        logger.info(f"[{label}] linear probe: L2 {probe['l2']}, val_acc {probe['val_accuracy']:.3f}")
         if config.head_init == "probe":
             init_head_from_probe(model, probe)
 
@@ -709,7 +709,7 @@ def _train(
     state, saved = (resumed[0], resumed[1]) if resumed else (TrainingState(config=config_record), {})
     if resumed:
         resume_weights(model, best, state, resumed[1], resumed[2], checkpoints.load_frozen_best())
-        print(f"[{label}] resuming from the checkpoint after {state.phase} epoch {state.epochs_done}", flush=True)
+        logger.info(f"[{label}] resuming from the checkpoint after {state.phase} epoch {state.epochs_done}")
     resumed_phase = state.phase if resumed else None
     history = state.history
 
@@ -794,7 +794,7 @@ def _train(
             "test": probe_test,
         }
     train_seconds = round(time.perf_counter() - started, 1)
-    print(
+    logger.info(
         f"[{label}] network: best val_acc {best.best_accuracy:.3f} ({best.best_phase} epoch {best.best_epoch}), "
         f"test acc {network_test['accuracy']:.3f}"
         + (
@@ -802,8 +802,7 @@ def _train(
             if probe and probe_record is not None  # the record exists whenever the probe does
             else ""
         )
-        + f"; published: {published}; {train_seconds}s",
-        flush=True,
+        + f"; published: {published}; {train_seconds}s"
     )
     metrics = {
         "attribute": attribute,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -69,6 +70,29 @@ def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _console_logging_undone() -> Iterator[None]:
+    """A tool's entry point called in a test configures its console (fashionnet_tools.console): undone after."""
+    from fashionnet_tools.console import PROJECT_LOGGERS
+
+    loggers = [logging.getLogger(name) for name in PROJECT_LOGGERS]
+    saved = [(logger.level, logger.propagate, list(logger.handlers)) for logger in loggers]
+    yield
+    for logger, (level, propagate, handlers) in zip(loggers, saved):
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers
+
+
+@pytest.fixture
+def console_logging() -> None:
+    """The project's progress lines (INFO and up) on the captured stdout and stderr, bare, as a tool's console
+    shows them (fashionnet_tools.console.configure_logging): for a test that reads them with capsys."""
+    from fashionnet_tools.console import configure_logging
+
+    configure_logging()
 
 
 @pytest.fixture

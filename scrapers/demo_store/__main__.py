@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 
 from scrapers.demo_store.server import DemoStoreServer
 from scrapers.demo_store.site import build_site, site_exists
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,8 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--products", type=int, default=240, help="products when building a new site")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the lines as printed before
     if not site_exists(args.site):
-        print(f"building {args.products} products into {args.site}", flush=True)
+        logger.info(f"building {args.products} products into {args.site}")
         build_site(args.site, n_products=args.products, seed=args.seed)
     server = DemoStoreServer(args.site, host=args.host, port=args.port).start()
     print(f"demo store at {server.base_url} (Ctrl-C stops)", flush=True)

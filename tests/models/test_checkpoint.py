@@ -25,6 +25,8 @@ CLASSES = ("checkered", "striped", "floral", "graphic", "solid")
 TRAINING_RUN = """
 import os, sys, json, time, pathlib
 sys.path.insert(0, {repo!r})
+from fashionnet_tools.console import configure_logging
+configure_logging()  # the progress lines on stdout, as a tool shows them
 import models.train as train
 from pipeline.storage import ObjectStore
 
@@ -47,7 +49,7 @@ def config(tiny_training) -> dict:
     return {**tiny_training, "frozen_epochs": 3, "unfrozen_epochs": 3, "patience": 5}
 
 
-def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, config, capsys, tmp_path):
+def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, config, capsys, tmp_path, console_logging):
     write_dataset(file_store, per_class=10, kinds=("striped", "solid"))
     marker = tmp_path / "mid-epoch"
     script = TRAINING_RUN.format(
@@ -108,7 +110,7 @@ def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, con
     assert "already trained" in capsys.readouterr().out and again == metrics
 
 
-def test_a_checkpoint_of_another_config_is_not_resumed(file_store, config, capsys):
+def test_a_checkpoint_of_another_config_is_not_resumed(file_store, config, capsys, console_logging):
     from models.checkpoint import Checkpoints, TrainingState
 
     write_dataset(file_store, per_class=10, kinds=("striped", "solid"))

@@ -129,7 +129,7 @@ def test_phase_one_trains_only_the_head_and_phase_two_the_base(file_store, tiny_
 
 
 @pytest.mark.slow
-def test_a_tiny_network_learns_patterns_and_keeps_its_best_weights(file_store, tiny_training, capsys):
+def test_a_tiny_network_learns_patterns_and_keeps_its_best_weights(file_store, tiny_training, capsys, console_logging):
     from models.registry import load_model, publish
 
     write_dataset(file_store, per_class=50)  # 30 / 10 / 10 images per class
