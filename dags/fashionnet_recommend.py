@@ -14,6 +14,7 @@ user is ``demo-user``.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from airflow.sdk import Param, dag, task
@@ -30,6 +31,10 @@ from fashionnet_common import (
 )
 
 from pipeline.store_layout import USERS_PREFIX
+
+# The task bodies' logger (the task log under Airflow), named: a DagBag imports this file as
+# unusual_prefix_<sha1>_<file>, and the tools show the dags.* loggers (fashionnet_tools.console).
+logger = logging.getLogger("dags.fashionnet_recommend")
 
 # An image directly under users/<user_id>/: no subfolder, no "..", no scheme, no leading "/", no control
 # characters.
@@ -142,7 +147,7 @@ def fashionnet_recommend():
         params = with_lists(params)
         options = options_from_params(params)
         batches = plan_requests(open_store(), params["user_id"], params["image_keys"], options)
-        print(f"[fashionnet] recommend: {sum(len(b) for b in batches)} user(s) in {len(batches)} batch(es)")
+        logger.info(f"[fashionnet] recommend: {sum(len(b) for b in batches)} user(s) in {len(batches)} batch(es)")
         return batches
 
     @task(outlets=[RECOMMENDATIONS], queue=TENSORFLOW_QUEUE)

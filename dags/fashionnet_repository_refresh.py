@@ -21,6 +21,8 @@ and the failure cannot go unnoticed. Rerunning the night crawls again and commit
 
 from __future__ import annotations
 
+import logging
+
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task, task_group
 from fashionnet_common import (
     MODELS,
@@ -31,6 +33,10 @@ from fashionnet_common import (
     label_with_retailer,
     reject_unknown_params,
 )
+
+# The task bodies' logger (the task log under Airflow), named: a DagBag imports this file as
+# unusual_prefix_<sha1>_<file>, and the tools show the dags.* loggers (fashionnet_tools.console).
+logger = logging.getLogger("dags.fashionnet_repository_refresh")
 
 SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=[MODELS])
 
@@ -65,15 +71,13 @@ def fashionnet_repository_refresh():
         reject_unknown_params(params, crawl_params())
         if _models_triggered(dag_run):
             if not _repository_empty():
-                print(
-                    "[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only",
-                    flush=True,
+                logger.info(
+                    "[fashionnet] refresh.crawl: run triggered by new models; nothing to crawl, re-scoring only"
                 )
                 return []
-            print(
+            logger.info(
                 "[fashionnet] refresh.crawl: run triggered by new models and the repository is empty: crawling "
-                "every configured retailer to fill it",
-                flush=True,
+                "every configured retailer to fill it"
             )
         targets = crawl_targets(params["retailers"], params["retailer"], params["start_url"], catalog_retailers())
         return [{**t, "crawl_id": retailer_batch_id("catalog", dag_run.run_after, t["retailer"])} for t in targets]

@@ -10,8 +10,14 @@ repository refresh (a first training's refresh, with an empty repository, crawls
 
 from __future__ import annotations
 
+import logging
+
 from airflow.sdk import Param, dag, task
 from fashionnet_common import DATASET, MODELS, TENSORFLOW_QUEUE, reject_unknown_params
+
+# The task bodies' logger (the task log under Airflow), named: a DagBag imports this file as
+# unusual_prefix_<sha1>_<file>, and the tools show the dags.* loggers (fashionnet_tools.console).
+logger = logging.getLogger("dags.fashionnet_train")
 
 PARAMS = {
     "force_promotion": Param(
@@ -86,7 +92,7 @@ def fashionnet_train():
                 decision = promote(
                     store, t["attribute"], t["version"], force=params["force_promotion"], tolerance=tolerance
                 )
-                print(promotion_line(decision), flush=True)
+                logger.info(promotion_line(decision))
                 decisions.append(decision)
             report.summary = {
                 d["attribute"]: f"{d['candidate']}: {'promoted' if d['promoted'] else 'kept ' + str(d['current'])}"

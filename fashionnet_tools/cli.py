@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from fashionnet_tools import airflow_local, demo
+from fashionnet_tools import airflow_local, console, demo
 from pipeline.review.web import __main__ as review_cli
+
+logger = logging.getLogger(__name__)
 
 SCORES = ("matches", "weighted", "embedding", "hybrid")
 
@@ -86,7 +89,7 @@ def run_crawl(args: argparse.Namespace) -> int:
     from scrapers import crawl
 
     if args.url_pattern and not args.sitemap_url:
-        print("error: --url-pattern filters a sitemap's entries: it needs --sitemap-url", file=sys.stderr)
+        logger.error("error: --url-pattern filters a sitemap's entries: it needs --sitemap-url")
         return 2
     use_settings(args.store, args.profile)
     crawl_id = args.crawl_id or f"{args.retailer}-{dt.datetime.now(dt.UTC):%Y%m%d}"
@@ -100,10 +103,10 @@ def run_crawl(args: argparse.Namespace) -> int:
             spider_args=crawl_spider_args(args),
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        logger.error(f"error: {error}")
         return 2
     except crawl.CrawlError as error:
-        print(f"error: {error}", file=sys.stderr)
+        logger.error(f"error: {error}")
         return 1
     from pipeline.storage import open_store
 
@@ -149,7 +152,7 @@ def run_recommend(args: argparse.Namespace) -> int:
             run_id=args.run_id,
         )
     except recommend.InvalidRequest as error:
-        print(f"error: {error}", file=sys.stderr)
+        logger.error(f"error: {error}")
         return 2
     store = open_store()
     print(f"{summary['n_recommended']} recommendations for {summary['user_id']} ({summary['score_kind']}):")
@@ -285,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console.configure_logging()  # progress and errors as bare lines; a command's answer is print()ed
     return int(args.handler(args) or 0)
 
 

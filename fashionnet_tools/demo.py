@@ -11,6 +11,7 @@ Airflow reads its configuration when first imported, so the environment is set u
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -19,8 +20,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from fashionnet_tools import console
 from pipeline import store_layout
 from pipeline.settings import REPO_ROOT
+
+logger = logging.getLogger(__name__)
 
 DAG_ORDER = ["fashionnet_ingest", "fashionnet_train", "fashionnet_repository_refresh", "fashionnet_recommend"]
 DEMO_USER = "demo-user"
@@ -104,12 +108,12 @@ def run_dag(dag: Any, conf: dict[str, Any] | None = None, mark_success_pattern: 
     ``mark_success_pattern``: task ids marked successful instead of run (a Human-in-the-loop task,
     which ``dag.test()`` never resolves).
     """
-    print(f"\n=== {dag.dag_id} ===", flush=True)
+    logger.info(f"\n=== {dag.dag_id} ===")
     started = time.perf_counter()
     run = dag.test(run_conf=conf or {}, mark_success_pattern=mark_success_pattern)
     elapsed = time.perf_counter() - started
     state = str(getattr(run, "state", run))
-    print(f"=== {dag.dag_id}: {state} in {elapsed:.1f}s ===", flush=True)
+    logger.info(f"=== {dag.dag_id}: {state} in {elapsed:.1f}s ===")
     if "success" not in state:
         raise RuntimeError(f"{dag.dag_id} finished {state}; see the task output above")
     return elapsed
@@ -142,6 +146,8 @@ def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
 
 
 def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None:
+    """The demo's answer, print()ed to stdout (not logged): the networks' accuracy, the top recommendations,
+    where every output is."""
     import pandas as pd
 
     from models.registry import current
@@ -201,7 +207,9 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    console.configure_logging()  # progress lines bare on stdout; the results below are print()ed
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
         get_settings.cache_clear()
         store = open_store()
-        print(f"demo store: {shop.base_url}   object store: {store.uri}", flush=True)
+        logger.info(f"demo store: {shop.base_url}   object store: {store.uri}")
         upload_user_images(store, site_dir)
         dags = load_dags()
         timings = {
@@ -231,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             for dag_id in DAG_ORDER
         }
     print_results(store, site_dir, timings)
-    print(f"\nDemo finished in {time.perf_counter() - started:.0f}s.")
+    logger.info(f"\nDemo finished in {time.perf_counter() - started:.0f}s.")
     return 0
 
 

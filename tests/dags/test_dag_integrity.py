@@ -256,7 +256,7 @@ def test_every_dag_has_docs_for_the_ui(dagbag):
         assert dag.doc_md and len(dag.doc_md) > 200 and dag.doc_md.strip().splitlines()[0], dag_id
 
 
-def test_publish_logs_each_promotion_decision(dagbag, capsys, tmp_path):
+def test_publish_logs_each_promotion_decision(dagbag, capsys, tmp_path, console_logging):
     """Issue 12: train.publish logged nothing of its promotion decisions."""
     import types
 
@@ -281,7 +281,7 @@ def test_publish_logs_each_promotion_decision(dagbag, capsys, tmp_path):
         },
     }
     with pytest.MonkeyPatch.context() as patch:
-        # A stand-in registry (the real one imports TensorFlow): the decisions are what publish logs.
+        # A stand-in registry (the real one would load and compare networks): the decisions are what publish logs.
         registry = types.ModuleType("models.registry")
         registry.promote = lambda store, attribute, version, **kw: decisions[attribute]
         patch.setitem(sys.modules, "models.registry", registry)
