@@ -4,6 +4,7 @@ those files published (moved into place, each atomically), then the staging dele
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,8 @@ from pipeline.repository.dataset import (
 )
 from pipeline.repository.plan import plan_keys, read_plan, shard_keys, staging_prefix
 from pipeline.storage import ObjectStore
+
+logger = logging.getLogger(__name__)
 
 
 def _parquet_bytes(table: pa.Table, row_group_rows: int) -> bytes:
@@ -178,13 +181,15 @@ def commit_refresh(
     if written or not store.exists(record_key):
         store.write_json(record_key, record)
     else:
-        print(f"[repository {commit_id}] nothing changed; {record_key} of the earlier commit is kept", flush=True)
+        logger.info("[repository %s] nothing changed; %s of the earlier commit is kept", commit_id, record_key)
     store.write_json(done_key, record)  # from here on a retry only finishes the clean-up
     _delete_staging(store, commit_id)
-    print(
-        f"[repository {commit_id}] committed {sum(w['changed'] for w in written)} rows in {len(written)} file(s);"
-        f" {rows} items in the repository",
-        flush=True,
+    logger.info(
+        "[repository %s] committed %d rows in %d file(s); %d items in the repository",
+        commit_id,
+        sum(w["changed"] for w in written),
+        len(written),
+        rows,
     )
     return record
 

@@ -10,6 +10,7 @@ commit) in one process. TensorFlow and Keras load only when networks are (:func:
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from pipeline.repository.commit import commit_refresh
 from pipeline.repository.dataset import PREFIX, conform, file_schema, repository_config, vector_columns
 from pipeline.repository.plan import plan_refresh, read_plan, shard_items, shard_keys
 from pipeline.storage import ObjectStore, StoreKeyError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the networks (TensorFlow) load only where a vectorizer is built
     from models.inference import FashionVectorizer
@@ -91,7 +94,7 @@ def infer_items(
             for attribute in vectorizer.attributes:
                 probabilities[attribute].append(probs[attribute])
             embeddings.append(embedding)
-        print(f"[{label}] {min(start + batch_size, len(ids))}/{len(ids)} items", flush=True)
+        logger.info("[%s] %d/%d items", label, min(start + batch_size, len(ids)), len(ids))
     if not embeddings:
         return vector_table(vectorizer, [], {}, np.zeros((0, 0), "float32"), inferred_at), skipped
     stacked = {a: np.concatenate(p) for a, p in probabilities.items()}

@@ -3,6 +3,7 @@ written to the refresh's staging prefix with the inference items cut into shards
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from datetime import UTC, date, datetime
@@ -30,6 +31,8 @@ from pipeline.repository.dataset import (
     repository_dataset,
 )
 from pipeline.storage import ObjectStore
+
+logger = logging.getLogger(__name__)
 
 staging_prefix = store_layout.repository_staging_prefix
 
@@ -284,7 +287,7 @@ def plan_refresh(
     info_key, table_key = plan_keys(commit_id)
     store.write_parquet(table_key, plan)
     store.write_json(info_key, info)
-    print(f"[repository {commit_id}] plan: {actions} -> {n_infer} items to infer in {shards} shard(s)", flush=True)
+    logger.info("[repository %s] plan: %s -> %d items to infer in %d shard(s)", commit_id, actions, n_infer, shards)
     return info
 
 
