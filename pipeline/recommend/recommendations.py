@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,6 +58,8 @@ from pipeline.store_layout import recommendation_page_key as html_key
 
 if TYPE_CHECKING:
     from pipeline.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RETAILER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -1625,7 +1628,7 @@ def recommend_for_users(
     failures: list[tuple[str, BaseException]] = []
 
     def failed(user_id: str, error: BaseException) -> None:
-        print(f"[fashionnet] recommend {user_id}: FAILED: {error}", flush=True)
+        log.error("[fashionnet] recommend %s: FAILED: %s", user_id, error)
         failures.append((user_id, error))
 
     users: list[_User] = []

@@ -803,7 +803,7 @@ def test_explicit_images_profile_only_those(scene):
     assert [row["item_id"] for row in summary["top_k"]] == ["i5", "i2"]
 
 
-def test_recommend_for_users_serves_everyone_and_reports_failures(scene):
+def test_recommend_for_users_serves_everyone_and_reports_failures(scene, caplog):
     store, vectorizer = scene
     store.put_bytes("users/bea/b.jpg", noise_jpeg(101))  # the same photo as ann's u1
     store.put_bytes("users/cid/c.jpg", noise_jpeg(999))  # the fake vectorizer does not know it
@@ -812,6 +812,9 @@ def test_recommend_for_users_serves_everyone_and_reports_failures(scene):
     assert [r["user_id"] for r in batches[0]] == ["ann", "bea", "cid"]
     with pytest.raises(RuntimeError, match="failed for 1 user"):
         recommend_for_users(store, batches[0], DAY, options, vectorizer, run_id="r1")
+    assert [(r.name, r.levelname) for r in caplog.records if "recommend cid: FAILED" in r.getMessage()] == [
+        ("pipeline.recommend", "ERROR")
+    ]
     assert store.exists(recommendations_key("ann", DAY, "r1")) and store.exists(recommendations_key("bea", DAY, "r1"))
     assert not store.exists(recommendations_key("cid", DAY, "r1"))
     summaries = recommend_for_users(store, batches[0][:2], DAY, options, vectorizer)
