@@ -44,6 +44,8 @@ from PIL import Image, ImageEnhance, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.curation.dedup import (  # noqa: E402
+    HashedImages,
+    PriorMatchQuery,
     colour_thumbnail,
     find_near_pairs,
     find_prior_matches,
@@ -107,6 +109,9 @@ class Hashed:
     def of(rows: list[tuple[int, int, int, int, np.ndarray]]) -> Hashed:
         columns = [np.array([r[k] for r in rows], dtype=np.uint64) for k in range(4)]
         return Hashed(*columns, np.stack([r[4] for r in rows]))
+
+    def images(self) -> HashedImages:
+        return HashedImages(self.phash, self.dhash, self.phash_mirror, self.dhash_mirror, self.thumbnails)
 
 
 def hash_image(image: Image.Image) -> tuple[int, int, int, int, np.ndarray]:
@@ -276,21 +281,7 @@ def pipeline_agrees(
     for seed, hashed in demo.items():
         ok &= near(hashed) == demo_cands[seed].flagged(*config)
     for name, copy in copies.items():
-        found = find_prior_matches(
-            copy.phash,
-            copy.dhash,
-            originals.phash,
-            originals.dhash,
-            p,
-            d,
-            copy.thumbnails,
-            originals.thumbnails,
-            t,
-            copy.phash_mirror,
-            copy.dhash_mirror,
-            originals.phash_mirror,
-            originals.dhash_mirror,
-        )
+        found = find_prior_matches(PriorMatchQuery(copy.images(), originals.images(), p, d, t))
         ok &= set(found) == per_transform[name].flagged(*config)
     return ok
 

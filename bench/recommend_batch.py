@@ -189,9 +189,8 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
         times = []
         for user in users:
             started = time.perf_counter()
-            ranked = recommend.rank(
-                user.profile, repository, attributes, config["k"], 6, None, options=options, items=matrix
-            )
+            request = recommend.RankRequest(user.profile, options, phash_max_distance=6)
+            ranked = recommend.rank(request, repository, attributes, items=matrix)
             times.append(time.perf_counter() - started)
         return {
             "per_user_s": sorted(times)[len(times) // 2],

@@ -142,15 +142,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     run_date = args.date or f"{dt.datetime.now(dt.UTC):%Y-%m-%d}"
     try:
         options = recommend.options_from_params(params)
-        summary = recommend.recommend_for_user(
-            open_store(),
-            params["user_id"],
-            params["image_keys"] or None,
-            None,
-            run_date,
-            options=options,
-            run_id=args.run_id,
-        )
+        request = recommend.UserRequest(params["user_id"], params["image_keys"] or None, run_date, options, args.run_id)
+        summary = recommend.recommend_for_user(open_store(), request)
     except recommend.InvalidRequest as error:
         logger.error(f"error: {error}")
         return 2

@@ -39,7 +39,9 @@ def _brief(summary: dict[str, Any]) -> str:
 def stage(name: str) -> Iterator[StageReport]:
     """Print one progress line when a stage starts and one with its timing when it ends.
 
-    Plain prints: they land in the Airflow task log and on the demo's console alike.
+    Plain prints, not a logger: they land in the Airflow task log and on the demo's console alike, and
+    the demo runs Airflow at log level WARNING (``fashionnet_tools.demo``), where an INFO record of a
+    logger would be dropped; these lines are the progress a person follows there.
     """
     report = StageReport(name)
     print(f"[fashionnet] {name}: started", flush=True)

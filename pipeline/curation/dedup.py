@@ -84,6 +84,8 @@ __all__ = [
     "thumbnail_distance",
     "find_near_pairs",
     "find_prior_matches",
+    "HashedImages",
+    "PriorMatchQuery",
     "deduplicate",
 ]
 
@@ -341,29 +343,45 @@ def find_near_pairs(
     return iter(_near_pairs(side, phash_max_distance, dhash_max_distance, thumbnail_max_mad))
 
 
-def find_prior_matches(
-    phash: np.ndarray,
-    dhash: np.ndarray,
-    prior_phash: np.ndarray,
-    prior_dhash: np.ndarray,
-    phash_max_distance: int,
-    dhash_max_distance: int,
-    thumbnails: list[np.ndarray] | np.ndarray | None = None,
-    prior_thumbnails: list[np.ndarray] | np.ndarray | None = None,
-    thumbnail_max_mad: float | None = None,
-    phash_mirror: np.ndarray | None = None,
-    dhash_mirror: np.ndarray | None = None,
-    prior_phash_mirror: np.ndarray | None = None,
-    prior_dhash_mirror: np.ndarray | None = None,
-) -> list[tuple[int, int]]:
+@dataclass(frozen=True, eq=False)
+class HashedImages:
+    """One side of a search as the caller has it: per row the pHash and dHash, optionally those of the
+    mirrored image (absent, or null for some rows: hash index files written before they existed) and
+    the colour thumbnails (:func:`colour_thumbnail`)."""
+
+    phash: np.ndarray
+    dhash: np.ndarray
+    phash_mirror: np.ndarray | None = None
+    dhash_mirror: np.ndarray | None = None
+    thumbnails: list[np.ndarray] | np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PriorMatchQuery:
+    """Which ``new`` images are near duplicates of which ``prior`` ones: pHash candidates within
+    ``phash_max_distance`` bits, confirmed by dHash within ``dhash_max_distance`` and, when both sides
+    have thumbnails and ``thumbnail_max_mad`` is given, by :func:`thumbnail_distance`."""
+
+    new: HashedImages
+    prior: HashedImages
+    phash_max_distance: int
+    dhash_max_distance: int
+    thumbnail_max_mad: float | None = None
+
+
+def find_prior_matches(query: PriorMatchQuery) -> list[tuple[int, int]]:
     """Pairs (new row, prior row) that are near duplicates by the same checks, each pair once, sorted.
-    Mirror hashes may be absent or null for some rows (hash index files written before they existed):
-    such a row is still matched through the other side's mirror hashes."""
-    new = _side(phash, dhash, phash_mirror, dhash_mirror, thumbnails)
-    prior = _side(prior_phash, prior_dhash, prior_phash_mirror, prior_dhash_mirror, prior_thumbnails)
+    A row without mirror hashes is still matched through the other side's mirror hashes."""
+    new = _images_side(query.new)
+    prior = _images_side(query.prior)
+    thumbnail_max_mad = query.thumbnail_max_mad
     if new.thumbnails is None or prior.thumbnails is None:
         thumbnail_max_mad = None
-    return _prior_pairs(new, prior, phash_max_distance, dhash_max_distance, thumbnail_max_mad)
+    return _prior_pairs(new, prior, query.phash_max_distance, query.dhash_max_distance, thumbnail_max_mad)
+
+
+def _images_side(images: HashedImages) -> _Side:
+    return _side(images.phash, images.dhash, images.phash_mirror, images.dhash_mirror, images.thumbnails)
 
 
 def _representative_order(frame: pd.DataFrame, earlier: np.ndarray | None = None) -> np.ndarray:

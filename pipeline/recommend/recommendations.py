@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,6 +59,8 @@ from pipeline.store_layout import recommendation_page_key as html_key
 
 if TYPE_CHECKING:
     from pipeline.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RETAILER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -300,7 +303,7 @@ def list_users(store: ObjectStore) -> list[str]:
     return sorted(users)
 
 
-def validate_request(store: ObjectStore, user_id: str, image_keys: list[str] | None, k: int) -> list[str]:
+def validate_request(store: ObjectStore, user_id: str, image_keys: Sequence[str] | None, k: int) -> list[str]:
     """The user's image keys to profile, after checking the request; raises InvalidRequest.
 
     Explicit ``image_keys`` must each be an existing image directly under ``users/<user_id>/``; with
@@ -602,25 +605,32 @@ def foreign_embeddings(profile: pa.Table, repository: pa.Table) -> np.ndarray | 
     return ~same.to_numpy(zero_copy_only=False).astype(bool)
 
 
+@dataclass(frozen=True)
+class RankRequest:
+    """What one ranking asks: the top ``options.k`` items for ``profile`` (a :func:`build_profile`
+    table), scored and diversified as ``options`` say (validated: :func:`validate_options`), leaving
+    out ``exclude_item_ids`` (items already shown) and the user's own images: pHash within
+    ``phash_max_distance`` bits (default: settings ``curation.phash_max_distance``) that
+    ``confirm_near_copy`` (when given) confirms (:func:`own_image_mask`)."""
+
+    profile: pa.Table
+    options: Options
+    exclude_item_ids: Sequence[str] = ()
+    phash_max_distance: int | None = None
+    confirm_near_copy: NearCopyCheck | None = None
+
+
 def rank(
-    profile: pa.Table,
+    request: RankRequest,
     repository: pa.Table,
     attributes: Sequence[str],
-    k: int,
-    phash_max_distance: int | None = None,
-    confirm_near_copy: NearCopyCheck | None = None,
-    *,
-    score_kind: str | None = None,
-    mmr_lambda: float | None = None,
-    exclude_item_ids: Sequence[str] = (),
-    options: Options | None = None,
     items: scoring.FashionMatrix | None = None,
 ) -> pa.Table:
-    """The top ``k`` repository items for ``profile``, in recommendation order.
+    """The top ``k`` repository items for the request's profile, in recommendation order.
 
-    ``score_kind`` and ``mmr_lambda`` default to ``options`` or settings (see :mod:`pipeline.recommend.scoring`
-    for the scores and tie-breaks). Left out: the user's own images (:func:`own_image_mask`), the
-    ``exclude_item_ids`` (items already shown) and, for ``matches``, items sharing no attribute.
+    See :mod:`pipeline.recommend.scoring` for the scores and tie-breaks. Left out: the user's own images
+    (:func:`own_image_mask`), the ``exclude_item_ids`` (items already shown) and, for ``matches``,
+    items sharing no attribute.
     Columns: rank (from 1), item_id, score (the kind's: for hybrid the combined z-scores), score_kind,
     mmr_score (the MMR value at the pick; the relevance scaled to [0, 1] when lambda is 1), the
     per-item components (score_matches, best_row_matches, matched_attributes, match_probability,
@@ -630,25 +640,75 @@ def rank(
     crawled_at, inferred_at (those the repository has). ``items``: the repository's :func:`scoring.fashion_matrix`
     when the caller already has it (a batch of users converts the repository once).
     """
-    options = options or validate_options(k=k, score_kind=score_kind, mmr_lambda=mmr_lambda)
-    kind = score_kind or options.score_kind
-    lam = options.mmr_lambda if mmr_lambda is None else float(mmr_lambda)
+    options = request.options
+    kind = options.score_kind
     _require_columns(repository, ["item_id", *attributes], "repository")
+    taxonomy = _taxonomy(attributes)
+    items = _items_matrix(repository, taxonomy, items)
+    mine = scoring.fashion_matrix(request.profile, taxonomy, trust_unit_embeddings=False)
+    eligible = _eligible(request, repository)
+    parts = scoring.components(items, mine, options.attribute_weights, need=[kind])
+    foreign = _neutral_foreign_embeddings(kind, request.profile, repository, parts, eligible)
+    if kind == "matches":
+        if parts.matches is None:  # components(need=["matches"]) computes them
+            raise ValueError("the matches ordering needs the match counts")
+        eligible &= parts.matches > 0
+    chosen = scoring.select(
+        kind,
+        items,
+        parts,
+        repository["item_id"],
+        eligible,
+        options.k,
+        options.mmr_lambda,
+        options.mmr_pool,
+        options.hybrid_weights,
+    )
+    rows = chosen.rows
+    return ranked_table(
+        kind,
+        attributes,
+        request.profile,
+        mine,
+        items.take(rows),
+        repository.take(pa.array(rows, type=pa.int64())),
+        chosen.score,
+        chosen.mmr_score,
+        None if foreign is None else foreign[rows],
+        options,
+    )
+
+
+def _items_matrix(
+    repository: pa.Table, taxonomy: dict[str, tuple[str, ...]], items: scoring.FashionMatrix | None
+) -> scoring.FashionMatrix:
+    """The repository's fashion matrix: ``items`` when the caller has it (checked), else converted."""
+    if items is None:
+        return scoring.fashion_matrix(repository, taxonomy)
+    if items.n != repository.num_rows:
+        raise ValueError(f"the fashion matrix has {items.n} rows, the repository {repository.num_rows}")
+    return items
+
+
+def _eligible(request: RankRequest, repository: pa.Table) -> np.ndarray:
+    """True for the repository rows the request may recommend: not the user's own images, not shown."""
+    phash_max_distance = request.phash_max_distance
     if phash_max_distance is None:
         phash_max_distance = int(get_settings().curation["phash_max_distance"])
-    taxonomy = _taxonomy(attributes)
-    if items is None:
-        items = scoring.fashion_matrix(repository, taxonomy)
-    elif items.n != repository.num_rows:
-        raise ValueError(f"the fashion matrix has {items.n} rows, the repository {repository.num_rows}")
-    mine = scoring.fashion_matrix(profile, taxonomy, trust_unit_embeddings=False)
-    eligible = ~own_image_mask(profile, repository, phash_max_distance, confirm_near_copy)
-    if exclude_item_ids:
+    eligible = ~own_image_mask(request.profile, repository, phash_max_distance, request.confirm_near_copy)
+    if request.exclude_item_ids:
         shown = pc.is_in(
-            repository["item_id"].cast(pa.string()), value_set=pa.array(list(exclude_item_ids), pa.string())
+            repository["item_id"].cast(pa.string()), value_set=pa.array(list(request.exclude_item_ids), pa.string())
         )
         eligible &= ~pc.fill_null(shown, False).to_numpy(zero_copy_only=False).astype(bool)
-    parts = scoring.components(items, mine, options.attribute_weights, need=[kind])
+    return eligible
+
+
+def _neutral_foreign_embeddings(
+    kind: str, profile: pa.Table, repository: pa.Table, parts: scoring.Components, eligible: np.ndarray
+) -> np.ndarray | None:
+    """The rows whose embeddings come from other networks than the profile's (or None), their
+    embedding cosines in ``parts`` set to the mean of the comparable candidates' (in place)."""
     foreign = foreign_embeddings(profile, repository)
     if foreign is not None and parts.embedding is not None:
         # Cosines across two networks' embedding spaces mean nothing: such items get the mean of the
@@ -660,26 +720,7 @@ def rank(
                 "they come after the next repository refresh"
             )
         parts.embedding[foreign] = float(parts.embedding[comparable].mean()) if comparable.any() else 0.0
-    if kind == "matches":
-        if parts.matches is None:  # components(need=["matches"]) computes them
-            raise ValueError("the matches ordering needs the match counts")
-        eligible &= parts.matches > 0
-    chosen = scoring.select(
-        kind, items, parts, repository["item_id"], eligible, k, lam, options.mmr_pool, options.hybrid_weights
-    )
-    rows = chosen.rows
-    return ranked_table(
-        kind,
-        attributes,
-        profile,
-        mine,
-        items.take(rows),
-        repository.take(pa.array(rows, type=pa.int64())),
-        chosen.score,
-        chosen.mmr_score,
-        None if foreign is None else foreign[rows],
-        options,
-    )
+    return foreign
 
 
 def ranked_table(
@@ -805,70 +846,81 @@ def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
     return {key: row.get(key) for key in keys}
 
 
+@dataclass(frozen=True)
+class UserRequest:
+    """One user's request: recommendations for ``user_id`` from ``image_keys`` (None or empty: every
+    image directly under ``users/<user_id>/``), ranked as ``options`` say (validated where the input
+    enters: :func:`validate_options`, :func:`options_from_params`), for ``run_date`` (``YYYY-MM-DD``)
+    and run ``run_id`` (the Airflow run id; None: :func:`adhoc_run_id`). The user, the images and the
+    date are checked against the store by :func:`recommend_for_user` (:class:`InvalidRequest`)."""
+
+    user_id: str
+    image_keys: Sequence[str] | None
+    run_date: str
+    options: Options
+    run_id: str | None = None
+
+
+RepositoryVectors = tuple[scoring.FashionMatrix, pa.Table]
+"""A loaded repository as :func:`repository_vectors` gives it: (fashion matrix, table without the lists)."""
+
+
 def recommend_for_user(
     store: ObjectStore,
-    user_id: str,
-    image_keys: list[str] | None,
-    k: int | None,
-    run_date: str,
+    request: UserRequest,
     vectorizer: Vectorizer | None = None,
-    *,
-    score_kind: str | None = None,
-    mmr_lambda: float | None = None,
-    filters: Filters | Mapping[str, Any] | None = None,
-    options: Options | None = None,
-    repository: pa.Table | None = None,
-    repository_matrix: scoring.FashionMatrix | None = None,
-    run_id: str | None = None,
+    repository: RepositoryVectors | None = None,
 ) -> dict[str, Any]:
-    """Validate, profile, score, rank and write one user's recommendations for ``run_date`` and run
-    ``run_id`` (the Airflow run id; default :func:`adhoc_run_id`).
+    """Validate, profile, score, rank and write one user's recommendations for the request's date and run.
 
-    ``options`` (already validated) wins over ``k``/``score_kind``/``mmr_lambda``/``filters``;
-    ``repository`` (already filtered) and its ``repository_matrix`` save re-reading and re-converting
-    it for every user of a batch. Writes the four
-    keys of the module docstring (fixed per date and user, so a rerun replaces them) and returns a
+    ``repository``: the request's repository (filtered by its options) already loaded and converted,
+    which saves re-reading and re-converting it for every user of a batch. Writes the four keys of the
+    module docstring (fixed per date and user, so a rerun replaces them) and returns a
     JSON-serialisable summary for the Airflow task.
     """
-    options = options or validate_options(k, score_kind, mmr_lambda, filters)
-    keys = validate_request(store, user_id, image_keys, options.k)
-    run_date = _validate_run_date(run_date)
-    run = run_partition(run_id if run_id is not None else adhoc_run_id())
+    keys, run_date, run = _checked_request(store, request)
     settings = get_settings()
     attributes = settings.taxonomy.names
     if repository is None:
-        repository = load_repository(store, options.filters, attributes)
-    if repository_matrix is None:
-        repository_matrix, repository = repository_vectors(repository, attributes)
+        repository = _loaded_repository(store, request.options.filters, attributes)
+    matrix, table = repository
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
-    profile = build_profile(store, user_id, keys, vectorizer, attributes)
-    shown = shown_before(store, user_id, run_date)
-    foreign = foreign_embeddings(profile, repository)
-    ranked = rank(
+    profile = build_profile(store, request.user_id, keys, vectorizer, attributes)
+    shown = shown_before(store, request.user_id, run_date)
+    foreign = foreign_embeddings(profile, table)
+    rank_request = RankRequest(
         profile,
-        repository,
-        attributes,
-        options.k,
-        int(settings.curation["phash_max_distance"]),
-        thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])),
+        request.options,
         exclude_item_ids=shown,
-        options=options,
-        items=repository_matrix,
+        phash_max_distance=int(settings.curation["phash_max_distance"]),
+        confirm_near_copy=thumbnail_check(store, profile, table, float(settings.curation["thumbnail_max_mad"])),
     )
-
+    ranked = rank(rank_request, table, attributes, items=matrix)
     return write_outputs(
         store,
-        user_id,
+        request.user_id,
         run_date,
         keys,
         profile,
         ranked,
         shown,
-        options,
-        repository.num_rows,
+        request.options,
+        table.num_rows,
         0 if foreign is None else int(foreign.sum()),
         run,
     )
+
+
+def _checked_request(store: ObjectStore, request: UserRequest) -> tuple[list[str], str, str]:
+    """(the image keys to profile, the run date, the run's key partition), or InvalidRequest."""
+    keys = validate_request(store, request.user_id, request.image_keys, request.options.k)
+    run_date = _validate_run_date(request.run_date)
+    run = run_partition(request.run_id if request.run_id is not None else adhoc_run_id())
+    return keys, run_date, run
+
+
+def _loaded_repository(store: ObjectStore, filters: Filters, attributes: Sequence[str]) -> RepositoryVectors:
+    return repository_vectors(load_repository(store, filters, attributes), attributes)
 
 
 def write_outputs(
@@ -1498,7 +1550,7 @@ class _BatchScorer:
             ]
         if not self.pieces:
             empty = _empty_repository(self.store, self.attributes)
-            return rank(user.profile, empty, self.attributes, self.options.k, options=self.options)
+            return rank(RankRequest(user.profile, self.options), empty, self.attributes)
         if len(rows):
             best = scoring.top_candidates(keys, self._ids(rows), np.ones(len(rows), dtype=bool), self.pool)
             rows, primary = rows[best], keys[0][best]
@@ -1577,7 +1629,7 @@ def recommend_for_users(
     failures: list[tuple[str, BaseException]] = []
 
     def failed(user_id: str, error: BaseException) -> None:
-        print(f"[fashionnet] recommend {user_id}: FAILED: {error}", flush=True)
+        log.error("[fashionnet] recommend %s: FAILED: %s", user_id, error)
         failures.append((user_id, error))
 
     users: list[_User] = []

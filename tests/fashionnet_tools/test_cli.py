@@ -263,10 +263,14 @@ def test_recommend_passes_the_dags_params_to_recommend_for_user(monkeypatch, cle
     argv += ["--image-key", "users/demo-user/1.jpg", "--date", "2026-12-01", "--run-id", "r1"]
     argv += ["--store", store, "--profile", "test"]
     assert cli.main(argv) == 0
-    (args, kwargs) = calls[0]
-    assert args[1:] == ("demo-user", ["users/demo-user/1.jpg"], None, "2026-12-01")
-    assert args[0].uri == store and kwargs["run_id"] == "r1"
-    options = kwargs["options"]
+    ((opened, request), _) = calls[0]
+    assert (request.user_id, request.image_keys, request.run_date) == (
+        "demo-user",
+        ["users/demo-user/1.jpg"],
+        "2026-12-01",
+    )
+    assert opened.uri == store and request.run_id == "r1"
+    options = request.options
     assert (options.k, options.score_kind, options.mmr_lambda) == (5, "embedding", 0.5)
     filters = options.filters
     assert (filters.retailers, filters.categories, filters.price_min, filters.price_max) == (
@@ -290,9 +294,9 @@ def test_recommend_defaults_are_the_dags_empty_fields(monkeypatch, clean_env, tm
         result={"user_id": "u", "score_kind": "hybrid", "n_recommended": 0, "top_k": [], "keys": {}},
     )
     assert cli.main(["recommend", "u", "--store", f"file://{tmp_path}"]) == 0
-    (args, kwargs) = calls[0]
-    assert args[2] is None and len(args[4]) == len("2026-12-01") and kwargs["run_id"] is None
-    assert kwargs["options"] == recommend.options_from_params({})  # the settings' k, score and lambda
+    ((_, request), _) = calls[0]
+    assert request.image_keys is None and len(request.run_date) == len("2026-12-01") and request.run_id is None
+    assert request.options == recommend.options_from_params({})  # the settings' k, score and lambda
 
 
 def test_recommend_refuses_a_bad_request_with_the_reason(monkeypatch, clean_env, tmp_path, capsys):

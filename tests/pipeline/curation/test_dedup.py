@@ -7,7 +7,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from pipeline.curation.dedup import (
+    HashedImages,
     NearDuplicateIndex,
+    PriorMatchQuery,
     UnionFind,
     colour_thumbnail,
     deduplicate,
@@ -451,16 +453,18 @@ def test_prior_rows_without_mirror_hashes_still_match_mirrored_copies():
     bare = image_rows({"new-flipped": reencoded(ImageOps.mirror(old))}, mirror=False)
     assert deduplicate(bare, p, d, mad, prior=prior).kept.empty
     matches = find_prior_matches(
-        bare["phash"],
-        bare["dhash"],
-        prior["phash"],
-        prior["dhash"],
-        p,
-        d,
-        bare["thumbnail"].tolist(),
-        prior["thumbnail"].tolist(),
-        mad,
-        prior_phash_mirror=prior["phash_mirror"],
-        prior_dhash_mirror=prior["dhash_mirror"],
+        PriorMatchQuery(
+            HashedImages(bare["phash"], bare["dhash"], thumbnails=bare["thumbnail"].tolist()),
+            HashedImages(
+                prior["phash"],
+                prior["dhash"],
+                prior["phash_mirror"],
+                prior["dhash_mirror"],
+                thumbnails=prior["thumbnail"].tolist(),
+            ),
+            p,
+            d,
+            mad,
+        )
     )
     assert matches == [(0, 0)]

@@ -15,6 +15,8 @@ from pipeline.recommend import scoring
 from pipeline.recommend.recommendations import (
     Filters,
     InvalidRequest,
+    RankRequest,
+    UserRequest,
     build_profile,
     html_key,
     latest_run,
@@ -43,6 +45,16 @@ MATCHES = {"score_kind": "matches", "mmr_lambda": 1.0}
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def rank_request(profile, k, phash_max_distance=None, *, exclude_item_ids=(), confirm_near_copy=None, **options):
+    """A RankRequest as users' input becomes one: the options validated (k, score_kind, mmr_lambda)."""
+    return RankRequest(profile, validate_options(k, **options), exclude_item_ids, phash_max_distance, confirm_near_copy)
+
+
+def user_request(user_id, image_keys, k, run_date, *, run_id=None, filters=None, **options):
+    """A UserRequest as users' input becomes one: the options validated (k, score_kind, mmr_lambda, filters)."""
+    return UserRequest(user_id, image_keys, run_date, validate_options(k, filters=filters, **options), run_id)
+
+
 def noise_jpeg(seed: int, size: int = 128, quality: int = 90) -> bytes:
     """A blocky random image: distinct seeds give pHashes far apart (>= 18 bits here)."""
     rng = np.random.RandomState(seed)
@@ -334,7 +346,7 @@ def test_the_seed_matches_score_exact_numbers():
 
 
 def test_rank_matches_order_and_columns():
-    ranked = rank(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, **MATCHES)
+    ranked = rank(rank_request(profile_table(PROFILE_2), 10, 6, **MATCHES), repository_table(ITEMS_6), ATTRS)
     assert ranked.column("item_id").to_pylist() == ["a", "b", "c", "e", "f"]  # d has no match
     assert ranked.column("rank").to_pylist() == [1, 2, 3, 4, 5]
     assert ranked.column("score").to_pylist() == [5, 5, 4, 2, 2]
@@ -396,15 +408,23 @@ def test_rank_matches_tie_breaks_are_deterministic():
     ]
     profile = profile_table([{"classes": cls}])
     expected = ["z", "b", "m", "a"]
-    assert rank(profile, repository_table(items), ATTRS, 10, 6, **MATCHES).column("item_id").to_pylist() == expected
+    assert (
+        rank(rank_request(profile, 10, 6, **MATCHES), repository_table(items), ATTRS).column("item_id").to_pylist()
+        == expected
+    )
     for seed in range(3):
         shuffled = [items[i] for i in np.random.RandomState(seed).permutation(len(items))]
         for i, item in enumerate(shuffled):
             item["phash"] = 100 + i  # keep hashes far apart regardless of order
         assert (
-            rank(profile, repository_table(shuffled), ATTRS, 10, 6, **MATCHES).column("item_id").to_pylist() == expected
+            rank(rank_request(profile, 10, 6, **MATCHES), repository_table(shuffled), ATTRS)
+            .column("item_id")
+            .to_pylist()
+            == expected
         )
-    assert rank(profile, repository_table(items), ATTRS, 2, 6, **MATCHES).column("item_id").to_pylist() == ["z", "b"]
+    assert rank(rank_request(profile, 2, 6, **MATCHES), repository_table(items), ATTRS).column(
+        "item_id"
+    ).to_pylist() == ["z", "b"]
 
 
 def test_probability_only_counts_matching_attributes():
@@ -415,14 +435,16 @@ def test_probability_only_counts_matching_attributes():
             {"item_id": "q", "classes": classes("striped", "x", "casual", "y"), "prob": 0.7},
         ]
     )
-    ranked = rank(profile, repo, ATTRS, 10, 6, **MATCHES)
+    ranked = rank(rank_request(profile, 10, 6, **MATCHES), repo, ATTRS)
     assert ranked.column("item_id").to_pylist() == ["q", "p"]
     assert ranked.column("match_probability").to_pylist() == pytest.approx([0.7, 0.6])
 
 
 @pytest.mark.parametrize("kind", ["weighted", "embedding", "hybrid"])
 def test_every_score_puts_the_closest_items_first_and_ties_by_item_id(kind):
-    ranked = rank(profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, score_kind=kind, mmr_lambda=1.0)
+    ranked = rank(
+        rank_request(profile_table(PROFILE_2), 10, 6, score_kind=kind, mmr_lambda=1.0), repository_table(ITEMS_6), ATTRS
+    )
     ids = ranked.column("item_id").to_pylist()
     assert ids[:2] == ["a", "b"]  # exact copies of a profile style, equal scores: item_id order
     assert ids[-1] == "d" and len(ids) == 6  # only matches drops items sharing nothing
@@ -440,11 +462,13 @@ def test_weighted_prefers_confident_predictions_that_matches_cannot_tell_apart()
         [{"item_id": "sure", "classes": cls, "prob": 0.95}, {"item_id": "unsure", "classes": cls, "prob": 0.4}]
     )
     profile = profile_table([{"classes": cls}])
-    assert rank(profile, repo, ATTRS, 2, 6, score_kind="weighted", mmr_lambda=1.0).column("item_id").to_pylist() == [
+    assert rank(rank_request(profile, 2, 6, score_kind="weighted", mmr_lambda=1.0), repo, ATTRS).column(
+        "item_id"
+    ).to_pylist() == [
         "sure",
         "unsure",
     ]
-    ranked = rank(profile, repo, ATTRS, 2, 6, **MATCHES)
+    ranked = rank(rank_request(profile, 2, 6, **MATCHES), repo, ATTRS)
     assert ranked.column("score").to_pylist() == [4, 4]
 
 
@@ -460,17 +484,25 @@ def test_mmr_lambda_diversifies_the_list():
     ]
     items.append({"item_id": "other", "classes": classes("striped", "silk", "formal", "full-sleeve")})
     repo = repository_table(items)
-    plain = rank(profile, repo, ATTRS, 3, 6, score_kind="hybrid", mmr_lambda=1.0).column("item_id").to_pylist()
+    plain = (
+        rank(rank_request(profile, 3, 6, score_kind="hybrid", mmr_lambda=1.0), repo, ATTRS)
+        .column("item_id")
+        .to_pylist()
+    )
     assert plain == ["same-0", "same-1", "same-2"]
-    diverse = rank(profile, repo, ATTRS, 3, 6, score_kind="hybrid", mmr_lambda=0.3).column("item_id").to_pylist()
+    diverse = (
+        rank(rank_request(profile, 3, 6, score_kind="hybrid", mmr_lambda=0.3), repo, ATTRS)
+        .column("item_id")
+        .to_pylist()
+    )
     assert diverse[0] == "same-0" and diverse[1] == "other"
 
 
 def test_missing_vectors_fail_with_a_clear_message():
     profile = profile_table(PROFILE_2).drop_columns(["embedding"])
     with pytest.raises(scoring.MissingVectors, match="embedding"):
-        rank(profile, repository_table(ITEMS_6), ATTRS, 3, 6, score_kind="hybrid")
-    ranked = rank(profile, repository_table(ITEMS_6), ATTRS, 3, 6, **MATCHES)
+        rank(rank_request(profile, 3, 6, score_kind="hybrid"), repository_table(ITEMS_6), ATTRS)
+    ranked = rank(rank_request(profile, 3, 6, **MATCHES), repository_table(ITEMS_6), ATTRS)
     assert ranked.column("score_embedding").null_count == 3 and ranked.column("score_weighted").null_count == 0
 
 
@@ -481,11 +513,13 @@ def test_embeddings_of_other_networks_are_not_compared():
     repo = repository_table(ITEMS_6)
     sources = ["old", "new", "new", "new", "new", "new"]  # a: an exact copy of profile row 0, but "old"
     repo = repo.set_column(repo.schema.get_field_index("embedding_source"), "embedding_source", pa.array(sources))
-    ranked = rank(profile, repo, ATTRS, 6, 6, score_kind="embedding", mmr_lambda=1.0)
+    ranked = rank(rank_request(profile, 6, 6, score_kind="embedding", mmr_lambda=1.0), repo, ATTRS)
     ids = ranked.column("item_id").to_pylist()
     assert ids[0] == "b" and ids.index("a") > 1
     assert ranked.column("score_embedding").to_pylist()[ids.index("a")] is None
-    assert rank(profile, repo, ATTRS, 2, 6, score_kind="hybrid", mmr_lambda=1.0).column("item_id").to_pylist() == [
+    assert rank(rank_request(profile, 2, 6, score_kind="hybrid", mmr_lambda=1.0), repo, ATTRS).column(
+        "item_id"
+    ).to_pylist() == [
         "b",
         "a",
     ]
@@ -493,8 +527,8 @@ def test_embeddings_of_other_networks_are_not_compared():
         repo.schema.get_field_index("embedding_source"), "embedding_source", pa.array(["old"] * 6)
     )
     with pytest.raises(scoring.MissingVectors, match="next repository refresh"):
-        rank(profile, everything_old, ATTRS, 2, 6, score_kind="embedding")
-    assert rank(profile, everything_old, ATTRS, 2, 6, score_kind="hybrid").num_rows == 2
+        rank(rank_request(profile, 2, 6, score_kind="embedding"), everything_old, ATTRS)
+    assert rank(rank_request(profile, 2, 6, score_kind="hybrid"), everything_old, ATTRS).num_rows == 2
 
 
 def test_own_images_and_near_duplicates_are_excluded():
@@ -512,8 +546,11 @@ def test_own_images_and_near_duplicates_are_excluded():
     )
     assert own_image_mask(profile, repo, 6).tolist() == [True, True, True, False, False]
     for kind in scoring.SCORE_KINDS:
-        assert rank(profile, repo, ATTRS, 10, 6, score_kind=kind).column("item_id").to_pylist() == ["far-7", "other"]
-    assert rank(profile, repo, ATTRS, 10, 2, **MATCHES).column("item_id").to_pylist() == [
+        assert rank(rank_request(profile, 10, 6, score_kind=kind), repo, ATTRS).column("item_id").to_pylist() == [
+            "far-7",
+            "other",
+        ]
+    assert rank(rank_request(profile, 10, 2, **MATCHES), repo, ATTRS).column("item_id").to_pylist() == [
         "far-7",
         "near-3",
         "near-6",
@@ -527,21 +564,25 @@ def test_rank_takes_the_phash_threshold_and_defaults_from_settings():
     repo = repository_table(
         [{"item_id": "n", "classes": cls, "phash": 0b11}, {"item_id": "o", "classes": cls, "phash": 2**64 - 1}]
     )
-    ranked = rank(profile, repo, ATTRS, 10)
+    ranked = rank(rank_request(profile, 10), repo, ATTRS)
     assert ranked.column("item_id").to_pylist() == ["o"]  # settings: 6
     assert ranked.column("score_kind").to_pylist() == [get_settings().recommend["score"]]
 
 
 def test_rank_excludes_given_item_ids():
     ranked = rank(
-        profile_table(PROFILE_2), repository_table(ITEMS_6), ATTRS, 10, 6, exclude_item_ids=["a", "c"], **MATCHES
+        rank_request(profile_table(PROFILE_2), 10, 6, exclude_item_ids=["a", "c"], **MATCHES),
+        repository_table(ITEMS_6),
+        ATTRS,
     )
     assert ranked.column("item_id").to_pylist() == ["b", "e", "f"]
 
 
 def test_rank_of_an_empty_repository():
     for kind in scoring.SCORE_KINDS:
-        ranked = rank(profile_table(PROFILE_2), repository_table([]), ATTRS, 10, 6, score_kind=kind, mmr_lambda=0.5)
+        ranked = rank(
+            rank_request(profile_table(PROFILE_2), 10, 6, score_kind=kind, mmr_lambda=0.5), repository_table([]), ATTRS
+        )
         assert ranked.num_rows == 0 and "title" in ranked.column_names
 
 
@@ -591,7 +632,7 @@ def scene(any_store):
 
 def test_recommend_for_user_end_to_end(scene):
     store, vectorizer = scene
-    summary = recommend_for_user(store, "ann", None, 4, DAY, vectorizer=vectorizer, run_id="scheduled__1", **MATCHES)
+    summary = recommend_for_user(store, user_request("ann", None, 4, DAY, run_id="scheduled__1", **MATCHES), vectorizer)
 
     expected_keys = {
         "recommendations": f"recommendations/date={DAY}/run=scheduled__1/user_id=ann/recommendations.parquet",
@@ -642,7 +683,7 @@ def test_recommend_for_user_end_to_end(scene):
 def test_outputs_are_hive_datasets_that_readers_can_open(scene):
     store, vectorizer = scene
     for user_day in (DAY, "2026-11-29"):
-        recommend_for_user(store, "ann", None, 3, user_day, vectorizer=vectorizer)
+        recommend_for_user(store, user_request("ann", None, 3, user_day), vectorizer)
     partitioning = ds.partitioning(pa.schema([("date", pa.string()), ("user_id", pa.string())]), flavor="hive")
     for prefix in ("recommendations/", "profiles/"):
         table = ds.dataset(
@@ -656,7 +697,7 @@ def test_outputs_are_hive_datasets_that_readers_can_open(scene):
 @pytest.mark.parametrize("kind", scoring.SCORE_KINDS)
 def test_every_score_kind_end_to_end(scene, kind):
     store, vectorizer = scene
-    summary = recommend_for_user(store, "ann", None, 5, DAY, vectorizer=vectorizer, score_kind=kind)
+    summary = recommend_for_user(store, user_request("ann", None, 5, DAY, score_kind=kind), vectorizer)
     ids = [row["item_id"] for row in summary["top_k"]]
     assert "own" not in ids and "near" not in ids
     assert summary["score_kind"] == kind and {row["score_kind"] for row in summary["top_k"]} == {kind}
@@ -671,7 +712,7 @@ def test_filters(scene):
 
     def ids(**filters):
         summary = recommend_for_user(
-            store, "ann", None, 10, DAY, vectorizer=vectorizer, filters=filters, run_id="r", **MATCHES
+            store, user_request("ann", None, 10, DAY, filters=filters, run_id="r", **MATCHES), vectorizer
         )
         return [row["item_id"] for row in summary["top_k"]]
 
@@ -688,30 +729,30 @@ def test_filters(scene):
 
 def test_items_shown_on_earlier_days_are_not_recommended_again(scene):
     store, vectorizer = scene
-    first = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="one", **MATCHES)
+    first = recommend_for_user(store, user_request("ann", None, 2, DAY, run_id="one", **MATCHES), vectorizer)
     assert [r["item_id"] for r in first["top_k"]] == ["i5", "i1"]
-    rerun = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="one", **MATCHES)
+    rerun = recommend_for_user(store, user_request("ann", None, 2, DAY, run_id="one", **MATCHES), vectorizer)
     assert rerun == first  # its own earlier output does not count as shown
-    other_run = recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="two", **MATCHES)
+    other_run = recommend_for_user(store, user_request("ann", None, 2, DAY, run_id="two", **MATCHES), vectorizer)
     assert other_run["top_k"] == first["top_k"]  # nor does another run's of the same date
-    next_day = recommend_for_user(store, "ann", None, 2, "2026-11-29", vectorizer=vectorizer, run_id="n", **MATCHES)
+    next_day = recommend_for_user(store, user_request("ann", None, 2, "2026-11-29", run_id="n", **MATCHES), vectorizer)
     assert [r["item_id"] for r in next_day["top_k"]] == ["i2", "i3"] and next_day["n_excluded_shown"] == 2
     assert shown_before(store, "ann", "2026-11-30") == ["i1", "i2", "i3", "i5"]
     # a backfill of the first day after the second ran is still the first day's list
-    assert recommend_for_user(store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="one", **MATCHES) == first
+    assert recommend_for_user(store, user_request("ann", None, 2, DAY, run_id="one", **MATCHES), vectorizer) == first
     assert "shown before and left out" in store.get_bytes(html_key("ann", "2026-11-29", "n")).decode()
 
 
 def test_a_retry_of_the_same_run_overwrites_its_keys(scene):
     store, vectorizer = scene
     first = recommend_for_user(
-        store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00"
+        store, user_request("ann", None, 3, DAY, run_id="manual__2026-11-28T10:00:00+00:00"), vectorizer
     )
     keys = store.list()
     blobs = {name: store.get_bytes(key) for name, key in first["keys"].items() if name != "recommendations"}
     recs = store.read_parquet(first["keys"]["recommendations"])
     second = recommend_for_user(
-        store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T10:00:00+00:00"
+        store, user_request("ann", None, 3, DAY, run_id="manual__2026-11-28T10:00:00+00:00"), vectorizer
     )
     assert second == first
     assert store.list() == keys
@@ -728,10 +769,10 @@ def test_two_runs_on_one_date_keep_both_outputs(scene):
     store.write_parquet("users/ann/_shown/2026-11-27.parquet", pa.table({"item_id": ["legacy"]}))  # before runs
     assert shown_before(store, "ann", DAY) == ["legacy"]
     scheduled = recommend_for_user(
-        store, "ann", None, 3, DAY, vectorizer=vectorizer, run_id="scheduled__2026-11-28T00:00:00+00:00"
+        store, user_request("ann", None, 3, DAY, run_id="scheduled__2026-11-28T00:00:00+00:00"), vectorizer
     )
     manual = recommend_for_user(
-        store, "ann", None, 2, DAY, vectorizer=vectorizer, run_id="manual__2026-11-28T09:30:00+00:00"
+        store, user_request("ann", None, 2, DAY, run_id="manual__2026-11-28T09:30:00+00:00"), vectorizer
     )
     for name in ("recommendations", "profile", "html", "shown"):
         assert scheduled["keys"][name] != manual["keys"][name] and store.exists(scheduled["keys"][name])
@@ -758,11 +799,11 @@ def test_run_partition_is_path_safe_and_distinct():
 
 def test_explicit_images_profile_only_those(scene):
     store, vectorizer = scene
-    summary = recommend_for_user(store, "ann", ["users/ann/u2.jpg"], 2, DAY, vectorizer=vectorizer, **MATCHES)
+    summary = recommend_for_user(store, user_request("ann", ["users/ann/u2.jpg"], 2, DAY, **MATCHES), vectorizer)
     assert [row["item_id"] for row in summary["top_k"]] == ["i5", "i2"]
 
 
-def test_recommend_for_users_serves_everyone_and_reports_failures(scene):
+def test_recommend_for_users_serves_everyone_and_reports_failures(scene, caplog):
     store, vectorizer = scene
     store.put_bytes("users/bea/b.jpg", noise_jpeg(101))  # the same photo as ann's u1
     store.put_bytes("users/cid/c.jpg", noise_jpeg(999))  # the fake vectorizer does not know it
@@ -771,6 +812,9 @@ def test_recommend_for_users_serves_everyone_and_reports_failures(scene):
     assert [r["user_id"] for r in batches[0]] == ["ann", "bea", "cid"]
     with pytest.raises(RuntimeError, match="failed for 1 user"):
         recommend_for_users(store, batches[0], DAY, options, vectorizer, run_id="r1")
+    assert [(r.name, r.levelname) for r in caplog.records if "recommend cid: FAILED" in r.getMessage()] == [
+        ("pipeline.recommend.recommendations", "ERROR")
+    ]
     assert store.exists(recommendations_key("ann", DAY, "r1")) and store.exists(recommendations_key("bea", DAY, "r1"))
     assert not store.exists(recommendations_key("cid", DAY, "r1"))
     summaries = recommend_for_users(store, batches[0][:2], DAY, options, vectorizer)
@@ -782,15 +826,15 @@ def test_recommend_for_users_serves_everyone_and_reports_failures(scene):
 def test_invalid_requests_fail_before_any_work(file_store):
     vectorizer = FakeVectorizer({})
     with pytest.raises(InvalidRequest, match="has no images"):
-        recommend_for_user(file_store, "ann", None, 3, DAY, vectorizer=vectorizer)
+        recommend_for_user(file_store, user_request("ann", None, 3, DAY), vectorizer)
     file_store.put_bytes("users/ann/u1.jpg", noise_jpeg(1))
     for bad_date in ("2026-13-01", "28/11/2026", "../x", None):
         with pytest.raises(InvalidRequest, match="run_date"):
-            recommend_for_user(file_store, "ann", None, 3, bad_date, vectorizer=vectorizer)
+            recommend_for_user(file_store, user_request("ann", None, 3, bad_date), vectorizer)
     with pytest.raises(InvalidRequest, match="score must be one of"):
-        recommend_for_user(file_store, "ann", None, 3, DAY, vectorizer=vectorizer, score_kind="best")
+        recommend_for_user(file_store, user_request("ann", None, 3, DAY, score_kind="best"), vectorizer)
     with pytest.raises(InvalidRequest, match="price_min"):
-        recommend_for_user(file_store, "ann", None, 3, DAY, vectorizer=vectorizer, filters={"price_min": -2})
+        recommend_for_user(file_store, user_request("ann", None, 3, DAY, filters={"price_min": -2}), vectorizer)
     assert vectorizer.calls == 0
     assert file_store.list("recommendations/") == [] and file_store.list("users/ann/_shown/") == []
 
@@ -830,9 +874,9 @@ def test_a_vectorizer_without_probabilities_or_embeddings_still_serves_matches(f
     )
     assert profile.column("embedding").null_count == 1 and "embedding_source" not in profile.column_names
     repo = repository_table(ITEMS_6)
-    assert rank(profile, repo, ATTRS, 2, 6, **MATCHES).column("item_id").to_pylist() == ["a", "c"]
+    assert rank(rank_request(profile, 2, 6, **MATCHES), repo, ATTRS).column("item_id").to_pylist() == ["a", "c"]
     with pytest.raises(scoring.MissingVectors):
-        rank(profile, repo, ATTRS, 2, 6, score_kind="weighted")
+        rank(rank_request(profile, 2, 6, score_kind="weighted"), repo, ATTRS)
 
 
 def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(file_store):
@@ -902,7 +946,7 @@ def test_a_mirrored_upload_of_a_shop_photo_is_still_the_users_own(file_store):
     assert profile.schema.field("phash_mirror").type == pa.uint64()
     check = thumbnail_check(file_store, profile, repository, max_mad=3.0)
     assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
-    assert rank(profile, repository, ATTRS, k=5, phash_max_distance=6, confirm_near_copy=check).column(
+    assert rank(rank_request(profile, k=5, phash_max_distance=6, confirm_near_copy=check), repository, ATTRS).column(
         "item_id"
     ).to_pylist() == ["other"]
     # A profile without the mirror hash (as built before) would have shown the user their own photo.

@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline.hashing import content_sha256, perceptual_hashes
 from pipeline.recommend.recommendations import (
+    UserRequest,
     recommend_for_user,
     recommend_for_users,
     recommendations_key,
@@ -201,7 +202,7 @@ def test_batch_lists_equal_the_one_user_path(shop, kind, lam, k, filters):
     excluded_somewhere = 0
     for request, summary in zip(requests, summaries):
         user = request["user_id"]
-        single = recommend_for_user(store, user, None, None, DAY, vectorizer, options=options, run_id="single")
+        single = recommend_for_user(store, UserRequest(user, None, DAY, options, run_id="single"), vectorizer)
         assert_same_tables(batch[user], store.read_parquet(recommendations_key(user, DAY, "single")), user, kind)
         assert {key: v for key, v in summary.items() if key not in ("top_k", "keys", "run")} == {
             key: v for key, v in single.items() if key not in ("top_k", "keys", "run")
