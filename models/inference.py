@@ -265,7 +265,7 @@ class FashionVectorizer:
             raise ValueError(
                 f"refresh {commit_id!r} was planned for {info['versions']}, these networks are {self.versions}"
             )
-        batch_size = batch_size or repository.repository_config()["inference_batch_size"]
+        batch_size = batch_size or repository.repository_config().inference_batch_size
         vectors, skipped = self.infer_items(
             store, items, inferred_at, batch_size, label=f"repository {commit_id} shard {shard + 1}/{info['shards']}"
         )

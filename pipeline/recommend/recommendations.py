@@ -200,11 +200,11 @@ def validate_options(
 ) -> Options:
     """Options from a request, the unset ones from settings; raises InvalidRequest."""
     config = get_settings().recommend
-    k = _validate_k(config.get("k", 10) if k is None else k)
-    kind = config.get("score", "hybrid") if score_kind is None else score_kind
+    k = _validate_k(config.k if k is None else k)
+    kind = config.score if score_kind is None else score_kind
     if kind not in scoring.SCORE_KINDS:
         raise InvalidRequest(f"score must be one of {', '.join(scoring.SCORE_KINDS)}, got {kind!r}")
-    lam = _validate_number("mmr_lambda", config.get("mmr_lambda", 1.0) if mmr_lambda is None else mmr_lambda, 0.0, 1.0)
+    lam = _validate_number("mmr_lambda", config.mmr_lambda if mmr_lambda is None else mmr_lambda, 0.0, 1.0)
     if filters is None:
         filters = Filters()
     elif not isinstance(filters, Filters):
@@ -212,8 +212,8 @@ def validate_options(
         if unknown:
             raise InvalidRequest(f"unknown filters {sorted(unknown)}")
         filters = validate_filters(**filters)
-    hybrid_weights = config.get("hybrid_weights")
-    attribute_weights = config.get("attribute_weights")
+    hybrid_weights = config.hybrid_weights
+    attribute_weights = config.attribute_weights
     scoring.normalised_hybrid_weights(hybrid_weights)  # a bad configuration fails here, not mid-run
     scoring.normalised_weights(get_settings().taxonomy.names, attribute_weights)
     return Options(
@@ -221,7 +221,7 @@ def validate_options(
         score_kind=kind,
         mmr_lambda=lam,
         filters=filters,
-        mmr_pool=int(config.get("mmr_pool", 200)),
+        mmr_pool=config.mmr_pool,
         hybrid_weights=hybrid_weights,
         attribute_weights=attribute_weights,
     )
@@ -342,9 +342,9 @@ def plan_requests(
     config = get_settings().recommend
     size = batch_size(
         len(requests),
-        int(users_per_batch or config.get("users_per_task", 100)),
-        int(config.get("max_mapped_tasks", 1000)),
-        int(config.get("max_users_per_task", 1000)),
+        int(users_per_batch or config.users_per_task),
+        config.max_mapped_tasks,
+        config.max_users_per_task,
     )
     return [requests[start : start + size] for start in range(0, len(requests), size)]
 
@@ -634,7 +634,7 @@ def rank(
     lam = options.mmr_lambda if mmr_lambda is None else float(mmr_lambda)
     _require_columns(repository, ["item_id", *attributes], "repository")
     if phash_max_distance is None:
-        phash_max_distance = int(get_settings().curation["phash_max_distance"])
+        phash_max_distance = get_settings().curation.phash_max_distance
     taxonomy = _taxonomy(attributes)
     if items is None:
         items = scoring.fashion_matrix(repository, taxonomy)
@@ -848,8 +848,8 @@ def recommend_for_user(
         repository,
         attributes,
         options.k,
-        int(settings.curation["phash_max_distance"]),
-        thumbnail_check(store, profile, repository, float(settings.curation["thumbnail_max_mad"])),
+        settings.curation.phash_max_distance,
+        thumbnail_check(store, profile, repository, float(settings.curation.thumbnail_max_mad)),
         exclude_item_ids=shown,
         options=options,
         items=repository_matrix,
@@ -1165,7 +1165,7 @@ class _BatchScorer:
         self.dims = None if self.batch.embedding_t is None else int(self.batch.embedding_t.shape[0])
         self.weights = scoring.normalised_weights(self.batch.attributes, options.attribute_weights)
         self.exclusions = _Exclusions(
-            store, users, int(settings.curation["phash_max_distance"]), float(settings.curation["thumbnail_max_mad"])
+            store, users, settings.curation.phash_max_distance, float(settings.curation.thumbnail_max_mad)
         )
         photos = int(self.batch.offsets[-1])
         self.block_rows = max(64, SCAN_BLOCK_CELLS // max(photos, len(users), 1))
@@ -1571,7 +1571,7 @@ def recommend_for_users(
     taxonomy = _taxonomy(attributes)
     run_date = _validate_run_date(run_date)
     run = run_partition(run_id if run_id is not None else adhoc_run_id())
-    chunk_rows = int(chunk_rows or settings.recommend.get("scoring_chunk_rows", 32768))
+    chunk_rows = int(chunk_rows or settings.recommend.scoring_chunk_rows)
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
     failures: list[tuple[str, BaseException]] = []
 

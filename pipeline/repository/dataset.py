@@ -30,6 +30,7 @@ no rows. This module imports neither TensorFlow nor Keras.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -37,10 +38,11 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,6 +53,9 @@ import pyarrow.parquet as pq
 from pipeline import store_layout
 from pipeline.storage import ObjectStore
 
+if TYPE_CHECKING:
+    from pipeline.settings import RepositorySettings
+
 PREFIX = store_layout.FASHION_VECTORS_PREFIX
 STAGING_PREFIX = store_layout.REPOSITORY_STAGING_PREFIX
 COMMITS_PREFIX = store_layout.REPOSITORY_COMMITS_PREFIX
@@ -59,13 +64,6 @@ SCHEMA_FILE = Path(__file__).with_name("repository_schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
 READ_ATTEMPTS = 3
 FILE_NAME = re.compile(r"part-(\d{5})-of-(\d{5})\.parquet$")
-DEFAULTS = {
-    "shard_size": 1000,
-    "max_shards": 256,
-    "inference_batch_size": 64,
-    "row_group_rows": 10000,
-    "max_file_rows": 50000,
-}
 TYPES = {
     "string": pa.string(),
     "float64": pa.float64(),
@@ -168,12 +166,11 @@ def bucket(item_id: str, count: int) -> int:
     return int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16) % count
 
 
-def repository_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``settings.repository`` over :data:`DEFAULTS`, then ``overrides``."""
+def repository_config(overrides: Mapping[str, Any] | None = None) -> RepositorySettings:
+    """``settings.repository`` with ``overrides`` (some of its keys) replacing its values."""
     from pipeline.settings import get_settings
 
-    merged = {**DEFAULTS, **(get_settings().repository or {}), **(overrides or {})}
-    return {k: int(v) for k, v in merged.items()}
+    return dataclasses.replace(get_settings().repository, **{k: int(v) for k, v in (overrides or {}).items()})
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -421,7 +418,7 @@ def plan_refresh(
     these three are inferred — or ``catalog`` (only catalog fields changed: the stored vectors are
     kept). A batch row crawled before the stored row is not applied.
     """
-    config = repository_config(config)
+    sizes = repository_config(config)
     if attributes is None:
         from pipeline.settings import get_settings
 
@@ -473,7 +470,7 @@ def plan_refresh(
         applied = set(joined.filter(pc.and_(known, fresh))["item_id"].to_pylist())
         joined = joined.append_column("action", action).filter(pc.is_valid(pc.field("action")))
         new = joined.filter(pc.equal(pc.field("action"), "new"))
-        new_files = _new_item_files(new, crawl_date, data_keys(store), config["max_file_rows"])
+        new_files = _new_item_files(new, crawl_date, data_keys(store), sizes.max_file_rows)
         files = dict(zip(new["item_id"].to_pylist(), new_files))
         file_column = [files.get(i, f) for i, f in zip(joined["item_id"].to_pylist(), joined["old.file"].to_pylist())]
         dates = pc.fill_null(joined["old.crawl_date"], pa.scalar(crawl_date, pa.date32()))
@@ -521,7 +518,7 @@ def plan_refresh(
 
     infer = pc.is_in(plan["action"], pa.array(["new", "image", "model"]))
     n_infer = pc.sum(infer).as_py() or 0
-    shards = min(config["max_shards"], max(1, math.ceil(n_infer / config["shard_size"])))
+    shards = min(sizes.max_shards, max(1, math.ceil(n_infer / sizes.shard_size)))
     positions = pc.subtract(pc.cumulative_sum(pc.cast(infer, pa.int64())), 1)
     shard = pc.if_else(infer, pc.divide(pc.multiply(positions, shards), max(n_infer, 1)), -1)
     plan = plan.append_column("shard", pc.cast(shard, pa.int32()))
@@ -648,7 +645,7 @@ def commit_refresh(
     record. A rerun that changes nothing (a night run again) keeps the stored record of the commit
     that did the work.
     """
-    config = repository_config(config)
+    sizes = repository_config(config)
     record_key = store_layout.repository_commit_key(commit_id)
     info_key, _ = plan_keys(commit_id)
     done_key = committed_key(commit_id)
@@ -699,7 +696,7 @@ def commit_refresh(
         replaced = pa.array([ids[n] for n in take_new + take_old], pa.string())
         kept = existing.filter(pc.invert(pc.is_in(existing["item_id"], replaced)))
         table = pa.concat_tables([kept, *updated]).sort_by("item_id").replace_schema_metadata(schema.metadata)
-        store.put_bytes(staged_file_key(commit_id, key), _parquet_bytes(table, config["row_group_rows"]))
+        store.put_bytes(staged_file_key(commit_id, key), _parquet_bytes(table, sizes.row_group_rows))
         written.append({"key": key, "rows": table.num_rows, "changed": len(replaced)})
     # Every new file is staged: only now does the dataset change, by moves that move no bytes.
     for entry in written:

@@ -8,7 +8,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from pipeline.settings import REPO_ROOT, load_settings
+from pipeline.settings import REPO_ROOT, CrawlSettings, build_section, load_settings
 from scrapers.settings import fashionnet_settings, images_store
 
 
@@ -22,9 +22,9 @@ def test_images_store_for_folder_and_s3_stores():
 def test_scrapy_settings_follow_the_configuration():
     settings = load_settings({"FASHIONNET_STORE": "s3://b/p", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     scrapy_settings = fashionnet_settings(settings)
-    assert scrapy_settings["USER_AGENT"] == settings.crawl["user_agent"]
+    assert scrapy_settings["USER_AGENT"] == settings.crawl.user_agent
     assert scrapy_settings["ROBOTSTXT_OBEY"] is True
-    assert scrapy_settings["CONCURRENT_REQUESTS_PER_DOMAIN"] == settings.crawl["concurrent_requests_per_domain"]
+    assert scrapy_settings["CONCURRENT_REQUESTS_PER_DOMAIN"] == settings.crawl.concurrent_requests_per_domain
     assert scrapy_settings["IMAGES_STORE"] == "s3://b/p/images/"
     assert scrapy_settings["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     assert scrapy_settings["FASHIONNET_STORE_URI"] == "s3://b/p"
@@ -40,11 +40,11 @@ def test_scrapy_settings_have_no_defaults_of_their_own():
 
     settings = load_settings({"FASHIONNET_STORE": "s3://b/p"})
     scrapy_settings = fashionnet_settings(settings)
-    assert scrapy_settings["CONCURRENT_ITEMS"] == settings.crawl["concurrent_items"]
+    assert scrapy_settings["CONCURRENT_ITEMS"] == settings.crawl.concurrent_items
     for key in ("concurrent_items", "obey_robots_txt", "retry_http_codes", "log_level"):
-        crawl = {k: v for k, v in settings.crawl.items() if k != key}
-        with pytest.raises(KeyError, match=key):
-            fashionnet_settings(dataclasses.replace(settings, crawl=crawl))
+        crawl = {k: v for k, v in settings.crawl.as_dict().items() if k != key}
+        with pytest.raises(KeyError, match=key):  # the typed section refuses it where the settings load
+            fashionnet_settings(dataclasses.replace(settings, crawl=build_section(CrawlSettings, crawl, "crawl")))
 
 
 def test_demo_store_command_builds_and_serves(tmp_path: Path):

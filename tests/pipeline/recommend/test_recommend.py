@@ -529,7 +529,7 @@ def test_rank_takes_the_phash_threshold_and_defaults_from_settings():
     )
     ranked = rank(profile, repo, ATTRS, 10)
     assert ranked.column("item_id").to_pylist() == ["o"]  # settings: 6
-    assert ranked.column("score_kind").to_pylist() == [get_settings().recommend["score"]]
+    assert ranked.column("score_kind").to_pylist() == [get_settings().recommend.score]
 
 
 def test_rank_excludes_given_item_ids():

@@ -53,4 +53,4 @@ def test_a_customer_base_beyond_the_largest_batches_fails_the_plan_clearly():
 def test_the_task_limit_is_within_the_installed_airflows_max_map_length():
     from airflow.configuration import conf
 
-    assert int(get_settings().recommend["max_mapped_tasks"]) <= conf.getint("core", "max_map_length")
+    assert int(get_settings().recommend.max_mapped_tasks) <= conf.getint("core", "max_map_length")
