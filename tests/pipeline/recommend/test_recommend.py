@@ -268,7 +268,7 @@ def test_list_users_and_plan_every_user_in_batches(user_store):
 def test_options_default_to_settings_and_reject_bad_values():
     options = validate_options()
     config = get_settings().recommend
-    assert (options.k, options.score_kind, options.mmr_lambda) == (config["k"], config["score"], config["mmr_lambda"])
+    assert (options.k, options.score_kind, options.mmr_lambda) == (config.k, config.score, config.mmr_lambda)
     assert options.filters == Filters()
     options = options_from_params(
         {

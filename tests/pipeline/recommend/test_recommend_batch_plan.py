@@ -26,8 +26,8 @@ def test_100000_users_fit_in_airflows_map_length():
     store = ListingStore(100_000)
     batches = plan_requests(store, None, None, validate_options())
     config = get_settings().recommend
-    assert len(batches) <= int(config["max_mapped_tasks"]) <= 1024  # Airflow's default max_map_length
-    assert {len(b) for b in batches[:-1]} == {max(int(config["users_per_task"]), math.ceil(100_000 / 1000))}
+    assert len(batches) <= int(config.max_mapped_tasks) <= 1024  # Airflow's default max_map_length
+    assert {len(b) for b in batches[:-1]} == {max(int(config.users_per_task), math.ceil(100_000 / 1000))}
     users = [request["user_id"] for batch in batches for request in batch]
     assert users == sorted(store.by_user) and len(set(users)) == 100_000  # everyone once, in order
     assert batches[0][0]["image_keys"] == ["users/u000000/p0.jpg", "users/u000000/p1.jpg", "users/u000000/p2.jpg"]
