@@ -387,10 +387,10 @@ def _demo_levels(seed: int) -> tuple[Hashed, dict[str, Hashed]]:
 def shipped_config() -> Config:
     curation = get_settings().curation
     return (
-        int(curation["phash_max_distance"]),
-        int(curation["dhash_max_distance"]),
+        curation.phash_max_distance,
+        curation.dhash_max_distance,
         "gain",
-        float(curation["thumbnail_max_mad"]),
+        float(curation.thumbnail_max_mad),
         True,
     )
 

@@ -238,11 +238,9 @@ def evaluate(
     labels_array = np.array(labels)
     for user in users:
         profile = items.take(user.profile)
-        parts = scoring.components(items, profile, config.get("attribute_weights"), need=[kind])
+        parts = scoring.components(items, profile, config.attribute_weights, need=[kind])
         candidates = user.candidates & (parts.matches > 0) if kind == "matches" else user.candidates
-        chosen = scoring.select(
-            kind, items, parts, ids, candidates, k, lam, int(config.get("mmr_pool", 200)), config.get("hybrid_weights")
-        )
+        chosen = scoring.select(kind, items, parts, ids, candidates, k, lam, config.mmr_pool, config.hybrid_weights)
         hits = np.isin(chosen.rows, user.held_out).astype(float)
         recall.append(hits.sum() / len(user.held_out))
         gains.append(ndcg(hits, len(user.held_out), k))
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.settings import get_settings
 
     settings = get_settings()
-    default_lambda = float(settings.recommend.get("mmr_lambda", 1.0))
+    default_lambda = float(settings.recommend.mmr_lambda)
     lambdas = sorted({1.0, default_lambda}, reverse=True)
     results = []
     for dataset in args.datasets:

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_fit": args.fit,
     }
     training = {
-        **get_settings().training,
+        **get_settings().training.as_dict(),
         "backbone": args.backbone,
         "weights": None if args.weights.lower() == "none" else args.weights,
         "image_size": args.size,

@@ -132,7 +132,7 @@ def fashionnet_ingest():
         from pipeline.storage import open_store
 
         store = open_store()
-        policy = params["review_policy"] or get_settings().curation["review_policy"]
+        policy = params["review_policy"] or get_settings().curation.review_policy
         with stage("ingest.review") as report:
             decided = {batch: apply_policy(store, batch, policy) for batch in batches}
             report.summary = {"policy": policy, "decided_by_policy": decided}
@@ -150,7 +150,7 @@ def fashionnet_ingest():
         from pipeline.settings import get_settings
         from pipeline.storage import open_store
 
-        store, page = open_store(), get_settings().review.get("page_url")
+        store, page = open_store(), get_settings().review.page_url
         for batch in batches:
             withdraw_approval(store, batch)
         return "\n\n".join(approval_body(batch_review_summary(store, batch), page) for batch in batches)

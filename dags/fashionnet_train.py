@@ -65,7 +65,7 @@ def fashionnet_train():
         version = model_version(dag_run.run_after)
         with stage(f"train.{attribute}") as report:
             metrics = train_attribute(
-                open_store(), attribute, version, settings.training, settings.taxonomy.classes(attribute)
+                open_store(), attribute, version, settings.training.as_dict(), settings.taxonomy.classes(attribute)
             )
             report.summary = {
                 "version": version,
@@ -83,7 +83,7 @@ def fashionnet_train():
 
         store = open_store()
         settings = get_settings()
-        tolerance = float(settings.training.get("promotion_tolerance", 0.0))
+        tolerance = float(settings.training.promotion_tolerance)
         # Index by length: mapped tasks that failed pushed nothing, and iterating past the end logs errors.
         trained = [trained[i] for i in range(len(trained))]
         with stage("train.publish") as report:

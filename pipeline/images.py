@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from pipeline.settings import CurationSettings
 
 NOT_AN_IMAGE = "not_an_image"
 UNDECODABLE = "undecodable"
@@ -81,18 +83,13 @@ class ImageRules:
     blank_std: float
 
 
-def rules_from_settings(curation: Mapping[str, Any] | None = None) -> ImageRules:
+def rules_from_settings(curation: CurationSettings | None = None) -> ImageRules:
     """The :class:`ImageRules` of ``settings.curation`` (the configured one when not given)."""
     if curation is None:
         from pipeline.settings import get_settings
 
         curation = get_settings().curation
-    try:
-        return ImageRules(
-            max_pixels=int(curation["max_image_pixels"]), blank_std=float(curation["blank_std_threshold"])
-        )
-    except KeyError as exc:
-        raise KeyError(f"config/settings.yaml curation lacks {exc.args[0]!r} (image decoding limits)") from None
+    return ImageRules(max_pixels=int(curation.max_image_pixels), blank_std=float(curation.blank_std_threshold))
 
 
 def _open_header(data: bytes, max_pixels: int) -> Image.Image:

@@ -7,10 +7,13 @@ Every module takes its settings from :func:`get_settings`; nothing else reads th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,29 +42,298 @@ class Taxonomy:
             raise KeyError(f"unknown attribute {attribute!r}; the taxonomy has {self.names}") from None
 
 
+# -- typed sections -----------------------------------------------------------------------------------------
+#: Where a settings error points the reader.
+WHERE = "config/settings.yaml, or the FASHIONNET_PROFILE overlay"
+
+
+class SettingsError(ValueError):
+    """A key of the settings is unknown, missing or of the wrong type; the message names section and key."""
+
+
+class MissingSettingError(SettingsError, KeyError):
+    """A key every configuration must have is absent (a ValueError and, as a failed look-up, a KeyError)."""
+
+    def __str__(self) -> str:  # KeyError's own str() is the repr of its argument
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of ``config/settings.yaml``: one field per key, no defaults (the YAML holds them); built and
+    checked by :func:`build_section` when the settings load."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as the mapping the YAML gave (nested sections as mappings too)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ProductSpiderSettings(Section):
+    """``crawl.product_spider``: the product spider on a listing page."""
+
+    product_link_pattern: str
+    pagination_pattern: str
+    max_listing_pages: int
+
+
+@dataclass(frozen=True)
+class WeakLabelSettings(Section):
+    """``crawl.weak_labels``: weak labels from a product's structured data (scrapers.weak_labels, which
+    checks the classes against the taxonomy)."""
+
+    fields: dict[str, list[str]]
+    keywords: dict[str, dict[str, list[str]]]
+    weak_keywords: dict[str, dict[str, list[str]]]
+    ignore: dict[str, list[str]]
+    in_query_spider: bool
+
+
+@dataclass(frozen=True)
+class CrawlSettings(Section):
+    user_agent: str
+    obey_robots_txt: bool
+    concurrent_requests_per_domain: int
+    download_delay_s: float
+    autothrottle_start_delay_s: float
+    log_level: str
+    timeout_s: float
+    timeout_grace_s: float
+    max_failed_share: float
+    max_page_bytes: int
+    max_image_bytes: int
+    concurrent_requests: int
+    concurrent_items: int
+    download_timeout_s: float
+    retry_times: int
+    retry_http_codes: list[int]
+    retry_backoff_base_s: float
+    retry_backoff_max_s: float
+    images_min_width: int
+    images_min_height: int
+    incremental: bool
+    shopify_max_pages: int
+    shopify_max_bad_pages: int
+    catalog_max_listing_pages: int
+    query_max_result_pages: int
+    max_listed_pages_without_product: int
+    search_queries: dict[str, str | list[str]]
+    product_spider: ProductSpiderSettings
+    weak_labels: WeakLabelSettings
+
+
+@dataclass(frozen=True)
+class CurationSettings(Section):
+    min_side_px: int
+    max_aspect_ratio: float
+    max_image_pixels: int
+    blank_std_threshold: float
+    phash_max_distance: int
+    dhash_max_distance: int
+    thumbnail_max_mad: float
+    cross_run_kinds: list[str]
+    review_policy: str
+
+
+@dataclass(frozen=True)
+class SplitSettings(Section):
+    train: float
+    validation: float
+    test: float
+    salt: str
+    report_tolerance: float
+
+
+@dataclass(frozen=True)
+class TrainingSettings(Section):
+    """``training`` (models.train.TrainingConfig reads it; :func:`validate_training` checks the values)."""
+
+    backbone: str
+    weights: str | None
+    image_size: int
+    batch_size: int
+    dense_units: int
+    pooling: str
+    dropout: float
+    weight_decay: float
+    label_smoothing: float
+    lr_schedule: str
+    warmup_epochs: int
+    mirror_augment: bool
+    unfreeze_from: str | dict[str, str]
+    head_init: str
+    image_fit: str
+    probe: bool
+    selection_margin: float
+    mixed_precision: str
+    augment_translation: float
+    augment_zoom: float
+    augment_brightness: float
+    augment_contrast: float
+    frozen_epochs: int
+    unfrozen_epochs: int
+    head_learning_rate: float
+    finetune_learning_rate: float
+    patience: int
+    shared_backbone: bool
+    promotion_tolerance: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class RecommendSettings(Section):
+    k: int
+    score: str
+    hybrid_weights: dict[str, float]
+    attribute_weights: dict[str, float]
+    mmr_lambda: float
+    mmr_pool: int
+    users_per_task: int
+    max_mapped_tasks: int
+    max_users_per_task: int
+    scoring_chunk_rows: int
+
+
+@dataclass(frozen=True)
+class RepositorySettings(Section):
+    shard_size: int
+    max_shards: int
+    inference_batch_size: int
+    row_group_rows: int
+    max_file_rows: int
+
+
+@dataclass(frozen=True)
+class ReviewSettings(Section):
+    page_url: str | None
+    max_login_body_bytes: int
+    max_body_bytes: int
+    max_concurrent_password_checks: int
+    max_password_checks_per_client: int
+    password_check_wait_s: float
+    free_login_failures: int
+    login_delay_s: float
+    login_max_delay_s: float
+    login_failure_memory_s: float
+    client_address_header: str | None
+
+
+def _describe(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+            tp, "a mapping" if dataclasses.is_dataclass(tp) else tp.__name__
+        )
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0]).removeprefix('a ')} -> {_describe(args[1]).removeprefix('a ')}"
+    return str(tp)
+
+
+def _checked(value: Any, tp: Any, where: str) -> Any:
+    """``value`` if it is of type ``tp`` (nested sections built, containers checked item by item); else a
+    :class:`SettingsError` naming ``where``. An integer is a number (float); a boolean is neither."""
+    if isinstance(tp, type) and issubclass(tp, Section):
+        return build_section(tp, value, where)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    ok = True
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _checked(value, option, where)
+            except SettingsError:
+                continue
+        ok = False
+    elif origin is list:
+        if isinstance(value, list):
+            return [_checked(v, args[0], f"{where}[{n}]") for n, v in enumerate(value)]
+        ok = False
+    elif origin is dict:
+        if isinstance(value, dict):
+            return {_checked(k, args[0], where): _checked(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        ok = False
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif tp in (int, str):
+        ok = isinstance(value, tp) and not isinstance(value, bool)
+    else:  # pragma: no cover - a field type this checker does not know is a programming error
+        raise TypeError(f"{where}: no check for the type {tp!r}")
+    if not ok:
+        raise SettingsError(f"{where}: needs {_describe(tp)}, got {value!r} ({WHERE})")
+    return value
+
+
+S = typing.TypeVar("S", bound=Section)
+
+
+def build_section(cls: type[S], raw: Any, section: str) -> S:
+    """The section ``cls`` from the mapping ``raw``: every field's key present, no other key, each value of
+    its field's type. Raises :class:`SettingsError` (:class:`MissingSettingError` for absent keys) naming
+    ``section`` and the key."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{section}: needs a mapping, got {raw!r}; {section} has {', '.join(names)} ({WHERE})")
+    unknown = sorted(set(raw) - set(names), key=str)
+    if unknown:
+        raise SettingsError(
+            f"{section}.{unknown[0]}: unknown key (a typo?); {section} has {', '.join(names)} ({WHERE})"
+        )
+    missing = [name for name in names if name not in raw]
+    if missing:
+        raise MissingSettingError(
+            f"{', '.join(f'{section}.{name}' for name in missing)}: missing; every key of {section} must be set"
+            f" ({WHERE}: config/settings.yaml is the one home of the defaults)"
+        )
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _checked(raw[name], hints[name], f"{section}.{name}") for name in names})
+
+
 @dataclass(frozen=True)
 class Settings:
     store_uri: str
     s3_endpoint_url: str | None
     taxonomy: Taxonomy
+    #: Validated retailer entries, kept as mappings (:func:`validate_retailer`; the spiders read them so).
     retailers: dict[str, dict[str, Any]]
-    crawl: dict[str, Any]
-    curation: dict[str, Any]
-    split: dict[str, Any]
-    training: dict[str, Any]
-    recommend: dict[str, Any]
-    review: dict[str, Any] = field(default_factory=dict)
-    repository: dict[str, Any] = field(default_factory=dict)
+    crawl: CrawlSettings
+    curation: CurationSettings
+    split: SplitSettings
+    training: TrainingSettings
+    recommend: RecommendSettings
+    review: ReviewSettings
+    repository: RepositorySettings
 
     def search_query(self, class_name: str) -> str:
         """The first configured search phrase for ``class_name`` (see :func:`search_queries`)."""
         return search_queries(self.crawl, class_name)[0]
 
 
-def search_queries(crawl: dict[str, Any], class_name: str) -> list[str]:
+#: The top-level keys of config/settings.yaml: the store, the retailers and the typed sections.
+SECTIONS: dict[str, type[Section]] = {
+    "crawl": CrawlSettings,
+    "curation": CurationSettings,
+    "split": SplitSettings,
+    "training": TrainingSettings,
+    "recommend": RecommendSettings,
+    "review": ReviewSettings,
+    "repository": RepositorySettings,
+}
+TOP_LEVEL_KEYS = ("store", "retailers", *SECTIONS)
+
+
+def search_queries(crawl: CrawlSettings, class_name: str) -> list[str]:
     """The search phrases for ``class_name``: ``crawl.search_queries[class]`` as a string or a list,
     else the class name itself (hyphens as spaces). Blank and repeated entries are dropped."""
-    configured = (crawl.get("search_queries") or {}).get(class_name)
+    configured = crawl.search_queries.get(class_name)
     if configured is None:
         return [class_name.replace("-", " ")]
     values = [configured] if isinstance(configured, str) else configured
@@ -208,7 +480,7 @@ def _check_allowed_host(retailer: str, value: Any) -> str:
     return value
 
 
-def _check_crawl_overrides(retailer: str, overrides: Any, crawl: dict[str, Any]) -> dict[str, Any]:
+def _check_crawl_overrides(retailer: str, overrides: Any, crawl: CrawlSettings | None) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise RetailerConfigError(retailer, "crawl", f"needs a mapping of crawl settings, got {overrides!r}")
     for name, value in overrides.items():
@@ -229,12 +501,12 @@ def _check_crawl_overrides(retailer: str, overrides: Any, crawl: dict[str, Any])
                 retailer,
                 f"crawl.{name}",
                 f"needs a non-negative {getattr(expected, '__name__', 'number')}"
-                f" like the top-level crawl.{name} ({crawl.get(name)!r}), got {value!r}",
+                f" like the top-level crawl.{name} ({getattr(crawl, name, None)!r}), got {value!r}",
             )
     return dict(overrides)
 
 
-def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None) -> dict[str, Any]:
+def validate_retailer(name: Any, entry: Any, crawl: CrawlSettings | None = None) -> dict[str, Any]:
     """One retailer entry, checked and completed with :data:`RETAILER_DEFAULTS` for absent keys.
 
     Raises :class:`RetailerConfigError` naming the retailer and the field: unknown keys, a bad ``kind``,
@@ -324,11 +596,11 @@ def validate_retailer(name: Any, entry: Any, crawl: dict[str, Any] | None = None
     for spider_key in RETAILER_SPIDER_KEYS:
         if spider_key in checked and (not isinstance(checked[spider_key], str) or not checked[spider_key].strip()):
             raise RetailerConfigError(name, spider_key, f"needs a non-empty string, got {checked[spider_key]!r}")
-    checked["crawl"] = _check_crawl_overrides(name, checked["crawl"], crawl or {})
+    checked["crawl"] = _check_crawl_overrides(name, checked["crawl"], crawl)
     return checked
 
 
-def validate_retailers(retailers: Any, crawl: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def validate_retailers(retailers: Any, crawl: CrawlSettings | None = None) -> dict[str, dict[str, Any]]:
     """Every retailer entry of the settings, validated (:func:`validate_retailer`)."""
     if not isinstance(retailers, dict):
         raise ValueError(
@@ -359,6 +631,10 @@ def profile_path(profile: str) -> Path:
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """The settings of ``config/settings.yaml`` with the profile ``FASHIONNET_PROFILE`` merged over it and
+    the ``FASHIONNET_*`` overrides, every section built and checked here (:func:`build_section`: no
+    unknown key, none missing, each of its type; then the retailers, the training values and the crawl's
+    failure share and search queries). Raises ValueError naming the section and key."""
     env = dict(os.environ if env is None else env)
     raw = yaml.safe_load((CONFIG_DIR / "settings.yaml").read_text())
     profile = env.get("FASHIONNET_PROFILE")
@@ -367,32 +643,43 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         if not path.exists():
             raise ValueError(f"FASHIONNET_PROFILE={profile!r}: no file {path}")
         raw = deep_merge(raw, yaml.safe_load(path.read_text()) or {})
-    retailers = raw.get("retailers") or {}
-    if env.get("FASHIONNET_SHOP_URL") and isinstance(retailers.get("demo-store"), dict):
-        retailers["demo-store"]["base_url"] = env["FASHIONNET_SHOP_URL"].rstrip("/")
-    retailers = validate_retailers(retailers, raw.get("crawl") or {})
-    review = dict(raw.get("review") or {})
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS), key=str)
+    if unknown:
+        raise SettingsError(
+            f"{unknown[0]}: unknown section (a typo?); the settings have {', '.join(TOP_LEVEL_KEYS)} ({WHERE})"
+        )
+    missing = [key for key in TOP_LEVEL_KEYS if key not in raw]
+    if missing:
+        raise MissingSettingError(f"{', '.join(missing)}: missing section ({WHERE})")
+    review = dict(raw["review"] or {})
     if env.get("FASHIONNET_REVIEW_URL"):  # where this deployment serves the review page (make airflow sets it)
         review["page_url"] = env["FASHIONNET_REVIEW_URL"]
-    validate_crawl_failure(raw.get("crawl") or {})
+    sections: dict[str, Any] = {
+        name: build_section(cls, review if name == "review" else raw[name], name) for name, cls in SECTIONS.items()
+    }
+    crawl: CrawlSettings = sections["crawl"]
+    validate_crawl_failure(crawl)
+    for class_name in crawl.search_queries:
+        search_queries(crawl, class_name)
+    validate_training(sections["training"])
+    retailers = raw["retailers"] or {}
+    if env.get("FASHIONNET_SHOP_URL") and isinstance(retailers.get("demo-store"), dict):
+        retailers["demo-store"]["base_url"] = env["FASHIONNET_SHOP_URL"].rstrip("/")
+    store = env.get("FASHIONNET_STORE") or raw["store"]
+    if not isinstance(store, str) or not store:
+        raise SettingsError(f"store: needs a store URI (file://<path> or s3://bucket/prefix), got {store!r} ({WHERE})")
     return Settings(
-        store_uri=resolve_store_uri(env.get("FASHIONNET_STORE") or raw["store"]),
+        store_uri=resolve_store_uri(store),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
         taxonomy=load_taxonomy(Path(env.get("FASHIONNET_TAXONOMY", CONFIG_DIR / "taxonomy.yaml"))),
-        retailers=retailers,
-        crawl=raw.get("crawl", {}),
-        curation=raw.get("curation", {}),
-        split=raw.get("split", {}),
-        training=validate_training(raw.get("training") or {}),
-        recommend=raw.get("recommend", {}),
-        review=review,
-        repository=raw.get("repository", {}),
+        retailers=validate_retailers(retailers, crawl),
+        **sections,
     )
 
 
-def validate_crawl_failure(crawl: dict[str, Any]) -> None:
+def validate_crawl_failure(crawl: CrawlSettings) -> None:
     """``crawl.max_failed_share``: the share (0-1) of a crawl's requests that may fail before the crawl fails."""
-    share = crawl.get("max_failed_share", 0.5)
+    share = crawl.max_failed_share
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise ValueError(f"crawl.max_failed_share must be a number from 0 to 1, got {share!r}")
 
@@ -432,9 +719,17 @@ _TRAINING_FLOATS = {
 _TRAINING_BOOLS = ("mirror_augment", "probe", "shared_backbone")
 
 
-def validate_training(training: Any) -> dict[str, Any]:
-    """The ``training`` section, checked key by key (a wrong type or value is a clear error here, not a
-    failure deep inside a training task). Unknown keys are left alone."""
+T = typing.TypeVar("T")
+
+
+def validate_training(training: T) -> T:
+    """The ``training`` section (a :class:`TrainingSettings`, or a mapping of some of its keys), checked
+    key by key (a wrong type or value is a clear error here, not a failure deep inside a training task);
+    returned as given. A mapping's unknown keys are left alone (:func:`build_section` refuses them in
+    the settings)."""
+    if isinstance(training, TrainingSettings):
+        validate_training(training.as_dict())
+        return training
     if not isinstance(training, dict):
         raise ValueError(f"training: needs a mapping, got {training!r} (config/settings.yaml)")
     for key, value in training.items():

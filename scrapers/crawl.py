@@ -279,8 +279,8 @@ def run_crawl(
     validate_crawl_id(crawl_id)
     settings = get_settings()
     check_start_url(retailer, start_url, settings.retailers)
-    timeout = float(timeout_s if timeout_s is not None else settings.crawl["timeout_s"])
-    grace = float(settings.crawl["timeout_grace_s"] if timeout_grace_s is None else timeout_grace_s)
+    timeout = float(timeout_s if timeout_s is not None else settings.crawl.timeout_s)
+    grace = float(settings.crawl.timeout_grace_s if timeout_grace_s is None else timeout_grace_s)
     # The token comes back in the summary: proof that it was written by this run, not an earlier one.
     run_token = uuid.uuid4().hex
     args = dict(spider_args or {})
@@ -346,7 +346,5 @@ def run_crawl(
         raise CrawlError(f"crawl {spider}/{crawl_id} exited with {code}" + log_tail)
     if not written:
         raise CrawlError(f"crawl {spider}/{crawl_id} wrote no {key} in {store.uri}" + log_tail)
-    check_crawl(
-        summary, crawl_host(retailer, start_url, settings.retailers), float(settings.crawl.get("max_failed_share", 0.5))
-    )
+    check_crawl(summary, crawl_host(retailer, start_url, settings.retailers), float(settings.crawl.max_failed_share))
     return summary

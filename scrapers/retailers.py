@@ -86,7 +86,7 @@ def politeness(name: str, settings: Settings | None = None) -> tuple[dict[str, A
     timeout = overrides.pop("timeout_s", None)
     incremental = overrides.pop("incremental", None)
     base = fashionnet_settings(settings)
-    merged = fashionnet_settings(dataclasses.replace(settings, crawl={**settings.crawl, **overrides}))
+    merged = fashionnet_settings(dataclasses.replace(settings, crawl=dataclasses.replace(settings.crawl, **overrides)))
     changed = {key: value for key, value in merged.items() if base.get(key) != value}
     return changed, None if timeout is None else float(timeout), incremental
 

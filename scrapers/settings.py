@@ -65,33 +65,33 @@ def images_store(store_uri: str) -> str:
 def fashionnet_settings(settings: Settings) -> dict[str, Any]:
     """The Scrapy settings derived from the FashionNet configuration."""
     crawl = settings.crawl
-    per_domain = int(crawl["concurrent_requests_per_domain"])
+    per_domain = int(crawl.concurrent_requests_per_domain)
     return {
-        "USER_AGENT": crawl["user_agent"],
-        "ROBOTSTXT_OBEY": bool(crawl["obey_robots_txt"]),
+        "USER_AGENT": crawl.user_agent,
+        "ROBOTSTXT_OBEY": bool(crawl.obey_robots_txt),
         "CONCURRENT_REQUESTS_PER_DOMAIN": per_domain,
-        "DOWNLOAD_DELAY": float(crawl["download_delay_s"]),
+        "DOWNLOAD_DELAY": float(crawl.download_delay_s),
         # Scrapy's default first delay (5 s) would dominate a small crawl; AutoThrottle adapts from here.
-        "AUTOTHROTTLE_START_DELAY": float(crawl["autothrottle_start_delay_s"]),
+        "AUTOTHROTTLE_START_DELAY": float(crawl.autothrottle_start_delay_s),
         "AUTOTHROTTLE_TARGET_CONCURRENCY": float(per_domain),
-        "CONCURRENT_REQUESTS": int(crawl["concurrent_requests"]),
-        "CONCURRENT_ITEMS": int(crawl["concurrent_items"]),
-        "DOWNLOAD_TIMEOUT": float(crawl["download_timeout_s"]),
-        "RETRY_TIMES": int(crawl["retry_times"]),
-        "RETRY_HTTP_CODES": [int(code) for code in crawl["retry_http_codes"]],
-        "FASHIONNET_RETRY_BACKOFF_BASE": float(crawl["retry_backoff_base_s"]),
-        "FASHIONNET_RETRY_BACKOFF_MAX": float(crawl["retry_backoff_max_s"]),
+        "CONCURRENT_REQUESTS": int(crawl.concurrent_requests),
+        "CONCURRENT_ITEMS": int(crawl.concurrent_items),
+        "DOWNLOAD_TIMEOUT": float(crawl.download_timeout_s),
+        "RETRY_TIMES": int(crawl.retry_times),
+        "RETRY_HTTP_CODES": [int(code) for code in crawl.retry_http_codes],
+        "FASHIONNET_RETRY_BACKOFF_BASE": float(crawl.retry_backoff_base_s),
+        "FASHIONNET_RETRY_BACKOFF_MAX": float(crawl.retry_backoff_max_s),
         # Bodies over these sizes are cut off (Scrapy's default is 1 GiB); images get their own limit
         # (request meta download_maxsize, scrapers.pipelines), and their declared pixel count is checked
         # before they are decoded.
-        "DOWNLOAD_MAXSIZE": int(crawl["max_page_bytes"]),
-        "DOWNLOAD_WARNSIZE": int(crawl["max_page_bytes"]) // 2,
-        "FASHIONNET_MAX_IMAGE_BYTES": int(crawl["max_image_bytes"]),
-        "FASHIONNET_MAX_IMAGE_PIXELS": int(settings.curation["max_image_pixels"]),
-        "IMAGES_MIN_WIDTH": int(crawl["images_min_width"]),
-        "IMAGES_MIN_HEIGHT": int(crawl["images_min_height"]),
-        "FASHIONNET_INCREMENTAL": bool(crawl["incremental"]),
-        "LOG_LEVEL": str(crawl["log_level"]).upper(),
+        "DOWNLOAD_MAXSIZE": int(crawl.max_page_bytes),
+        "DOWNLOAD_WARNSIZE": int(crawl.max_page_bytes) // 2,
+        "FASHIONNET_MAX_IMAGE_BYTES": int(crawl.max_image_bytes),
+        "FASHIONNET_MAX_IMAGE_PIXELS": int(settings.curation.max_image_pixels),
+        "IMAGES_MIN_WIDTH": int(crawl.images_min_width),
+        "IMAGES_MIN_HEIGHT": int(crawl.images_min_height),
+        "FASHIONNET_INCREMENTAL": bool(crawl.incremental),
+        "LOG_LEVEL": str(crawl.log_level).upper(),
         "IMAGES_STORE": images_store(settings.store_uri),
         "AWS_ENDPOINT_URL": settings.s3_endpoint_url,
         "FASHIONNET_STORE_URI": settings.store_uri,

@@ -98,7 +98,7 @@ class WeakLabeller:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> WeakLabeller:
         settings = settings or get_settings()
-        return cls(settings.crawl.get("weak_labels") or {}, settings.taxonomy)
+        return cls(settings.crawl.weak_labels.as_dict(), settings.taxonomy)
 
     def labels(self, product: Mapping[str, Any]) -> list[WeakLabel]:
         out: list[WeakLabel] = []

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from pipeline.curation.dedup import MIRROR_COLUMNS, THUMBNAIL_COLUMN, THUMBNAIL_SIDE, colour_thumbnail, deduplicate
 from pipeline.curation.validate import MISSING, ImageCheck, validate_with_settings
 from pipeline.hashing import content_sha256, image_hashes
-from pipeline.settings import get_settings
+from pipeline.settings import CurationSettings, get_settings
 from pipeline.storage import ObjectStore
 from pipeline.store_layout import (
     crawl_products_key,
@@ -56,8 +56,6 @@ from pipeline.store_layout import (
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 500
-# Used when config/settings.yaml has no ``curation.thumbnail_max_mad`` (see pipeline.curation.dedup).
-DEFAULT_THUMBNAIL_MAX_MAD = 3.0
 DUPLICATE_ITEM = "duplicate_item_id"
 
 REJECTIONS_SCHEMA = pa.schema(
@@ -116,10 +114,10 @@ def batch_kind(batch_id: str) -> str | None:
     return found.group(1) if found else None
 
 
-def cross_run_kind(batch_id: str, curation: dict[str, Any]) -> str | None:
+def cross_run_kind(batch_id: str, curation: CurationSettings) -> str | None:
     """The batch's kind when that kind is deduplicated across runs, else None."""
     kind = batch_kind(batch_id)
-    return kind if kind is not None and kind in curation.get("cross_run_kinds", []) else None
+    return kind if kind is not None and kind in curation.cross_run_kinds else None
 
 
 def conform_to_index_schema(table: pa.Table) -> pa.Table:
@@ -194,7 +192,7 @@ def fetch_image(store: ObjectStore, image_key: str | None) -> bytes | None:
 
 
 def inspect_products(
-    store: ObjectStore, products: pa.Table, curation: dict[str, Any]
+    store: ObjectStore, products: pa.Table, curation: CurationSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Validate and hash every product's image: (valid rows with hashes, rejection rows)."""
     valid: list[dict[str, Any]] = []
@@ -279,9 +277,9 @@ def curate_batch(store: ObjectStore, crawl_id: str, batch_id: str | None = None)
     prior = read_prior_index(store, kind, batch_id)
     result = deduplicate(
         frame,
-        int(curation["phash_max_distance"]),
-        int(curation["dhash_max_distance"]),
-        float(curation.get("thumbnail_max_mad", DEFAULT_THUMBNAIL_MAX_MAD)),
+        curation.phash_max_distance,
+        curation.dhash_max_distance,
+        float(curation.thumbnail_max_mad),
         prior=prior,
     )
     duplicates = result.duplicates.assign(kept_batch_id=result.duplicates["kept_batch_id"].fillna(batch_id))

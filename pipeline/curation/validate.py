@@ -27,6 +27,7 @@ from pipeline.images import (
     open_image,
     rules_from_settings,
 )
+from pipeline.settings import CurationSettings
 
 MISSING = "missing"
 TOO_SMALL = "too_small"
@@ -103,13 +104,13 @@ def validate_image(
     return ImageCheck(ok=True, image=image, **size)
 
 
-def validate_with_settings(data: bytes | None, curation: dict[str, Any]) -> ImageCheck:
+def validate_with_settings(data: bytes | None, curation: CurationSettings) -> ImageCheck:
     """:func:`validate_image` with the thresholds of ``settings.curation``."""
     rules = rules_from_settings(curation)
     return validate_image(
         data,
-        min_side_px=int(curation["min_side_px"]),
-        max_aspect_ratio=float(curation["max_aspect_ratio"]),
+        min_side_px=curation.min_side_px,
+        max_aspect_ratio=float(curation.max_aspect_ratio),
         max_pixels=rules.max_pixels,
         blank_std=rules.blank_std,
     )

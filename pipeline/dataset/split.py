@@ -89,7 +89,7 @@ def split_of(group_key: str, ratios: Mapping[str, float], salt: str) -> str:
 def configured_ratios() -> tuple[dict[str, float], str]:
     """(ratios in train, validation, test order, salt) from ``settings.split``."""
     config = get_settings().split
-    return validate_ratios({name: config[name] for name in SPLITS}), str(config["salt"])
+    return validate_ratios({name: getattr(config, name) for name in SPLITS}), config.salt
 
 
 def _previous_split(store: ObjectStore) -> dict[str, str]:
@@ -170,7 +170,7 @@ def write_split(store: ObjectStore) -> dict[str, int]:
     log.info("split: %s (%d kept from the previous split)", counts, sum(i in previous for i in assigned))
     report = stratum_report(items, assigned, attributes, ratios)
     store.write_json(REPORT_KEY, {"ratios": ratios, "strata": report})
-    tolerance = float(settings.split.get("report_tolerance", 0.05))
+    tolerance = float(settings.split.report_tolerance)
     for attribute, classes in report.items():
         for label, stats in classes.items():
             if stats["max_share_error"] > tolerance:

@@ -204,11 +204,11 @@ def validate_options(
 ) -> Options:
     """Options from a request, the unset ones from settings; raises InvalidRequest."""
     config = get_settings().recommend
-    k = _validate_k(config.get("k", 10) if k is None else k)
-    kind = config.get("score", "hybrid") if score_kind is None else score_kind
+    k = _validate_k(config.k if k is None else k)
+    kind = config.score if score_kind is None else score_kind
     if kind not in scoring.SCORE_KINDS:
         raise InvalidRequest(f"score must be one of {', '.join(scoring.SCORE_KINDS)}, got {kind!r}")
-    lam = _validate_number("mmr_lambda", config.get("mmr_lambda", 1.0) if mmr_lambda is None else mmr_lambda, 0.0, 1.0)
+    lam = _validate_number("mmr_lambda", config.mmr_lambda if mmr_lambda is None else mmr_lambda, 0.0, 1.0)
     if filters is None:
         filters = Filters()
     elif not isinstance(filters, Filters):
@@ -216,8 +216,8 @@ def validate_options(
         if unknown:
             raise InvalidRequest(f"unknown filters {sorted(unknown)}")
         filters = validate_filters(**filters)
-    hybrid_weights = config.get("hybrid_weights")
-    attribute_weights = config.get("attribute_weights")
+    hybrid_weights = config.hybrid_weights
+    attribute_weights = config.attribute_weights
     scoring.normalised_hybrid_weights(hybrid_weights)  # a bad configuration fails here, not mid-run
     scoring.normalised_weights(get_settings().taxonomy.names, attribute_weights)
     return Options(
@@ -225,7 +225,7 @@ def validate_options(
         score_kind=kind,
         mmr_lambda=lam,
         filters=filters,
-        mmr_pool=int(config.get("mmr_pool", 200)),
+        mmr_pool=config.mmr_pool,
         hybrid_weights=hybrid_weights,
         attribute_weights=attribute_weights,
     )
@@ -346,9 +346,9 @@ def plan_requests(
     config = get_settings().recommend
     size = batch_size(
         len(requests),
-        int(users_per_batch or config.get("users_per_task", 100)),
-        int(config.get("max_mapped_tasks", 1000)),
-        int(config.get("max_users_per_task", 1000)),
+        int(users_per_batch or config.users_per_task),
+        config.max_mapped_tasks,
+        config.max_users_per_task,
     )
     return [requests[start : start + size] for start in range(0, len(requests), size)]
 
@@ -694,7 +694,7 @@ def _eligible(request: RankRequest, repository: pa.Table) -> np.ndarray:
     """True for the repository rows the request may recommend: not the user's own images, not shown."""
     phash_max_distance = request.phash_max_distance
     if phash_max_distance is None:
-        phash_max_distance = int(get_settings().curation["phash_max_distance"])
+        phash_max_distance = get_settings().curation.phash_max_distance
     eligible = ~own_image_mask(request.profile, repository, phash_max_distance, request.confirm_near_copy)
     if request.exclude_item_ids:
         shown = pc.is_in(
@@ -892,8 +892,8 @@ def recommend_for_user(
         profile,
         request.options,
         exclude_item_ids=shown,
-        phash_max_distance=int(settings.curation["phash_max_distance"]),
-        confirm_near_copy=thumbnail_check(store, profile, table, float(settings.curation["thumbnail_max_mad"])),
+        phash_max_distance=settings.curation.phash_max_distance,
+        confirm_near_copy=thumbnail_check(store, profile, table, float(settings.curation.thumbnail_max_mad)),
     )
     ranked = rank(rank_request, table, attributes, items=matrix)
     return write_outputs(
@@ -1218,7 +1218,7 @@ class _BatchScorer:
         self.dims = None if self.batch.embedding_t is None else int(self.batch.embedding_t.shape[0])
         self.weights = scoring.normalised_weights(self.batch.attributes, options.attribute_weights)
         self.exclusions = _Exclusions(
-            store, users, int(settings.curation["phash_max_distance"]), float(settings.curation["thumbnail_max_mad"])
+            store, users, settings.curation.phash_max_distance, float(settings.curation.thumbnail_max_mad)
         )
         photos = int(self.batch.offsets[-1])
         self.block_rows = max(64, SCAN_BLOCK_CELLS // max(photos, len(users), 1))
@@ -1624,7 +1624,7 @@ def recommend_for_users(
     taxonomy = _taxonomy(attributes)
     run_date = _validate_run_date(run_date)
     run = run_partition(run_id if run_id is not None else adhoc_run_id())
-    chunk_rows = int(chunk_rows or settings.recommend.get("scoring_chunk_rows", 32768))
+    chunk_rows = int(chunk_rows or settings.recommend.scoring_chunk_rows)
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
     failures: list[tuple[str, BaseException]] = []
 

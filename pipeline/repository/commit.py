@@ -99,7 +99,7 @@ def commit_refresh(
     record. A rerun that changes nothing (a night run again) keeps the stored record of the commit
     that did the work.
     """
-    config = repository_config(config)
+    sizes = repository_config(config)
     record_key = store_layout.repository_commit_key(commit_id)
     info_key, _ = plan_keys(commit_id)
     done_key = committed_key(commit_id)
@@ -150,7 +150,7 @@ def commit_refresh(
         replaced = pa.array([ids[n] for n in take_new + take_old], pa.string())
         kept = existing.filter(pc.invert(pc.is_in(existing["item_id"], replaced)))
         table = pa.concat_tables([kept, *updated]).sort_by("item_id").replace_schema_metadata(schema.metadata)
-        store.put_bytes(staged_file_key(commit_id, key), _parquet_bytes(table, config["row_group_rows"]))
+        store.put_bytes(staged_file_key(commit_id, key), _parquet_bytes(table, sizes.row_group_rows))
         written.append({"key": key, "rows": table.num_rows, "changed": len(replaced)})
     # Every new file is staged: only now does the dataset change, by moves that move no bytes.
     for entry in written:

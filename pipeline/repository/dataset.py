@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import re
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +23,9 @@ import pyarrow.parquet as pq
 from pipeline import store_layout
 from pipeline.storage import ObjectStore
 
+if TYPE_CHECKING:
+    from pipeline.settings import RepositorySettings
+
 PREFIX = store_layout.FASHION_VECTORS_PREFIX
 STAGING_PREFIX = store_layout.REPOSITORY_STAGING_PREFIX
 COMMITS_PREFIX = store_layout.REPOSITORY_COMMITS_PREFIX
@@ -29,13 +34,6 @@ SCHEMA_FILE = Path(__file__).with_name("schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
 READ_ATTEMPTS = 3
 FILE_NAME = re.compile(r"part-(\d{5})-of-(\d{5})\.parquet$")
-DEFAULTS = {
-    "shard_size": 1000,
-    "max_shards": 256,
-    "inference_batch_size": 64,
-    "row_group_rows": 10000,
-    "max_file_rows": 50000,
-}
 TYPES = {
     "string": pa.string(),
     "float64": pa.float64(),
@@ -138,12 +136,11 @@ def bucket(item_id: str, count: int) -> int:
     return int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16) % count
 
 
-def repository_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``settings.repository`` over :data:`DEFAULTS`, then ``overrides``."""
+def repository_config(overrides: Mapping[str, Any] | None = None) -> RepositorySettings:
+    """``settings.repository`` with ``overrides`` (some of its keys) replacing its values."""
     from pipeline.settings import get_settings
 
-    merged = {**DEFAULTS, **(get_settings().repository or {}), **(overrides or {})}
-    return {k: int(v) for k, v in merged.items()}
+    return dataclasses.replace(get_settings().repository, **{k: int(v) for k, v in (overrides or {}).items()})
 
 
 # -- reading ------------------------------------------------------------------------------------------

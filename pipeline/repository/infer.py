@@ -118,7 +118,7 @@ def infer_shard_with(
         raise ValueError(
             f"refresh {commit_id!r} was planned for {info['versions']}, these networks are {vectorizer.versions}"
         )
-    batch_size = batch_size or repository_config()["inference_batch_size"]
+    batch_size = batch_size or repository_config().inference_batch_size
     vectors, skipped = infer_items(
         vectorizer,
         store,

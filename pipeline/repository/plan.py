@@ -161,7 +161,7 @@ def plan_refresh(
     these three are inferred — or ``catalog`` (only catalog fields changed: the stored vectors are
     kept). A batch row crawled before the stored row is not applied.
     """
-    config = repository_config(config)
+    sizes = repository_config(config)
     if attributes is None:
         from pipeline.settings import get_settings
 
@@ -213,7 +213,7 @@ def plan_refresh(
         applied = set(joined.filter(pc.and_(known, fresh))["item_id"].to_pylist())
         joined = joined.append_column("action", action).filter(pc.is_valid(pc.field("action")))
         new = joined.filter(pc.equal(pc.field("action"), "new"))
-        new_files = _new_item_files(new, crawl_date, data_keys(store), config["max_file_rows"])
+        new_files = _new_item_files(new, crawl_date, data_keys(store), sizes.max_file_rows)
         files = dict(zip(new["item_id"].to_pylist(), new_files))
         file_column = [files.get(i, f) for i, f in zip(joined["item_id"].to_pylist(), joined["old.file"].to_pylist())]
         dates = pc.fill_null(joined["old.crawl_date"], pa.scalar(crawl_date, pa.date32()))
@@ -261,7 +261,7 @@ def plan_refresh(
 
     infer = pc.is_in(plan["action"], pa.array(["new", "image", "model"]))
     n_infer = pc.sum(infer).as_py() or 0
-    shards = min(config["max_shards"], max(1, math.ceil(n_infer / config["shard_size"])))
+    shards = min(sizes.max_shards, max(1, math.ceil(n_infer / sizes.shard_size)))
     positions = pc.subtract(pc.cumulative_sum(pc.cast(infer, pa.int64())), 1)
     shard = pc.if_else(infer, pc.divide(pc.multiply(positions, shards), max(n_infer, 1)), -1)
     plan = plan.append_column("shard", pc.cast(shard, pa.int32()))

@@ -127,7 +127,7 @@ class ShopSpider(scrapy.Spider):
         crawl = get_settings().crawl
         #: (url, reason) of pages that gave no product, the first ``max_listed_pages_without_product``.
         self.pages_without_product: list[dict[str, str]] = []
-        self.max_listed_pages_without_product = int(crawl["max_listed_pages_without_product"])
+        self.max_listed_pages_without_product = crawl.max_listed_pages_without_product
         #: Listing URLs requested so far, per group (a query spider's query; "" for the others).
         self.listing_urls: dict[str, set[str]] = {}
 

@@ -24,7 +24,7 @@ class CatalogSpider(ShopSpider):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_listing_pages = int(get_settings().crawl["catalog_max_listing_pages"])
+        self.max_listing_pages = get_settings().crawl.catalog_max_listing_pages
 
     def listing_cap(self) -> int:
         return self.max_listing_pages

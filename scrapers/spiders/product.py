@@ -65,10 +65,10 @@ class ProductSpider(ShopSpider):
         entry = sitemap_url or listing_url or (self.product_urls[0] if self.product_urls else "")
         super().__init__(retailer=retailer, crawl_id=crawl_id, start_url=entry, **kwargs)
         self.sitemap_url, self.listing_url = sitemap_url, listing_url
-        config = get_settings().crawl["product_spider"]
-        self.product_link_pattern = re.compile(config["product_link_pattern"])
-        self.pagination_pattern = re.compile(config["pagination_pattern"])
-        self.max_listing_pages = int(config["max_listing_pages"])
+        config = get_settings().crawl.product_spider
+        self.product_link_pattern = re.compile(config.product_link_pattern)
+        self.pagination_pattern = re.compile(config.pagination_pattern)
+        self.max_listing_pages = config.max_listing_pages
         self.sitemap_url_filter = re.compile(url_pattern) if url_pattern else None
 
     def listing_cap(self) -> int:

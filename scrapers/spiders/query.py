@@ -28,9 +28,9 @@ class QuerySpider(ShopSpider):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        config = get_settings().crawl.get("weak_labels") or {}
-        self.structured_weak_labels = bool(config.get("in_query_spider", True))
-        self.max_result_pages = int(get_settings().crawl["query_max_result_pages"])
+        crawl = get_settings().crawl
+        self.structured_weak_labels = crawl.weak_labels.in_query_spider
+        self.max_result_pages = crawl.query_max_result_pages
 
     def listing_cap(self) -> int:
         return self.max_result_pages

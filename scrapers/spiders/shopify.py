@@ -99,8 +99,8 @@ class ShopifySpider(ShopSpider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         crawl = get_settings().crawl
-        self.max_pages = int(crawl.get("shopify_max_pages", 400))
-        self.max_bad_pages = int(crawl.get("shopify_max_bad_pages", 2))
+        self.max_pages = crawl.shopify_max_pages
+        self.max_bad_pages = crawl.shopify_max_bad_pages
         self.currency: str | None = self.retailer_config.get("currency")
 
     def page_request(self, page: int, bad_in_a_row: int = 0) -> scrapy.Request:

@@ -288,7 +288,7 @@ def test_publish_logs_each_promotion_decision(dagbag, capsys, tmp_path, console_
         patch.setattr(
             "pipeline.settings.get_settings",
             lambda: types.SimpleNamespace(
-                training={},
+                training=types.SimpleNamespace(promotion_tolerance=0.0),
                 taxonomy=types.SimpleNamespace(names=["pattern", "fabric"]),
                 store_uri=f"file://{tmp_path}",
                 s3_endpoint_url=None,

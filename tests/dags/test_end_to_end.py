@@ -167,7 +167,7 @@ def test_recommendations_share_attributes_with_the_profile(pipeline_run):
     recs = store.read_parquet(rec_keys[0]).to_pylist()
     profile = store.read_parquet(profile_key("demo-user", run_date, run)).to_pylist()
     assert len(recs) == 5 and [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
-    assert {r["score_kind"] for r in recs} == {get_settings().recommend["score"]}
+    assert {r["score_kind"] for r in recs} == {get_settings().recommend.score}
     embeddings = {
         row["item_id"]: row["embedding"] for row in read_repository(store, columns=["item_id", "embedding"]).to_pylist()
     }

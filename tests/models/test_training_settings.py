@@ -44,7 +44,7 @@ def test_head_from_the_probe_needs_a_linear_head():
 def test_the_default_config_is_what_training_reads():
     from models.train import TrainingConfig
 
-    training = load_settings({}).training
+    training = load_settings({}).training.as_dict()
     config = TrainingConfig.from_dict(training)
     for key, value in training.items():
         if key in TrainingConfig.__dataclass_fields__:

@@ -3,6 +3,7 @@ CMYK, palette, blank images, the network fits; and the users' photo path that us
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
@@ -216,9 +217,12 @@ def test_errors_carry_a_machine_readable_reason():
 def test_the_limits_come_from_the_settings():
     rules = rules_from_settings()
     assert isinstance(rules, ImageRules) and rules.max_pixels > 10_000_000 and rules.blank_std > 0
-    assert rules_from_settings({"max_image_pixels": 5, "blank_std_threshold": 1.5}) == ImageRules(5, 1.5)
-    with pytest.raises(KeyError, match="max_image_pixels"):
-        rules_from_settings({"blank_std_threshold": 1.5})
+    from pipeline.settings import CurationSettings, build_section, get_settings
+
+    curation = dataclasses.replace(get_settings().curation, max_image_pixels=5, blank_std_threshold=1.5)
+    assert rules_from_settings(curation) == ImageRules(5, 1.5)
+    with pytest.raises(KeyError, match="max_image_pixels"):  # the typed section refuses it at load
+        rules_from_settings(build_section(CurationSettings, {"blank_std_threshold": 1.5}, "curation"))
 
 
 # -- network arrays ----------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
+import dataclasses
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from pipeline.settings import REPO_ROOT, load_settings, load_taxonomy
+import pipeline.settings as settings_module
+from pipeline.settings import REPO_ROOT, SECTIONS, load_settings, load_taxonomy
 
 
 def test_default_taxonomy_is_the_briefs():
@@ -23,8 +27,8 @@ def test_environment_overrides_store_endpoint_and_profile():
     )
     assert settings.store_uri == "s3://bkt/p"
     assert settings.s3_endpoint_url == "http://127.0.0.1:9"
-    assert settings.training["backbone"] == "efficientnet_lite0" and settings.training["image_size"] == 128
-    assert settings.training["pooling"] == "avg"  # untouched keys survive the overlay
+    assert settings.training.backbone == "efficientnet_lite0" and settings.training.image_size == 128
+    assert settings.training.pooling == "avg"  # untouched keys survive the overlay
 
 
 def test_unknown_profile_is_a_clear_error():
@@ -206,3 +210,72 @@ def test_a_profile_file_adds_retailers_beside_the_demo_store(tmp_path: Path):
     )
     retailers = load_settings({"FASHIONNET_PROFILE": str(profile)}).retailers
     assert sorted(retailers) == ["acme", "demo-store"] and retailers["acme"]["crawl"] == {"download_delay_s": 2}
+
+
+# -- typed sections (issue 14) -----------------------------------------------------------------------------
+def profile_settings(tmp_path: Path, text: str):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(text)
+    return load_settings({"FASHIONNET_PROFILE": str(profile)})
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("recommend:\n  scoring_chunk_row: 1024\n", "recommend.scoring_chunk_row"),  # a typo of scoring_chunk_rows
+        ("curation:\n  phash_max_distnace: 4\n", "curation.phash_max_distnace"),
+        ("crawl:\n  product_spider:\n    max_listing_page: 5\n", "crawl.product_spider.max_listing_page"),
+        ("reviews:\n  page_url: null\n", "reviews"),  # a section's name misspelt
+    ],
+)
+def test_a_profile_with_an_unknown_key_fails_at_load(tmp_path: Path, text: str, where: str):
+    with pytest.raises(ValueError, match=rf"^{re.escape(where)}: unknown (key|section)"):
+        profile_settings(tmp_path, text)
+
+
+def test_a_profile_that_empties_a_section_fails_at_load_naming_its_keys(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"review\.page_url, review\.max_login_body_bytes, .*: missing"):
+        profile_settings(tmp_path, "review: null\n")
+
+
+def test_a_key_missing_from_the_settings_fails_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = tmp_path / "config"
+    shutil.copytree(settings_module.CONFIG_DIR, config)
+    text = (config / "settings.yaml").read_text()
+    assert "  scoring_chunk_rows: 32768\n" in text
+    (config / "settings.yaml").write_text(text.replace("  scoring_chunk_rows: 32768\n", ""))
+    monkeypatch.setattr(settings_module, "CONFIG_DIR", config)
+    with pytest.raises(ValueError, match=r"^recommend\.scoring_chunk_rows: missing"):
+        load_settings({})
+
+
+@pytest.mark.parametrize(
+    "text, where, needs",
+    [
+        ("recommend:\n  k: ten\n", "recommend.k", "an integer"),
+        ("recommend:\n  mmr_lambda: true\n", "recommend.mmr_lambda", "a number"),
+        ("recommend:\n  hybrid_weights: {embedding: high}\n", "recommend.hybrid_weights.embedding", "a number"),
+        ("curation:\n  cross_run_kinds: ingest\n", "curation.cross_run_kinds", "a list of strings"),
+        ("crawl:\n  obey_robots_txt: 'no'\n", "crawl.obey_robots_txt", "true or false"),
+        ("crawl:\n  retry_http_codes: [500, '503']\n", "crawl.retry_http_codes[1]", "an integer"),
+        ("crawl:\n  product_spider: null\n", "crawl.product_spider", "a mapping"),
+        ("repository:\n  shard_size: 1.5\n", "repository.shard_size", "an integer"),
+        ("review:\n  page_url: 8080\n", "review.page_url", "a string or null"),
+        ("split:\n  salt: 1\n", "split.salt", "a string"),
+    ],
+)
+def test_a_profile_with_a_value_of_the_wrong_type_fails_at_load(tmp_path: Path, text: str, where: str, needs: str):
+    with pytest.raises(ValueError, match=rf"^{re.escape(where)}: needs {needs}, got "):
+        profile_settings(tmp_path, text)
+
+
+def test_the_sections_are_typed_and_hold_no_defaults():
+    settings = load_settings({})
+    for name, cls in SECTIONS.items():
+        section = getattr(settings, name)
+        assert type(section) is cls, name
+        for spec in dataclasses.fields(cls):
+            assert spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING, spec.name
+    assert settings.recommend.scoring_chunk_rows == 32768 and settings.crawl.product_spider.max_listing_pages == 50
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.recommend.k = 3  # type: ignore[misc]

@@ -241,7 +241,7 @@ def stored_image(body: bytes) -> tuple[Image.Image, bytes]:
         settings_dict={"IMAGES_STORE": "memory-unused", "IMAGES_MIN_WIDTH": 32, "IMAGES_MIN_HEIGHT": 32}
     )
     pipeline = StoreImagesPipeline.from_crawler(crawler)
-    pipeline.max_image_pixels = get_settings().curation["max_image_pixels"]
+    pipeline.max_image_pixels = get_settings().curation.max_image_pixels
     request = Request("http://shop.test/img/a")
     ((_, image, buffer),) = list(pipeline.get_images(Response(request.url, body=body, request=request), request, None))
     return image, buffer.getvalue()

@@ -145,9 +145,9 @@ def test_only_the_demo_stores_own_name_may_resolve_to_an_internal_address():
 def test_size_limits_come_from_the_crawl_settings():
     settings = load_settings()
     scrapy_settings = fashionnet_settings(settings)
-    assert scrapy_settings["DOWNLOAD_MAXSIZE"] == settings.crawl["max_page_bytes"] < 1024**3
-    assert scrapy_settings["FASHIONNET_MAX_IMAGE_BYTES"] == settings.crawl["max_image_bytes"]
-    assert scrapy_settings["FASHIONNET_MAX_IMAGE_PIXELS"] == settings.curation["max_image_pixels"]
+    assert scrapy_settings["DOWNLOAD_MAXSIZE"] == settings.crawl.max_page_bytes < 1024**3
+    assert scrapy_settings["FASHIONNET_MAX_IMAGE_BYTES"] == settings.crawl.max_image_bytes
+    assert scrapy_settings["FASHIONNET_MAX_IMAGE_PIXELS"] == settings.curation.max_image_pixels
 
 
 SECRETS = {
@@ -185,4 +185,4 @@ def test_the_crawl_child_gets_an_allow_list_of_the_environment():
 
 def test_settings_still_load_with_the_new_crawl_keys():
     get_settings.cache_clear()
-    assert get_settings().crawl["timeout_grace_s"] > 0
+    assert get_settings().crawl.timeout_grace_s > 0

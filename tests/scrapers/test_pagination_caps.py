@@ -101,7 +101,7 @@ def shop() -> Iterator[EndlessShop]:
 def configured(
     shop: EndlessShop, file_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> ObjectStore:
-    product_spider = dict(get_settings().crawl["product_spider"], max_listing_pages=CAPS["product"])
+    product_spider = dict(get_settings().crawl.product_spider.as_dict(), max_listing_pages=CAPS["product"])
     profile = {
         "retailers": {
             "endless": {

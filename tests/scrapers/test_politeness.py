@@ -151,14 +151,14 @@ def test_politeness_settings_follow_the_configuration():
     settings = load_settings({})
     crawl = settings.crawl
     scrapy_settings = fashionnet_settings(settings)
-    assert scrapy_settings["FASHIONNET_RETRY_BACKOFF_BASE"] == crawl["retry_backoff_base_s"] > 0
-    assert scrapy_settings["FASHIONNET_RETRY_BACKOFF_MAX"] == crawl["retry_backoff_max_s"]
-    assert scrapy_settings["RETRY_TIMES"] == crawl["retry_times"]
+    assert scrapy_settings["FASHIONNET_RETRY_BACKOFF_BASE"] == crawl.retry_backoff_base_s > 0
+    assert scrapy_settings["FASHIONNET_RETRY_BACKOFF_MAX"] == crawl.retry_backoff_max_s
+    assert scrapy_settings["RETRY_TIMES"] == crawl.retry_times
     codes = scrapy_settings["RETRY_HTTP_CODES"]
     # 5xx and 429 only: any other 4xx is the site's final answer.
     assert 503 in codes and 429 in codes and not [c for c in codes if 400 <= c < 500 and c != 429]
-    assert scrapy_settings["IMAGES_MIN_WIDTH"] == crawl["images_min_width"]
-    assert scrapy_settings["CONCURRENT_REQUESTS"] == crawl["concurrent_requests"]
+    assert scrapy_settings["IMAGES_MIN_WIDTH"] == crawl.images_min_width
+    assert scrapy_settings["CONCURRENT_REQUESTS"] == crawl.concurrent_requests
 
 
 def test_retries_back_off_and_4xx_is_final(store: ObjectStore):
@@ -189,4 +189,4 @@ def test_retries_back_off_and_4xx_is_final(store: ObjectStore):
     assert summary["retries"] == 3 and summary["retries_by_reason"] == {"http_429": 1, "http_503": 2}
     assert summary["retry_backoff_s"] >= 3 * base + 1.0 - 0.01
     assert summary["products"] == 3 and summary["drops"] == {}
-    assert agents == {get_settings().crawl["user_agent"]}
+    assert agents == {get_settings().crawl.user_agent}

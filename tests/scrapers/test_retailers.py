@@ -92,7 +92,7 @@ def test_every_override_a_retailer_may_set_changes_its_crawl():
     """No override name is accepted by the settings check and then silently ignored by the crawl."""
     base = load_settings({})
     for name, kind in RETAILER_CRAWL_OVERRIDES.items():
-        value = {str: "Bot/9", bool: not base.crawl.get(name, False)}.get(kind, 7)  # type: ignore[arg-type]
+        value = {str: "Bot/9", bool: not getattr(base.crawl, name)}.get(kind, 7)  # type: ignore[arg-type]
         entry = {**base.retailers["demo-store"], "crawl": {name: value}}
         settings = load_settings({})
         settings.retailers["demo-store"] = entry

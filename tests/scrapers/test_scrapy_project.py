@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-from pipeline.settings import REPO_ROOT, load_settings
+import pytest
+
+from pipeline.settings import REPO_ROOT, CrawlSettings, build_section, load_settings
 from scrapers.settings import fashionnet_settings, images_store
 
 
@@ -22,9 +25,9 @@ def test_images_store_for_folder_and_s3_stores():
 def test_scrapy_settings_follow_the_configuration():
     settings = load_settings({"FASHIONNET_STORE": "s3://b/p", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     scrapy_settings = fashionnet_settings(settings)
-    assert scrapy_settings["USER_AGENT"] == settings.crawl["user_agent"]
+    assert scrapy_settings["USER_AGENT"] == settings.crawl.user_agent
     assert scrapy_settings["ROBOTSTXT_OBEY"] is True
-    assert scrapy_settings["CONCURRENT_REQUESTS_PER_DOMAIN"] == settings.crawl["concurrent_requests_per_domain"]
+    assert scrapy_settings["CONCURRENT_REQUESTS_PER_DOMAIN"] == settings.crawl.concurrent_requests_per_domain
     assert scrapy_settings["IMAGES_STORE"] == "s3://b/p/images/"
     assert scrapy_settings["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     assert scrapy_settings["FASHIONNET_STORE_URI"] == "s3://b/p"
@@ -40,11 +43,11 @@ def test_scrapy_settings_have_no_defaults_of_their_own():
 
     settings = load_settings({"FASHIONNET_STORE": "s3://b/p"})
     scrapy_settings = fashionnet_settings(settings)
-    assert scrapy_settings["CONCURRENT_ITEMS"] == settings.crawl["concurrent_items"]
+    assert scrapy_settings["CONCURRENT_ITEMS"] == settings.crawl.concurrent_items
     for key in ("concurrent_items", "obey_robots_txt", "retry_http_codes", "log_level"):
-        crawl = {k: v for k, v in settings.crawl.items() if k != key}
-        with pytest.raises(KeyError, match=key):
-            fashionnet_settings(dataclasses.replace(settings, crawl=crawl))
+        crawl = {k: v for k, v in settings.crawl.as_dict().items() if k != key}
+        with pytest.raises(KeyError, match=key):  # the typed section refuses it where the settings load
+            fashionnet_settings(dataclasses.replace(settings, crawl=build_section(CrawlSettings, crawl, "crawl")))
 
 
 def test_demo_store_command_builds_and_serves(tmp_path: Path):
@@ -52,12 +55,15 @@ def test_demo_store_command_builds_and_serves(tmp_path: Path):
 
     port = free_port()
     site = tmp_path / "site"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scrapers.demo_store", "--site", str(site), "--port", str(port), "--products", "5"],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    errors = tmp_path / "stderr.txt"
+    with errors.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scrapers.demo_store", "--site", str(site), "--port", str(port), "--products", "5"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread's stack
+        )
     try:
         wait_for_port(port)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/sitemap.xml", timeout=5) as response:
@@ -65,7 +71,14 @@ def test_demo_store_command_builds_and_serves(tmp_path: Path):
         assert (site / "ground_truth.csv").exists()
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        try:
+            returncode = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # It has failed this way twice under a loaded suite and never alone: say where it hangs.
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=10)
+            pytest.fail(f"the demo store did not stop on SIGINT within 10 s:\n{errors.read_text()[-6000:]}")
+        assert returncode == 0, errors.read_text()[-3000:]
 
 
 def test_image_failure_reasons_and_item_ids():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pipeline.settings import get_settings
@@ -145,16 +147,17 @@ def test_table_is_validated_against_the_taxonomy():
 
 
 def test_search_queries_string_list_or_default():
-    crawl = {
-        "search_queries": {
+    crawl = dataclasses.replace(
+        get_settings().crawl,
+        search_queries={
             "striped": ["striped shirt", "striped dress", "striped shirt", " "],
             "full-sleeve": "long sleeve",
-        }
-    }
+        },
+    )
     assert search_queries(crawl, "striped") == ["striped shirt", "striped dress"]
     assert search_queries(crawl, "full-sleeve") == ["long sleeve"]
     assert search_queries(crawl, "half-sleeve") == ["half sleeve"]
     with pytest.raises(ValueError):
-        search_queries({"search_queries": {"striped": [3]}}, "striped")
+        search_queries(dataclasses.replace(crawl, search_queries={"striped": [3]}), "striped")
     with pytest.raises(ValueError):
-        search_queries({"search_queries": {"striped": []}}, "striped")
+        search_queries(dataclasses.replace(crawl, search_queries={"striped": []}), "striped")

@@ -14,6 +14,7 @@ Airflow). FastAPI's own docs routes are switched off.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -33,6 +34,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from pipeline.review.web import auth
 
 if TYPE_CHECKING:
+    from pipeline.settings import ReviewSettings
     from pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class ReviewContext:
         signer: auth.SessionSigner,
         secure_cookie: bool | None,
         cache_ttl_s: float,
-        settings: dict[str, Any],
+        settings: ReviewSettings,
     ) -> None:
         self._store_factory = store_factory
         self._store: ObjectStore | None = None
@@ -79,15 +81,15 @@ class ReviewContext:
         self.settings = settings
         self.throttle = auth.LoginThrottle(
             lambda: self.store,
-            int(settings["free_login_failures"]),
-            float(settings["login_delay_s"]),
-            float(settings["login_max_delay_s"]),
-            float(settings["login_failure_memory_s"]),
+            settings.free_login_failures,
+            float(settings.login_delay_s),
+            float(settings.login_max_delay_s),
+            float(settings.login_failure_memory_s),
         )
         self.password_checks = auth.PasswordCheckGate(
-            int(settings["max_concurrent_password_checks"]),
-            int(settings["max_password_checks_per_client"]),
-            float(settings["password_check_wait_s"]),
+            settings.max_concurrent_password_checks,
+            settings.max_password_checks_per_client,
+            float(settings.password_check_wait_s),
         )
 
     @property
@@ -217,7 +219,7 @@ def route_path(request: Request) -> str:
 
 def client_address(request: Request) -> str:
     """The client's address: the configured proxy header's last entry, else the connection's peer."""
-    header = context(request).settings.get("client_address_header")
+    header = context(request).settings.client_address_header
     if header:
         forwarded = request.headers.get(header)
         if forwarded and forwarded.split(",")[-1].strip():
@@ -415,7 +417,7 @@ def create_app(
     app = FastAPI(title="FashionNet review", docs_url=None, redoc_url=None, openapi_url=None)
     from pipeline.settings import get_settings
 
-    settings = {**get_settings().review, **(review_settings or {})}
+    settings = dataclasses.replace(get_settings().review, **(review_settings or {}))
     app.state.review = ReviewContext(
         store_factory,
         auth.SessionSigner(auth.session_secret(secret), session_max_age_s),
@@ -427,6 +429,6 @@ def create_app(
     app.include_router(router, prefix="/api")
     app.add_middleware(SessionGate)
     app.middleware("http")(security_headers)  # refusals get the headers too
-    login_limit, body_limit = int(settings["max_login_body_bytes"]), int(settings["max_body_bytes"])
+    login_limit, body_limit = settings.max_login_body_bytes, settings.max_body_bytes
     app.add_middleware(BodySizeLimit, limit_for=lambda path: login_limit if path in PUBLIC_PATHS else body_limit)
     return app

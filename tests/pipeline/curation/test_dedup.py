@@ -261,9 +261,9 @@ def shipped_thresholds() -> tuple[int, int, float]:
 
     curation = get_settings().curation
     return (
-        int(curation["phash_max_distance"]),
-        int(curation["dhash_max_distance"]),
-        float(curation["thumbnail_max_mad"]),
+        int(curation.phash_max_distance),
+        int(curation.dhash_max_distance),
+        float(curation.thumbnail_max_mad),
     )
 
 

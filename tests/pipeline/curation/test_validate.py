@@ -96,5 +96,5 @@ def test_a_nearly_flat_but_textured_image_is_not_blank():
 
 def test_thresholds_come_from_settings():
     curation = get_settings().curation
-    assert validate_with_settings(jpeg(striped(curation["min_side_px"] - 1, 40)), curation).reason == "too_small"
-    assert validate_with_settings(jpeg(striped(curation["min_side_px"], 40)), curation).ok
+    assert validate_with_settings(jpeg(striped(curation.min_side_px - 1, 40)), curation).reason == "too_small"
+    assert validate_with_settings(jpeg(striped(curation.min_side_px, 40)), curation).ok

@@ -280,7 +280,7 @@ def test_list_users_and_plan_every_user_in_batches(user_store):
 def test_options_default_to_settings_and_reject_bad_values():
     options = validate_options()
     config = get_settings().recommend
-    assert (options.k, options.score_kind, options.mmr_lambda) == (config["k"], config["score"], config["mmr_lambda"])
+    assert (options.k, options.score_kind, options.mmr_lambda) == (config.k, config.score, config.mmr_lambda)
     assert options.filters == Filters()
     options = options_from_params(
         {
@@ -566,7 +566,7 @@ def test_rank_takes_the_phash_threshold_and_defaults_from_settings():
     )
     ranked = rank(rank_request(profile, 10), repo, ATTRS)
     assert ranked.column("item_id").to_pylist() == ["o"]  # settings: 6
-    assert ranked.column("score_kind").to_pylist() == [get_settings().recommend["score"]]
+    assert ranked.column("score_kind").to_pylist() == [get_settings().recommend.score]
 
 
 def test_rank_excludes_given_item_ids():

@@ -26,8 +26,8 @@ def test_100000_users_fit_in_airflows_map_length():
     store = ListingStore(100_000)
     batches = plan_requests(store, None, None, validate_options())
     config = get_settings().recommend
-    assert len(batches) <= int(config["max_mapped_tasks"]) <= 1024  # Airflow's default max_map_length
-    assert {len(b) for b in batches[:-1]} == {max(int(config["users_per_task"]), math.ceil(100_000 / 1000))}
+    assert len(batches) <= int(config.max_mapped_tasks) <= 1024  # Airflow's default max_map_length
+    assert {len(b) for b in batches[:-1]} == {max(int(config.users_per_task), math.ceil(100_000 / 1000))}
     users = [request["user_id"] for batch in batches for request in batch]
     assert users == sorted(store.by_user) and len(set(users)) == 100_000  # everyone once, in order
     assert batches[0][0]["image_keys"] == ["users/u000000/p0.jpg", "users/u000000/p1.jpg", "users/u000000/p2.jpg"]
@@ -53,4 +53,4 @@ def test_a_customer_base_beyond_the_largest_batches_fails_the_plan_clearly():
 def test_the_task_limit_is_within_the_installed_airflows_max_map_length():
     from airflow.configuration import conf
 
-    assert int(get_settings().recommend["max_mapped_tasks"]) <= conf.getint("core", "max_map_length")
+    assert int(get_settings().recommend.max_mapped_tasks) <= conf.getint("core", "max_map_length")

@@ -111,12 +111,12 @@ def test_the_link_opens_the_batch_on_the_review_page_itself():
         "invalid": 0,
         "duplicates": 0,
     }
-    page = load_settings({}).review["page_url"]
+    page = load_settings({}).review.page_url
     assert page.rstrip("/").endswith("/fashionnet-review")
     assert f"{page.rstrip('/')}/?batch=ingest-20261128-093005-demo-store" in approval_body(summary, page)
     # make airflow points it at its own api-server (another port).
     assert (
-        load_settings({"FASHIONNET_REVIEW_URL": "http://127.0.0.1:18080/fashionnet-review/"}).review["page_url"]
+        load_settings({"FASHIONNET_REVIEW_URL": "http://127.0.0.1:18080/fashionnet-review/"}).review.page_url
         == "http://127.0.0.1:18080/fashionnet-review/"
     )
 
