@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     if not site_exists(args.site):
         logger.info(f"building {args.products} products into {args.site}")
         build_site(args.site, n_products=args.products, seed=args.seed)
+    # Ctrl-C (SIGINT) stops the store even when it inherited SIGINT ignored (a shell's background job, a
+    # parent that ignores it): Python keeps an inherited SIG_IGN, and the store would then never stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = DemoStoreServer(args.site, host=args.host, port=args.port).start()
     print(f"demo store at {server.base_url} (Ctrl-C stops)", flush=True)
     try:
