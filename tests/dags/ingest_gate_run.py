@@ -80,10 +80,15 @@ def main() -> int:
             run_dag(ingest, conf, mark_success_pattern=mark)
             report(store, label, seen)
 
-    from pipeline.review.queue import queue_batches
-    from tests.conftest import free_port
+    import socket
 
-    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    from pipeline.review.queue import queue_batches
+
+    # A free port picked here: importing tests.conftest (which has one) would drop FASHIONNET_STORE from
+    # the environment, and this run and its checks would read and write the default store (var/store/).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there
     os.environ["FASHIONNET_SHOP_URL"] = f"http://{down}"
     get_settings.cache_clear()
     store = open_store()
