@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
+from pipeline import store_layout  # noqa: E402
 from pipeline.repository import commit as RC  # noqa: E402
 from pipeline.repository import dataset as R
 from pipeline.repository import infer as RI
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, table in tables:
             copy_key = key.replace("fashion_vectors/", "fashion_vectors_copy/")  # staged, then moved, as a commit does
             staged = store.put_bytes(
-                RC.staged_file_key("bench", copy_key), RC._parquet_bytes(table, config["row_group_rows"])
+                store_layout.repository_staged_file_key("bench", copy_key),
+                RC._parquet_bytes(table, config["row_group_rows"]),
             )
             store.move(staged, copy_key)
         encode_s = time.perf_counter() - started

@@ -173,20 +173,19 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
         )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-    from pipeline.recommend.recommendations import html_key as recommendations_page_key
-    from pipeline.recommend.recommendations import latest_run, recommendations_key
+    from pipeline.recommend.recommendations import latest_run
 
     # recommendations/date=<YYYY-MM-DD>/run=<run>/user_id=<user>/recommendations.parquet: the latest run
     latest = latest_run(store, DEMO_USER)
     if latest is None:
         raise RuntimeError(f"no recommendations for {DEMO_USER} under {store.url(store_layout.RECOMMENDATIONS_PREFIX)}")
     run_date, run = latest
-    recs = store.read_parquet(recommendations_key(DEMO_USER, run_date, run)).to_pandas()
+    recs = store.read_parquet(store_layout.recommendations_key(DEMO_USER, run_date, run)).to_pandas()
     columns = ["rank", "title", "price", "score_kind", "score", "score_matches", *attributes]
     print(f"\n=== Top recommendations for {DEMO_USER} (profile: {DEMO_USER_STYLE}) ===")
     print(recs[[c for c in columns if c in recs.columns]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-    html_key = recommendations_page_key(DEMO_USER, run_date, run)
+    html_key = store_layout.recommendation_page_key(DEMO_USER, run_date, run)
     print("\n=== Outputs ===")
     for label, prefix in [
         ("product images", store_layout.IMAGES_PREFIX),

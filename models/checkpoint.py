@@ -29,7 +29,7 @@ import numpy as np
 
 from models.network import head_layer_names
 from pipeline.storage import ObjectStore
-from pipeline.store_layout import model_checkpoint_prefix as checkpoint_prefix
+from pipeline.store_layout import model_checkpoint_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Checkpoints:
     """Reads and writes one version's checkpoint."""
 
     def __init__(self, store: ObjectStore, attribute: str, version: str) -> None:
-        self.store, self.prefix = store, checkpoint_prefix(attribute, version)
+        self.store, self.prefix = store, model_checkpoint_prefix(attribute, version)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}"

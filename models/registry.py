@@ -22,10 +22,7 @@ from typing import TYPE_CHECKING, Any
 from models.data import load_split, split_fingerprint
 from models.evaluation import beats
 from pipeline.storage import ObjectStore
-from pipeline.store_layout import model_file_key as model_key
-from pipeline.store_layout import model_metrics_key as metrics_key
-from pipeline.store_layout import model_pointer_key as current_key
-from pipeline.store_layout import model_promotion_key
+from pipeline.store_layout import model_file_key, model_metrics_key, model_pointer_key, model_promotion_key
 
 if TYPE_CHECKING:
     import keras
@@ -41,12 +38,12 @@ class LoadedModel:
 
 def publish(store: ObjectStore, attribute: str, version: str) -> dict[str, Any]:
     """Promote ``version`` of ``attribute``: write ``current.json`` after checking the model exists."""
-    key = model_key(attribute, version)
-    if not store.exists(key) or not store.exists(metrics_key(attribute, version)):
+    key = model_file_key(attribute, version)
+    if not store.exists(key) or not store.exists(model_metrics_key(attribute, version)):
         raise FileNotFoundError(
             f"cannot publish {attribute!r} {version!r}: no {key} and its metrics.json in {store.uri}"
         )
-    metrics = store.read_json(metrics_key(attribute, version))
+    metrics = store.read_json(model_metrics_key(attribute, version))
     record = {
         "attribute": attribute,
         "version": version,
@@ -57,13 +54,13 @@ def publish(store: ObjectStore, attribute: str, version: str) -> dict[str, Any]:
         "test_accuracy": metrics.get("test", {}).get("accuracy"),
         "published_at": datetime.now(UTC).isoformat(),
     }
-    store.write_json(current_key(attribute), record)
+    store.write_json(model_pointer_key(attribute), record)
     return record
 
 
 def current(store: ObjectStore, attribute: str) -> dict[str, Any] | None:
     """The published record of ``attribute``, or None when nothing is published."""
-    key = current_key(attribute)
+    key = model_pointer_key(attribute)
     return store.read_json(key) if store.exists(key) else None
 
 
@@ -73,13 +70,13 @@ def load_model(store: ObjectStore, attribute: str, version: str | None = None) -
         record = current(store, attribute)
         if record is None:
             raise LookupError(
-                f"no published model for attribute {attribute!r} in {store.uri} (no {current_key(attribute)})"
+                f"no published model for attribute {attribute!r} in {store.uri} (no {model_pointer_key(attribute)})"
             )
         version = record["version"]
-    key = model_key(attribute, version)
+    key = model_file_key(attribute, version)
     if not store.exists(key):
         raise FileNotFoundError(f"no model {key} in {store.uri}")
-    metrics = store.read_json(metrics_key(attribute, version))
+    metrics = store.read_json(model_metrics_key(attribute, version))
     import keras
 
     import models.network  # noqa: F401  (registers the custom layers that saved models refer to)
@@ -162,11 +159,13 @@ def promote(
     whose classes differ from the current one's (the taxonomy changed; the old model cannot answer).
     """
     candidate = (
-        store.read_json(metrics_key(attribute, version)) if store.exists(metrics_key(attribute, version)) else None
+        store.read_json(model_metrics_key(attribute, version))
+        if store.exists(model_metrics_key(attribute, version))
+        else None
     )
     if candidate is None:
         raise FileNotFoundError(
-            f"cannot promote {attribute!r} {version!r}: no {metrics_key(attribute, version)} in {store.uri}"
+            f"cannot promote {attribute!r} {version!r}: no {model_metrics_key(attribute, version)} in {store.uri}"
         )
     candidate = {**candidate, "version": version}
     record = current(store, attribute)
@@ -182,7 +181,7 @@ def promote(
     elif list(record["classes"]) != list(candidate["classes"]):
         promoted, reason = True, f"classes changed from {record['classes']}"
     else:
-        incumbent = {**store.read_json(metrics_key(attribute, record["version"])), "version": record["version"]}
+        incumbent = {**store.read_json(model_metrics_key(attribute, record["version"])), "version": record["version"]}
         comparison = compare_on_test_split(store, attribute, candidate, incumbent)
         promoted = comparison["candidate"] >= comparison["current"] - tolerance
         reason = (

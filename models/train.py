@@ -63,8 +63,7 @@ from models.network import (
     split_at,
 )
 from pipeline.storage import ObjectStore
-from pipeline.store_layout import model_file_key as model_key
-from pipeline.store_layout import model_metrics_key as metrics_key
+from pipeline.store_layout import model_file_key, model_metrics_key
 
 logger = logging.getLogger(__name__)
 
@@ -614,9 +613,9 @@ def train_attribute(
     checkpointed epoch (models.checkpoint); a version that already has its model and metrics is not
     trained again (its metrics are returned).
     """
-    if store.exists(model_key(attribute, version)) and store.exists(metrics_key(attribute, version)):
-        logger.info(f"[{attribute} {version}] already trained; keeping {model_key(attribute, version)}")
-        return store.read_json(metrics_key(attribute, version))
+    if store.exists(model_file_key(attribute, version)) and store.exists(model_metrics_key(attribute, version)):
+        logger.info(f"[{attribute} {version}] already trained; keeping {model_file_key(attribute, version)}")
+        return store.read_json(model_metrics_key(attribute, version))
     config = TrainingConfig.from_dict(training)
     if config.frozen_epochs + config.unfrozen_epochs < 1:
         raise ValueError("training needs frozen_epochs + unfrozen_epochs >= 1")
@@ -831,11 +830,11 @@ def _train(
         "timing": timing,
         "mixed_precision": mixed,
         "train_seconds": train_seconds,
-        "model_key": model_key(attribute, version),
+        "model_key": model_file_key(attribute, version),
     }
-    save_model(store, model_key(attribute, version), published_model)
+    save_model(store, model_file_key(attribute, version), published_model)
     metrics["artifacts"] = write_evaluation(store, metrics)
-    store.write_json(metrics_key(attribute, version), metrics)  # last: its presence means "trained"
+    store.write_json(model_metrics_key(attribute, version), metrics)  # last: its presence means "trained"
     checkpoints.clear()
     return metrics
 

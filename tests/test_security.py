@@ -30,6 +30,7 @@ from pipeline.review.web import auth, create_app
 from pipeline.review.web.app import COOKIE_NAME, CSRF_VALUE, STATIC_DIR
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import LOGIN_THROTTLE_PREFIX
 from tests.conftest import REPO_ROOT
 from tests.pipeline.review.test_review_view import make_review_batch
 
@@ -129,7 +130,7 @@ def concrete(path: str) -> str:
 
 def snapshot(store: ObjectStore) -> dict[str, bytes]:
     """Every object but the login throttle's counters (failed logins are meant to leave those)."""
-    return {key: store.get_bytes(key) for key in store.list() if not key.startswith(auth.THROTTLE_PREFIX + "/")}
+    return {key: store.get_bytes(key) for key in store.list() if not key.startswith(LOGIN_THROTTLE_PREFIX + "/")}
 
 
 @pytest.fixture

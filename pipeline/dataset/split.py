@@ -48,10 +48,7 @@ from pipeline.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-ITEMS_KEY = store_layout.DATASET_ITEMS_KEY
-SPLIT_KEY = store_layout.DATASET_SPLIT_KEY
 SPLIT_SCHEMA = pa.schema([("item_id", pa.string()), ("split", pa.string())])
-REPORT_KEY = store_layout.DATASET_SPLIT_REPORT_KEY
 
 
 def validate_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
@@ -93,9 +90,9 @@ def configured_ratios() -> tuple[dict[str, float], str]:
 
 
 def _previous_split(store: ObjectStore) -> dict[str, str]:
-    if not store.exists(SPLIT_KEY):
+    if not store.exists(store_layout.DATASET_SPLIT_KEY):
         return {}
-    table = store.read_parquet(SPLIT_KEY)
+    table = store.read_parquet(store_layout.DATASET_SPLIT_KEY)
     return dict(zip(table.column("item_id").to_pylist(), table.column("split").to_pylist()))
 
 
@@ -155,21 +152,22 @@ def write_split(store: ObjectStore) -> dict[str, int]:
     ratios, salt = configured_ratios()
     settings = get_settings()
     attributes = settings.taxonomy.names
-    available = set(store.read_parquet(ITEMS_KEY).schema.names)
+    available = set(store.read_parquet(store_layout.DATASET_ITEMS_KEY).schema.names)
     columns = ["item_id", "cluster_id", *[a for a in attributes if a in available]]
-    items = store.read_parquet(ITEMS_KEY, columns=columns).to_pandas()
+    items = store.read_parquet(store_layout.DATASET_ITEMS_KEY, columns=columns).to_pandas()
     previous = _previous_split(store)
     assigned = assign_splits(items, previous, ratios, salt)
     ordered = sorted(assigned.items())
     store.write_parquet(
-        SPLIT_KEY, pa.Table.from_pylist([{"item_id": i, "split": s} for i, s in ordered], schema=SPLIT_SCHEMA)
+        store_layout.DATASET_SPLIT_KEY,
+        pa.Table.from_pylist([{"item_id": i, "split": s} for i, s in ordered], schema=SPLIT_SCHEMA),
     )
     counts = {name: 0 for name in ratios}
     for _, split in ordered:
         counts[split] += 1
     log.info("split: %s (%d kept from the previous split)", counts, sum(i in previous for i in assigned))
     report = stratum_report(items, assigned, attributes, ratios)
-    store.write_json(REPORT_KEY, {"ratios": ratios, "strata": report})
+    store.write_json(store_layout.DATASET_SPLIT_REPORT_KEY, {"ratios": ratios, "strata": report})
     tolerance = float(settings.split.report_tolerance)
     for attribute, classes in report.items():
         for label, stats in classes.items():

@@ -51,11 +51,11 @@ from pipeline.store_layout import (
     SHOWN_NAME,
     USERS_PREFIX,
     profile_key,
+    recommendation_page_key,
     recommendations_key,
     shown_key,
     shown_prefix,
 )
-from pipeline.store_layout import recommendation_page_key as html_key
 
 if TYPE_CHECKING:
     from pipeline.storage import ObjectStore
@@ -960,7 +960,7 @@ def write_outputs(
     page = render_recommendations_html(
         user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes, context=context
     )
-    written["html"] = store.put_bytes(html_key(user_id, run_date, run), page.encode("utf-8"))
+    written["html"] = store.put_bytes(recommendation_page_key(user_id, run_date, run), page.encode("utf-8"))
     shown_today = pa.table(
         {
             "item_id": ranked["item_id"],

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 
 from pipeline import store_layout
 from pipeline.repository.dataset import (
-    COMMON_METADATA_KEY,
     ITEM_COLUMNS,
     SCHEMA_VERSION,
     RepositoryError,
@@ -25,7 +24,7 @@ from pipeline.repository.dataset import (
     repository_dataset,
     vector_columns,
 )
-from pipeline.repository.plan import plan_keys, read_plan, shard_keys, staging_prefix
+from pipeline.repository.plan import read_plan
 from pipeline.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -51,14 +50,12 @@ def _parquet_bytes(table: pa.Table, row_group_rows: int) -> bytes:
     return buffer.getvalue()
 
 
-staged_file_key = store_layout.repository_staged_file_key
-
-
 def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> tuple[pa.Table, list[str]]:
     commit_id = info["commit_id"]
     tables, skipped = [], []
     for shard in range(info["shards"]):
-        summary_key, table_key = shard_keys(commit_id, shard)
+        summary_key = store_layout.repository_shard_summary_key(commit_id, shard)
+        table_key = store_layout.repository_shard_vectors_key(commit_id, shard)
         if not store.exists(summary_key):
             raise RepositoryError(f"refresh {commit_id!r}: shard {shard} has no output yet; run infer_shard for it")
         summary = store.read_json(summary_key)
@@ -101,8 +98,8 @@ def commit_refresh(
     """
     sizes = repository_config(config)
     record_key = store_layout.repository_commit_key(commit_id)
-    info_key, _ = plan_keys(commit_id)
-    done_key = committed_key(commit_id)
+    info_key = store_layout.repository_plan_key(commit_id)
+    done_key = store_layout.repository_committed_key(commit_id)
     if store.exists(done_key):  # committed; the clean-up of the staging was cut short
         record = store.read_json(done_key)
         _delete_staging(store, commit_id)
@@ -150,17 +147,19 @@ def commit_refresh(
         replaced = pa.array([ids[n] for n in take_new + take_old], pa.string())
         kept = existing.filter(pc.invert(pc.is_in(existing["item_id"], replaced)))
         table = pa.concat_tables([kept, *updated]).sort_by("item_id").replace_schema_metadata(schema.metadata)
-        store.put_bytes(staged_file_key(commit_id, key), _parquet_bytes(table, sizes.row_group_rows))
+        store.put_bytes(
+            store_layout.repository_staged_file_key(commit_id, key), _parquet_bytes(table, sizes.row_group_rows)
+        )
         written.append({"key": key, "rows": table.num_rows, "changed": len(replaced)})
     # Every new file is staged: only now does the dataset change, by moves that move no bytes.
     for entry in written:
-        store.move(staged_file_key(commit_id, entry["key"]), entry["key"])
+        store.move(store_layout.repository_staged_file_key(commit_id, entry["key"]), entry["key"])
         if on_publish is not None:
             on_publish(entry["key"])
-    if written or not store.exists(COMMON_METADATA_KEY):
+    if written or not store.exists(store_layout.REPOSITORY_COMMON_METADATA_KEY):
         common = io.BytesIO()
         pq.write_metadata(schema, common)
-        store.put_bytes(COMMON_METADATA_KEY, common.getvalue())
+        store.put_bytes(store_layout.REPOSITORY_COMMON_METADATA_KEY, common.getvalue())
     rows = repository_dataset(store).count_rows()
     record = {
         "commit_id": commit_id,
@@ -194,14 +193,11 @@ def commit_refresh(
     return record
 
 
-committed_key = store_layout.repository_committed_key
-
-
 def _delete_staging(store: ObjectStore, commit_id: str) -> None:
-    """Delete refresh ``commit_id``'s staging, :func:`committed_key` last: a clean-up cut short (the
-    endpoint gone) leaves that mark, so the retried commit only finishes the clean-up."""
-    prefix = staging_prefix(commit_id)
-    done_key = committed_key(commit_id)
+    """Delete refresh ``commit_id``'s staging, :func:`~pipeline.store_layout.repository_committed_key` last:
+    a clean-up cut short (the endpoint gone) leaves that mark, so the retried commit only finishes the clean-up."""
+    prefix = store_layout.repository_staging_prefix(commit_id)
+    done_key = store_layout.repository_committed_key(commit_id)
     for key in store.list(prefix + "/"):
         if key != done_key:
             store.delete(key)

@@ -26,10 +26,6 @@ from pipeline.storage import ObjectStore
 if TYPE_CHECKING:
     from pipeline.settings import RepositorySettings
 
-PREFIX = store_layout.FASHION_VECTORS_PREFIX
-STAGING_PREFIX = store_layout.REPOSITORY_STAGING_PREFIX
-COMMITS_PREFIX = store_layout.REPOSITORY_COMMITS_PREFIX
-COMMON_METADATA_KEY = store_layout.REPOSITORY_COMMON_METADATA_KEY
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
 READ_ATTEMPTS = 3
@@ -127,10 +123,6 @@ def partitioning() -> ds.Partitioning:
     return ds.partitioning(pa.schema([("crawl_date", pa.date32()), ("retailer", pa.string())]), flavor="hive")
 
 
-partition_prefix = store_layout.repository_partition_prefix
-file_key = store_layout.repository_file_key
-
-
 def bucket(item_id: str, count: int) -> int:
     """The file (0..count-1) of a partition that holds ``item_id``; stable across processes."""
     return int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16) % count
@@ -154,16 +146,16 @@ def arrow_filesystem(store: ObjectStore) -> pafs.FileSystem:
 def data_keys(store: ObjectStore) -> list[str]:
     """The dataset's Parquet files (sorted keys); ``_``- and ``.``-prefixed names are not data."""
     keys = []
-    for key in store.list(PREFIX):
-        parts = key[len(PREFIX) + 1 :].split("/")
+    for key in store.list(store_layout.FASHION_VECTORS_PREFIX):
+        parts = key[len(store_layout.FASHION_VECTORS_PREFIX) + 1 :].split("/")
         if key.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts):
             keys.append(key)
     return keys
 
 
 def _stored_file_schema(store: ObjectStore, keys: list[str]) -> pa.Schema | None:
-    if store.exists(COMMON_METADATA_KEY):
-        return pq.read_schema(io.BytesIO(store.get_bytes(COMMON_METADATA_KEY)))
+    if store.exists(store_layout.REPOSITORY_COMMON_METADATA_KEY):
+        return pq.read_schema(io.BytesIO(store.get_bytes(store_layout.REPOSITORY_COMMON_METADATA_KEY)))
     if not keys:
         return None
     schemas = [pq.read_schema(store.fs.open(store.path(k), "rb")) for k in keys]
@@ -197,7 +189,7 @@ def repository_dataset(store: ObjectStore, attributes: list[str] | None = None) 
         format="parquet",
         filesystem=arrow_filesystem(store),
         partitioning=partitioning(),
-        partition_base_dir=store.path(PREFIX),
+        partition_base_dir=store.path(store_layout.FASHION_VECTORS_PREFIX),
     )
 
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline import store_layout
 from pipeline.images import UndecodableImage
 from pipeline.repository.commit import commit_refresh
-from pipeline.repository.dataset import PREFIX, conform, file_schema, repository_config, vector_columns
-from pipeline.repository.plan import plan_refresh, read_plan, shard_items, shard_keys
+from pipeline.repository.dataset import conform, file_schema, repository_config, vector_columns
+from pipeline.repository.plan import plan_refresh, read_plan, shard_items
 from pipeline.storage import ObjectStore, StoreKeyError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def write_shard(store: ObjectStore, commit_id: str, shard: int, vectors: pa.Tabl
     """Stage one shard's vectors (and its summary, written last: its presence marks the shard done)."""
     info, _ = read_plan(store, commit_id)
     schema = file_schema(info["attributes"])
-    summary_key, table_key = shard_keys(commit_id, shard)
+    summary_key = store_layout.repository_shard_summary_key(commit_id, shard)
+    table_key = store_layout.repository_shard_vectors_key(commit_id, shard)
     store.write_parquet(
         table_key,
         conform(vectors, pa.schema([f for f in schema if f.name in ["item_id", *vector_columns(info["attributes"])]])),
@@ -181,7 +183,7 @@ def build_repository_with(
         "repository_rows": record["repository_rows"],
         "model_versions": vectorizer.versions,
         "embedding_source": vectorizer.embedding_source,
-        "prefix": PREFIX,
+        "prefix": store_layout.FASHION_VECTORS_PREFIX,
     }
 
 

@@ -17,15 +17,12 @@ from pipeline.repository.dataset import (
     CATALOG_COLUMNS,
     FILE_NAME,
     ITEM_COLUMNS,
-    PREFIX,
     SCHEMA_VERSION,
     RepositoryError,
     bucket,
     conform,
     data_keys,
-    file_key,
     file_schema,
-    partition_prefix,
     published_models,
     repository_config,
     repository_dataset,
@@ -33,21 +30,6 @@ from pipeline.repository.dataset import (
 from pipeline.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
-
-staging_prefix = store_layout.repository_staging_prefix
-
-
-def plan_keys(commit_id: str) -> tuple[str, str]:
-    """(plan record, plan per item) of refresh ``commit_id``."""
-    return store_layout.repository_plan_key(commit_id), store_layout.repository_plan_items_key(commit_id)
-
-
-def shard_keys(commit_id: str, shard: int) -> tuple[str, str]:
-    """(summary, vectors) of one shard of refresh ``commit_id``."""
-    return (
-        store_layout.repository_shard_summary_key(commit_id, shard),
-        store_layout.repository_shard_vectors_key(commit_id, shard),
-    )
 
 
 def _night_of(batch_id: str | None, batch: pa.Table | None) -> date:
@@ -106,7 +88,7 @@ def _current_state(store: ObjectStore, attributes: list[str]) -> pa.Table:
         *[f"{a}_model_version" for a in attributes],
     ]
     table = dataset.to_table(columns=columns + ["__filename"])
-    root = store.path(PREFIX)[: -len(PREFIX)]
+    root = store.path(store_layout.FASHION_VECTORS_PREFIX)[: -len(store_layout.FASHION_VECTORS_PREFIX)]
     files = pc.utf8_slice_codeunits(table["__filename"], len(root))
     table = table.drop_columns(["__filename"]).append_column("file", files)
     if pc.count_distinct(table["item_id"]).as_py() != table.num_rows:
@@ -124,14 +106,14 @@ def _new_item_files(new: pa.Table, crawl_date: date, existing_files: list[str], 
     """The file of each new item: its retailer's partition of ``crawl_date``, bucket by item_id."""
     counts: dict[str, int] = {}
     for retailer in set(new["retailer"].to_pylist()):
-        prefix = partition_prefix(crawl_date, retailer) + "/"
+        prefix = store_layout.repository_partition_prefix(crawl_date, retailer) + "/"
         found = {int(m.group(2)) for k in existing_files if k.startswith(prefix) and (m := FILE_NAME.search(k))}
         if len(found) > 1:
             raise RepositoryError(f"partition {prefix} has files of different bucket counts {sorted(found)}")
         size = sum(1 for r in new["retailer"].to_pylist() if r == retailer)
         counts[retailer] = found.pop() if found else max(1, math.ceil(size / max_file_rows))
     return [
-        file_key(crawl_date, r, bucket(i, counts[r]), counts[r])
+        store_layout.repository_file_key(crawl_date, r, bucket(i, counts[r]), counts[r])
         for i, r in zip(new["item_id"].to_pylist(), new["retailer"].to_pylist())
     ]
 
@@ -168,7 +150,7 @@ def plan_refresh(
         attributes = get_settings().taxonomy.names
     models = models or published_models(store, attributes)
     versions = {a: models[a]["version"] for a in attributes}
-    prefix = staging_prefix(commit_id)
+    prefix = store_layout.repository_staging_prefix(commit_id)
     store.delete_prefix(prefix + "/")  # an earlier attempt's plan and shard outputs
 
     if batch_id and batch_ids:
@@ -284,7 +266,8 @@ def plan_refresh(
         "schema_version": SCHEMA_VERSION,
         "planned_at": datetime.now(UTC).isoformat(),
     }
-    info_key, table_key = plan_keys(commit_id)
+    info_key = store_layout.repository_plan_key(commit_id)
+    table_key = store_layout.repository_plan_items_key(commit_id)
     store.write_parquet(table_key, plan)
     store.write_json(info_key, info)
     logger.info("[repository %s] plan: %s -> %d items to infer in %d shard(s)", commit_id, actions, n_infer, shards)
@@ -293,7 +276,8 @@ def plan_refresh(
 
 def read_plan(store: ObjectStore, commit_id: str) -> tuple[dict[str, Any], pa.Table]:
     """(plan info, plan rows) of refresh ``commit_id``."""
-    info_key, table_key = plan_keys(commit_id)
+    info_key = store_layout.repository_plan_key(commit_id)
+    table_key = store_layout.repository_plan_items_key(commit_id)
     if not store.exists(info_key):
         raise RepositoryError(f"refresh {commit_id!r} has no plan in {store.uri}; run plan_refresh first")
     return store.read_json(info_key), store.read_parquet(table_key)

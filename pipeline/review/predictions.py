@@ -16,8 +16,9 @@ import pyarrow as pa
 from models.data import UndecodableImage
 from models.inference import FashionVectorizer
 from models.registry import current, load_model
-from pipeline.review.queue import PREDICTIONS_SCHEMA, predictions_key, read_queue
+from pipeline.review.queue import PREDICTIONS_SCHEMA, read_queue
 from pipeline.storage import ObjectStore
+from pipeline.store_layout import review_predictions_key
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def predict_review_queue(
         images = [store.get_bytes(key) for key in chunk["image_key"]]
         rows += prediction_rows(vectorizer, list(chunk["item_id"]), images)
     rows.sort(key=lambda r: (r["item_id"], r["attribute"]))
-    store.write_parquet(predictions_key(batch_id), pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
+    store.write_parquet(review_predictions_key(batch_id), pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
     items = len({r["item_id"] for r in rows})
     return {
         "batch_id": batch_id,

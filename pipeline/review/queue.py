@@ -107,12 +107,7 @@ class Decision:
     reason: str = ""
 
 
-# -- keys and schemas ------------------------------------------------------------------------------
-queue_key = store_layout.review_queue_key
-decisions_prefix = store_layout.review_decisions_prefix
-predictions_key = store_layout.review_predictions_key
-
-
+# -- schemas ---------------------------------------------------------------------------------------
 def weak_column(attribute: str) -> str:
     return f"weak_{attribute}"
 
@@ -189,13 +184,13 @@ def enqueue(store: ObjectStore, batch_id: str) -> int:
     queue = accepted.assign(batch_id=batch_id).join(pivot_weak_labels(weak, taxonomy), on="item_id")
     queue["crawled_at"] = pd.to_datetime(queue["crawled_at"], utc=True)
     queue = queue.sort_values("item_id", kind="mergesort")
-    store.write_parquet(queue_key(batch_id), _to_table(queue, queue_schema(taxonomy)))
+    store.write_parquet(store_layout.review_queue_key(batch_id), _to_table(queue, queue_schema(taxonomy)))
     log.info("review queue %s: %d items", batch_id, len(queue))
     return len(queue)
 
 
 def read_queue(store: ObjectStore, batch_id: str) -> pd.DataFrame:
-    key = queue_key(batch_id)
+    key = store_layout.review_queue_key(batch_id)
     if not store.exists(key):
         raise ValueError(f"batch {batch_id!r} has no review queue ({key}); run enqueue first")
     return store.read_parquet(key).to_pandas()
@@ -231,7 +226,11 @@ def _log_object(store: ObjectStore, key: str) -> pa.Table:
 
 def read_decisions(store: ObjectStore, batch_id: str) -> pd.DataFrame:
     """Every recorded decision of the batch, oldest first (ties: log object, then row order)."""
-    tables = [_log_object(store, key) for key in store.list(decisions_prefix(batch_id)) if key.endswith(".parquet")]
+    tables = [
+        _log_object(store, key)
+        for key in store.list(store_layout.review_decisions_prefix(batch_id))
+        if key.endswith(".parquet")
+    ]
     if not tables:
         empty = DECISION_SCHEMA.empty_table().to_pandas()
         return empty.assign(log_key=pd.Series(dtype=object), row=pd.Series(dtype="int64"))

@@ -34,7 +34,6 @@ from pipeline.review.queue import (
     REJECT,
     decision_stacks,
     item_outcome,
-    predictions_key,
     queue_batches,
     read_decisions,
     read_queue,
@@ -144,7 +143,7 @@ class BatchView:
 # -- reading ---------------------------------------------------------------------------------------
 def read_predictions(store: ObjectStore, batch_id: str) -> pd.DataFrame | None:
     """The batch's predictions (:data:`pipeline.review.queue.PREDICTIONS_SCHEMA`), or None before any model."""
-    key = predictions_key(batch_id)
+    key = store_layout.review_predictions_key(batch_id)
     return store.read_parquet(key).to_pandas() if store.exists(key) else None
 
 
@@ -284,7 +283,7 @@ def batch_view(store: ObjectStore, batch_id: str, sort: str = "queue", pending_f
     return BatchView(
         batch_id=batch_id,
         attributes={a: list(taxonomy.classes(a)) for a in taxonomy.names},
-        has_predictions=store.exists(predictions_key(batch_id)),
+        has_predictions=store.exists(store_layout.review_predictions_key(batch_id)),
         items=sort_items(items, sort, pending_first),
     )
 

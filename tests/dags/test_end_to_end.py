@@ -124,7 +124,8 @@ def test_every_stage_wrote_its_objects(pipeline_run):
 
 
 def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
-    from pipeline.repository.dataset import PREFIX, SCHEMA_VERSION, data_keys, read_repository
+    from pipeline.repository.dataset import SCHEMA_VERSION, data_keys, read_repository
+    from pipeline.store_layout import FASHION_VECTORS_PREFIX
 
     store = pipeline_run.store
     repository = read_repository(store)
@@ -137,7 +138,9 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
     assert sorted(repository.column("item_id").to_pylist()) == sorted(accepted.column("item_id").to_pylist())
     night = catalog_batches[0].split("catalog-")[1][:8]
     assert {k.split("/")[2] for k in data_keys(store)} == {f"crawl_date={night[:4]}-{night[4:6]}-{night[6:]}"}
-    assert all(k.startswith(PREFIX + "/") for k in data_keys(store)) and not store.list("repository/_staging")
+    assert all(k.startswith(FASHION_VECTORS_PREFIX + "/") for k in data_keys(store)) and not store.list(
+        "repository/_staging"
+    )
     commit = store.read_json(f"repository/commits/catalog-{night}.json")
     assert commit["schema_version"] == SCHEMA_VERSION and commit["inferred"] == repository.num_rows
     assert commit["actions"]["new"] == accepted.num_rows
@@ -155,9 +158,10 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
 
 
 def test_recommendations_share_attributes_with_the_profile(pipeline_run):
-    from pipeline.recommend.recommendations import html_key, latest_run, profile_key, recommendations_key, shown_key
+    from pipeline.recommend.recommendations import latest_run
     from pipeline.repository.dataset import read_repository
     from pipeline.settings import get_settings
+    from pipeline.store_layout import profile_key, recommendation_page_key, recommendations_key, shown_key
 
     store, stdout = pipeline_run.store, pipeline_run.stdout
     rec_keys = [k for k in store.list("recommendations/") if k.endswith("recommendations.parquet")]
@@ -185,7 +189,7 @@ def test_recommendations_share_attributes_with_the_profile(pipeline_run):
     assert sorted(store.read_parquet(shown_key("demo-user", run_date, run)).column("item_id").to_pylist()) == sorted(
         r["item_id"] for r in recs
     )
-    assert store.exists(html_key("demo-user", run_date, run))
+    assert store.exists(recommendation_page_key("demo-user", run_date, run))
     assert "Top recommendations for demo-user" in stdout
 
 

@@ -139,13 +139,14 @@ def write_version(store, attribute: str, version: str, seed: int = 0):
     import keras
 
     from models.network import build_attribute_network
-    from models.train import metrics_key, model_key, save_model
+    from models.train import save_model
+    from pipeline.store_layout import model_file_key, model_metrics_key
 
     keras.utils.set_random_seed(seed)
     model = build_attribute_network(len(SHAPES), image_size=32, dense_units=8)
-    save_model(store, model_key(attribute, version), model)
+    save_model(store, model_file_key(attribute, version), model)
     store.write_json(
-        metrics_key(attribute, version),
+        model_metrics_key(attribute, version),
         {
             "classes": list(SHAPES),
             "image_size": 32,

@@ -12,8 +12,8 @@ import time
 import pytest
 from fashion_synthetic import write_dataset
 
-from models.checkpoint import checkpoint_prefix
 from models.train import PatienceStop, train_attribute
+from pipeline.store_layout import model_checkpoint_prefix
 from tests.conftest import REPO_ROOT
 
 CLASSES = ("checkered", "striped", "floral", "graphic", "solid")
@@ -82,7 +82,7 @@ def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, con
     output = log.read_text()
     assert proc.returncode == -signal.SIGKILL, output[-3000:]
     assert "unfrozen epoch 1/3" in output and "unfrozen epoch 2/3" not in output  # killed inside epoch 2
-    prefix = checkpoint_prefix("pattern", "v1")
+    prefix = model_checkpoint_prefix("pattern", "v1")
     state = file_store.read_json(f"{prefix}/state.json")
     assert (state["phase"], state["epochs_done"]) == ("unfrozen", 1)  # the last complete epoch, nothing after
     assert not file_store.exists("models/pattern/v1/metrics.json") and not file_store.exists(

@@ -48,11 +48,11 @@ def test_publishing_a_missing_version_fails_and_changes_nothing(file_store):
 # -- promotion ------------------------------------------------------------------------------------------
 def write_scored(store, version: str, accuracy: float, fingerprint: str = "split-a", classes=CLASSES) -> None:
     """A saved version whose metrics say it scored ``accuracy`` on the test split ``fingerprint``."""
-    from models.train import metrics_key
+    from pipeline.store_layout import model_metrics_key
 
     write_version(store, "shape", version)
     store.write_json(
-        metrics_key("shape", version),
+        model_metrics_key("shape", version),
         {
             "classes": list(classes),
             "image_size": 32,

@@ -17,6 +17,7 @@ import logging
 import sys
 
 from pipeline.review.web import auth
+from pipeline.store_layout import REVIEWERS_KEY
 
 
 def _store(uri: str | None):
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "add-reviewer":
             auth.validate_name(args.name)
             auth.add_reviewer(_store(args.store), args.name, read_password(args.password_stdin), replace=args.replace)
-            print(f"reviewer {args.name} saved in {auth.REVIEWERS_KEY}")
+            print(f"reviewer {args.name} saved in {REVIEWERS_KEY}")
         elif args.command == "remove-reviewer":
             auth.remove_reviewer(_store(args.store), args.name)
             print(f"reviewer {args.name} removed")

@@ -24,6 +24,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.review.web.app import context, reviewer
+from pipeline.store_layout import review_queue_key
 
 router = APIRouter()
 
@@ -56,9 +57,11 @@ class AcceptPageIn(BaseModel):
 
 def checked_batch(request: Request, batch_id: str) -> str:
     """``batch_id`` when it names a batch with a review queue, else 404."""
-    from pipeline.review.queue import queue_key
-
-    if not ID_PATTERN.fullmatch(batch_id) or ".." in batch_id or not context(request).store.exists(queue_key(batch_id)):
+    if (
+        not ID_PATTERN.fullmatch(batch_id)
+        or ".." in batch_id
+        or not context(request).store.exists(review_queue_key(batch_id))
+    ):
         raise HTTPException(404, f"no review queue for batch {batch_id!r}")
     return batch_id
 

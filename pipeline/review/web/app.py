@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from pipeline.review.web import auth
+from pipeline.store_layout import REVIEWERS_KEY
 
 if TYPE_CHECKING:
     from pipeline.settings import ReviewSettings
@@ -122,7 +123,7 @@ class ReviewContext:
         """The reviewers file as it is now: its version is checked on every call (a stat, or one HEAD on
         S3) and the file read again when it changed, so a logout, removal or new password elsewhere
         ends a session on the very next request, in every process."""
-        version = self.store.version(auth.REVIEWERS_KEY)
+        version = self.store.version(REVIEWERS_KEY)
         with self._lock:
             if self._reviewers is not None and self._reviewers[0] == version:
                 return self._reviewers[1]

@@ -33,7 +33,7 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from pipeline.storage import ObjectStore
-from pipeline.store_layout import LOGIN_THROTTLE_PREFIX, REVIEWERS_KEY, login_throttle_key
+from pipeline.store_layout import REVIEWERS_KEY, login_throttle_key
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +199,6 @@ class SessionSigner:
 
 
 # -- login throttling, shared through the store ----------------------------------------------------
-THROTTLE_PREFIX = LOGIN_THROTTLE_PREFIX
-
-
 class LoginThrottle:
     """Growing delays after failed logins, per client address and reviewer name, kept in the store.
 

@@ -18,25 +18,27 @@ from pipeline.recommend.recommendations import (
     RankRequest,
     UserRequest,
     build_profile,
-    html_key,
     latest_run,
     list_users,
     options_from_params,
     own_image_mask,
     plan_requests,
-    profile_key,
     rank,
     recommend_for_user,
     recommend_for_users,
-    recommendations_key,
     run_partition,
     shown_before,
-    shown_key,
     validate_options,
     validate_request,
 )
-from pipeline.repository.dataset import PREFIX as REPOSITORY_PREFIX
 from pipeline.settings import get_settings
+from pipeline.store_layout import (
+    FASHION_VECTORS_PREFIX,
+    profile_key,
+    recommendation_page_key,
+    recommendations_key,
+    shown_key,
+)
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
 TAXONOMY = {a: get_settings().taxonomy.classes(a) for a in ATTRS}
@@ -150,10 +152,10 @@ def repository_table(items: list[dict[str, Any]]) -> pa.Table:
 def write_repository(store, table: pa.Table) -> None:
     """The repository as pipeline.repository lays it out: crawl_date=<date>/retailer=<retailer>/ folders
     (read back through pipeline.repository.dataset.read_repository)."""
-    store.delete_prefix(f"{REPOSITORY_PREFIX}/")
+    store.delete_prefix(f"{FASHION_VECTORS_PREFIX}/")
     for retailer in sorted(set(table["retailer"].to_pylist())):
         part = table.filter(pc.equal(table["retailer"], retailer)).drop_columns(["crawl_date", "retailer"])
-        store.write_parquet(f"{REPOSITORY_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-0.parquet", part)
+        store.write_parquet(f"{FASHION_VECTORS_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-0.parquet", part)
 
 
 class FakeVectorizer:
@@ -644,7 +646,7 @@ def test_recommend_for_user_end_to_end(scene):
     run = "scheduled__1"
     assert expected_keys == {
         "recommendations": recommendations_key("ann", DAY, run),
-        "html": html_key("ann", DAY, run),
+        "html": recommendation_page_key("ann", DAY, run),
         "profile": profile_key("ann", DAY, run),
         "shown": shown_key("ann", DAY, run),
     }
@@ -723,7 +725,7 @@ def test_filters(scene):
     assert ids(price_max=19.5) == ["i1", "i2"]
     assert ids(price_min=10, price_max=10) == ["i1"]
     assert ids(retailers=["nobody"]) == []
-    page = store.get_bytes(html_key("ann", DAY, "r")).decode()
+    page = store.get_bytes(recommendation_page_key("ann", DAY, "r")).decode()
     assert "retailers=[&#x27;nobody&#x27;]" in page and "No recommendations" in page
 
 
@@ -740,7 +742,7 @@ def test_items_shown_on_earlier_days_are_not_recommended_again(scene):
     assert shown_before(store, "ann", "2026-11-30") == ["i1", "i2", "i3", "i5"]
     # a backfill of the first day after the second ran is still the first day's list
     assert recommend_for_user(store, user_request("ann", None, 2, DAY, run_id="one", **MATCHES), vectorizer) == first
-    assert "shown before and left out" in store.get_bytes(html_key("ann", "2026-11-29", "n")).decode()
+    assert "shown before and left out" in store.get_bytes(recommendation_page_key("ann", "2026-11-29", "n")).decode()
 
 
 def test_a_retry_of_the_same_run_overwrites_its_keys(scene):

@@ -17,12 +17,10 @@ from pipeline.recommend.recommendations import (
     UserRequest,
     recommend_for_user,
     recommend_for_users,
-    recommendations_key,
-    shown_key,
     validate_options,
 )
-from pipeline.repository.dataset import PREFIX as REPOSITORY_PREFIX
 from pipeline.settings import get_settings
+from pipeline.store_layout import FASHION_VECTORS_PREFIX, recommendations_key, shown_key
 
 ATTRS = ["pattern", "fabric", "style", "shape"]
 TAXONOMY = {a: get_settings().taxonomy.classes(a) for a in ATTRS}
@@ -151,7 +149,7 @@ def shop(tmp_path_factory):
         part = table.filter(pc.equal(table["retailer"], retailer)).drop_columns(["retailer"])
         for half, rows in enumerate((slice(0, 120), slice(120, None))):
             store.write_parquet(
-                f"{REPOSITORY_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-{half}.parquet",
+                f"{FASHION_VECTORS_PREFIX}/crawl_date=2026-11-01/retailer={retailer}/part-{half}.parquet",
                 part.slice(rows.start, (rows.stop or part.num_rows) - rows.start),
             )
     for u in range(0, USERS, 3):  # shown yesterday: 15 items each

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import store_layout
 from pipeline.repository import commit as RC
 from pipeline.repository import dataset as R
 from pipeline.repository import infer as RI
@@ -194,7 +195,7 @@ def test_a_first_night_writes_one_partition_with_one_row_per_item(any_store):
     assert table.schema.field("crawl_date").type == pa.date32()
     assert table["phash"].to_pylist()[0] >= 2**63  # uint64 survives
     assert record["repository_rows"] == 6 and any_store.exists("repository/commits/catalog-20261101.json")
-    assert any_store.list(R.STAGING_PREFIX) == []  # the staging is gone after the commit
+    assert any_store.list(store_layout.REPOSITORY_STAGING_PREFIX) == []  # the staging is gone after the commit
 
 
 def test_rerunning_a_night_infers_nothing_and_rewrites_nothing(any_store):
@@ -250,7 +251,7 @@ def test_a_commit_retried_after_it_completed_returns_its_record_and_changes_noth
     _, record = refresh(any_store, "catalog-20261101", "catalog-20261101", T1)
     before = file_bytes(any_store)
     assert RC.commit_refresh(any_store, "catalog-20261101") == record
-    assert file_bytes(any_store) == before and any_store.list(R.STAGING_PREFIX) == []
+    assert file_bytes(any_store) == before and any_store.list(store_layout.REPOSITORY_STAGING_PREFIX) == []
 
 
 def test_a_commit_that_fails_before_its_moves_changes_nothing_readers_see(file_store, monkeypatch):
@@ -440,7 +441,7 @@ def test_readers_during_a_commit_see_whole_files_and_every_item_once(any_store):
     def look(key: str) -> None:
         table = R.read_repository(any_store, columns=["item_id", "pattern_model_version"])
         versions = table["pattern_model_version"].to_pylist()
-        listed = [k for k in any_store.list(R.PREFIX) if not k.endswith("_common_metadata")]
+        listed = [k for k in any_store.list(store_layout.FASHION_VECTORS_PREFIX) if not k.endswith("_common_metadata")]
         assert all(k.endswith(".parquet") and "/part-" in k for k in listed), listed
         seen.append((table.num_rows, pc.count_distinct(table["item_id"]).as_py(), set(versions)))
 
@@ -492,7 +493,9 @@ def test_a_reader_without_fashionnet_reads_the_same_dataset(file_store):
     publish(file_store, "v1")
     write_batch(file_store, "catalog-20261101", range(3))
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1)
-    plain = ds.dataset(file_store.local_path(R.PREFIX), format="parquet", partitioning="hive")
+    plain = ds.dataset(
+        file_store.local_path(store_layout.FASHION_VECTORS_PREFIX), format="parquet", partitioning="hive"
+    )
     assert plain.count_rows() == 3
     assert (
         sorted(plain.to_table(columns=["item_id"])["item_id"].to_pylist())

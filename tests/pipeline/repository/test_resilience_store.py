@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import BotoCoreError, EndpointConnectionError
 
+from pipeline import store_layout
 from pipeline.repository import commit as RC
 from pipeline.repository import dataset as R
 from pipeline.repository import plan as RP
@@ -168,9 +169,13 @@ def snapshot(store: ObjectStore) -> dict[str, Any]:
     """What a reader of the repository sees: the table, every data file's rows, the commit records."""
     return {
         "table": R.read_repository(store),
-        "files": {k[len(R.PREFIX) :]: store.read_parquet(k) for k in R.data_keys(store)},
-        "common_metadata": store.get_bytes(R.COMMON_METADATA_KEY) if store.exists(R.COMMON_METADATA_KEY) else None,
-        "commits": {k.rsplit("/", 1)[1]: store.read_json(k) for k in store.list(R.COMMITS_PREFIX)},
+        "files": {k[len(store_layout.FASHION_VECTORS_PREFIX) :]: store.read_parquet(k) for k in R.data_keys(store)},
+        "common_metadata": store.get_bytes(store_layout.REPOSITORY_COMMON_METADATA_KEY)
+        if store.exists(store_layout.REPOSITORY_COMMON_METADATA_KEY)
+        else None,
+        "commits": {
+            k.rsplit("/", 1)[1]: store.read_json(k) for k in store.list(store_layout.REPOSITORY_COMMITS_PREFIX)
+        },
     }
 
 
@@ -199,7 +204,9 @@ def plain_reader_table(store: ObjectStore, endpoint: LocalS3) -> pa.Table:
         request_timeout=10,
         connect_timeout=5,
     )
-    dataset = ds.dataset(store.path(R.PREFIX), filesystem=s3, format="parquet", partitioning="hive")
+    dataset = ds.dataset(
+        store.path(store_layout.FASHION_VECTORS_PREFIX), filesystem=s3, format="parquet", partitioning="hive"
+    )
     table = dataset.to_table()
     return table.select([n for n in table.column_names if n not in R.PARTITION_COLUMNS]).sort_by("item_id")
 
@@ -302,8 +309,10 @@ def connection_failure(error: BaseException) -> bool:
 
 def assert_readers_see(store: ObjectStore, endpoint: LocalS3, expected: str, clean: dict[str, Any]) -> None:
     old, new = clean["night1"]["table"], clean["night2"]["table"]
-    listed = store.list(R.PREFIX)
-    assert all(k.endswith(".parquet") or k == R.COMMON_METADATA_KEY for k in listed), listed  # nothing temporary
+    listed = store.list(store_layout.FASHION_VECTORS_PREFIX)
+    assert all(k.endswith(".parquet") or k == store_layout.REPOSITORY_COMMON_METADATA_KEY for k in listed), (
+        listed
+    )  # nothing temporary
     for key in R.data_keys(store):
         pq.read_table(pa.BufferReader(store.get_bytes(key)))  # every visible object is a whole Parquet file
     table = R.read_repository(store)
@@ -332,7 +341,7 @@ def assert_equals_clean_run(store: ObjectStore, clean: dict[str, Any]) -> None:
     assert {k: {f: v for f, v in c.items() if f not in ignore} for k, c in got["commits"].items()} == {
         k: {f: v for f, v in c.items() if f not in ignore} for k, c in want["commits"].items()
     }
-    assert store.list(R.STAGING_PREFIX) == []
+    assert store.list(store_layout.REPOSITORY_STAGING_PREFIX) == []
 
 
 # -- the tests ----------------------------------------------------------------------------------------
@@ -420,4 +429,4 @@ def test_the_nightly_refresh_rerun_with_the_real_networks_writes_identical_objec
     assert again_plan["actions"] == {"new": 1, "image": 0, "model": 0, "catalog": 0}  # only the broken image
     assert again["files_written"] == [] and again["repository_rows"] == 5
     assert objects() == first and R.read_repository(store).equals(table)
-    assert store.list(R.STAGING_PREFIX) == []
+    assert store.list(store_layout.REPOSITORY_STAGING_PREFIX) == []

@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.curation.curate import batch_kind, hash_index_key
+from pipeline.curation.curate import batch_kind
 from pipeline.review.approval import (
     approval,
     approval_body,
@@ -12,10 +12,10 @@ from pipeline.review.approval import (
     ingest_batch_id,
     record_approval,
     record_rejection,
-    rejection_key,
     withdraw_approval,
 )
 from pipeline.review.queue import Decision, build_dataset, enqueue, record_decisions
+from pipeline.store_layout import hash_index_key, rejection_key
 from tests.pipeline.review.test_review import ITEMS, WEAK, write_batch
 
 

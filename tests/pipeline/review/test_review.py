@@ -376,9 +376,10 @@ def test_undo_is_item_level(file_store):
 
 
 def test_predictions_contract():
-    from pipeline.review.queue import PREDICTIONS_SCHEMA, predictions_key
+    from pipeline.review.queue import PREDICTIONS_SCHEMA
+    from pipeline.store_layout import review_predictions_key
 
-    assert predictions_key("ingest-20261101") == "review/predictions/ingest-20261101.parquet"
+    assert review_predictions_key("ingest-20261101") == "review/predictions/ingest-20261101.parquet"
     assert [(f.name, str(f.type)) for f in PREDICTIONS_SCHEMA] == [
         ("item_id", "string"),
         ("attribute", "string"),

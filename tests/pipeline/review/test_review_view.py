@@ -5,8 +5,9 @@ import pytest
 from PIL import Image
 
 from pipeline.curation.curate import DUPLICATES_SCHEMA
-from pipeline.review.queue import PREDICTIONS_SCHEMA, Decision, enqueue, predictions_key, record_decisions
+from pipeline.review.queue import PREDICTIONS_SCHEMA, Decision, enqueue, record_decisions
 from pipeline.review.view import batch_summaries, batch_view, image_keys, sort_items
+from pipeline.store_layout import review_predictions_key
 from tests.pipeline.review.test_review import ITEMS, START, WEAK, write_batch
 
 COLOURS = {
@@ -76,7 +77,7 @@ def make_review_batch(store, batch_id: str = "b1", crawl_id: str = "c1", predict
 
 def write_predictions(store, batch_id: str, rows: list[tuple[str, str, str, float]]) -> None:
     store.write_parquet(
-        predictions_key(batch_id),
+        review_predictions_key(batch_id),
         pa.Table.from_pylist(
             [
                 {"item_id": i, "attribute": a, "predicted_label": p, "confidence": c, "model_version": "v1"}

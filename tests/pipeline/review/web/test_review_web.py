@@ -14,6 +14,7 @@ from pipeline.review.queue import read_decisions, read_queue, replay
 from pipeline.review.web import auth, create_app
 from pipeline.review.web.__main__ import main as cli
 from pipeline.settings import get_settings
+from pipeline.store_layout import REVIEWERS_KEY
 from tests.conftest import REPO_ROOT
 from tests.pipeline.review.test_review_view import make_review_batch
 
@@ -108,7 +109,7 @@ def test_login_sets_a_strict_http_only_session(client):
 
 
 def test_passwords_are_stored_as_salted_hashes(store):
-    text = store.get_bytes(auth.REVIEWERS_KEY).decode()
+    text = store.get_bytes(REVIEWERS_KEY).decode()
     assert PASSWORD not in text
     reviewers = auth.read_reviewers(store)
     assert reviewers["alice"]["salt"] != reviewers["bob"]["salt"]
@@ -319,7 +320,7 @@ def test_cli_manages_reviewers(file_store, monkeypatch, capsys):
     assert cli(["--store", uri, "remove-reviewer", "dave"]) == 2
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert cli(["--store", uri, "add-reviewer", "erin", "--password-stdin"]) == 2
-    assert PASSWORD not in file_store.get_bytes(auth.REVIEWERS_KEY).decode()
+    assert PASSWORD not in file_store.get_bytes(REVIEWERS_KEY).decode()
 
 
 def test_airflow_loads_the_plugin_and_mounts_the_app(tmp_path):

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.review.web import auth, create_app
 from pipeline.review.web.app import COOKIE_NAME
+from pipeline.store_layout import REVIEWERS_KEY
 from tests.pipeline.review.test_review_view import make_review_batch
 
 PASSWORD = "correct horse battery"
@@ -318,7 +319,7 @@ def test_concurrent_changes_of_the_reviewer_list_lose_nothing(any_store):
 
 def test_the_reviewers_file_is_readable_only_by_its_owner(file_store):
     auth.add_reviewer(file_store, "alice", PASSWORD)
-    mode = stat.S_IMODE(os.stat(file_store.local_path(auth.REVIEWERS_KEY)).st_mode)
+    mode = stat.S_IMODE(os.stat(file_store.local_path(REVIEWERS_KEY)).st_mode)
     assert mode == 0o600, oct(mode)
 
 
