@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from typing import TextIO
 
 # The loggers a tool shows at INFO. ``__main__``: a tool run as ``python -m fashionnet_tools.demo`` logs
-# under that name. ``pipeline.repository``: the refresh's plan, infer and commit progress lines. The rest
-# of ``scrapers`` and ``pipeline`` is left out: their INFO lines never showed in a tool's output.
-PROJECT_LOGGERS = ("__main__", "fashionnet_tools", "models", "dags", "pipeline.repository")
+# under that name. ``pipeline.runs``: every stage's started/done lines. ``pipeline.repository``: the
+# refresh's plan, infer and commit progress lines. The rest of ``scrapers`` and ``pipeline`` is left out:
+# their INFO lines never showed in a tool's output.
+PROJECT_LOGGERS = ("__main__", "fashionnet_tools", "models", "dags", "pipeline.runs", "pipeline.repository")
 
 
 class ConsoleHandler(logging.StreamHandler):

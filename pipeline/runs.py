@@ -6,12 +6,15 @@ task, so a retried or cleared task writes the same keys again instead of adding 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def batch_id(kind: str, run_after: datetime) -> str:
@@ -37,21 +40,21 @@ def _brief(summary: dict[str, Any]) -> str:
 
 @contextmanager
 def stage(name: str) -> Iterator[StageReport]:
-    """Print one progress line when a stage starts and one with its timing when it ends.
+    """Log one progress line (INFO) when a stage starts and one with its timing when it ends (ERROR when
+    it fails).
 
-    Plain prints, not a logger: they land in the Airflow task log and on the demo's console alike, and
-    the demo runs Airflow at log level WARNING (``fashionnet_tools.demo``), where an INFO record of a
-    logger would be dropped; these lines are the progress a person follows there.
+    They land in the Airflow task log; the tools show this logger at INFO on their console
+    (:data:`fashionnet_tools.console.PROJECT_LOGGERS`) even where Airflow itself runs at WARNING (the demo).
     """
     report = StageReport(name)
-    print(f"[fashionnet] {name}: started", flush=True)
+    log.info("[fashionnet] %s: started", name)
     started = time.perf_counter()
     try:
         yield report
     except Exception as error:
-        print(f"[fashionnet] {name}: FAILED after {time.perf_counter() - started:.1f}s: {error}", flush=True)
+        log.error("[fashionnet] %s: FAILED after %.1fs: %s", name, time.perf_counter() - started, error)
         raise
-    print(f"[fashionnet] {name}: done in {time.perf_counter() - started:.1f}s  {_brief(report.summary)}", flush=True)
+    log.info("[fashionnet] %s: done in %.1fs  %s", name, time.perf_counter() - started, _brief(report.summary))
 
 
 def plain(value: Any) -> Any:
