@@ -180,8 +180,8 @@ def fashionnet_ingest():
 
     @task(outlets=[DATASET], trigger_rule="none_failed_min_one_success")
     def build_dataset() -> dict:
+        from pipeline.dataset.build import build_dataset as rebuild
         from pipeline.review.approval import approved_batches
-        from pipeline.review.queue import build_dataset as rebuild
         from pipeline.runs import plain, stage
         from pipeline.storage import open_store
 

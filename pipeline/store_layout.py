@@ -29,7 +29,7 @@ CURATION_PREFIX = "curation"
 REVIEW_PREFIX = "review"
 """The review queue, its audit log, predictions, batch approvals and rejections, reviewers."""
 DATASET_PREFIX = "dataset"
-"""The labelled dataset (``pipeline.review.queue.build_dataset``) and its split (``pipeline.dataset.split``)."""
+"""The labelled dataset (``pipeline.dataset.build.build_dataset``) and its split (``pipeline.dataset.split``)."""
 MODELS_PREFIX = "models"
 """The attribute networks: one folder per attribute, one per trained version (``models.train``)."""
 REPOSITORY_PREFIX = "repository"
@@ -206,7 +206,7 @@ def login_throttle_key(digest: str) -> str:
 
 # -- the dataset --------------------------------------------------------------------------------------
 DATASET_ITEMS_KEY = f"{DATASET_PREFIX}/items.parquet"
-"""Accepted items of approved batches with their final labels (``pipeline.review.queue.build_dataset``)."""
+"""Accepted items of approved batches with their final labels (``pipeline.dataset.build.build_dataset``)."""
 DATASET_SPLIT_KEY = f"{DATASET_PREFIX}/split.parquet"
 """Each dataset item's split: train, validation or test (``pipeline.dataset.split``)."""
 DATASET_SPLIT_REPORT_KEY = f"{DATASET_PREFIX}/split_report.json"

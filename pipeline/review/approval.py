@@ -1,7 +1,7 @@
 """Batch approval: which curated batches may enter the dataset, and who let them in.
 
 Item-level review lives in :mod:`pipeline.review.queue` (accept / reject / relabel per item, in an audit
-log). On top of it each ingest batch passes one gate before :func:`pipeline.review.queue.build_dataset`
+log). On top of it each ingest batch passes one gate before :func:`pipeline.dataset.build.build_dataset`
 uses it: a person approves the cleaned batch as a whole (an Airflow Human-in-the-loop approval in the
 ``fashionnet_ingest`` DAG), or the configured review policy approves it automatically (the demo).
 

@@ -1,11 +1,12 @@
-"""The manual-review queue and the labelled dataset built from it.
+"""The manual-review queue: what is queued, what reviewers decided, and the decided items it gives.
 
 * ``review/queue/<batch_id>.parquet``: a curated batch's accepted items with their weak labels, one
   ``weak_<attr>`` column (and ``weak_<attr>_source``) per taxonomy attribute. Rebuilt by :func:`enqueue`.
 * ``review/decisions/<batch_id>/<stamp>-<reviewer>-<uuid>.parquet``: the audit log. Every call of
   :func:`record_decisions` writes a new object, create-only (a write never replaces an existing one);
   nothing is ever edited or deleted.
-* ``dataset/items.parquet``: rebuilt from every queue and every decision by :func:`build_dataset`.
+* ``dataset/items.parquet`` is rebuilt from the queues and decisions by
+  :func:`pipeline.dataset.build.build_dataset`.
 
 Decision semantics, replayed in ``decided_at`` order (the latest wins):
 
@@ -91,9 +92,6 @@ PREDICTIONS_SCHEMA = pa.schema(
         ("model_version", pa.string()),
     ]
 )
-DATASET_ITEM_COLUMNS = [c for c in QUEUE_ITEM_COLUMNS if c[0] not in ("batch_id", "crawled_at")] + [
-    ("batch_id", pa.string()),
-]
 
 
 @dataclass(frozen=True)
@@ -119,14 +117,7 @@ def queue_schema(taxonomy: Taxonomy) -> pa.Schema:
     return pa.schema(fields)
 
 
-def dataset_schema(taxonomy: Taxonomy) -> pa.Schema:
-    fields = list(DATASET_ITEM_COLUMNS)
-    for attribute in taxonomy.names:
-        fields += [(attribute, pa.string()), (f"{attribute}_label_source", pa.string())]
-    return pa.schema(fields)
-
-
-def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+def as_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     """``frame`` as a table of exactly ``schema`` (missing columns and NaN become nulls)."""
     frame = frame.reindex(columns=schema.names)
     frame = frame.astype(object).where(frame.notna(), None)
@@ -184,7 +175,7 @@ def enqueue(store: ObjectStore, batch_id: str) -> int:
     queue = accepted.assign(batch_id=batch_id).join(pivot_weak_labels(weak, taxonomy), on="item_id")
     queue["crawled_at"] = pd.to_datetime(queue["crawled_at"], utc=True)
     queue = queue.sort_values("item_id", kind="mergesort")
-    store.write_parquet(store_layout.review_queue_key(batch_id), _to_table(queue, queue_schema(taxonomy)))
+    store.write_parquet(store_layout.review_queue_key(batch_id), as_table(queue, queue_schema(taxonomy)))
     log.info("review queue %s: %d items", batch_id, len(queue))
     return len(queue)
 
@@ -466,7 +457,7 @@ def queue_batches(store: ObjectStore) -> list[str]:
     return [k[len(prefix) : -len(".parquet")] for k in store.list(prefix) if k.endswith(".parquet")]
 
 
-def _reviewed_rows(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tuple[pd.DataFrame, int]:
+def decided_items(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tuple[pd.DataFrame, int]:
     """The batch's decided items with status and final labels, and the number still pending."""
     queue = read_queue(store, batch_id)
     state = replay(queue, read_decisions(store, batch_id), taxonomy)
@@ -482,48 +473,3 @@ def _reviewed_rows(store: ObjectStore, batch_id: str, taxonomy: Taxonomy) -> tup
             out[f"{attribute}_label_source"] = source  # also says why a label is null (conflict, cleared)
         rows.append(out)
     return pd.DataFrame(rows), len(queue) - len(rows)
-
-
-def build_dataset(store: ObjectStore, batches: list[str] | None = None) -> dict[str, Any]:
-    """Rebuild ``dataset/items.parquet`` from the queues and decisions of ``batches`` (default: every
-    queued batch; the ingest DAG passes the approved ones, see :mod:`pipeline.review.approval`); returns counts.
-
-    The same item_id in several batches: the latest reviewed copy (``crawled_at``, then batch id)
-    wins, and its decision too (a later reject removes an earlier accept). The same image bytes under
-    several item ids: the earliest crawled (then smallest item_id) is kept.
-    """
-    taxonomy = get_settings().taxonomy
-    schema = dataset_schema(taxonomy)
-    queued = queue_batches(store)
-    batches = queued if batches is None else [b for b in queued if b in set(batches)]
-    frames, pending_count = [], 0
-    for batch_id in batches:
-        frame, waiting = _reviewed_rows(store, batch_id, taxonomy)
-        pending_count += waiting
-        if not frame.empty:
-            frames.append(frame)
-    reviewed = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=[*schema.names, "status", "crawled_at"])
-    )
-    latest = reviewed.sort_values(["item_id", "crawled_at", "batch_id"], kind="mergesort").drop_duplicates(
-        "item_id", keep="last"
-    )
-    rejected = int((latest["status"] == REJECT).sum())
-    kept = latest[latest["status"] == ACCEPT]
-    unique = kept.sort_values(["content_sha256", "crawled_at", "item_id"], kind="mergesort").drop_duplicates(
-        "content_sha256", keep="first"
-    )
-    items = unique.sort_values("item_id", kind="mergesort").reset_index(drop=True)
-    store.write_parquet(store_layout.DATASET_ITEMS_KEY, _to_table(items, schema))
-    summary = {
-        "items": len(items),
-        "batches": len(batches),
-        "rejected": rejected,
-        "pending": pending_count,
-        "same_content_dropped": len(kept) - len(unique),
-        "labelled": {a: int(items[a].notna().sum()) if len(items) else 0 for a in taxonomy.names},
-    }
-    log.info("dataset: %s", summary)
-    return summary

@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pipeline.curation.curate import batch_kind
+from pipeline.dataset.build import build_dataset
 from pipeline.review.approval import (
     approval,
     approval_body,
@@ -14,7 +15,7 @@ from pipeline.review.approval import (
     record_rejection,
     withdraw_approval,
 )
-from pipeline.review.queue import Decision, build_dataset, enqueue, record_decisions
+from pipeline.review.queue import Decision, enqueue, record_decisions
 from pipeline.store_layout import hash_index_key, rejection_key
 from tests.pipeline.review.test_review import ITEMS, WEAK, write_batch
 

@@ -4,10 +4,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipeline.dataset.build import build_dataset
 from pipeline.review.queue import (
     Decision,
     apply_policy,
-    build_dataset,
     enqueue,
     pending,
     read_decisions,
@@ -201,38 +201,6 @@ def test_unknown_policy_and_unknown_batch_are_errors(file_store):
         enqueue(file_store, "missing")
     with pytest.raises(ValueError, match="no review queue"):
         pending(file_store, "missing")
-
-
-def test_dataset_dedupes_across_batches_and_is_idempotent(file_store):
-    write_batch(
-        file_store,
-        "b1",
-        "c1",
-        {"i1": "sha1", "i2": "sha2", "i3": "sha3"},
-        [("i1", "pattern", "striped", "query:striped")],
-    )
-    write_batch(
-        file_store,
-        "b2",
-        "c2",
-        {"i1": "sha1-new", "i3": "sha3-new", "i9": "sha2"},
-        [("i1", "pattern", "floral", "query:floral")],
-        day=7,
-    )
-    for batch in ("b1", "b2"):
-        enqueue(file_store, batch)
-        apply_policy(file_store, batch, "auto_accept")
-    record_decisions(file_store, "b2", [Decision("i3", "reject")], reviewer="alice")
-
-    summary = build_dataset(file_store)
-    first = file_store.get_bytes("dataset/items.parquet")
-    items = file_store.read_parquet("dataset/items.parquet").to_pandas().set_index("item_id")
-    # i1: the later batch's copy wins; i3: rejected in the later batch; i9: same bytes as i2, which is older.
-    assert list(items.index) == ["i1", "i2"]
-    assert items.loc["i1", "batch_id"] == "b2" and items.loc["i1", "pattern"] == "floral"
-    assert summary["same_content_dropped"] == 1 and summary["batches"] == 2
-    build_dataset(file_store)
-    assert file_store.get_bytes("dataset/items.parquet") == first
 
 
 def test_relabel_from_null_and_clearing_a_label(file_store):
