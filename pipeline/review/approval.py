@@ -21,11 +21,14 @@ that never entered the dataset.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pipeline.storage import ObjectStore
 from pipeline.store_layout import APPROVALS_PREFIX, approval_key, curation_summary_key, hash_index_key, rejection_key
+
+if TYPE_CHECKING:
+    from pipeline.settings import Taxonomy
 
 INGEST_KIND = "ingest"
 
@@ -123,13 +126,14 @@ def approved_batches(store: ObjectStore) -> list[str]:
     return sorted(k[len(prefix) : -len(".json")] for k in store.list(APPROVALS_PREFIX) if k.endswith(".json"))
 
 
-def batch_review_summary(store: ObjectStore, batch_id: str) -> dict[str, Any]:
-    """Counts an approver needs: the batch's queue by review status, and what curation dropped."""
+def batch_review_summary(store: ObjectStore, batch_id: str, taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+    """Counts an approver needs: the batch's queue by review status, and what curation dropped.
+    ``taxonomy``: default the settings'."""
     from pipeline.review.queue import read_decisions, read_queue, replay  # pandas: only when a task runs
     from pipeline.settings import get_settings
 
     queue = read_queue(store, batch_id)
-    state = replay(queue, read_decisions(store, batch_id), get_settings().taxonomy)
+    state = replay(queue, read_decisions(store, batch_id), taxonomy or get_settings().taxonomy)
     statuses = list(state.status.values())
     curation = store.read_json(curation_summary_key(batch_id))
     return {

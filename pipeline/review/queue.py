@@ -161,9 +161,9 @@ def _batch_crawl_id(store: ObjectStore, batch_id: str) -> str:
     return str(store.read_json(summary_key)["crawl_id"])
 
 
-def enqueue(store: ObjectStore, batch_id: str) -> int:
+def enqueue(store: ObjectStore, batch_id: str, taxonomy: Taxonomy | None = None) -> int:
     """(Re)build the review queue of ``batch_id`` from its accepted items; returns the queue length."""
-    taxonomy = get_settings().taxonomy
+    taxonomy = taxonomy or get_settings().taxonomy
     crawl_id = _batch_crawl_id(store, batch_id)
     accepted = store.read_parquet(store_layout.curation_accepted_key(batch_id)).to_pandas()
     weak_key = store_layout.crawl_weak_labels_key(crawl_id)
@@ -355,7 +355,9 @@ def _log_key(batch_id: str, decided_at: datetime, reviewer: str) -> str:
     return store_layout.review_decision_key(batch_id, stamp, safe_reviewer, uuid.uuid4().hex)
 
 
-def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision], reviewer: str) -> str:
+def record_decisions(
+    store: ObjectStore, batch_id: str, decisions: list[Decision], reviewer: str, taxonomy: Taxonomy | None = None
+) -> str:
     """Validate ``decisions`` and append them to the batch's audit log as one new object; returns its key.
 
     ``old_label`` is the label in effect before each relabel or undo (earlier decisions and earlier
@@ -366,7 +368,7 @@ def record_decisions(store: ObjectStore, batch_id: str, decisions: list[Decision
         raise ValueError("a decision needs a reviewer")
     if not decisions:
         raise ValueError("no decisions to record")
-    taxonomy = get_settings().taxonomy
+    taxonomy = taxonomy or get_settings().taxonomy
     queue = read_queue(store, batch_id)
     queue_items = set(queue["item_id"])
     for decision in decisions:
@@ -419,15 +421,15 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def pending(store: ObjectStore, batch_id: str) -> list[str]:
+def pending(store: ObjectStore, batch_id: str, taxonomy: Taxonomy | None = None) -> list[str]:
     """Queue items that have no final decision (accept, reject or relabel) yet, sorted."""
-    taxonomy = get_settings().taxonomy
+    taxonomy = taxonomy or get_settings().taxonomy
     queue = read_queue(store, batch_id)
     state = replay(queue, read_decisions(store, batch_id), taxonomy)
     return sorted(i for i in queue["item_id"] if i not in state.status)
 
 
-def apply_policy(store: ObjectStore, batch_id: str, policy: str) -> int:
+def apply_policy(store: ObjectStore, batch_id: str, policy: str, taxonomy: Taxonomy | None = None) -> int:
     """Apply a review policy; returns how many decisions it recorded.
 
     ``auto_accept`` accepts every item with no decision at all (a skipped item was seen by a person
@@ -437,7 +439,7 @@ def apply_policy(store: ObjectStore, batch_id: str, policy: str) -> int:
         raise ValueError(f"unknown review policy {policy!r}; expected one of {list(POLICIES)}")
     if policy == "manual":
         return 0
-    taxonomy = get_settings().taxonomy
+    taxonomy = taxonomy or get_settings().taxonomy
     queue = read_queue(store, batch_id)
     state = replay(queue, read_decisions(store, batch_id), taxonomy)
     undecided = sorted(i for i in queue["item_id"] if i not in state.decided)

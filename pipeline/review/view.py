@@ -274,11 +274,17 @@ def sort_items(items: list[ItemView], sort: str = "queue", pending_first: bool =
     return ordered
 
 
-def batch_view(store: ObjectStore, batch_id: str, sort: str = "queue", pending_first: bool = False) -> BatchView:
+def batch_view(
+    store: ObjectStore,
+    batch_id: str,
+    sort: str = "queue",
+    pending_first: bool = False,
+    taxonomy: Taxonomy | None = None,
+) -> BatchView:
     """The batch as the review page shows it."""
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; expected one of {list(SORTS)}")
-    taxonomy = get_settings().taxonomy
+    taxonomy = taxonomy or get_settings().taxonomy
     items = item_views(store, batch_id, taxonomy)
     return BatchView(
         batch_id=batch_id,
@@ -310,9 +316,9 @@ def image_keys(store: ObjectStore, batch_id: str) -> dict[str, str]:
     return keys
 
 
-def batch_summaries(store: ObjectStore) -> list[dict[str, Any]]:
+def batch_summaries(store: ObjectStore, taxonomy: Taxonomy | None = None) -> list[dict[str, Any]]:
     """Every batch with a review queue and its counts (items, pending, accepted, rejected), sorted."""
-    taxonomy = get_settings().taxonomy
+    taxonomy = taxonomy or get_settings().taxonomy
     summaries = []
     for batch_id in sorted(queue_batches(store)):
         queue = read_queue(store, batch_id)

@@ -79,7 +79,7 @@ def _state_update(request: Request, batch_id: str, item_ids: set[str]) -> dict[s
     """The changed items and the batch's new counts, for the page to update in place."""
     from pipeline.review.view import BatchView, item_views
 
-    items = item_views(context(request).store, batch_id)
+    items = item_views(context(request).store, batch_id, context(request).taxonomy)
     counts = BatchView(batch_id=batch_id, attributes={}, has_predictions=False, items=items).counts()
     return {"counts": counts, "items": [item.to_json() for item in items if item.item_id in item_ids]}
 
@@ -93,7 +93,7 @@ def me(request: Request) -> dict[str, str]:
 def batches(request: Request) -> dict[str, Any]:
     from pipeline.review.view import batch_summaries
 
-    return {"batches": batch_summaries(context(request).store)}
+    return {"batches": batch_summaries(context(request).store, context(request).taxonomy)}
 
 
 @router.get("/batches/{batch_id}/items")
@@ -106,7 +106,8 @@ def items(
     from pipeline.review.view import batch_view
 
     batch_id = checked_batch(request, batch_id)
-    return batch_view(context(request).store, batch_id, sort, pending_first).to_json()
+    ctx = context(request)
+    return batch_view(ctx.store, batch_id, sort, pending_first, ctx.taxonomy).to_json()
 
 
 @router.get("/batches/{batch_id}/images/{item_id}")
@@ -132,7 +133,8 @@ def decisions(request: Request, batch_id: str, body: DecisionsIn) -> dict[str, A
     batch_id = checked_batch(request, batch_id)
     wanted = [Decision(d.item_id, d.decision, d.attribute, d.new_label, d.reason) for d in body.decisions]
     try:
-        key = record_decisions(context(request).store, batch_id, wanted, reviewer=reviewer(request))
+        ctx = context(request)
+        key = record_decisions(ctx.store, batch_id, wanted, reviewer=reviewer(request), taxonomy=ctx.taxonomy)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     return {"log_key": key, "recorded": len(wanted), **_state_update(request, batch_id, {d.item_id for d in wanted})}
@@ -146,7 +148,7 @@ def accept_page(request: Request, batch_id: str, body: AcceptPageIn) -> dict[str
 
     store = context(request).store
     batch_id = checked_batch(request, batch_id)
-    status = {item.item_id: item.status for item in item_views(store, batch_id)}
+    status = {item.item_id: item.status for item in item_views(store, batch_id, context(request).taxonomy)}
     unknown = sorted(set(body.item_ids) - set(status))
     if unknown:
         raise HTTPException(400, f"not in the review queue of batch {batch_id!r}: {unknown[:5]}")
@@ -158,6 +160,7 @@ def accept_page(request: Request, batch_id: str, body: AcceptPageIn) -> dict[str
             batch_id,
             [Decision(i, ACCEPT, reason=ACCEPT_PAGE_REASON) for i in pending],
             reviewer=reviewer(request),
+            taxonomy=context(request).taxonomy,
         )
     return {
         "log_key": key,

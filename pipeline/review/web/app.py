@@ -35,7 +35,7 @@ from pipeline.review.web import auth
 from pipeline.store_layout import REVIEWERS_KEY
 
 if TYPE_CHECKING:
-    from pipeline.settings import ReviewSettings
+    from pipeline.settings import ReviewSettings, Taxonomy
     from pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class ReviewContext:
         secure_cookie: bool | None,
         cache_ttl_s: float,
         settings: ReviewSettings,
+        taxonomy: Taxonomy,
     ) -> None:
         self._store_factory = store_factory
         self._store: ObjectStore | None = None
@@ -80,6 +81,7 @@ class ReviewContext:
         self.secure_cookie = secure_cookie
         self.cache_ttl_s = cache_ttl_s
         self.settings = settings
+        self.taxonomy = taxonomy
         self.throttle = auth.LoginThrottle(
             lambda: self.store,
             settings.free_login_failures,
@@ -418,13 +420,15 @@ def create_app(
     app = FastAPI(title="FashionNet review", docs_url=None, redoc_url=None, openapi_url=None)
     from pipeline.settings import get_settings
 
-    settings = dataclasses.replace(get_settings().review, **(review_settings or {}))
+    loaded = get_settings()  # read once: the routes take the review section and the taxonomy from the context
+    settings = dataclasses.replace(loaded.review, **(review_settings or {}))
     app.state.review = ReviewContext(
         store_factory,
         auth.SessionSigner(auth.session_secret(secret), session_max_age_s),
         secure_cookie,
         cache_ttl_s,
         settings,
+        loaded.taxonomy,
     )
     add_page_routes(app)
     app.include_router(router, prefix="/api")
