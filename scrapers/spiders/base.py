@@ -34,7 +34,7 @@ from scrapy.pipelines.media import MediaPipeline
 from scrapy.utils.misc import load_object
 from scrapy.utils.sitemap import Sitemap
 
-from pipeline.settings import get_settings
+from pipeline.settings import Settings, get_settings
 from scrapers.extract import extract_product
 from scrapers.items import ProductItem, WeakLabelItem, item_id_for
 from scrapers.seen import LASTMOD_UNCHANGED_STAT, NOT_MODIFIED_STAT, seen_tracker
@@ -116,15 +116,17 @@ class ShopSpider(scrapy.Spider):
         super().__init__(**kwargs)
         self.retailer = retailer
         self.crawl_id = validate_crawl_id(crawl_id)
-        self.retailer_config: dict[str, Any] = dict(get_settings().retailers.get(retailer) or {})
+        #: FashionNet's settings (config/settings.yaml), read once per spider; Scrapy's own are ``self.settings``.
+        self.project_settings: Settings = get_settings()
+        self.retailer_config: dict[str, Any] = dict(self.project_settings.retailers.get(retailer) or {})
         if not self.retailer_config and not start_url:
             raise ValueError(
-                f"unknown retailer {retailer!r} and no start_url; known: {sorted(get_settings().retailers)}"
+                f"unknown retailer {retailer!r} and no start_url; known: {sorted(self.project_settings.retailers)}"
             )
         self.start_url = start_url
         self.base_url = str(self.retailer_config.get("base_url") or _origin(start_url or "")).rstrip("/")
         self._labeller: WeakLabeller | None = None
-        crawl = get_settings().crawl
+        crawl = self.project_settings.crawl
         #: (url, reason) of pages that gave no product, the first ``max_listed_pages_without_product``.
         self.pages_without_product: list[dict[str, str]] = []
         self.max_listed_pages_without_product = crawl.max_listed_pages_without_product
@@ -234,7 +236,7 @@ class ShopSpider(scrapy.Spider):
     @property
     def labeller(self) -> WeakLabeller:
         if self._labeller is None:
-            self._labeller = WeakLabeller.from_settings()
+            self._labeller = WeakLabeller.from_settings(self.project_settings)
         return self._labeller
 
     def parse_product(self, response: Response) -> Iterator[ProductItem | WeakLabelItem]:

@@ -13,7 +13,6 @@ import scrapy
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
-from pipeline.settings import get_settings
 from scrapers.spiders.base import ShopSpider
 
 DEFAULT_LISTING_LINK_CSS = 'a[href*="/catalog"]::attr(href)'
@@ -24,7 +23,7 @@ class CatalogSpider(ShopSpider):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_listing_pages = get_settings().crawl.catalog_max_listing_pages
+        self.max_listing_pages = self.project_settings.crawl.catalog_max_listing_pages
 
     def listing_cap(self) -> int:
         return self.max_listing_pages

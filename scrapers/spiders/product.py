@@ -24,7 +24,6 @@ from typing import Any
 import scrapy
 from scrapy.http import Response
 
-from pipeline.settings import get_settings
 from scrapers.spiders.base import NEXT_LINK_CSS, ShopSpider, same_site
 
 ENTRY_ARGUMENTS = ("sitemap_url", "listing_url", "urls", "urls_file")
@@ -65,7 +64,7 @@ class ProductSpider(ShopSpider):
         entry = sitemap_url or listing_url or (self.product_urls[0] if self.product_urls else "")
         super().__init__(retailer=retailer, crawl_id=crawl_id, start_url=entry, **kwargs)
         self.sitemap_url, self.listing_url = sitemap_url, listing_url
-        config = get_settings().crawl.product_spider
+        config = self.project_settings.crawl.product_spider
         self.product_link_pattern = re.compile(config.product_link_pattern)
         self.pagination_pattern = re.compile(config.pagination_pattern)
         self.max_listing_pages = config.max_listing_pages

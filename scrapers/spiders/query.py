@@ -18,7 +18,7 @@ from urllib.parse import quote_plus
 import scrapy
 from scrapy.http import Response
 
-from pipeline.settings import get_settings, search_queries
+from pipeline.settings import search_queries
 from scrapers.items import WeakLabelItem, item_id_for
 from scrapers.spiders.base import ShopSpider
 
@@ -28,7 +28,7 @@ class QuerySpider(ShopSpider):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        crawl = get_settings().crawl
+        crawl = self.project_settings.crawl
         self.structured_weak_labels = crawl.weak_labels.in_query_spider
         self.max_result_pages = crawl.query_max_result_pages
 
@@ -42,7 +42,7 @@ class QuerySpider(ShopSpider):
         return template.format(base_url=self.base_url, query=quote_plus(query))
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
-        settings = get_settings()
+        settings = self.project_settings
         for attribute in settings.taxonomy.names:
             for label in settings.taxonomy.classes(attribute):
                 for query in search_queries(settings.crawl, label):

@@ -30,7 +30,6 @@ import scrapy
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
-from pipeline.settings import get_settings
 from scrapers.extract import check_price, plain_text
 from scrapers.items import ProductItem, WeakLabelItem, item_id_for
 from scrapers.middlewares import FAILED_STAT
@@ -98,7 +97,7 @@ class ShopifySpider(ShopSpider):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        crawl = get_settings().crawl
+        crawl = self.project_settings.crawl
         self.max_pages = crawl.shopify_max_pages
         self.max_bad_pages = crawl.shopify_max_bad_pages
         self.currency: str | None = self.retailer_config.get("currency")
