@@ -37,6 +37,8 @@ from fashionnet_common import (
     reject_unknown_params,
 )
 
+from pipeline.settings import get_settings
+
 # A batch nobody approves within this time is rejected (ApprovalOperator's default option).
 APPROVAL_TIMEOUT_HOURS = 72
 
@@ -53,7 +55,7 @@ PARAMS = {
             "manual": "manual: reviewers decide, a person approves",
         },
         description="Which gate the run's batches pass. Empty: the configured policy "
-        "(auto_accept on the embedded default)",
+        f"(curation.review_policy, {get_settings().curation.review_policy})",
     ),
 }
 

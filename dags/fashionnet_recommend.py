@@ -30,6 +30,7 @@ from fashionnet_common import (
     whole,
 )
 
+from pipeline.settings import get_settings
 from pipeline.store_layout import USERS_PREFIX
 
 # The task bodies' logger (the task log under Airflow), named: a DagBag imports this file as
@@ -40,6 +41,9 @@ logger = logging.getLogger("dags.fashionnet_recommend")
 # characters.
 IMAGE_KEY_PATTERN = whole(re.escape(USERS_PREFIX) + r"/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9][^/\\\x00-\x1f\x7f]*")
 SCORES = ["matches", "weighted", "embedding", "hybrid"]
+
+# The trigger form says what an empty field means, from the settings (read at parse time: YAML only).
+CONFIGURED = get_settings().recommend
 
 # Declared for Airflow's trigger form (see fashionnet_common): optional fields have "null" in their type,
 # ranges are refused with their reason instead of clamped, the score's empty choice is labelled.
@@ -66,7 +70,7 @@ PARAMS = {
         type=["null", "integer"],
         **bounds(1, 100),
         title="How many",
-        description="How many items to recommend, 1 to 100 (empty: the settings' recommend.k, 10)",
+        description=f"How many items to recommend, 1 to 100 (empty: the settings' recommend.k, {CONFIGURED.k})",
     ),
     "score": Param(
         None,
@@ -74,7 +78,7 @@ PARAMS = {
         enum=[None, *SCORES],
         title="Score",
         values_display={
-            "null": "as configured (recommend.score: hybrid)",
+            "null": f"as configured (recommend.score: {CONFIGURED.score})",
             "matches": "matches",
             "weighted": "weighted",
             "embedding": "embedding",
@@ -88,7 +92,7 @@ PARAMS = {
         **bounds(0, 1),
         title="Relevance vs. diversity",
         description="From 0 to 1: 1 = relevance only, lower = more diverse (empty: the settings' "
-        "recommend.mmr_lambda, 0.7)",
+        f"recommend.mmr_lambda, {CONFIGURED.mmr_lambda})",
     ),
     "retailers": Param(
         [],
