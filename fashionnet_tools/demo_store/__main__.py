@@ -1,4 +1,4 @@
-"""``python -m scrapers.demo_store --site DIR --port N [--products N]``: build (if missing) and serve."""
+"""``python -m fashionnet_tools.demo_store --site DIR --port N [--products N]``: build (if missing) and serve."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from scrapers.demo_store.server import DemoStoreServer
-from scrapers.demo_store.site import build_site, site_exists
+from fashionnet_tools.demo_store.server import DemoStoreServer
+from fashionnet_tools.demo_store.site import build_site, site_exists
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from scrapers.demo_store.catalog import ATTRIBUTES, DemoProduct, generate_catalog
-from scrapers.demo_store.draw import draw_garment
+from fashionnet_tools.demo_store.catalog import ATTRIBUTES, DemoProduct, generate_catalog
+from fashionnet_tools.demo_store.draw import draw_garment
 
 CATALOG_FILE = "catalog.json"
 GROUND_TRUTH_FILE = "ground_truth.csv"
