@@ -27,6 +27,8 @@ COPY --chown=airflow:root pipeline /opt/fashionnet/pipeline
 COPY --chown=airflow:root models /opt/fashionnet/models
 COPY --chown=airflow:root scrapers /opt/fashionnet/scrapers
 COPY --chown=airflow:root plugins /opt/fashionnet/plugins
+# The tools: the demo-store service (docker-compose.yml, profile demo) runs fashionnet_tools.demo_store.
+COPY --chown=airflow:root fashionnet_tools /opt/fashionnet/fashionnet_tools
 # The project on PYTHONPATH (tasks import pipeline, models, scrapers; the plugin imports pipeline); its DAGs
 # and plugins folders (docker-compose.yml sets the same).
 ENV PYTHONPATH=/opt/fashionnet \

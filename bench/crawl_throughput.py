@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:
 SERVE = """
 import sys
 from pathlib import Path
-from scrapers.demo_store import server
+from fashionnet_tools.demo_store import server
 if sys.argv[3] == "tuned":
     server._StoreHTTPServer.request_queue_size = 256
     server._Handler.disable_nagle_algorithm = True
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="measure capacity and crawl this many times each")
     parser.add_argument("--stock-server", action="store_true", help="serve without the backlog and TCP_NODELAY tuning")
     args = parser.parse_args(argv)
-    from scrapers.demo_store.site import build_site, load_catalog
+    from fashionnet_tools.demo_store.site import build_site, load_catalog
 
     work = Path(tempfile.mkdtemp(prefix="fashionnet-bench-"))
     site = build_site(work / "site", n_products=args.products, seed=1)

@@ -141,11 +141,11 @@ def hash_photos(paths: list[Path], names: tuple[str, ...], processes: int) -> di
 
 
 def demo_pictures(seed: int, n: int = DEMO_PRODUCTS) -> Hashed:
-    """The demo site's product pictures for ``seed`` (as scrapers.demo_store.site.build_site draws and
+    """The demo site's product pictures for ``seed`` (as fashionnet_tools.demo_store.site.build_site draws and
     encodes them), hashed."""
-    from scrapers.demo_store.catalog import generate_catalog
-    from scrapers.demo_store.draw import draw_garment
-    from scrapers.demo_store.site import JPEG_QUALITY
+    from fashionnet_tools.demo_store.catalog import generate_catalog
+    from fashionnet_tools.demo_store.draw import draw_garment
+    from fashionnet_tools.demo_store.site import JPEG_QUALITY
 
     rows = []
     for product in generate_catalog(n, seed):
@@ -365,9 +365,9 @@ def crop_variant(paths: list[Path], config: Config, processes: int, demo_seeds: 
 
 
 def _demo_levels(seed: int) -> tuple[Hashed, dict[str, Hashed]]:
-    from scrapers.demo_store.catalog import generate_catalog
-    from scrapers.demo_store.draw import draw_garment
-    from scrapers.demo_store.site import JPEG_QUALITY
+    from fashionnet_tools.demo_store.catalog import generate_catalog
+    from fashionnet_tools.demo_store.draw import draw_garment
+    from fashionnet_tools.demo_store.site import JPEG_QUALITY
 
     full, levels = [], {name: [] for name in CROP_LEVELS}
     for product in generate_catalog(DEMO_PRODUCTS, seed):

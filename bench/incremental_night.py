@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scrapers.demo_store.server import DemoStoreServer  # noqa: E402
-from scrapers.demo_store.site import build_site  # noqa: E402
+from fashionnet_tools.demo_store.server import DemoStoreServer  # noqa: E402
+from fashionnet_tools.demo_store.site import build_site  # noqa: E402
 
 MODES = ("full", "lastmod", "etag")
 OVERRIDES = {

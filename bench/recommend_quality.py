@@ -39,7 +39,7 @@ features at 224 px (``models.network.build_backbone``, weights converted offline
 keeping the networks' probabilities. Nothing is trained. Vectors are cached under ``--cache``.
 
 Demo data: ``--demo-styles`` random style tuples, ``--per-style`` garments drawn for each with
-``scrapers.demo_store.draw.draw_garment`` (new random seeds: never seen in training), plus a
+``fashionnet_tools.demo_store.draw.draw_garment`` (new random seeds: never seen in training), plus a
 600-product demo catalog (seed 99) as further distractors.
 
     python -m bench.recommend_quality [--datasets demo real] [--users 100] [--k 10] [--out results.json]
@@ -79,9 +79,9 @@ class Pool:
 
 
 def demo_pool(styles: int, per_style: int, catalog: int, seed: int = 5) -> Pool:
+    from fashionnet_tools.demo_store.catalog import ATTRIBUTES, generate_catalog
+    from fashionnet_tools.demo_store.draw import draw_garment
     from pipeline.settings import get_settings
-    from scrapers.demo_store.catalog import ATTRIBUTES, generate_catalog
-    from scrapers.demo_store.draw import draw_garment
 
     taxonomy = get_settings().taxonomy
     rng = random.Random(seed)

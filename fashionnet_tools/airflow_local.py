@@ -194,8 +194,8 @@ def start_demo_store(args: argparse.Namespace, env: dict[str, str]):
     port is taken."""
     from urllib.parse import urlsplit
 
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site, site_exists
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site, site_exists
 
     base = demo_store_base(env)
     if args.demo_store == "off" or (args.demo_store == "auto" and base is None):
@@ -222,7 +222,7 @@ def demo_store_command(args: argparse.Namespace, env: dict[str, str]) -> str:
     from urllib.parse import urlsplit
 
     port = args.demo_store_port or urlsplit(demo_store_base(env) or "http://127.0.0.1:8765").port or 8765
-    return f"cd {REPO_ROOT} && {sys.executable} -m scrapers.demo_store --site {args.demo_site} --port {port}"
+    return f"cd {REPO_ROOT} && {sys.executable} -m fashionnet_tools.demo_store --site {args.demo_site} --port {port}"
 
 
 def ensure_demo_user(env: dict[str, str], site: Path) -> list[str]:

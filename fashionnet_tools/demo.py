@@ -120,7 +120,7 @@ def run_dag(dag: Any, conf: dict[str, Any] | None = None, mark_success_pattern: 
 
 
 def upload_user_images(store: Any, site_dir: Path) -> list[str]:
-    from scrapers.demo_store.site import make_user_images
+    from fashionnet_tools.demo_store.site import make_user_images
 
     paths = make_user_images(site_dir / "user-photos", n=4, seed=11, **DEMO_USER_STYLE)
     return [store.put_bytes(store_layout.user_image_key(DEMO_USER, path.name), path.read_bytes()) for path in paths]
@@ -129,9 +129,9 @@ def upload_user_images(store: Any, site_dir: Path) -> list[str]:
 def truth_accuracy(store: Any, site_dir: Path) -> dict[str, float]:
     """Accuracy of the repository's fashion vectors against the demo store's hidden true labels,
     on the items of the dataset's test split (never seen in training)."""
+    from fashionnet_tools.demo_store.site import load_ground_truth
     from pipeline.repository.dataset import read_repository
     from pipeline.settings import get_settings
-    from scrapers.demo_store.site import load_ground_truth
 
     attributes = get_settings().taxonomy.names
     repository = read_repository(store, columns=["item_id", "product_url", *attributes]).to_pandas()
@@ -217,8 +217,8 @@ def run(args: argparse.Namespace) -> int:
     configure_environment(args)
     migrate_metadata_db()
 
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site
 
     site_dir = args.work_dir / "demo-store"
     if not (site_dir / "catalog.json").exists():

@@ -9,7 +9,7 @@ Floors, bottom up:
 * the pipeline stages (:data:`STAGES`, one sub-package of ``pipeline/`` each, in the order the DAGs run
   them): anything below, and each other;
 * DAG files and the tools (:data:`TOOLS`, the package ``fashionnet_tools/``: the ``fashionnet`` command,
-  the demo driver, the Airflow launcher): on top, imported by nothing in the library.
+  the demo driver, the demo store, the Airflow launcher): on top, imported by nothing in the library.
 
 The ground floor is the top-level modules of ``pipeline/``; every other module of ``pipeline/`` belongs
 to a stage (:func:`test_every_pipeline_module_is_on_the_ground_floor_or_in_a_stage`). No import goes up

@@ -6,7 +6,7 @@ HTTP servers of the project (found by :func:`test_every_http_server_in_the_proje
 * the review page (``pipeline/review/web``), standalone (``python -m pipeline.review.web serve``) and inside
   Airflow's api-server (``plugins/fashionnet_review.py``, which Airflow serves without its own login): every
   route, enumerated from the app's router, is tried with every method;
-* the demo store (``scrapers/demo_store``): a fake retailer's public web shop, the crawlers' target. It is
+* the demo store (``fashionnet_tools/demo_store``): a fake retailer's public web shop, the crawlers' target. It is
   public by design (a shop is), read-only (GET only) and serves nothing but its generated pages;
 * in the Docker deployment, the published services (Airflow's UI and API, MinIO, optional Flower).
 
@@ -221,8 +221,8 @@ KNOWN_SERVERS = {
     "pipeline/review/web/api.py": "the review page's JSON API (a router of the same app), tested below",
     "pipeline/review/web/__main__.py": "serves the review page standalone (uvicorn), tested below",
     "plugins/fashionnet_review.py": "mounts the review page in Airflow's api-server, tested below",
-    "scrapers/demo_store/server.py": "the demo store: a fake retailer's public shop, public by design",
-    "scrapers/demo_store/__main__.py": "serves the demo store (its CLI), public by design",
+    "fashionnet_tools/demo_store/server.py": "the demo store: a fake retailer's public shop, public by design",
+    "fashionnet_tools/demo_store/__main__.py": "serves the demo store (its CLI), public by design",
 }
 
 
@@ -401,8 +401,8 @@ def test_the_review_app_inside_airflow_refuses_every_route_without_a_session(sto
 def test_the_demo_store_is_a_public_read_only_shop(tmp_path):
     import http.client
 
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site
 
     site = build_site(tmp_path / "site", n_products=2, seed=1)
     with DemoStoreServer(site) as shop:

@@ -693,9 +693,9 @@ def measure_chain(default_workers: int, products: int, timeout_s: float = 1800) 
 
     sys.path.insert(0, str(REPO_ROOT))
     from fashionnet_tools.demo import upload_user_images
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site
     from pipeline.storage import ObjectStore
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
 
     root = Path(tempfile.mkdtemp(prefix="fashionnet-celery-"))
     s3_port = _free_port()

@@ -59,10 +59,10 @@ def main() -> int:
 
     import os
 
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site
     from pipeline.settings import get_settings
     from pipeline.storage import open_store
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
 
     seen: set[str] = set()
     ingest = None

@@ -101,8 +101,8 @@ def main() -> int:
     configure_environment(argparse.Namespace(work_dir=cli.work_dir, store=cli.store, profile=str(profile)))
     migrate_metadata_db()
 
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site
 
     site_dir = cli.work_dir / "demo-store"
     build_site(site_dir, n_products=12, seed=5)

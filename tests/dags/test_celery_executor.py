@@ -102,9 +102,9 @@ def chain(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     if reason:
         pytest.skip(reason)
     from fashionnet_tools.demo import upload_user_images
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site
     from pipeline.storage import ObjectStore
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
 
     root = tmp_path_factory.mktemp("celery")
     build_site(root / "site", n_products=PRODUCTS, seed=7)

@@ -133,7 +133,7 @@ def test_the_embedded_default_gets_its_shop_a_demo_user_and_unpaused_dags(tmp_pa
     assert demo_store_base(remote) is None and start_demo_store(args, remote) is None
     assert start_demo_store(parse_args(["--demo-store", "off"]), dict(env)) is None
     command = demo_store_command(args, env)
-    assert command.startswith(f"cd {REPO_ROOT} && {sys.executable} -m scrapers.demo_store --site ")
+    assert command.startswith(f"cd {REPO_ROOT} && {sys.executable} -m fashionnet_tools.demo_store --site ")
 
 
 def _ignore_sigint() -> None:

@@ -314,8 +314,8 @@ def test_crawl_runs_for_real_from_another_directory_on_a_relative_url_file(tmp_p
     relative to a directory outside the repository."""
     import urllib.request
 
-    from scrapers.demo_store.server import DemoStoreServer
-    from scrapers.demo_store.site import build_site
+    from fashionnet_tools.demo_store.server import DemoStoreServer
+    from fashionnet_tools.demo_store.site import build_site
     from scrapers.spiders.base import sitemap_entries
 
     with DemoStoreServer(build_site(tmp_path / "site", n_products=4, seed=3)) as shop:

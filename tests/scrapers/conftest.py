@@ -1,24 +1,8 @@
-"""A small built demo site and its server, shared by the scraper tests of a module."""
+"""The spiders' tests crawl a small built demo site and its server, shared by the tests of a module
+(the demo store's fixtures, :mod:`tests.fashionnet_tools.demo_store.fixtures`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from tests.fashionnet_tools.demo_store.fixtures import N_PRODUCTS, demo_server, demo_site
 
-import pytest
-
-from scrapers.demo_store.server import DemoStoreServer
-from scrapers.demo_store.site import build_site
-
-N_PRODUCTS = 40
-
-
-@pytest.fixture(scope="module")
-def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_site(tmp_path_factory.mktemp("site"), n_products=N_PRODUCTS, seed=3)
-
-
-@pytest.fixture(scope="module")
-def demo_server(demo_site: Path) -> Iterator[DemoStoreServer]:
-    with DemoStoreServer(demo_site) as server:
-        yield server
+__all__ = ["N_PRODUCTS", "demo_server", "demo_site"]

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from fashionnet_tools.demo_store.server import DemoStoreServer, search_matches
+from fashionnet_tools.demo_store.site import build_site, load_catalog
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 from scrapers.crawl import CrawlError, CrawlTimeout, CrawlUnreachable, check_crawl, run_crawl
-from scrapers.demo_store.server import DemoStoreServer, search_matches
-from scrapers.demo_store.site import build_site, load_catalog
 from scrapers.items import item_id_for
 from scrapers.pipelines import PRODUCTS_SCHEMA, WEAK_LABELS_SCHEMA
 
-N_PRODUCTS = 40  # the size of the demo_site fixture (tests/scrapers/conftest.py)
+N_PRODUCTS = 40  # the size of the demo_site fixture (tests/fashionnet_tools/demo_store/fixtures.py)
 
 
 def point_at(monkeypatch: pytest.MonkeyPatch, store: ObjectStore, server: DemoStoreServer) -> None:

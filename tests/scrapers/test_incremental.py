@@ -10,12 +10,12 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pytest
 
+from fashionnet_tools.demo_store.server import DemoStoreServer
+from fashionnet_tools.demo_store.site import build_site
 from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 from pipeline.store_layout import seen_key
 from scrapers.crawl import run_crawl
-from scrapers.demo_store.server import DemoStoreServer
-from scrapers.demo_store.site import build_site
 from scrapers.seen import SEEN_SCHEMA, SeenSet, SeenTracker, fingerprint, parse_flag, parse_lastmod
 from tests.scrapers.test_shopify import ShopifyShop, shopify_product
 

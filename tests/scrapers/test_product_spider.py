@@ -237,7 +237,7 @@ def test_needs_exactly_one_entry_point(store, shop):
 def test_query_spider_adds_structured_weak_labels(file_store: ObjectStore, demo_server, demo_site, monkeypatch):
     """The query spider labels products by search and by their own name/description; the name-based
     labels agree with the demo store's hidden truth except where the shop text is noisy."""
-    from scrapers.demo_store.site import load_ground_truth
+    from fashionnet_tools.demo_store.site import load_ground_truth
 
     monkeypatch.setenv("FASHIONNET_STORE", file_store.uri)
     monkeypatch.setenv("FASHIONNET_SHOP_URL", demo_server.base_url)

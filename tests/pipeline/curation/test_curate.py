@@ -332,9 +332,9 @@ def demo_catalog_images(n: int = 240, seed: int = 7) -> dict[str, bytes]:
     """The demo site's product pictures (``make demo`` builds seed 7 with 240 products), by sku."""
     import random
 
-    from scrapers.demo_store.catalog import generate_catalog
-    from scrapers.demo_store.draw import draw_garment
-    from scrapers.demo_store.site import JPEG_QUALITY
+    from fashionnet_tools.demo_store.catalog import generate_catalog
+    from fashionnet_tools.demo_store.draw import draw_garment
+    from fashionnet_tools.demo_store.site import JPEG_QUALITY
 
     return {
         p.sku: jpeg(draw_garment(p.pattern, p.fabric, p.style, p.shape, random.Random(f"{seed}:{p.sku}")), JPEG_QUALITY)

@@ -358,10 +358,10 @@ def test_a_brightened_copy_is_a_near_duplicate():
 
 
 def demo_pictures(seed: int = 7, n: int = 240) -> list[tuple[object, Image.Image]]:
-    """The demo site's catalog pictures, drawn and JPEG-encoded as scrapers.demo_store.site does."""
-    from scrapers.demo_store.catalog import generate_catalog
-    from scrapers.demo_store.draw import draw_garment
-    from scrapers.demo_store.site import JPEG_QUALITY
+    """The demo site's catalog pictures, drawn and JPEG-encoded as fashionnet_tools.demo_store.site does."""
+    from fashionnet_tools.demo_store.catalog import generate_catalog
+    from fashionnet_tools.demo_store.draw import draw_garment
+    from fashionnet_tools.demo_store.site import JPEG_QUALITY
 
     return [
         (
@@ -408,7 +408,7 @@ def test_no_two_products_of_the_demo_store_are_merged_and_copies_of_them_are():
 def test_a_colour_variant_of_a_demo_silhouette_is_not_merged_even_mirrored():
     """The same drawing (one random state: silhouette, pattern, fabric, background) in another style's
     colours is another product, also when one of them is mirrored."""
-    from scrapers.demo_store.draw import draw_garment
+    from fashionnet_tools.demo_store.draw import draw_garment
 
     p, d, mad = shipped_thresholds()
     for k in range(8):

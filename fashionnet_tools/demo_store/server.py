@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-from scrapers.demo_store.site import CATALOG_FILE, IMAGES_DIR, load_catalog
+from fashionnet_tools.demo_store.site import CATALOG_FILE, IMAGES_DIR, load_catalog
 
 PAGE_SIZE = 24
 _WORD = re.compile(r"[a-z0-9]+")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashionnet_tools.demo_store.catalog import ATTRIBUTES, generate_catalog
+from fashionnet_tools.demo_store.draw import draw_garment
 from pipeline.settings import get_settings
-from scrapers.demo_store.catalog import ATTRIBUTES, generate_catalog
-from scrapers.demo_store.draw import draw_garment
 
 BASE = {"pattern": "solid", "fabric": "cotton", "style": "casual", "shape": "half-sleeve"}
 

@@ -18,8 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from scrapers.demo_store.catalog import ATTRIBUTES, DemoProduct, generate_catalog
-from scrapers.demo_store.draw import draw_garment
+from fashionnet_tools.demo_store.catalog import ATTRIBUTES, DemoProduct, generate_catalog
+from fashionnet_tools.demo_store.draw import draw_garment
+from pipeline.settings import Settings, get_settings
 
 CATALOG_FILE = "catalog.json"
 GROUND_TRUTH_FILE = "ground_truth.csv"
@@ -32,12 +33,15 @@ def _image_rng(seed: int, sku: str) -> random.Random:
     return random.Random(f"{seed}:{sku}")
 
 
-def build_site(out_dir: Path, n_products: int = 240, seed: int = 7) -> Path:
-    """Write the site for ``n_products`` seeded products into ``out_dir``; returns ``out_dir``."""
+def build_site(out_dir: Path, n_products: int = 240, seed: int = 7, settings: Settings | None = None) -> Path:
+    """Write the site for ``n_products`` seeded products into ``out_dir``; returns ``out_dir``.
+
+    ``settings`` (read here when not given) names the taxonomy's classes and their search words."""
+    settings = settings if settings is not None else get_settings()
     out_dir = Path(out_dir)
     images = out_dir / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
-    products = generate_catalog(n_products, seed)
+    products = generate_catalog(n_products, seed, settings)
     for product in products:
         picture = draw_garment(
             product.pattern, product.fabric, product.style, product.shape, _image_rng(seed, product.sku)

@@ -98,10 +98,12 @@ def _noisy_words(
 
 
 def generate_catalog(n_products: int, seed: int, settings: Settings | None = None) -> list[DemoProduct]:
-    """``n_products`` products, each attribute drawn uniformly and independently; deterministic per seed."""
+    """``n_products`` products, each attribute drawn uniformly and independently; deterministic per seed.
+
+    ``settings`` (read here when not given) names the taxonomy's classes and their search words."""
     if n_products < 0:
         raise ValueError(f"n_products must be >= 0, got {n_products}")
-    settings = settings or get_settings()
+    settings = settings if settings is not None else get_settings()
     missing = [a for a in ATTRIBUTES if a not in settings.taxonomy.attributes]
     if missing:
         raise ValueError(f"the demo store draws {ATTRIBUTES}; the taxonomy lacks {missing}")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scrapers.demo_store.server import PAGE_SIZE, DemoStoreServer, search_matches
-from scrapers.demo_store.site import build_site, load_catalog, load_ground_truth, make_user_images
+from fashionnet_tools.demo_store.server import PAGE_SIZE, DemoStoreServer, search_matches
+from fashionnet_tools.demo_store.site import build_site, load_catalog, load_ground_truth, make_user_images
 
 
 def get(url: str) -> tuple[int, str, bytes]:

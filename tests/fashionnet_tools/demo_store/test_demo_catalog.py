@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
+from fashionnet_tools.demo_store.catalog import ATTRIBUTES, NOISE_RATE, generate_catalog
+from fashionnet_tools.demo_store.server import search_matches, words
 from pipeline.settings import get_settings
-from scrapers.demo_store.catalog import ATTRIBUTES, NOISE_RATE, generate_catalog
-from scrapers.demo_store.server import search_matches, words
 
 
 def test_catalog_is_deterministic_per_seed():

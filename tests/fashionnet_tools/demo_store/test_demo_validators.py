@@ -6,7 +6,7 @@ import urllib.request
 from email.utils import parsedate_to_datetime
 from urllib.error import HTTPError
 
-from scrapers.demo_store.server import DemoStoreServer
+from fashionnet_tools.demo_store.server import DemoStoreServer
 from scrapers.spiders.base import sitemap_lastmods
 
 

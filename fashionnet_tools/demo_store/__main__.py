@@ -1,4 +1,4 @@
-"""``python -m scrapers.demo_store --site DIR --port N [--products N]``: build (if missing) and serve."""
+"""``python -m fashionnet_tools.demo_store --site DIR --port N [--products N]``: build (if missing) and serve."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
-from scrapers.demo_store.server import DemoStoreServer
-from scrapers.demo_store.site import build_site, site_exists
+from fashionnet_tools.demo_store.server import DemoStoreServer
+from fashionnet_tools.demo_store.site import build_site, site_exists
+from pipeline.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the lines as printed before
     if not site_exists(args.site):
-        logger.info(f"building {args.products} products into {args.site}")
-        build_site(args.site, n_products=args.products, seed=args.seed)
+        logger.info("building %d products into %s", args.products, args.site)
+        build_site(args.site, n_products=args.products, seed=args.seed, settings=get_settings())
     # Ctrl-C (SIGINT) stops the store even when it inherited SIGINT ignored (a shell's background job, a
     # parent that ignores it): Python keeps an inherited SIG_IGN, and the store would then never stop.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     server = DemoStoreServer(args.site, host=args.host, port=args.port).start()
-    print(f"demo store at {server.base_url} (Ctrl-C stops)", flush=True)
+    logger.info("demo store at %s (Ctrl-C stops)", server.base_url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
