@@ -203,7 +203,7 @@ def start_demo_store(args: argparse.Namespace, env: dict[str, str]):
     port = args.demo_store_port if args.demo_store_port is not None else (urlsplit(base or "").port or 8765)
     site = args.demo_site.resolve()
     if not site_exists(site):
-        logger.info(f"[airflow-local] building the demo shop ({args.demo_products} products) in {site} ...")
+        logger.info("[airflow-local] building the demo shop (%s products) in %s ...", args.demo_products, site)
         build_site(site, n_products=args.demo_products, seed=7)
     try:
         server = DemoStoreServer(site, host="127.0.0.1", port=port).start()
@@ -430,10 +430,10 @@ def stop_group(proc: subprocess.Popen, timeout: float) -> None:
             proc.send_signal(sig)
         if _wait_group(proc, pgid, wait_s):
             break
-        logger.warning(f"[airflow-local] processes left {wait_s:.0f}s after {signal.Signals(sig).name}")
+        logger.warning("[airflow-local] processes left %.0fs after %s", wait_s, signal.Signals(sig).name)
     left = stop_stragglers(known + [p for p in descendants() if p not in known])
     if left:
-        logger.warning(f"[airflow-local] could not stop: {[p.pid for p in left]}")
+        logger.warning("[airflow-local] could not stop: %s", [p.pid for p in left])
 
 
 def announce_when_ready(url: str, password_file: Path, done: threading.Event) -> None:
@@ -442,7 +442,7 @@ def announce_when_ready(url: str, password_file: Path, done: threading.Event) ->
         try:
             with urllib.request.urlopen(f"{url}/api/v2/version", timeout=2) as response:
                 if response.status == 200:
-                    logger.info(f"[airflow-local] ready: {url}/  login admin, password in {password_file}")
+                    logger.info("[airflow-local] ready: %s/  login admin, password in %s", url, password_file)
                     return
         except OSError:
             pass
@@ -473,17 +473,22 @@ def run(args: argparse.Namespace) -> int:
     env["PATH"] = os.pathsep.join([str(write_airflow_wrapper(home)), env["PATH"]])
     shop, written = embedded_default(args, env)
     logger.info(
-        f"[airflow-local] AIRFLOW_HOME={home}  DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}  "
-        f"plugins: {env['AIRFLOW__CORE__PLUGINS_FOLDER']}  parallelism: {args.parallelism}"
+        "[airflow-local] AIRFLOW_HOME=%s  DAGs: %s  plugins: %s  parallelism: %s",
+        home,
+        env["AIRFLOW__CORE__DAGS_FOLDER"],
+        env["AIRFLOW__CORE__PLUGINS_FOLDER"],
+        args.parallelism,
     )
-    logger.info(f"[airflow-local] metadata database: {database_label(env)}")
-    logger.info(f"[airflow-local] Airflow UI: {url}/  (review page: {url}/fashionnet-review/)")
-    logger.info(f"[airflow-local] login: admin, password in {password_file} (generated on the first start)")
+    logger.info("[airflow-local] metadata database: %s", database_label(env))
+    logger.info("[airflow-local] Airflow UI: %s/  (review page: %s/fashionnet-review/)", url, url)
+    logger.info("[airflow-local] login: admin, password in %s (generated on the first start)", password_file)
     if shop is not None:
         logger.info(
-            f"[airflow-local] demo shop: {shop.base_url}/ (served by this launcher from {args.demo_site}; "
-            f"stops with it); demo user: users/demo-user/ in the store"
-            f"{f' ({len(written)} photos added)' if written else ''}"
+            "[airflow-local] demo shop: %s/ (served by this launcher from %s; stops with it); "
+            "demo user: users/demo-user/ in the store%s",
+            shop.base_url,
+            args.demo_site,
+            f" ({len(written)} photos added)" if written else "",
         )
         if not args.paused:
             logger.info(
@@ -492,8 +497,8 @@ def run(args: argparse.Namespace) -> int:
             )
     elif demo_store_base(env) is not None:
         logger.info(
-            f"[airflow-local] demo shop not started (--demo-store off); serve it in another terminal with: "
-            f"{demo_store_command(args, env)}"
+            "[airflow-local] demo shop not started (--demo-store off); serve it in another terminal with: %s",
+            demo_store_command(args, env),
         )
     logger.info("[airflow-local] Ctrl-C stops every Airflow process.")
 
@@ -511,12 +516,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         done.set()
         if stop_requested:
-            logger.info(f"\n[airflow-local] {signal.Signals(stop_requested[0]).name}: stopping Airflow ...")
+            logger.info("\n[airflow-local] %s: stopping Airflow ...", signal.Signals(stop_requested[0]).name)
         stop_group(proc, args.stop_timeout)
         if shop is not None:
             shop.stop()
     code = proc.returncode
-    logger.info(f"[airflow-local] stopped (airflow standalone exited {code})")
+    logger.info("[airflow-local] stopped (airflow standalone exited %s)", code)
     return 0 if stop_requested else (code or 0)
 
 

@@ -103,10 +103,10 @@ def run_crawl(args: argparse.Namespace) -> int:
             spider_args=crawl_spider_args(args),
         )
     except ValueError as error:
-        logger.error(f"error: {error}")
+        logger.error("error: %s", error)
         return 2
     except crawl.CrawlError as error:
-        logger.error(f"error: {error}")
+        logger.error("error: %s", error)
         return 1
     from pipeline.storage import open_store
 
@@ -145,7 +145,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         request = recommend.UserRequest(params["user_id"], params["image_keys"] or None, run_date, options, args.run_id)
         summary = recommend.recommend_for_user(open_store(), request)
     except recommend.InvalidRequest as error:
-        logger.error(f"error: {error}")
+        logger.error("error: %s", error)
         return 2
     store = open_store()
     print(f"{summary['n_recommended']} recommendations for {summary['user_id']} ({summary['score_kind']}):")

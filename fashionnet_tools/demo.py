@@ -108,12 +108,12 @@ def run_dag(dag: Any, conf: dict[str, Any] | None = None, mark_success_pattern: 
     ``mark_success_pattern``: task ids marked successful instead of run (a Human-in-the-loop task,
     which ``dag.test()`` never resolves).
     """
-    logger.info(f"\n=== {dag.dag_id} ===")
+    logger.info("\n=== %s ===", dag.dag_id)
     started = time.perf_counter()
     run = dag.test(run_conf=conf or {}, mark_success_pattern=mark_success_pattern)
     elapsed = time.perf_counter() - started
     state = str(getattr(run, "state", run))
-    logger.info(f"=== {dag.dag_id}: {state} in {elapsed:.1f}s ===")
+    logger.info("=== %s: %s in %.1fs ===", dag.dag_id, state, elapsed)
     if "success" not in state:
         raise RuntimeError(f"{dag.dag_id} finished {state}; see the task output above")
     return elapsed
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
 
         get_settings.cache_clear()
         store = open_store()
-        logger.info(f"demo store: {shop.base_url}   object store: {store.uri}")
+        logger.info("demo store: %s   object store: %s", shop.base_url, store.uri)
         upload_user_images(store, site_dir)
         dags = load_dags()
         timings = {
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
             for dag_id in DAG_ORDER
         }
     print_results(store, site_dir, timings)
-    logger.info(f"\nDemo finished in {time.perf_counter() - started:.0f}s.")
+    logger.info("\nDemo finished in %.0fs.", time.perf_counter() - started)
     return 0
 
 

@@ -113,7 +113,7 @@ class Checkpoints:
             return None
         state = TrainingState(**self.store.read_json(self.key("state.json")))
         if json.dumps(state.config, sort_keys=True) != json.dumps(config, sort_keys=True):
-            logger.info(f"[checkpoint] {self.prefix} was made with another training config; starting afresh")
+            logger.info("[checkpoint] %s was made with another training config; starting afresh", self.prefix)
             return None
         best = _arrays(self.store.get_bytes(self.key("best.npz"))) if self.store.exists(self.key("best.npz")) else {}
         return state, _arrays(self.store.get_bytes(self.key("current.npz"))), best
