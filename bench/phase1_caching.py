@@ -15,6 +15,7 @@ Images: real photos from ../shared/data/clothing-dataset-small when present, els
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.data import SplitArrays
     from models.network import build_attribute_network, set_backbone_trainable
-    from models.train import TrainingConfig, train_head_on_features
+    from models.train import PhaseFit, train_head_on_features
+    from pipeline.settings import get_settings
 
     images = load_images(args.images + args.images // 4, args.size)
     labels = (np.arange(len(images)) % 5).astype("int32")
@@ -59,8 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     validation = SplitArrays(
         images[args.images :], labels[args.images :], [str(i) for i in range(len(images) - args.images)]
     )
-    config = TrainingConfig(
-        backbone=args.backbone, image_size=args.size, batch_size=args.batch, frozen_epochs=args.epochs
+    # The uncached run below fits at a constant 1e-3 on the images as they are: the cached one likewise.
+    config = dataclasses.replace(
+        get_settings().training,
+        backbone=args.backbone,
+        image_size=args.size,
+        batch_size=args.batch,
+        frozen_epochs=args.epochs,
+        head_learning_rate=1e-3,
+        lr_schedule="constant",
+        label_smoothing=0.0,
+        mirror_augment=False,
     )
     class_weight = {c: 1.0 for c in range(5)}
 
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_attribute_network(5, backbone=args.backbone, image_size=args.size)
     cached_timer = Timer()
     started = time.perf_counter()
-    train_head_on_features(model, train, validation, config, class_weight, [cached_timer])
+    train_head_on_features(model, train, validation, PhaseFit(config, class_weight, [cached_timer]))
     cached_total = time.perf_counter() - started
     feature_pass = cached_total - sum(cached_timer.epochs)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -122,6 +123,35 @@ def cache(size: int, batch: int) -> None:
 # seed's. "cut" is the block the tail starts at ("block15": the last MBConv block and the head conv;
 # "block11": stage 6 too), None for phase 1 only.
 SEED = {"dense_units": 512, "dropout": 0.5, "frozen_epochs": 5, "head_learning_rate": 1e-3, "batch_size": 32}
+# Every recipe value of the seed (models.train's before issue 13; config/settings.yaml now holds the chosen
+# recipe): what a candidate does not set, so the search's results stay reproducible whatever the settings.
+SEED_RECIPE = {
+    **SEED,
+    "backbone": "vgg16",
+    "weights": None,
+    "image_size": 224,
+    "pooling": "avg",
+    "unfrozen_epochs": 7,
+    "finetune_learning_rate": 1e-5,
+    "patience": 2,
+    "augment_translation": 0.1,
+    "augment_zoom": 0.1,
+    "augment_brightness": 0.1,
+    "augment_contrast": 0.1,
+    "seed": 1234,
+    "shared_backbone": False,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "lr_schedule": "constant",
+    "warmup_epochs": 0,
+    "unfreeze_from": "all",
+    "mirror_augment": False,
+    "selection_margin": 0.0,
+    "probe": True,
+    "head_init": "random",
+    "image_fit": "squash",
+    "mixed_precision": "auto",
+}
 LINEAR = {
     "dense_units": 0,
     "dropout": 0.0,
@@ -214,25 +244,26 @@ def run_candidate(
         UNFROZEN,
         BestWeights,
         EpochLog,
-        TrainingConfig,
+        PhaseFit,
         balanced_class_weights,
         fine_tune_tail,
         init_head_from_probe,
         train_head_on_features,
     )
+    from pipeline.settings import get_settings
 
     data, classes = passes(OUT / f"cache-{fit}-{size}.npz", task, cut)
     train, validation = data["train"], data["validation"]
-    config = TrainingConfig.from_dict(
-        {
-            "backbone": "efficientnet_lite0",
-            "weights": "imagenet",
-            "image_size": size,
-            "image_fit": fit,
-            **settings,
-            **({**TAIL, "unfreeze_from": cut} if cut else {}),
-        }
-    )
+    recipe = {
+        **SEED_RECIPE,
+        "backbone": "efficientnet_lite0",
+        "weights": "imagenet",
+        "image_size": size,
+        "image_fit": fit,
+        **settings,
+        **({**TAIL, "unfreeze_from": cut} if cut else {}),
+    }
+    config = dataclasses.replace(get_settings().training, **recipe)
     keras.utils.set_random_seed(config.seed)
     model = build_attribute_network(
         len(classes),
@@ -262,9 +293,7 @@ def run_candidate(
             model,
             train,
             validation,
-            config,
-            class_weight,
-            [EpochLog(f"{task} {name}", FROZEN, config.frozen_epochs, history), best],
+            PhaseFit(config, class_weight, [EpochLog(f"{task} {name}", FROZEN, config.frozen_epochs, history), best]),
         )
     phase1_seconds = time.perf_counter() - started
     phase2_seconds, phase2_rate = 0.0, 0.0
@@ -277,10 +306,12 @@ def run_candidate(
             f"{cut}_expand_conv",
             train,
             validation,
-            config,
-            class_weight,
-            [EpochLog(f"{task} {name}", UNFROZEN, config.unfrozen_epochs, history), best],
-            history=history,
+            PhaseFit(
+                config,
+                class_weight,
+                [EpochLog(f"{task} {name}", UNFROZEN, config.unfrozen_epochs, history), best],
+                history=history,
+            ),
         )
         phase2_seconds = time.perf_counter() - started
         epochs = sum(1 for r in history if r["phase"] == UNFROZEN)
@@ -328,14 +359,14 @@ def final_test(row: dict, weights_dir: Path) -> dict:
     from models.network import build_attribute_network, split_at
 
     data, classes = passes(OUT / f"cache-{row['fit']}-{row['size']}.npz", row["task"], row["cut"])
-    settings = row["settings"]
+    recipe = {**SEED_RECIPE, **row["settings"]}
     model = build_attribute_network(
         len(classes),
         backbone="efficientnet_lite0",
         weights=None,
         image_size=row["size"],
-        dense_units=settings.get("dense_units", 512),
-        dropout=settings.get("dropout", 0.5),
+        dense_units=recipe["dense_units"],
+        dropout=recipe["dropout"],
     )
     with np.load(weights_dir / f"{row['weights_key']}.npz") as archive:
         model.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import shutil
 import sys
@@ -101,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch,
         "image_fit": args.fit,
     }
-    training = {
-        **get_settings().training.as_dict(),
-        "backbone": args.backbone,
-        "weights": None if args.weights.lower() == "none" else args.weights,
-        "image_size": args.size,
+    training = dataclasses.replace(
+        get_settings().training,
+        backbone=args.backbone,
+        weights=None if args.weights.lower() == "none" else args.weights,
+        image_size=args.size,
         **{key: value for key, value in overrides.items() if value is not None},
-    }
+    )
     with tempfile.TemporaryDirectory() as folder:
         store = ObjectStore(f"file://{folder}/store")
         counts = write_store(store, args.limit or None)

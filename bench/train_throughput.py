@@ -12,6 +12,7 @@ imagenet. The first epoch of each phase includes graph tracing and is reported a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -41,16 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     from models.data import SplitArrays
     from models.network import backbone_cut, build_attribute_network, predict_classes
     from models.train import (
-        TrainingConfig,
+        PhaseFit,
         fine_tune,
         fine_tune_tail,
         frozen_pass,
         train_head_on_features,
         use_mixed_precision,
     )
+    from pipeline.settings import get_settings
 
     gpus = tf.config.list_physical_devices("GPU")
-    config = TrainingConfig(
+    # The settings' training section with this run's shape: no warm-up, so every epoch trains at rate.
+    config = dataclasses.replace(
+        get_settings().training,
         backbone=args.backbone,
         weights=None if args.weights == "none" else args.weights,
         image_size=args.size,
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         unfrozen_epochs=args.epochs,
         patience=args.epochs,
         lr_schedule="cosine",
+        warmup_epochs=0,
         mirror_augment=True,
         finetune_learning_rate=1e-4,
         unfreeze_from=args.unfreeze_from,
@@ -113,16 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     timer = Timer()
-    train_head_on_features(model, train_pass, val_pass, config, weights, [timer])
+    train_head_on_features(model, train_pass, val_pass, PhaseFit(config, weights, [timer]))
     print(f"phase 1 head epochs (cached features):   {rate(2 * len(train), timer.seconds)}", flush=True)
 
     timer = Timer()
-    fine_tune_tail(model, cut, train_pass, val_pass, config, weights, [timer], history=[])
+    fine_tune_tail(model, cut, train_pass, val_pass, PhaseFit(config, weights, [timer]))
     print(f"phase 2 from {cut} (cached activations): {rate(2 * len(train), timer.seconds)}", flush=True)
 
     if not args.skip_full:
         timer = Timer()
-        fine_tune(model, train, validation, config, weights, [timer], history=[])
+        fine_tune(model, train, validation, PhaseFit(config, weights, [timer]))
         print(f"phase 2 whole backbone (augmented images): {rate(len(train), timer.seconds)}", flush=True)
 
     predict_classes(model, validation.images, args.batch)  # tracing

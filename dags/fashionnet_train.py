@@ -65,7 +65,7 @@ def fashionnet_train():
         version = model_version(dag_run.run_after)
         with stage(f"train.{attribute}") as report:
             metrics = train_attribute(
-                open_store(), attribute, version, settings.training.as_dict(), settings.taxonomy.classes(attribute)
+                open_store(), attribute, version, settings.training, settings.taxonomy.classes(attribute)
             )
             report.summary = {
                 "version": version,

@@ -62,62 +62,39 @@ from models.network import (
     set_tail_trainable,
     split_at,
 )
+from pipeline.settings import TrainingSettings
 from pipeline.storage import ObjectStore
 from pipeline.store_layout import model_file_key, model_metrics_key
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """The ``training`` settings section, with defaults for the optional keys."""
+#: Keys of the training section that are the publish step's (models.registry.promote), not the run's
+#: recipe: they stay out of the config a run records (metrics.json) and a checkpoint must match.
+PUBLISH_KEYS = ("promotion_tolerance",)
 
-    backbone: str = "vgg16"
-    weights: str | None = None
-    image_size: int = 224
-    batch_size: int = 32
-    dense_units: int = 512
-    dropout: float = 0.5
-    pooling: str = "avg"
-    frozen_epochs: int = 5
-    unfrozen_epochs: int = 7
-    head_learning_rate: float = 1e-3
-    finetune_learning_rate: float = 1e-5
-    patience: int = 2
-    augment_translation: float = 0.1
-    augment_zoom: float = 0.1
-    augment_brightness: float = 0.1
-    augment_contrast: float = 0.1
-    seed: int = 1234
-    # Shared-base mode: the backbone stays frozen (no phase 2), so every attribute's network keeps the
-    # same base and batch inference runs it once per image for all of them (models.inference).
-    shared_backbone: bool = False
-    # issue 13 (the defaults here are the seed's behaviour; config/settings.yaml holds the chosen recipe)
-    weight_decay: float = 0.0  # L2 on the head's kernels
-    label_smoothing: float = 0.0
-    lr_schedule: str = "constant"  # constant | cosine (per phase, to 0, after warmup_epochs of linear warm-up)
-    warmup_epochs: int = 0
-    unfreeze_from: Any = "all"  # "all", a backbone layer-name prefix ("block11"), or {backbone: prefix}
-    mirror_augment: bool = False  # phase 1 and a top-blocks phase 2 also train on mirrored images
-    selection_margin: float = 0.0  # images of validation a later candidate must win by (models.evaluation.beats)
-    probe: bool = True  # fit and record the linear-probe baseline (and publish it when it wins)
-    head_init: str = "random"  # random | probe (dense_units 0: the head starts as the fitted probe, "LP-FT")
-    image_fit: str = "squash"  # squash | crop (aspect-preserving resize + centre crop), pipeline.images
-    mixed_precision: str = "auto"  # auto (mixed_float16 when a GPU is present) | off
 
-    @classmethod
-    def from_dict(cls, training: dict[str, Any]) -> TrainingConfig:
-        known = set(cls.__dataclass_fields__)
-        config = cls(**{key: value for key, value in training.items() if key in known})
-        if config.shared_backbone and config.unfrozen_epochs:
-            config = dataclasses.replace(config, unfrozen_epochs=0)
-        return config
+def run_config(training: TrainingSettings) -> TrainingSettings:
+    """The training section as one run uses it, refused when no run could train it.
 
-    def unfreeze_prefix(self) -> str:
-        """``unfreeze_from`` for this config's backbone ("all" when a mapping does not name it)."""
-        if isinstance(self.unfreeze_from, dict):
-            return str(self.unfreeze_from.get(self.backbone, "all"))
-        return str(self.unfreeze_from)
+    Shared-backbone mode keeps the backbone frozen (no phase 2), so every attribute's network keeps the
+    same base and batch inference runs it once per image for all of them (models.inference).
+    """
+    config = training
+    if config.shared_backbone and config.unfrozen_epochs:
+        config = dataclasses.replace(config, unfrozen_epochs=0)
+    if config.frozen_epochs + config.unfrozen_epochs < 1:
+        raise ValueError("training needs frozen_epochs + unfrozen_epochs >= 1")
+    if config.head_init not in ("random", "probe"):
+        raise ValueError(f"head_init must be random or probe, got {config.head_init!r}")
+    if config.head_init == "probe" and (config.dense_units or not config.probe):
+        raise ValueError("head_init: probe needs a linear head (dense_units: 0) and probe: true")
+    return config
+
+
+def recipe_record(config: TrainingSettings) -> dict[str, Any]:
+    """The run's recipe: the training section without its :data:`PUBLISH_KEYS`."""
+    return {key: value for key, value in config.as_dict().items() if key not in PUBLISH_KEYS}
 
 
 # -- data checks and class weights ----------------------------------------------------------------
@@ -284,7 +261,7 @@ class PatienceStop(keras.callbacks.Callback):
 
 
 # -- the two phases -----------------------------------------------------------------------------------
-def learning_rate(peak: float, config: TrainingConfig, epochs: int, steps_per_epoch: int):
+def learning_rate(peak: float, config: TrainingSettings, epochs: int, steps_per_epoch: int):
     """``peak`` constant, or (``lr_schedule: cosine``) a linear warm-up over ``warmup_epochs`` then a
     cosine decay to 0 at the phase's last epoch. The step count lives in the optimizer, so a resumed
     phase continues the schedule where it stopped."""
@@ -297,7 +274,7 @@ def learning_rate(peak: float, config: TrainingConfig, epochs: int, steps_per_ep
     return keras.optimizers.schedules.CosineDecay(peak, total)
 
 
-def compile_for(model: keras.Model, peak: float, config: TrainingConfig, epochs: int, examples: int) -> None:
+def compile_for(model: keras.Model, peak: float, config: TrainingSettings, epochs: int, examples: int) -> None:
     steps = math.ceil(examples / config.batch_size)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(peak, config, epochs, steps)),
@@ -343,7 +320,7 @@ class FrozenPass:
 
 
 def frozen_pass(
-    model: keras.Model, arrays: SplitArrays, config: TrainingConfig, cut: str | None, mirror: bool
+    model: keras.Model, arrays: SplitArrays, config: TrainingSettings, cut: str | None, mirror: bool
 ) -> FrozenPass:
     """Run the frozen part once over a split (and its mirror images): pooled features, or with ``cut``
     the activations entering the tail plus the pooled features the tail makes of them."""
@@ -384,21 +361,29 @@ def labelled_batches(images: np.ndarray, targets: np.ndarray, batch_size: int) -
     )
 
 
+@dataclass(frozen=True)
+class PhaseFit:
+    """How one phase fits, besides the network and its data: the recipe, the class weights, the
+    callbacks, and where an interrupted phase resumes (``initial_epoch`` and the checkpoint's
+    ``optimizer_state``, models.checkpoint). ``history`` (the run's epoch rows) lets a resumed phase 2
+    keep counting its patience."""
+
+    config: TrainingSettings
+    class_weight: dict[int, float]
+    callbacks: list[keras.callbacks.Callback]
+    initial_epoch: int = 0
+    optimizer_state: dict[str, np.ndarray] | None = None
+    history: list[dict] = field(default_factory=list)
+
+
 def train_head_on_features(
-    model: keras.Model,
-    train: SplitArrays | FrozenPass,
-    validation: SplitArrays | FrozenPass,
-    config: TrainingConfig,
-    class_weight: dict[int, float],
-    callbacks: list[keras.callbacks.Callback],
-    initial_epoch: int = 0,
-    optimizer_state: dict[str, np.ndarray] | None = None,
+    model: keras.Model, train: SplitArrays | FrozenPass, validation: SplitArrays | FrozenPass, fit: PhaseFit
 ) -> None:
     """Phase 1: the backbone is frozen, so the head is fitted on features computed once.
 
     ``train``/``validation``: FrozenPass results (their pooled ``features``, train with mirrors when
-    computed), or SplitArrays whose images are run through the frozen backbone here.
-    ``initial_epoch`` and ``optimizer_state`` resume an interrupted phase (see models.checkpoint)."""
+    computed), or SplitArrays whose images are run through the frozen backbone here."""
+    config = fit.config
     set_backbone_trainable(model, False)
     if isinstance(train, SplitArrays):
         train = frozen_pass(model, train, config, None, config.mirror_augment)
@@ -411,23 +396,23 @@ def train_head_on_features(
     head = head_model(model)
     num_classes = int(model.output.shape[-1])
     compile_for(head, config.head_learning_rate, config, config.frozen_epochs, len(train_x))
-    if optimizer_state:
-        restore_optimizer(head.optimizer, head.trainable_variables, optimizer_state)
+    if fit.optimizer_state:
+        restore_optimizer(head.optimizer, head.trainable_variables, fit.optimizer_state)
     head.fit(
         train_x,
         one_hot(train_y, num_classes),
         validation_data=(validation.pooled_features(), one_hot(validation.labels, num_classes)),
-        initial_epoch=initial_epoch,
+        initial_epoch=fit.initial_epoch,
         epochs=config.frozen_epochs,
         batch_size=config.batch_size,
-        class_weight=class_weight,
+        class_weight=fit.class_weight,
         shuffle=True,
-        callbacks=callbacks,
+        callbacks=fit.callbacks,
         verbose=0,
     )
 
 
-def augmentation(config: TrainingConfig) -> keras.Sequential:
+def augmentation(config: TrainingSettings) -> keras.Sequential:
     """Fine-tuning augmentation within reason for product photos: a horizontal flip, a small
     translation, a zoom-in of up to ``augment_zoom`` (a random crop at the same output size) and
     brightness/contrast jitter. Never a vertical flip or a hue change: "upside down" and "another
@@ -445,7 +430,7 @@ def augmentation(config: TrainingConfig) -> keras.Sequential:
     return keras.Sequential(layers, name="augmentation")
 
 
-def augmented_dataset(arrays: SplitArrays, config: TrainingConfig, num_classes: int) -> tf.data.Dataset:
+def augmented_dataset(arrays: SplitArrays, config: TrainingSettings, num_classes: int) -> tf.data.Dataset:
     """Shuffled, augmented (on the input pipeline's parallel threads) and prefetched training batches."""
     augment = augmentation(config)
 
@@ -461,78 +446,55 @@ def augmented_dataset(arrays: SplitArrays, config: TrainingConfig, num_classes: 
     )
 
 
-def fine_tune(
-    model: keras.Model,
-    train: SplitArrays,
-    validation: SplitArrays,
-    config: TrainingConfig,
-    class_weight: dict[int, float],
-    callbacks: list[keras.callbacks.Callback],
-    initial_epoch: int = 0,
-    optimizer_state: dict[str, np.ndarray] | None = None,
-    history: list[dict] | None = None,
-) -> None:
+def fine_tune(model: keras.Model, train: SplitArrays, validation: SplitArrays, fit: PhaseFit) -> None:
     """Phase 2 with ``unfreeze_from: all``: the whole backbone trainable on augmented images, the low
-    learning rate, early stopping on validation loss.
-
-    ``history`` (the run's epoch rows) lets a resumed phase keep counting its patience."""
+    learning rate, early stopping on validation loss."""
+    config = fit.config
     set_backbone_trainable(model, True)
     num_classes = int(model.output.shape[-1])
     compile_for(model, config.finetune_learning_rate, config, config.unfrozen_epochs, len(train))
-    if optimizer_state:
-        restore_optimizer(model.optimizer, model.trainable_variables, optimizer_state)
-    history = [] if history is None else history
-    if initial_epoch >= config.unfrozen_epochs or PatienceStop.exhausted(history, "unfrozen", config.patience):
+    if fit.optimizer_state:
+        restore_optimizer(model.optimizer, model.trainable_variables, fit.optimizer_state)
+    if fit.initial_epoch >= config.unfrozen_epochs or PatienceStop.exhausted(fit.history, UNFROZEN, config.patience):
         return
-    stop = PatienceStop(history, "unfrozen", config.patience)
+    stop = PatienceStop(fit.history, UNFROZEN, config.patience)
     model.fit(
         augmented_dataset(train, config, num_classes),
         validation_data=labelled_batches(validation.images, one_hot(validation.labels, num_classes), config.batch_size),
-        initial_epoch=initial_epoch,
+        initial_epoch=fit.initial_epoch,
         epochs=config.unfrozen_epochs,
-        class_weight=class_weight,
-        callbacks=[*callbacks, stop],
+        class_weight=fit.class_weight,
+        callbacks=[*fit.callbacks, stop],
         shuffle=False,  # the dataset shuffles itself
         verbose=0,
     )
 
 
-def fine_tune_tail(
-    model: keras.Model,
-    cut: str,
-    train: FrozenPass,
-    validation: FrozenPass,
-    config: TrainingConfig,
-    class_weight: dict[int, float],
-    callbacks: list[keras.callbacks.Callback],
-    initial_epoch: int = 0,
-    optimizer_state: dict[str, np.ndarray] | None = None,
-    history: list[dict] | None = None,
-) -> None:
+def fine_tune_tail(model: keras.Model, cut: str, train: FrozenPass, validation: FrozenPass, fit: PhaseFit) -> None:
     """Phase 2 with ``unfreeze_from`` naming a block: only the backbone's layers from ``cut`` on (and
     the head) train, on the activations entering them, computed once per image and mirror image
     (``train.inputs`` / ``train.mirrored``). Early stopping on validation loss as in :func:`fine_tune`."""
+    config = fit.config
     set_tail_trainable(model, cut)
     _, tail, _ = split_at(model, cut)
     num_classes = int(model.output.shape[-1])
     train_x, train_y = with_mirrors(train)
     compile_for(tail, config.finetune_learning_rate, config, config.unfrozen_epochs, len(train_x))
-    if optimizer_state:
-        restore_optimizer(tail.optimizer, tail.trainable_variables, optimizer_state)
-    history = [] if history is None else history
-    if initial_epoch >= config.unfrozen_epochs or PatienceStop.exhausted(history, "unfrozen", config.patience):
+    if fit.optimizer_state:
+        restore_optimizer(tail.optimizer, tail.trainable_variables, fit.optimizer_state)
+    if fit.initial_epoch >= config.unfrozen_epochs or PatienceStop.exhausted(fit.history, UNFROZEN, config.patience):
         return
-    stop = PatienceStop(history, "unfrozen", config.patience)
+    stop = PatienceStop(fit.history, UNFROZEN, config.patience)
     tail.fit(
         train_x,
         one_hot(train_y, num_classes),
         validation_data=(validation.inputs, one_hot(validation.labels, num_classes)),
-        initial_epoch=initial_epoch,
+        initial_epoch=fit.initial_epoch,
         epochs=config.unfrozen_epochs,
         batch_size=config.batch_size,
-        class_weight=class_weight,
+        class_weight=fit.class_weight,
         shuffle=True,
-        callbacks=[*callbacks, stop],
+        callbacks=[*fit.callbacks, stop],
         verbose=0,
     )
 
@@ -553,7 +515,7 @@ def save_model(store: ObjectStore, key: str, model: keras.Model) -> None:
             store.put_bytes(key, handle.read())
 
 
-def use_mixed_precision(config: TrainingConfig) -> bool:
+def use_mixed_precision(config: TrainingSettings) -> bool:
     """mixed_float16 when ``mixed_precision: auto`` and TensorFlow sees a GPU (float32 on CPUs, where
     float16 is slower); the softmax layer always computes in float32 (models.network)."""
     if config.mixed_precision not in ("auto", "off"):
@@ -576,7 +538,7 @@ def init_head_from_probe(model: keras.Model, probe: dict[str, Any]) -> None:
 def probe_network(
     model: keras.Model,
     probe: dict[str, Any],
-    config: TrainingConfig,
+    config: TrainingSettings,
     classes: tuple[str, ...],
     backbone_weights: list[np.ndarray],
     name: str,
@@ -605,9 +567,10 @@ def rejection_record(splits: dict[str, SplitArrays]) -> dict[str, list[dict[str,
 
 
 def train_attribute(
-    store: ObjectStore, attribute: str, version: str, training: dict[str, Any], classes: tuple[str, ...]
+    store: ObjectStore, attribute: str, version: str, training: TrainingSettings, classes: tuple[str, ...]
 ) -> dict[str, Any]:
-    """Train, evaluate and save the network of one attribute; returns (and writes) its metrics.
+    """Train, evaluate and save the network of one attribute by the ``training`` section; returns (and
+    writes) its metrics.
 
     Resumable and idempotent: an interrupted run of the same version continues from its last
     checkpointed epoch (models.checkpoint); a version that already has its model and metrics is not
@@ -616,52 +579,166 @@ def train_attribute(
     if store.exists(model_file_key(attribute, version)) and store.exists(model_metrics_key(attribute, version)):
         logger.info(f"[{attribute} {version}] already trained; keeping {model_file_key(attribute, version)}")
         return store.read_json(model_metrics_key(attribute, version))
-    config = TrainingConfig.from_dict(training)
-    if config.frozen_epochs + config.unfrozen_epochs < 1:
-        raise ValueError("training needs frozen_epochs + unfrozen_epochs >= 1")
-    if config.head_init not in ("random", "probe"):
-        raise ValueError(f"head_init must be random or probe, got {config.head_init!r}")
-    if config.head_init == "probe" and (config.dense_units or not config.probe):
-        raise ValueError("head_init: probe needs a linear head (dense_units: 0) and probe: true")
+    config = run_config(training)
     previous_policy = keras.mixed_precision.global_policy().name
     mixed = use_mixed_precision(config)
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _train(store, attribute, version, config, classes, mixed)
+        return _train(AttributeRun(store, attribute, version, config, classes, mixed))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(
-    store: ObjectStore, attribute: str, version: str, config: TrainingConfig, classes: tuple[str, ...], mixed: bool
-) -> dict[str, Any]:
-    label = f"{attribute} {version}"
-    started = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    timing: dict[str, float] = {}
+# -- one attribute's run, phase by phase --------------------------------------------------------------
+@dataclass(frozen=True)
+class AttributeRun:
+    """One attribute's training run as its phases share it: what is trained by which recipe, and the
+    seconds and rates each phase adds to ``timing``."""
 
-    frame = labelled_items(store, attribute, classes)
+    store: ObjectStore
+    attribute: str
+    version: str
+    config: TrainingSettings
+    classes: tuple[str, ...]
+    mixed: bool  # mixed_float16 (use_mixed_precision)
+    started: float = field(default_factory=time.perf_counter)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.attribute} {self.version}"
+
+    def seconds_since(self, started: float) -> float:
+        return round(time.perf_counter() - started, 2)
+
+
+@dataclass(frozen=True)
+class CachedPasses:
+    """The frozen part's output, computed once per image for phase 1, the probe and a top-blocks
+    phase 2: ``cut`` is where that phase's tail starts (None: phase 2, if any, trains the whole
+    backbone)."""
+
+    cut: str | None
+    train: FrozenPass
+    validation: FrozenPass
+
+
+@dataclass(frozen=True)
+class FittedProbe:
+    """The linear probe (models.evaluation.linear_probe's result) and its attribute network."""
+
+    fit: dict[str, Any]
+    network: keras.Model
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """The network in training and what its epochs report to: the selection rule (``best``), the
+    checkpoint, and the run's state (phase, epochs done, the epoch history). ``resumed``: the state and
+    ``saved`` (the checkpoint's arrays: the phase's weights and the optimizer's) came from a checkpoint."""
+
+    network: keras.Model
+    best: BestWeights
+    class_weight: dict[int, float]
+    checkpoints: Checkpoints
+    state: TrainingState
+    saved: dict[str, np.ndarray]
+    resumed: bool
+
+    @property
+    def resumed_phase(self) -> str | None:
+        return self.state.phase if self.resumed else None
+
+    @property
+    def history(self) -> list[dict]:
+        return self.state.history
+
+    def frozen_epochs_done(self, config: TrainingSettings) -> int:
+        """Phase 1's epochs already done: the checkpoint's count inside phase 1, all of them after it."""
+        if self.resumed_phase == FROZEN:
+            return self.state.epochs_done
+        return config.frozen_epochs if self.resumed else 0
+
+    def phase_fit(self, run: AttributeRun, phase: str, epochs: int) -> PhaseFit:
+        """``phase``'s fit: its callbacks (log line and history row, selection, checkpoint), continued
+        from the checkpoint when the run resumes inside that phase."""
+        inside = self.resumed_phase == phase
+        return PhaseFit(
+            run.config,
+            self.class_weight,
+            [
+                EpochLog(run.label, phase, epochs, self.history),
+                self.best,
+                EpochCheckpoint(self.checkpoints, self.state, self.network, phase, self.best),
+            ],
+            initial_epoch=self.state.epochs_done if inside else 0,
+            optimizer_state=self.saved if inside else None,
+            history=self.history,
+        )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What is published (the network, or the probe when the network does not beat it on validation),
+    with the test metrics of both candidates."""
+
+    published: str  # "network" | "probe"
+    model: keras.Model
+    val_accuracy: float
+    test: dict[str, Any]
+    network_test: dict[str, Any]
+    probe_record: dict[str, Any] | None
+
+
+def _train(run: AttributeRun) -> dict[str, Any]:
+    """The run's phases in order (see the module docstring); returns the metrics it wrote."""
+    keras.utils.set_random_seed(run.config.seed)
+    splits = load_splits(run)
+    network = build_network(run)
+    passes = frozen_passes(run, network, splits)
+    probe = fit_probe(run, network, passes) if run.config.probe else None
+    trainee = start_or_resume(run, network, splits)
+    train_head_phase(run, trainee, passes)
+    fine_tune_phase(run, trainee, splits, passes)
+    trainee.best.restore()
+    selection = select_published(run, trainee, probe, splits)
+    train_seconds = round(time.perf_counter() - run.started, 1)
+    log_outcome(run, trainee.best, selection, train_seconds)
+    metrics = metrics_record(run, splits, trainee, selection, train_seconds)
+    save_run(run, selection.model, metrics)
+    trainee.checkpoints.clear()
+    return metrics
+
+
+def load_splits(run: AttributeRun) -> dict[str, SplitArrays]:
+    """The attribute's train/validation/test images, decoded; refused when they cannot train (the
+    images left out are logged one by one)."""
+    frame = labelled_items(run.store, run.attribute, run.classes)
     splits = {
-        name: load_arrays(store, frame[frame["split"] == name], config.image_size, fit=config.image_fit)
+        name: load_arrays(run.store, frame[frame["split"] == name], run.config.image_size, fit=run.config.image_fit)
         for name in SPLITS
     }
-    timing["decode_seconds"] = round(time.perf_counter() - started, 2)
-    check_trainable(attribute, splits, classes)
+    run.timing["decode_seconds"] = run.seconds_since(run.started)
+    check_trainable(run.attribute, splits, run.classes)
     train, validation, test = splits["train"], splits["validation"], splits["test"]
     logger.info(
-        f"[{label}] images train/validation/test: {len(train)}/{len(validation)}/{len(test)}"
-        f"{' (mixed_float16)' if mixed else ''}"
+        f"[{run.label}] images train/validation/test: {len(train)}/{len(validation)}/{len(test)}"
+        f"{' (mixed_float16)' if run.mixed else ''}"
     )
     for name, arrays in splits.items():
         for rejected in arrays.rejected:
             logger.info(
-                f"[{label}] {name}: left out {rejected['item_id']} ({rejected['image_key']}): {rejected['reason']}"
-                f" ({rejected.get('detail', '')})"
+                f"[{run.label}] {name}: left out {rejected['item_id']} ({rejected['image_key']}): "
+                f"{rejected['reason']} ({rejected.get('detail', '')})"
             )
+    return splits
 
-    model = build_attribute_network(
-        len(classes),
+
+def build_network(run: AttributeRun) -> keras.Model:
+    config = run.config
+    return build_attribute_network(
+        len(run.classes),
         backbone=config.backbone,
         weights=config.weights,
         image_size=config.image_size,
@@ -669,174 +746,186 @@ def _train(
         dropout=config.dropout,
         pooling=config.pooling,
         weight_decay=config.weight_decay,
-        name=f"{attribute}_network",
-    )
-    class_weight = balanced_class_weights(train.labels, len(classes))
-    best = BestWeights(model, config.selection_margin, len(validation))
-    config_record = {k: getattr(config, k) for k in TrainingConfig.__dataclass_fields__}
-
-    # The frozen part runs once: pooled features for phase 1 and the probe, and with a top-blocks phase 2
-    # the activations entering the tail. The tail is cut only where the backbone will not change before
-    # phase 2 (phase 1 never changes it), so one pass serves both phases.
-    cut = backbone_cut(model, config.unfreeze_prefix()) if config.unfrozen_epochs > 0 else None
-    pass_started = time.perf_counter()
-    set_backbone_trainable(model, False)
-    train_pass = frozen_pass(model, train, config, cut, config.mirror_augment)
-    val_pass = frozen_pass(model, validation, config, cut, False)
-    timing["frozen_pass_seconds"] = round(time.perf_counter() - pass_started, 2)
-    timing["frozen_pass_images_per_second"] = round(
-        (train_pass.images + val_pass.images) / max(timing["frozen_pass_seconds"], 1e-9), 1
+        name=f"{run.attribute}_network",
     )
 
-    probe, probe_model = None, None
-    if config.probe:
-        probe_started = time.perf_counter()
-        probe = linear_probe(
-            train_pass.pooled_features(), train.labels, val_pass.pooled_features(), validation.labels, len(classes)
-        )
-        probe_model = probe_network(
-            model, probe, config, classes, model.get_layer(BACKBONE_LAYER).get_weights(), name=f"{attribute}_probe"
-        )
-        timing["probe_seconds"] = round(time.perf_counter() - probe_started, 2)
-        logger.info(f"[{label}] linear probe: L2 {probe['l2']}, val_acc {probe['val_accuracy']:.3f}")
-        if config.head_init == "probe":
-            init_head_from_probe(model, probe)
 
-    # A checkpoint is applied only now: the frozen pass and the probe need the backbone as it was built.
-    checkpoints = Checkpoints(store, attribute, version)
-    resumed = checkpoints.load(config_record)
-    state, saved = (resumed[0], resumed[1]) if resumed else (TrainingState(config=config_record), {})
+def frozen_passes(run: AttributeRun, network: keras.Model, splits: dict[str, SplitArrays]) -> CachedPasses:
+    """The frozen part run once over train (with mirrors when ``mirror_augment``) and validation: pooled
+    features for phase 1 and the probe, and with a top-blocks phase 2 the activations entering the tail.
+    The tail is cut only where the backbone will not change before phase 2 (phase 1 never changes it),
+    so one pass serves both phases."""
+    config = run.config
+    cut = backbone_cut(network, config.unfreeze_prefix()) if config.unfrozen_epochs > 0 else None
+    started = time.perf_counter()
+    set_backbone_trainable(network, False)
+    train_pass = frozen_pass(network, splits["train"], config, cut, config.mirror_augment)
+    val_pass = frozen_pass(network, splits["validation"], config, cut, False)
+    run.timing["frozen_pass_seconds"] = run.seconds_since(started)
+    run.timing["frozen_pass_images_per_second"] = round(
+        (train_pass.images + val_pass.images) / max(run.timing["frozen_pass_seconds"], 1e-9), 1
+    )
+    return CachedPasses(cut, train_pass, val_pass)
+
+
+def fit_probe(run: AttributeRun, network: keras.Model, passes: CachedPasses) -> FittedProbe:
+    """The linear probe on the cached pooled features, as a network of its own; with ``head_init:
+    probe`` the network's head starts as it."""
+    started = time.perf_counter()
+    fitted = linear_probe(
+        passes.train.pooled_features(),
+        passes.train.labels,
+        passes.validation.pooled_features(),
+        passes.validation.labels,
+        len(run.classes),
+    )
+    backbone_weights = network.get_layer(BACKBONE_LAYER).get_weights()
+    probe_model = probe_network(network, fitted, run.config, run.classes, backbone_weights, f"{run.attribute}_probe")
+    run.timing["probe_seconds"] = run.seconds_since(started)
+    logger.info(f"[{run.label}] linear probe: L2 {fitted['l2']}, val_acc {fitted['val_accuracy']:.3f}")
+    if run.config.head_init == "probe":
+        init_head_from_probe(network, fitted)
+    return FittedProbe(fitted, probe_model)
+
+
+def start_or_resume(run: AttributeRun, network: keras.Model, splits: dict[str, SplitArrays]) -> Trainee:
+    """The trainee, from the run's checkpoint when it has one of the same recipe. Applied only now: the
+    frozen pass and the probe need the backbone as it was built."""
+    record = recipe_record(run.config)
+    best = BestWeights(network, run.config.selection_margin, len(splits["validation"]))
+    checkpoints = Checkpoints(run.store, run.attribute, run.version)
+    resumed = checkpoints.load(record)
+    state, saved = (resumed[0], resumed[1]) if resumed else (TrainingState(config=record), {})
     if resumed:
-        resume_weights(model, best, state, resumed[1], resumed[2], checkpoints.load_frozen_best())
-        logger.info(f"[{label}] resuming from the checkpoint after {state.phase} epoch {state.epochs_done}")
-    resumed_phase = state.phase if resumed else None
-    history = state.history
+        resume_weights(network, best, state, resumed[1], resumed[2], checkpoints.load_frozen_best())
+        logger.info(f"[{run.label}] resuming from the checkpoint after {state.phase} epoch {state.epochs_done}")
+    class_weight = balanced_class_weights(splits["train"].labels, len(run.classes))
+    return Trainee(network, best, class_weight, checkpoints, state, saved, resumed is not None)
 
-    def callbacks(phase: str, epochs: int) -> list[keras.callbacks.Callback]:
-        return [EpochLog(label, phase, epochs, history), best, EpochCheckpoint(checkpoints, state, model, phase, best)]
 
-    frozen_done = state.epochs_done if resumed_phase == FROZEN else (config.frozen_epochs if resumed else 0)
-    phase_started = time.perf_counter()
-    if frozen_done < config.frozen_epochs:
-        best.phase = FROZEN
+def train_head_phase(run: AttributeRun, trainee: Trainee, passes: CachedPasses) -> None:
+    """Phase 1 on the cached pooled features, unless the checkpoint has it done. Without its epochs a
+    random head still gets its feature standardisation (a head started as the probe has the probe's)."""
+    config = run.config
+    started = time.perf_counter()
+    if trainee.frozen_epochs_done(config) < config.frozen_epochs:
+        trainee.best.phase = FROZEN
         train_head_on_features(
-            model,
-            train_pass,
-            val_pass,
-            config,
-            class_weight,
-            callbacks(FROZEN, config.frozen_epochs),
-            initial_epoch=frozen_done,
-            optimizer_state=saved if resumed_phase == FROZEN else None,
+            trainee.network, passes.train, passes.validation, trainee.phase_fit(run, FROZEN, config.frozen_epochs)
         )
-    elif config.head_init != "probe" and (not resumed or resumed_phase == FROZEN):
-        model.get_layer("feature_norm").adapt_to(train_pass.pooled_features())
-    timing["phase1_seconds"] = round(time.perf_counter() - phase_started, 2)
-    if config.unfrozen_epochs > 0:
-        if resumed_phase != UNFROZEN:
-            best.restore(FROZEN)  # phase 2 starts from phase 1's kept epoch, not its last one
-            checkpoints.save_frozen_best(best, model)
-        best.phase = UNFROZEN
-        phase_started = time.perf_counter()
-        initial_epoch = state.epochs_done if resumed_phase == UNFROZEN else 0
-        optimizer_state = saved if resumed_phase == UNFROZEN else None
-        if cut is None:
-            fine_tune(
-                model,
-                train,
-                validation,
-                config,
-                class_weight,
-                callbacks(UNFROZEN, config.unfrozen_epochs),
-                initial_epoch=initial_epoch,
-                optimizer_state=optimizer_state,
-                history=history,
-            )
-            per_epoch = len(train)
-        else:
-            fine_tune_tail(
-                model,
-                cut,
-                train_pass,
-                val_pass,
-                config,
-                class_weight,
-                callbacks(UNFROZEN, config.unfrozen_epochs),
-                initial_epoch=initial_epoch,
-                optimizer_state=optimizer_state,
-                history=history,
-            )
-            per_epoch = len(train) * (2 if config.mirror_augment else 1)
-        timing["phase2_seconds"] = round(time.perf_counter() - phase_started, 2)
-        epochs_run = sum(1 for row in history if row.get("phase") == UNFROZEN)
-        seconds = sum(row["seconds"] for row in history if row.get("phase") == UNFROZEN)
-        timing["phase2_images_per_second"] = (
-            round(per_epoch * epochs_run / max(seconds, 1e-9), 1) if epochs_run else 0.0
-        )
-    best.restore()
+    elif config.head_init != "probe" and trainee.resumed_phase in (None, FROZEN):
+        trainee.network.get_layer("feature_norm").adapt_to(passes.train.pooled_features())
+    run.timing["phase1_seconds"] = run.seconds_since(started)
 
-    network_test = classification_metrics(test.labels, predict_classes(model, test.images, config.batch_size), classes)
-    published, published_model, test_metrics = "network", model, network_test
-    probe_record = None
-    if probe is not None:
-        probe_test = classification_metrics(
-            test.labels, predict_classes(probe_model, test.images, config.batch_size), classes
-        )
-        network_wins = beats(best.best_accuracy, probe["val_accuracy"], len(validation), config.selection_margin)
-        if not network_wins:
-            published, published_model, test_metrics = "probe", probe_model, probe_test
-        probe_record = {
-            "l2": probe["l2"],
-            "val_accuracy": probe["val_accuracy"],
-            "val_loss": round(probe["val_loss"], 4),
-            "grid": probe["grid"],
-            "test": probe_test,
-        }
-    train_seconds = round(time.perf_counter() - started, 1)
+
+def fine_tune_phase(run: AttributeRun, trainee: Trainee, splits: dict[str, SplitArrays], passes: CachedPasses) -> None:
+    """Phase 2 (when it has epochs), from phase 1's kept epoch, not its last one: the top blocks on the
+    cached activations, or the whole backbone on augmented images."""
+    config = run.config
+    if config.unfrozen_epochs <= 0:
+        return
+    if trainee.resumed_phase != UNFROZEN:
+        trainee.best.restore(FROZEN)
+        trainee.checkpoints.save_frozen_best(trainee.best, trainee.network)
+    trainee.best.phase = UNFROZEN
+    started = time.perf_counter()
+    fit = trainee.phase_fit(run, UNFROZEN, config.unfrozen_epochs)
+    train = splits["train"]
+    if passes.cut is None:
+        fine_tune(trainee.network, train, splits["validation"], fit)
+        per_epoch = len(train)
+    else:
+        fine_tune_tail(trainee.network, passes.cut, passes.train, passes.validation, fit)
+        per_epoch = len(train) * (2 if config.mirror_augment else 1)
+    run.timing["phase2_seconds"] = run.seconds_since(started)
+    rows = [row for row in trainee.history if row.get("phase") == UNFROZEN]
+    seconds = sum(row["seconds"] for row in rows)
+    run.timing["phase2_images_per_second"] = round(per_epoch * len(rows) / max(seconds, 1e-9), 1) if rows else 0.0
+
+
+def select_published(
+    run: AttributeRun, trainee: Trainee, probe: FittedProbe | None, splits: dict[str, SplitArrays]
+) -> Selection:
+    """The network (its kept weights already restored), unless the probe is at least as good on
+    validation by :func:`~models.evaluation.beats`; the test split is read once for each candidate."""
+    test, batch_size, best = splits["test"], run.config.batch_size, trainee.best
+    network_test = classification_metrics(
+        test.labels, predict_classes(trainee.network, test.images, batch_size), run.classes
+    )
+    network = Selection("network", trainee.network, best.best_accuracy, network_test, network_test, None)
+    if probe is None:
+        return network
+    probe_test = classification_metrics(
+        test.labels, predict_classes(probe.network, test.images, batch_size), run.classes
+    )
+    probe_record = {
+        "l2": probe.fit["l2"],
+        "val_accuracy": probe.fit["val_accuracy"],
+        "val_loss": round(probe.fit["val_loss"], 4),
+        "grid": probe.fit["grid"],
+        "test": probe_test,
+    }
+    validation_images = len(splits["validation"])
+    if beats(best.best_accuracy, probe.fit["val_accuracy"], validation_images, run.config.selection_margin):
+        return dataclasses.replace(network, probe_record=probe_record)
+    return Selection("probe", probe.network, probe.fit["val_accuracy"], probe_test, network_test, probe_record)
+
+
+def log_outcome(run: AttributeRun, best: BestWeights, selection: Selection, train_seconds: float) -> None:
+    probe = selection.probe_record
     logger.info(
-        f"[{label}] network: best val_acc {best.best_accuracy:.3f} ({best.best_phase} epoch {best.best_epoch}), "
-        f"test acc {network_test['accuracy']:.3f}"
+        f"[{run.label}] network: best val_acc {best.best_accuracy:.3f} ({best.best_phase} epoch {best.best_epoch}), "
+        f"test acc {selection.network_test['accuracy']:.3f}"
         + (
-            f"; probe: val_acc {probe['val_accuracy']:.3f}, test acc {probe_record['test']['accuracy']:.3f}"
-            if probe and probe_record is not None  # the record exists whenever the probe does
+            f"; probe: val_acc {probe['val_accuracy']:.3f}, test acc {probe['test']['accuracy']:.3f}"
+            if probe is not None
             else ""
         )
-        + f"; published: {published}; {train_seconds}s"
+        + f"; published: {selection.published}; {train_seconds}s"
     )
-    metrics = {
-        "attribute": attribute,
-        "version": version,
+
+
+def metrics_record(
+    run: AttributeRun, splits: dict[str, SplitArrays], trainee: Trainee, selection: Selection, train_seconds: float
+) -> dict[str, Any]:
+    """The run's metrics.json (without ``artifacts``, which :func:`save_run` adds)."""
+    config, classes, best, test = run.config, run.classes, trainee.best, splits["test"]
+    return {
+        "attribute": run.attribute,
+        "version": run.version,
         "classes": list(classes),
         "image_size": config.image_size,
         "backbone": config.backbone,
         "weights": config.weights,
         "pooling": config.pooling,
-        "config": config_record,
+        "config": recipe_record(config),
         "counts": {
             name: {"images": len(arrays), "skipped": arrays.skipped, "per_class": class_counts(arrays, classes)}
             for name, arrays in splits.items()
         },
         "rejected": rejection_record(splits),
-        "class_weight": {classes[c]: round(w, 4) for c, w in class_weight.items()},
-        "history": history,
+        "class_weight": {classes[c]: round(w, 4) for c, w in trainee.class_weight.items()},
+        "history": trainee.history,
         "best": best.record(),
-        "published": published,
-        # published is "probe" only when there is a probe
-        "val_accuracy": best.best_accuracy if published == "network" or probe is None else probe["val_accuracy"],
-        "test": test_metrics,
-        "network": {"val_accuracy": best.best_accuracy, "test": network_test},
-        "probe": probe_record,
+        "published": selection.published,
+        "val_accuracy": selection.val_accuracy,
+        "test": selection.test,
+        "network": {"val_accuracy": best.best_accuracy, "test": selection.network_test},
+        "probe": selection.probe_record,
         "test_split": {"images": len(test), "fingerprint": split_fingerprint(test)},
-        "timing": timing,
-        "mixed_precision": mixed,
+        "timing": run.timing,
+        "mixed_precision": run.mixed,
         "train_seconds": train_seconds,
-        "model_key": model_file_key(attribute, version),
+        "model_key": model_file_key(run.attribute, run.version),
     }
-    save_model(store, model_file_key(attribute, version), published_model)
-    metrics["artifacts"] = write_evaluation(store, metrics)
-    store.write_json(model_metrics_key(attribute, version), metrics)  # last: its presence means "trained"
-    checkpoints.clear()
-    return metrics
+
+
+def save_run(run: AttributeRun, published_model: keras.Model, metrics: dict[str, Any]) -> None:
+    """The published model, its evaluation pictures and model card, then metrics.json: last, as its
+    presence means "trained"."""
+    save_model(run.store, model_file_key(run.attribute, run.version), published_model)
+    metrics["artifacts"] = write_evaluation(run.store, metrics)
+    run.store.write_json(model_metrics_key(run.attribute, run.version), metrics)
 
 
 def resume_weights(

@@ -146,7 +146,8 @@ class SplitSettings(Section):
 
 @dataclass(frozen=True)
 class TrainingSettings(Section):
-    """``training`` (models.train.TrainingConfig reads it; :func:`validate_training` checks the values)."""
+    """``training``: the recipe models.train runs (:func:`validate_training` checks the values) and the
+    publish step's ``promotion_tolerance`` (models.registry.promote)."""
 
     backbone: str
     weights: str | None
@@ -178,6 +179,12 @@ class TrainingSettings(Section):
     shared_backbone: bool
     promotion_tolerance: float
     seed: int
+
+    def unfreeze_prefix(self) -> str:
+        """``unfreeze_from`` for this section's backbone ("all" when a mapping does not name it)."""
+        if isinstance(self.unfreeze_from, dict):
+            return str(self.unfreeze_from.get(self.backbone, "all"))
+        return str(self.unfreeze_from)
 
 
 @dataclass(frozen=True)
@@ -684,7 +691,7 @@ def validate_crawl_failure(crawl: CrawlSettings) -> None:
         raise ValueError(f"crawl.max_failed_share must be a number from 0 to 1, got {share!r}")
 
 
-# -- training (models.train.TrainingConfig reads these) -----------------------------------------------
+# -- training (models.train runs these) -------------------------------------------------------------
 _TRAINING_CHOICES = {
     "pooling": ("avg", "max", "flatten"),
     "lr_schedule": ("constant", "cosine"),
@@ -760,9 +767,7 @@ def validate_training(training: T) -> T:
                     f"{where}needs 'all', a backbone layer-name prefix (block11) or a mapping "
                     f"backbone -> prefix, got {value!r}"
                 )
-    if training.get("head_init") == "probe" and (
-        training.get("dense_units", 512) != 0 or training.get("probe") is False
-    ):
+    if training.get("head_init") == "probe" and (training.get("dense_units") != 0 or training.get("probe") is False):
         raise ValueError(
             "training.head_init: probe needs dense_units: 0 and probe: true (the head starts as the probe)"
         )

@@ -167,16 +167,26 @@ def publish_untrained(store, attributes=("shape", "pattern")):
     return store
 
 
+#: The model tests' training values over the settings' (tests/models/conftest.py): a tiny network, and the
+#: seed's recipe (a Dense head from random, phase 2 on the whole backbone) rather than the settings' LP-FT.
 TINY_TRAINING = {
     "backbone": "vgg16",
     "weights": None,
     "image_size": 32,
     "batch_size": 16,
     "dense_units": 64,
+    "dropout": 0.5,
     "frozen_epochs": 20,
     "unfrozen_epochs": 1,
     "head_learning_rate": 0.003,
     "finetune_learning_rate": 0.0001,
     "patience": 1,
     "seed": 1234,
+    "lr_schedule": "constant",
+    "warmup_epochs": 0,
+    "unfreeze_from": "all",
+    "mirror_augment": False,
+    "selection_margin": 0.0,
+    "head_init": "random",
+    "image_fit": "squash",
 }

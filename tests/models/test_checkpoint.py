@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ sys.path.insert(0, {repo!r})
 from fashionnet_tools.console import configure_logging
 configure_logging()  # the progress lines on stdout, as a tool shows them
 import models.train as train
+from pipeline.settings import TrainingSettings, build_section
 from pipeline.storage import ObjectStore
 
 begin = train.EpochLog.on_epoch_begin
@@ -40,13 +42,14 @@ def on_train_batch_end(self, batch, logs=None):
         time.sleep(600)
 train.EpochLog.on_epoch_begin = on_epoch_begin
 train.EpochLog.on_train_batch_end = on_train_batch_end
-train.train_attribute(ObjectStore({store!r}), "pattern", "v1", json.loads({config!r}), tuple(json.loads({classes!r})))
+training = build_section(TrainingSettings, json.loads({config!r}), "training")
+train.train_attribute(ObjectStore({store!r}), "pattern", "v1", training, tuple(json.loads({classes!r})))
 """
 
 
 @pytest.fixture
-def config(tiny_training) -> dict:
-    return {**tiny_training, "frozen_epochs": 3, "unfrozen_epochs": 3, "patience": 5}
+def config(tiny_training):
+    return dataclasses.replace(tiny_training, frozen_epochs=3, unfrozen_epochs=3, patience=5)
 
 
 def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, config, capsys, tmp_path, console_logging):
@@ -55,7 +58,7 @@ def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(file_store, con
     script = TRAINING_RUN.format(
         repo=str(REPO_ROOT),
         store=file_store.uri,
-        config=json.dumps(config),
+        config=json.dumps(config.as_dict()),
         classes=json.dumps(CLASSES),
         marker=str(marker),
     )
@@ -116,7 +119,7 @@ def test_a_checkpoint_of_another_config_is_not_resumed(file_store, config, capsy
     write_dataset(file_store, per_class=10, kinds=("striped", "solid"))
     other = TrainingState(config={"frozen_epochs": 99}, phase="unfrozen", epochs_done=2)
     Checkpoints(file_store, "pattern", "v1").save(other, {}, None)
-    metrics = train_attribute(file_store, "pattern", "v1", {**config, "unfrozen_epochs": 1}, CLASSES)
+    metrics = train_attribute(file_store, "pattern", "v1", dataclasses.replace(config, unfrozen_epochs=1), CLASSES)
     out = capsys.readouterr().out
     assert "another training config; starting afresh" in out and "frozen epoch 1/3" in out
     assert len(metrics["history"]) == 4

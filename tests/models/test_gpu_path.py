@@ -4,6 +4,7 @@ is chosen only when a GPU is present."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -50,12 +51,14 @@ def test_the_compose_override_builds_the_gpu_image_for_the_tensorflow_worker_onl
 def test_mixed_precision_only_with_a_gpu(monkeypatch, setting, gpus, expected):
     import tensorflow as tf
 
-    from models.train import TrainingConfig, use_mixed_precision
+    from models.train import use_mixed_precision
+    from pipeline.settings import get_settings
 
+    training = get_settings().training
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus) if kind == "GPU" else [])
-    assert use_mixed_precision(TrainingConfig(mixed_precision=setting)) is expected
+    assert use_mixed_precision(dataclasses.replace(training, mixed_precision=setting)) is expected
     with pytest.raises(ValueError, match="mixed_precision"):
-        use_mixed_precision(TrainingConfig(mixed_precision="fp8"))
+        use_mixed_precision(dataclasses.replace(training, mixed_precision="fp8"))
 
 
 def test_the_softmax_stays_float32_under_a_mixed_policy():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -66,20 +68,20 @@ def test_top_blocks_fine_tuning_from_the_probe_changes_only_the_tail(file_store,
     from models.registry import load_model, publish
 
     write_dataset(file_store, per_class=12, kinds=("striped", "solid"))
-    config = {
-        **tiny_training,
-        "dense_units": 0,
-        "dropout": 0.0,
-        "head_init": "probe",
-        "frozen_epochs": 0,
-        "unfrozen_epochs": 2,
-        "unfreeze_from": {"vgg16": "block5"},
-        "mirror_augment": True,
-        "lr_schedule": "cosine",
-        "warmup_epochs": 1,
-        "selection_margin": 0,
-        "patience": 2,
-    }
+    config = dataclasses.replace(
+        tiny_training,
+        dense_units=0,
+        dropout=0.0,
+        head_init="probe",
+        frozen_epochs=0,
+        unfrozen_epochs=2,
+        unfreeze_from={"vgg16": "block5"},
+        mirror_augment=True,
+        lr_schedule="cosine",
+        warmup_epochs=1,
+        selection_margin=0,
+        patience=2,
+    )
     seen = {}
     original = train_module.fine_tune_tail
 
@@ -123,6 +125,6 @@ def test_head_init_probe_needs_a_linear_head(file_store, tiny_training):
             file_store,
             "pattern",
             "v1",
-            {**tiny_training, "head_init": "probe", "frozen_epochs": 1, "unfrozen_epochs": 0},
+            dataclasses.replace(tiny_training, head_init="probe", frozen_epochs=1, unfrozen_epochs=0),
             ("striped", "solid"),
         )

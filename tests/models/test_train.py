@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,12 +14,14 @@ from models.evaluation import classification_metrics
 from models.network import BACKBONE_LAYER, build_attribute_network
 from models.train import (
     BestWeights,
-    TrainingConfig,
+    PhaseFit,
     balanced_class_weights,
     fine_tune,
+    run_config,
     train_attribute,
     train_head_on_features,
 )
+from pipeline.settings import get_settings
 
 CLASSES = ("checkered", "striped", "floral", "graphic", "solid")  # the taxonomy's pattern classes
 
@@ -110,19 +114,17 @@ def test_phase_one_trains_only_the_head_and_phase_two_the_base(file_store, tiny_
     classes = ("striped", "solid")
     train = load_split(file_store, "pattern", "train", classes, 32)
     validation = load_split(file_store, "pattern", "validation", classes, 32)
-    config = TrainingConfig.from_dict(
-        {**tiny_training, "frozen_epochs": 2, "unfrozen_epochs": 1, "finetune_learning_rate": 1e-3}
-    )
+    config = dataclasses.replace(tiny_training, frozen_epochs=2, unfrozen_epochs=1, finetune_learning_rate=1e-3)
     model = build_attribute_network(2, image_size=32, dense_units=8)
     base = model.get_layer(BACKBONE_LAYER)
     base_before = [w.copy() for w in base.get_weights()]
     head_before = model.get_layer("predictions").get_weights()[0].copy()
-    train_head_on_features(model, train, validation, config, {0: 1.0, 1: 1.0}, [])
+    train_head_on_features(model, train, validation, PhaseFit(config, {0: 1.0, 1: 1.0}, []))
     assert not base.trainable_weights
     for before, after in zip(base_before, base.get_weights()):
         np.testing.assert_array_equal(before, after)
     assert not np.array_equal(head_before, model.get_layer("predictions").get_weights()[0])
-    fine_tune(model, train, validation, config, {0: 1.0, 1: 1.0}, [])
+    fine_tune(model, train, validation, PhaseFit(config, {0: 1.0, 1: 1.0}, []))
     assert len(base.trainable_weights) == len(base.weights)
     changed = [not np.array_equal(b, a) for b, a in zip(base_before, base.get_weights())]
     assert all(changed)  # every backbone weight moved in phase 2, the first conv block included
@@ -197,19 +199,19 @@ def test_a_phase_two_that_only_hurts_falls_back_to_the_phase_one_weights(file_st
     import models.train as train_module
     from models.registry import load_model, publish
 
-    def wrecking_fine_tune(model, train, validation, config, class_weight, callbacks, **resume):
+    def wrecking_fine_tune(model, train, validation, fit):
         for layer_name in ("head_dense", "predictions"):
             layer = model.get_layer(layer_name)
             layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        for callback in callbacks:
+        for callback in fit.callbacks:
             callback.set_model(model)
             callback.on_epoch_begin(0)
             callback.on_epoch_end(0, {"loss": 9.9, "accuracy": 0.0, "val_loss": 9.9, "val_accuracy": 0.0})
 
     monkeypatch.setattr(train_module, "fine_tune", wrecking_fine_tune)
     write_dataset(file_store, per_class=10, kinds=("striped", "solid"), fractions=(0.6, 0.2))
-    config = {**tiny_training, "frozen_epochs": 3, "unfrozen_epochs": 1, "probe": False}
+    config = dataclasses.replace(tiny_training, frozen_epochs=3, unfrozen_epochs=1, probe=False)
     metrics = train_attribute(file_store, "pattern", "v1", config, CLASSES)
     assert metrics["best"]["phase"] == "frozen" and metrics["published"] == "network"
     assert metrics["history"][-1] == {
@@ -234,8 +236,11 @@ def test_augmentation_keeps_shape_and_pixel_range_and_only_flips_when_told():
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(8, 32, 32, 3)).astype("float32")
+    training = get_settings().training
     full = augmentation(
-        TrainingConfig(augment_translation=0.1, augment_zoom=0.2, augment_brightness=0.2, augment_contrast=0.2)
+        dataclasses.replace(
+            training, augment_translation=0.1, augment_zoom=0.2, augment_brightness=0.2, augment_contrast=0.2
+        )
     )
     out = np.asarray(full(images, training=True))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
@@ -248,7 +253,7 @@ def test_augmentation_keeps_shape_and_pixel_range_and_only_flips_when_told():
         "RandomContrast",
     ]
     flip_only = augmentation(
-        TrainingConfig(augment_translation=0, augment_zoom=0, augment_brightness=0, augment_contrast=0)
+        dataclasses.replace(training, augment_translation=0, augment_zoom=0, augment_brightness=0, augment_contrast=0)
     )
     flipped = np.asarray(flip_only(images, training=True))
     for original, augmented in zip(images, flipped):
@@ -257,6 +262,7 @@ def test_augmentation_keeps_shape_and_pixel_range_and_only_flips_when_told():
 
 
 def test_shared_backbone_mode_never_unfreezes_the_base():
-    config = TrainingConfig.from_dict({"shared_backbone": True, "frozen_epochs": 4, "unfrozen_epochs": 6})
+    training = get_settings().training
+    config = run_config(dataclasses.replace(training, shared_backbone=True, frozen_epochs=4, unfrozen_epochs=6))
     assert (config.frozen_epochs, config.unfrozen_epochs) == (4, 0)
-    assert TrainingConfig.from_dict({"unfrozen_epochs": 6}).unfrozen_epochs == 6
+    assert run_config(dataclasses.replace(training, unfrozen_epochs=6)).unfrozen_epochs == 6
