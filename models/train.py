@@ -225,9 +225,15 @@ class EpochLog(keras.callbacks.Callback):
         row.update({k: round(float(logs[k]), 4) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs})
         self.history.append(row)
         logger.info(
-            f"[{self.label}] {self.phase} epoch {epoch + 1}/{self.epochs}: loss {row.get('loss', float('nan')):.3f} "
-            f"acc {row.get('accuracy', float('nan')):.3f} val_acc {row.get('val_accuracy', float('nan')):.3f} "
-            f"({row['seconds']:.1f}s)"
+            "[%s] %s epoch %d/%d: loss %.3f acc %.3f val_acc %.3f (%.1fs)",
+            self.label,
+            self.phase,
+            epoch + 1,
+            self.epochs,
+            row.get("loss", float("nan")),
+            row.get("accuracy", float("nan")),
+            row.get("val_accuracy", float("nan")),
+            row["seconds"],
         )
 
 
@@ -577,7 +583,7 @@ def train_attribute(
     trained again (its metrics are returned).
     """
     if store.exists(model_file_key(attribute, version)) and store.exists(model_metrics_key(attribute, version)):
-        logger.info(f"[{attribute} {version}] already trained; keeping {model_file_key(attribute, version)}")
+        logger.info("[%s %s] already trained; keeping %s", attribute, version, model_file_key(attribute, version))
         return store.read_json(model_metrics_key(attribute, version))
     config = run_config(training)
     previous_policy = keras.mixed_precision.global_policy().name
@@ -723,14 +729,23 @@ def load_splits(run: AttributeRun) -> dict[str, SplitArrays]:
     check_trainable(run.attribute, splits, run.classes)
     train, validation, test = splits["train"], splits["validation"], splits["test"]
     logger.info(
-        f"[{run.label}] images train/validation/test: {len(train)}/{len(validation)}/{len(test)}"
-        f"{' (mixed_float16)' if run.mixed else ''}"
+        "[%s] images train/validation/test: %d/%d/%d%s",
+        run.label,
+        len(train),
+        len(validation),
+        len(test),
+        " (mixed_float16)" if run.mixed else "",
     )
     for name, arrays in splits.items():
         for rejected in arrays.rejected:
             logger.info(
-                f"[{run.label}] {name}: left out {rejected['item_id']} ({rejected['image_key']}): "
-                f"{rejected['reason']} ({rejected.get('detail', '')})"
+                "[%s] %s: left out %s (%s): %s (%s)",
+                run.label,
+                name,
+                rejected["item_id"],
+                rejected["image_key"],
+                rejected["reason"],
+                rejected.get("detail", ""),
             )
     return splits
 
@@ -782,7 +797,7 @@ def fit_probe(run: AttributeRun, network: keras.Model, passes: CachedPasses) -> 
     backbone_weights = network.get_layer(BACKBONE_LAYER).get_weights()
     probe_model = probe_network(network, fitted, run.config, run.classes, backbone_weights, f"{run.attribute}_probe")
     run.timing["probe_seconds"] = run.seconds_since(started)
-    logger.info(f"[{run.label}] linear probe: L2 {fitted['l2']}, val_acc {fitted['val_accuracy']:.3f}")
+    logger.info("[%s] linear probe: L2 %s, val_acc %.3f", run.label, fitted["l2"], fitted["val_accuracy"])
     if run.config.head_init == "probe":
         init_head_from_probe(network, fitted)
     return FittedProbe(fitted, probe_model)
@@ -798,7 +813,7 @@ def start_or_resume(run: AttributeRun, network: keras.Model, splits: dict[str, S
     state, saved = (resumed[0], resumed[1]) if resumed else (TrainingState(config=record), {})
     if resumed:
         resume_weights(network, best, state, resumed[1], resumed[2], checkpoints.load_frozen_best())
-        logger.info(f"[{run.label}] resuming from the checkpoint after {state.phase} epoch {state.epochs_done}")
+        logger.info("[%s] resuming from the checkpoint after %s epoch %s", run.label, state.phase, state.epochs_done)
     class_weight = balanced_class_weights(splits["train"].labels, len(run.classes))
     return Trainee(network, best, class_weight, checkpoints, state, saved, resumed is not None)
 
@@ -873,15 +888,21 @@ def select_published(
 
 def log_outcome(run: AttributeRun, best: BestWeights, selection: Selection, train_seconds: float) -> None:
     probe = selection.probe_record
+    probe_line = (
+        f"; probe: val_acc {probe['val_accuracy']:.3f}, test acc {probe['test']['accuracy']:.3f}"
+        if probe is not None
+        else ""
+    )
     logger.info(
-        f"[{run.label}] network: best val_acc {best.best_accuracy:.3f} ({best.best_phase} epoch {best.best_epoch}), "
-        f"test acc {selection.network_test['accuracy']:.3f}"
-        + (
-            f"; probe: val_acc {probe['val_accuracy']:.3f}, test acc {probe['test']['accuracy']:.3f}"
-            if probe is not None
-            else ""
-        )
-        + f"; published: {selection.published}; {train_seconds}s"
+        "[%s] network: best val_acc %.3f (%s epoch %s), test acc %.3f%s; published: %s; %ss",
+        run.label,
+        best.best_accuracy,
+        best.best_phase,
+        best.best_epoch,
+        selection.network_test["accuracy"],
+        probe_line,
+        selection.published,
+        train_seconds,
     )
 
 
