@@ -1,18 +1,16 @@
-"""The fashion-vector repository's layout, schema and configuration, and its readers
+"""The fashion-vector repository's layout and schema, and its readers
 (:func:`read_repository`, :func:`repository_dataset`); no TensorFlow, no Keras."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import re
 import time
-from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,9 +20,6 @@ import pyarrow.parquet as pq
 
 from pipeline import store_layout
 from pipeline.storage import ObjectStore
-
-if TYPE_CHECKING:
-    from pipeline.settings import RepositorySettings
 
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
@@ -126,13 +121,6 @@ def partitioning() -> ds.Partitioning:
 def bucket(item_id: str, count: int) -> int:
     """The file (0..count-1) of a partition that holds ``item_id``; stable across processes."""
     return int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16) % count
-
-
-def repository_config(overrides: Mapping[str, Any] | None = None) -> RepositorySettings:
-    """``settings.repository`` with ``overrides`` (some of its keys) replacing its values."""
-    from pipeline.settings import get_settings
-
-    return dataclasses.replace(get_settings().repository, **{k: int(v) for k, v in (overrides or {}).items()})
 
 
 # -- reading ------------------------------------------------------------------------------------------
