@@ -8,6 +8,7 @@ import io
 import json
 import re
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import store_layout
+from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
 
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
@@ -150,23 +152,21 @@ def _stored_file_schema(store: ObjectStore, keys: list[str]) -> pa.Schema | None
     return pa.unify_schemas(schemas, promote_options="permissive")
 
 
-def repository_dataset(store: ObjectStore, attributes: list[str] | None = None) -> ds.Dataset:
+def repository_dataset(
+    store: ObjectStore, attributes: Sequence[str] = (), *, empty_attributes: Sequence[str] | None = None
+) -> ds.Dataset:
     """The repository as a pyarrow dataset over its current files, partition columns included.
 
     Its schema is the one the last commit recorded (``_common_metadata``); a file written before a
     column existed reads it as nulls. ``attributes``: attribute columns to add when absent (null).
-    An empty repository is an empty dataset with the schema of ``attributes`` (default: the taxonomy).
+    An empty repository is an empty dataset with the schema of ``empty_attributes`` (default: ``attributes``).
     """
     keys = data_keys(store)
     stored = _stored_file_schema(store, keys)
     if stored is None:
-        if attributes is None:
-            from pipeline.settings import get_settings
-
-            attributes = get_settings().taxonomy.names
-        stored = file_schema(attributes)
+        stored = file_schema(list(attributes if empty_attributes is None else empty_attributes))
     elif attributes:
-        missing = [f for f in file_schema(attributes) if f.name not in stored.names]
+        missing = [f for f in file_schema(list(attributes)) if f.name not in stored.names]
         stored = pa.schema(list(stored) + missing, metadata=stored.metadata)
     schema = _with_partition_columns(stored)
     if not keys:
@@ -182,7 +182,12 @@ def repository_dataset(store: ObjectStore, attributes: list[str] | None = None) 
 
 
 def read_repository(
-    store: ObjectStore, columns: list[str] | None = None, filter: Any = None, *, sort: bool = True
+    store: ObjectStore,
+    columns: list[str] | None = None,
+    filter: Any = None,
+    *,
+    sort: bool = True,
+    empty_attributes: Sequence[str] | None = None,
 ) -> pa.Table:
     """The repository (all partitions; ``crawl_date`` and ``retailer`` as normal columns), one row
     per item, sorted by item_id (``sort=False``: in file order, also deterministic, and cheaper:
@@ -191,11 +196,14 @@ def read_repository(
     ``columns``: a projection (default: every column); ``filter``: a ``pyarrow.compute.Expression``
     (e.g. ``pc.field("pattern") == "striped"``) or pandas-style DNF tuples
     (``[("crawl_date", ">=", date(2026, 11, 1))]``), pushed down to partitions and row groups.
+    ``empty_attributes``: the attribute columns of an empty repository (default: the taxonomy's).
     """
+    if empty_attributes is None:
+        empty_attributes = get_settings().taxonomy.names
     if isinstance(filter, (list, tuple)):
         filter = pq.filters_to_expression(filter)
     for attempt in range(READ_ATTEMPTS):
-        dataset = repository_dataset(store)
+        dataset = repository_dataset(store, empty_attributes=empty_attributes)
         wanted = list(columns) if columns is not None else dataset.schema.names
         read = wanted if "item_id" in wanted else ["item_id", *wanted]
         try:

@@ -517,7 +517,7 @@ def test_read_repository_rereads_when_a_file_changed_under_it(file_store, monkey
                 raise OSError("At least one of the pre-conditions you specified did not hold")
             return self.dataset.to_table(**kwargs)
 
-    monkeypatch.setattr(R, "repository_dataset", lambda store: ReplacedWhileRead(real(store)))
+    monkeypatch.setattr(R, "repository_dataset", lambda store, **kwargs: ReplacedWhileRead(real(store, **kwargs)))
     monkeypatch.setattr(R.time, "sleep", lambda seconds: None)
     assert R.read_repository(file_store).num_rows == 3 and failures == [1]
 
