@@ -21,6 +21,7 @@ machine); compare them with each other, not with the disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     taxonomy = get_settings().taxonomy
-    config = R.repository_config({"shard_size": 100_000})
+    repository = dataclasses.replace(get_settings().repository, shard_size=100_000)
     rng = np.random.default_rng(args.seed)
     retailers = [f"shop-{i}" for i in range(args.retailers)]
     with tempfile.TemporaryDirectory(prefix="repository-io-") as folder:
@@ -151,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"curation/{batch_id}/accepted.parquet", batch_table(rng, night * per_night, n, retailers, crawled_at)
             )
             started = time.perf_counter()
-            RP.plan_refresh(store, batch_id, batch_id=batch_id, attributes=taxonomy.names, config=config)
+            RP.plan_refresh(store, RP.RefreshPlanRequest(batch_id, taxonomy.names, batch_id=batch_id), repository)
             plan_s += time.perf_counter() - started
             stage_vectors(store, batch_id, rng, args.dim, crawled_at + timedelta(minutes=30))
             started = time.perf_counter()
-            RC.commit_refresh(store, batch_id, config=config)
+            RC.commit_refresh(store, batch_id, repository=repository)
             commit_s += time.perf_counter() - started
 
         keys = R.data_keys(store)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             copy_key = key.replace("fashion_vectors/", "fashion_vectors_copy/")  # staged, then moved, as a commit does
             staged = store.put_bytes(
                 store_layout.repository_staged_file_key("bench", copy_key),
-                RC._parquet_bytes(table, config["row_group_rows"]),
+                RC._parquet_bytes(table, repository.row_group_rows),
             )
             store.move(staged, copy_key)
         encode_s = time.perf_counter() - started

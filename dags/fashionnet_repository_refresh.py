@@ -106,8 +106,9 @@ def fashionnet_repository_refresh():
     @task(trigger_rule="all_done_min_one_success")
     def plan(targets: list[dict], dag_run=None, ti=None) -> list[dict]:
         """Runs when every retailer's tasks are done, over those that succeeded."""
-        from pipeline.repository.plan import plan_refresh
+        from pipeline.repository.plan import RefreshPlanRequest, plan_refresh
         from pipeline.runs import stage
+        from pipeline.settings import get_settings
         from pipeline.storage import open_store
 
         # Every curate result pushed (a failed retailer's pushed nothing). A list of task ids always pulls a
@@ -117,14 +118,14 @@ def fashionnet_repository_refresh():
         failed = sorted(t["retailer"] for t in targets if t["crawl_id"] not in batches)
         commit_id = f"catalog-{dag_run.run_after:%Y%m%d}" if targets else f"rescore-{dag_run.run_after:%Y%m%dT%H%M%S}"
         with stage("refresh.plan") as report:
-            # New items go to the partition of the run's night.
-            report.summary = plan_refresh(
-                open_store(),
+            request = RefreshPlanRequest(
                 commit_id,
+                get_settings().taxonomy.names,
                 batch_ids=batches,
                 failed_retailers=failed,
-                crawl_date=dag_run.run_after.date() if targets else None,
+                crawl_date=dag_run.run_after.date() if targets else None,  # new items: the run's night's partition
             )
+            report.summary = plan_refresh(open_store(), request)
         return [{"commit_id": commit_id, "shard": shard} for shard in range(report.summary["shards"])]
 
     @task(queue=TENSORFLOW_QUEUE)

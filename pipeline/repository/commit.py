@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import logging
 import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,11 +22,11 @@ from pipeline.repository.dataset import (
     RepositoryError,
     conform,
     file_schema,
-    repository_config,
     repository_dataset,
     vector_columns,
 )
 from pipeline.repository.plan import read_plan
+from pipeline.settings import RepositorySettings, get_settings
 from pipeline.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,21 @@ def _parquet_bytes(table: pa.Table, row_group_rows: int) -> bytes:
     return buffer.getvalue()
 
 
-def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> tuple[pa.Table, list[str]]:
+@dataclass(frozen=True)
+class _StagedVectors:
+    """The shards' staged vector rows (item_id and the vector ``columns``), the position of each
+    item's row, and the items whose image could not be read (they keep their stored row; new ones
+    are left out)."""
+
+    table: pa.Table
+    columns: list[str]
+    position: dict[str, int]
+    skipped: list[str]
+
+
+def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> _StagedVectors:
+    """Every shard's staged vectors; a shard without output, or inferred with other model versions
+    than the plan's, is a RepositoryError."""
     commit_id = info["commit_id"]
     tables, skipped = [], []
     for shard in range(info["shards"]):
@@ -66,11 +82,10 @@ def _staged_vectors(store: ObjectStore, info: dict[str, Any]) -> tuple[pa.Table,
             )
         skipped += summary.get("skipped_item_ids", [])
         tables.append(store.read_parquet(table_key))
-    schema = pa.schema(
-        [f for f in file_schema(info["attributes"]) if f.name in ["item_id", *vector_columns(info["attributes"])]]
-    )
+    columns = vector_columns(info["attributes"])
+    schema = pa.schema([f for f in file_schema(info["attributes"]) if f.name in ["item_id", *columns]])
     vectors = pa.concat_tables([conform(t, schema) for t in tables]) if tables else schema.empty_table()
-    return vectors, skipped
+    return _StagedVectors(vectors, columns, _index(vectors), skipped)
 
 
 def _index(table: pa.Table) -> dict[str, int]:
@@ -78,13 +93,18 @@ def _index(table: pa.Table) -> dict[str, int]:
 
 
 def commit_refresh(
-    store: ObjectStore, commit_id: str, *, config: dict[str, Any] | None = None, on_publish: Any = None
+    store: ObjectStore,
+    commit_id: str,
+    *,
+    repository: RepositorySettings | None = None,
+    on_publish: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Merge refresh ``commit_id``'s staged rows into the files that hold their items and publish them.
 
     Inferred rows take the plan's catalog fields and the shard's vectors; ``catalog`` rows keep their
     stored vectors. Items whose image could not be read keep their stored row (new ones are left
-    out). Each changed file is rewritten whole, sorted by item_id, and written under the staging
+    out). Each changed file is rewritten whole, sorted by item_id, in row groups of
+    ``repository.row_group_rows`` (default: ``settings.repository``), and written under the staging
     prefix; only when every file is staged are they moved into place, each atomically (a rename, or
     an S3 server-side copy). A commit that fails while it merges or uploads (a worker killed, the S3
     endpoint gone) has changed nothing a reader sees; one that fails while files are moved leaves
@@ -96,62 +116,118 @@ def commit_refresh(
     record. A rerun that changes nothing (a night run again) keeps the stored record of the commit
     that did the work.
     """
-    sizes = repository_config(config)
+    repository = repository or get_settings().repository
+    finished = _finished_record(store, commit_id)
+    if finished is not None:
+        return finished
+    info, plan = read_plan(store, commit_id)
+    schema = file_schema(info["attributes"], info["classes"])
+    vectors = _staged_vectors(store, info)
+    written = _stage_files(
+        store, commit_id, _without_missing_vectors(plan, vectors), vectors, schema, repository.row_group_rows
+    )
+    _publish(store, commit_id, written, schema, on_publish)
+    record = _commit_record(info, vectors, written, repository_dataset(store).count_rows())
+    _write_record(store, record)
+    return record
+
+
+def _finished_record(store: ObjectStore, commit_id: str) -> dict[str, Any] | None:
+    """The record of refresh ``commit_id`` when it is already committed (its staging then deleted), else None."""
     record_key = store_layout.repository_commit_key(commit_id)
-    info_key = store_layout.repository_plan_key(commit_id)
     done_key = store_layout.repository_committed_key(commit_id)
     if store.exists(done_key):  # committed; the clean-up of the staging was cut short
         record = store.read_json(done_key)
         _delete_staging(store, commit_id)
         return record
-    if not store.exists(info_key) and store.exists(record_key):  # committed (and, but for strays, cleaned up)
-        _delete_staging(store, commit_id)
+    if not store.exists(store_layout.repository_plan_key(commit_id)) and store.exists(record_key):
+        _delete_staging(store, commit_id)  # committed (and, but for strays, cleaned up)
         return store.read_json(record_key)
-    info, plan = read_plan(store, commit_id)
-    attributes = info["attributes"]
-    schema = file_schema(attributes, info["classes"])
-    vector_names = vector_columns(attributes)
-    vectors, skipped = _staged_vectors(store, info)
-    vector_at = _index(vectors)
+    return None
+
+
+def _without_missing_vectors(plan: pa.Table, vectors: _StagedVectors) -> pa.Table:
+    """The plan without the items to infer that have no staged vector row (their image could not be
+    read), sorted by file, then item_id."""
     inferred = pc.is_in(plan["action"], pa.array(["new", "image", "model"]))
-    missing = [i for i, needs in zip(plan["item_id"].to_pylist(), inferred.to_pylist()) if needs and i not in vector_at]
+    missing = [
+        i for i, needs in zip(plan["item_id"].to_pylist(), inferred.to_pylist()) if needs and i not in vectors.position
+    ]
     if missing:
         plan = plan.filter(pc.invert(pc.is_in(plan["item_id"], pa.array(missing, pa.string()))))
-    plan = plan.sort_by([("file", "ascending"), ("item_id", "ascending")])
+    return plan.sort_by([("file", "ascending"), ("item_id", "ascending")])
+
+
+def _file_rows(plan: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """(file key, its plan rows) of a plan sorted by file."""
     file_column = plan["file"].to_pylist()
-    written: list[dict[str, Any]] = []
     start = 0
     while start < len(file_column):
-        key = file_column[start]
         end = start
-        while end < len(file_column) and file_column[end] == key:
+        while end < len(file_column) and file_column[end] == file_column[start]:
             end += 1
-        rows = plan.slice(start, end - start)
+        yield file_column[start], plan.slice(start, end - start)
         start = end
+
+
+def _stage_files(
+    store: ObjectStore,
+    commit_id: str,
+    plan: pa.Table,
+    vectors: _StagedVectors,
+    schema: pa.Schema,
+    row_group_rows: int,
+) -> list[dict[str, Any]]:
+    """Write every file that ``plan`` changes, merged, under the staging prefix; what was written
+    (key, rows, rows changed) per file."""
+    written: list[dict[str, Any]] = []
+    for key, rows in _file_rows(plan):
         existing = conform(store.read_parquet(key), schema) if store.exists(key) else schema.empty_table()
-        stored_at = _index(existing)
-        meta = rows.select(ITEM_COLUMNS)
-        actions = rows["action"].to_pylist()
-        ids = rows["item_id"].to_pylist()
-        take_new = [n for n, a in enumerate(actions) if a != "catalog"]
-        take_old = [n for n, a in enumerate(actions) if a == "catalog" and ids[n] in stored_at]
-        updated = []
-        if take_new:
-            source = vectors.take(pa.array([vector_at[ids[n]] for n in take_new], pa.int64()))
-            updated.append(_merge_columns(meta.take(pa.array(take_new, pa.int64())), source, vector_names, schema))
-        if take_old:
-            source = existing.take(pa.array([stored_at[ids[n]] for n in take_old], pa.int64()))
-            updated.append(_merge_columns(meta.take(pa.array(take_old, pa.int64())), source, vector_names, schema))
-        if not updated:
+        merged = _merged_file(existing, rows, vectors, schema)
+        if merged is None:
             continue
-        replaced = pa.array([ids[n] for n in take_new + take_old], pa.string())
-        kept = existing.filter(pc.invert(pc.is_in(existing["item_id"], replaced)))
-        table = pa.concat_tables([kept, *updated]).sort_by("item_id").replace_schema_metadata(schema.metadata)
-        store.put_bytes(
-            store_layout.repository_staged_file_key(commit_id, key), _parquet_bytes(table, sizes.row_group_rows)
-        )
-        written.append({"key": key, "rows": table.num_rows, "changed": len(replaced)})
-    # Every new file is staged: only now does the dataset change, by moves that move no bytes.
+        table, changed = merged
+        store.put_bytes(store_layout.repository_staged_file_key(commit_id, key), _parquet_bytes(table, row_group_rows))
+        written.append({"key": key, "rows": table.num_rows, "changed": changed})
+    return written
+
+
+def _merged_file(
+    existing: pa.Table, rows: pa.Table, vectors: _StagedVectors, schema: pa.Schema
+) -> tuple[pa.Table, int] | None:
+    """(file ``existing`` with its plan ``rows`` applied, sorted by item_id; the rows replaced), or None
+    when no row changes: inferred rows take their staged vectors, ``catalog`` rows their stored ones
+    (a ``catalog`` row of an item the file does not hold is dropped)."""
+    stored_at = _index(existing)
+    meta = rows.select(ITEM_COLUMNS)
+    actions = rows["action"].to_pylist()
+    ids = rows["item_id"].to_pylist()
+    take_new = [n for n, a in enumerate(actions) if a != "catalog"]
+    take_old = [n for n, a in enumerate(actions) if a == "catalog" and ids[n] in stored_at]
+    updated = []
+    if take_new:
+        source = vectors.table.take(pa.array([vectors.position[ids[n]] for n in take_new], pa.int64()))
+        updated.append(_merge_columns(meta.take(pa.array(take_new, pa.int64())), source, vectors.columns, schema))
+    if take_old:
+        source = existing.take(pa.array([stored_at[ids[n]] for n in take_old], pa.int64()))
+        updated.append(_merge_columns(meta.take(pa.array(take_old, pa.int64())), source, vectors.columns, schema))
+    if not updated:
+        return None
+    replaced = pa.array([ids[n] for n in take_new + take_old], pa.string())
+    kept = existing.filter(pc.invert(pc.is_in(existing["item_id"], replaced)))
+    table = pa.concat_tables([kept, *updated]).sort_by("item_id").replace_schema_metadata(schema.metadata)
+    return table, len(replaced)
+
+
+def _publish(
+    store: ObjectStore,
+    commit_id: str,
+    written: list[dict[str, Any]],
+    schema: pa.Schema,
+    on_publish: Callable[[str], None] | None,
+) -> None:
+    """Move every staged file into place (every new file is staged: only now does the dataset change,
+    by moves that move no bytes), then record the dataset's schema (``_common_metadata``)."""
     for entry in written:
         store.move(store_layout.repository_staged_file_key(commit_id, entry["key"]), entry["key"])
         if on_publish is not None:
@@ -160,9 +236,14 @@ def commit_refresh(
         common = io.BytesIO()
         pq.write_metadata(schema, common)
         store.put_bytes(store_layout.REPOSITORY_COMMON_METADATA_KEY, common.getvalue())
-    rows = repository_dataset(store).count_rows()
-    record = {
-        "commit_id": commit_id,
+
+
+def _commit_record(
+    info: dict[str, Any], vectors: _StagedVectors, written: list[dict[str, Any]], repository_rows: int
+) -> dict[str, Any]:
+    """What the commit of plan ``info`` did (``repository/commits/<commit_id>.json``)."""
+    return {
+        "commit_id": info["commit_id"],
         "batch_id": info["batch_id"],
         "batch_ids": info.get("batch_ids", []),
         "failed_retailers": info.get("failed_retailers", []),
@@ -171,26 +252,33 @@ def commit_refresh(
         "schema_version": SCHEMA_VERSION,
         "versions": info["versions"],
         "actions": info["actions"],
-        "inferred": vectors.num_rows,
-        "skipped_undecodable": len(skipped),
-        "skipped_item_ids": skipped[:1000],
+        "inferred": vectors.table.num_rows,
+        "skipped_undecodable": len(vectors.skipped),
+        "skipped_item_ids": vectors.skipped[:1000],
         "files_written": written,
-        "repository_rows": rows,
+        "repository_rows": repository_rows,
     }
+
+
+def _write_record(store: ObjectStore, record: dict[str, Any]) -> None:
+    """Store the commit's record (a commit that changed nothing keeps the record of the one that did
+    the work), mark the refresh committed and delete its staging."""
+    commit_id = record["commit_id"]
+    record_key = store_layout.repository_commit_key(commit_id)
+    written = record["files_written"]
     if written or not store.exists(record_key):
         store.write_json(record_key, record)
     else:
         logger.info("[repository %s] nothing changed; %s of the earlier commit is kept", commit_id, record_key)
-    store.write_json(done_key, record)  # from here on a retry only finishes the clean-up
+    store.write_json(store_layout.repository_committed_key(commit_id), record)  # from here a retry only cleans up
     _delete_staging(store, commit_id)
     logger.info(
         "[repository %s] committed %d rows in %d file(s); %d items in the repository",
         commit_id,
         sum(w["changed"] for w in written),
         len(written),
-        rows,
+        record["repository_rows"],
     )
-    return record
 
 
 def _delete_staging(store: ObjectStore, commit_id: str) -> None:

@@ -1,18 +1,17 @@
-"""The fashion-vector repository's layout, schema and configuration, and its readers
+"""The fashion-vector repository's layout and schema, and its readers
 (:func:`read_repository`, :func:`repository_dataset`); no TensorFlow, no Keras."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,10 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import store_layout
+from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore
-
-if TYPE_CHECKING:
-    from pipeline.settings import RepositorySettings
 
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
 PARTITION_COLUMNS = ("crawl_date", "retailer")
@@ -128,13 +125,6 @@ def bucket(item_id: str, count: int) -> int:
     return int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16) % count
 
 
-def repository_config(overrides: Mapping[str, Any] | None = None) -> RepositorySettings:
-    """``settings.repository`` with ``overrides`` (some of its keys) replacing its values."""
-    from pipeline.settings import get_settings
-
-    return dataclasses.replace(get_settings().repository, **{k: int(v) for k, v in (overrides or {}).items()})
-
-
 # -- reading ------------------------------------------------------------------------------------------
 def arrow_filesystem(store: ObjectStore) -> pafs.FileSystem:
     """The store's filesystem for pyarrow (S3 goes through the store's own fsspec client)."""
@@ -162,23 +152,21 @@ def _stored_file_schema(store: ObjectStore, keys: list[str]) -> pa.Schema | None
     return pa.unify_schemas(schemas, promote_options="permissive")
 
 
-def repository_dataset(store: ObjectStore, attributes: list[str] | None = None) -> ds.Dataset:
+def repository_dataset(
+    store: ObjectStore, attributes: Sequence[str] = (), *, empty_attributes: Sequence[str] | None = None
+) -> ds.Dataset:
     """The repository as a pyarrow dataset over its current files, partition columns included.
 
     Its schema is the one the last commit recorded (``_common_metadata``); a file written before a
     column existed reads it as nulls. ``attributes``: attribute columns to add when absent (null).
-    An empty repository is an empty dataset with the schema of ``attributes`` (default: the taxonomy).
+    An empty repository is an empty dataset with the schema of ``empty_attributes`` (default: ``attributes``).
     """
     keys = data_keys(store)
     stored = _stored_file_schema(store, keys)
     if stored is None:
-        if attributes is None:
-            from pipeline.settings import get_settings
-
-            attributes = get_settings().taxonomy.names
-        stored = file_schema(attributes)
+        stored = file_schema(list(attributes if empty_attributes is None else empty_attributes))
     elif attributes:
-        missing = [f for f in file_schema(attributes) if f.name not in stored.names]
+        missing = [f for f in file_schema(list(attributes)) if f.name not in stored.names]
         stored = pa.schema(list(stored) + missing, metadata=stored.metadata)
     schema = _with_partition_columns(stored)
     if not keys:
@@ -194,7 +182,12 @@ def repository_dataset(store: ObjectStore, attributes: list[str] | None = None) 
 
 
 def read_repository(
-    store: ObjectStore, columns: list[str] | None = None, filter: Any = None, *, sort: bool = True
+    store: ObjectStore,
+    columns: list[str] | None = None,
+    filter: Any = None,
+    *,
+    sort: bool = True,
+    empty_attributes: Sequence[str] | None = None,
 ) -> pa.Table:
     """The repository (all partitions; ``crawl_date`` and ``retailer`` as normal columns), one row
     per item, sorted by item_id (``sort=False``: in file order, also deterministic, and cheaper:
@@ -203,11 +196,14 @@ def read_repository(
     ``columns``: a projection (default: every column); ``filter``: a ``pyarrow.compute.Expression``
     (e.g. ``pc.field("pattern") == "striped"``) or pandas-style DNF tuples
     (``[("crawl_date", ">=", date(2026, 11, 1))]``), pushed down to partitions and row groups.
+    ``empty_attributes``: the attribute columns of an empty repository (default: the taxonomy's).
     """
+    if empty_attributes is None:
+        empty_attributes = get_settings().taxonomy.names
     if isinstance(filter, (list, tuple)):
         filter = pq.filters_to_expression(filter)
     for attempt in range(READ_ATTEMPTS):
-        dataset = repository_dataset(store)
+        dataset = repository_dataset(store, empty_attributes=empty_attributes)
         wanted = list(columns) if columns is not None else dataset.schema.names
         read = wanted if "item_id" in wanted else ["item_id", *wanted]
         try:

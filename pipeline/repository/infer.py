@@ -20,8 +20,9 @@ import pyarrow as pa
 from pipeline import store_layout
 from pipeline.images import UndecodableImage
 from pipeline.repository.commit import commit_refresh
-from pipeline.repository.dataset import conform, file_schema, repository_config, vector_columns
-from pipeline.repository.plan import plan_refresh, read_plan, shard_items
+from pipeline.repository.dataset import conform, file_schema, vector_columns
+from pipeline.repository.plan import RefreshPlanRequest, plan_refresh, read_plan, shard_items
+from pipeline.settings import get_settings
 from pipeline.storage import ObjectStore, StoreKeyError
 
 logger = logging.getLogger(__name__)
@@ -108,11 +109,12 @@ def infer_shard_with(
     store: ObjectStore,
     commit_id: str,
     shard: int,
+    batch_size: int,
     inferred_at: datetime | None = None,
-    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Infer shard ``shard`` of refresh ``commit_id`` (:func:`pipeline.repository.plan.plan_refresh`)
-    with ``vectorizer`` and stage its vectors; its networks must be the versions the plan names."""
+    with ``vectorizer``, ``batch_size`` images at a time, and stage its vectors; its networks must be
+    the versions the plan names."""
     info, items = shard_items(store, commit_id, shard)
     if vectorizer.versions != {a: info["versions"][a] for a in vectorizer.attributes} or set(
         vectorizer.attributes
@@ -120,7 +122,6 @@ def infer_shard_with(
         raise ValueError(
             f"refresh {commit_id!r} was planned for {info['versions']}, these networks are {vectorizer.versions}"
         )
-    batch_size = batch_size or repository_config().inference_batch_size
     vectors, skipped = infer_items(
         vectorizer,
         store,
@@ -158,16 +159,12 @@ def build_repository_with(
     networks' are inferred; rows of items whose image cannot be read or decoded are skipped (new
     ones) or kept as they were. Rerunning the same batch infers and writes nothing.
     """
-    plan = plan_refresh(
-        store,
-        batch_id,
-        batch_id=batch_id,
-        crawl_date=crawl_date,
-        attributes=vectorizer.attributes,
-        models=vectorizer.models,
+    request = RefreshPlanRequest(
+        batch_id, vectorizer.attributes, batch_id=batch_id, crawl_date=crawl_date, models=vectorizer.models
     )
+    plan = plan_refresh(store, request)
     summaries = [
-        infer_shard_with(vectorizer, store, batch_id, shard, inferred_at, batch_size) for shard in range(plan["shards"])
+        infer_shard_with(vectorizer, store, batch_id, shard, batch_size, inferred_at) for shard in range(plan["shards"])
     ]
     record = commit_refresh(store, batch_id)
     skipped = [i for s in summaries for i in s["skipped_item_ids"]]
@@ -204,14 +201,16 @@ def _list_array(matrix: np.ndarray) -> pa.Array:
 
 def infer_shard(store: ObjectStore, commit_id: str, shard: int, batch_size: int | None = None) -> dict[str, Any]:
     """Shard ``shard`` of refresh ``commit_id`` with the model versions its plan names (the refresh
-    DAG's mapped ``infer_shard`` task)."""
+    DAG's mapped ``infer_shard`` task), ``batch_size`` images at a time (default: settings
+    ``repository.inference_batch_size``)."""
     from models.inference import FashionVectorizer
 
+    batch_size = batch_size or get_settings().repository.inference_batch_size
     info, _ = read_plan(store, commit_id)
     vectorizer = FashionVectorizer.from_registry(
-        store, info["attributes"], versions=info["versions"], batch_size=batch_size or 64
+        store, info["attributes"], versions=info["versions"], batch_size=batch_size
     )
-    return infer_shard_with(vectorizer, store, commit_id, shard, batch_size=batch_size)
+    return infer_shard_with(vectorizer, store, commit_id, shard, batch_size)
 
 
 def build_repository(
@@ -224,12 +223,9 @@ def build_repository(
 ) -> dict[str, Any]:
     """Refresh the repository from ``batch_id`` in one process with the published networks of
     ``attributes`` (default: the taxonomy's)."""
-    if attributes is None:
-        from pipeline.settings import get_settings
-
-        attributes = get_settings().taxonomy.names
     from models.inference import FashionVectorizer
 
+    attributes = attributes if attributes is not None else get_settings().taxonomy.names
     vectorizer = FashionVectorizer.from_registry(store, attributes, batch_size=batch_size)
     return build_repository_with(
         vectorizer, store, batch_id, inferred_at=inferred_at, batch_size=batch_size, crawl_date=crawl_date

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -24,9 +26,9 @@ from pipeline.repository.dataset import (
     data_keys,
     file_schema,
     published_models,
-    repository_config,
     repository_dataset,
 )
+from pipeline.settings import RepositorySettings, get_settings
 from pipeline.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -118,116 +120,172 @@ def _new_item_files(new: pa.Table, crawl_date: date, existing_files: list[str], 
     ]
 
 
-def plan_refresh(
-    store: ObjectStore,
-    commit_id: str,
-    *,
-    batch_id: str | None = None,
-    batch_ids: list[str] | None = None,
-    failed_retailers: list[str] | None = None,
-    crawl_date: date | None = None,
-    attributes: list[str] | None = None,
-    models: dict[str, dict[str, Any]] | None = None,
-    config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Decide what refresh ``commit_id`` changes and write the plan to its staging prefix.
+@dataclass(frozen=True)
+class RefreshPlanRequest:
+    """What refresh ``commit_id`` is asked to apply, for the networks of ``attributes``.
 
     ``batch_id``: a curated catalog batch whose items are added or updated, or ``batch_ids``: several
     (the night's batch of each retailer; neither: only re-score rows whose model versions are not
     ``models'``). ``failed_retailers``: retailers whose batch the night could not make, recorded in the
     plan and the commit record. ``crawl_date``: the partition of new items (default: the first batch
-    id's ``YYYYMMDD``). ``models``: attribute -> {"version", "classes"} (default: the
-    published networks of ``attributes``, default the taxonomy's). Per item, the action is one of
-    ``new`` (not in the repository), ``image`` (content_sha256 changed), ``model`` (a stored model
-    version differs; re-inferred from the row's own image when the batch does not have the item) —
-    these three are inferred — or ``catalog`` (only catalog fields changed: the stored vectors are
-    kept). A batch row crawled before the stored row is not applied.
+    id's ``YYYYMMDD``). ``models``: attribute -> {"version", "classes"} (default: the published
+    networks of ``attributes``).
     """
-    sizes = repository_config(config)
-    if attributes is None:
-        from pipeline.settings import get_settings
 
-        attributes = get_settings().taxonomy.names
-    models = models or published_models(store, attributes)
+    commit_id: str
+    attributes: Sequence[str]
+    batch_id: str | None = None
+    batch_ids: Sequence[str] = ()
+    failed_retailers: Sequence[str] = ()
+    crawl_date: date | None = None
+    models: Mapping[str, Mapping[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_id and self.batch_ids:
+            raise ValueError("give batch_id or batch_ids, not both")
+
+    def batches(self) -> list[str]:
+        """The batch ids to apply, sorted and without repeats."""
+        return sorted(set(self.batch_ids)) if self.batch_ids else ([self.batch_id] if self.batch_id else [])
+
+
+@dataclass(frozen=True)
+class _PlanInputs:
+    """What a plan is computed from: the batches' items (``batch``, None without batches), the stored
+    rows (``current``, with a ``model_changed`` column), the new items' partition date and the networks."""
+
+    batch_ids: list[str]
+    batch: pa.Table | None
+    current: pa.Table
+    crawl_date: date
+    models: Mapping[str, Mapping[str, Any]]
+    versions: dict[str, str]
+
+
+def plan_refresh(
+    store: ObjectStore, request: RefreshPlanRequest, repository: RepositorySettings | None = None
+) -> dict[str, Any]:
+    """Decide what refresh ``request.commit_id`` changes and write the plan to its staging prefix.
+
+    Per item, the action is one of ``new`` (not in the repository), ``image`` (content_sha256
+    changed), ``model`` (a stored model version differs; re-inferred from the row's own image when
+    the batch does not have the item) — these three are inferred — or ``catalog`` (only catalog
+    fields changed: the stored vectors are kept). A batch row crawled before the stored row is not
+    applied. The rows to infer are cut into shards as ``repository`` (default: ``settings.repository``)
+    says; new items are spread over files of at most its ``max_file_rows``.
+    """
+    repository = repository or get_settings().repository
+    models = request.models or published_models(store, list(request.attributes))
+    # An earlier attempt's plan and shard outputs go.
+    store.delete_prefix(store_layout.repository_staging_prefix(request.commit_id) + "/")
+    inputs = _plan_inputs(store, request, models)
+    parts, applied = _batch_rows(store, inputs, repository.max_file_rows)
+    parts += _rescore_rows(inputs.current, applied)
+    plan, shards, to_infer = _with_shards(_plan_table(parts), repository)
+    info = _plan_info(request, inputs, plan, shards, to_infer)
+    _write_plan(store, plan, info)
+    return info
+
+
+def _plan_inputs(
+    store: ObjectStore, request: RefreshPlanRequest, models: Mapping[str, Mapping[str, Any]]
+) -> _PlanInputs:
+    """Read the stored rows and the request's batches."""
+    attributes = list(request.attributes)
     versions = {a: models[a]["version"] for a in attributes}
-    prefix = store_layout.repository_staging_prefix(commit_id)
-    store.delete_prefix(prefix + "/")  # an earlier attempt's plan and shard outputs
-
-    if batch_id and batch_ids:
-        raise ValueError("give batch_id or batch_ids, not both")
-    batches = sorted(set(batch_ids)) if batch_ids else ([batch_id] if batch_id else [])
+    batch_ids = request.batches()
     current = _current_state(store, attributes)
-    batch = _batches_items(store, batches)
-    crawl_date = crawl_date or _night_of(batches[0] if batches else None, batch)
+    batch = _batches_items(store, batch_ids)
+    crawl_date = request.crawl_date or _night_of(batch_ids[0] if batch_ids else None, batch)
+    return _PlanInputs(batch_ids, batch, _with_model_changed(current, versions), crawl_date, models, versions)
 
+
+def _with_model_changed(current: pa.Table, versions: dict[str, str]) -> pa.Table:
+    """The stored rows with ``model_changed``: some attribute's model version is not ``versions'``."""
     model_changed = pa.chunked_array([pa.array([False] * current.num_rows, pa.bool_())])
-    for attribute in attributes:
+    for attribute, version in versions.items():
         stale = pc.invert(
             _equal(
                 current[f"{attribute}_model_version"],
-                pa.chunked_array([pa.array([versions[attribute]] * current.num_rows, pa.string())]),
+                pa.chunked_array([pa.array([version] * current.num_rows, pa.string())]),
             )
         )
         model_changed = pc.or_(model_changed, stale)
-    current = current.append_column("model_changed", model_changed)
-    parts: list[pa.Table] = []
-    applied: set[str] = set()
-    if batch is not None and batch.num_rows:
-        old = current.rename_columns([c if c == "item_id" else f"old.{c}" for c in current.column_names])
-        joined = batch.join(old, keys="item_id", join_type="left outer").sort_by("item_id")
-        known = pc.is_valid(joined["old.file"])
-        fresh = pc.fill_null(pc.greater_equal(joined["crawled_at"], joined["old.crawled_at"]), True)
-        image = pc.invert(_equal(joined["content_sha256"], joined["old.content_sha256"]))
-        catalog = pa.chunked_array([pa.array([False] * joined.num_rows, pa.bool_())])
-        for column in CATALOG_COLUMNS:
-            catalog = pc.or_(catalog, pc.invert(_equal(joined[column], joined[f"old.{column}"])))
-        models_stale = pc.fill_null(joined["old.model_changed"], True)
-        action = pc.case_when(
-            pc.make_struct(
-                pc.invert(known), pc.and_(fresh, image), pc.and_(fresh, models_stale), pc.and_(fresh, catalog)
-            ),
-            "new",
-            "image",
-            "model",
-            "catalog",
-        )
-        # A stored row that the batch settles (crawled no earlier than it) is not re-scored on its own.
-        applied = set(joined.filter(pc.and_(known, fresh))["item_id"].to_pylist())
-        joined = joined.append_column("action", action).filter(pc.is_valid(pc.field("action")))
-        new = joined.filter(pc.equal(pc.field("action"), "new"))
-        new_files = _new_item_files(new, crawl_date, data_keys(store), sizes.max_file_rows)
-        files = dict(zip(new["item_id"].to_pylist(), new_files))
-        file_column = [files.get(i, f) for i, f in zip(joined["item_id"].to_pylist(), joined["old.file"].to_pylist())]
-        dates = pc.fill_null(joined["old.crawl_date"], pa.scalar(crawl_date, pa.date32()))
-        retailers = pc.if_else(pc.is_valid(joined["old.file"]), joined["old.retailer"], joined["retailer"])
-        parts.append(
-            pa.table(
-                {
-                    "item_id": joined["item_id"],
-                    "action": joined["action"],
-                    "file": pa.array(file_column, pa.string()),
-                    "crawl_date": dates,
-                    "retailer": retailers,
-                    **{c: joined[c] for c in ITEM_COLUMNS if c != "item_id"},
-                }
-            )
-        )
+    return current.append_column("model_changed", model_changed)
+
+
+def _batch_actions(batch: pa.Table, current: pa.Table) -> tuple[pa.Table, set[str]]:
+    """The batch's rows joined to their stored rows (as ``old.<column>``), each with its ``action``
+    (rows that change nothing are left out), and the stored items the batch settles (crawled no
+    earlier than the stored row): those are not re-scored on their own."""
+    old = current.rename_columns([c if c == "item_id" else f"old.{c}" for c in current.column_names])
+    joined = batch.join(old, keys="item_id", join_type="left outer").sort_by("item_id")
+    known = pc.is_valid(joined["old.file"])
+    fresh = pc.fill_null(pc.greater_equal(joined["crawled_at"], joined["old.crawled_at"]), True)
+    image = pc.invert(_equal(joined["content_sha256"], joined["old.content_sha256"]))
+    catalog = pa.chunked_array([pa.array([False] * joined.num_rows, pa.bool_())])
+    for column in CATALOG_COLUMNS:
+        catalog = pc.or_(catalog, pc.invert(_equal(joined[column], joined[f"old.{column}"])))
+    models_stale = pc.fill_null(joined["old.model_changed"], True)
+    action = pc.case_when(
+        pc.make_struct(pc.invert(known), pc.and_(fresh, image), pc.and_(fresh, models_stale), pc.and_(fresh, catalog)),
+        "new",
+        "image",
+        "model",
+        "catalog",
+    )
+    applied = set(joined.filter(pc.and_(known, fresh))["item_id"].to_pylist())
+    return joined.append_column("action", action).filter(pc.is_valid(pc.field("action"))), applied
+
+
+def _batch_rows(store: ObjectStore, inputs: _PlanInputs, max_file_rows: int) -> tuple[list[pa.Table], set[str]]:
+    """The plan rows of the batches' items (none without a batch row) and the stored items they settle:
+    a known item keeps its file, crawl_date and retailer; a new one gets a file of ``inputs.crawl_date``."""
+    if inputs.batch is None or not inputs.batch.num_rows:
+        return [], set()
+    joined, applied = _batch_actions(inputs.batch, inputs.current)
+    new = joined.filter(pc.equal(pc.field("action"), "new"))
+    new_files = _new_item_files(new, inputs.crawl_date, data_keys(store), max_file_rows)
+    files = dict(zip(new["item_id"].to_pylist(), new_files))
+    file_column = [files.get(i, f) for i, f in zip(joined["item_id"].to_pylist(), joined["old.file"].to_pylist())]
+    dates = pc.fill_null(joined["old.crawl_date"], pa.scalar(inputs.crawl_date, pa.date32()))
+    retailers = pc.if_else(pc.is_valid(joined["old.file"]), joined["old.retailer"], joined["retailer"])
+    rows = pa.table(
+        {
+            "item_id": joined["item_id"],
+            "action": joined["action"],
+            "file": pa.array(file_column, pa.string()),
+            "crawl_date": dates,
+            "retailer": retailers,
+            **{c: joined[c] for c in ITEM_COLUMNS if c != "item_id"},
+        }
+    )
+    return [rows], applied
+
+
+def _rescore_rows(current: pa.Table, applied: set[str]) -> list[pa.Table]:
+    """The ``model`` plan rows of stored items with a changed model version that no batch row settles
+    (none when there are none), from their stored fields."""
     rescore = current.filter(pc.field("model_changed"))
     if applied:
         rescore = rescore.filter(pc.invert(pc.is_in(rescore["item_id"], pa.array(sorted(applied), pa.string()))))
-    if rescore.num_rows:
-        parts.append(
-            pa.table(
-                {
-                    "item_id": rescore["item_id"],
-                    "action": pa.array(["model"] * rescore.num_rows, pa.string()),
-                    "file": rescore["file"],
-                    "crawl_date": rescore["crawl_date"],
-                    "retailer": rescore["retailer"],
-                    **{c: rescore[c] for c in ITEM_COLUMNS if c != "item_id"},
-                }
-            )
-        )
+    if not rescore.num_rows:
+        return []
+    rows = pa.table(
+        {
+            "item_id": rescore["item_id"],
+            "action": pa.array(["model"] * rescore.num_rows, pa.string()),
+            "file": rescore["file"],
+            "crawl_date": rescore["crawl_date"],
+            "retailer": rescore["retailer"],
+            **{c: rescore[c] for c in ITEM_COLUMNS if c != "item_id"},
+        }
+    )
+    return [rows]
+
+
+def _plan_table(parts: list[pa.Table]) -> pa.Table:
+    """The plan rows in one table of the plan's columns, sorted by item_id."""
     plan_schema = pa.schema(
         [
             pa.field("item_id", pa.string()),
@@ -239,39 +297,58 @@ def plan_refresh(
         + [f for f in file_schema([]) if f.name in ITEM_COLUMNS and f.name != "item_id"]
     )
     plan = pa.concat_tables([conform(p, plan_schema) for p in parts]) if parts else plan_schema.empty_table()
-    plan = plan.sort_by("item_id")
+    return plan.sort_by("item_id")
 
+
+def _with_shards(plan: pa.Table, repository: RepositorySettings) -> tuple[pa.Table, int, int]:
+    """(``plan`` with its ``shard`` column, the number of shards, the rows to infer): the rows to infer,
+    in item order, cut into ``ceil(n / shard_size)`` shards of near-equal size (at most ``max_shards``,
+    at least one: an empty list would skip the mapped task and the commit after it); -1 for the others."""
     infer = pc.is_in(plan["action"], pa.array(["new", "image", "model"]))
-    n_infer = pc.sum(infer).as_py() or 0
-    shards = min(sizes.max_shards, max(1, math.ceil(n_infer / sizes.shard_size)))
+    to_infer = pc.sum(infer).as_py() or 0
+    shards = min(repository.max_shards, max(1, math.ceil(to_infer / repository.shard_size)))
     positions = pc.subtract(pc.cumulative_sum(pc.cast(infer, pa.int64())), 1)
-    shard = pc.if_else(infer, pc.divide(pc.multiply(positions, shards), max(n_infer, 1)), -1)
-    plan = plan.append_column("shard", pc.cast(shard, pa.int32()))
+    shard = pc.if_else(infer, pc.divide(pc.multiply(positions, shards), max(to_infer, 1)), -1)
+    return plan.append_column("shard", pc.cast(shard, pa.int32())), shards, to_infer
 
+
+def _plan_info(
+    request: RefreshPlanRequest, inputs: _PlanInputs, plan: pa.Table, shards: int, to_infer: int
+) -> dict[str, Any]:
+    """The plan's record (``plan.json``): what was asked, the networks, the counts per action."""
     actions = {a: int(pc.sum(pc.equal(plan["action"], a)).as_py() or 0) for a in ("new", "image", "model", "catalog")}
-    info = {
-        "commit_id": commit_id,
-        "batch_id": batches[0] if len(batches) == 1 else None,
-        "batch_ids": batches,
-        "failed_retailers": sorted(failed_retailers or []),
-        "crawl_date": crawl_date.isoformat(),
-        "attributes": list(attributes),
-        "versions": versions,
-        "classes": {a: list(models[a]["classes"]) for a in attributes},
+    batch_ids = inputs.batch_ids
+    return {
+        "commit_id": request.commit_id,
+        "batch_id": batch_ids[0] if len(batch_ids) == 1 else None,
+        "batch_ids": batch_ids,
+        "failed_retailers": sorted(request.failed_retailers),
+        "crawl_date": inputs.crawl_date.isoformat(),
+        "attributes": list(request.attributes),
+        "versions": inputs.versions,
+        "classes": {a: list(inputs.models[a]["classes"]) for a in request.attributes},
         "shards": shards,
-        "to_infer": n_infer,
+        "to_infer": to_infer,
         "actions": actions,
-        "batch_items": batch.num_rows if batch is not None else 0,
-        "repository_rows": current.num_rows,
+        "batch_items": inputs.batch.num_rows if inputs.batch is not None else 0,
+        "repository_rows": inputs.current.num_rows,
         "schema_version": SCHEMA_VERSION,
         "planned_at": datetime.now(UTC).isoformat(),
     }
-    info_key = store_layout.repository_plan_key(commit_id)
-    table_key = store_layout.repository_plan_items_key(commit_id)
-    store.write_parquet(table_key, plan)
-    store.write_json(info_key, info)
-    logger.info("[repository %s] plan: %s -> %d items to infer in %d shard(s)", commit_id, actions, n_infer, shards)
-    return info
+
+
+def _write_plan(store: ObjectStore, plan: pa.Table, info: dict[str, Any]) -> None:
+    """Stage the plan's rows, then its record (``plan.json``)."""
+    commit_id = info["commit_id"]
+    store.write_parquet(store_layout.repository_plan_items_key(commit_id), plan)
+    store.write_json(store_layout.repository_plan_key(commit_id), info)
+    logger.info(
+        "[repository %s] plan: %s -> %d items to infer in %d shard(s)",
+        commit_id,
+        info["actions"],
+        info["to_infer"],
+        info["shards"],
+    )
 
 
 def read_plan(store: ObjectStore, commit_id: str) -> tuple[dict[str, Any], pa.Table]:

@@ -3,6 +3,7 @@ shards with the planned versions, re-scoring (the plan and commit alone: test_re
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -14,7 +15,8 @@ from models.registry import publish
 from pipeline.repository.commit import commit_refresh
 from pipeline.repository.dataset import read_repository, repository_schema
 from pipeline.repository.infer import build_repository, build_repository_with, infer_shard
-from pipeline.repository.plan import plan_refresh
+from pipeline.repository.plan import RefreshPlanRequest, plan_refresh
+from pipeline.settings import get_settings
 from tests.models.fashion_synthetic import SHAPES as CLASSES
 from tests.models.fashion_synthetic import publish_untrained, write_accepted, write_version
 
@@ -88,9 +90,8 @@ def test_shards_infer_with_the_planned_versions_and_new_models_rescore(published
     """The DAG's steps: plan, infer_shard per shard (module level, versions from the plan), commit;
     then a newly published shape network re-scores every row in place."""
     ids = write_accepted(published, "catalog-20261101", ["striped", "solid", "checkered", "solid", "striped"])
-    plan = plan_refresh(
-        published, "catalog-20261101", batch_id="catalog-20261101", attributes=ATTRIBUTES, config={"shard_size": 2}
-    )
+    request = RefreshPlanRequest("catalog-20261101", ATTRIBUTES, batch_id="catalog-20261101")
+    plan = plan_refresh(published, request, dataclasses.replace(get_settings().repository, shard_size=2))
     assert plan["shards"] == 3
     write_version(published, "shape", "v2", seed=7)
     publish(published, "shape", "v2")  # published after planning: this refresh still uses v1
@@ -100,7 +101,7 @@ def test_shards_infer_with_the_planned_versions_and_new_models_rescore(published
     first = read_repository(published)
     assert set(first["shape_model_version"].to_pylist()) == {"v1"}
 
-    rescore = plan_refresh(published, "rescore-20261101T120000", attributes=ATTRIBUTES)
+    rescore = plan_refresh(published, RefreshPlanRequest("rescore-20261101T120000", ATTRIBUTES))
     assert rescore["actions"]["model"] == 5 and rescore["shards"] == 1
     infer_shard(published, "rescore-20261101T120000", 0)
     commit_refresh(published, "rescore-20261101T120000")

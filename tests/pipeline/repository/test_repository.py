@@ -6,6 +6,7 @@ Inference is replaced by a deterministic fake (``fake_infer``) that stages vecto
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pipeline.repository import commit as RC
 from pipeline.repository import dataset as R
 from pipeline.repository import infer as RI
 from pipeline.repository import plan as RP
+from pipeline.settings import RepositorySettings, get_settings
 from tests.conftest import REPO_ROOT
 
 ATTRIBUTES = ["pattern", "shape"]
@@ -73,6 +75,12 @@ def write_batch(
     return [r["item_id"] for r in rows]
 
 
+def sized(config: dict | None) -> RepositorySettings | None:
+    """``settings.repository`` with ``config`` (some of its keys) replacing its values; None (the
+    settings' own) without ``config``."""
+    return None if config is None else dataclasses.replace(get_settings().repository, **config)
+
+
 def fake_infer(store, commit_id: str, inferred_at: datetime, skip=()) -> int:
     """Stage every shard's vectors: classes and embeddings derived from item id and model version."""
     info, _ = RP.read_plan(store, commit_id)
@@ -113,11 +121,10 @@ def refresh(
     on_publish=None,
     attributes=ATTRIBUTES,
 ) -> tuple[dict, dict]:
-    plan = RP.plan_refresh(
-        store, commit_id, batch_id=batch_id, attributes=attributes, config=config, crawl_date=crawl_date
-    )
+    request = RP.RefreshPlanRequest(commit_id, attributes, batch_id=batch_id, crawl_date=crawl_date)
+    plan = RP.plan_refresh(store, request, sized(config))
     fake_infer(store, commit_id, inferred_at, skip)
-    return plan, RC.commit_refresh(store, commit_id, config=config, on_publish=on_publish)
+    return plan, RC.commit_refresh(store, commit_id, repository=sized(config), on_publish=on_publish)
 
 
 def file_bytes(store) -> dict[str, bytes]:
@@ -263,7 +270,7 @@ def test_a_commit_that_fails_before_its_moves_changes_nothing_readers_see(file_s
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1, config=config)
     before, table = file_bytes(file_store), R.read_repository(file_store)
     publish(file_store, "v2")
-    RP.plan_refresh(file_store, "rescore-b", attributes=ATTRIBUTES, config=config)
+    RP.plan_refresh(file_store, RP.RefreshPlanRequest("rescore-b", ATTRIBUTES), sized(config))
     fake_infer(file_store, "rescore-b", T2)
     real_put, uploads = file_store.put_bytes, []
 
@@ -276,10 +283,10 @@ def test_a_commit_that_fails_before_its_moves_changes_nothing_readers_see(file_s
 
     monkeypatch.setattr(file_store, "put_bytes", put_bytes)
     with pytest.raises(OSError, match="No space"):
-        RC.commit_refresh(file_store, "rescore-b", config=config)
+        RC.commit_refresh(file_store, "rescore-b", repository=sized(config))
     assert file_bytes(file_store) == before and R.read_repository(file_store).equals(table)
     monkeypatch.undo()
-    RC.commit_refresh(file_store, "rescore-b", config=config)  # the retry
+    RC.commit_refresh(file_store, "rescore-b", repository=sized(config))  # the retry
     assert set(R.read_repository(file_store)["pattern_model_version"].to_pylist()) == {"v2"}
 
 
@@ -371,24 +378,13 @@ def test_items_whose_image_cannot_be_read_are_left_out_or_kept_as_they_were(file
 def test_shards_are_sized_from_the_settings_and_capped(file_store):
     publish(file_store, "v1")
     write_batch(file_store, "catalog-20261101", range(10))
-    plan = RP.plan_refresh(
-        file_store,
-        "catalog-20261101",
-        batch_id="catalog-20261101",
-        attributes=ATTRIBUTES,
-        config={"shard_size": 3, "max_shards": 256},
-    )
+    request = RP.RefreshPlanRequest("catalog-20261101", ATTRIBUTES, batch_id="catalog-20261101")
+    plan = RP.plan_refresh(file_store, request, sized({"shard_size": 3, "max_shards": 256}))
     assert plan["shards"] == 4
     _, rows = RP.read_plan(file_store, "catalog-20261101")
     sizes = [pc.sum(pc.equal(rows["shard"], s)).as_py() for s in range(4)]
     assert sum(sizes) == 10 and max(sizes) - min(sizes) <= 1
-    capped = RP.plan_refresh(
-        file_store,
-        "catalog-20261101",
-        batch_id="catalog-20261101",
-        attributes=ATTRIBUTES,
-        config={"shard_size": 1, "max_shards": 3},
-    )
+    capped = RP.plan_refresh(file_store, request, sized({"shard_size": 1, "max_shards": 3}))
     assert capped["shards"] == 3
     with pytest.raises(R.RepositoryError, match="shard 0 has no output"):
         RC.commit_refresh(file_store, "catalog-20261101")
@@ -458,17 +454,17 @@ def test_a_commit_that_fails_midway_completes_when_rerun(file_store):
     config = {"max_file_rows": 2}
     refresh(file_store, "catalog-20261101", "catalog-20261101", T1, config=config)
     publish(file_store, "v2")
-    RP.plan_refresh(file_store, "rescore-a", attributes=ATTRIBUTES, config=config)
+    RP.plan_refresh(file_store, RP.RefreshPlanRequest("rescore-a", ATTRIBUTES), sized(config))
     fake_infer(file_store, "rescore-a", T2)
 
     def crash(key: str) -> None:
         raise OSError("killed")
 
     with pytest.raises(OSError):
-        RC.commit_refresh(file_store, "rescore-a", config=config, on_publish=crash)
+        RC.commit_refresh(file_store, "rescore-a", repository=sized(config), on_publish=crash)
     partial = R.read_repository(file_store)
     assert partial.num_rows == 8 and set(partial["pattern_model_version"].to_pylist()) == {"v1", "v2"}
-    RC.commit_refresh(file_store, "rescore-a", config=config)  # the task retried
+    RC.commit_refresh(file_store, "rescore-a", repository=sized(config))  # the task retried
     done = R.read_repository(file_store)
     assert done.num_rows == 8 and set(done["pattern_model_version"].to_pylist()) == {"v2"}
 
@@ -521,7 +517,7 @@ def test_read_repository_rereads_when_a_file_changed_under_it(file_store, monkey
                 raise OSError("At least one of the pre-conditions you specified did not hold")
             return self.dataset.to_table(**kwargs)
 
-    monkeypatch.setattr(R, "repository_dataset", lambda store: ReplacedWhileRead(real(store)))
+    monkeypatch.setattr(R, "repository_dataset", lambda store, **kwargs: ReplacedWhileRead(real(store, **kwargs)))
     monkeypatch.setattr(R.time, "sleep", lambda seconds: None)
     assert R.read_repository(file_store).num_rows == 3 and failures == [1]
 
@@ -538,7 +534,8 @@ def test_a_commit_leaves_no_staging_folder(file_store):
 def refresh_batches(
     store, commit_id: str, batch_ids: list[str], inferred_at: datetime, failed=None
 ) -> tuple[dict, dict]:
-    plan = RP.plan_refresh(store, commit_id, batch_ids=batch_ids, failed_retailers=failed, attributes=ATTRIBUTES)
+    request = RP.RefreshPlanRequest(commit_id, ATTRIBUTES, batch_ids=batch_ids, failed_retailers=failed or ())
+    plan = RP.plan_refresh(store, request)
     fake_infer(store, commit_id, inferred_at)
     return plan, RC.commit_refresh(store, commit_id)
 
@@ -582,7 +579,7 @@ def test_the_same_item_in_two_batches_keeps_the_row_crawled_last(file_store):
     write_batch(file_store, "catalog-20261101-a", [1, 2], crawled_at=T2, price={1: 99.0})
     write_batch(file_store, "catalog-20261101-b", [1], crawled_at=T1, price={1: 5.0})
     for order in (["catalog-20261101-a", "catalog-20261101-b"], ["catalog-20261101-b", "catalog-20261101-a"]):
-        plan = RP.plan_refresh(file_store, "c", batch_ids=order, attributes=ATTRIBUTES)
+        plan = RP.plan_refresh(file_store, RP.RefreshPlanRequest("c", ATTRIBUTES, batch_ids=order))
         _, rows = RP.read_plan(file_store, "c")
         assert plan["batch_items"] == 2 and rows.num_rows == 2
         assert dict(zip(rows["item_id"].to_pylist(), rows["price"].to_pylist()))[item_id(1)] == 99.0
@@ -590,18 +587,15 @@ def test_the_same_item_in_two_batches_keeps_the_row_crawled_last(file_store):
 
 def test_a_night_where_every_retailer_failed_only_rescores_and_says_so(file_store):
     publish(file_store, "v1")
-    plan = RP.plan_refresh(
-        file_store,
-        "catalog-20261101",
-        batch_ids=[],
-        failed_retailers=["acme"],
-        crawl_date=NIGHT1,
-        attributes=ATTRIBUTES,
+    request = RP.RefreshPlanRequest(
+        "catalog-20261101", ATTRIBUTES, batch_ids=[], failed_retailers=["acme"], crawl_date=NIGHT1
     )
+    plan = RP.plan_refresh(file_store, request)
     assert plan["batch_ids"] == [] and plan["failed_retailers"] == ["acme"] and plan["to_infer"] == 0
     with pytest.raises(ValueError, match="batch_id or batch_ids"):
         RP.plan_refresh(
-            file_store, "x", batch_id="catalog-20261101", batch_ids=["catalog-20261101"], attributes=ATTRIBUTES
+            file_store,
+            RP.RefreshPlanRequest("x", ATTRIBUTES, batch_id="catalog-20261101", batch_ids=["catalog-20261101"]),
         )
 
 

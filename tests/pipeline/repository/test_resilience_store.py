@@ -35,7 +35,7 @@ from pipeline.repository import commit as RC
 from pipeline.repository import dataset as R
 from pipeline.repository import plan as RP
 from pipeline.storage import ObjectStore
-from tests.pipeline.repository.test_repository import ATTRIBUTES, T1, T2, fake_infer, publish, write_batch
+from tests.pipeline.repository.test_repository import ATTRIBUTES, T1, T2, fake_infer, publish, sized, write_batch
 
 NIGHT1, NIGHT2 = "catalog-20261101", "catalog-20261102"
 CONFIG = {"max_file_rows": 3, "shard_size": 5}  # night 2: 4 files written, 12 items inferred in 3 shards
@@ -150,18 +150,21 @@ def night_one(store: ObjectStore) -> None:
     """The state before the fault: 9 items of night 1 committed in 3 files, v1 networks."""
     publish(store, "v1")
     write_batch(store, NIGHT1, range(9))
-    RP.plan_refresh(store, NIGHT1, batch_id=NIGHT1, attributes=ATTRIBUTES, config=CONFIG)
+    RP.plan_refresh(store, RP.RefreshPlanRequest(NIGHT1, ATTRIBUTES, batch_id=NIGHT1), sized(CONFIG))
     fake_infer(store, NIGHT1, T1)
-    RC.commit_refresh(store, NIGHT1, config=CONFIG)
+    RC.commit_refresh(store, NIGHT1, repository=sized(CONFIG))
     # Night 2 re-scores all 9 (a new pattern network), changes one price and adds 3 items in a new partition.
     publish(store, "v2", ["pattern"])
     write_batch(store, NIGHT2, range(12), crawled_at=T2, price={2: 99.0})
 
 
 STAGES: list[tuple[str, Callable[[ObjectStore], Any]]] = [
-    ("plan", lambda store: RP.plan_refresh(store, NIGHT2, batch_id=NIGHT2, attributes=ATTRIBUTES, config=CONFIG)),
+    (
+        "plan",
+        lambda store: RP.plan_refresh(store, RP.RefreshPlanRequest(NIGHT2, ATTRIBUTES, batch_id=NIGHT2), sized(CONFIG)),
+    ),
     ("infer_shard", lambda store: fake_infer(store, NIGHT2, T2)),
-    ("commit", lambda store: RC.commit_refresh(store, NIGHT2, config=CONFIG)),
+    ("commit", lambda store: RC.commit_refresh(store, NIGHT2, repository=sized(CONFIG))),
 ]
 
 
@@ -410,7 +413,8 @@ def test_the_nightly_refresh_rerun_with_the_real_networks_writes_identical_objec
     ids = write_accepted(store, NIGHT1, ["striped", "solid", "checkered", "striped", "solid"], broken=1)
 
     def night() -> tuple[dict, dict]:
-        plan = RP.plan_refresh(store, NIGHT1, batch_id=NIGHT1, attributes=ATTRIBUTES, config={"shard_size": 2})
+        request = RP.RefreshPlanRequest(NIGHT1, ATTRIBUTES, batch_id=NIGHT1)
+        plan = RP.plan_refresh(store, request, sized({"shard_size": 2}))
         summaries = [infer_shard(store, NIGHT1, shard) for shard in range(plan["shards"])]
         assert sum(s["skipped_undecodable"] for s in summaries) == 1
         return plan, RC.commit_refresh(store, NIGHT1)
