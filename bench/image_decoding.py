@@ -132,8 +132,10 @@ def paths(version: str, speed: bool = False) -> dict[str, Callable[[bytes], Imag
         network = data_module.decode_image
         thumbnail = report.thumbnail_data_uri
 
+        user_rules = images.rules_from_settings()  # what recommendations decode user photos by
+
         def user_hash(data: bytes) -> Image.Image | None:
-            _image_phashes("users/bench/photo", data)  # raises for what the rules refuse
+            _image_phashes("users/bench/photo", data, user_rules)  # raises for what the rules refuse
             return None if speed else images.open_image(data, max_pixels=LIMIT)
 
         def user_thumb(data: bytes) -> Image.Image:

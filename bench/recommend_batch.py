@@ -154,14 +154,15 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
     from pipeline.recommend import recommendations as recommend
     from pipeline.settings import get_settings
 
-    attributes = get_settings().taxonomy.names
+    settings = get_settings()
+    attributes = settings.taxonomy.names
     items, dims, chunk_rows = config["items"], config["dims"], config["chunk_rows"]
     options = recommend.validate_options(k=config["k"], score_kind=config["kind"], mmr_lambda=config["mmr_lambda"])
     if config["mode"] == "batch":
         users = _profiles(config["users"], config["photos"], dims)
         started = time.perf_counter()
         scorer = recommend._BatchScorer(
-            None, users, options, attributes, chunk_rows, chunks=lambda: _chunks(items, dims, chunk_rows)
+            None, users, options, settings, chunk_rows, chunks=lambda: _chunks(items, dims, chunk_rows)
         )
         scorer.run()
         tables = [scorer.ranked(c) for c in range(len(users))]
@@ -184,7 +185,7 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
 
         users = _profiles(config["users"], config["photos"], dims)
         table = pa.concat_tables(list(_chunks(items, dims, chunk_rows)))
-        matrix, repository = recommend.repository_vectors(table, attributes)
+        matrix, repository = recommend.repository_vectors(table, settings.taxonomy, attributes)
         del table
         times = []
         for user in users:

@@ -40,10 +40,10 @@ import pyarrow.compute as pc
 from pipeline import store_layout
 from pipeline.curation.dedup import colour_thumbnail, mirror_thumbnail, thumbnail_distance
 from pipeline.hashing import content_sha256, image_hashes
-from pipeline.images import UndecodableImage, check_not_blank, open_image, rules_from_settings
+from pipeline.images import ImageRules, UndecodableImage, check_not_blank, open_image, rules_from_settings
 from pipeline.recommend import scoring
 from pipeline.recommend.report import render_recommendations_html
-from pipeline.settings import get_settings
+from pipeline.settings import CurationSettings, Settings, Taxonomy, get_settings
 from pipeline.storage import StoreKeyError, normalize_key
 from pipeline.store_layout import (
     RECOMMENDATIONS_KEY_RE,
@@ -143,8 +143,8 @@ class Options:
     k: int
     score_kind: str
     mmr_lambda: float
+    mmr_pool: int
     filters: Filters = field(default_factory=Filters)
-    mmr_pool: int = 200
     hybrid_weights: Mapping[str, float] | None = None
     attribute_weights: Mapping[str, float] | None = None
 
@@ -203,7 +203,8 @@ def validate_options(
     k: Any = None, score_kind: Any = None, mmr_lambda: Any = None, filters: Filters | Mapping[str, Any] | None = None
 ) -> Options:
     """Options from a request, the unset ones from settings; raises InvalidRequest."""
-    config = get_settings().recommend
+    settings = get_settings()
+    config = settings.recommend
     k = _validate_k(config.k if k is None else k)
     kind = config.score if score_kind is None else score_kind
     if kind not in scoring.SCORE_KINDS:
@@ -219,7 +220,7 @@ def validate_options(
     hybrid_weights = config.hybrid_weights
     attribute_weights = config.attribute_weights
     scoring.normalised_hybrid_weights(hybrid_weights)  # a bad configuration fails here, not mid-run
-    scoring.normalised_weights(get_settings().taxonomy.names, attribute_weights)
+    scoring.normalised_weights(settings.taxonomy.names, attribute_weights)
     return Options(
         k=k,
         score_kind=kind,
@@ -336,6 +337,7 @@ def plan_requests(
     ``users_per_batch`` users (settings ``recommend.users_per_task``) become one mapped task each.
     """
     del options  # validated by the caller; accepted so the plan and the options are checked together
+    config = get_settings().recommend
     if user_id in (None, ""):
         if image_keys:
             raise InvalidRequest("image_keys need a user_id: without one, every user's own images are used")
@@ -343,7 +345,6 @@ def plan_requests(
         requests = [{"user_id": user, "image_keys": user_images(store, user)} for user in users]
     else:
         requests = [{"user_id": user_id, "image_keys": validate_request(store, user_id, image_keys, 1)}]
-    config = get_settings().recommend
     size = batch_size(
         len(requests),
         int(users_per_batch or config.users_per_task),
@@ -426,13 +427,12 @@ def profile_schema(attributes: Sequence[str], source: bool = False) -> pa.Schema
     return pa.schema(fields)
 
 
-def _image_phashes(key: str, data: bytes) -> tuple[int, int]:
+def _image_phashes(key: str, data: bytes, rules: ImageRules) -> tuple[int, int]:
     """(pHash, pHash of the mirror image): the own-image check also knows a mirrored upload.
 
-    The photo is decoded and checked by curation's rules (:mod:`pipeline.images`: pixel limit, EXIF
+    The photo is decoded and checked by curation's ``rules`` (:mod:`pipeline.images`: pixel limit, EXIF
     orientation, not blank), so a rotated phone photo hashes like the upright shop image; a photo those
     rules refuse raises :class:`UndecodableImage` naming ``key`` and the reason."""
-    rules = rules_from_settings()
     try:
         image = open_image(data, max_pixels=rules.max_pixels)
         check_not_blank(image, rules.blank_std)
@@ -454,15 +454,23 @@ def build_profile(
     image_keys: Sequence[str],
     vectorizer: Vectorizer,
     attributes: Sequence[str] | None = None,
+    image_rules: ImageRules | None = None,
 ) -> pa.Table:
     """The style profile matrix: one row per user image with its hashes and fashion vector.
 
     Required from the vectorizer per attribute: ``<attr>``, ``<attr>_prob``, ``<attr>_model_version``;
     ``<attr>_probs`` and ``embedding`` are null when it gives none (then only ``matches`` can rank).
+    ``attributes`` (default: the taxonomy's) and ``image_rules`` (how the photos are decoded; default:
+    settings ``curation``) come from the caller's settings when it has them.
     """
-    attributes = list(attributes or get_settings().taxonomy.names)
+    if not attributes or image_rules is None:
+        settings = get_settings()
+        attributes = attributes or settings.taxonomy.names
+        if image_rules is None:
+            image_rules = rules_from_settings(settings.curation)
+    attributes = list(attributes)
     images = [store.get_bytes(key) for key in image_keys]
-    phashes = [_image_phashes(key, data) for key, data in zip(image_keys, images)]
+    phashes = [_image_phashes(key, data, image_rules) for key, data in zip(image_keys, images)]
     vectors = vectorizer.vectorize(images)
     if len(vectors) != len(images):
         raise ValueError(f"vectorizer returned {len(vectors)} vectors for {len(images)} images of {user_id!r}")
@@ -535,11 +543,13 @@ def own_image_mask(
     return mask
 
 
-def thumbnail_check(store: ObjectStore, profile: pa.Table, repository: pa.Table, max_mad: float) -> NearCopyCheck:
+def thumbnail_check(
+    store: ObjectStore, profile: pa.Table, repository: pa.Table, max_mad: float, max_pixels: int
+) -> NearCopyCheck:
     """Curation's colour-thumbnail rule (:func:`pipeline.curation.dedup.thumbnail_distance`, tolerant of a
     brightness change) as a :data:`NearCopyCheck`, against the profile image or its mirror image;
-    images load once, on demand, decoded as curation decodes them (:func:`pipeline.images.open_image`)."""
-    max_pixels = rules_from_settings().max_pixels
+    images load once, on demand, decoded as curation decodes them (:func:`pipeline.images.open_image`,
+    at most ``max_pixels``)."""
 
     @cache
     def thumbnail(key: str) -> np.ndarray:
@@ -575,8 +585,8 @@ def shown_before(store: ObjectStore, user_id: str, run_date: str) -> list[str]:
 
 
 # -- ranking ------------------------------------------------------------------------------------------
-def _taxonomy(attributes: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    taxonomy = get_settings().taxonomy
+def _taxonomy(taxonomy: Taxonomy, attributes: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The classes of ``attributes`` (the networks' order), as :func:`scoring.fashion_matrix` reads them."""
     return {a: taxonomy.classes(a) for a in attributes}
 
 
@@ -625,6 +635,7 @@ def rank(
     repository: pa.Table,
     attributes: Sequence[str],
     items: scoring.FashionMatrix | None = None,
+    settings: Settings | None = None,
 ) -> pa.Table:
     """The top ``k`` repository items for the request's profile, in recommendation order.
 
@@ -638,44 +649,46 @@ def rank(
     embedding, else by matching attributes), per attribute class, prob and model version, and the
     item's retailer, category, title, price, currency, product_url, image_key, crawl_date,
     crawled_at, inferred_at (those the repository has). ``items``: the repository's :func:`scoring.fashion_matrix`
-    when the caller already has it (a batch of users converts the repository once).
+    when the caller already has it (a batch of users converts the repository once). ``settings``: the
+    caller's (default: :func:`get_settings`), for the taxonomy and the request's unset pHash distance.
     """
+    settings = settings if settings is not None else get_settings()
     options = request.options
     kind = options.score_kind
     _require_columns(repository, ["item_id", *attributes], "repository")
-    taxonomy = _taxonomy(attributes)
+    taxonomy = _taxonomy(settings.taxonomy, attributes)
     items = _items_matrix(repository, taxonomy, items)
     mine = scoring.fashion_matrix(request.profile, taxonomy, trust_unit_embeddings=False)
-    eligible = _eligible(request, repository)
+    phash_max_distance = request.phash_max_distance
+    if phash_max_distance is None:
+        phash_max_distance = settings.curation.phash_max_distance
+    eligible = _eligible(request, repository, phash_max_distance)
     parts = scoring.components(items, mine, options.attribute_weights, need=[kind])
     foreign = _neutral_foreign_embeddings(kind, request.profile, repository, parts, eligible)
     if kind == "matches":
         if parts.matches is None:  # components(need=["matches"]) computes them
             raise ValueError("the matches ordering needs the match counts")
         eligible &= parts.matches > 0
-    chosen = scoring.select(
-        kind,
-        items,
-        parts,
-        repository["item_id"],
-        eligible,
-        options.k,
-        options.mmr_lambda,
-        options.mmr_pool,
-        options.hybrid_weights,
-    )
+    chosen = scoring.select(_selection_rule(options), items, parts, repository["item_id"], eligible)
     rows = chosen.rows
-    return ranked_table(
-        kind,
-        attributes,
-        request.profile,
-        mine,
-        items.take(rows),
-        repository.take(pa.array(rows, type=pa.int64())),
-        chosen.score,
-        chosen.mmr_score,
-        None if foreign is None else foreign[rows],
-        options,
+    picked = PickedItems(
+        matrix=items.take(rows),
+        rows=repository.take(pa.array(rows, type=pa.int64())),
+        score=chosen.score,
+        mmr_score=chosen.mmr_score,
+        foreign=None if foreign is None else foreign[rows],
+    )
+    return ranked_table(picked, RankedFor(request.profile, mine, attributes, options))
+
+
+def _selection_rule(options: Options) -> scoring.SelectionRule:
+    """How :func:`scoring.select` picks for ``options``: the kind, ``k``, MMR and the hybrid's weights."""
+    return scoring.SelectionRule(
+        kind=options.score_kind,
+        k=options.k,
+        mmr_lambda=options.mmr_lambda,
+        pool=options.mmr_pool,
+        hybrid_weights=options.hybrid_weights,
     )
 
 
@@ -690,11 +703,9 @@ def _items_matrix(
     return items
 
 
-def _eligible(request: RankRequest, repository: pa.Table) -> np.ndarray:
-    """True for the repository rows the request may recommend: not the user's own images, not shown."""
-    phash_max_distance = request.phash_max_distance
-    if phash_max_distance is None:
-        phash_max_distance = get_settings().curation.phash_max_distance
+def _eligible(request: RankRequest, repository: pa.Table, phash_max_distance: int) -> np.ndarray:
+    """True for the repository rows the request may recommend: not the user's own images (pHash within
+    ``phash_max_distance`` bits, confirmed by the request's check), not shown."""
     eligible = ~own_image_mask(request.profile, repository, phash_max_distance, request.confirm_near_copy)
     if request.exclude_item_ids:
         shown = pc.is_in(
@@ -723,46 +734,80 @@ def _neutral_foreign_embeddings(
     return foreign
 
 
-def ranked_table(
-    kind: str,
-    attributes: Sequence[str],
-    profile: pa.Table,
-    mine: scoring.FashionMatrix,
-    picked: scoring.FashionMatrix,
-    picked_rows: pa.Table,
-    score: np.ndarray,
-    mmr_score: np.ndarray,
-    foreign: np.ndarray | None,
-    options: Options,
-) -> pa.Table:
-    """The output table of :func:`rank` for the chosen items in order: ``picked`` and ``picked_rows``
-    are their fashion matrix and repository rows, ``foreign`` their other-networks flags (or None)."""
-    n = picked.n
-    shown_parts = scoring.available_components(picked, mine, options.attribute_weights)  # output columns
-    nearest = scoring.nearest_profile_rows(picked, mine)
+@dataclass(frozen=True)
+class PickedItems:
+    """The chosen items, in recommendation order: their fashion matrix, repository rows, the kind's
+    score and the MMR value at each pick, and (or None) whether their embeddings come from other
+    networks than the profile's (:func:`foreign_embeddings`)."""
+
+    matrix: scoring.FashionMatrix
+    rows: pa.Table
+    score: np.ndarray
+    mmr_score: np.ndarray
+    foreign: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class RankedFor:
+    """Whom the picked items are for: the ``profile`` table and its fashion matrix ``mine``, the
+    ``attributes`` of the output columns and the ranking's ``options``."""
+
+    profile: pa.Table
+    mine: scoring.FashionMatrix
+    attributes: Sequence[str]
+    options: Options
+
+
+def ranked_table(picked: PickedItems, ranked_for: RankedFor) -> pa.Table:
+    """The output table of :func:`rank` for the picked items: the ranking's columns, then the items'
+    attribute and item columns (those the repository has)."""
+    table = _ranking_columns(picked, ranked_for)
+    return _with_item_columns(table, picked.rows, ranked_for.attributes)
+
+
+def _nearest_profile_images(picked: PickedItems, ranked_for: RankedFor) -> list[str | None]:
+    """Per picked item the profile image it resembles most: by embedding, by matching attributes for
+    items whose embeddings come from other networks."""
+    nearest = scoring.nearest_profile_rows(picked.matrix, ranked_for.mine)
+    foreign = picked.foreign
     if foreign is not None and foreign.any():
-        by_attributes = scoring.nearest_profile_rows(dataclasses.replace(picked, embedding=None), mine)
+        by_attributes = scoring.nearest_profile_rows(
+            dataclasses.replace(picked.matrix, embedding=None), ranked_for.mine
+        )
         nearest = np.where(foreign, by_attributes, nearest)
-    profile_keys = profile["image_key"].to_pylist()
+    profile_keys = ranked_for.profile["image_key"].to_pylist()
+    return [profile_keys[j] if j >= 0 else None for j in nearest]
+
+
+def _ranking_columns(picked: PickedItems, ranked_for: RankedFor) -> pa.Table:
+    """rank, item_id, the scores, the per-item components and the nearest profile image."""
+    n = picked.matrix.n
+    kind = ranked_for.options.score_kind
+    shown_parts = scoring.available_components(picked.matrix, ranked_for.mine, ranked_for.options.attribute_weights)
     if shown_parts.attribute_hits is None:  # available_components always computes the matches
         raise ValueError("the output columns need the attribute hits")
+    attributes = ranked_for.attributes
     matched = [",".join(a for a, hit in zip(attributes, hits) if hit) for hits in shown_parts.attribute_hits]
-    table = pa.table(
+    return pa.table(
         {
             "rank": pa.array(np.arange(1, n + 1), type=pa.int32()),
-            "item_id": picked_rows["item_id"],
-            "score": pa.array(score, type=pa.float64()),
+            "item_id": picked.rows["item_id"],
+            "score": pa.array(picked.score, type=pa.float64()),
             "score_kind": pa.array([kind] * n, type=pa.string()),
-            "mmr_score": pa.array(mmr_score, type=pa.float64()),
+            "mmr_score": pa.array(picked.mmr_score, type=pa.float64()),
             "score_matches": pa.array(shown_parts.matches, type=pa.int64()),
             "best_row_matches": pa.array(shown_parts.best_row, type=pa.int64()),
             "matched_attributes": pa.array(matched, type=pa.string()),
             "match_probability": pa.array(shown_parts.match_probability, type=pa.float64()),
             "score_weighted": _column(shown_parts.weighted, n),
-            "score_embedding": _column(shown_parts.embedding, n, foreign),
-            "nearest_profile_image": pa.array([profile_keys[j] if j >= 0 else None for j in nearest], type=pa.string()),
+            "score_embedding": _column(shown_parts.embedding, n, picked.foreign),
+            "nearest_profile_image": pa.array(_nearest_profile_images(picked, ranked_for), type=pa.string()),
         }
     )
+
+
+def _with_item_columns(table: pa.Table, picked_rows: pa.Table, attributes: Sequence[str]) -> pa.Table:
+    """``table`` with the picked rows' attribute columns (class, prob, model version) and item columns."""
     for attribute in attributes:
         for name in (attribute, f"{attribute}_prob", f"{attribute}_model_version"):
             if name in picked_rows.column_names:
@@ -817,10 +862,13 @@ def load_repository(store: ObjectStore, filters: Filters, attributes: Sequence[s
     return read_repository(store, columns=repository_columns(attributes), filter=filters.expression(), sort=False)
 
 
-def repository_vectors(repository: pa.Table, attributes: Sequence[str]) -> tuple[scoring.FashionMatrix, pa.Table]:
-    """The repository's fashion matrix, and the table without the list columns it was made from (the
-    ranking's output does not need them; a million 2048-d embeddings are 8 GB, kept once, not twice)."""
-    matrix = scoring.fashion_matrix(repository, _taxonomy(attributes))
+def repository_vectors(
+    repository: pa.Table, taxonomy: Taxonomy, attributes: Sequence[str]
+) -> tuple[scoring.FashionMatrix, pa.Table]:
+    """The repository's fashion matrix (``attributes``' classes from ``taxonomy``), and the table without
+    the list columns it was made from (the ranking's output does not need them; a million 2048-d
+    embeddings are 8 GB, kept once, not twice)."""
+    matrix = scoring.fashion_matrix(repository, _taxonomy(taxonomy, attributes))
     lists = [name for name in (*(f"{a}_probs" for a in attributes), "embedding") if name in repository.column_names]
     return matrix, repository.drop_columns(lists)
 
@@ -881,34 +929,38 @@ def recommend_for_user(
     keys, run_date, run = _checked_request(store, request)
     settings = get_settings()
     attributes = settings.taxonomy.names
+    curation = settings.curation
+    image_rules = rules_from_settings(curation)
     if repository is None:
-        repository = _loaded_repository(store, request.options.filters, attributes)
+        repository = _loaded_repository(store, request.options.filters, settings.taxonomy)
     matrix, table = repository
     vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
-    profile = build_profile(store, request.user_id, keys, vectorizer, attributes)
+    profile = build_profile(store, request.user_id, keys, vectorizer, attributes, image_rules)
     shown = shown_before(store, request.user_id, run_date)
     foreign = foreign_embeddings(profile, table)
     rank_request = RankRequest(
         profile,
         request.options,
         exclude_item_ids=shown,
-        phash_max_distance=settings.curation.phash_max_distance,
-        confirm_near_copy=thumbnail_check(store, profile, table, float(settings.curation.thumbnail_max_mad)),
+        phash_max_distance=curation.phash_max_distance,
+        confirm_near_copy=thumbnail_check(
+            store, profile, table, float(curation.thumbnail_max_mad), image_rules.max_pixels
+        ),
     )
-    ranked = rank(rank_request, table, attributes, items=matrix)
-    return write_outputs(
-        store,
-        request.user_id,
-        run_date,
-        keys,
-        profile,
-        ranked,
-        shown,
-        request.options,
-        table.num_rows,
-        0 if foreign is None else int(foreign.sum()),
-        run,
+    ranked = rank(rank_request, table, attributes, items=matrix, settings=settings)
+    outputs = UserOutputs(
+        user_id=request.user_id,
+        run_date=run_date,
+        run=run,
+        image_keys=keys,
+        profile=profile,
+        ranked=ranked,
+        shown=shown,
+        options=request.options,
+        n_items_scored=table.num_rows,
+        n_foreign=0 if foreign is None else int(foreign.sum()),
     )
+    return write_outputs(store, outputs, attributes)
 
 
 def _checked_request(store: ObjectStore, request: UserRequest) -> tuple[list[str], str, str]:
@@ -919,70 +971,112 @@ def _checked_request(store: ObjectStore, request: UserRequest) -> tuple[list[str
     return keys, run_date, run
 
 
-def _loaded_repository(store: ObjectStore, filters: Filters, attributes: Sequence[str]) -> RepositoryVectors:
-    return repository_vectors(load_repository(store, filters, attributes), attributes)
+def _loaded_repository(store: ObjectStore, filters: Filters, taxonomy: Taxonomy) -> RepositoryVectors:
+    attributes = taxonomy.names
+    return repository_vectors(load_repository(store, filters, attributes), taxonomy, attributes)
 
 
-def write_outputs(
-    store: ObjectStore,
-    user_id: str,
-    run_date: str,
-    image_keys: list[str],
-    profile: pa.Table,
-    ranked: pa.Table,
-    shown: list[str],
-    options: Options,
-    n_items_scored: int,
-    n_foreign: int,
-    run: str,
-) -> dict[str, Any]:
-    """Write one user's four keys for run ``run`` (module docstring) and return the task's
+@dataclass(frozen=True)
+class UserOutputs:
+    """What one user's run produced, to write: the ``profile`` of ``image_keys`` and the ``ranked``
+    table for ``run_date`` and run partition ``run``, ranked as ``options`` say among
+    ``n_items_scored`` items, leaving out the ``shown`` items; ``n_foreign``: the items whose
+    embeddings come from other networks than the profile's."""
+
+    user_id: str
+    run_date: str
+    run: str
+    image_keys: list[str]
+    profile: pa.Table
+    ranked: pa.Table
+    shown: list[str]
+    options: Options
+    n_items_scored: int
+    n_foreign: int
+
+
+def write_outputs(store: ObjectStore, outputs: UserOutputs, attributes: Sequence[str]) -> dict[str, Any]:
+    """Write one user's four keys for run ``outputs.run`` (module docstring) and return the task's
     JSON-serialisable summary. The recommendations get a ``generated_at`` column (UTC, the write
-    time), by which a reader picks a date's latest run."""
-    attributes = get_settings().taxonomy.names
-    keys = image_keys
+    time), by which a reader picks a date's latest run; the page shows ``attributes``."""
+    written = _write_tables(store, outputs)
+    top_rows = outputs.ranked.to_pylist()
+    written["html"] = _write_page(store, outputs, top_rows, attributes)
+    written["shown"] = _write_shown(store, outputs)
+    return _summary(outputs, written, top_rows)
+
+
+def _write_tables(store: ObjectStore, outputs: UserOutputs) -> dict[str, str]:
+    """The recommendations (stamped ``generated_at``) and the profile; their written keys."""
+    ranked, user_id, run_date, run = outputs.ranked, outputs.user_id, outputs.run_date, outputs.run
     generated_at = pa.array([dt.datetime.now(dt.UTC)] * ranked.num_rows, type=pa.timestamp("us", "UTC"))
-    written = {
+    return {
         "recommendations": store.write_parquet(
             recommendations_key(user_id, run_date, run), ranked.append_column("generated_at", generated_at)
         ),
-        "profile": store.write_parquet(profile_key(user_id, run_date, run), profile),
+        "profile": store.write_parquet(profile_key(user_id, run_date, run), outputs.profile),
     }
-    top_rows = ranked.to_pylist()
-    context = {
-        "run_date": run_date,
+
+
+def _run_context(outputs: UserOutputs) -> dict[str, Any]:
+    """The run as the page header and the summary describe it."""
+    options = outputs.options
+    return {
+        "run_date": outputs.run_date,
         "score_kind": options.score_kind,
         "mmr_lambda": options.mmr_lambda,
         "filters": options.filters.describe(),
-        "n_items_scored": n_items_scored,
-        "n_excluded_shown": len(shown),
+        "n_items_scored": outputs.n_items_scored,
+        "n_excluded_shown": len(outputs.shown),
     }
+
+
+def _write_page(
+    store: ObjectStore, outputs: UserOutputs, top_rows: list[dict[str, Any]], attributes: Sequence[str]
+) -> str:
+    """The recommendations page (:func:`render_recommendations_html`); its written key."""
     page = render_recommendations_html(
-        user_id, profile.to_pylist(), top_rows, store.get_bytes, attributes, context=context
+        outputs.user_id,
+        outputs.profile.to_pylist(),
+        top_rows,
+        store.get_bytes,
+        attributes,
+        context=_run_context(outputs),
     )
-    written["html"] = store.put_bytes(recommendation_page_key(user_id, run_date, run), page.encode("utf-8"))
+    key = recommendation_page_key(outputs.user_id, outputs.run_date, outputs.run)
+    return store.put_bytes(key, page.encode("utf-8"))
+
+
+def _write_shown(store: ObjectStore, outputs: UserOutputs) -> str:
+    """What the user was shown by this run (read back by later dates' :func:`shown_before`); its key."""
+    ranked = outputs.ranked
     shown_today = pa.table(
         {
             "item_id": ranked["item_id"],
             "rank": ranked["rank"],
             "score_kind": ranked["score_kind"],
-            "shown_on": pa.array([run_date] * ranked.num_rows, type=pa.string()),
+            "shown_on": pa.array([outputs.run_date] * ranked.num_rows, type=pa.string()),
         }
     )
-    written["shown"] = store.write_parquet(shown_key(user_id, run_date, run), shown_today)
+    return store.write_parquet(shown_key(outputs.user_id, outputs.run_date, outputs.run), shown_today)
+
+
+def _summary(outputs: UserOutputs, written: dict[str, str], top_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Airflow task's JSON-serialisable summary of one user's run."""
+    options = outputs.options
     return {
-        "user_id": user_id,
-        "run_date": run_date,
-        "run": run,
+        "user_id": outputs.user_id,
+        "run_date": outputs.run_date,
+        "run": outputs.run,
         "keys": written,
-        "profile_images": keys,
+        "profile_images": outputs.image_keys,
         "score_kind": options.score_kind,
         "mmr_lambda": options.mmr_lambda,
         "filters": options.filters.describe(),
-        "n_items_scored": n_items_scored,
-        "n_excluded_shown": len(shown),
-        "n_foreign_embeddings": n_foreign,
-        "n_recommended": ranked.num_rows,
+        "n_items_scored": outputs.n_items_scored,
+        "n_excluded_shown": len(outputs.shown),
+        "n_foreign_embeddings": outputs.n_foreign,
+        "n_recommended": outputs.ranked.num_rows,
         "top_k": [_summary_row(row) for row in top_rows],
     }
 
@@ -1048,12 +1142,15 @@ def _repository_chunks(
 class _Exclusions:
     """Which (chunk row, user) pairs may not be recommended: the user's own images (same bytes, or a
     pHash near copy confirmed by the thumbnail check, as :func:`own_image_mask`) and items shown before.
-    One hash index over every user's profile hashes and one set lookup per chunk serve the batch."""
+    One hash index over every user's profile hashes and one set lookup per chunk serve the batch;
+    ``curation``: the pHash distance, the thumbnail rule and the image limits (settings ``curation``)."""
 
-    def __init__(self, store: ObjectStore, users: Sequence[_User], phash_max_distance: int, max_mad: float):
+    def __init__(self, store: ObjectStore, users: Sequence[_User], curation: CurationSettings):
         from pipeline.curation.hash_index import MIN_INDEXED_FOR_MIH, HashIndex, MultiIndexHashing
 
-        self.store, self.users, self.distance, self.max_mad = store, users, phash_max_distance, max_mad
+        self.store, self.users = store, users
+        self.distance, self.max_mad = curation.phash_max_distance, float(curation.thumbnail_max_mad)
+        self.max_pixels = rules_from_settings(curation).max_pixels
         self.sha_users = self._index(lambda u: pc.drop_null(u.profile["content_sha256"].cast(pa.string())).to_pylist())
         self.shown_users = self._index(lambda u: u.shown)
         hashes, owners = [], []
@@ -1106,7 +1203,9 @@ class _Exclusions:
             if excluded[item, column]:
                 continue
             if column not in checks:
-                checks[column] = thumbnail_check(self.store, self.users[column].profile, chunk, self.max_mad)
+                checks[column] = thumbnail_check(
+                    self.store, self.users[column].profile, chunk, self.max_mad, self.max_pixels
+                )
             if checks[column](item, profile_row):
                 excluded[item, column] = True
         return excluded
@@ -1201,25 +1300,25 @@ class _BatchScorer:
         store: ObjectStore,
         users: list[_User],
         options: Options,
-        attributes: Sequence[str],
+        settings: Settings,
         chunk_rows: int,
         chunks: Callable[[], Iterable[pa.Table]] | None = None,
     ) -> None:
-        """``chunks``: where the repository's chunks come from (default: the store's current files
-        through :func:`_repository_chunks`); bench/recommend_batch.py streams synthetic ones."""
-        settings = get_settings()
-        self.store, self.users, self.options, self.attributes = store, users, options, list(attributes)
+        """``settings``: the run's (the taxonomy's attributes are scored; ``curation`` says what is
+        the user's own image). ``chunks``: where the repository's chunks come from (default: the
+        store's current files through :func:`_repository_chunks`); bench/recommend_batch.py streams
+        synthetic ones."""
+        self.store, self.users, self.options, self.settings = store, users, options, settings
+        self.attributes = settings.taxonomy.names
         self.kind = options.score_kind
-        self.taxonomy = _taxonomy(attributes)
+        self.taxonomy = _taxonomy(settings.taxonomy, self.attributes)
         self.chunk_rows = chunk_rows
         self.chunks = chunks
         self.pool = options.k if options.mmr_lambda >= 1.0 else max(options.mmr_pool, options.k)
         self.batch = scoring.profile_batch([u.mine for u in users], self.taxonomy)
         self.dims = None if self.batch.embedding_t is None else int(self.batch.embedding_t.shape[0])
         self.weights = scoring.normalised_weights(self.batch.attributes, options.attribute_weights)
-        self.exclusions = _Exclusions(
-            store, users, settings.curation.phash_max_distance, float(settings.curation.thumbnail_max_mad)
-        )
+        self.exclusions = _Exclusions(store, users, settings.curation)
         photos = int(self.batch.offsets[-1])
         self.block_rows = max(64, SCAN_BLOCK_CELLS // max(photos, len(users), 1))
         self.n_items = 0
@@ -1550,7 +1649,7 @@ class _BatchScorer:
             ]
         if not self.pieces:
             empty = _empty_repository(self.store, self.attributes)
-            return rank(RankRequest(user.profile, self.options), empty, self.attributes)
+            return rank(RankRequest(user.profile, self.options), empty, self.attributes, settings=self.settings)
         if len(rows):
             best = scoring.top_candidates(keys, self._ids(rows), np.ones(len(rows), dtype=bool), self.pool)
             rows, primary = rows[best], keys[0][best]
@@ -1565,18 +1664,14 @@ class _BatchScorer:
         similarity = scoring.similarity_matrix(matrix) if lam < 1.0 and len(rows) else np.zeros((0, 0))
         picked, values = scoring.mmr(primary, similarity, self.options.k, lam)
         foreign = foreign_embeddings(user.profile, picked_rows)
-        return ranked_table(
-            self.kind,
-            self.attributes,
-            user.profile,
-            user.mine,
-            matrix.take(picked),
-            picked_rows.take(pa.array(picked, type=pa.int64())),
-            primary[picked],
-            values,
-            None if foreign is None else foreign[picked],
-            self.options,
+        chosen = PickedItems(
+            matrix=matrix.take(picked),
+            rows=picked_rows.take(pa.array(picked, type=pa.int64())),
+            score=primary[picked],
+            mmr_score=values,
+            foreign=None if foreign is None else foreign[picked],
         )
+        return ranked_table(chosen, RankedFor(user.profile, user.mine, self.attributes, self.options))
 
 
 def _empty_repository(store: ObjectStore, attributes: Sequence[str]) -> pa.Table:
@@ -1620,67 +1715,121 @@ def recommend_for_users(
     if not requests:
         return []
     settings = get_settings()
-    attributes = settings.taxonomy.names
-    taxonomy = _taxonomy(attributes)
-    run_date = _validate_run_date(run_date)
-    run = run_partition(run_id if run_id is not None else adhoc_run_id())
+    run = _BatchRun(
+        run_date=_validate_run_date(run_date),
+        run=run_partition(run_id if run_id is not None else adhoc_run_id()),
+        options=options,
+        settings=settings,
+    )
     chunk_rows = int(chunk_rows or settings.recommend.scoring_chunk_rows)
-    vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, attributes)
-    failures: list[tuple[str, BaseException]] = []
+    vectorizer = vectorizer if vectorizer is not None else _default_vectorizer(store, settings.taxonomy.names)
+    failures = _BatchFailures()
+    users = _profiled_users(store, requests, vectorizer, run, failures)
+    ready = _scorable_users(users, options.score_kind, failures)
+    summaries = _score_and_write(store, ready, run, chunk_rows, failures) if ready else {}
+    failures.raise_if_any()
+    return [summaries[r["user_id"]] for r in requests]
 
-    def failed(user_id: str, error: BaseException) -> None:
+
+@dataclass(frozen=True)
+class _BatchRun:
+    """What every user of a batch shares: the run's date and key partition, the options, the settings."""
+
+    run_date: str
+    run: str
+    options: Options
+    settings: Settings
+
+
+class _BatchFailures:
+    """The users of a batch whose requests failed: logged as they fail, raised together at the end
+    (one user's failure does not stop the others)."""
+
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, BaseException]] = []
+
+    def add(self, user_id: str, error: BaseException) -> None:
         log.error("[fashionnet] recommend %s: FAILED: %s", user_id, error)
-        failures.append((user_id, error))
+        self.failures.append((user_id, error))
 
+    def raise_if_any(self) -> None:
+        if self.failures:
+            names = ", ".join(user for user, _ in self.failures)
+            raise RuntimeError(f"recommendations failed for {len(self.failures)} user(s): {names}") from self.failures[
+                0
+            ][1]
+
+
+def _profiled_users(
+    store: ObjectStore,
+    requests: Sequence[Mapping[str, Any]],
+    vectorizer: Vectorizer,
+    run: _BatchRun,
+    failures: _BatchFailures,
+) -> list[_User]:
+    """The batch's users with their validated images, profiles and exclusions; a failing one is
+    reported to ``failures`` and left out."""
+    settings = run.settings
+    attributes = settings.taxonomy.names
+    taxonomy = _taxonomy(settings.taxonomy, attributes)
+    image_rules = rules_from_settings(settings.curation)
     users: list[_User] = []
     for request in requests:
         user_id = request["user_id"]
         try:
-            keys = validate_request(store, user_id, request.get("image_keys"), options.k)
-            profile = build_profile(store, user_id, keys, vectorizer, attributes)
+            keys = validate_request(store, user_id, request.get("image_keys"), run.options.k)
+            profile = build_profile(store, user_id, keys, vectorizer, attributes, image_rules)
             mine = scoring.fashion_matrix(profile, taxonomy, trust_unit_embeddings=False)
-            users.append(
-                _User(user_id, keys, profile, mine, shown_before(store, user_id, run_date), _profile_source(profile))
-            )
-        except Exception as error:  # noqa: BLE001 - reported below, after the other users are served
-            failed(user_id, error)
+            shown = shown_before(store, user_id, run.run_date)
+            users.append(_User(user_id, keys, profile, mine, shown, _profile_source(profile)))
+        except Exception as error:  # noqa: BLE001 - reported at the end, after the other users are served
+            failures.add(user_id, error)
+    return users
+
+
+def _scorable_users(users: list[_User], kind: str, failures: _BatchFailures) -> list[_User]:
+    """The users whose profiles have the vectors ``kind`` needs, with the batch's most common
+    embedding width; the others are reported to ``failures`` as :class:`scoring.MissingVectors`."""
     dims_seen = [u.mine.embedding.shape[1] for u in users if u.mine.embedding is not None]
     dims = max(set(dims_seen), key=dims_seen.count) if dims_seen else None
     ready = []
     for user in users:
-        reason = _missing_profile_vectors(options.score_kind, user.mine, dims)
+        reason = _missing_profile_vectors(kind, user.mine, dims)
         if reason:
-            failed(user.user_id, scoring.MissingVectors(reason))
+            failures.add(user.user_id, scoring.MissingVectors(reason))
         else:
             ready.append(user)
+    return ready
+
+
+def _score_and_write(
+    store: ObjectStore, ready: list[_User], run: _BatchRun, chunk_rows: int, failures: _BatchFailures
+) -> dict[str, dict[str, Any]]:
+    """One pass of the batch scorer over the repository, then each user's outputs written; the
+    summaries by user. A repository that cannot be scored fails every user."""
+    scorer = _BatchScorer(store, ready, run.options, run.settings, chunk_rows)
+    try:
+        scorer.run()
+    except Exception as error:  # noqa: BLE001 - the repository cannot serve any of them
+        for user in ready:
+            failures.add(user.user_id, error)
+        return {}
     summaries: dict[str, dict[str, Any]] = {}
-    if ready:
-        scorer = _BatchScorer(store, ready, options, attributes, chunk_rows)
+    for column, user in enumerate(ready):
         try:
-            scorer.run()
-        except Exception as error:  # noqa: BLE001 - the repository cannot serve any of them
-            for user in ready:
-                failed(user.user_id, error)
-            ready = []
-        for column, user in enumerate(ready):
-            try:
-                ranked = scorer.ranked(column)
-                summaries[user.user_id] = write_outputs(
-                    store,
-                    user.user_id,
-                    run_date,
-                    user.image_keys,
-                    user.profile,
-                    ranked,
-                    user.shown,
-                    options,
-                    scorer.n_items,
-                    user.n_foreign,
-                    run,
-                )
-            except Exception as error:  # noqa: BLE001
-                failed(user.user_id, error)
-    if failures:
-        names = ", ".join(user for user, _ in failures)
-        raise RuntimeError(f"recommendations failed for {len(failures)} user(s): {names}") from failures[0][1]
-    return [summaries[r["user_id"]] for r in requests]
+            outputs = UserOutputs(
+                user_id=user.user_id,
+                run_date=run.run_date,
+                run=run.run,
+                image_keys=user.image_keys,
+                profile=user.profile,
+                ranked=scorer.ranked(column),
+                shown=user.shown,
+                options=run.options,
+                n_items_scored=scorer.n_items,
+                n_foreign=user.n_foreign,
+            )
+            summaries[user.user_id] = write_outputs(store, outputs, run.settings.taxonomy.names)
+        except Exception as error:  # noqa: BLE001 - reported at the end, after the other users are served
+            failures.add(user.user_id, error)
+    return summaries

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.hashing import content_sha256, perceptual_hashes
+from pipeline.images import rules_from_settings
 from pipeline.recommend import scoring
 from pipeline.recommend.recommendations import (
     Filters,
@@ -920,7 +921,7 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
     profile = table(["users/u/mine.jpg"], [mine])
     repository = table(["images/red.jpg", "images/blue.jpg"], [red_copy, blue])
     assert own_image_mask(profile, repository, 6).tolist() == [True, True]  # hashes alone: both "own"
-    check = thumbnail_check(file_store, profile, repository, max_mad=4.0)
+    check = thumbnail_check(file_store, profile, repository, max_mad=4.0, max_pixels=rules_from_settings().max_pixels)
     assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
 
 
@@ -946,7 +947,7 @@ def test_a_mirrored_upload_of_a_shop_photo_is_still_the_users_own(file_store):
         file_store, "ann", ["users/ann/flipped.jpg"], FakeVectorizer({content_sha256(upload): U1_CLASSES}), ATTRS
     )
     assert profile.schema.field("phash_mirror").type == pa.uint64()
-    check = thumbnail_check(file_store, profile, repository, max_mad=3.0)
+    check = thumbnail_check(file_store, profile, repository, max_mad=3.0, max_pixels=rules_from_settings().max_pixels)
     assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
     assert rank(rank_request(profile, k=5, phash_max_distance=6, confirm_near_copy=check), repository, ATTRS).column(
         "item_id"
