@@ -960,7 +960,7 @@ def recommend_for_user(
         n_items_scored=table.num_rows,
         n_foreign=0 if foreign is None else int(foreign.sum()),
     )
-    return write_outputs(store, outputs, attributes)
+    return write_outputs(store, outputs, settings)
 
 
 def _checked_request(store: ObjectStore, request: UserRequest) -> tuple[list[str], str, str]:
@@ -995,13 +995,14 @@ class UserOutputs:
     n_foreign: int
 
 
-def write_outputs(store: ObjectStore, outputs: UserOutputs, attributes: Sequence[str]) -> dict[str, Any]:
+def write_outputs(store: ObjectStore, outputs: UserOutputs, settings: Settings) -> dict[str, Any]:
     """Write one user's four keys for run ``outputs.run`` (module docstring) and return the task's
     JSON-serialisable summary. The recommendations get a ``generated_at`` column (UTC, the write
-    time), by which a reader picks a date's latest run; the page shows ``attributes``."""
+    time), by which a reader picks a date's latest run; the page shows the taxonomy's attributes, its
+    images decoded by the ``curation`` settings."""
     written = _write_tables(store, outputs)
     top_rows = outputs.ranked.to_pylist()
-    written["html"] = _write_page(store, outputs, top_rows, attributes)
+    written["html"] = _write_page(store, outputs, top_rows, settings)
     written["shown"] = _write_shown(store, outputs)
     return _summary(outputs, written, top_rows)
 
@@ -1031,17 +1032,16 @@ def _run_context(outputs: UserOutputs) -> dict[str, Any]:
     }
 
 
-def _write_page(
-    store: ObjectStore, outputs: UserOutputs, top_rows: list[dict[str, Any]], attributes: Sequence[str]
-) -> str:
+def _write_page(store: ObjectStore, outputs: UserOutputs, top_rows: list[dict[str, Any]], settings: Settings) -> str:
     """The recommendations page (:func:`render_recommendations_html`); its written key."""
     page = render_recommendations_html(
         outputs.user_id,
         outputs.profile.to_pylist(),
         top_rows,
         store.get_bytes,
-        attributes,
+        settings.taxonomy.names,
         context=_run_context(outputs),
+        max_pixels=rules_from_settings(settings.curation).max_pixels,
     )
     key = recommendation_page_key(outputs.user_id, outputs.run_date, outputs.run)
     return store.put_bytes(key, page.encode("utf-8"))
@@ -1829,7 +1829,7 @@ def _score_and_write(
                 n_items_scored=scorer.n_items,
                 n_foreign=user.n_foreign,
             )
-            summaries[user.user_id] = write_outputs(store, outputs, run.settings.taxonomy.names)
+            summaries[user.user_id] = write_outputs(store, outputs, run.settings)
         except Exception as error:  # noqa: BLE001 - reported at the end, after the other users are served
             failures.add(user.user_id, error)
     return summaries
