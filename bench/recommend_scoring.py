@@ -3,7 +3,7 @@ next to a plain Python loop over 10k items in the same run.
 
 Synthetic fashion vectors (the taxonomy's 4 attributes: random classes with softmax vectors that agree
 with them; random L2-normalised float32 embeddings of ``--dims`` dimensions) go straight into
-``pipeline.recommend.scoring.FashionMatrix``; what is timed is what ``pipeline.recommend.recommendations.rank`` does per user
+``pipeline.recommend.scoring.FashionMatrix``; what is timed is what ``pipeline.recommend.ranking.rank`` does per user
 after the repository is in memory:
 
 - ``score+select``: the components the kind needs (``scoring.components``) and the top 100 of the

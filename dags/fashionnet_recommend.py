@@ -140,7 +140,8 @@ def with_lists(params: dict) -> dict:
 def fashionnet_recommend():
     @task
     def validate(params: dict) -> list[list[dict]]:
-        from pipeline.recommend.recommendations import options_from_params, plan_requests
+        from pipeline.recommend.options import options_from_params
+        from pipeline.recommend.users import plan_requests
         from pipeline.storage import open_store
 
         reject_unknown_params(params, PARAMS)
@@ -152,7 +153,8 @@ def fashionnet_recommend():
 
     @task(outlets=[RECOMMENDATIONS], queue=TENSORFLOW_QUEUE)
     def recommend(batch: list[dict], params: dict, dag_run=None) -> list[dict]:
-        from pipeline.recommend.recommendations import options_from_params, recommend_for_users
+        from pipeline.recommend.options import options_from_params
+        from pipeline.recommend.recommendations import recommend_for_users
         from pipeline.runs import plain, stage
         from pipeline.storage import open_store
 
