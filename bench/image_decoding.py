@@ -3,7 +3,7 @@
 "Before" is the code at commit ``BEFORE`` (the last commit before pipeline/images.py), loaded from git
 (``git show BEFORE:<file>``) for curation (pipeline/curation/validate.py), training/inference (models/data.py),
 review thumbnails (pipeline/recommend/report.py) and the crawl (scrapers/pipelines.py); the two user-photo
-functions of pipeline/recommend/recommendations.py are five lines each and copied below. "After" is the working tree.
+functions of pipeline/recommend/ (profile.py, exclusions.py) are five lines each and copied below. "After" is the working tree.
 
 Inputs (generated, except that the photos are a real one from shared/data/clothing-dataset-small):
 a phone JPEG stored sideways with EXIF orientation 6, a PNG of 12000x12000 real pixels, a 5184x3456
@@ -61,7 +61,7 @@ def old_module(path: str, name: str) -> types.ModuleType:
 
 
 def old_user_phash_image(data: bytes) -> Image.Image:
-    """pipeline.recommend.recommendations._image_phashes before: Image.open + load, hashed as is (no other check)."""
+    """pipeline.recommend.profile._image_phashes before: Image.open + load, hashed as is (no other check)."""
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         image_hashes(image)
@@ -69,7 +69,7 @@ def old_user_phash_image(data: bytes) -> Image.Image:
 
 
 def old_user_thumbnail(data: bytes) -> Image.Image:
-    """pipeline.recommend.recommendations.thumbnail_check's loader before: colour_thumbnail(Image.open(...))."""
+    """pipeline.recommend.exclusions.thumbnail_check's loader before: colour_thumbnail(Image.open(...))."""
     from pipeline.curation.dedup import colour_thumbnail
 
     with Image.open(io.BytesIO(data)) as image:
@@ -119,7 +119,7 @@ def paths(version: str, speed: bool = False) -> dict[str, Callable[[bytes], Imag
         from pipeline.curation.dedup import colour_thumbnail
         from pipeline.curation.validate import validate_image
         from pipeline.recommend import report
-        from pipeline.recommend.recommendations import _image_phashes
+        from pipeline.recommend.profile import _image_phashes
         from scrapers.pipelines import StoreImagesPipeline as crawl_class
 
         def curation(data: bytes) -> Image.Image:
@@ -132,8 +132,10 @@ def paths(version: str, speed: bool = False) -> dict[str, Callable[[bytes], Imag
         network = data_module.decode_image
         thumbnail = report.thumbnail_data_uri
 
+        user_rules = images.rules_from_settings()  # what recommendations decode user photos by
+
         def user_hash(data: bytes) -> Image.Image | None:
-            _image_phashes("users/bench/photo", data)  # raises for what the rules refuse
+            _image_phashes("users/bench/photo", data, user_rules)  # raises for what the rules refuse
             return None if speed else images.open_image(data, max_pixels=LIMIT)
 
         def user_thumb(data: bytes) -> Image.Image:

@@ -1,7 +1,8 @@
 """Recommendations for a whole customer base: users per pass, seconds and peak memory.
 
-The batch scorer of ``pipeline.recommend.recommendations.recommend_for_users`` (``_BatchScorer``: every user's profile
-photos against a chunk of items as one matrix product, running top candidates per user) over a
+The batch scorer of ``pipeline.recommend.recommendations.recommend_for_users``
+(``pipeline.recommend.batch.BatchScorer``: every user's profile photos against a chunk of items as one
+matrix product, running top candidates per user) over a
 synthetic repository with the real columns, streamed chunk by chunk from a generator (chunk ``i`` is
 the same rows whoever asks), so a 5M-item run never holds the catalogue. In the same run:
 
@@ -110,8 +111,9 @@ def _profiles(users: int, photos: int, dims: int):
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.recommend import recommendations as recommend
     from pipeline.recommend import scoring
+    from pipeline.recommend.batch import BatchUser
+    from pipeline.recommend.profile import profile_schema
     from pipeline.settings import get_settings
 
     taxonomy = get_settings().taxonomy
@@ -136,11 +138,11 @@ def _profiles(users: int, photos: int, dims: int):
         embedding = rng.standard_normal((photos, dims)).astype(np.float32)
         columns["embedding"] = [row.tolist() for row in embedding]
         columns["embedding_source"] = ["bench"] * photos
-        profile = pa.Table.from_pydict(columns, schema=recommend.profile_schema(attributes, True))
+        profile = pa.Table.from_pydict(columns, schema=profile_schema(attributes, True))
         mine = scoring.fashion_matrix(
             profile, {a: taxonomy.classes(a) for a in attributes}, trust_unit_embeddings=False
         )
-        out.append(recommend._User(f"u{u}", list(columns["image_key"]), profile, mine, [], "bench"))
+        out.append(BatchUser(f"u{u}", list(columns["image_key"]), profile, mine, [], "bench"))
     return out
 
 
@@ -151,17 +153,21 @@ def _peak_rss_mb() -> float:
 
 
 def run_child(config: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.recommend import recommendations as recommend
+    from pipeline.recommend.batch import BatchScorer
+    from pipeline.recommend.items import repository_vectors
+    from pipeline.recommend.options import validate_options
+    from pipeline.recommend.ranking import RankRequest, rank
     from pipeline.settings import get_settings
 
-    attributes = get_settings().taxonomy.names
+    settings = get_settings()
+    attributes = settings.taxonomy.names
     items, dims, chunk_rows = config["items"], config["dims"], config["chunk_rows"]
-    options = recommend.validate_options(k=config["k"], score_kind=config["kind"], mmr_lambda=config["mmr_lambda"])
+    options = validate_options(k=config["k"], score_kind=config["kind"], mmr_lambda=config["mmr_lambda"])
     if config["mode"] == "batch":
         users = _profiles(config["users"], config["photos"], dims)
         started = time.perf_counter()
-        scorer = recommend._BatchScorer(
-            None, users, options, attributes, chunk_rows, chunks=lambda: _chunks(items, dims, chunk_rows)
+        scorer = BatchScorer(
+            None, users, options, settings, chunk_rows, chunks=lambda: _chunks(items, dims, chunk_rows)
         )
         scorer.run()
         tables = [scorer.ranked(c) for c in range(len(users))]
@@ -184,13 +190,13 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
 
         users = _profiles(config["users"], config["photos"], dims)
         table = pa.concat_tables(list(_chunks(items, dims, chunk_rows)))
-        matrix, repository = recommend.repository_vectors(table, attributes)
+        matrix, repository = repository_vectors(table, settings.taxonomy, attributes)
         del table
         times = []
         for user in users:
             started = time.perf_counter()
-            request = recommend.RankRequest(user.profile, options, phash_max_distance=6)
-            ranked = recommend.rank(request, repository, attributes, items=matrix)
+            request = RankRequest(user.profile, options, phash_max_distance=6)
+            ranked = rank(request, repository, attributes, items=matrix)
             times.append(time.perf_counter() - started)
         return {
             "per_user_s": sorted(times)[len(times) // 2],

@@ -240,7 +240,8 @@ def evaluate(
         profile = items.take(user.profile)
         parts = scoring.components(items, profile, config.attribute_weights, need=[kind])
         candidates = user.candidates & (parts.matches > 0) if kind == "matches" else user.candidates
-        chosen = scoring.select(kind, items, parts, ids, candidates, k, lam, config.mmr_pool, config.hybrid_weights)
+        rule = scoring.SelectionRule(kind, k, lam, config.mmr_pool, config.hybrid_weights)
+        chosen = scoring.select(rule, items, parts, ids, candidates)
         hits = np.isin(chosen.rows, user.held_out).astype(float)
         recall.append(hits.sum() / len(user.held_out))
         gains.append(ndcg(hits, len(user.held_out), k))

@@ -3,7 +3,7 @@ next to a plain Python loop over 10k items in the same run.
 
 Synthetic fashion vectors (the taxonomy's 4 attributes: random classes with softmax vectors that agree
 with them; random L2-normalised float32 embeddings of ``--dims`` dimensions) go straight into
-``pipeline.recommend.scoring.FashionMatrix``; what is timed is what ``pipeline.recommend.recommendations.rank`` does per user
+``pipeline.recommend.scoring.FashionMatrix``; what is timed is what ``pipeline.recommend.ranking.rank`` does per user
 after the repository is in memory:
 
 - ``score+select``: the components the kind needs (``scoring.components``) and the top 100 of the
@@ -169,7 +169,9 @@ def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, 
             def score_select(kind=kind, lam_now=lam_now):
                 parts = scoring.components(items, profile, need=[kind])
                 mask = eligible & (parts.matches > 0) if kind == "matches" else eligible
-                return scoring.select(kind, items, parts, id_array, mask, k, lam_now, 200, weights)
+                return scoring.select(
+                    scoring.SelectionRule(kind, k, lam_now, 200, weights), items, parts, id_array, mask
+                )
 
             seconds, chosen = best_of(score_select, repeats)
             results[f"{kind} lambda={lam_now:g}"] = seconds
@@ -206,15 +208,11 @@ def run(n: int, dims: int, profile_size: int, k: int, lam: float, repeats: int, 
     def numpy_small():
         small_parts = scoring.components(small, profile, need=["hybrid"])
         return scoring.select(
-            "hybrid",
+            scoring.SelectionRule("hybrid", k, 1.0, 200, weights),
             small,
             small_parts,
             id_array.slice(0, len(subset)),
             np.ones(len(subset), dtype=bool),
-            k,
-            1.0,
-            200,
-            weights,
         )
 
     numpy_s, numpy_top = best_of(numpy_small, repeats)

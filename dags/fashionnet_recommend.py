@@ -144,19 +144,21 @@ def with_lists(params: dict) -> dict:
 def fashionnet_recommend():
     @task
     def validate(params: dict) -> list[list[dict]]:
-        from pipeline.recommend.recommendations import options_from_params, plan_requests
+        from pipeline.recommend.options import options_from_params
+        from pipeline.recommend.users import plan_requests
         from pipeline.storage import open_store
 
         reject_unknown_params(params, PARAMS)
         params = with_lists(params)
         options = options_from_params(params)
         batches = plan_requests(open_store(), params["user_id"], params["image_keys"], options)
-        logger.info(f"[fashionnet] recommend: {sum(len(b) for b in batches)} user(s) in {len(batches)} batch(es)")
+        logger.info("[fashionnet] recommend: %s user(s) in %s batch(es)", sum(len(b) for b in batches), len(batches))
         return batches
 
     @task(outlets=[RECOMMENDATIONS], queue=TENSORFLOW_QUEUE)
     def recommend(batch: list[dict], params: dict, dag_run=None) -> list[dict]:
-        from pipeline.recommend.recommendations import options_from_params, recommend_for_users
+        from pipeline.recommend.options import options_from_params
+        from pipeline.recommend.recommendations import recommend_for_users
         from pipeline.runs import plain, stage
         from pipeline.storage import open_store
 

@@ -136,15 +136,16 @@ def recommend_params(args: argparse.Namespace) -> dict[str, Any]:
 def run_recommend(args: argparse.Namespace) -> int:
     use_settings(args.store, args.profile)
     from pipeline.recommend import recommendations as recommend
+    from pipeline.recommend.options import InvalidRequest, options_from_params
     from pipeline.storage import open_store
 
     params = recommend_params(args)
     run_date = args.date or f"{dt.datetime.now(dt.UTC):%Y-%m-%d}"
     try:
-        options = recommend.options_from_params(params)
+        options = options_from_params(params)
         request = recommend.UserRequest(params["user_id"], params["image_keys"] or None, run_date, options, args.run_id)
         summary = recommend.recommend_for_user(open_store(), request)
-    except recommend.InvalidRequest as error:
+    except InvalidRequest as error:
         logger.error("error: %s", error)
         return 2
     store = open_store()

@@ -173,7 +173,7 @@ def print_results(store: Any, site_dir: Path, timings: dict[str, float]) -> None
         )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-    from pipeline.recommend.recommendations import latest_run
+    from pipeline.recommend.outputs import latest_run
 
     # recommendations/date=<YYYY-MM-DD>/run=<run>/user_id=<user>/recommendations.parquet: the latest run
     latest = latest_run(store, DEMO_USER)

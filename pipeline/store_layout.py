@@ -347,7 +347,7 @@ def shown_prefix(user_id: str) -> str:
 
 
 def shown_key(user_id: str, run_date: str, run: str) -> str:
-    """What run ``run`` (``pipeline.recommend.recommendations.run_partition``) showed the user on ``run_date``;
+    """What run ``run`` (``pipeline.recommend.options.run_partition``) showed the user on ``run_date``;
     ``pipeline.recommend.recommendations``."""
     return f"{shown_prefix(user_id)}/{run_date}/run={run}.parquet"
 

@@ -41,17 +41,20 @@ ul.attrs li.match{background:#fde9a8;font-weight:600}
 """
 
 
-def thumbnail_data_uri(data: bytes, size: int = THUMBNAIL_PX) -> str:
+def thumbnail_data_uri(data: bytes, size: int = THUMBNAIL_PX, max_pixels: int | None = None) -> str:
     """A ``data:image/jpeg;base64,...`` URI of ``data`` shrunk to fit ``size`` px, decoded by the shared
-    decoder (upright, pixel limit, JPEG draft at twice the size); raises ``UndecodableImage``."""
-    rgb = open_image(data, max_pixels=rules_from_settings().max_pixels, target_size=size * 2)
+    decoder (upright, at most ``max_pixels``, default settings ``curation.max_image_pixels``; JPEG
+    draft at twice the size); raises ``UndecodableImage``."""
+    if max_pixels is None:
+        max_pixels = rules_from_settings().max_pixels
+    rgb = open_image(data, max_pixels=max_pixels, target_size=size * 2)
     rgb.thumbnail((size, size))
     buffer = io.BytesIO()
     rgb.save(buffer, "JPEG", quality=_JPEG_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _image_html(key: str | None, image_loader: Callable[[str], bytes], alt: str) -> str:
+def _image_html(key: str | None, image_loader: Callable[[str], bytes], alt: str, max_pixels: int) -> str:
     """An ``<img>`` with the embedded thumbnail, or a placeholder when the image cannot be loaded.
 
     Any failure is caught on purpose: a missing object, a truncated upload or a non-image must not
@@ -59,7 +62,7 @@ def _image_html(key: str | None, image_loader: Callable[[str], bytes], alt: str)
     """
     if key:
         try:
-            uri = thumbnail_data_uri(image_loader(key))
+            uri = thumbnail_data_uri(image_loader(key), max_pixels=max_pixels)
         except Exception:  # noqa: BLE001 - see docstring
             pass
         else:
@@ -97,12 +100,14 @@ def _attribute_list(row: Mapping[str, Any], attributes: Sequence[str], matched: 
     return f'<ul class="attrs">{"".join(items)}</ul>'
 
 
-def _profile_card(row: Mapping[str, Any], image_loader: Callable[[str], bytes], attributes: Sequence[str]) -> str:
+def _profile_card(
+    row: Mapping[str, Any], image_loader: Callable[[str], bytes], attributes: Sequence[str], max_pixels: int
+) -> str:
     key = row.get("image_key")
     name = str(key).rsplit("/", 1)[-1] if key else ""
     return (
         '<div class="card">'
-        + _image_html(key, image_loader, name)
+        + _image_html(key, image_loader, name, max_pixels)
         + f'<div class="meta">{html.escape(name)}</div>'
         + _attribute_list(row, attributes, set())
         + "</div>"
@@ -146,7 +151,7 @@ def _score_lines(row: Mapping[str, Any], attributes: Sequence[str]) -> str:
 
 
 def _recommendation_card(
-    row: Mapping[str, Any], image_loader: Callable[[str], bytes], attributes: Sequence[str]
+    row: Mapping[str, Any], image_loader: Callable[[str], bytes], attributes: Sequence[str], max_pixels: int
 ) -> str:
     title = str(row.get("title") or row.get("item_id") or "")
     matched = {a for a in str(row.get("matched_attributes") or "").split(",") if a}
@@ -158,7 +163,7 @@ def _recommendation_card(
     category = row.get("category")
     return (
         '<div class="card">'
-        + _image_html(row.get("image_key"), image_loader, title)
+        + _image_html(row.get("image_key"), image_loader, title, max_pixels)
         + f'<div class="rank">#{html.escape(str(row.get("rank", "")))}</div>'
         + f'<div class="title">{html.escape(title)}</div>'
         + f'<div class="meta">{html.escape(_format_price(row.get("price"), row.get("currency")))}</div>'
@@ -199,6 +204,7 @@ def render_recommendations_html(
     image_loader: Callable[[str], bytes],
     attributes: Sequence[str],
     context: Mapping[str, Any] | None = None,
+    max_pixels: int | None = None,
 ) -> str:
     """The standalone recommendations page for ``user_id``.
 
@@ -209,11 +215,14 @@ def render_recommendations_html(
     ``score_embedding``, ``mmr_score``), ``matched_attributes``,
     ``nearest_profile_image`` and the attribute columns; absent ones are left out). ``image_loader``
     maps an image key to its bytes. ``context``: the run (``run_date``, ``score_kind``, ``mmr_lambda``,
-    ``filters``, ``n_items_scored``, ``n_excluded_shown``) for the header.
+    ``filters``, ``n_items_scored``, ``n_excluded_shown``) for the header. ``max_pixels``: the images'
+    pixel limit (default: settings ``curation.max_image_pixels``).
     """
+    if max_pixels is None:
+        max_pixels = rules_from_settings().max_pixels
     user = html.escape(user_id)
-    profile_html = "".join(_profile_card(r, image_loader, attributes) for r in profile_rows)
-    recs_html = "".join(_recommendation_card(r, image_loader, attributes) for r in recommendations)
+    profile_html = "".join(_profile_card(r, image_loader, attributes, max_pixels) for r in profile_rows)
+    recs_html = "".join(_recommendation_card(r, image_loader, attributes, max_pixels) for r in recommendations)
     if not recs_html:
         recs_html = '<p class="empty">No recommendations: no repository item passed the filters and exclusions.</p>'
     return (

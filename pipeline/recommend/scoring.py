@@ -550,21 +550,31 @@ class Selection:
     keys: list[np.ndarray]
 
 
+@dataclass(frozen=True)
+class SelectionRule:
+    """How :func:`select` picks: the ``k`` best candidates by ``kind``'s relevance, or with
+    ``mmr_lambda`` below 1 the best ``max(pool, k)`` re-ranked by :func:`mmr`; ``hybrid_weights``
+    for the hybrid (None: :func:`normalised_hybrid_weights`'s)."""
+
+    kind: str
+    k: int
+    mmr_lambda: float
+    pool: int
+    hybrid_weights: Mapping[str, float] | None = None
+
+
 def select(
-    kind: str,
+    rule: SelectionRule,
     items: FashionMatrix,
     parts: Components,
     item_ids: pa.Array | pa.ChunkedArray | Sequence[str],
     candidates: np.ndarray,
-    k: int,
-    mmr_lambda: float = 1.0,
-    pool: int = 200,
-    hybrid_weights: Mapping[str, float] | None = None,
 ) -> Selection:
-    """The ``k`` recommendations among ``candidates`` (a boolean mask over items): the best ``max(pool,
-    k)`` by ``kind``'s relevance, re-ranked by :func:`mmr` with ``mmr_lambda``."""
-    keys = relevance(kind, parts, candidates, hybrid_weights)
-    best = top_candidates(keys, item_ids, candidates, k if mmr_lambda >= 1.0 else max(pool, k))
+    """The ``rule.k`` recommendations among ``candidates`` (a boolean mask over items), picked as
+    ``rule`` says."""
+    k, mmr_lambda = rule.k, rule.mmr_lambda
+    keys = relevance(rule.kind, parts, candidates, rule.hybrid_weights)
+    best = top_candidates(keys, item_ids, candidates, k if mmr_lambda >= 1.0 else max(rule.pool, k))
     picked, values = mmr(
         keys[0][best],
         similarity_matrix(items.take(best)) if mmr_lambda < 1.0 and len(best) else np.zeros((0, 0)),

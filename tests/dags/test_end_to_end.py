@@ -158,7 +158,7 @@ def test_repository_has_a_fashion_vector_per_curated_catalog_item(pipeline_run):
 
 
 def test_recommendations_share_attributes_with_the_profile(pipeline_run):
-    from pipeline.recommend.recommendations import latest_run
+    from pipeline.recommend.outputs import latest_run
     from pipeline.repository.dataset import read_repository
     from pipeline.settings import get_settings
     from pipeline.store_layout import profile_key, recommendation_page_key, recommendations_key, shown_key

@@ -286,6 +286,7 @@ def test_recommend_passes_the_dags_params_to_recommend_for_user(monkeypatch, cle
 
 def test_recommend_defaults_are_the_dags_empty_fields(monkeypatch, clean_env, tmp_path):
     from pipeline.recommend import recommendations as recommend
+    from pipeline.recommend.options import options_from_params
 
     calls = captured(
         monkeypatch,
@@ -296,7 +297,7 @@ def test_recommend_defaults_are_the_dags_empty_fields(monkeypatch, clean_env, tm
     assert cli.main(["recommend", "u", "--store", f"file://{tmp_path}"]) == 0
     ((_, request), _) = calls[0]
     assert request.image_keys is None and len(request.run_date) == len("2026-12-01") and request.run_id is None
-    assert request.options == recommend.options_from_params({})  # the settings' k, score and lambda
+    assert request.options == options_from_params({})  # the settings' k, score and lambda
 
 
 def test_recommend_refuses_a_bad_request_with_the_reason(monkeypatch, clean_env, tmp_path, capsys):

@@ -243,14 +243,16 @@ def test_squash_keeps_the_whole_image_and_crop_keeps_the_aspect():
     assert (decode_image(data, 30, fit="crop", max_pixels=LIMIT) == crop).all()
 
 
-# -- users' own photos (pipeline.recommend.recommendations) ------------------------------------------------------------
+# -- users' own photos (pipeline.recommend.profile and exclusions) ------------------------------------------------------------
 def test_a_rotated_user_photo_is_recognised_as_the_users_own_item(file_store):
     """The shop's upright photo is in the repository; the user uploads the phone's sideways-stored copy."""
     import pyarrow as pa
 
     from pipeline.curation.validate import validate_image
     from pipeline.hashing import content_sha256
-    from pipeline.recommend.recommendations import _image_phashes, own_image_mask
+    from pipeline.images import rules_from_settings
+    from pipeline.recommend.exclusions import own_image_mask
+    from pipeline.recommend.profile import _image_phashes
 
     rng = np.random.default_rng(3)
     cells = rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)
@@ -259,7 +261,7 @@ def test_a_rotated_user_photo_is_recognised_as_the_users_own_item(file_store):
     curated = validate_image(shop, 32, 4.0)
     item_hashes = image_hashes(curated.image)
     phone = as_phone_jpeg(upright, 6)
-    own, mirror = _image_phashes("users/ann/phone.jpg", phone)
+    own, mirror = _image_phashes("users/ann/phone.jpg", phone, rules_from_settings())
     with Image.open(io.BytesIO(phone)) as raw:  # what the user path hashed before: the stored pixels
         sideways = image_hashes(raw.convert("RGB")).phash
     assert int(hamming(sideways, item_hashes.phash)) > 10
@@ -289,7 +291,7 @@ def test_a_rotated_user_photo_is_recognised_as_the_users_own_item(file_store):
     ],
 )
 def test_a_refused_user_photo_names_its_key_and_reason(file_store, data, reason):
-    from pipeline.recommend.recommendations import build_profile
+    from pipeline.recommend.profile import build_profile
 
     class NeverCalled:
         def vectorize(self, images):

@@ -11,26 +11,15 @@ import pytest
 from PIL import Image
 
 from pipeline.hashing import content_sha256, perceptual_hashes
+from pipeline.images import rules_from_settings
 from pipeline.recommend import scoring
-from pipeline.recommend.recommendations import (
-    Filters,
-    InvalidRequest,
-    RankRequest,
-    UserRequest,
-    build_profile,
-    latest_run,
-    list_users,
-    options_from_params,
-    own_image_mask,
-    plan_requests,
-    rank,
-    recommend_for_user,
-    recommend_for_users,
-    run_partition,
-    shown_before,
-    validate_options,
-    validate_request,
-)
+from pipeline.recommend.exclusions import own_image_mask, shown_before
+from pipeline.recommend.options import Filters, InvalidRequest, options_from_params, run_partition, validate_options
+from pipeline.recommend.outputs import latest_run
+from pipeline.recommend.profile import build_profile
+from pipeline.recommend.ranking import RankRequest, rank
+from pipeline.recommend.recommendations import UserRequest, recommend_for_user, recommend_for_users
+from pipeline.recommend.users import list_users, plan_requests, validate_request
 from pipeline.settings import get_settings
 from pipeline.store_layout import (
     FASHION_VECTORS_PREFIX,
@@ -891,7 +880,7 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
 
     from pipeline.hashing import content_sha256 as _sha
     from pipeline.hashing import perceptual_hashes as _hashes
-    from pipeline.recommend.recommendations import own_image_mask, thumbnail_check
+    from pipeline.recommend.exclusions import own_image_mask, thumbnail_check
 
     def garment(colour: str) -> bytes:
         image = _Image.new("RGB", (96, 96), "white")
@@ -920,14 +909,14 @@ def test_same_silhouette_in_another_colour_is_not_taken_for_the_users_own_photo(
     profile = table(["users/u/mine.jpg"], [mine])
     repository = table(["images/red.jpg", "images/blue.jpg"], [red_copy, blue])
     assert own_image_mask(profile, repository, 6).tolist() == [True, True]  # hashes alone: both "own"
-    check = thumbnail_check(file_store, profile, repository, max_mad=4.0)
+    check = thumbnail_check(file_store, profile, repository, max_mad=4.0, max_pixels=rules_from_settings().max_pixels)
     assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
 
 
 def test_a_mirrored_upload_of_a_shop_photo_is_still_the_users_own(file_store):
     """The profile keeps the pHash of each image's mirror image: a user's photo that is a shop photo
     flipped left to right is never recommended back to them (and other items still are)."""
-    from pipeline.recommend.recommendations import thumbnail_check
+    from pipeline.recommend.exclusions import thumbnail_check
 
     shop = noise_jpeg(7)
     upload = io.BytesIO()
@@ -946,7 +935,7 @@ def test_a_mirrored_upload_of_a_shop_photo_is_still_the_users_own(file_store):
         file_store, "ann", ["users/ann/flipped.jpg"], FakeVectorizer({content_sha256(upload): U1_CLASSES}), ATTRS
     )
     assert profile.schema.field("phash_mirror").type == pa.uint64()
-    check = thumbnail_check(file_store, profile, repository, max_mad=3.0)
+    check = thumbnail_check(file_store, profile, repository, max_mad=3.0, max_pixels=rules_from_settings().max_pixels)
     assert own_image_mask(profile, repository, 6, check).tolist() == [True, False]
     assert rank(rank_request(profile, k=5, phash_max_distance=6, confirm_near_copy=check), repository, ATTRS).column(
         "item_id"

@@ -13,12 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline.hashing import content_sha256, perceptual_hashes
-from pipeline.recommend.recommendations import (
-    UserRequest,
-    recommend_for_user,
-    recommend_for_users,
-    validate_options,
-)
+from pipeline.recommend.options import validate_options
+from pipeline.recommend.recommendations import UserRequest, recommend_for_user, recommend_for_users
 from pipeline.settings import get_settings
 from pipeline.store_layout import FASHION_VECTORS_PREFIX, recommendations_key, shown_key
 
@@ -233,13 +229,12 @@ def test_dropping_unneeded_kept_rows_copies_one_piece_at_a_time():
     import tracemalloc
     from types import SimpleNamespace
 
-    from pipeline.recommend import recommendations as recommend
-    from pipeline.recommend import scoring
+    from pipeline.recommend import batch, scoring
 
     pieces, rows_per_piece, dims = 8, 1000, 1280
     tracemalloc.start()
     try:
-        scorer = object.__new__(recommend._BatchScorer)
+        scorer = object.__new__(batch.BatchScorer)
         scorer.attributes = []
         scorer._reset_kept()
         every_other = np.arange(0, pieces * rows_per_piece, 2)

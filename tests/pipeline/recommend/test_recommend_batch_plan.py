@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from pipeline.recommend.recommendations import batch_size, plan_requests, validate_options
+from pipeline.recommend.options import validate_options
+from pipeline.recommend.users import batch_size, plan_requests
 from pipeline.settings import get_settings
 
 

@@ -8,6 +8,7 @@ from pipeline.recommend import scoring
 from pipeline.recommend.scoring import (
     FashionMatrix,
     MissingVectors,
+    SelectionRule,
     components,
     fashion_matrix,
     hybrid_scores,
@@ -233,7 +234,9 @@ def test_selection_is_the_same_for_any_row_order():
         parts = components(items, profile)
         for kind in scoring.SCORE_KINDS:
             for lam in (1.0, 0.5):
-                chosen = select(kind, items, parts, shuffled["item_id"], np.ones(len(rows), dtype=bool), 10, lam, 30)
+                chosen = select(
+                    SelectionRule(kind, 10, lam, 30), items, parts, shuffled["item_id"], np.ones(len(rows), dtype=bool)
+                )
                 ids = shuffled["item_id"].take(pa.array(chosen.rows)).to_pylist()
                 assert results.setdefault((kind, lam), ids) == ids, (kind, lam, seed)
 
@@ -275,9 +278,9 @@ def test_select_diversifies_within_the_pool_and_reports_scores():
     items, profile = fashion_matrix(table(items_rows), TAXONOMY), fashion_matrix(table(PROFILE), TAXONOMY)
     parts = components(items, profile)
     everyone = np.ones(3, dtype=bool)
-    plain = select("matches", items, parts, ["a", "b", "c"], everyone, 2, 1.0)
+    plain = select(SelectionRule("matches", 2, 1.0, pool=200), items, parts, ["a", "b", "c"], everyone)
     assert plain.rows.tolist() == [0, 1] and plain.score.tolist() == [3, 3]
-    diverse = select("matches", items, parts, ["a", "b", "c"], everyone, 2, 0.3, pool=3)
+    diverse = select(SelectionRule("matches", 2, 0.3, pool=3), items, parts, ["a", "b", "c"], everyone)
     assert diverse.rows.tolist() == [0, 2]
     assert scoring.nearest_profile_rows(items, profile).tolist() == [0, 0, 1]
 
@@ -287,7 +290,9 @@ def test_empty_inputs():
     profile = fashion_matrix(table(PROFILE), TAXONOMY)
     parts = components(items, profile)
     for kind in scoring.SCORE_KINDS:
-        assert select(kind, items, parts, [], np.zeros(0, dtype=bool), 5, 0.5).rows.tolist() == []
+        assert (
+            select(SelectionRule(kind, 5, 0.5, pool=200), items, parts, [], np.zeros(0, dtype=bool)).rows.tolist() == []
+        )
     assert isinstance(items, FashionMatrix) and items.n == 0
 
 
