@@ -1,7 +1,7 @@
 """Issue 13: the one image decoder, before and after, on each nasty input through each path.
 
 "Before" is the code at commit ``BEFORE`` (the last commit before pipeline/images.py), loaded from git
-(``git show BEFORE:<file>``) for curation (pipeline/curation/validate.py), training/inference (models/data.py),
+(``git show BEFORE:<file>``, at its path then) for curation (pipeline/curation/validate.py), training/inference (models/data.py),
 review thumbnails (pipeline/recommend/report.py) and the crawl (scrapers/pipelines.py); the two user-photo
 functions of pipeline/recommend/ (profile.py, exclusions.py) are five lines each and copied below. "After" is the working tree.
 
@@ -97,9 +97,9 @@ def paths(version: str, speed: bool = False) -> dict[str, Callable[[bytes], Imag
     """Path name -> bytes -> the image as that path sees it (raises when the path refuses the image).
     ``speed``: only what the path itself does (the user photo hashes path returns nothing)."""
     if version == "before":
-        validate = old_module("pipeline/curation/validate.py", "old_validate")
+        validate = old_module("pipeline/validate.py", "old_validate")  # moved to pipeline/curation/ since
         data_module = old_module("models/data.py", "old_data")
-        report = old_module("pipeline/recommend/report.py", "old_report")
+        report = old_module("pipeline/report.py", "old_report")  # moved to pipeline/recommend/ since
         crawl = old_module("scrapers/pipelines.py", "old_pipelines")
 
         def curation(data: bytes) -> Image.Image:
