@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from models import efficientnet_lite
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 BACKBONE_LAYER = "backbone"
 HEAD_LAYERS = ("feature_norm", "head_dense", "head_dropout", "predictions")
@@ -261,7 +264,13 @@ def split_at(model: keras.Model, cut: str) -> tuple[keras.Model, keras.Model, ke
 # -- prediction -----------------------------------------------------------------------------------------
 def input_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """uint8 images -> float32 batches, converted and prefetched on the input pipeline's threads so the
-    device (a GPU above all) is not left waiting for the host."""
+    device (a GPU above all) is not left waiting for the host.
+
+    TensorFlow is imported here, not at the top: the network itself is backend-neutral Keras, so it builds
+    and trains under another Keras backend too (bench/backend_throughput.py on a machine without TensorFlow).
+    """
+    import tensorflow as tf
+
     return (
         tf.data.Dataset.from_tensor_slices(images)
         .batch(batch_size)
