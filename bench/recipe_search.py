@@ -12,13 +12,15 @@ augmentation), for each image fit (squash, crop), caching
 so every candidate trains in seconds to minutes with the production code (models.train's head, probe,
 selection rule and tail fine-tuning). Stages:
 
-    python -m bench.recipe_search cache  [--size 224]      # var/recipe_search/cache-<fit>-<size>.npz
+    python -m bench.recipe_search cache  [--size 224] [--fit crop]   # var/recipe_search/cache-<fit>-<size>.npz
     python -m bench.recipe_search search [--task shape]    # every candidate's validation accuracy -> JSON
     python -m bench.recipe_search final --name ...         # test accuracy of the final candidates only
     python -m bench.recipe_search report                   # every candidate as a Markdown table row
 
-Results: var/recipe_search/results.json (one row per candidate and task: validation accuracy and loss,
-seconds; ``test`` only for rows of the ``final`` stage). The test split is read once per final candidate.
+Results: var/recipe_search/results.json (one row per candidate, task and image size: validation accuracy
+and loss, seconds, and the accuracy of flip test-time augmentation, i.e. the class probabilities averaged
+over each photo and its mirror image, for the network and its probe; ``test`` only for rows of the
+``final`` stage). The test split is read once per final candidate.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ import models  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
 OUT = Path(__file__).resolve().parent.parent / "var" / "recipe_search"
-CUTS = ("block11", "block15")  # the activations entering stage 6 (14x14x112 at 224 px) and the last block
+# The activations entering stage 6 (block11: 14x14x112 at 224 px), the last block (block15) and stage 5
+# (block8: 14x14x80; caches made before it was added lack it).
+CUTS = ("block11", "block15", "block8")
 FITS = ("squash", "crop")
 
 
@@ -74,7 +78,7 @@ def decode(path: Path, size: int, fit: str) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8)
 
 
-def cache(size: int, batch: int) -> None:
+def cache(size: int, batch: int, fits: list[str]) -> None:
     """Pooled features and the activations at CUTS for every photo and its mirror image, per fit."""
     import keras
 
@@ -86,7 +90,7 @@ def cache(size: int, batch: int) -> None:
     outputs = [base.get_layer(f"{cut}_expand_conv").input for cut in CUTS] + [base.output]
     multi = keras.Model(base.input, outputs)
     OUT.mkdir(parents=True, exist_ok=True)
-    for fit in FITS:
+    for fit in fits:
         target = OUT / f"cache-{fit}-{size}.npz"
         if target.exists():
             print(f"{target} exists", flush=True)
@@ -100,9 +104,9 @@ def cache(size: int, batch: int) -> None:
                 chunk = images[start : start + batch].astype("float32")
                 if flip:
                     chunk = chunk[:, :, ::-1, :]
-                cut_a, cut_b, last = multi.predict(preprocess(chunk), verbose=0)
+                *at_cuts, last = multi.predict(preprocess(chunk), verbose=0)
                 suffix = "_flip" if flip else ""
-                for name, value in ((CUTS[0], cut_a), (CUTS[1], cut_b), ("pooled", last.mean(axis=(1, 2)))):
+                for name, value in (*zip(CUTS, at_cuts), ("pooled", last.mean(axis=(1, 2)))):
                     arrays.setdefault(name + suffix, []).append(
                         value.astype("float16" if name != "pooled" else "float32")
                     )
@@ -206,6 +210,24 @@ def task_rows(task: str) -> tuple[list[int], tuple[str, ...], np.ndarray, np.nda
         keep = list(range(len(rows)))
         labels = np.array([classes.index(rows[i]["category"]) for i in keep], "int32")
     return keep, classes, labels, np.array([rows[i]["split"] for i in keep])
+
+
+def mirrored_split(cache_file: Path, task: str, cut: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, pooled features) of the mirrored photos of one split: flip test-time augmentation."""
+    keep, _, _, splits = task_rows(task)
+    rows = np.array(keep)[splits == split]
+    with np.load(cache_file) as archive:
+        pooled = archive["pooled_flip"][rows]
+        inputs = archive[cut + "_flip"][rows].astype("float32") if cut else pooled
+    return inputs, pooled
+
+
+def flip_tta(model, cut: str | None, inputs: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """The network's class probabilities averaged over each photo and its mirror image."""
+    from models.network import head_model, split_at
+
+    net = split_at(model, f"{cut}_expand_conv")[1] if cut else head_model(model)
+    return (net.predict(inputs, batch_size=64, verbose=0) + net.predict(mirrored, batch_size=64, verbose=0)) / 2
 
 
 def passes(cache_file: Path, task: str, cut: str | None):
@@ -319,6 +341,11 @@ def run_candidate(
             2 * len(train.labels) * epochs / max(sum(r["seconds"] for r in history if r["phase"] == UNFROZEN), 1e-9)
         )
     best.restore()
+    from models.evaluation import probe_predict
+
+    mirrored, mirrored_pooled = mirrored_split(OUT / f"cache-{fit}-{size}.npz", task, cut, "validation")
+    network_tta = flip_tta(model, cut, validation.inputs, mirrored)
+    probe_tta = (probe_predict(probe, validation.features) + probe_predict(probe, mirrored_pooled)) / 2
     weights_dir.mkdir(parents=True, exist_ok=True)
     key = f"{task}-{fit}-{size}-{abs(hash((name, cut))) % 10**8}"
     np.savez(weights_dir / f"{key}.npz", *model.get_weights())
@@ -341,6 +368,8 @@ def run_candidate(
         },
         "best": best.record(),
         "val_accuracy": best.best_accuracy,
+        "val_accuracy_flip_tta": float((network_tta.argmax(axis=1) == validation.labels).mean()),
+        "probe_val_accuracy_flip_tta": float((probe_tta.argmax(axis=1) == validation.labels).mean()),
         "beats_probe": (
             best.best_phase is not None
             and beats(best.best_accuracy, probe["val_accuracy"], n_val, config.selection_margin or 1)
@@ -380,9 +409,16 @@ def final_test(row: dict, weights_dir: Path) -> dict:
         probabilities = head_model(model).predict(test.features, batch_size=64, verbose=0)
     train, validation = data["train"], data["validation"]
     probe = linear_probe(train.features, train.labels, validation.features, validation.labels, len(classes))
+    mirrored, mirrored_pooled = mirrored_split(
+        OUT / f"cache-{row['fit']}-{row['size']}.npz", row["task"], row["cut"], "test"
+    )
+    network_tta = flip_tta(model, row["cut"], test.inputs, mirrored)
+    probe_tta = (probe_predict(probe, test.features) + probe_predict(probe, mirrored_pooled)) / 2
     return {
         "network": float((probabilities.argmax(axis=1) == test.labels).mean()),
         "probe": float((probe_predict(probe, test.features).argmax(axis=1) == test.labels).mean()),
+        "network_flip_tta": float((network_tta.argmax(axis=1) == test.labels).mean()),
+        "probe_flip_tta": float((probe_tta.argmax(axis=1) == test.labels).mean()),
         "test_images": len(test.labels),
     }
 
@@ -393,10 +429,10 @@ def report(out: Path) -> None:
     seconds per phase and phase 2 images/s."""
     rows = [row for path in sorted(out.glob("results*.json")) for row in load_results(path)]
     print(
-        "| task | fit | candidate | phase 2 | probe val | network val (kept) | +images | probe test | network test "
-        "| phase 1 s | phase 2 s | phase 2 img/s |"
+        "| task | px | fit | candidate | phase 2 | probe val | network val (kept) | +images | val flip TTA probe / network "
+        "| probe test | network test | test flip TTA probe / network | phase 1 s | phase 2 s | phase 2 img/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if not row["best"].get("phase"):
             continue  # "head from probe" without any epoch is the probe itself
@@ -406,11 +442,21 @@ def report(out: Path) -> None:
         spec = row.get("tail") or {"unfrozen_epochs": 8, "finetune_learning_rate": 1e-4}  # rows before --tail-epochs
         tail = f"{row['cut']}, {spec['unfrozen_epochs']} ep at {spec['finetune_learning_rate']}" if row["cut"] else "-"
         print(
-            f"| {row['task']} | {row['fit']} | {row['candidate']} | {tail} | {row['probe']['val_accuracy']:.3f} | "
+            f"| {row['task']} | {row.get('size', 224)} | {row['fit']} | {row['candidate']} | {tail} | "
+            f"{row['probe']['val_accuracy']:.3f} | "
             f"{row['val_accuracy']:.3f} ({row['best']['phase']} {row['best']['epoch']}) | {gain:+d} | "
+            f"{pair(row.get('probe_val_accuracy_flip_tta'), row.get('val_accuracy_flip_tta'))} | "
             f"{test.get('probe', float('nan')):.3f} | {test.get('network', float('nan')):.3f} | "
+            f"{pair(test.get('probe_flip_tta'), test.get('network_flip_tta'))} | "
             f"{row['phase1_seconds']:.0f} | {row['phase2_seconds']:.0f} | {row['phase2_images_per_second'] or '-'} |"
         )
+
+
+def pair(first: float | None, second: float | None) -> str:
+    """ "0.950 / 0.962", or "-" for a row that has neither (measured before the column existed)."""
+    if first is None or second is None:
+        return "-"
+    return f"{first:.3f} / {second:.3f}"
 
 
 def load_results(path: Path) -> list[dict]:
@@ -431,14 +477,14 @@ def run_stage(
     results = load_results(results_path)
     weights_dir = out / "weights"
     if stage == "search":
-        done = {(r["task"], r["fit"], r["candidate"], r["cut"]) for r in results}
+        done = {(r["task"], r.get("size", 224), r["fit"], r["candidate"], r["cut"]) for r in results}
         for task in tasks:
             for fit in fits:
                 for cut in cuts:
                     for name, settings in CANDIDATES:
                         if names and name not in names:
                             continue
-                        if (task, fit, name, cut) in done:
+                        if (task, size, fit, name, cut) in done:
                             continue
                         row = run_candidate(task, fit, size, name, settings, cut, weights_dir)
                         results.append(row)
@@ -453,6 +499,7 @@ def run_stage(
     for row in results:
         if (
             row["task"] in tasks
+            and row.get("size", 224) == size
             and row["fit"] in fits
             and row["cut"] in cuts
             and (not names or row["candidate"] in names)
@@ -485,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{DATASET} is absent", file=sys.stderr)
         return 2
     if args.stage == "cache":
-        cache(args.size, args.batch)
+        cache(args.size, args.batch, args.fit or list(FITS))
         return 0
     if args.stage == "report":
         report(OUT)

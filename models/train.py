@@ -89,6 +89,7 @@ def run_config(training: TrainingSettings) -> TrainingSettings:
         raise ValueError(f"head_init must be random or probe, got {config.head_init!r}")
     if config.head_init == "probe" and (config.dense_units or not config.probe):
         raise ValueError("head_init: probe needs a linear head (dense_units: 0) and probe: true")
+    config.input_size()  # a per-backbone image_size that does not name this backbone fails here, not mid-run
     return config
 
 
@@ -556,7 +557,7 @@ def probe_network(
         len(classes),
         backbone=config.backbone,
         weights=None,
-        image_size=config.image_size,
+        image_size=config.input_size(),
         dense_units=0,
         dropout=0.0,
         pooling=config.pooling,
@@ -722,7 +723,7 @@ def load_splits(run: AttributeRun) -> dict[str, SplitArrays]:
     images left out are logged one by one)."""
     frame = labelled_items(run.store, run.attribute, run.classes)
     splits = {
-        name: load_arrays(run.store, frame[frame["split"] == name], run.config.image_size, fit=run.config.image_fit)
+        name: load_arrays(run.store, frame[frame["split"] == name], run.config.input_size(), fit=run.config.image_fit)
         for name in SPLITS
     }
     run.timing["decode_seconds"] = run.seconds_since(run.started)
@@ -756,7 +757,7 @@ def build_network(run: AttributeRun) -> keras.Model:
         len(run.classes),
         backbone=config.backbone,
         weights=config.weights,
-        image_size=config.image_size,
+        image_size=config.input_size(),
         dense_units=config.dense_units,
         dropout=config.dropout,
         pooling=config.pooling,
@@ -915,7 +916,7 @@ def metrics_record(
         "attribute": run.attribute,
         "version": run.version,
         "classes": list(classes),
-        "image_size": config.image_size,
+        "image_size": config.input_size(),
         "backbone": config.backbone,
         "weights": config.weights,
         "pooling": config.pooling,

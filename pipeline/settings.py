@@ -151,7 +151,7 @@ class TrainingSettings(Section):
 
     backbone: str
     weights: str | None
-    image_size: int
+    image_size: int | dict[str, int]
     batch_size: int
     dense_units: int
     pooling: str
@@ -179,6 +179,21 @@ class TrainingSettings(Section):
     shared_backbone: bool
     promotion_tolerance: float
     seed: int
+
+    def input_size(self) -> int:
+        """``image_size`` for this section's backbone: the square side in pixels the network is trained on.
+
+        Raises ValueError when a mapping does not name the backbone (there is no code default to fall
+        back on: config/settings.yaml names the size of every backbone it lists)."""
+        if not isinstance(self.image_size, dict):
+            return int(self.image_size)
+        try:
+            return int(self.image_size[self.backbone])
+        except KeyError:
+            raise ValueError(
+                f"training.image_size names no size for backbone {self.backbone!r} "
+                f"(it has {sorted(self.image_size)}; config/settings.yaml)"
+            ) from None
 
     def unfreeze_prefix(self) -> str:
         """``unfreeze_from`` for this section's backbone ("all" when a mapping does not name it)."""
@@ -724,6 +739,7 @@ _TRAINING_FLOATS = {
     "augment_contrast": (0.0, 1.0),
 }
 _TRAINING_BOOLS = ("mirror_augment", "probe", "shared_backbone")
+_TRAINING_PER_BACKBONE = ("image_size", "unfreeze_from")  # a value, or a mapping backbone -> value
 
 
 T = typing.TypeVar("T")
@@ -743,10 +759,15 @@ def validate_training(training: T) -> T:
         where = f"training.{key}: "
         if key in _TRAINING_CHOICES and value not in _TRAINING_CHOICES[key]:
             raise ValueError(f"{where}must be one of {list(_TRAINING_CHOICES[key])}, got {value!r}")
-        if key in _TRAINING_INTS and (
-            not isinstance(value, int) or isinstance(value, bool) or value < _TRAINING_INTS[key]
-        ):
-            raise ValueError(f"{where}needs an integer >= {_TRAINING_INTS[key]}, got {value!r}")
+        per_backbone = key in _TRAINING_PER_BACKBONE and isinstance(value, dict)
+        for item in value.values() if per_backbone else [value]:
+            if key in _TRAINING_INTS and (
+                not isinstance(item, int) or isinstance(item, bool) or item < _TRAINING_INTS[key]
+            ):
+                raise ValueError(
+                    f"{where}needs an integer >= {_TRAINING_INTS[key]}"
+                    f"{' (or a mapping backbone -> one)' if key in _TRAINING_PER_BACKBONE else ''}, got {value!r}"
+                )
         if key in _TRAINING_FLOATS:
             low, high = _TRAINING_FLOATS[key]
             if (

@@ -76,6 +76,7 @@ def test_top_blocks_fine_tuning_from_the_probe_changes_only_the_tail(file_store,
         frozen_epochs=0,
         unfrozen_epochs=2,
         unfreeze_from={"vgg16": "block5"},
+        image_size={"vgg16": tiny_training.input_size(), "efficientnet_lite0": 288},  # per backbone, as shipped
         mirror_augment=True,
         lr_schedule="cosine",
         warmup_epochs=1,

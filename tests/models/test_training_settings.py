@@ -28,6 +28,9 @@ def test_the_shipped_profiles_validate_and_name_the_recipe():
         ("mirror_augment", "yes", "true or false"),
         ("unfreeze_from", "", "prefix"),
         ("unfreeze_from", {"efficientnet_lite0": 11}, "prefix"),
+        ("image_size", 16, "integer >= 32"),
+        ("image_size", {"efficientnet_lite0": 288, "vgg16": 16}, r"integer >= 32 \(or a mapping"),
+        ("image_size", {"vgg16": "224"}, "integer >= 32"),
     ],
 )
 def test_bad_training_values_are_clear_errors(key, value, message):
@@ -48,3 +51,19 @@ def test_the_default_config_is_what_training_reads():
     config = run_config(training)
     for key, value in training.as_dict().items():
         assert getattr(config, key) == value, key
+
+
+def test_image_size_can_be_set_per_backbone():
+    import dataclasses
+
+    from models.train import run_config
+
+    training = load_settings({}).training
+    sizes = {"vgg16": 224, "efficientnet_lite0": 288}
+    validate_training({"image_size": sizes})
+    for backbone, size in sizes.items():
+        assert dataclasses.replace(training, backbone=backbone, image_size=sizes).input_size() == size
+    assert dataclasses.replace(training, image_size=160).input_size() == 160
+    unnamed = dataclasses.replace(training, backbone="vgg16", image_size={"efficientnet_lite0": 288})
+    with pytest.raises(ValueError, match="names no size for backbone 'vgg16'"):
+        run_config(unnamed)
