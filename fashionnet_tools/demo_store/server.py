@@ -108,6 +108,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses ----------------------------------------------------------------------------
     def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        # Recorded before the client can see the response: recorded after it, the handler thread of the
+        # client's next request could record first, and the log's order would not be the requests' order.
+        self.server.store.record_response(self.path, status, len(body))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -115,14 +118,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
-        self.server.store.record_response(self.path, status, len(body))
 
     def _not_modified(self, validators: dict[str, str]) -> None:
+        self.server.store.record_response(self.path, 304, 0)  # first, as in _send
         self.send_response(304)
         for name, value in validators.items():
             self.send_header(name, value)
         self.end_headers()
-        self.server.store.record_response(self.path, 304, 0)
 
     def _unchanged_for_client(self, etag: str, modified: float) -> bool:
         """Whether the request's conditional headers say the client holds this version."""
